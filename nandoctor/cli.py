@@ -1,0 +1,210 @@
+"""The `nandoctor` command line: a thin shell over the Python API.
+
+Machine output (json, sarif, junit, ...) goes to stdout or --output; people's output
+(progress, the rich report when a machine format is on stdout) goes to stderr.
+"""
+from __future__ import annotations
+
+import os
+import sys
+import traceback
+from pathlib import Path
+from typing import Annotated, Any, Optional
+
+import typer
+from rich.console import Console
+
+from . import __version__
+from .errors import ExitCode, InputError
+from .report import FORMATS
+
+app = typer.Typer(
+    name="nandoctor", add_completion=False, no_args_is_help=True, rich_markup_mode=None,
+    help="Find where a PyTorch training run's first NaN/Inf is born, why, and what to change.\n\n"
+         "Examples:\n\n"
+         "  nandoctor scan model.py\n\n"
+         "  nandoctor scan model.py --precision 16-mixed --steps 50 --format json --output report.json\n\n"
+         "  nandoctor postmortem checkpoints/last.pt\n\n"
+         "  nandoctor explain high-lr\n\n"
+         "Exit codes: 0 pass, 1 findings at or above --fail-on, 2 unusable input, 3 internal error.")
+
+err_console = Console(stderr=True, highlight=False)
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"nandoctor {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def main_callback(
+    version: Annotated[Optional[bool], typer.Option("--version", callback=_version, is_eager=True,
+                                                    help="Print the version and exit.")] = None,
+) -> None:
+    """nandoctor: NaN/Inf diagnosis for PyTorch training."""
+
+
+def _fail_input(err: InputError) -> None:
+    err_console.print(f"nandoctor: error: {err}", soft_wrap=True)
+    raise typer.Exit(code=ExitCode.BAD_INPUT)
+
+
+def _fail_internal(err: BaseException) -> None:
+    err_console.print(f"nandoctor: internal error: {type(err).__name__}: {err}. This is a bug in nandoctor, not in "
+                      "your model; please report it with the command you ran (set NANDOCTOR_DEBUG=1 to see the "
+                      "traceback).", soft_wrap=True)
+    if os.environ.get("NANDOCTOR_DEBUG"):
+        traceback.print_exc()
+    raise typer.Exit(code=ExitCode.INTERNAL)
+
+
+def emit(doc: dict[str, Any], fmt: str, output: Optional[Path], quiet: bool, html: Optional[Path] = None) -> None:
+    """Write the document in `fmt` to --output or stdout; the rich report goes to the terminal."""
+    from .report import render
+    from .report.console import print_report
+    if html is not None:
+        from .report.html import render_html
+        _write(html, render_html(doc))
+    if fmt == "rich":
+        if output is not None:
+            console = Console(file=open(output, "w", encoding="utf-8"), width=120, color_system=None)
+            print_report(doc, console)
+            console.file.close()
+        elif not quiet:
+            print_report(doc, Console(highlight=False))
+        return
+    text = render(doc, fmt)
+    if output is not None:
+        _write(output, text)
+        if not quiet:
+            print_report(doc, err_console)
+    else:
+        sys.stdout.write(text)
+        sys.stdout.flush()
+
+
+def _write(path: Path, text: str) -> None:
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text, encoding="utf-8")
+    except OSError as err:
+        raise InputError(f"cannot write {path}: {err.strerror or err}.") from None
+
+
+FormatOpt = Annotated[str, typer.Option("--format", "-f", help=f"Output format: {'|'.join(FORMATS)}.")]
+OutputOpt = Annotated[Optional[Path], typer.Option("--output", "-o", help="Write the report to FILE instead of stdout.")]
+QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar and no console report.")]
+FailOnOpt = Annotated[Optional[str], typer.Option("--fail-on", help="Exit 1 on findings at or above: error|warning|never (default error).")]
+
+
+def _check_format(fmt: str) -> str:
+    if fmt not in FORMATS:
+        raise InputError(f"unknown --format {fmt!r}; accepted values are {', '.join(FORMATS)}.")
+    return fmt
+
+
+@app.command()
+def scan(
+    model: Annotated[Path, typer.Argument(help="The model file (defines build_model() and get_batch(step)).")],
+    config: Annotated[Optional[Path], typer.Option("--config", "-c", help="A YAML config file (see configs/default.yaml).")] = None,
+    steps: Annotated[Optional[int], typer.Option(help="Training steps per precision.")] = None,
+    precision: Annotated[Optional[list[str]], typer.Option("--precision", "-p", help="32-true|16-mixed|bf16-mixed|16-true|bf16-true (aliases fp32, fp16, bf16); repeatable.")] = None,
+    lr: Annotated[Optional[float], typer.Option(help="Learning rate; overrides the config optimizer and every param group of build_optimizer().")] = None,
+    seed: Annotated[Optional[int], typer.Option(help="Random seed.")] = None,
+    device: Annotated[Optional[str], typer.Option(help="auto|cpu|cuda|cuda:N.")] = None,
+    fmt: FormatOpt = "rich",
+    output: OutputOpt = None,
+    html: Annotated[Optional[Path], typer.Option("--html", help="Also write a self-contained HTML report with plots.")] = None,
+    quiet: QuietOpt = False,
+    fail_on: FailOnOpt = None,
+    max_seconds: Annotated[Optional[float], typer.Option("--max-seconds", help="Time budget for the whole scan; unfinished work is reported.")] = None,
+    no_experiments: Annotated[bool, typer.Option("--no-experiments", help="Skip the confirming experiments.")] = False,
+    checkpoint: Annotated[Optional[Path], typer.Option("--checkpoint", help="Resume from this checkpoint and scan from its step.")] = None,
+    trust: Annotated[bool, typer.Option("--trust", help="Allow arbitrary unpickling of --checkpoint (only for files you trust).")] = False,
+) -> None:
+    """Run instrumented training steps and diagnose the first NaN/Inf.
+
+    Examples:
+
+      nandoctor scan sample_models/log_of_softmax.py
+
+      nandoctor scan model.py -p fp32 -p fp16 --steps 50 --format json -o report.json
+
+      nandoctor scan model.py --format github --fail-on warning     (in CI)
+    """
+    try:
+        _check_format(fmt)
+        from .scan_api import scan as run_scan
+        progress_cb, stop = _progress(quiet, steps, precision)
+        try:
+            report = run_scan(model, config, steps=steps, precisions=precision, lr=lr, seed=seed, device=device,
+                              experiments=False if no_experiments else None, max_seconds=max_seconds, fail_on=fail_on,
+                              checkpoint=checkpoint, trust=trust, progress=progress_cb)
+        finally:
+            stop()
+        emit(report.to_dict(), fmt, output, quiet, html)
+    except InputError as err:
+        _fail_input(err)
+    except typer.Exit:
+        raise
+    except Exception as err:  # noqa: BLE001
+        _fail_internal(err)
+    raise typer.Exit(code=report.exit_code)
+
+
+def _progress(quiet: bool, steps: Optional[int], precisions: Optional[list[str]]):
+    """A rich progress bar on stderr, only for a terminal and without --quiet."""
+    if quiet or not err_console.is_terminal:
+        return None, lambda: None
+    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+    progress = Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed} steps"),
+                        TimeElapsedColumn(), console=err_console, transient=True)
+    tasks: dict[str, Any] = {}
+    progress.start()
+
+    def update(precision: str, done: int) -> None:
+        if precision not in tasks:
+            tasks[precision] = progress.add_task(precision, total=None)
+        progress.update(tasks[precision], completed=done)
+
+    return update, progress.stop
+
+
+@app.command()
+def explain(cause: Annotated[Optional[str], typer.Argument(help="A cause id, e.g. high-lr. Without one, lists them.")] = None) -> None:
+    """Print a cause's documentation: what it detects, why it breaks training, how to fix it.
+
+    Examples:
+
+      nandoctor explain unstable-op
+
+      nandoctor explain            (lists every cause id)
+    """
+    from .diagnose import RULES, explain as explain_cause
+    from .postmortem_rules import POSTMORTEM_DOCS
+    if cause is None:
+        for rule in RULES:
+            typer.echo(f"{rule.id:22s} {rule.title}")
+        for cause_id, doc in POSTMORTEM_DOCS.items():
+            typer.echo(f"{cause_id:22s} {doc.strip().splitlines()[0][len('What it detects: '):] if doc.strip().startswith('What it detects: ') else ''}")
+        return
+    text = explain_cause(cause)
+    if text is None:
+        from .diagnose import rule_ids
+        ids = rule_ids() + list(POSTMORTEM_DOCS)
+        err_console.print(f"nandoctor: error: unknown cause id {cause!r}; known ids are {', '.join(ids)}.", soft_wrap=True)
+        raise typer.Exit(code=ExitCode.BAD_INPUT)
+    typer.echo(f"{cause}\n\n{text}")
+
+
+def main() -> None:
+    try:
+        app()
+    except KeyboardInterrupt:
+        err_console.print("nandoctor: interrupted")
+        sys.exit(130)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,124 @@
+"""Pure helpers the rules share: reading series, formatting numbers, naming places."""
+from __future__ import annotations
+
+import math
+from typing import Iterable, Optional
+
+from ..trace import ExperimentResult, LayerSeries, NonfiniteEvent, RunTrace, SourceLocation, Trace
+
+FP16_MAX = 65504.0
+FP16_TINY = 5.960464477539063e-08      # smallest float16 subnormal
+DTYPE_MAX = {"float16": FP16_MAX, "bfloat16": 3.3895313892515355e38, "float32": 3.4028234663852886e38,
+             "float64": 1.7976931348623157e308}
+SIXTEEN_BIT = ("16-mixed", "16-true")
+BF16 = ("bf16-mixed", "bf16-true")
+
+
+def num(value: Optional[float], digits: int = 2) -> str:
+    if value is None:
+        return "n/a"
+    if isinstance(value, float) and math.isnan(value):
+        return "NaN"
+    if isinstance(value, float) and math.isinf(value):
+        return "Inf" if value > 0 else "-Inf"
+    if value == 0:
+        return "0"
+    if 1e-3 <= abs(value) < 1e4:
+        return f"{value:.{digits + 1}g}"
+    return f"{value:.{digits}e}".replace("e+0", "e").replace("e-0", "e-").replace("e+", "e")
+
+
+def finite(values: Iterable[Optional[float]]) -> list[float]:
+    return [v for v in values if v is not None and math.isfinite(v)]
+
+
+def failing_runs(trace: Trace) -> list[RunTrace]:
+    return [r for r in trace.runs if r.first_nonfinite is not None]
+
+
+def origin_events(trace: Trace) -> list[NonfiniteEvent]:
+    return [r.first_nonfinite for r in failing_runs(trace) if r.first_nonfinite is not None]
+
+
+def clean_runs(trace: Trace) -> list[RunTrace]:
+    return [r for r in trace.runs if r.status == "ok"]
+
+
+def op_short(op: Optional[str]) -> str:
+    """aten.log.default -> log; aten._softmax.default -> softmax."""
+    if not op:
+        return ""
+    name = op.split(".")[1] if op.startswith("aten.") and op.count(".") >= 1 else op
+    return name.lstrip("_")
+
+
+def where(event: NonfiniteEvent) -> Optional[SourceLocation]:
+    return event.user_source or event.source
+
+
+def module_label(module: Optional[str]) -> str:
+    return f"`{module}`" if module else "the model's own forward (outside submodules)"
+
+
+def leaf_param_layers(run: RunTrace) -> list[LayerSeries]:
+    """Layers with their own parameters, in definition order (first = closest to the input)."""
+    return [layer for layer in sorted(run.layers, key=lambda l: l.index)
+            if any(v is not None for v in layer.series.get("param_grad_norm", []))]
+
+
+def experiments_for(trace: Trace, experiment_id: str, precision: Optional[str] = None) -> list[ExperimentResult]:
+    return [e for e in trace.experiments if e.id == experiment_id and (precision is None or e.precision == precision)]
+
+
+def median(values: list[float]) -> Optional[float]:
+    if not values:
+        return None
+    ordered = sorted(values)
+    return ordered[len(ordered) // 2]
+
+
+def precision_names(runs: Iterable[RunTrace]) -> list[str]:
+    return [r.precision for r in runs]
+
+
+# Ops whose domain edge gives NaN/Inf from finite inputs (forward or loss).
+UNSTABLE_OPS = {"log", "log2", "log10", "log1p", "exp", "exp2", "expm1", "pow", "sqrt", "rsqrt", "div", "reciprocal",
+                "acos", "asin", "atanh", "acosh", "std", "var", "std_mean", "var_mean", "tan", "sinh", "cosh", "erfinv",
+                "digamma", "lgamma", "logit", "xlogy", "mul", "true_divide", "floor_divide", "fmod", "remainder",
+                "atan2", "polygamma", "binary_cross_entropy", "sub", "add", "sum"}
+REDUCTION_OPS = {"mean", "nll_loss_forward", "nll_loss2d_forward", "nll_loss", "div", "sum", "std", "var",
+                 "native_batch_norm", "native_layer_norm", "group_norm", "native_group_norm", "cross_entropy_loss",
+                 "binary_cross_entropy"}
+SOFTMAX_OPS = {"softmax", "log_softmax", "safe_softmax"}
+MATMUL_OPS = {"addmm", "mm", "bmm", "matmul", "linear", "convolution", "cudnn_convolution", "baddbmm", "addbmm",
+              "mkldnn_convolution", "conv2d", "conv1d", "einsum", "scaled_dot_product_attention",
+              "_scaled_dot_product_flash_attention_for_cpu", "_scaled_dot_product_efficient_attention"}
+
+
+def is_empty_reduction(event: NonfiniteEvent, trace: Trace) -> bool:
+    """A NaN born from 0/0: a mean over nothing, a loss whose every target is ignored."""
+    if event.kind != "nan" or event.phase not in ("forward", "loss"):
+        return False
+    name = op_short(event.op)
+    if name not in REDUCTION_OPS:
+        return False
+    if any(0 in t.shape for t in event.inputs if t.shape):
+        return True
+    if name.startswith("nll_loss") and any(t.dtype.startswith("int") and t.min == -100 and t.max == -100
+                                           for t in event.inputs):
+        return True   # every target is ignore_index
+    run = trace.run(event.precision)
+    step = next((s for s in (run.steps if run else []) if s.step == event.step), None)
+    if step and step.labels and step.labels.total and step.labels.ignored == step.labels.total:
+        return True
+    if name == "div":
+        tensors = [t for t in event.inputs if t.name != "scalar"]
+        return len(tensors) >= 2 and all(t.zeros and (t.shape == [] or t.zeros == _numel(t.shape)) for t in tensors[:2])
+    return False
+
+
+def _numel(shape: list[int]) -> int:
+    total = 1
+    for d in shape:
+        total *= d
+    return total

@@ -1,0 +1,37 @@
+"""The rule interface. A rule's class docstring is its documentation (`nandoctor explain ID`)."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import ClassVar
+
+from ...trace import Trace
+from ..finding import ExperimentRequest, Finding
+
+
+@dataclass
+class Context:
+    trace: Trace
+    thresholds: dict[str, float]
+
+
+class Rule:
+    """Sections of every docstring: What it detects / Why it produces NaN or Inf / Evidence used /
+    How to fix / Example."""
+
+    id: ClassVar[str]
+    title: ClassVar[str]
+    # Experiment id -> the outcome that confirms this cause ("finite" or "nonfinite"); the
+    # opposite outcome refutes it. E.g. unstable-op is confirmed when float64 still fails.
+    experiments: ClassVar[dict[str, str]] = {}
+
+    def check(self, ctx: Context) -> list[Finding]:
+        raise NotImplementedError
+
+    def plan(self, ctx: Context, finding: Finding) -> list[ExperimentRequest]:
+        """Experiments to run for this finding: by default each listed id on each failing precision."""
+        requests = []
+        for run in ctx.trace.runs:
+            if run.precision in finding.precisions and run.first_nonfinite is not None:
+                for exp in self.experiments:
+                    requests.append(ExperimentRequest(exp, run.precision, run.first_nonfinite.step, self.id))
+        return requests

@@ -1,0 +1,140 @@
+"""The report document: trace + findings -> the stable, documented JSON structure (schema v1).
+
+Every reporter (console, JSON, Markdown, GitHub, JUnit, SARIF, HTML) renders this document
+and nothing else; the per-layer summaries (maxima over steps, headroom) are made here.
+"""
+from __future__ import annotations
+
+import math
+import platform
+from typing import Any, Optional
+
+from . import __version__
+from .diagnose import Finding, verdict as verdict_of
+from .trace import SCHEMA_VERSION, NonfiniteEvent, RunTrace, Trace, to_plain
+
+FP16_MAX = 65504.0
+COMPUTE_MAX = {"32-true": 3.4028234663852886e38, "16-mixed": FP16_MAX, "16-true": FP16_MAX,
+               "bf16-mixed": 3.3895313892515355e38, "bf16-true": 3.3895313892515355e38}
+SEVERITY_RANK = {"error": 0, "warning": 1, "info": 2}
+
+
+def _finite(values: list[Optional[float]]) -> list[float]:
+    return [v for v in values if v is not None and math.isfinite(v)]
+
+
+def _max(values: list[Optional[float]]) -> Optional[float]:
+    present = [v for v in values if v is not None]
+    if not present:
+        return None
+    if any(math.isnan(v) for v in present):
+        return math.nan
+    return max(present)
+
+
+def _sum(values: list[Optional[float]]) -> int:
+    return int(sum(v for v in values if v is not None and math.isfinite(v)))
+
+
+def first_nonfinite(trace: Trace) -> Optional[NonfiniteEvent]:
+    """The earliest origin across runs (by step, then by the configured precision order)."""
+    events = [r.first_nonfinite for r in trace.runs if r.first_nonfinite is not None]
+    return min(events, key=lambda e: e.step) if events else None
+
+
+def event_dict(event: Optional[NonfiniteEvent]) -> Optional[dict[str, Any]]:
+    if event is None:
+        return None
+    data = to_plain(event)
+    data["source"] = str(event.source) if event.source else None
+    data["source_code"] = event.source.code if event.source else None
+    data["user_source"] = str(event.user_source) if event.user_source else None
+    if event.producer is not None:
+        data["producer"]["source"] = str(event.producer.source) if event.producer.source else None
+    return data
+
+
+def finding_dict(f: Finding) -> dict[str, Any]:
+    return {"id": f.id, "severity": f.severity, "confidence": round(f.confidence, 3), "title": f.title,
+            "evidence": list(f.evidence), "fix": f.fix, "module": f.module,
+            "source": str(f.source) if f.source else None,
+            "file": f.source.file if f.source else None, "line": f.source.line if f.source else None,
+            "precisions": list(f.precisions), "experiments": list(f.experiments), "confirmed": f.confirmed,
+            "explains_origin": f.explains_origin}
+
+
+def run_dict(run: RunTrace) -> dict[str, Any]:
+    losses = [s.loss for s in run.steps]
+    finite_losses = _finite(losses)
+    scales = [s.loss_scale for s in run.steps]
+    return {
+        "precision": run.precision, "status": run.status, "steps_requested": run.steps_requested,
+        "steps_run": run.steps_run, "start_step": run.start_step,
+        "loss": {"first": losses[0] if losses else None, "last": losses[-1] if losses else None,
+                 "min": min(finite_losses) if finite_losses else None,
+                 "max": max(finite_losses) if finite_losses else None},
+        "losses": losses, "grad_norms": [s.grad_norm for s in run.steps], "lrs": [s.lr for s in run.steps],
+        "loss_scales": scales if any(v is not None for v in scales) else [],
+        "skipped_steps": [s.step for s in run.steps if s.skipped],
+        "first_nonfinite": event_dict(run.first_nonfinite),
+        "error": None if run.error is None else {**to_plain(run.error),
+                                                  "source": str(run.error.source) if run.error.source else None,
+                                                  "user_source": str(run.error.user_source) if run.error.user_source else None},
+        "optimizer": run.optimizer, "param_dtype": run.param_dtype, "seconds": round(run.seconds, 3),
+        "note": run.note,
+    }
+
+
+def layer_rows(run: RunTrace) -> list[dict[str, Any]]:
+    rows = []
+    limit = COMPUTE_MAX.get(run.precision, FP16_MAX)
+    for layer in sorted(run.layers, key=lambda l: l.index):
+        s = layer.series
+        act_max = _max(s["act_max_abs"])
+        grad_max = _max(s["param_grad_norm"])
+        rows.append({
+            "module": layer.module, "type": layer.type, "source": str(layer.source) if layer.source else None,
+            "act_max_abs": act_max, "act_nan": _sum(s["act_nan"]), "act_inf": _sum(s["act_inf"]),
+            "act_zero_frac": _max(s["act_zero_frac"]),
+            "headroom": (limit / act_max) if act_max and math.isfinite(act_max) else None,
+            "fp16_headroom": (FP16_MAX / act_max) if act_max and math.isfinite(act_max) else None,
+            "grad_out_norm_max": _max(s["grad_norm"]), "grad_nan": _sum(s["grad_nan"]), "grad_inf": _sum(s["grad_inf"]),
+            "param_norm": (s["param_norm"][-1] if s["param_norm"] else None),
+            "param_grad_norm_max": grad_max, "param_grad_zero_frac": _max(s["param_grad_zero_frac"]),
+            "update_ratio_max": _max(s["update_ratio"]),
+            "act_max_abs_per_step": s["act_max_abs"], "param_grad_norm_per_step": s["param_grad_norm"],
+        })
+    return rows
+
+
+def build_document(trace: Trace, findings: list[Finding], fail_on: str = "error") -> dict[str, Any]:
+    verdict = verdict_of(findings)
+    doc = {
+        "schema_version": SCHEMA_VERSION,
+        "tool": {"name": "nandoctor", "version": __version__},
+        "command": "scan",
+        "model_file": trace.model_file,
+        "checkpoint": trace.checkpoint,
+        "verdict": verdict,
+        "fail_on": fail_on,
+        "exit_code": exit_code_for(findings, fail_on),
+        "first_nonfinite": event_dict(first_nonfinite(trace)),
+        "causes": [finding_dict(f) for f in findings],
+        "runs": [run_dict(r) for r in trace.runs],
+        "layers": {r.precision: layer_rows(r) for r in trace.runs if r.layers},
+        "experiments": [to_plain(e) for e in trace.experiments],
+        "experiments_seconds": round(trace.experiments_seconds, 3),
+        "model": to_plain(trace.model),
+        "environment": {"torch": trace.torch_version, "device": trace.device, "python": platform.python_version()},
+        "config": trace.config,
+        "notes": list(trace.notes),
+        "seconds": round(trace.seconds, 3),
+    }
+    return to_plain(doc)
+
+
+def exit_code_for(findings: list[Finding], fail_on: str) -> int:
+    if fail_on == "never":
+        return 0
+    limit = SEVERITY_RANK[fail_on]
+    return 1 if any(SEVERITY_RANK[f.severity] <= limit for f in findings) else 0

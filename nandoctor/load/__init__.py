@@ -1,0 +1,1 @@
+"""Load stage: the user's model file, their config, and checkpoints."""

@@ -1,0 +1,1 @@
+def render(doc): raise NotImplementedError

@@ -1,0 +1,1 @@
+"""Run stage: instrumented training steps, the replay of a failing step, confirming experiments."""

@@ -1,0 +1,92 @@
+"""Confirming experiments: re-run the failing stretch with exactly one change.
+
+Requests come from the diagnosis as plain data; each becomes one or more runs through the
+same TrainingSession.run_step as the scan, unrecorded, stopped at the first failure.
+"""
+from __future__ import annotations
+
+import time
+from typing import Any, Callable, Optional
+
+import torch
+
+from ..diagnose.finding import ExperimentRequest
+from ..load.model_file import ModelFile
+from ..precision import Precision, parse_precision
+from ..trace import ExperimentResult
+from .runner import Deadline
+from .session import Overrides, TrainingSession, UserCodeFailed
+
+# How many steps past the failing step an experiment runs (a fix that only delays the
+# failure by a step or two is not a fix).
+EXTRA_STEPS = 5
+
+
+def _variants(request: ExperimentRequest, config: dict[str, Any], lr: Optional[float]) -> list[tuple[str, Overrides, int, dict]]:
+    """(label, overrides, first step to check, change) for one request."""
+    step = request.step
+    dtype_step = {"step-fp32": torch.float32, "step-bf16": torch.bfloat16, "step-fp64": torch.float64}
+    if request.id == "lower-lr":
+        return [(f"lr {lr:.0e} -> {lr / f:.0e}" if lr else f"lr / {f}", Overrides(lr_scale=1 / f), 0,
+                 {"lr_scale": 1 / f}) for f in (10, 100)]
+    if request.id == "sanitise-batch":
+        return [("every batch passed through nan_to_num", Overrides(batch_fix="sanitise"), 0, {"batch_fix": "nan_to_num"})]
+    if request.id == "skip-batch":
+        return [("batches holding NaN/Inf skipped", Overrides(batch_fix="skip"), 0, {"batch_fix": "skip"})]
+    if request.id in dtype_step:
+        dtype = dtype_step[request.id]
+        name = str(dtype).replace("torch.", "")
+        return [(f"step {step} re-run in {name}", Overrides(switch_dtype_at=(step, dtype)), step, {"dtype": name, "from_step": step})]
+    if request.id == "clip-grad":
+        return [("gradients clipped at norm 1.0", Overrides(grad_clip=1.0), 0, {"grad_clip": 1.0})]
+    if request.id == "reinit":
+        return [("every module re-initialised with reset_parameters()", Overrides(reinit=True), 0, {"reinit": True})]
+    if request.id == "raise-eps":
+        return [("optimizer eps raised to 1e-4", Overrides(eps=1e-4), 0, {"eps": 1e-4})]
+    return []
+
+
+def run_experiments(requests: list[ExperimentRequest], model_file: ModelFile, config: dict[str, Any],
+                    device: torch.device, budget_seconds: float, start_step: int = 0,
+                    initial_state: Optional[Callable] = None, lr_of: Optional[Callable[[str], Optional[float]]] = None) -> list[ExperimentResult]:
+    deadline = Deadline(budget_seconds)
+    results: list[ExperimentResult] = []
+    for request in requests:
+        lr = lr_of(request.precision) if lr_of else None
+        for label, overrides, _, change in _variants(request, config, lr):
+            result = ExperimentResult(id=request.id, label=label, precision=request.precision, change=change)
+            results.append(result)
+            if deadline.expired:
+                result.outcome, result.note = "timeout", "the experiment budget ran out"
+                continue
+            _run_one(result, overrides, request, model_file, config, device, deadline, start_step, initial_state)
+    return results
+
+
+def _run_one(result: ExperimentResult, overrides: Overrides, request: ExperimentRequest, model_file: ModelFile,
+             config: dict[str, Any], device: torch.device, deadline: Deadline, start_step: int,
+             initial_state: Optional[Callable]) -> None:
+    began = time.perf_counter()
+    last = max(request.step + EXTRA_STEPS, start_step + config["steps"] - 1)
+    if request.id.startswith("step-"):
+        last = request.step + 1   # a dtype change answers about this step, not the run
+    result.steps_planned = last - start_step + 1
+    precision: Precision = parse_precision(request.precision)
+    try:
+        session = TrainingSession(model_file, config, precision, device, overrides=overrides, initial_state=initial_state)
+        result.outcome = "finite"
+        for step in range(start_step, last + 1):
+            if deadline.expired:
+                result.outcome, result.note = "timeout", "the experiment budget ran out"
+                break
+            step_result = session.run_step(step)
+            result.steps_run += 1
+            if step_result.failure is not None or step_result.error is not None:
+                result.outcome = "nonfinite" if step_result.failure else "error"
+                result.first_bad_step = step
+                break
+    except UserCodeFailed as failed:
+        result.outcome, result.note = "error", f"{failed.error.exc_type}: {failed.error.message}"
+    except Exception as err:  # noqa: BLE001 - an experiment that cannot run is reported, not fatal
+        result.outcome, result.note = "error", f"{type(err).__name__}: {err}"
+    result.seconds = time.perf_counter() - began

@@ -1,0 +1,98 @@
+"""Which Python frames are the user's: turns stacks and tracebacks into source locations."""
+from __future__ import annotations
+
+import linecache
+import os
+import sys
+import sysconfig
+import traceback
+from types import FrameType, TracebackType
+from typing import Iterable, Optional
+
+import torch
+
+from ..trace import SourceLocation
+
+_TORCH_DIR = os.path.dirname(os.path.abspath(torch.__file__)) + os.sep
+_OUR_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__))) + os.sep
+_SITE_DIRS = tuple({os.path.abspath(p) + os.sep for p in
+                    (sysconfig.get_paths().get("purelib"), sysconfig.get_paths().get("platlib")) if p})
+_STDLIB_DIR = os.path.abspath(sysconfig.get_paths()["stdlib"]) + os.sep
+
+
+# Functions through which nandoctor calls the user's code: a stack walk stops there, because
+# everything further out is nandoctor or its caller, never where an op came from.
+_BOUNDARIES: set = set()
+
+
+def register_boundary(fn) -> None:
+    _BOUNDARIES.add(fn.__code__)
+
+
+def is_site_package(filename: str) -> bool:
+    return os.path.abspath(filename).startswith(_SITE_DIRS) or f"{os.sep}site-packages{os.sep}" in filename
+
+
+def is_library(filename: str) -> bool:
+    """Frames in torch, nandoctor, or the standard library are never 'where the user's op is'."""
+    if filename.startswith("<"):
+        return True
+    full = os.path.abspath(filename)
+    if full.startswith(_TORCH_DIR) or full.startswith(_OUR_DIR):
+        return True
+    return full.startswith(_STDLIB_DIR) and not is_site_package(full)
+
+
+def is_user_file(filename: str) -> bool:
+    """The user's own code: neither a library above nor an installed third-party package."""
+    return not is_library(filename) and not is_site_package(filename)
+
+
+def display_path(filename: str) -> str:
+    full = os.path.abspath(filename)
+    try:
+        rel = os.path.relpath(full)
+    except ValueError:
+        return full
+    return full if rel.startswith("..") else rel
+
+
+def location(filename: str, line: int, function: str = "") -> SourceLocation:
+    code = linecache.getline(filename, line).strip()
+    return SourceLocation(file=display_path(filename), line=line, function=function, code=code)
+
+
+def stack_locations(start: Optional[FrameType] = None) -> tuple[Optional[SourceLocation], Optional[SourceLocation]]:
+    """(innermost non-library frame, innermost user frame) of the current Python stack."""
+    frame = start or sys._getframe(1)
+    source = user = None
+    while frame is not None and (source is None or user is None):
+        if frame.f_code in _BOUNDARIES:
+            break
+        name = frame.f_code.co_filename
+        if source is None and not is_library(name):
+            source = location(name, frame.f_lineno, frame.f_code.co_name)
+        if user is None and is_user_file(name):
+            user = location(name, frame.f_lineno, frame.f_code.co_name)
+        frame = frame.f_back
+    return source, user
+
+
+def traceback_locations(tb: Optional[TracebackType]) -> tuple[Optional[SourceLocation], Optional[SourceLocation], list[SourceLocation]]:
+    """For an exception: (innermost non-library frame, innermost user frame, all user frames)."""
+    entries = traceback.extract_tb(tb)
+    source = user = None
+    frames: list[SourceLocation] = []
+    for entry in entries:
+        if is_user_file(entry.filename):
+            frames.append(location(entry.filename, entry.lineno or 0, entry.name))
+    for entry in reversed(entries):
+        if source is None and not is_library(entry.filename):
+            source = location(entry.filename, entry.lineno or 0, entry.name)
+        if user is None and is_user_file(entry.filename):
+            user = location(entry.filename, entry.lineno or 0, entry.name)
+    return source, user, frames
+
+
+def first_user_location(frames: Iterable[SourceLocation]) -> Optional[SourceLocation]:
+    return next(iter(frames), None)

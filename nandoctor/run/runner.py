@@ -1,0 +1,253 @@
+"""Drive the training runs: one per precision, recorded cheaply; replay the failing step."""
+from __future__ import annotations
+
+import math
+import time
+from typing import Any, Callable, Optional
+
+import torch
+
+from ..errors import InputError
+from ..load.model_file import ModelFile
+from ..precision import Precision
+from ..trace import (LAYER_FIELDS, PARAM_FIELDS, LayerSeries, NonfiniteEvent, ParamSeries, Phase, RunStatus,
+                     RunTrace)
+from . import stats
+from .recorder import Recorder, StepStats
+from .replay import OriginTracer
+from .session import Overrides, StepResult, TrainingSession, UserCodeFailed
+
+Progress = Callable[[str, int], None]   # (precision, steps done so far) after each step
+FAILURE_PHASE = {"batch": Phase.DATA, "loss": Phase.FORWARD, "gradients": Phase.BACKWARD,
+                 "parameters": Phase.OPTIMIZER}
+
+
+class Deadline:
+    def __init__(self, seconds: Optional[float]):
+        self.end = None if seconds is None else time.monotonic() + seconds
+
+    @property
+    def expired(self) -> bool:
+        return self.end is not None and time.monotonic() >= self.end
+
+    def left(self) -> float:
+        return math.inf if self.end is None else max(0.0, self.end - time.monotonic())
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise InputError(f"device '{name}' was requested but this machine has no usable CUDA device "
+                         f"(torch {torch.__version__}); use --device cpu or --device auto.")
+    return torch.device(name)
+
+
+def unsupported_reason(precision: Precision, device: torch.device) -> Optional[str]:
+    if device.type == "cuda" and precision.spec.compute_dtype == torch.bfloat16 and not torch.cuda.is_bf16_supported():
+        return f"{torch.cuda.get_device_name(device)} has no bfloat16 support"
+    return None
+
+
+# Messages of torch backends that cannot run an op in a dtype on this device: the precision is
+# unsupported here, which is a fact about the device, not a bug in the user's model.
+_UNSUPPORTED_PATTERNS = ("not implemented for 'Half'", "not implemented for 'BFloat16'",
+                         "could not create a primitive descriptor", "Unsupported dtype", "does not support bfloat16",
+                         "does not support half", "not supported for Half", "not supported for BFloat16")
+
+
+def _backend_unsupported(run: RunTrace, error) -> bool:
+    if run.precision == Precision.FP32.value or error.phase == Phase.INIT.value:
+        return False
+    return any(p.lower() in error.message.lower() for p in _UNSUPPORTED_PATTERNS)
+
+
+def run_precision(model_file: ModelFile, config: dict[str, Any], precision: Precision, device: torch.device,
+                  deadline: Deadline, start_step: int = 0, initial_state: Optional[Callable] = None,
+                  progress: Optional[Progress] = None) -> RunTrace:
+    """Run `config['steps']` recorded training steps; on the first failing step, locate its origin."""
+    run = RunTrace(precision=precision.value, steps_requested=config["steps"], start_step=start_step)
+    began = time.perf_counter()
+    reason = unsupported_reason(precision, device)
+    if reason:
+        run.status, run.note = RunStatus.UNSUPPORTED.value, reason
+        return run
+    try:
+        session = TrainingSession(model_file, config, precision, device, initial_state=initial_state)
+    except UserCodeFailed as failed:
+        run.status, run.error = RunStatus.ERROR.value, failed.error
+        return run
+    run.optimizer = session.optimizer_facts()
+    run.param_dtype = str(session.params[0].dtype).replace("torch.", "")
+    run.params = _init_params(session)
+    broken = [p for p in run.params if p.init_nonfinite]
+    if broken:
+        worst = broken[0]
+        run.status = RunStatus.NONFINITE.value
+        run.first_nonfinite = NonfiniteEvent(
+            precision=precision.value, step=start_step, phase=Phase.INIT.value,
+            kind="nan" if worst.init_max_abs is None or math.isnan(worst.init_max_abs) else "inf", module=worst.module,
+            parameter=worst.name, count=worst.init_nonfinite, surfaced_in="parameters", reproduced=True,
+            detail=", ".join(f"{p.name}: {p.init_nonfinite} of {p.numel} non-finite" for p in broken[:5]))
+        _fill_series(run, session, [])
+        run.seconds = time.perf_counter() - began
+        return run
+
+    recorder = Recorder(session.model).attach()
+    session._first_recorded_step = start_step
+    collected: list[StepStats] = []
+    try:
+        for step in range(start_step, start_step + config["steps"]):
+            if deadline.expired:
+                run.status = RunStatus.TIMEOUT.value
+                run.note = f"--max-seconds ran out after {len(run.steps)} of {config['steps']} steps"
+                break
+            try:
+                result = session.run_step(step, recorder=recorder)
+            except UserCodeFailed as failed:
+                if _backend_unsupported(run, failed.error):
+                    run.status = RunStatus.UNSUPPORTED.value
+                    run.note = f"torch on {device.type} cannot run this model in {precision.value}: {failed.error.message}"
+                else:
+                    run.status, run.error = RunStatus.ERROR.value, failed.error
+                break
+            run.steps.append(result.record)
+            if result.stats is not None:
+                collected.append(result.stats)
+            if progress:
+                progress(precision.value, len(run.steps))
+            if result.error is not None:
+                run.status, run.error = RunStatus.ERROR.value, result.error
+                break
+            if result.failure is not None:
+                run.status = RunStatus.NONFINITE.value
+                recorder.detach()
+                run.first_nonfinite = locate_origin(model_file, config, precision, device, step, start_step,
+                                                    result, initial_state)
+                break
+    finally:
+        recorder.detach()
+    _fill_series(run, session, collected)
+    run.seconds = time.perf_counter() - began
+    return run
+
+
+def locate_origin(model_file: ModelFile, config: dict[str, Any], precision: Precision, device: torch.device,
+                  step: int, start_step: int, seen: StepResult, initial_state: Optional[Callable] = None) -> NonfiniteEvent:
+    """Re-run deterministically up to `step` (nothing recorded), then trace that step op by op.
+
+    Re-running keeps the normal path free of snapshots; every step re-seeds from (seed, step),
+    so the replayed step sees the same weights, optimizer state, batch and dropout masks.
+    """
+    fallback = seen.event or NonfiniteEvent(
+        precision=precision.value, step=step, phase=FAILURE_PHASE[seen.failure or "loss"].value,
+        kind="nan", surfaced_in=seen.failure or "")
+    try:
+        session = TrainingSession(model_file, config, precision, device, initial_state=initial_state)
+        for earlier in range(start_step, step):
+            if session.run_step(earlier).failure:
+                fallback.reproduced = False
+                fallback.detail = f"the replay failed earlier, at step {earlier}: the run is not deterministic"
+                return fallback
+        tracer = OriginTracer(session.model, precision.value, step)
+        with tracer:
+            result = session.run_step(step, tracer=tracer)
+    except UserCodeFailed:
+        fallback.reproduced = False
+        fallback.detail = "the replay raised in user code where the recorded run did not"
+        return fallback
+    if result.failure is None:
+        fallback.reproduced = False
+        fallback.detail = (f"step {step} stayed finite when replayed from the same state: a transient failure "
+                           "(non-deterministic kernels, data loading or hardware)")
+        return fallback
+    root = tracer.origin(result.surfaces)
+    if root is None:
+        fallback.reproduced = True
+        fallback.detail = "the replay reproduced the failure but no single op produced the first non-finite value"
+        return fallback
+    event = tracer.to_event(root, result.failure, session.optimizer)
+    if seen.event is not None:      # data: keep which tensor and how many elements
+        event.tensor, event.count, event.detail = seen.event.tensor, seen.event.count, seen.event.detail
+        event.phase = Phase.DATA.value
+    return event
+
+
+def _init_params(session: TrainingSession) -> list[ParamSeries]:
+    names = [n for n, p in session.model.named_parameters() if p.requires_grad]
+    tensors = [p.detach() for p in session.params]
+    values = torch.stack([stats.foreach_norms(tensors, math.inf), stats.foreach_norms(tensors, 2.0),
+                          stats.segment_counts(tensors, "nonfinite")]).tolist()
+    out = []
+    for i, (name, t) in enumerate(zip(names, tensors)):
+        out.append(ParamSeries(name=name, module=name.rpartition(".")[0], shape=list(t.shape),
+                               dtype=str(t.dtype).replace("torch.", ""), numel=t.numel(),
+                               init_max_abs=values[0][i], init_norm=values[1][i], init_nonfinite=int(values[2][i]),
+                               init_source=session.init_sites.get(name),
+                               series={f: [] for f in PARAM_FIELDS}))
+    return out
+
+
+def _ratio(num: Optional[float], den: Optional[float]) -> Optional[float]:
+    if num is None or den is None:
+        return None
+    if den == 0:
+        return math.inf if num else 0.0
+    return num / den
+
+
+def _fill_series(run: RunTrace, session: TrainingSession, collected: list[StepStats]) -> None:
+    """Turn per-step host numbers into per-module and per-parameter series."""
+    params = run.params
+    for s in collected:
+        for i, p in enumerate(params):
+            grad_norm = s.param_grad_norm[i] if i < len(s.param_grad_norm) else None
+            zeros = s.param_grad_zeros[i] if i < len(s.param_grad_zeros) else None
+            p.series["norm"].append(s.param_norm[i] if i < len(s.param_norm) else None)
+            p.series["grad_norm"].append(grad_norm)
+            p.series["grad_zero_frac"].append(None if zeros is None else zeros / max(p.numel, 1))
+            grad_max = s.param_grad_max[i] if i < len(s.param_grad_max) else None
+            p.series["grad_nonfinite"].append(None if grad_max is None else float(not math.isfinite(grad_max)))
+            p.series["update_ratio"].append(_ratio(s.update_norm[i] if i < len(s.update_norm) else None,
+                                                   s.param_norm_before[i] if i < len(s.param_norm_before) else None))
+            p.series["max_abs"].append(s.param_max_abs[i] if i < len(s.param_max_abs) else None)
+
+    own: dict[str, list[int]] = {}
+    for i, p in enumerate(params):
+        own.setdefault(p.module, []).append(i)
+    for index, (name, module) in enumerate(session.model.named_modules()):
+        mine = own.get(name, [])
+        layer = LayerSeries(module=name, type=type(module).__name__, index=index,
+                            source=params[mine[0]].init_source if mine else None,
+                            series={f: [] for f in LAYER_FIELDS})
+        numel = sum(params[i].numel for i in mine)
+        for s in collected:
+            act = s.act.get(index)
+            grad = s.grad.get(index)
+            for j, key in enumerate(("max_abs", "norm", "nan", "inf")):
+                layer.series[f"act_{key}"].append(act[j] if act else None)
+                layer.series[f"grad_{key}"].append(grad[j] if grad else None)
+            layer.series["act_zero_frac"].append(None)
+            layer.series["grad_zero_frac"].append(None)
+            if act:
+                layer.series["act_zero_frac"][-1] = act[4] / max(_numel_hint(act), 1.0)
+            if grad:
+                layer.series["grad_zero_frac"][-1] = grad[4] / max(_numel_hint(grad), 1.0)
+            if mine:
+                def combine(values: list[Optional[float]]) -> Optional[float]:
+                    present = [v for v in values if v is not None]
+                    return math.sqrt(sum(v * v for v in present)) if present else None
+                layer.series["param_norm"].append(combine([s.param_norm[i] for i in mine]))
+                layer.series["param_grad_norm"].append(combine([s.param_grad_norm[i] for i in mine]))
+                zeros = [s.param_grad_zeros[i] for i in mine if s.param_grad_zeros[i] is not None]
+                layer.series["param_grad_zero_frac"].append(sum(zeros) / numel if zeros and numel else None)
+                layer.series["update_ratio"].append(_ratio(combine([s.update_norm[i] for i in mine]),
+                                                           combine([s.param_norm_before[i] for i in mine])))
+            else:
+                for key in ("param_norm", "param_grad_norm", "param_grad_zero_frac", "update_ratio"):
+                    layer.series[key].append(None)
+        run.layers.append(layer)
+
+
+def _numel_hint(row: list[float]) -> float:
+    return row[5] if len(row) > 5 else 1.0   # the recorder appends the element count

@@ -1,0 +1,305 @@
+"""The trace: plain, serialisable records of what the runs did.
+
+Everything the diagnosis rules and reporters know comes from here. Nothing in this module
+touches torch; a Trace round-trips through JSON (`to_dict` / `Trace.from_dict`), so rules can
+be tested on hand-made traces and a report can be re-rendered from a saved one.
+"""
+from __future__ import annotations
+
+import dataclasses
+import enum
+import math
+import typing
+from dataclasses import dataclass, field
+from typing import Any, Optional
+
+SCHEMA_VERSION = 1
+
+
+class Phase(str, enum.Enum):
+    INIT = "init"
+    DATA = "data"
+    FORWARD = "forward"
+    LOSS = "loss"
+    BACKWARD = "backward"
+    OPTIMIZER = "optimizer"
+
+
+class RunStatus(str, enum.Enum):
+    OK = "ok"                  # every requested step ran with finite loss, gradients, parameters
+    NONFINITE = "nonfinite"    # a step produced NaN/Inf; the run stopped there
+    ERROR = "error"            # the user's code raised; the run stopped there
+    TIMEOUT = "timeout"        # --max-seconds ran out before all steps ran
+    UNSUPPORTED = "unsupported"  # the precision cannot run on this device
+
+
+@dataclass
+class SourceLocation:
+    file: str                  # as shown to the user: relative to the working directory when inside it
+    line: int
+    function: str = ""
+    code: str = ""             # the text of that line
+
+    def __str__(self) -> str:
+        return f"{self.file}:{self.line}"
+
+
+@dataclass
+class TensorSummary:
+    """min/max and domain facts of one op input (only kept for the failing op)."""
+    name: str
+    shape: list[int]
+    dtype: str
+    min: Optional[float] = None
+    max: Optional[float] = None
+    min_abs: Optional[float] = None
+    nan: int = 0
+    inf: int = 0
+    zeros: int = 0
+    negatives: int = 0
+    value: Optional[float] = None      # for scalar (non-tensor) arguments
+
+
+@dataclass
+class OpRef:
+    op: str
+    module: str
+    source: Optional[SourceLocation] = None
+
+
+@dataclass
+class NonfiniteEvent:
+    """Where the first non-finite value of a run was born."""
+    precision: str
+    step: int
+    phase: str
+    kind: str                          # "nan" | "inf"
+    module: str = ""                   # innermost module active; "" for code outside modules
+    op: Optional[str] = None           # aten op, e.g. "aten.log.default"
+    source: Optional[SourceLocation] = None        # innermost frame outside torch/nandoctor
+    user_source: Optional[SourceLocation] = None   # innermost frame in the user's own files
+    forward_op: Optional[str] = None   # backward: the forward function that created the grad node
+    inputs: list[TensorSummary] = field(default_factory=list)
+    output: Optional[TensorSummary] = None
+    producer: Optional[OpRef] = None   # the op that produced the failing op's first input
+    masked_input: bool = False         # an input carried deliberate infinities (attention masks)
+    tensor: Optional[str] = None       # data: which batch tensor ("inputs", "targets['y']")
+    count: Optional[int] = None        # data/init: number of non-finite elements
+    parameter: Optional[str] = None    # init/optimizer: which parameter
+    state: Optional[str] = None        # optimizer: which state tensor ("exp_avg_sq")
+    reproduced: Optional[bool] = None  # None: not replayed; False: the replay stayed finite
+    surfaced_in: str = ""              # where the runner first saw it: loss, gradients, parameters, batch
+    detail: str = ""
+
+
+@dataclass
+class UserError:
+    """An exception raised by the user's code, captured instead of crashing."""
+    phase: str
+    exc_type: str
+    message: str
+    source: Optional[SourceLocation] = None
+    user_source: Optional[SourceLocation] = None
+    frames: list[SourceLocation] = field(default_factory=list)
+
+
+@dataclass
+class BatchTensorStats:
+    name: str
+    dtype: str
+    shape: list[int]
+    numel: int
+    nan: int = 0
+    inf: int = 0
+    max_abs: Optional[float] = None
+    min: Optional[float] = None
+    max: Optional[float] = None
+    source: Optional[SourceLocation] = None     # the line in get_batch that made it (first step only)
+
+
+@dataclass
+class LabelCheck:
+    tensor: str
+    num_classes: int
+    min: int
+    max: int
+    out_of_range: int
+    ignored: int = 0                    # targets equal to ignore_index
+    total: int = 0
+    ignore_index: Optional[int] = -100
+
+
+@dataclass
+class StepRecord:
+    step: int
+    loss: Optional[float] = None
+    grad_norm: Optional[float] = None
+    lr: Optional[float] = None
+    loss_scale: Optional[float] = None
+    skipped: bool = False                       # GradScaler (or static scaling) skipped the update
+    nonfinite_grads: list[str] = field(default_factory=list)    # parameter names
+    batch: list[BatchTensorStats] = field(default_factory=list)
+    labels: Optional[LabelCheck] = None
+
+
+# Per-step series for one module. Index i of every list is step start_step + i.
+LAYER_FIELDS = (
+    "act_max_abs", "act_norm", "act_nan", "act_inf", "act_zero_frac",
+    "grad_max_abs", "grad_norm", "grad_nan", "grad_inf", "grad_zero_frac",
+    "param_norm", "param_grad_norm", "param_grad_zero_frac", "update_ratio",
+)
+PARAM_FIELDS = ("norm", "grad_norm", "grad_zero_frac", "grad_nonfinite", "update_ratio", "max_abs")
+
+
+@dataclass
+class LayerSeries:
+    module: str
+    type: str
+    index: int                                  # position in named_modules(): depth order
+    source: Optional[SourceLocation] = None     # where its parameters were created (constructor line)
+    series: dict[str, list[Optional[float]]] = field(default_factory=dict)
+
+
+@dataclass
+class ParamSeries:
+    name: str
+    module: str
+    shape: list[int]
+    dtype: str
+    numel: int = 0
+    init_max_abs: Optional[float] = None       # before the first step
+    init_norm: Optional[float] = None
+    init_nonfinite: int = 0
+    init_source: Optional[SourceLocation] = None   # the user line that last wrote it in build_model()
+    series: dict[str, list[Optional[float]]] = field(default_factory=dict)
+
+
+@dataclass
+class RunTrace:
+    precision: str
+    status: str = RunStatus.OK.value
+    steps_requested: int = 0
+    start_step: int = 0
+    steps: list[StepRecord] = field(default_factory=list)
+    layers: list[LayerSeries] = field(default_factory=list)
+    params: list[ParamSeries] = field(default_factory=list)
+    first_nonfinite: Optional[NonfiniteEvent] = None
+    error: Optional[UserError] = None
+    optimizer: dict[str, Any] = field(default_factory=dict)   # name, lr, eps, ... as used
+    param_dtype: str = "float32"
+    seconds: float = 0.0
+    note: str = ""
+
+    @property
+    def steps_run(self) -> int:
+        return len(self.steps)
+
+    def layer(self, module: str) -> Optional[LayerSeries]:
+        return next((layer for layer in self.layers if layer.module == module), None)
+
+
+@dataclass
+class ExperimentResult:
+    """One confirming experiment: the failing stretch re-run with a single change."""
+    id: str                        # lower-lr, sanitise-batch, skip-batch, precision, clip-grad, reinit, raise-eps
+    label: str                     # "lr 1e-03 -> 1e-04"
+    precision: str
+    change: dict[str, Any] = field(default_factory=dict)
+    steps_run: int = 0
+    steps_planned: int = 0
+    outcome: str = "skipped"       # finite | nonfinite | error | skipped | timeout
+    first_bad_step: Optional[int] = None
+    seconds: float = 0.0
+    note: str = ""
+
+
+@dataclass
+class ModelInfo:
+    cls: str = ""
+    modules: int = 0
+    parameters: int = 0
+    trainable: int = 0
+    module_types: dict[str, int] = field(default_factory=dict)
+
+
+@dataclass
+class Trace:
+    model_file: str
+    config: dict[str, Any]
+    device: str
+    torch_version: str
+    tool_version: str
+    model: ModelInfo = field(default_factory=ModelInfo)
+    runs: list[RunTrace] = field(default_factory=list)
+    experiments: list[ExperimentResult] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+    seconds: float = 0.0
+    experiments_seconds: float = 0.0
+    checkpoint: Optional[str] = None
+    # Where the model file defines its functions; build_optimizer points at its `lr=` line.
+    functions: dict[str, SourceLocation] = field(default_factory=dict)
+    schema_version: int = SCHEMA_VERSION
+
+    def run(self, precision: str) -> Optional[RunTrace]:
+        return next((run for run in self.runs if run.precision == precision), None)
+
+    def to_dict(self) -> dict[str, Any]:
+        return to_plain(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "Trace":
+        return from_plain(cls, data)
+
+
+# ---- generic (de)serialisation ----------------------------------------------------------------
+
+def encode_float(value: float) -> Any:
+    """JSON has no NaN/Infinity; non-finite floats travel as the strings "NaN", "Infinity", "-Infinity"."""
+    if math.isnan(value):
+        return "NaN"
+    if math.isinf(value):
+        return "Infinity" if value > 0 else "-Infinity"
+    return value
+
+
+def decode_float(value: Any) -> Any:
+    if isinstance(value, str) and value in ("NaN", "Infinity", "-Infinity"):
+        return float(value.replace("Infinity", "inf"))
+    return value
+
+
+def to_plain(obj: Any) -> Any:
+    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+        return {f.name: to_plain(getattr(obj, f.name)) for f in dataclasses.fields(obj)}
+    if isinstance(obj, enum.Enum):
+        return obj.value
+    if isinstance(obj, dict):
+        return {str(k): to_plain(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [to_plain(v) for v in obj]
+    if isinstance(obj, float):
+        return encode_float(obj)
+    return obj
+
+
+def from_plain(tp: Any, data: Any) -> Any:
+    if data is None:
+        return None
+    origin = typing.get_origin(tp)
+    if origin is typing.Union:
+        args = [a for a in typing.get_args(tp) if a is not type(None)]
+        return from_plain(args[0], data) if len(args) == 1 else data
+    if dataclasses.is_dataclass(tp):
+        hints = typing.get_type_hints(tp)
+        kwargs = {f.name: from_plain(hints[f.name], data[f.name])
+                  for f in dataclasses.fields(tp) if f.name in data}
+        return tp(**kwargs)
+    if origin is list:
+        (item,) = typing.get_args(tp)
+        return [from_plain(item, v) for v in data]
+    if origin is dict:
+        _, item = typing.get_args(tp)
+        return {k: from_plain(item, v) for k, v in data.items()}
+    if tp is float:
+        return decode_float(data)
+    return decode_float(data) if isinstance(data, str) else data
