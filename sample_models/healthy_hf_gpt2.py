@@ -15,4 +15,4 @@ def get_batch(step):
 
 
 def build_optimizer(params):
-    return torch.optim.AdamW(params, lr=5e-4)
+    return torch.optim.AdamW(params, lr=5e-4, eps=1e-6)  # eps float16 can hold

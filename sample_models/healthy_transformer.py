@@ -40,4 +40,4 @@ def get_batch(step):
 
 
 def build_optimizer(params):
-    return torch.optim.AdamW(params, lr=3e-4, weight_decay=0.01)
+    return torch.optim.AdamW(params, lr=3e-4, weight_decay=0.01, eps=1e-6)  # eps float16 can hold

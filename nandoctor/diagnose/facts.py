@@ -122,3 +122,13 @@ def _numel(shape: list[int]) -> int:
     for d in shape:
         total *= d
     return total
+
+
+def batch_site(trace: Trace, precision: str, prefixes: tuple[str, ...]) -> Optional[SourceLocation]:
+    """The line in get_batch that made a batch tensor whose name starts with one of `prefixes`."""
+    run = trace.run(precision)
+    for step in (run.steps if run else []):
+        for b in step.batch:
+            if b.source is not None and any(b.name.startswith(p) or p in b.name for p in prefixes):
+                return b.source
+    return None

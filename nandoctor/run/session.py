@@ -146,6 +146,10 @@ def _primary_output(outputs: Any) -> Optional[torch.Tensor]:
 
 def build_optimizer(params: list[torch.nn.Parameter], spec: dict[str, Any]) -> torch.optim.Optimizer:
     kwargs = {k: v for k, v in spec.items() if k != "name"}
+    name = spec.get("name", "adamw")
+    if "eps" not in kwargs and name != "sgd" and params and params[0].dtype == torch.float16:
+        # eps "auto": the optimizers' default 1e-8 is 0 in float16 and divides 0/0 (see optimizer-eps).
+        kwargs["eps"] = 1e-4
     if "betas" in kwargs:
         kwargs["betas"] = tuple(kwargs["betas"])
     classes = {"adamw": torch.optim.AdamW, "adam": torch.optim.Adam, "sgd": torch.optim.SGD,

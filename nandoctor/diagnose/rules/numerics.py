@@ -4,7 +4,7 @@ from __future__ import annotations
 from typing import Optional
 
 from ...trace import NonfiniteEvent, SourceLocation
-from ..facts import SOFTMAX_OPS, UNSTABLE_OPS, is_empty_reduction, module_label, num, op_short, origin_events, where
+from ..facts import SOFTMAX_OPS, batch_site, UNSTABLE_OPS, is_empty_reduction, module_label, num, op_short, origin_events, where
 from ..finding import Finding, Severity
 from .base import Context, Rule
 
@@ -272,7 +272,8 @@ class EmptyReduction(Rule):
         findings = []
         for (_, module, _, _), group in _group(events).items():
             event = group[0]
-            loc = where(event)
+            # Inside a library's loss (a Hugging Face model), the user's line is where the labels are made.
+            loc = event.user_source or batch_site(ctx.trace, event.precision, ("targets", "labels")) or event.source
             run = ctx.trace.run(event.precision)
             step = next((s for s in (run.steps if run else []) if s.step == event.step), None)
             evidence = [f"{event.op}{_at(loc)}{_code(loc)} produced NaN at step {event.step} "

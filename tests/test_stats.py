@@ -1,0 +1,91 @@
+"""Statistics and origin tracing: property tests against plain reference computations."""
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from hypothesis import given, settings, strategies as st
+
+from nandoctor.run import stats
+
+values = st.one_of(st.floats(allow_nan=True, allow_infinity=True, width=32), st.just(0.0))
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(values, min_size=1, max_size=40))
+def test_tensor_row_matches_reference(xs):
+    t = torch.tensor(xs, dtype=torch.float32)
+    max_abs, norm, nan, inf, zeros = stats.tensor_row(t).tolist()
+    assert nan == sum(math.isnan(x) for x in xs)
+    assert inf == sum(math.isinf(x) for x in xs)
+    assert zeros == sum(x == 0 for x in xs)
+    if nan:
+        assert math.isnan(max_abs)
+    elif inf:
+        assert max_abs == math.inf
+    else:
+        assert max_abs == pytest.approx(max(abs(x) for x in xs))
+        squares = sum(float(x) ** 2 for x in xs)
+        # Documented limit: the L2 norm accumulates in float32 and saturates to inf once the
+        # sum of squares passes float32's max (elements beyond ~1.8e19); max|x| stays exact.
+        if squares < torch.finfo(torch.float32).max / 2:
+            assert norm == pytest.approx(math.sqrt(squares), rel=1e-4)
+        elif squares > torch.finfo(torch.float32).max * 2:
+            assert norm == math.inf
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.lists(st.lists(values, min_size=1, max_size=10), min_size=1, max_size=6))
+def test_segment_counts_match_per_tensor_counts(chunks):
+    tensors = [torch.tensor(c, dtype=torch.float32) for c in chunks]
+    assert stats.segment_counts(tensors, "zero").tolist() == [float(sum(x == 0 for x in c)) for c in chunks]
+    assert stats.segment_counts(tensors, "nonfinite").tolist() == [float(sum(not math.isfinite(x) for x in c)) for c in chunks]
+
+
+def test_iter_tensors_walks_nested_outputs():
+    from dataclasses import dataclass
+
+    @dataclass
+    class Out:
+        logits: torch.Tensor
+        extra: dict
+
+    found = [p for p, _ in stats.iter_tensors(Out(torch.ones(1), {"a": (torch.ones(1), 3)}))]
+    assert found == [".logits", ".extra['a'][0]"]
+
+
+DELIBERATE = """
+import torch
+from torch import nn
+
+class Masked(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.proj = nn.Linear(8, 8)
+
+    def forward(self, x):
+        scores = self.proj(x) @ x.transpose(1, 2)
+        causal = torch.full(scores.shape[-2:], float('-inf'), device=x.device).triu(1)
+        pad = torch.zeros(scores.shape[-1], dtype=torch.bool, device=x.device)
+        pad[-1] = True
+        scores = scores.masked_fill(pad, float('-inf')) + causal
+        scores = scores + (~pad).to(scores.dtype).sub(1).abs() * torch.finfo(scores.dtype).min
+        return torch.softmax(scores, -1) @ x
+
+def build_model():
+    return Masked()
+
+def get_batch(step):
+    x = torch.randn(4, 6, 8)
+    return x, x
+"""
+
+
+def test_deliberate_infinities_are_not_origins(model_file):
+    import nandoctor
+    report = nandoctor.scan(model_file(DELIBERATE), steps=4,
+                            precisions=["32-true", "16-mixed", "bf16-mixed", "16-true", "bf16-true"])
+    doc = report.to_dict()
+    assert doc["first_nonfinite"] is None, doc["first_nonfinite"]
+    assert not [c for c in doc["causes"] if c["severity"] == "error"]
