@@ -198,6 +198,73 @@ def explain(cause: Annotated[Optional[str], typer.Argument(help="A cause id, e.g
     typer.echo(f"{cause}\n\n{text}")
 
 
+@app.command()
+def init(
+    directory: Annotated[Path, typer.Argument(help="Where to write model.py and nandoctor.yaml.")] = Path("."),
+) -> None:
+    """Write a commented model.py template and nandoctor.yaml; never overwrites existing files.
+
+    Examples:
+
+      nandoctor init
+
+      nandoctor init my_project && nandoctor scan my_project/model.py --config my_project/nandoctor.yaml
+    """
+    from importlib.resources import files
+    targets = {"model.py": directory / "model.py", "nandoctor.yaml": directory / "nandoctor.yaml"}
+    existing = [str(p) for p in targets.values() if p.exists()]
+    if existing:
+        err_console.print(f"nandoctor: error: {' and '.join(existing)} already exist(s); nandoctor init never "
+                          "overwrites files. Move them away or choose another directory.", soft_wrap=True)
+        raise typer.Exit(code=ExitCode.BAD_INPUT)
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+        for name, path in targets.items():
+            path.write_text((files("nandoctor") / "templates" / name).read_text(encoding="utf-8"), encoding="utf-8")
+    except OSError as err:
+        _fail_input(InputError(f"cannot write into {directory}: {err.strerror or err}."))
+    typer.echo(f"wrote {targets['model.py']} and {targets['nandoctor.yaml']}; next: nandoctor scan {targets['model.py']}")
+
+
+@app.command("config")
+def show_config(
+    config: Annotated[Optional[Path], typer.Option("--config", "-c", help="A YAML config file.")] = None,
+    fmt: Annotated[str, typer.Option("--format", "-f", help="rich|json")] = "rich",
+) -> None:
+    """Print the resolved configuration and where each value came from.
+
+    Precedence: defaults < [tool.nandoctor] in pyproject.toml < ./nandoctor.yaml < --config < flags.
+
+    Examples:
+
+      nandoctor config
+
+      nandoctor config --config ci.yaml --format json
+    """
+    import json as _json
+    from .config import resolve_config
+    try:
+        resolved = resolve_config(config)
+    except InputError as err:
+        _fail_input(err)
+    if fmt == "json":
+        typer.echo(_json.dumps({"values": resolved.values, "sources": resolved.sources}, indent=2))
+        return
+    from rich.table import Table
+    table = Table(title="nandoctor configuration", title_justify="left", show_edge=False)
+    table.add_column("key")
+    table.add_column("value")
+    table.add_column("from")
+    for key, source in sorted(resolved.sources.items()):
+        value: Any = resolved.values
+        for part in key.split("."):
+            value = value[part]
+        if isinstance(value, dict):
+            continue
+        table.add_row(key, str(value), source)
+    Console().print(table)
+
+
 def main() -> None:
     try:
         app()
