@@ -172,6 +172,56 @@ def _progress(quiet: bool, steps: Optional[int], precisions: Optional[list[str]]
 
 
 @app.command()
+def postmortem(
+    path: Annotated[Path, typer.Argument(help="Checkpoint: torch.save file, Lightning .ckpt, .safetensors, a Hugging Face folder or a torch.distributed.checkpoint folder.")],
+    baseline: Annotated[Optional[Path], typer.Option("--baseline", help="An earlier checkpoint: show which tensors changed most since it.")] = None,
+    fmt: FormatOpt = "rich",
+    output: OutputOpt = None,
+    quiet: QuietOpt = False,
+    fail_on: FailOnOpt = None,
+    trust: Annotated[bool, typer.Option("--trust", help="Allow arbitrary unpickling (runs code from the file!) for checkpoints you trust.")] = False,
+) -> None:
+    """Examine a crashed checkpoint without trusting it: NaN/Inf weights, poisoned optimizer
+    state, collapsed loss scale, exploding weights.
+
+    Examples:
+
+      nandoctor postmortem checkpoints/step_40000.pt
+
+      nandoctor postmortem last.ckpt --baseline step_39000.ckpt --format json -o pm.json
+    """
+    try:
+        _check_format(fmt)
+        if fail_on is not None and fail_on not in ("error", "warning", "never"):
+            raise InputError(f"unknown --fail-on {fail_on!r}; accepted values are error, warning, never.")
+        from .postmortem import postmortem as run_postmortem
+        report = run_postmortem(path, baseline, trust=trust, fail_on=fail_on or "error")
+        doc = report.to_dict()
+        if fmt == "rich":
+            from .report.console import print_postmortem
+            if output is not None:
+                console = Console(file=open(output, "w", encoding="utf-8"), width=120, color_system=None)
+                print_postmortem(doc, console)
+                console.file.close()
+            elif not quiet:
+                print_postmortem(doc, Console(highlight=False))
+        else:
+            from .report import render
+            text = render(doc, fmt)
+            if output is not None:
+                _write(output, text)
+            else:
+                sys.stdout.write(text)
+    except InputError as err:
+        _fail_input(err)
+    except typer.Exit:
+        raise
+    except Exception as err:  # noqa: BLE001
+        _fail_internal(err)
+    raise typer.Exit(code=report.exit_code)
+
+
+@app.command()
 def explain(cause: Annotated[Optional[str], typer.Argument(help="A cause id, e.g. high-lr. Without one, lists them.")] = None) -> None:
     """Print a cause's documentation: what it detects, why it breaks training, how to fix it.
 

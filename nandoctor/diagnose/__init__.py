@@ -13,11 +13,12 @@ from .rules.numerics import EmptyReduction, GradSingularity, MaskedSoftmax, Unst
 from .rules.optimization import BadInit, ExplodingGradients, HighLearningRate, VanishingGradients
 from .rules.precision import Fp16Overflow, Fp16Underflow, LossScaleCollapse, OptimizerEps
 from .rules.runs import Nonreproducible, ScanIncomplete
+from .rules.state import PoisonedOptimizerState
 
 RULES: list[Rule] = [
     DataNonfinite(), DataScale(), LabelRange(), HighLearningRate(), BadInit(), UnstableOp(), GradSingularity(),
     MaskedSoftmax(), EmptyReduction(), Fp16Overflow(), Fp16Underflow(), LossScaleCollapse(), ExplodingGradients(),
-    VanishingGradients(), OptimizerEps(), UserCodeError(), Nonreproducible(), ScanIncomplete(),
+    VanishingGradients(), OptimizerEps(), PoisonedOptimizerState(), UserCodeError(), Nonreproducible(), ScanIncomplete(),
 ]
 _BY_ID = {rule.id: rule for rule in RULES}
 
@@ -120,4 +121,4 @@ def verdict(findings: list[Finding]) -> str:
 
 
 __all__ = ["Finding", "Severity", "ExperimentRequest", "diagnose", "plan_experiments", "verdict", "explain", "rule_ids",
-           "RULES"]
+           "RULES", "rank"]

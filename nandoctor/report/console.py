@@ -23,6 +23,52 @@ def _bar(value: float, lo: float, hi: float, width: int = 24) -> str:
     return "█" * filled + "·" * (width - filled)
 
 
+def _print_causes(causes: list[dict[str, Any]], console: Console) -> None:
+    if causes:
+        console.print(Text("Causes, most likely first", style="bold"))
+    for i, cause in enumerate(causes, 1):
+        style = SEVERITY_STYLE[cause["severity"]]
+        title = Text.assemble(f"{i}. ", (f"[{cause['severity']}] ", style), (cause["id"], "bold"),
+                              f"  {cause['title']}  (confidence {cause['confidence']:.2f}"
+                              + (", confirmed" if cause.get("confirmed") else ", refuted" if cause.get("confirmed") is False else "")
+                              + ")")
+        console.print(title)
+        if cause.get("source"):
+            console.print(f"   where: {cause['source']}" + (f"  module `{cause['module']}`" if cause.get("module") else ""),
+                          markup=False)
+        for line in cause["evidence"]:
+            console.print(f"   • {line}", highlight=False, markup=False)
+        for line in cause.get("experiments", []):
+            console.print(f"   ⚗ {line}", highlight=False, markup=False)
+        console.print(Text("   fix: ", style="bold green") + Text(cause["fix"]))
+
+
+def print_postmortem(doc: dict[str, Any], console: Console) -> None:
+    verdict = doc["verdict"]
+    console.print(Text.assemble(("nandoctor postmortem ", "bold"), (verdict.upper(), VERDICT_STYLE[verdict]),
+                                f"  {doc['checkpoint']}  ·  {doc['format']}  ·  step {doc['step']}  ·  epoch {doc['epoch']}"
+                                f"  ·  {doc['seconds']:.1f}s"))
+    _print_causes(doc["causes"], console)
+    table = Table(title="Tensors, worst first", title_justify="left", show_edge=False)
+    for col in ("tensor", "dtype", "shape", "NaN", "Inf", "max |x|", "norm"):
+        table.add_column(col)
+    for t in doc["tensors"][:12]:
+        style = "red" if t["nan"] or t["inf"] else None
+        table.add_row(t["name"], t["dtype"], str(t["shape"]), str(t["nan"]), str(t["inf"]), num(t["max_abs"]),
+                      num(t["norm"]), style=style)
+    console.print(table)
+    if doc.get("scaler"):
+        console.print(f"GradScaler: scale {num(doc['scaler'].get('scale'))}, growth tracker {doc['scaler'].get('_growth_tracker')}",
+                      markup=False)
+    if doc.get("baseline"):
+        t = Table(title=f"Largest changes since {doc['baseline']['path']}", title_justify="left", show_edge=False)
+        for col in ("tensor", "relative change", "norm before", "norm after"):
+            t.add_column(col)
+        for c in doc["baseline"]["changes"][:10]:
+            t.add_row(c["name"], num(c["relative_change"]), num(c["norm_before"]), num(c["norm_after"]))
+        console.print(t)
+
+
 def print_report(doc: dict[str, Any], console: Console) -> None:
     verdict = doc["verdict"]
     head = Text.assemble(("nandoctor ", "bold"), (verdict.upper(), VERDICT_STYLE[verdict]),
@@ -52,24 +98,7 @@ def print_report(doc: dict[str, Any], console: Console) -> None:
             lines.append(Text(event["detail"]))
         console.print(Panel(Group(*lines), title="first non-finite value", border_style="red"))
 
-    causes = doc["causes"]
-    if causes:
-        console.print(Text("Causes, most likely first", style="bold"))
-    for i, cause in enumerate(causes, 1):
-        style = SEVERITY_STYLE[cause["severity"]]
-        title = Text.assemble(f"{i}. ", (f"[{cause['severity']}] ", style), (cause["id"], "bold"),
-                              f"  {cause['title']}  (confidence {cause['confidence']:.2f}"
-                              + (", confirmed" if cause.get("confirmed") else ", refuted" if cause.get("confirmed") is False else "")
-                              + ")")
-        console.print(title)
-        if cause.get("source"):
-            console.print(f"   where: {cause['source']}" + (f"  module `{cause['module']}`" if cause.get("module") else ""),
-                          markup=False)
-        for line in cause["evidence"]:
-            console.print(f"   • {line}", highlight=False, markup=False)
-        for line in cause.get("experiments", []):
-            console.print(f"   ⚗ {line}", highlight=False, markup=False)
-        console.print(Text("   fix: ", style="bold green") + Text(cause["fix"]))
+    _print_causes(doc["causes"], console)
 
     table = Table(title="Runs", title_justify="left", show_edge=False)
     for col in ("precision", "status", "steps", "loss", "loss scale / skips", "time"):
