@@ -94,11 +94,12 @@ def layer_rows(run: RunTrace) -> list[dict[str, Any]]:
         grad_max = _max(s["param_grad_norm"])
         rows.append({
             "module": layer.module, "type": layer.type, "source": str(layer.source) if layer.source else None,
-            "act_max_abs": act_max, "act_nan": _sum(s["act_nan"]), "act_inf": _sum(s["act_inf"]),
+            "act_max_abs": act_max, "act_nan_steps": _sum(s["act_nan"]), "act_inf_steps": _sum(s["act_inf"]),
             "act_zero_frac": _max(s["act_zero_frac"]),
             "headroom": (limit / act_max) if act_max and math.isfinite(act_max) else None,
             "fp16_headroom": (FP16_MAX / act_max) if act_max and math.isfinite(act_max) else None,
-            "grad_out_norm_max": _max(s["grad_norm"]), "grad_nan": _sum(s["grad_nan"]), "grad_inf": _sum(s["grad_inf"]),
+            "grad_out_norm_max": _max(s["grad_norm"]), "grad_nan_steps": _sum(s["grad_nan"]),
+            "grad_inf_steps": _sum(s["grad_inf"]),
             "param_norm": (s["param_norm"][-1] if s["param_norm"] else None),
             "param_grad_norm_max": grad_max, "param_grad_zero_frac": _max(s["param_grad_zero_frac"]),
             "update_ratio_max": _max(s["update_ratio"]),

@@ -142,13 +142,14 @@ class StepRecord:
     labels: Optional[LabelCheck] = None
 
 
-# Per-step series for one module. Index i of every list is step start_step + i.
+# Per-step series for one module. Index i of every list is step start_step + i. act_nan /
+# act_inf / grad_nan / grad_inf are 0 or 1: whether that step's tensor held NaN / Inf.
 LAYER_FIELDS = (
     "act_max_abs", "act_norm", "act_nan", "act_inf", "act_zero_frac",
     "grad_max_abs", "grad_norm", "grad_nan", "grad_inf", "grad_zero_frac",
     "param_norm", "param_grad_norm", "param_grad_zero_frac", "update_ratio",
 )
-PARAM_FIELDS = ("norm", "grad_norm", "grad_zero_frac", "grad_nonfinite", "update_ratio", "max_abs")
+PARAM_FIELDS = ("norm", "grad_norm", "grad_zero_frac", "grad_nonfinite", "update_ratio")
 
 
 @dataclass

@@ -95,7 +95,7 @@ def _apply_experiments(rule: Rule, finding: Finding, trace: Trace) -> None:
         return
     confirming = [e for e in outcomes if e.outcome == rule.experiments[e.id]]
     for e in outcomes:
-        verdict = "confirms" if e in confirming else "refutes"
+        verdict = "confirms" if e in confirming else ("neutral" if e.id in rule.confirm_only else "refutes")
         result = (f"all {e.steps_run} steps stay finite" if e.outcome == "finite"
                   else f"still non-finite at step {e.first_bad_step}")
         finding.experiments.append(f"{verdict}: {e.label} ({e.precision}): {result} [{e.seconds:.1f}s]")
@@ -106,6 +106,9 @@ def _apply_experiments(rule: Rule, finding: Finding, trace: Trace) -> None:
         finding.evidence.append(f"confirmed: with {best.label}, " + (
             f"all {best.steps_run} steps stay finite" if best.outcome == "finite" else
             f"step {best.first_bad_step} is still non-finite"))
+    elif all(e.id in rule.confirm_only for e in outcomes):
+        finding.evidence.append("in float64 the step stays finite: the op fails at the edge of its inputs' "
+                                "float32/16-bit range, not at a true mathematical singularity")
     else:
         finding.confirmed = False
         finding.confidence = round(finding.confidence * 0.4, 3)

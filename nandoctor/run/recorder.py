@@ -19,6 +19,11 @@ import torch
 from . import stats
 
 
+# Every memory pass over an activation costs about as much as a small layer on CPU: the
+# norm and zero-count passes run every ZERO_EVERY steps; the aminmax pass runs every step.
+ZERO_EVERY = 4
+
+
 @dataclass
 class StepStats:
     """Host-side numbers of one step. Activation/gradient rows are ROW plus the element count."""
@@ -30,15 +35,16 @@ class StepStats:
     param_grad_zeros: list[Optional[float]] = field(default_factory=list)
     param_norm: list[float] = field(default_factory=list)
     param_norm_before: list[float] = field(default_factory=list)
-    param_max_abs: list[float] = field(default_factory=list)
     update_norm: list[float] = field(default_factory=list)
     total_grad_norm: float = math.nan
+    grad_scale: float = 1.0
 
 
 class Recorder:
     """Attach to a model for the duration of a run; `detach()` in a `finally:`."""
 
     def __init__(self, model: torch.nn.Module):
+        self._steps_seen = 0
         self.modules = list(model.named_modules())
         self.params = [(name, p) for name, p in model.named_parameters() if p.requires_grad]
         self._handles: list[Any] = []
@@ -54,6 +60,12 @@ class Recorder:
         for handle in self._handles:
             handle.remove()
         self._handles.clear()
+
+    @property
+    def _full(self) -> bool:
+        """Norms and zero shares are sampled every ZERO_EVERY steps (first step included);
+        min/max (max|x|, NaN/Inf presence, headroom) are taken on every step."""
+        return self._steps_seen % ZERO_EVERY == 0
 
     def _reset(self) -> None:
         self._act_rows: list[torch.Tensor] = []
@@ -80,7 +92,7 @@ class Recorder:
         if len(tensors) == 1 and last is tensors[0] and self._last_row is not None:
             row = self._last_row
         else:
-            row = stats.combined_row(tensors)
+            row = stats.combined_row(tensors, self._full)
             self._last_output = weakref.ref(tensors[0]) if len(tensors) == 1 else None
             self._last_row = row
         self._act_rows.append(row)
@@ -100,7 +112,7 @@ class Recorder:
         target.register_hook(partial(self._on_grad, owners))
 
     def _on_grad(self, owners: list[int], grad: torch.Tensor) -> None:
-        row = stats.tensor_row(grad)
+        row = stats.tensor_row(grad, self._full)
         for index in owners:
             self._grad_rows.append(row)
             self._grad_owner.append(index)
@@ -114,7 +126,10 @@ class Recorder:
         grads = [g for _, g in present]
         self._param_tensors["grad_norm"] = stats.foreach_norms(grads, 2.0)
         self._param_tensors["grad_max"] = stats.foreach_norms(grads, math.inf)
-        self._param_tensors["grad_zeros"] = stats.segment_counts(grads, "zero")
+        # Zero shares feed only the underflow rule: sampled every ZERO_EVERY steps to keep the
+        # per-parameter kernel count down on models with thousands of parameters.
+        if self._full:
+            self._param_tensors["grad_zeros"] = stats.zero_counts(grads)
 
     def before_optimizer_step(self) -> None:
         params = [p.detach() for _, p in self.params]
@@ -123,7 +138,9 @@ class Recorder:
         if self._prev is None or len(self._prev) != len(params):
             self._prev = [torch.empty_like(p) for p in params]
         torch._foreach_copy_(self._prev, params)
-        self._param_tensors["norm_before"] = stats.foreach_norms(self._prev, 2.0)
+        # The norm before this step is the norm after the last one: measure it only once.
+        last = getattr(self, "_last_norm", None)
+        self._param_tensors["norm_before"] = last if last is not None else stats.foreach_norms(self._prev, 2.0)
 
     def after_optimizer_step(self) -> None:
         params = [p.detach() for _, p in self.params]
@@ -132,7 +149,7 @@ class Recorder:
         torch._foreach_sub_(self._prev, params)   # prev now holds -(update)
         self._param_tensors["update"] = stats.foreach_norms(self._prev, 2.0)
         self._param_tensors["norm"] = stats.foreach_norms(params, 2.0)
-        self._param_tensors["max_abs"] = stats.foreach_norms(params, math.inf)
+        self._last_norm = self._param_tensors["norm"]
 
     # ---- one transfer per step ----------------------------------------------------------------
     def finish_step(self, loss: torch.Tensor, grad_scale: float = 1.0) -> StepStats:
@@ -143,13 +160,14 @@ class Recorder:
         for block in (act, grad):
             if block is not None:
                 parts.append(block.reshape(-1))
-        names = ("grad_norm", "grad_max", "grad_zeros", "norm_before", "update", "norm", "max_abs")
+        self._steps_seen += 1
+        names = ("grad_norm", "grad_max", "grad_zeros", "norm_before", "update", "norm")
         for name in names:
             if name in self._param_tensors:
                 parts.append(self._param_tensors[name].to(device).reshape(-1))
         flat = torch.cat(parts).tolist()  # the step's only host synchronisation
 
-        out = StepStats(loss=flat[0])
+        out = StepStats(loss=flat[0], grad_scale=grad_scale)
         pos = 1
         if act is not None:
             for owner, numel in zip(self._act_owner, self._act_numel):
@@ -157,10 +175,8 @@ class Recorder:
                 pos += stats.ROW_WIDTH
         if grad is not None:
             for owner, numel in zip(self._grad_owner, self._grad_numel):
-                row = flat[pos:pos + stats.ROW_WIDTH]
-                # Output gradients are seen before GradScaler.unscale_: undo the scale here.
-                row = [row[0] / grad_scale, row[1] / grad_scale] + row[2:] + [float(numel)]
-                out.grad[owner] = row
+                # Output gradients are seen before GradScaler.unscale_: row_facts undoes the scale.
+                out.grad[owner] = flat[pos:pos + stats.ROW_WIDTH] + [float(numel)]
                 pos += stats.ROW_WIDTH
         count = len(self.params)
         present = getattr(self, "_grad_present", [])
@@ -185,7 +201,6 @@ class Recorder:
         out.param_norm_before = per_param["norm_before"]  # type: ignore[assignment]
         out.update_norm = per_param["update"]  # type: ignore[assignment]
         out.param_norm = per_param["norm"]  # type: ignore[assignment]
-        out.param_max_abs = per_param["max_abs"]  # type: ignore[assignment]
         squares = [g * g for g in out.param_grad_norm if g is not None]
         out.total_grad_norm = math.sqrt(sum(squares)) if squares else math.nan
         self._reset()

@@ -210,7 +210,6 @@ def _fill_series(run: RunTrace, session: TrainingSession, collected: list[StepSt
             p.series["grad_nonfinite"].append(None if grad_max is None else float(not math.isfinite(grad_max)))
             p.series["update_ratio"].append(_ratio(s.update_norm[i] if i < len(s.update_norm) else None,
                                                    s.param_norm_before[i] if i < len(s.param_norm_before) else None))
-            p.series["max_abs"].append(s.param_max_abs[i] if i < len(s.param_max_abs) else None)
 
     own: dict[str, list[int]] = {}
     for i, p in enumerate(params):
@@ -224,15 +223,11 @@ def _fill_series(run: RunTrace, session: TrainingSession, collected: list[StepSt
         for s in collected:
             act = s.act.get(index)
             grad = s.grad.get(index)
-            for j, key in enumerate(("max_abs", "norm", "nan", "inf")):
-                layer.series[f"act_{key}"].append(act[j] if act else None)
-                layer.series[f"grad_{key}"].append(grad[j] if grad else None)
-            layer.series["act_zero_frac"].append(None)
-            layer.series["grad_zero_frac"].append(None)
-            if act:
-                layer.series["act_zero_frac"][-1] = act[4] / max(_numel_hint(act), 1.0)
-            if grad:
-                layer.series["grad_zero_frac"][-1] = grad[4] / max(_numel_hint(grad), 1.0)
+            act_facts = stats.row_facts(act, act[-1]) if act else {}
+            grad_facts = stats.row_facts(grad, grad[-1], s.grad_scale) if grad else {}
+            for key in ("max_abs", "norm", "nan", "inf", "zero_frac"):
+                layer.series[f"act_{key}"].append(act_facts.get(key))
+                layer.series[f"grad_{key}"].append(grad_facts.get(key))
             if mine:
                 def combine(values: list[Optional[float]]) -> Optional[float]:
                     present = [v for v in values if v is not None]
@@ -248,6 +243,3 @@ def _fill_series(run: RunTrace, session: TrainingSession, collected: list[StepSt
                     layer.series[key].append(None)
         run.layers.append(layer)
 
-
-def _numel_hint(row: list[float]) -> float:
-    return row[5] if len(row) > 5 else 1.0   # the recorder appends the element count

@@ -341,8 +341,10 @@ class TrainingSession:
         if recorder is not None:
             recorder.after_backward()
         grads = [p.grad for p in self.params if p.grad is not None]
-        with ours():
-            grad_norm_before_clip = stats.foreach_norms(grads).square().sum().sqrt() if grads else None
+        grad_norm_before_clip = None
+        if recorder is None and grads:      # the recorder measures it itself
+            with ours():
+                grad_norm_before_clip = stats.foreach_norms(grads).square().sum().sqrt()
         clip = self.overrides.grad_clip if self.overrides.grad_clip is not None else self.config["grad_clip"]
         if clip:
             torch.nn.utils.clip_grad_norm_(self.params, clip)
@@ -367,7 +369,8 @@ class TrainingSession:
             record.grad_norm = step_stats.total_grad_norm
             # Finiteness from max |x|: an L2 norm of huge but finite values can overflow.
             grads_finite = all(g is None or math.isfinite(g) for g in step_stats.param_grad_max)
-            params_finite = all(math.isfinite(n) for n in step_stats.param_max_abs)
+            # An L2 norm overflows only for elements beyond ~1e19: as good as non-finite.
+            params_finite = all(math.isfinite(n) for n in step_stats.param_norm)
             bad_grads = [self.param_names[id(p)] for p, g in zip(self.params, step_stats.param_grad_max)
                          if g is not None and not math.isfinite(g)]
         else:

@@ -13,8 +13,10 @@ from typing import Any, Iterator, Optional
 
 import torch
 
-# Columns of an activation/gradient row.
-ROW = ("max_abs", "norm", "nan", "inf", "zeros")
+# Columns of an activation/gradient row. aminmax propagates NaN and +-inf, so min/max also
+# say whether the tensor holds NaN or Inf; exact NaN/Inf counts (a bool reduction, ~4x the
+# cost of the whole row on CPU) are taken only for the failing op, in the replay.
+ROW = ("min", "max", "norm", "nonzero")
 ROW_WIDTH = len(ROW)
 
 
@@ -40,33 +42,50 @@ def floating_tensors(obj: Any) -> list[torch.Tensor]:
     return [t for _, t in iter_tensors(obj) if (t.is_floating_point() or t.is_complex()) and t.numel() > 0]
 
 
-def tensor_row(x: torch.Tensor) -> torch.Tensor:
-    """[max|x|, ||x||_2, #NaN, #Inf, #zeros] as a float32 device tensor.
+UNMEASURED = -1.0   # norm / nonzero of a step that only took min/max
+_UNMEASURED = torch.tensor(UNMEASURED)
 
-    max|x| is NaN when x holds a NaN (vector_norm propagates it), which the host side uses as
-    the cheap "has NaN" flag; the counts make it exact.
-    """
+
+def tensor_row(x: torch.Tensor, full: bool = True) -> torch.Tensor:
+    """[min, max, ||x||_2, #nonzero] as a float32 device tensor. With full=False only the
+    single aminmax pass runs (max|x|, NaN/Inf presence, headroom) and the rest is UNMEASURED."""
     x = x.detach()
     if x.is_complex():
         x = x.abs()
-    return torch.stack([
-        torch.linalg.vector_norm(x, math.inf, dtype=torch.float32),
-        torch.linalg.vector_norm(x, 2, dtype=torch.float32),
-        torch.isnan(x).sum().to(torch.float32),
-        torch.isinf(x).sum().to(torch.float32),
-        (x == 0).sum().to(torch.float32),
-    ])
+    if not full:
+        low, high = torch.aminmax(x)
+        return torch.stack([low.to(torch.float32), high.to(torch.float32), _UNMEASURED.to(x.device),
+                            _UNMEASURED.to(x.device)])
+    # Accumulate 16-bit tensors in float32 (a float16 norm overflows); float32 needs no cast,
+    # and asking for one would copy the whole activation.
+    acc = torch.float32 if x.dtype in (torch.float16, torch.bfloat16) else None
+    low, high = torch.aminmax(x)
+    return torch.stack([low.to(torch.float32), high.to(torch.float32), torch.linalg.vector_norm(x, 2, dtype=acc),
+                        torch.count_nonzero(x).to(torch.float32)])
 
 
-def combined_row(tensors: list[torch.Tensor]) -> Optional[torch.Tensor]:
-    """One row for a module whose output is several tensors: max of maxima, norm of norms, summed counts."""
+def combined_row(tensors: list[torch.Tensor], full: bool = True) -> Optional[torch.Tensor]:
+    """One row for a module whose output is several tensors: min of minima, max of maxima,
+    norm of norms, summed non-zero counts."""
     if not tensors:
         return None
     if len(tensors) == 1:
-        return tensor_row(tensors[0])
-    rows = torch.stack([tensor_row(t).to(tensors[0].device) for t in tensors])
-    return torch.cat([rows[:, 0].amax().reshape(1), rows[:, 1].square().sum().sqrt().reshape(1),
-                      rows[:, 2:].sum(0)])
+        return tensor_row(tensors[0], full)
+    rows = torch.stack([tensor_row(t, full).to(tensors[0].device) for t in tensors])
+    if not full:
+        return rows[0].clone().copy_(torch.stack([rows[:, 0].amin(), rows[:, 1].amax(), rows[0, 2], rows[0, 3]]))
+    return torch.stack([rows[:, 0].amin(), rows[:, 1].amax(), rows[:, 2].square().sum().sqrt(), rows[:, 3].sum()])
+
+
+def row_facts(row: list[float], numel: float, scale: float = 1.0) -> dict[str, float]:
+    """Host side of a row: max|x|, norm, NaN/Inf presence (0 or 1), share of exact zeros."""
+    low, high, norm, nonzero = row[:4]
+    has_nan = math.isnan(low) or math.isnan(high)
+    has_inf = not has_nan and (math.isinf(low) or math.isinf(high))
+    measured = nonzero != UNMEASURED
+    return {"max_abs": math.nan if has_nan else max(abs(low), abs(high)) / scale,
+            "norm": norm / scale if measured else None, "nan": float(has_nan), "inf": float(has_inf),
+            "zero_frac": (numel - nonzero) / max(numel, 1.0) if measured else None}
 
 
 def foreach_norms(tensors: list[torch.Tensor], ord: float = 2.0) -> torch.Tensor:
@@ -76,14 +95,25 @@ def foreach_norms(tensors: list[torch.Tensor], ord: float = 2.0) -> torch.Tensor
     by_device: dict[torch.device, list[int]] = {}
     for i, t in enumerate(tensors):
         by_device.setdefault(t.device, []).append(i)
+    acc = torch.float32 if any(t.dtype in (torch.float16, torch.bfloat16) for t in tensors) else None
+    if acc is not None and any(t.dtype == torch.float64 for t in tensors):
+        return torch.stack([foreach_norms([t], ord)[0].to(torch.float64) for t in tensors])
     if len(by_device) == 1:
-        norms = torch._foreach_norm(tensors, ord, dtype=torch.float32)
+        norms = torch._foreach_norm(tensors, ord, dtype=acc)
         return torch.stack(list(norms))
     out = torch.zeros(len(tensors), dtype=torch.float32, device=tensors[0].device)
     for device, idx in by_device.items():
-        norms = torch._foreach_norm([tensors[i] for i in idx], ord, dtype=torch.float32)
+        norms = torch._foreach_norm([tensors[i] for i in idx], ord, dtype=acc)
         out[idx] = torch.stack(list(norms)).to(out.device)
     return out
+
+
+def zero_counts(tensors: list[torch.Tensor]) -> torch.Tensor:
+    """Per-tensor count of exact zeros (no concatenated copy of the tensors)."""
+    if not tensors:
+        return torch.zeros(0)
+    return torch.stack([torch.count_nonzero(t) for t in tensors]).neg_().add_(
+        torch.tensor([t.numel() for t in tensors], device=tensors[0].device)).to(torch.float32)
 
 
 def segment_counts(tensors: list[torch.Tensor], predicate: str) -> torch.Tensor:

@@ -23,6 +23,9 @@ class Rule:
     # Experiment id -> the outcome that confirms this cause ("finite" or "nonfinite"); the
     # opposite outcome refutes it. E.g. unstable-op is confirmed when float64 still fails.
     experiments: ClassVar[dict[str, str]] = {}
+    # Experiments that can only confirm: their other outcome is recorded as neutral evidence
+    # (a float64 step that stays finite shows a range effect, not that the op is safe).
+    confirm_only: ClassVar[frozenset[str]] = frozenset()
 
     def check(self, ctx: Context) -> list[Finding]:
         raise NotImplementedError

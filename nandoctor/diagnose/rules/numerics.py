@@ -102,6 +102,7 @@ class UnstableOp(Rule):
     id = "unstable-op"
     title = "numerically unstable op"
     experiments = {"step-fp64": "nonfinite"}
+    confirm_only = frozenset({"step-fp64"})
 
     def check(self, ctx: Context) -> list[Finding]:
         events = [e for e in origin_events(ctx.trace)
@@ -157,6 +158,7 @@ class GradSingularity(Rule):
     id = "grad-singularity"
     title = "infinite or undefined derivative in backward"
     experiments = {"step-fp64": "nonfinite"}
+    confirm_only = frozenset({"step-fp64"})
 
     def check(self, ctx: Context) -> list[Finding]:
         events = [e for e in origin_events(ctx.trace) if e.phase == "backward"]
@@ -223,6 +225,7 @@ class MaskedSoftmax(Rule):
     id = "masked-softmax"
     title = "softmax over a fully masked row"
     experiments = {"step-fp64": "nonfinite"}
+    confirm_only = frozenset({"step-fp64"})
 
     def check(self, ctx: Context) -> list[Finding]:
         events = [e for e in origin_events(ctx.trace) if e.masked_input and
@@ -266,6 +269,7 @@ class EmptyReduction(Rule):
     id = "empty-reduction"
     title = "reduction over zero elements"
     experiments = {"step-fp64": "nonfinite"}
+    confirm_only = frozenset({"step-fp64"})
 
     def check(self, ctx: Context) -> list[Finding]:
         events = [e for e in origin_events(ctx.trace) if is_empty_reduction(e, ctx.trace)]
