@@ -59,10 +59,12 @@ def _fail_internal(err: BaseException) -> None:
     raise typer.Exit(code=ExitCode.INTERNAL)
 
 
-def emit(doc: dict[str, Any], fmt: str, output: Optional[Path], quiet: bool, html: Optional[Path] = None) -> None:
+def emit(doc: dict[str, Any], fmt: str, output: Optional[Path], quiet: bool, html: Optional[Path] = None,
+         printer: Any = None) -> None:
     """Write the document in `fmt` to --output or stdout; the rich report goes to the terminal."""
     from .report import render
     from .report.console import print_report
+    print_report = printer or print_report
     if html is not None:
         from .report.html import render_html
         _write(html, render_html(doc))
@@ -90,6 +92,19 @@ def _write(path: Path, text: str) -> None:
         path.write_text(text, encoding="utf-8")
     except OSError as err:
         raise InputError(f"cannot write {path}: {err.strerror or err}.") from None
+
+
+def _guarded(run: Any) -> None:
+    """Run a command body; map its outcome to the documented exit codes (README, "Exit codes")."""
+    try:
+        report = run()
+    except InputError as err:
+        _fail_input(err)
+    except typer.Exit:
+        raise
+    except Exception as err:  # noqa: BLE001 - anything else is a bug in nandoctor: exit 3, no traceback
+        _fail_internal(err)
+    raise typer.Exit(code=report.exit_code)
 
 
 FormatOpt = Annotated[str, typer.Option("--format", "-f", help=f"Output format: {'|'.join(FORMATS)}.")]
@@ -133,7 +148,7 @@ def scan(
 
       nandoctor scan model.py --format github --fail-on warning     (in CI)
     """
-    try:
+    def run() -> Any:
         _check_format(fmt)
         from .scan_api import scan as run_scan
         progress_cb, stop = _progress(quiet, steps, precision)
@@ -144,13 +159,9 @@ def scan(
         finally:
             stop()
         emit(report.to_dict(), fmt, output, quiet, html)
-    except InputError as err:
-        _fail_input(err)
-    except typer.Exit:
-        raise
-    except Exception as err:  # noqa: BLE001
-        _fail_internal(err)
-    raise typer.Exit(code=report.exit_code)
+        return report
+
+    _guarded(run)
 
 
 def _progress(quiet: bool, steps: Optional[int], precisions: Optional[list[str]]):
@@ -190,35 +201,17 @@ def postmortem(
 
       nandoctor postmortem last.ckpt --baseline step_39000.ckpt --format json -o pm.json
     """
-    try:
+    def run() -> Any:
         _check_format(fmt)
         if fail_on is not None and fail_on not in ("error", "warning", "never"):
             raise InputError(f"unknown --fail-on {fail_on!r}; accepted values are error, warning, never.")
         from .postmortem import postmortem as run_postmortem
+        from .report.console import print_postmortem
         report = run_postmortem(path, baseline, trust=trust, fail_on=fail_on or "error")
-        doc = report.to_dict()
-        if fmt == "rich":
-            from .report.console import print_postmortem
-            if output is not None:
-                console = Console(file=open(output, "w", encoding="utf-8"), width=120, color_system=None)
-                print_postmortem(doc, console)
-                console.file.close()
-            elif not quiet:
-                print_postmortem(doc, Console(highlight=False))
-        else:
-            from .report import render
-            text = render(doc, fmt)
-            if output is not None:
-                _write(output, text)
-            else:
-                sys.stdout.write(text)
-    except InputError as err:
-        _fail_input(err)
-    except typer.Exit:
-        raise
-    except Exception as err:  # noqa: BLE001
-        _fail_internal(err)
-    raise typer.Exit(code=report.exit_code)
+        emit(report.to_dict(), fmt, output, quiet, printer=print_postmortem)
+        return report
+
+    _guarded(run)
 
 
 @app.command()
