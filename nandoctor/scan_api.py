@@ -18,8 +18,8 @@ from .load.model_file import ModelFile, load_model_file
 from .precision import parse_precision
 from .run.experiments import run_experiments
 from .run.frames import location
-from .run.runner import Deadline, Progress, resolve_device, run_precision
-from .trace import ModelInfo, NonfiniteEvent, SourceLocation, Trace
+from .run.runner import Deadline, Progress, ScanTimeout, resolve_device, run_precision, watchdog
+from .trace import ModelInfo, NonfiniteEvent, RunStatus, RunTrace, SourceLocation, Trace
 
 
 @dataclass
@@ -80,15 +80,8 @@ def scan(model_file: str | Path, config: str | Path | None = None, *, steps: Opt
     trace = Trace(model_file=spec.display, config=cfg, device=str(dev), torch_version=torch.__version__,
                   tool_version=__version__, checkpoint=str(checkpoint) if checkpoint else None,
                   functions=_function_locations(spec))
-    for name in cfg["precisions"]:
-        precision = parse_precision(name)
-        if deadline.expired:
-            from .trace import RunStatus, RunTrace
-            trace.runs.append(RunTrace(precision=precision.value, status=RunStatus.TIMEOUT.value,
-                                       steps_requested=cfg["steps"], note="--max-seconds ran out before this run began"))
-            continue
-        trace.runs.append(run_precision(spec, cfg, precision, dev, deadline, start_step=start_step,
-                                        initial_state=initial_state, progress=progress))
+    with watchdog(cfg["max_seconds"]):
+        _run_all(trace, spec, cfg, dev, deadline, start_step, initial_state, progress)
     trace.model = _model_info(spec, cfg)
     findings = diagnose(trace)
     if cfg["experiments"]["enabled"] and not deadline.expired:
@@ -97,14 +90,35 @@ def scan(model_file: str | Path, config: str | Path | None = None, *, steps: Opt
             t0 = time.perf_counter()
             budget = min(cfg["experiments"]["max_seconds"], deadline.left())
             lrs = {r.precision: r.optimizer.get("lr") for r in trace.runs}
-            trace.experiments = run_experiments(requests, spec, cfg, dev, budget, start_step=start_step,
-                                                initial_state=initial_state, lr_of=lrs.get)
+            try:
+                with watchdog(None if cfg["max_seconds"] is None else deadline.left()):
+                    trace.experiments = run_experiments(requests, spec, cfg, dev, budget, start_step=start_step,
+                                                        initial_state=initial_state, lr_of=lrs.get)
+            except ScanTimeout:
+                trace.notes.append("--max-seconds ran out during the confirming experiments; they were stopped")
             trace.experiments_seconds = time.perf_counter() - t0
             findings = diagnose(trace)
     trace.seconds = time.perf_counter() - began
     if any(r.status == "timeout" for r in trace.runs):
         trace.notes.append("the --max-seconds budget stopped part of the scan; see runs[].note")
     return ScanReport(trace=trace, causes=findings, config=resolved, fail_on=cfg["fail_on"])
+
+
+def _run_all(trace: Trace, spec: ModelFile, cfg: dict[str, Any], dev: torch.device, deadline: Deadline,
+             start_step: int, initial_state: Any, progress: Optional[Progress]) -> None:
+    for name in cfg["precisions"]:
+        precision = parse_precision(name)
+        if deadline.expired:
+            trace.runs.append(RunTrace(precision=precision.value, status=RunStatus.TIMEOUT.value,
+                                       steps_requested=cfg["steps"], note="--max-seconds ran out before this run began"))
+            continue
+        try:
+            trace.runs.append(run_precision(spec, cfg, precision, dev, deadline, start_step=start_step,
+                                            initial_state=initial_state, progress=progress))
+        except ScanTimeout:   # fired outside a step (building the model, the replay)
+            trace.runs.append(RunTrace(precision=precision.value, status=RunStatus.TIMEOUT.value,
+                                       steps_requested=cfg["steps"], note="--max-seconds ran out while this run was set up "
+                                       "or its failing step replayed"))
 
 
 def _model_info(spec: ModelFile, cfg: dict[str, Any]) -> ModelInfo:

@@ -155,3 +155,35 @@ def test_max_seconds_reports_what_it_could_not_finish(model_file):
     doc = json_of(result)
     assert {r["status"] for r in doc["runs"]} == {"timeout"}
     assert any(c["id"] == "scan-incomplete" for c in doc["causes"])
+
+
+def test_a_model_that_hangs_is_stopped_and_reported(model_file):
+    import time
+    path = model_file("""
+    import torch
+    from torch import nn
+
+    class Stuck(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.layer = nn.Linear(4, 2)
+
+        def forward(self, x):
+            if torch.rand(()) > -1:      # always: a data-dependent loop that never ends
+                while True:
+                    pass
+            return self.layer(x)
+
+    def build_model():
+        return Stuck()
+
+    def get_batch(step):
+        return torch.randn(8, 4), torch.randint(0, 2, (8,))
+    """)
+    began = time.monotonic()
+    result = run_cli("scan", path, "--max-seconds", "2", "--format", "json")
+    assert time.monotonic() - began < 30
+    doc = json_of(result)
+    assert doc["runs"][0]["status"] == "timeout" and "stopped inside step 0" in doc["runs"][0]["note"]
+    cause = next(c for c in doc["causes"] if c["id"] == "scan-incomplete")
+    assert cause["severity"] == "warning" and "hung" in cause["title"]

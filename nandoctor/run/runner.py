@@ -1,7 +1,10 @@
 """Drive the training runs: one per precision, recorded cheaply; replay the failing step."""
 from __future__ import annotations
 
+import contextlib
 import math
+import signal
+import threading
 import time
 from typing import Any, Callable, Optional
 
@@ -20,6 +23,32 @@ from .session import Overrides, StepResult, TrainingSession, UserCodeFailed
 Progress = Callable[[str, int], None]   # (precision, steps done so far) after each step
 FAILURE_PHASE = {"batch": Phase.DATA, "loss": Phase.FORWARD, "gradients": Phase.BACKWARD,
                  "parameters": Phase.OPTIMIZER}
+
+
+class ScanTimeout(BaseException):
+    """Raised by the watchdog inside whatever is running when --max-seconds ends. A
+    BaseException, so a user's `except Exception` cannot swallow it."""
+
+
+@contextlib.contextmanager
+def watchdog(seconds: Optional[float]):
+    """Interrupt a step that hangs (POSIX, main thread): a SIGALRM timer raises ScanTimeout.
+    Elsewhere the budget is still checked between steps."""
+    usable = seconds is not None and hasattr(signal, "setitimer") and threading.current_thread() is threading.main_thread()
+    if not usable:
+        yield
+        return
+
+    def fire(signum: int, frame: Any) -> None:
+        raise ScanTimeout()
+
+    previous = signal.signal(signal.SIGALRM, fire)
+    signal.setitimer(signal.ITIMER_REAL, max(seconds, 0.001))
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
 
 
 class Deadline:
@@ -104,6 +133,11 @@ def run_precision(model_file: ModelFile, config: dict[str, Any], precision: Prec
                 break
             try:
                 result = session.run_step(step, recorder=recorder)
+            except ScanTimeout:
+                run.status = RunStatus.TIMEOUT.value
+                run.note = (f"stopped inside step {step}: the step did not return before --max-seconds ran out "
+                            f"({len(run.steps)} of {config['steps']} steps done); a step that hangs is a bug to look at")
+                break
             except UserCodeFailed as failed:
                 if _backend_unsupported(run, failed.error):
                     run.status = RunStatus.UNSUPPORTED.value

@@ -51,6 +51,8 @@ class ScanIncomplete(Rule):
         runs = [r for r in ctx.trace.runs if r.status in ("timeout", "unsupported")]
         if not runs:
             return []
-        return [Finding(self.id, Severity.INFO.value, 1.0, f"{len(runs)} precision run(s) incomplete",
+        hung = any("stopped inside step" in r.note for r in runs)   # a step that never returned
+        return [Finding(self.id, (Severity.WARNING if hung else Severity.INFO).value, 1.0,
+                        f"{len(runs)} precision run(s) incomplete" + (" (a step hung)" if hung else ""),
                         [f"{r.precision}: {r.status} ({r.note})" for r in runs],
                         "raise --max-seconds or lower --steps", precisions=[r.precision for r in runs])]
