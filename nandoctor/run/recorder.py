@@ -45,6 +45,7 @@ class Recorder:
 
     def __init__(self, model: torch.nn.Module):
         self._steps_seen = 0
+        self._prev: Optional[list[torch.Tensor]] = None      # parameters before the step, reused buffers
         self.modules = list(model.named_modules())
         self.params = [(name, p) for name, p in model.named_parameters() if p.requires_grad]
         self._handles: list[Any] = []
@@ -81,7 +82,6 @@ class Recorder:
         self._last_row: Optional[torch.Tensor] = None
         self._grad_watch: dict[int, tuple[weakref.ref, list[int]]] = {}
         self._param_tensors: dict[str, torch.Tensor] = {}
-        self._prev: Optional[list[torch.Tensor]] = None if not hasattr(self, "_prev") else self._prev
 
     # ---- hooks ------------------------------------------------------------------------------
     def _on_forward(self, index: int, module: torch.nn.Module, args: Any, output: Any) -> None:

@@ -127,6 +127,11 @@ class BadInit(Rule):
     title = "bad parameter initialisation"
     experiments = {"reinit": "finite"}
 
+    def plan(self, ctx, finding):  # type: ignore[override]
+        # A parameter that is NaN before the first step is a fact, not a hypothesis to test
+        # (and reset_parameters() does not touch parameters outside standard layers).
+        return [] if finding.explains_origin and finding.confidence >= 0.95 else super().plan(ctx, finding)
+
     def check(self, ctx: Context) -> list[Finding]:
         limit_w = ctx.thresholds["init_weight_abs_max"]
         limit_growth = ctx.thresholds["init_growth"]
@@ -206,9 +211,6 @@ def _default_rms(p, module_type: str) -> float:
             fan_in *= d
         return 1.0 / math.sqrt(3 * max(fan_in, 1))
     return math.inf
-
-
-BadInit.plan = lambda self, ctx, finding: [] if finding.title.startswith("parameter ") else Rule.plan(self, ctx, finding)  # type: ignore[method-assign]
 
 
 class ExplodingGradients(Rule):

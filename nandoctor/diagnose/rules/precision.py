@@ -3,11 +3,13 @@ from __future__ import annotations
 
 import math
 
-DOMAIN_OPS = {"div", "true_divide", "reciprocal", "log", "log2", "log10", "log1p", "acos", "asin", "sqrt", "rsqrt"}
-
 from ..facts import FP16_MAX, FP16_TINY, SIXTEEN_BIT, MATMUL_OPS, finite, module_label, num, op_short, where
 from ..finding import Finding, Severity
 from .base import Context, Rule
+
+
+# Ops whose non-finite output is a domain edge (0/0, log 0), not a float16 range overflow.
+DOMAIN_OPS = {"div", "true_divide", "reciprocal", "log", "log2", "log10", "log1p", "acos", "asin", "sqrt", "rsqrt"}
 
 
 def _peak_activation(run):
