@@ -108,3 +108,12 @@ def test_trace_round_trips_through_json_including_non_finite_numbers():
     assert back.runs[0].params[0].series["norm"] == [float("inf")]
     assert str(back.runs[0].steps[1].loss) == "nan"
     assert back.to_dict() == trace.to_dict()
+
+
+def test_a_failure_that_does_not_reproduce_is_its_own_finding():
+    event = NonfiniteEvent(precision="32-true", step=7, phase="backward", kind="nan", reproduced=False,
+                           detail="step 7 stayed finite when replayed from the same state")
+    findings = diagnose(trace_of(RunTrace(precision="32-true", status="nonfinite", steps=steps([1.0] * 8),
+                                          first_nonfinite=event)))
+    assert [f.id for f in findings] == ["nonreproducible"] and findings[0].severity == "warning"
+    assert "use_deterministic_algorithms" in findings[0].fix
