@@ -37,7 +37,10 @@ def failing_runs(trace: Trace) -> list[RunTrace]:
 
 
 def origin_events(trace: Trace) -> list[NonfiniteEvent]:
-    return [r.first_nonfinite for r in failing_runs(trace) if r.first_nonfinite is not None]
+    """Origins the replay confirmed. An event that did not reproduce names no op or line to
+    blame; the nonreproducible rule speaks for it."""
+    return [r.first_nonfinite for r in failing_runs(trace)
+            if r.first_nonfinite is not None and r.first_nonfinite.reproduced is not False]
 
 
 def clean_runs(trace: Trace) -> list[RunTrace]:

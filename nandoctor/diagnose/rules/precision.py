@@ -51,6 +51,7 @@ class Fp16Overflow(Rule):
         failing16 = [r for r in trace.runs if r.precision in SIXTEEN_BIT and r.first_nonfinite is not None
                      and r.first_nonfinite.phase in ("forward", "loss", "backward")
                      and r.first_nonfinite.kind == "inf" and not r.first_nonfinite.masked_input
+                     and r.first_nonfinite.reproduced is not False
                      and op_short(r.first_nonfinite.op) not in DOMAIN_OPS]
         findings = []
         def same_failure(r) -> bool:
