@@ -22,7 +22,7 @@ from .session import Overrides, TrainingSession, UserCodeFailed
 EXTRA_STEPS = 5
 
 
-def _variants(request: ExperimentRequest, config: dict[str, Any], lr: Optional[float]) -> list[tuple[str, Overrides, int, dict]]:
+def _variants(request: ExperimentRequest, lr: Optional[float]) -> list[tuple[str, Overrides, int, dict]]:
     """(label, overrides, first step to check, change) for one request."""
     step = request.step
     dtype_step = {"step-fp32": torch.float32, "step-bf16": torch.bfloat16, "step-fp64": torch.float64}
@@ -53,7 +53,7 @@ def run_experiments(requests: list[ExperimentRequest], model_file: ModelFile, co
     results: list[ExperimentResult] = []
     for request in requests:
         lr = lr_of(request.precision) if lr_of else None
-        for label, overrides, _, change in _variants(request, config, lr):
+        for label, overrides, _, change in _variants(request, lr):
             result = ExperimentResult(id=request.id, label=label, precision=request.precision, change=change)
             results.append(result)
             if deadline.expired:

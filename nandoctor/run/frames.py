@@ -7,7 +7,7 @@ import sys
 import sysconfig
 import traceback
 from types import FrameType, TracebackType
-from typing import Iterable, Optional
+from typing import Optional
 
 import torch
 
@@ -93,6 +93,3 @@ def traceback_locations(tb: Optional[TracebackType]) -> tuple[Optional[SourceLoc
             user = location(entry.filename, entry.lineno or 0, entry.name)
     return source, user, frames
 
-
-def first_user_location(frames: Iterable[SourceLocation]) -> Optional[SourceLocation]:
-    return next(iter(frames), None)

@@ -402,7 +402,10 @@ def _named_batch(inputs: Any, targets: Any) -> list[tuple[str, torch.Tensor]]:
 
 
 def batch_stats(inputs: Any, targets: Any) -> list[BatchTensorStats]:
-    """NaN/Inf counts and ranges of every batch tensor, moved to the host in one transfer."""
+    """NaN/Inf counts and ranges of every batch tensor, moved to the host in one transfer.
+
+    Reductions run in the tensor's own dtype (no float64 copy of the batch on the hot path);
+    only the five scalars per tensor are widened."""
     named = _named_batch(inputs, targets)
     if not named:
         return []
@@ -410,16 +413,21 @@ def batch_stats(inputs: Any, targets: Any) -> list[BatchTensorStats]:
     for _, t in named:
         x = t.detach()
         if x.numel() == 0 or x.dtype == torch.bool:
-            rows.append(torch.zeros(5, dtype=torch.float64))
+            rows.append(torch.zeros(5, dtype=torch.float64, device=x.device))
             continue
         if x.is_complex():
             x = x.abs()
-        xf = x.to(torch.float64)
-        finite = torch.isfinite(xf)
-        fin = torch.where(finite, xf, torch.zeros((), dtype=torch.float64))
-        rows.append(torch.stack([torch.isnan(xf).sum().double(), torch.isinf(xf).sum().double(),
-                                 fin.abs().amax(), fin.amin(), fin.amax()]).cpu())
-    values = torch.stack(rows).tolist()
+        if x.is_floating_point():
+            finite = torch.isfinite(x)
+            low, high = torch.aminmax(torch.where(finite, x, torch.zeros((), dtype=x.dtype, device=x.device)))
+            counts = [torch.isnan(x).sum(), torch.isinf(x).sum()]
+        else:
+            low, high = torch.aminmax(x)
+            counts = [torch.zeros((), device=x.device), torch.zeros((), device=x.device)]
+        low, high = low.to(torch.float64), high.to(torch.float64)
+        rows.append(torch.stack([counts[0].to(torch.float64), counts[1].to(torch.float64),
+                                 torch.maximum(low.abs(), high.abs()), low, high]))
+    values = torch.stack([r.cpu() for r in rows]).tolist()
     out = []
     for (name, t), (nan, inf, max_abs, lo, hi) in zip(named, values):
         out.append(BatchTensorStats(name=name or "inputs", dtype=str(t.dtype).replace("torch.", ""),
