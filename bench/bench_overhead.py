@@ -55,9 +55,9 @@ def child(name: str, variant: str, steps: int, warmup: int) -> dict:
     modules = sum(1 for _ in model.modules())
     times = []
     if variant == "nandoctor":
-        from nandoctor.config import resolve_config
+        from nandoctor.load.config import resolve_config
         from nandoctor.load.model_file import ModelFile
-        from nandoctor.precision import Precision
+        from nandoctor.trace.vocab import Precision
         from nandoctor.run.recorder import Recorder
         from nandoctor.run.session import TrainingSession
         spec = ModelFile(path=__import__("pathlib").Path(__file__), module=None, build_model=lambda: build(name)[0],

@@ -7,16 +7,16 @@ Python API (the CLI is a thin shell over it):
     report.verdict, report.first_nonfinite, report.causes[0].fix
     report.to_dict()          # the documented JSON document (schema_version 1)
 """
-__version__ = "0.1.0"
+from ._version import __version__
 
 
-def scan(*args, **kwargs):  # noqa: D103 - documented in nandoctor.scan_api.scan
-    from .scan_api import scan as _scan
+def scan(*args, **kwargs):  # noqa: D103 - documented in nandoctor.api.scan
+    from .api import scan as _scan
     return _scan(*args, **kwargs)
 
 
-def postmortem(*args, **kwargs):  # noqa: D103 - documented in nandoctor.postmortem.postmortem
-    from .postmortem import postmortem as _postmortem
+def postmortem(*args, **kwargs):  # noqa: D103 - documented in nandoctor.api.postmortem
+    from .api import postmortem as _postmortem
     return _postmortem(*args, **kwargs)
 
 

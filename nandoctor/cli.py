@@ -14,7 +14,7 @@ from typing import Annotated, Any, Optional
 import typer
 from rich.console import Console
 
-from . import __version__
+from ._version import __version__
 from .errors import ExitCode, InputError
 from .report import FORMATS
 
@@ -150,7 +150,7 @@ def scan(
     """
     def run() -> Any:
         _check_format(fmt)
-        from .scan_api import scan as run_scan
+        from .api import scan as run_scan
         progress_cb, stop = _progress(quiet, steps, precision)
         try:
             report = run_scan(model, config, steps=steps, precisions=precision, lr=lr, seed=seed, device=device,
@@ -205,7 +205,7 @@ def postmortem(
         _check_format(fmt)
         if fail_on is not None and fail_on not in ("error", "warning", "never"):
             raise InputError(f"unknown --fail-on {fail_on!r}; accepted values are error, warning, never.")
-        from .postmortem import postmortem as run_postmortem
+        from .api import postmortem as run_postmortem
         from .report.console import print_postmortem
         report = run_postmortem(path, baseline, trust=trust, fail_on=fail_on or "error")
         emit(report.to_dict(), fmt, output, quiet, printer=print_postmortem)
@@ -225,7 +225,7 @@ def explain(cause: Annotated[Optional[str], typer.Argument(help="A cause id, e.g
       nandoctor explain            (lists every cause id)
     """
     from .diagnose import RULES, explain as explain_cause
-    from .postmortem_rules import POSTMORTEM_DOCS
+    from .diagnose.checkpoint_rules import POSTMORTEM_DOCS
     if cause is None:
         for rule in RULES:
             typer.echo(f"{rule.id:22s} {rule.title}")
@@ -285,7 +285,7 @@ def show_config(
       nandoctor config --config ci.yaml --format json
     """
     import json as _json
-    from .config import resolve_config
+    from .load.config import resolve_config
     try:
         resolved = resolve_config(config)
     except InputError as err:

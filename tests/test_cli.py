@@ -108,7 +108,7 @@ def test_exception_in_user_code_is_a_finding_at_their_line(model_file):
 
 
 def test_internal_error_exits_3(monkeypatch, model_file):
-    import nandoctor.scan_api as api
+    import nandoctor.api as api
 
     def broken(*args, **kwargs):
         raise ZeroDivisionError("a bug")

@@ -7,9 +7,10 @@ import pytest
 import yaml
 from hypothesis import given, strategies as st
 
-from nandoctor.config import DEFAULTS, resolve_config
+from nandoctor.load.config import DEFAULTS, resolve_config
 from nandoctor.errors import InputError
-from nandoctor.precision import ACCEPTED_NAMES, Precision, parse_precision
+from nandoctor.run.precision import parse_precision
+from nandoctor.trace.vocab import ACCEPTED_PRECISION_NAMES as ACCEPTED_NAMES, Precision
 
 ROOT = Path(__file__).resolve().parents[1]
 

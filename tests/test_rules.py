@@ -110,10 +110,16 @@ def test_trace_round_trips_through_json_including_non_finite_numbers():
     assert back.to_dict() == trace.to_dict()
 
 
-def test_a_failure_that_does_not_reproduce_is_its_own_finding():
+def test_a_failure_that_does_not_reproduce_is_its_own_finding_and_still_fails():
+    """Regression (issue 9): a non-reproduced NaN used to leave only a warning, so the run passed the gate."""
+    from nandoctor.diagnose import verdict
+    from nandoctor.diagnose.verdict import scan_failed
     event = NonfiniteEvent(precision="32-true", step=7, phase="backward", kind="nan", reproduced=False,
                            detail="step 7 stayed finite when replayed from the same state")
-    findings = diagnose(trace_of(RunTrace(precision="32-true", status="nonfinite", steps=steps([1.0] * 8),
-                                          first_nonfinite=event)))
-    assert [f.id for f in findings] == ["nonreproducible"] and findings[0].severity == "warning"
-    assert "use_deterministic_algorithms" in findings[0].fix
+    trace = trace_of(RunTrace(precision="32-true", status="nonfinite", steps=steps([1.0] * 8), first_nonfinite=event))
+    findings = diagnose(trace)
+    by_id = {f.id: f for f in findings}
+    assert by_id["nonreproducible"].severity == "warning"
+    assert "use_deterministic_algorithms" in by_id["nonreproducible"].fix
+    assert by_id["unexplained-nonfinite"].severity == "error"
+    assert verdict(findings, scan_failed(trace)) == "fail"

@@ -102,4 +102,7 @@ def test_deliberate_infinities_are_not_origins(model_file):
                             precisions=["32-true", "16-mixed", "bf16-mixed", "16-true", "bf16-true"])
     doc = report.to_dict()
     assert doc["first_nonfinite"] is None, doc["first_nonfinite"]
-    assert not [c for c in doc["causes"] if c["severity"] == "error"]
+    # This model builds float32 tensors in forward, which crash under pure 16-bit weights: a
+    # crash is a failure of that precision (user-error), never a NaN origin.
+    errors = [c for c in doc["causes"] if c["severity"] == "error"]
+    assert all(c["id"] == "user-error" and all(p.endswith("-true") for p in c["precisions"]) for c in errors), errors

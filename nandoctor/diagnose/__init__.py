@@ -4,9 +4,10 @@ from __future__ import annotations
 import inspect
 from typing import Optional
 
-from ..config import DEFAULT_THRESHOLDS
+from ..trace.thresholds import DEFAULT_THRESHOLDS
 from ..trace import Trace
 from .finding import ExperimentRequest, Finding, Severity
+from .verdict import checkpoint_failed, exit_code_for, scan_failed, verdict
 from .rules.base import Context, Rule
 from .rules.data import DataNonfinite, DataScale, LabelRange, UserCodeError
 from .rules.numerics import EmptyReduction, GradSingularity, MaskedSoftmax, UnstableOp
@@ -14,11 +15,13 @@ from .rules.optimization import BadInit, ExplodingGradients, HighLearningRate, V
 from .rules.precision import Fp16Overflow, Fp16Underflow, LossScaleCollapse, OptimizerEps
 from .rules.runs import Nonreproducible, ScanIncomplete
 from .rules.state import PoisonedOptimizerState
+from .rules.unexplained import UnexplainedNonfinite, unexplained_findings
 
 RULES: list[Rule] = [
     DataNonfinite(), DataScale(), LabelRange(), HighLearningRate(), BadInit(), UnstableOp(), GradSingularity(),
     MaskedSoftmax(), EmptyReduction(), Fp16Overflow(), Fp16Underflow(), LossScaleCollapse(), ExplodingGradients(),
     VanishingGradients(), OptimizerEps(), PoisonedOptimizerState(), UserCodeError(), Nonreproducible(), ScanIncomplete(),
+    UnexplainedNonfinite(),
 ]
 _BY_ID = {rule.id: rule for rule in RULES}
 
@@ -34,7 +37,7 @@ def get_rule(cause_id: str) -> Optional[Rule]:
 def explain(cause_id: str) -> Optional[str]:
     rule = get_rule(cause_id)
     if rule is None:
-        from ..postmortem_rules import POSTMORTEM_DOCS
+        from .checkpoint_rules import POSTMORTEM_DOCS
         doc = POSTMORTEM_DOCS.get(cause_id)
         return inspect.cleandoc(doc) if doc else None
     return inspect.cleandoc(type(rule).__doc__ or "")
@@ -55,6 +58,7 @@ def diagnose(trace: Trace, thresholds: Optional[dict[str, float]] = None) -> lis
         for finding in rule.check(ctx):
             _apply_experiments(rule, finding, trace)
             findings.append(finding)
+    findings.extend(unexplained_findings(ctx, findings))
     return rank(findings)
 
 
@@ -115,13 +119,5 @@ def _apply_experiments(rule: Rule, finding: Finding, trace: Trace) -> None:
         finding.explains_origin = False
 
 
-def verdict(findings: list[Finding]) -> str:
-    if any(f.severity == Severity.ERROR.value for f in findings):
-        return "fail"
-    if any(f.severity == Severity.WARNING.value for f in findings):
-        return "warn"
-    return "pass"
-
-
 __all__ = ["Finding", "Severity", "ExperimentRequest", "diagnose", "plan_experiments", "verdict", "explain", "rule_ids",
-           "RULES", "rank"]
+           "RULES", "rank", "exit_code_for", "scan_failed", "checkpoint_failed"]

@@ -4,28 +4,14 @@ from __future__ import annotations
 import math
 from typing import Iterable, Optional
 
+from ..trace.numbers import num
+from ..trace.vocab import DTYPE_MAX, DTYPE_SUBNORMAL, FP16_MAX
 from ..trace import ExperimentResult, LayerSeries, NonfiniteEvent, RunTrace, SourceLocation, Trace
 
-FP16_MAX = 65504.0
-FP16_TINY = 5.960464477539063e-08      # smallest float16 subnormal
-DTYPE_MAX = {"float16": FP16_MAX, "bfloat16": 3.3895313892515355e38, "float32": 3.4028234663852886e38,
-             "float64": 1.7976931348623157e308}
+# float16 precisions (the bf16 ones share float32's range).
 SIXTEEN_BIT = ("16-mixed", "16-true")
 BF16 = ("bf16-mixed", "bf16-true")
-
-
-def num(value: Optional[float], digits: int = 2) -> str:
-    if value is None:
-        return "n/a"
-    if isinstance(value, float) and math.isnan(value):
-        return "NaN"
-    if isinstance(value, float) and math.isinf(value):
-        return "Inf" if value > 0 else "-Inf"
-    if value == 0:
-        return "0"
-    if 1e-3 <= abs(value) < 1e4:
-        return f"{value:.{digits + 1}g}"
-    return f"{value:.{digits}e}".replace("e+0", "e").replace("e-0", "e-").replace("e+", "e")
+FP16_TINY = DTYPE_SUBNORMAL["float16"]      # below half of it a float16 value flushes to 0
 
 
 def finite(values: Iterable[Optional[float]]) -> list[float]:

@@ -1,25 +1,16 @@
 """What a rule says: a cause with evidence, a fix, a location, and the precisions it affects."""
 from __future__ import annotations
 
-import enum
 from dataclasses import dataclass, field
 from typing import Optional
 
-from ..trace import SourceLocation
-
-
-class Severity(str, enum.Enum):
-    ERROR = "error"        # breaks training
-    WARNING = "warning"    # a risk or a silent stall
-    INFO = "info"
-
-    @property
-    def rank(self) -> int:
-        return {"error": 0, "warning": 1, "info": 2}[self.value]
+from ..trace import ExperimentRequest, SourceLocation
+from ..trace.vocab import Severity
 
 
 @dataclass
 class Finding:
+    """`severity` holds a Severity value (a str enum, so it compares and serialises as text)."""
     id: str
     severity: str
     confidence: float
@@ -34,10 +25,4 @@ class Finding:
     explains_origin: bool = False                           # names why the first non-finite value was born
 
 
-@dataclass
-class ExperimentRequest:
-    """A change the diagnosis wants tested; the run stage executes it (plain data only)."""
-    id: str
-    precision: str
-    step: int                     # the failing step
-    for_cause: str
+__all__ = ["Finding", "Severity", "ExperimentRequest"]

@@ -12,7 +12,7 @@ from types import ModuleType
 from typing import Any, Callable, Optional
 
 from ..errors import InputError
-from ..run.frames import display_path
+from .source import display_path
 
 REQUIRED = ("build_model", "get_batch")
 OPTIONAL = ("loss_fn", "build_optimizer", "build_scheduler")

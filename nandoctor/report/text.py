@@ -4,23 +4,11 @@ from __future__ import annotations
 import math
 from typing import Any, Optional
 
+from ..trace.numbers import num as format_number
+
 
 def num(value: Any, digits: int = 2) -> str:
-    if value is None:
-        return "–"
-    if isinstance(value, str):
-        return {"NaN": "NaN", "Infinity": "Inf", "-Infinity": "-Inf"}.get(value, value)
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        return str(value)
-    if isinstance(value, float) and math.isnan(value):
-        return "NaN"
-    if isinstance(value, float) and math.isinf(value):
-        return "Inf" if value > 0 else "-Inf"
-    if value == 0:
-        return "0"
-    if 1e-3 <= abs(value) < 1e4:
-        return f"{value:.{digits + 1}g}"
-    return f"{value:.{digits}e}".replace("e+0", "e").replace("e-0", "e-").replace("e+", "e")
+    return format_number(value, digits, missing="–")
 
 
 def origin_sentence(event: Optional[dict[str, Any]]) -> str:

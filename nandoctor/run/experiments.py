@@ -10,12 +10,14 @@ from typing import Any, Callable, Optional
 
 import torch
 
-from ..diagnose.finding import ExperimentRequest
+from ..trace import ExperimentRequest
 from ..load.model_file import ModelFile
-from ..precision import Precision, parse_precision
+from ..trace.vocab import Precision
+from .precision import parse_precision
 from ..trace import ExperimentResult
 from .runner import Deadline
-from .session import Overrides, TrainingSession, UserCodeFailed
+from .session import Overrides, TrainingSession
+from .user_code import UserCodeFailed
 
 # How many steps past the failing step an experiment runs (a fix that only delays the
 # failure by a step or two is not a fix).
@@ -48,11 +50,11 @@ def _variants(request: ExperimentRequest, lr: Optional[float]) -> list[tuple[str
 
 def run_experiments(requests: list[ExperimentRequest], model_file: ModelFile, config: dict[str, Any],
                     device: torch.device, budget_seconds: float, start_step: int = 0,
-                    initial_state: Optional[Callable] = None, lr_of: Optional[Callable[[str], Optional[float]]] = None) -> list[ExperimentResult]:
+                    initial_state: Optional[Callable] = None) -> list[ExperimentResult]:
     deadline = Deadline(budget_seconds)
     results: list[ExperimentResult] = []
     for request in requests:
-        lr = lr_of(request.precision) if lr_of else None
+        lr = request.lr
         for label, overrides, _, change in _variants(request, lr):
             result = ExperimentResult(id=request.id, label=label, precision=request.precision, change=change)
             results.append(result)

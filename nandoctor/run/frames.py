@@ -11,6 +11,7 @@ from typing import Optional
 
 import torch
 
+from ..load.source import display_path
 from ..trace import SourceLocation
 
 _TORCH_DIR = os.path.dirname(os.path.abspath(torch.__file__)) + os.sep
@@ -46,15 +47,6 @@ def is_library(filename: str) -> bool:
 def is_user_file(filename: str) -> bool:
     """The user's own code: neither a library above nor an installed third-party package."""
     return not is_library(filename) and not is_site_package(filename)
-
-
-def display_path(filename: str) -> str:
-    full = os.path.abspath(filename)
-    try:
-        rel = os.path.relpath(full)
-    except ValueError:
-        return full
-    return full if rel.startswith("..") else rel
 
 
 def location(filename: str, line: int, function: str = "") -> SourceLocation:

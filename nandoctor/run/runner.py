@@ -12,13 +12,15 @@ import torch
 
 from ..errors import InputError
 from ..load.model_file import ModelFile
-from ..precision import Precision
-from ..trace import (LAYER_FIELDS, PARAM_FIELDS, LayerSeries, NonfiniteEvent, ParamSeries, Phase, RunStatus,
+from ..trace.vocab import Precision
+from .precision import spec_of
+from ..trace import (ErrorCategory, LAYER_FIELDS, PARAM_FIELDS, LayerSeries, ModelInfo, NonfiniteEvent, ParamSeries, Phase, RunStatus,
                      RunTrace)
 from . import stats
 from .recorder import Recorder, StepStats
 from .replay import OriginTracer
-from .session import Overrides, StepResult, TrainingSession, UserCodeFailed
+from .session import StepResult, TrainingSession
+from .user_code import UserCodeFailed
 
 Progress = Callable[[str, int], None]   # (precision, steps done so far) after each step
 FAILURE_PHASE = {"batch": Phase.DATA, "loss": Phase.FORWARD, "gradients": Phase.BACKWARD,
@@ -73,7 +75,7 @@ def resolve_device(name: str) -> torch.device:
 
 
 def unsupported_reason(precision: Precision, device: torch.device) -> Optional[str]:
-    if device.type == "cuda" and precision.spec.compute_dtype == torch.bfloat16 and not torch.cuda.is_bf16_supported():
+    if device.type == "cuda" and spec_of(precision).compute_dtype == torch.bfloat16 and not torch.cuda.is_bf16_supported():
         return f"{torch.cuda.get_device_name(device)} has no bfloat16 support"
     return None
 
@@ -93,7 +95,7 @@ def _backend_unsupported(run: RunTrace, error) -> bool:
 
 def run_precision(model_file: ModelFile, config: dict[str, Any], precision: Precision, device: torch.device,
                   deadline: Deadline, start_step: int = 0, initial_state: Optional[Callable] = None,
-                  progress: Optional[Progress] = None) -> RunTrace:
+                  progress: Optional[Progress] = None, model_info: Optional[ModelInfo] = None) -> RunTrace:
     """Run `config['steps']` recorded training steps; on the first failing step, locate its origin."""
     run = RunTrace(precision=precision.value, steps_requested=config["steps"], start_step=start_step)
     began = time.perf_counter()
@@ -106,6 +108,8 @@ def run_precision(model_file: ModelFile, config: dict[str, Any], precision: Prec
     except UserCodeFailed as failed:
         run.status, run.error = RunStatus.ERROR.value, failed.error
         return run
+    if model_info is not None and not model_info.cls:
+        describe_model(session.model, model_info)
     run.optimizer = session.optimizer_facts()
     run.param_dtype = str(session.params[0].dtype).replace("torch.", "")
     run.params = _init_params(session)
@@ -128,19 +132,21 @@ def run_precision(model_file: ModelFile, config: dict[str, Any], precision: Prec
     try:
         for step in range(start_step, start_step + config["steps"]):
             if deadline.expired:
-                run.status = RunStatus.TIMEOUT.value
+                run.status, run.stopped_by = RunStatus.TIMEOUT.value, ErrorCategory.TIME_BUDGET.value
                 run.note = f"--max-seconds ran out after {len(run.steps)} of {config['steps']} steps"
                 break
             try:
                 result = session.run_step(step, recorder=recorder)
             except ScanTimeout:
-                run.status = RunStatus.TIMEOUT.value
+                run.status, run.stopped_by = RunStatus.TIMEOUT.value, ErrorCategory.STEP_INTERRUPTED.value
+                run.stopped_at_step = step
                 run.note = (f"stopped inside step {step}: the step did not return before --max-seconds ran out "
                             f"({len(run.steps)} of {config['steps']} steps done); a step that hangs is a bug to look at")
                 break
             except UserCodeFailed as failed:
                 if _backend_unsupported(run, failed.error):
-                    run.status = RunStatus.UNSUPPORTED.value
+                    run.status, run.stopped_by = RunStatus.UNSUPPORTED.value, ErrorCategory.UNSUPPORTED.value
+                    failed.error.category = ErrorCategory.UNSUPPORTED.value
                     run.note = f"torch on {device.type} cannot run this model in {precision.value}: {failed.error.message}"
                 else:
                     run.status, run.error = RunStatus.ERROR.value, failed.error
@@ -205,6 +211,17 @@ def locate_origin(model_file: ModelFile, config: dict[str, Any], precision: Prec
         event.tensor, event.count, event.detail = seen.event.tensor, seen.event.count, seen.event.detail
         event.phase = Phase.DATA.value
     return event
+
+
+def describe_model(model: torch.nn.Module, info: ModelInfo) -> None:
+    """Facts of the model's structure, from the model the first run built (never a separate build)."""
+    types: dict[str, int] = {}
+    for m in model.modules():
+        types[type(m).__name__] = types.get(type(m).__name__, 0) + 1
+    params = list(model.parameters())
+    info.cls, info.modules, info.module_types = type(model).__name__, sum(types.values()), types
+    info.parameters = sum(p.numel() for p in params)
+    info.trainable = sum(p.numel() for p in params if p.requires_grad)
 
 
 def _init_params(session: TrainingSession) -> list[ParamSeries]:

@@ -7,31 +7,24 @@ from __future__ import annotations
 
 import contextlib
 import math
-import random
-import sys
 from dataclasses import dataclass, field
 from typing import Any, Callable, Optional
 
 import torch
-import torch.nn.functional as F
 
 from ..errors import InputError
 from ..load.model_file import ModelFile
-from ..precision import Precision
-from ..trace import BatchTensorStats, LabelCheck, NonfiniteEvent, Phase, StepRecord, UserError
+from ..trace.vocab import Precision
+from .precision import spec_of
+from ..trace import ErrorCategory, NonfiniteEvent, Phase, StepRecord, UserError
 from . import stats
-from .frames import register_boundary, traceback_locations
+from .batch import _named_batch, _sanitise, _to_device, batch_stats, label_check
+from .seeding import seed_everything, step_seed
+from .training_defaults import StaticScaler, build_optimizer, default_loss
+from .user_code import UserCodeFailed, call_user
 from .recorder import Recorder, StepStats
 from .init_sites import record_init_sites, record_tensor_sites, site_for
 from .replay import OriginTracer
-
-
-class UserCodeFailed(Exception):
-    """Internal signal: the user's code raised during `phase`; carries the captured UserError."""
-
-    def __init__(self, error: UserError):
-        super().__init__(error.message)
-        self.error = error
 
 
 @dataclass
@@ -55,112 +48,6 @@ class StepResult:
     surfaces: list = field(default_factory=list)   # tensors where the failure was seen (for the replay)
 
 
-def seed_everything(seed: int) -> None:
-    random.seed(seed)
-    torch.manual_seed(seed)
-    numpy = sys.modules.get("numpy")
-    if numpy is not None:
-        numpy.random.seed(seed % (2**32))
-
-
-def step_seed(seed: int, step: int, salt: int) -> int:
-    # Every step re-seeds from (seed, step): batches match across precisions and a replayed
-    # step draws the same dropout masks, without snapshotting RNG state on the normal path.
-    return (seed * 1_000_003 + step * 7919 + salt) % (2**63)
-
-
-def call_user(phase: Phase, fn: Callable, *args: Any, **kwargs: Any) -> Any:
-    try:
-        return fn(*args, **kwargs)
-    except (InputError, UserCodeFailed):
-        raise
-    except Exception as err:  # noqa: BLE001 - any exception from user code becomes a finding
-        source, user, frames = traceback_locations(err.__traceback__)
-        message = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise UserCodeFailed(UserError(phase=phase.value, exc_type=type(err).__name__, message=message[:500],
-                                       source=source, user_source=user, frames=frames[-8:])) from None
-
-
-register_boundary(call_user)
-
-
-class StaticScaler:
-    """A fixed loss scale (config `loss_scale: <number>`): skips steps whose gradients overflow."""
-
-    def __init__(self, scale: float):
-        self.scale_value = scale
-        self._found_inf = False
-
-    def scale(self, loss: torch.Tensor) -> torch.Tensor:
-        return loss * self.scale_value
-
-    def unscale_(self, optimizer: torch.optim.Optimizer) -> None:
-        grads = [p.grad for g in optimizer.param_groups for p in g["params"] if p.grad is not None]
-        if grads:
-            torch._foreach_mul_(grads, 1.0 / self.scale_value)
-            self._found_inf = not bool(torch.isfinite(stats.foreach_norms(grads, math.inf)).all())
-
-    def step(self, optimizer: torch.optim.Optimizer) -> None:
-        if not self._found_inf:
-            optimizer.step()
-
-    def update(self) -> None:
-        pass
-
-    def get_scale(self) -> float:
-        return self.scale_value
-
-    @property
-    def skipped_last(self) -> bool:
-        return self._found_inf
-
-
-def default_loss(outputs: Any, targets: Any) -> torch.Tensor:
-    """Hugging Face `loss`, else cross-entropy for integer targets, MSE for floating targets."""
-    hf_loss = outputs.get("loss") if isinstance(outputs, dict) else getattr(outputs, "loss", None)
-    if isinstance(hf_loss, torch.Tensor):
-        return hf_loss
-    logits = _primary_output(outputs)
-    if not isinstance(targets, torch.Tensor) or logits is None:
-        raise InputError("the model file has no loss_fn(outputs, targets) and nandoctor cannot pick a default: "
-                         "the default needs a tensor output (or a `loss` key/attribute) and tensor targets. "
-                         "Define loss_fn in the model file.")
-    if not targets.is_floating_point():
-        if logits.dim() > 2 and targets.dim() == logits.dim() - 1 and logits.shape[:-1] == targets.shape:
-            return F.cross_entropy(logits.reshape(-1, logits.shape[-1]), targets.reshape(-1))
-        return F.cross_entropy(logits, targets)
-    # In float32, as autocast would: a float16 cast of large targets would itself overflow.
-    return F.mse_loss(logits.float(), targets.float())
-
-
-def _primary_output(outputs: Any) -> Optional[torch.Tensor]:
-    if isinstance(outputs, torch.Tensor):
-        return outputs
-    logits = outputs.get("logits") if isinstance(outputs, dict) else getattr(outputs, "logits", None)
-    if isinstance(logits, torch.Tensor):
-        return logits
-    if isinstance(outputs, (tuple, list)) and outputs and isinstance(outputs[0], torch.Tensor):
-        return outputs[0]
-    return None
-
-
-def build_optimizer(params: list[torch.nn.Parameter], spec: dict[str, Any]) -> torch.optim.Optimizer:
-    kwargs = {k: v for k, v in spec.items() if k != "name"}
-    name = spec.get("name", "adamw")
-    if "eps" not in kwargs and name != "sgd" and params and params[0].dtype == torch.float16:
-        # eps "auto": the optimizers' default 1e-8 is 0 in float16 and divides 0/0 (see optimizer-eps).
-        kwargs["eps"] = 1e-4
-    if "betas" in kwargs:
-        kwargs["betas"] = tuple(kwargs["betas"])
-    classes = {"adamw": torch.optim.AdamW, "adam": torch.optim.Adam, "sgd": torch.optim.SGD,
-               "rmsprop": torch.optim.RMSprop, "adagrad": torch.optim.Adagrad}
-    cls = classes[spec.get("name", "adamw")]
-    try:
-        return cls(params, **kwargs)
-    except TypeError as err:
-        raise InputError(f"config key 'optimizer': {cls.__name__} does not accept these settings ({err}).") from None
-
-
 class TrainingSession:
     """Model, optimizer and scaler for one precision, built the way the user's file says."""
 
@@ -169,7 +56,7 @@ class TrainingSession:
         self.model_file = model_file
         self.config = config
         self.precision = precision
-        self.spec = precision.spec
+        self.spec = spec_of(precision)
         self.device = device
         self.overrides = overrides or Overrides()
         self.seed = config["seed"]
@@ -320,11 +207,18 @@ class TrainingSession:
                     phase=Phase.LOSS.value, exc_type="LabelOutOfRange",
                     message=f"{lc.out_of_range} class target(s) in {lc.tensor} outside [0, {lc.num_classes}) "
                             f"(min {lc.min}, max {lc.max}); the loss was not computed (on CUDA this is a device-side assert)",
-                    source=None, user_source=None)
+                    source=None, user_source=None, category=ErrorCategory.LABEL_GUARD.value)
                 return result
             phase(Phase.LOSS)
             loss_fn = self.model_file.loss_fn or default_loss
-            loss = call_user(Phase.LOSS, loss_fn, outputs, targets)
+            try:
+                loss = call_user(Phase.LOSS, loss_fn, outputs, targets)
+            except UserCodeFailed as failed:
+                if record.labels is not None and record.labels.out_of_range:
+                    # The loss indexed with class targets outside [0, C): the label guard's
+                    # fact, whatever the loss's own message says.
+                    failed.error.category = ErrorCategory.LABEL_GUARD.value
+                raise
         if not isinstance(loss, torch.Tensor) or loss.numel() != 1 or not loss.is_floating_point():
             raise InputError(f"model file {self.model_file.display}: the loss must be a floating-point scalar tensor, "
                              f"got {type(loss).__name__}{' of shape ' + str(list(loss.shape)) if isinstance(loss, torch.Tensor) else ''}.")
@@ -396,87 +290,3 @@ class TrainingSession:
         return result
 
 
-def _named_batch(inputs: Any, targets: Any) -> list[tuple[str, torch.Tensor]]:
-    return ([("inputs" + p, t) for p, t in stats.iter_tensors(inputs)]
-            + [("targets" + p, t) for p, t in stats.iter_tensors(targets)])
-
-
-def batch_stats(inputs: Any, targets: Any) -> list[BatchTensorStats]:
-    """NaN/Inf counts and ranges of every batch tensor, moved to the host in one transfer.
-
-    Reductions run in the tensor's own dtype (no float64 copy of the batch on the hot path);
-    only the five scalars per tensor are widened."""
-    named = _named_batch(inputs, targets)
-    if not named:
-        return []
-    rows = []
-    for _, t in named:
-        x = t.detach()
-        if x.numel() == 0 or x.dtype == torch.bool:
-            rows.append(torch.zeros(5, dtype=torch.float64, device=x.device))
-            continue
-        if x.is_complex():
-            x = x.abs()
-        if x.is_floating_point():
-            finite = torch.isfinite(x)
-            low, high = torch.aminmax(torch.where(finite, x, torch.zeros((), dtype=x.dtype, device=x.device)))
-            counts = [torch.isnan(x).sum(), torch.isinf(x).sum()]
-        else:
-            low, high = torch.aminmax(x)
-            counts = [torch.zeros((), device=x.device), torch.zeros((), device=x.device)]
-        low, high = low.to(torch.float64), high.to(torch.float64)
-        rows.append(torch.stack([counts[0].to(torch.float64), counts[1].to(torch.float64),
-                                 torch.maximum(low.abs(), high.abs()), low, high]))
-    values = torch.stack([r.cpu() for r in rows]).tolist()
-    out = []
-    for (name, t), (nan, inf, max_abs, lo, hi) in zip(named, values):
-        out.append(BatchTensorStats(name=name or "inputs", dtype=str(t.dtype).replace("torch.", ""),
-                                    shape=list(t.shape), numel=t.numel(), nan=int(nan), inf=int(inf),
-                                    max_abs=max_abs if t.numel() else None, min=lo if t.numel() else None,
-                                    max=hi if t.numel() else None))
-    return out
-
-
-def label_check(outputs: Any, targets: Any) -> Optional[LabelCheck]:
-    """Class targets against the logits' class count, before the loss indexes with them."""
-    logits = _primary_output(outputs)
-    if logits is None or not isinstance(targets, torch.Tensor) or targets.is_floating_point() \
-            or targets.dtype == torch.bool or logits.dim() < 2 or targets.numel() == 0:
-        return None
-    if logits.dim() == 2 and targets.dim() == 1 and targets.shape[0] == logits.shape[0]:
-        num_classes = logits.shape[1]                      # [N, C] with [N]
-    elif targets.shape == logits.shape[:-1]:
-        num_classes = logits.shape[-1]                     # [B, T, C] with [B, T]
-    elif targets.shape == logits.shape[:1] + logits.shape[2:]:
-        num_classes = logits.shape[1]                      # [B, C, H, W] with [B, H, W]
-    else:
-        return None
-    t = targets.detach()
-    valid = t != -100                                      # cross_entropy's default ignore_index
-    kept = torch.where(valid, t, torch.zeros_like(t))
-    lo, hi, bad, ignored = torch.stack([kept.amin(), kept.amax(), (valid & ((t < 0) | (t >= num_classes))).sum(),
-                                        (~valid).sum()]).tolist()
-    return LabelCheck(tensor="targets", num_classes=int(num_classes), min=int(lo), max=int(hi), out_of_range=int(bad),
-                      ignored=int(ignored), total=t.numel())
-
-
-def _to_device(obj: Any, device: torch.device, float_dtype: Optional[torch.dtype]) -> Any:
-    if isinstance(obj, torch.Tensor):
-        obj = obj.to(device, non_blocking=True)
-        return obj.to(float_dtype) if float_dtype is not None and obj.is_floating_point() else obj
-    if isinstance(obj, dict):
-        return {k: _to_device(v, device, float_dtype) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return type(obj)(_to_device(v, device, float_dtype) for v in obj) if type(obj) in (list, tuple) \
-            else [_to_device(v, device, float_dtype) for v in obj]
-    return obj
-
-
-def _sanitise(obj: Any) -> Any:
-    if isinstance(obj, torch.Tensor) and obj.is_floating_point():
-        return torch.nan_to_num(obj, nan=0.0, posinf=0.0, neginf=0.0)
-    if isinstance(obj, dict):
-        return {k: _sanitise(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return type(obj)(_sanitise(v) for v in obj) if type(obj) in (list, tuple) else [_sanitise(v) for v in obj]
-    return obj

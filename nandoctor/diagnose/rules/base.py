@@ -36,5 +36,6 @@ class Rule:
         for run in ctx.trace.runs:
             if run.precision in finding.precisions and run.first_nonfinite is not None:
                 for exp in self.experiments:
-                    requests.append(ExperimentRequest(exp, run.precision, run.first_nonfinite.step, self.id))
+                    requests.append(ExperimentRequest(exp, run.precision, run.first_nonfinite.step, self.id,
+                                                      lr=run.optimizer.get("lr")))
         return requests

@@ -1,7 +1,7 @@
 """Causes in the batches: non-finite values, unnormalised scale, class targets out of range."""
 from __future__ import annotations
 
-from ...trace import Phase
+from ...trace import ErrorCategory, Phase
 from ..facts import finite, num, where
 from ..finding import Finding, Severity
 from .base import Context, Rule
@@ -141,11 +141,9 @@ class LabelRange(Rule):
         findings = []
         for run in ctx.trace.runs:
             labels = next((s.labels for s in run.steps if s.labels and s.labels.out_of_range), None)
-            err = run.error
-            dtype_error = err is not None and ("expected scalar type Long" in err.message or
-                                               "Expected floating point type for target" in err.message)
-            if labels is None and not (err and err.exc_type == "LabelOutOfRange") and not dtype_error \
-                    and not (err and "out of bounds" in err.message and "arget" in err.message):
+            err = run.error if run.error is not None and run.error.category == ErrorCategory.LABEL_GUARD.value else None
+            dtype_error = labels is None and err is not None and err.exc_type != "LabelOutOfRange"
+            if labels is None and err is None:
                 continue
             findings.append((run, labels, err, dtype_error))
         if not findings:
@@ -197,8 +195,7 @@ class UserCodeError(Rule):
     title = "the model's code raised an exception"
 
     def check(self, ctx: Context) -> list[Finding]:
-        errors = [r for r in ctx.trace.runs if r.error is not None and r.error.exc_type != "LabelOutOfRange"
-                  and "out of bounds" not in r.error.message and "expected scalar type Long" not in r.error.message]
+        errors = [r for r in ctx.trace.runs if r.error is not None and r.error.category == ErrorCategory.USER_CODE.value]
         if not errors:
             return []
         by_message: dict[str, list] = {}

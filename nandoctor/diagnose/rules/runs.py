@@ -1,6 +1,7 @@
 """Facts about the scan itself: failures that did not reproduce, work the budget cut short."""
 from __future__ import annotations
 
+from ...trace import ErrorCategory
 from ..finding import Finding, Severity
 from .base import Context, Rule
 
@@ -51,7 +52,7 @@ class ScanIncomplete(Rule):
         runs = [r for r in ctx.trace.runs if r.status in ("timeout", "unsupported")]
         if not runs:
             return []
-        hung = any("stopped inside step" in r.note for r in runs)   # a step that never returned
+        hung = any(r.stopped_by == ErrorCategory.STEP_INTERRUPTED.value for r in runs)   # a step that never returned
         return [Finding(self.id, (Severity.WARNING if hung else Severity.INFO).value, 1.0,
                         f"{len(runs)} precision run(s) incomplete" + (" (a step hung)" if hung else ""),
                         [f"{r.precision}: {r.status} ({r.note})" for r in runs],

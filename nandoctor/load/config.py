@@ -14,27 +14,11 @@ from typing import Any, Callable
 
 import yaml
 
-from .errors import InputError
-from .precision import ACCEPTED_NAMES, parse_precision
+from ..errors import InputError
+from ..trace.thresholds import DEFAULT_THRESHOLDS
+from ..trace.vocab import ACCEPTED_PRECISION_NAMES as ACCEPTED_NAMES, FAIL_ON, precision_from_name
 
 OPTIMIZER_NAMES = ("adamw", "adam", "sgd", "rmsprop", "adagrad")
-FAIL_ON = ("error", "warning", "never")
-
-# Diagnosis thresholds. Each default is documented with its reason in configs/default.yaml
-# and the README; rules read them from here, never hard-code them.
-DEFAULT_THRESHOLDS: dict[str, float] = {
-    "update_ratio_high": 0.1,          # ||dw||/||w|| per step; healthy training sits near 1e-3
-    "headroom_warn": 10.0,             # dtype max / max|activation|; under 10x an outlier overflows
-    "underflow_zero_share": 0.05,      # extra share of zero grads in 16-bit vs fp32
-    "vanishing_ratio": 1e-4,           # first-layer / last-layer gradient norm
-    "exploding_growth": 1e3,           # growth of the total grad norm across steps
-    "exploding_layer_ratio": 1e4,      # first-layer / last-layer gradient norm
-    "exploding_grad_weight_ratio": 1e3,  # ||grad|| / ||w|| of a layer; healthy layers sit below ~1
-    "skip_streak": 5,                  # consecutive GradScaler skips that mean collapse
-    "data_abs_max": 1e4,               # |input| beyond this is not a normalised range
-    "init_growth": 1e3,                # activation growth from first to last layer at step 0
-    "init_weight_abs_max": 1e3,        # |w| at init beyond this is a broken init
-}
 
 DEFAULTS: dict[str, Any] = {
     "steps": 20,
@@ -50,6 +34,14 @@ DEFAULTS: dict[str, Any] = {
     "experiments": {"enabled": True, "max_seconds": 60.0},
     "thresholds": dict(DEFAULT_THRESHOLDS),
 }
+
+
+def _precision_name(item: Any) -> str:
+    found = precision_from_name(item)
+    if found is None:
+        raise InputError(f"unknown precision {item!r}; accepted values are {', '.join(ACCEPTED_NAMES)} "
+                         "(fp32, fp16 and bf16 are aliases of 32-true, 16-mixed and bf16-mixed).")
+    return found.value
 
 
 # ---- validation ------------------------------------------------------------------------------
@@ -101,7 +93,7 @@ def _precisions(key: str, value: Any) -> list[str]:
     names: list[str] = []
     for item in value:
         try:
-            name = parse_precision(item).value
+            name = _precision_name(item)
         except InputError as err:
             raise InputError(f"config key '{key}': {err}") from None
         if name not in names:

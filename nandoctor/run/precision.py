@@ -1,24 +1,12 @@
-"""The precision vocabulary: Lightning's names, their aliases, and what each one means for a run."""
+"""What each precision means for a run, in torch terms (the names live in trace/vocab.py)."""
 from __future__ import annotations
 
-import enum
 from dataclasses import dataclass
 
 import torch
 
-from .errors import InputError
-
-
-class Precision(str, enum.Enum):
-    FP32 = "32-true"
-    FP16_MIXED = "16-mixed"
-    BF16_MIXED = "bf16-mixed"
-    FP16_TRUE = "16-true"
-    BF16_TRUE = "bf16-true"
-
-    @property
-    def spec(self) -> "PrecisionSpec":
-        return _SPECS[self]
+from ..errors import InputError
+from ..trace.vocab import ACCEPTED_PRECISION_NAMES, Precision, precision_from_name
 
 
 @dataclass(frozen=True)
@@ -33,7 +21,7 @@ class PrecisionSpec:
         return self.compute_dtype in (torch.float16, torch.bfloat16)
 
 
-_SPECS = {
+SPECS = {
     Precision.FP32: PrecisionSpec(torch.float32, autocast=False, cast_model=False, uses_grad_scaler=False),
     Precision.FP16_MIXED: PrecisionSpec(torch.float16, autocast=True, cast_model=False, uses_grad_scaler=True),
     Precision.BF16_MIXED: PrecisionSpec(torch.bfloat16, autocast=True, cast_model=False, uses_grad_scaler=False),
@@ -41,24 +29,16 @@ _SPECS = {
     Precision.BF16_TRUE: PrecisionSpec(torch.bfloat16, autocast=False, cast_model=True, uses_grad_scaler=False),
 }
 
-ALIASES = {"fp32": Precision.FP32, "32": Precision.FP32, "fp16": Precision.FP16_MIXED,
-           "bf16": Precision.BF16_MIXED}
-ACCEPTED_NAMES = [p.value for p in Precision] + list(ALIASES)
+
+def spec_of(precision: Precision) -> PrecisionSpec:
+    return SPECS[precision]
 
 
 def parse_precision(name: object) -> Precision:
     """Map a user-written precision name (or alias) to a Precision; unknown names are input errors."""
-    text = str(name).strip().lower()
-    if text in ALIASES:
-        return ALIASES[text]
-    for precision in Precision:
-        if precision.value == text:
-            return precision
-    raise InputError(
-        f"unknown precision {name!r}; accepted values are {', '.join(ACCEPTED_NAMES)} "
-        "(fp32, fp16 and bf16 are aliases of 32-true, 16-mixed and bf16-mixed)."
-    )
-
-
-def dtype_max(dtype: torch.dtype) -> float:
-    return float(torch.finfo(dtype).max)
+    found = precision_from_name(name)
+    if found is None:
+        raise InputError(
+            f"unknown precision {name!r}; accepted values are {', '.join(ACCEPTED_PRECISION_NAMES)} "
+            "(fp32, fp16 and bf16 are aliases of 32-true, 16-mixed and bf16-mixed).")
+    return found

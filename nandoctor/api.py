@@ -1,4 +1,5 @@
-"""`nandoctor.scan(...)`: the whole pipeline, load -> run -> trace -> diagnose -> report document."""
+"""The Python API: `scan()` and `postmortem()`, each the whole pipeline
+load -> run -> trace -> diagnose -> report document. The CLI is a thin shell over these."""
 from __future__ import annotations
 
 import ast
@@ -10,16 +11,20 @@ from typing import Any, Callable, Optional
 
 import torch
 
-from . import __version__
-from .config import ResolvedConfig, resolve_config
-from .diagnose import Finding, diagnose, plan_experiments, verdict as verdict_of
-from .document import build_document, exit_code_for, first_nonfinite
+from ._version import __version__
+from .diagnose import Finding, diagnose, plan_experiments, rank
+from .diagnose.checkpoint_rules import diagnose_checkpoint
+from .diagnose.verdict import checkpoint_failed, exit_code_for, scan_failed, verdict as verdict_of
+from .load.checkpoint import read_checkpoint
+from .load.config import ResolvedConfig, resolve_config
 from .load.model_file import ModelFile, load_model_file
-from .precision import parse_precision
+from .report.document import build_document, build_postmortem_document, first_nonfinite
 from .run.experiments import run_experiments
 from .run.frames import location
+from .run.inspect_checkpoint import inspect
+from .run.precision import parse_precision
 from .run.runner import Deadline, Progress, ScanTimeout, resolve_device, run_precision, watchdog
-from .trace import ModelInfo, NonfiniteEvent, RunStatus, RunTrace, SourceLocation, Trace
+from .trace import NonfiniteEvent, PostmortemTrace, RunStatus, RunTrace, SourceLocation, Trace
 
 
 @dataclass
@@ -33,7 +38,7 @@ class ScanReport:
 
     @property
     def verdict(self) -> str:
-        return verdict_of(self.causes)
+        return verdict_of(self.causes, scan_failed(self.trace))
 
     @property
     def first_nonfinite(self) -> Optional[NonfiniteEvent]:
@@ -41,7 +46,7 @@ class ScanReport:
 
     @property
     def exit_code(self) -> int:
-        return exit_code_for(self.causes, self.fail_on)
+        return exit_code_for(self.causes, self.fail_on, scan_failed(self.trace))
 
     def to_dict(self) -> dict[str, Any]:
         if self._document is None:
@@ -74,7 +79,7 @@ def scan(model_file: str | Path, config: str | Path | None = None, *, steps: Opt
     initial_state = None
     start_step = 0
     if checkpoint is not None:
-        from .load.checkpoint import resume_state
+        from .run.resume import resume_state
         initial_state, start_step = resume_state(checkpoint, trust=trust)
 
     trace = Trace(model_file=spec.display, config=cfg, device=str(dev), torch_version=torch.__version__,
@@ -82,18 +87,16 @@ def scan(model_file: str | Path, config: str | Path | None = None, *, steps: Opt
                   functions=_function_locations(spec))
     with watchdog(cfg["max_seconds"]):
         _run_all(trace, spec, cfg, dev, deadline, start_step, initial_state, progress)
-    trace.model = _model_info(spec, cfg)
     findings = diagnose(trace)
     if cfg["experiments"]["enabled"] and not deadline.expired:
         requests = plan_experiments(trace, findings)
         if requests:
             t0 = time.perf_counter()
             budget = min(cfg["experiments"]["max_seconds"], deadline.left())
-            lrs = {r.precision: r.optimizer.get("lr") for r in trace.runs}
             try:
                 with watchdog(None if cfg["max_seconds"] is None else deadline.left()):
                     trace.experiments = run_experiments(requests, spec, cfg, dev, budget, start_step=start_step,
-                                                        initial_state=initial_state, lr_of=lrs.get)
+                                                        initial_state=initial_state)
             except ScanTimeout:
                 trace.notes.append("--max-seconds ran out during the confirming experiments; they were stopped")
             trace.experiments_seconds = time.perf_counter() - t0
@@ -114,28 +117,11 @@ def _run_all(trace: Trace, spec: ModelFile, cfg: dict[str, Any], dev: torch.devi
             continue
         try:
             trace.runs.append(run_precision(spec, cfg, precision, dev, deadline, start_step=start_step,
-                                            initial_state=initial_state, progress=progress))
+                                            initial_state=initial_state, progress=progress, model_info=trace.model))
         except ScanTimeout:   # fired outside a step (building the model, the replay)
             trace.runs.append(RunTrace(precision=precision.value, status=RunStatus.TIMEOUT.value,
                                        steps_requested=cfg["steps"], note="--max-seconds ran out while this run was set up "
                                        "or its failing step replayed"))
-
-
-def _model_info(spec: ModelFile, cfg: dict[str, Any]) -> ModelInfo:
-    # Facts of the model's structure, from a throwaway CPU build (cheap; no training).
-    from .run.session import seed_everything
-    seed_everything(cfg["seed"])
-    try:
-        model = spec.build_model()
-    except Exception:  # noqa: BLE001 - reported by the runs already
-        return ModelInfo()
-    types: dict[str, int] = {}
-    modules = list(model.modules()) if isinstance(model, torch.nn.Module) else []
-    for m in modules:
-        types[type(m).__name__] = types.get(type(m).__name__, 0) + 1
-    params = list(model.parameters()) if modules else []
-    return ModelInfo(cls=type(model).__name__, modules=len(modules), parameters=sum(p.numel() for p in params),
-                     trainable=sum(p.numel() for p in params if p.requires_grad), module_types=types)
 
 
 def _function_locations(spec: ModelFile) -> dict[str, SourceLocation]:
@@ -156,3 +142,36 @@ def _function_locations(spec: ModelFile) -> dict[str, SourceLocation]:
                         break
             out[node.name] = location(path, line, node.name)
     return out
+
+
+@dataclass
+class PostmortemReport:
+    """What a checkpoint holds and what is wrong with it. `to_dict()` is the JSON document."""
+    trace: PostmortemTrace
+    causes: list[Finding]
+    fail_on: str = "error"
+
+    @property
+    def verdict(self) -> str:
+        return verdict_of(self.causes, checkpoint_failed(self.trace))
+
+    @property
+    def exit_code(self) -> int:
+        return exit_code_for(self.causes, self.fail_on, checkpoint_failed(self.trace))
+
+    def to_dict(self) -> dict[str, Any]:
+        return build_postmortem_document(self.trace, self.causes, self.fail_on)
+
+
+def postmortem(path: str | Path, baseline: str | Path | None = None, *, trust: bool = False,
+               fail_on: str = "error") -> PostmortemReport:
+    """Examine checkpoint `path` (and optionally an earlier `baseline`) without executing
+    anything from it, and diagnose what is broken.
+
+    Raises nandoctor.errors.InputError for a file that cannot be read (exit code 2 in the CLI).
+    """
+    ckpt = read_checkpoint(path, trust)
+    base = read_checkpoint(baseline, trust) if baseline is not None else None
+    trace = inspect(ckpt, base)
+    trace.torch_version = torch.__version__
+    return PostmortemReport(trace=trace, causes=rank(diagnose_checkpoint(trace)), fail_on=fail_on)

@@ -9,14 +9,11 @@ import math
 import platform
 from typing import Any, Optional
 
-from . import __version__
-from .diagnose import Finding, verdict as verdict_of
-from .trace import SCHEMA_VERSION, NonfiniteEvent, RunTrace, Trace, to_plain
-
-FP16_MAX = 65504.0
-COMPUTE_MAX = {"32-true": 3.4028234663852886e38, "16-mixed": FP16_MAX, "16-true": FP16_MAX,
-               "bf16-mixed": 3.3895313892515355e38, "bf16-true": 3.3895313892515355e38}
-SEVERITY_RANK = {"error": 0, "warning": 1, "info": 2}
+from .._version import __version__
+from ..diagnose import Finding
+from ..diagnose.verdict import checkpoint_failed, exit_code_for, scan_failed, verdict as verdict_of
+from ..trace import SCHEMA_VERSION, NonfiniteEvent, PostmortemTrace, RunTrace, TensorRecord, Trace, to_plain
+from ..trace.vocab import FP16_MAX, compute_max
 
 
 def _finite(values: list[Optional[float]]) -> list[float]:
@@ -87,7 +84,7 @@ def run_dict(run: RunTrace) -> dict[str, Any]:
 
 def layer_rows(run: RunTrace) -> list[dict[str, Any]]:
     rows = []
-    limit = COMPUTE_MAX.get(run.precision, FP16_MAX)
+    limit = compute_max(run.precision)
     for layer in sorted(run.layers, key=lambda l: l.index):
         s = layer.series
         act_max = _max(s["act_max_abs"])
@@ -108,17 +105,22 @@ def layer_rows(run: RunTrace) -> list[dict[str, Any]]:
     return rows
 
 
-def build_document(trace: Trace, findings: list[Finding], fail_on: str = "error") -> dict[str, Any]:
-    verdict = verdict_of(findings)
+def _header(command: str, findings: list[Finding], fail_on: str, failed: bool) -> dict[str, Any]:
+    return {"schema_version": SCHEMA_VERSION, "tool": {"name": "nandoctor", "version": __version__},
+            "command": command, "verdict": verdict_of(findings, failed), "fail_on": fail_on,
+            "exit_code": exit_code_for(findings, fail_on, failed)}
+
+
+def build_document(trace: Trace, findings: list[Finding], fail_on: str = "error", command: str = "scan") -> dict[str, Any]:
+    """The scan (or replay) document."""
+    header = _header(command, findings, fail_on, scan_failed(trace))
     doc = {
-        "schema_version": SCHEMA_VERSION,
-        "tool": {"name": "nandoctor", "version": __version__},
-        "command": "scan",
+        "schema_version": header["schema_version"], "tool": header["tool"], "command": command,
         "model_file": trace.model_file,
         "checkpoint": trace.checkpoint,
-        "verdict": verdict,
+        "verdict": header["verdict"],
         "fail_on": fail_on,
-        "exit_code": exit_code_for(findings, fail_on),
+        "exit_code": header["exit_code"],
         "first_nonfinite": event_dict(first_nonfinite(trace)),
         "causes": [finding_dict(f) for f in findings],
         "runs": [run_dict(r) for r in trace.runs],
@@ -134,8 +136,36 @@ def build_document(trace: Trace, findings: list[Finding], fail_on: str = "error"
     return to_plain(doc)
 
 
-def exit_code_for(findings: list[Finding], fail_on: str) -> int:
-    if fail_on == "never":
-        return 0
-    limit = SEVERITY_RANK[fail_on]
-    return 1 if any(SEVERITY_RANK[f.severity] <= limit for f in findings) else 0
+def build_postmortem_document(trace: PostmortemTrace, findings: list[Finding], fail_on: str = "error") -> dict[str, Any]:
+    """The postmortem document: same header and causes as a scan, plus what the checkpoint holds."""
+    header = _header("postmortem", findings, fail_on, checkpoint_failed(trace))
+    worst = sorted(trace.tensors, key=lambda t: (-(t.nan + t.inf), -(t.max_abs or 0.0)))
+    doc = {
+        **header, "model_file": None, "checkpoint": trace.path,
+        "first_nonfinite": None, "causes": [finding_dict(f) for f in findings],
+        "runs": [], "layers": {}, "experiments": [], "experiments_seconds": 0.0,
+        "format": trace.format, "step": trace.step, "epoch": trace.epoch,
+        "tensors": [to_plain(t) for t in worst],
+        "modules": _by_module(trace.tensors),
+        "optimizer_state": {"tensors": [to_plain(o) for o in trace.optimizer
+                                        if o.nan or o.inf or (o.key == "exp_avg_sq" and o.negatives)],
+                            "param_groups": trace.param_groups,
+                            "steps": sorted(set(trace.state_steps))} if (trace.optimizer or trace.param_groups) else None,
+        "scaler": trace.scaler,
+        "baseline": {"path": trace.baseline, "changes": trace.changes} if trace.baseline else None,
+        "environment": {"torch": trace.torch_version, "device": "cpu", "python": platform.python_version()},
+        "config": {}, "notes": [],
+        "seconds": round(trace.seconds, 3),
+    }
+    return to_plain(doc)
+
+
+def _by_module(tensors: list[TensorRecord]) -> list[dict[str, Any]]:
+    modules: dict[str, dict[str, Any]] = {}
+    for t in tensors:
+        m = modules.setdefault(t.module, {"module": t.module, "tensors": 0, "nan": 0, "inf": 0, "max_abs": 0.0})
+        m["tensors"] += 1
+        m["nan"] += t.nan
+        m["inf"] += t.inf
+        m["max_abs"] = max(m["max_abs"], t.max_abs or 0.0)
+    return sorted(modules.values(), key=lambda m: (-(m["nan"] + m["inf"]), -m["max_abs"]))

@@ -6,11 +6,11 @@ import inspect as _inspect
 import math
 from typing import TYPE_CHECKING, Callable
 
-from .diagnose.facts import num
-from .diagnose.finding import Finding, Severity
+from ..trace.numbers import num
+from .finding import Finding, Severity
 
 if TYPE_CHECKING:
-    from .postmortem import PostmortemTrace
+    from ..trace import PostmortemTrace
 
 HUGE_WEIGHT = 1e4      # |w| beyond this in a trained network means divergence (healthy weights are O(1))
 COLLAPSED_SCALE = 1.0  # GradScaler starts at 65536; below 1 it has halved 16+ times: steps were being skipped

@@ -1,4 +1,4 @@
-"""The trace: plain, serialisable records of what the runs did.
+"""The scan trace: plain, serialisable records of what the training runs did.
 
 Everything the diagnosis rules and reporters know comes from here. Nothing in this module
 touches torch; a Trace round-trips through JSON (`to_dict` / `Trace.from_dict`), so rules can
@@ -6,32 +6,12 @@ be tested on hand-made traces and a report can be re-rendered from a saved one.
 """
 from __future__ import annotations
 
-import dataclasses
-import enum
-import math
-import typing
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
-SCHEMA_VERSION = 1
-
-
-class Phase(str, enum.Enum):
-    INIT = "init"
-    DATA = "data"
-    FORWARD = "forward"
-    LOSS = "loss"
-    BACKWARD = "backward"
-    OPTIMIZER = "optimizer"
-
-
-class RunStatus(str, enum.Enum):
-    OK = "ok"                  # every requested step ran with finite loss, gradients, parameters
-    NONFINITE = "nonfinite"    # a step produced NaN/Inf; the run stopped there
-    ERROR = "error"            # the user's code raised; the run stopped there
-    TIMEOUT = "timeout"        # --max-seconds ran out before all steps ran
-    UNSUPPORTED = "unsupported"  # the precision cannot run on this device
-
+from .experiments import ExperimentResult
+from .plain import from_plain, to_plain
+from .vocab import SCHEMA_VERSION, RunStatus
 
 @dataclass
 class SourceLocation:
@@ -101,6 +81,8 @@ class UserError:
     source: Optional[SourceLocation] = None
     user_source: Optional[SourceLocation] = None
     frames: list[SourceLocation] = field(default_factory=list)
+    # An ErrorCategory value: which kind of stop this was. Rules read this, never `message`.
+    category: str = "user-code"
 
 
 @dataclass
@@ -190,6 +172,10 @@ class RunTrace:
     param_dtype: str = "float32"
     seconds: float = 0.0
     note: str = ""
+    # Why the run stopped early, as an ErrorCategory value (time-budget, step-interrupted,
+    # unsupported, user-interrupt); None when it ran every step or stopped at a non-finite value.
+    stopped_by: Optional[str] = None
+    stopped_at_step: Optional[int] = None
 
     @property
     def steps_run(self) -> int:
@@ -197,21 +183,6 @@ class RunTrace:
 
     def layer(self, module: str) -> Optional[LayerSeries]:
         return next((layer for layer in self.layers if layer.module == module), None)
-
-
-@dataclass
-class ExperimentResult:
-    """One confirming experiment: the failing stretch re-run with a single change."""
-    id: str                        # lower-lr, sanitise-batch, skip-batch, precision, clip-grad, reinit, raise-eps
-    label: str                     # "lr 1e-03 -> 1e-04"
-    precision: str
-    change: dict[str, Any] = field(default_factory=dict)
-    steps_run: int = 0
-    steps_planned: int = 0
-    outcome: str = "skipped"       # finite | nonfinite | error | skipped | timeout
-    first_bad_step: Optional[int] = None
-    seconds: float = 0.0
-    note: str = ""
 
 
 @dataclass
@@ -250,57 +221,3 @@ class Trace:
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "Trace":
         return from_plain(cls, data)
-
-
-# ---- generic (de)serialisation ----------------------------------------------------------------
-
-def encode_float(value: float) -> Any:
-    """JSON has no NaN/Infinity; non-finite floats travel as the strings "NaN", "Infinity", "-Infinity"."""
-    if math.isnan(value):
-        return "NaN"
-    if math.isinf(value):
-        return "Infinity" if value > 0 else "-Infinity"
-    return value
-
-
-def decode_float(value: Any) -> Any:
-    if isinstance(value, str) and value in ("NaN", "Infinity", "-Infinity"):
-        return float(value.replace("Infinity", "inf"))
-    return value
-
-
-def to_plain(obj: Any) -> Any:
-    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
-        return {f.name: to_plain(getattr(obj, f.name)) for f in dataclasses.fields(obj)}
-    if isinstance(obj, enum.Enum):
-        return obj.value
-    if isinstance(obj, dict):
-        return {str(k): to_plain(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [to_plain(v) for v in obj]
-    if isinstance(obj, float):
-        return encode_float(obj)
-    return obj
-
-
-def from_plain(tp: Any, data: Any) -> Any:
-    if data is None:
-        return None
-    origin = typing.get_origin(tp)
-    if origin is typing.Union:
-        args = [a for a in typing.get_args(tp) if a is not type(None)]
-        return from_plain(args[0], data) if len(args) == 1 else data
-    if dataclasses.is_dataclass(tp):
-        hints = typing.get_type_hints(tp)
-        kwargs = {f.name: from_plain(hints[f.name], data[f.name])
-                  for f in dataclasses.fields(tp) if f.name in data}
-        return tp(**kwargs)
-    if origin is list:
-        (item,) = typing.get_args(tp)
-        return [from_plain(item, v) for v in data]
-    if origin is dict:
-        _, item = typing.get_args(tp)
-        return {k: from_plain(item, v) for k, v in data.items()}
-    if tp is float:
-        return decode_float(data)
-    return decode_float(data) if isinstance(data, str) else data
