@@ -23,6 +23,10 @@ class Finding:
     experiments: list[str] = field(default_factory=list)   # outcomes of confirming experiments, as sentences
     confirmed: Optional[bool] = None                        # None: not tested
     explains_origin: bool = False                           # names why the first non-finite value was born
+    # Why this finding sits where it does in the ranking, in words (upstream cause, confirmed by
+    # an experiment, symptom of another cause); filled by `rank`.
+    rank_reason: str = ""
+    mechanism: str = ""     # op-semantics class when one applies: pole, domain, overflow, indeterminate, ...
 
 
 __all__ = ["Finding", "Severity", "ExperimentRequest"]

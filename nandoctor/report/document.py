@@ -57,7 +57,7 @@ def finding_dict(f: Finding) -> dict[str, Any]:
             "source": str(f.source) if f.source else None,
             "file": f.source.file if f.source else None, "line": f.source.line if f.source else None,
             "precisions": list(f.precisions), "experiments": list(f.experiments), "confirmed": f.confirmed,
-            "explains_origin": f.explains_origin}
+            "explains_origin": f.explains_origin, "rank_reason": f.rank_reason, "mechanism": f.mechanism}
 
 
 def run_dict(run: RunTrace) -> dict[str, Any]:

@@ -38,6 +38,7 @@ class TensorSummary:
     zeros: int = 0
     negatives: int = 0
     value: Optional[float] = None      # for scalar (non-tensor) arguments
+    masked: bool = False               # this input carried deliberate infinities (a mask), not an accident
 
 
 @dataclass
@@ -70,6 +71,21 @@ class NonfiniteEvent:
     reproduced: Optional[bool] = None  # None: not replayed; False: the replay stayed finite
     surfaced_in: str = ""              # where the runner first saw it: loss, gradients, parameters, batch
     detail: str = ""
+    # The public torch call the user's line made when the origin aten op ran inside it (a
+    # decomposition or a fused op): "torch.logdet", "torch.nn.functional.ctc_loss".
+    call: Optional[str] = None
+    # A NaN/Inf that reached this op as a Python number (`.item()`, `float(t)`, `alpha=`) was made
+    # by this op: the 0-dim computation the user converted.
+    scalar_source: Optional[OpRef] = None
+    # Where the deliberate infinity that this op turned into NaN / an unmasked Inf was set
+    # (masked_fill, index_put_ / indexed assignment, torch.where(mask, x, -inf), torch.full).
+    mask_source: Optional[OpRef] = None
+    # Replays of the failing step: None when not replayed; otherwise whether the failure came
+    # back without tracing and with tracing. `reproduced` is False only when both stayed finite.
+    replay_untraced: Optional[bool] = None
+    replay_traced: Optional[bool] = None
+    # The failing values came from a loaded checkpoint (scan --checkpoint), not from build_model().
+    from_checkpoint: bool = False
 
 
 @dataclass
@@ -210,6 +226,9 @@ class Trace:
     checkpoint: Optional[str] = None
     # Where the model file defines its functions; build_optimizer points at its `lr=` line.
     functions: dict[str, SourceLocation] = field(default_factory=dict)
+    # Runs nandoctor added for comparison, not requested and never part of the verdict: e.g. a
+    # float32 run of the same steps when only 16-true was requested (fp16-underflow needs it).
+    reference_runs: list[RunTrace] = field(default_factory=list)
     schema_version: int = SCHEMA_VERSION
 
     def run(self, precision: str) -> Optional[RunTrace]:
