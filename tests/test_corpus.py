@@ -1,0 +1,136 @@
+"""The real-report corpus (sample_models/corpus/): verdict, top cause and origin of every entry.
+
+Each entry of expected.yaml states what a correct tool should say about a model that reproduces a
+public bug report. The scans go through the public Python API; `args` are the CLI flags of the
+scan (`-p/--precision`, `--steps`, `--lr`), turned into keyword arguments.
+"""
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any, Optional
+
+import pytest
+import yaml
+
+import nandoctor
+
+pytestmark = pytest.mark.corpus
+
+CORPUS = Path(__file__).resolve().parents[1] / "sample_models" / "corpus"
+MARKER = "# nandoctor: origin"
+ENTRIES: list[dict[str, Any]] = yaml.safe_load((CORPUS / "expected.yaml").read_text())
+_scans: dict[str, dict[str, Any]] = {}
+
+
+def scan_kwargs(entry: dict[str, Any]) -> dict[str, Any]:
+    """The entry's CLI-style args as keyword arguments of nandoctor.scan."""
+    args = list(entry.get("args") or [])
+    kwargs: dict[str, Any] = {"experiments": bool(entry.get("experiments", False))}
+    precisions: list[str] = []
+    while args:
+        flag = args.pop(0)
+        if flag in ("-p", "--precision"):
+            precisions.append(args.pop(0))
+        elif flag == "--steps":
+            kwargs["steps"] = int(args.pop(0))
+        elif flag == "--lr":
+            kwargs["lr"] = float(args.pop(0))
+        elif flag == "--seed":
+            kwargs["seed"] = int(args.pop(0))
+        else:
+            raise ValueError(f"{entry['file']}: unsupported scan argument {flag!r} in expected.yaml")
+    if precisions:
+        kwargs["precisions"] = precisions
+    return kwargs
+
+
+def scanned(entry: dict[str, Any]) -> dict[str, Any]:
+    """The scan's JSON document, once per entry (scans are deterministic)."""
+    name = entry["file"]
+    if name not in _scans:
+        _scans[name] = nandoctor.scan(CORPUS / name, **scan_kwargs(entry)).to_dict()
+    return _scans[name]
+
+
+def marked_line(name: str) -> Optional[int]:
+    lines = (CORPUS / name).read_text().splitlines()
+    marked = [i for i, line in enumerate(lines, start=1) if MARKER in line]
+    assert len(marked) <= 1, f"{name}: more than one origin marker"
+    return marked[0] if marked else None
+
+
+def file_line(location: Optional[str]) -> Optional[tuple[str, int]]:
+    """'some/dir/model.py:14' -> ('model.py', 14)."""
+    if not location:
+        return None
+    match = re.match(r"(.+):(\d+)$", location)
+    return (Path(match.group(1)).name, int(match.group(2))) if match else None
+
+
+def origin_of(doc: dict[str, Any]) -> tuple[Optional[str], Optional[str], set[tuple[str, int]]]:
+    """(phase, op, {file:line}) of where the failure was born: the first non-finite event, else the
+    first user-code exception."""
+    event = doc.get("first_nonfinite")
+    if event:
+        lines = {file_line(event.get(k)) for k in ("source", "user_source")}
+        return event.get("phase"), event.get("op"), {x for x in lines if x}
+    for run in doc["runs"]:
+        error = run.get("error")
+        if error:
+            lines = {file_line(error.get(k)) for k in ("source", "user_source")}
+            return error.get("phase"), None, {x for x in lines if x}
+    return None, None, set()
+
+
+def ids(entries: list[dict[str, Any]]) -> list[str]:
+    return [e["file"].removesuffix(".py") for e in entries]
+
+
+def test_manifest_is_consistent():
+    files = {p.name for p in CORPUS.glob("*.py")}
+    listed = [e["file"] for e in ENTRIES]
+    assert sorted(listed) == sorted(files), "every corpus model is listed exactly once"
+    for entry in ENTRIES:
+        source = (CORPUS / entry["file"]).read_text().splitlines()[0]
+        assert source == f"# Source: {entry['source']}", entry["file"]
+        assert entry["source"].startswith("https://")
+        assert entry["verdict"] in ("pass", "warn", "fail")
+        has_marker = marked_line(entry["file"]) is not None
+        assert has_marker == (entry.get("origin") is not None), f"{entry['file']}: origin marker vs origin entry"
+        scan_kwargs(entry)
+    failing = [e for e in ENTRIES if e["verdict"] != "pass"]
+    healthy = [e for e in ENTRIES if e["family"] == "healthy"]
+    assert len(failing) >= 32 and len(healthy) >= 8
+
+
+@pytest.mark.parametrize("entry", ENTRIES, ids=ids(ENTRIES))
+def test_corpus_verdict_cause_and_origin(entry):
+    doc = scanned(entry)
+    causes = [c["id"] for c in doc["causes"]]
+    summary = f"verdict {doc['verdict']}, causes {causes[:4]}, origin {origin_of(doc)}"
+    assert doc["verdict"] == entry["verdict"], summary
+    if entry["verdict"] == "pass":
+        assert not doc["causes"], summary
+        return
+    assert causes, summary
+    assert causes[0] in [entry["top_cause"], *(entry.get("also_top") or [])], summary
+    assert set(entry.get("top3") or []) <= set(causes[:3]), summary
+    expected = entry.get("origin")
+    if expected is None:
+        assert doc["first_nonfinite"] is None, summary
+        return
+    phase, op, lines = origin_of(doc)
+    assert phase == expected["phase"], summary
+    if expected.get("op"):
+        assert op == expected["op"], summary
+    assert (entry["file"], marked_line(entry["file"])) in lines, summary
+
+
+@pytest.mark.parametrize("entry", ENTRIES, ids=ids(ENTRIES))
+def test_nonfinite_or_crashed_run_never_passes(entry):
+    doc = scanned(entry)
+    broken = [r["precision"] for r in doc["runs"] if r["status"] in ("nonfinite", "error")]
+    if broken:
+        assert doc["verdict"] == "fail", f"runs {broken} went non-finite or crashed, verdict {doc['verdict']}"
+        assert doc["exit_code"] != 0
