@@ -120,7 +120,8 @@ def run_precision(model_file: ModelFile, config: dict[str, Any], precision: Prec
         run.first_nonfinite = NonfiniteEvent(
             precision=precision.value, step=start_step, phase=Phase.INIT.value,
             kind="nan" if worst.init_max_abs is None or math.isnan(worst.init_max_abs) else "inf", module=worst.module,
-            parameter=worst.name, count=worst.init_nonfinite, surfaced_in="parameters", reproduced=True,
+            parameter=worst.name, count=worst.init_nonfinite, reproduced=True,
+            surfaced_in="checkpoint" if initial_state is not None else "parameters",
             detail=", ".join(f"{p.name}: {p.init_nonfinite} of {p.numel} non-finite" for p in broken[:5]))
         _fill_series(run, session, [])
         run.seconds = time.perf_counter() - began
