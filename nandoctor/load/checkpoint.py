@@ -22,6 +22,7 @@ from typing import Any, Callable, Iterator, Optional
 import torch
 
 from ..errors import InputError
+from ..trace.text import plain_text
 
 MODEL_KEYS = ("model", "state_dict", "model_state_dict", "model_state", "module", "net", "network", "weights",
               "params", "model_state_dict_ema")
@@ -132,7 +133,7 @@ def _lazy_from_mapping(mapping: Mapping) -> list[LazyTensor]:
     out = []
     for name, value in mapping.items():
         if isinstance(value, torch.Tensor):
-            out.append(LazyTensor(name=str(name), load=(lambda v=value: v), shape=list(value.shape),
+            out.append(LazyTensor(name=plain_text(str(name), 300), load=(lambda v=value: v), shape=list(value.shape),
                                   dtype=str(value.dtype).replace("torch.", "")))
     return out
 
@@ -231,7 +232,7 @@ def _safetensors(path: Path) -> list[LazyTensor]:
     out = []
     try:
         for key in keys:
-            out.append(LazyTensor(name=key, load=loader(key), shape=list(handle.get_slice(key).get_shape())))
+            out.append(LazyTensor(name=plain_text(key, 300), load=loader(key), shape=list(handle.get_slice(key).get_shape())))
     except Exception as err:  # noqa: BLE001
         raise InputError(f"{path} is not a valid .safetensors file ({_first_line(err)}).") from None
     return out
@@ -359,13 +360,13 @@ def _dcp_folder(path: Path, trust: bool) -> Checkpoint:
     for key, meta in metadata.state_dict_metadata.items():
         if not isinstance(meta, TensorStorageMetadata):
             continue
-        lazy = LazyTensor(name=key, load=loader(key, meta), shape=list(meta.size),
+        lazy = LazyTensor(name=plain_text(key, 300), load=loader(key, meta), shape=list(meta.size),
                           dtype=str(meta.properties.dtype).replace("torch.", ""))
         head = key.split(".", 1)[0]
         if head in ("optim", "optimizer", "optimizer_state", "optim_state"):
             ckpt.optimizer_tensors.append(lazy)
         else:
-            lazy.name = key.split(".", 1)[1] if head in MODEL_KEYS and "." in key else key
+            lazy.name = plain_text(key.split(".", 1)[1] if head in MODEL_KEYS and "." in key else key, 300)
             ckpt.tensors.append(lazy)
     return ckpt
 
