@@ -230,3 +230,196 @@ def test_nan_checkpoint_weights_are_not_blamed_on_init(tmp_path, model_file):
     assert event["phase"] == "init" and event["surfaced_in"] == "checkpoint"
     assert "bad-init" not in [c["id"] for c in doc["causes"]]
     assert doc["verdict"] == "fail"
+
+
+# ---- user code that misbehaves ---------------------------------------------------------------
+
+MODEL_TEMPLATE = """
+import sys, time
+import torch
+from torch import nn
+
+def build_model():
+    {build}
+    return nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 2))
+
+def get_batch(step):
+    {batch}
+    x = torch.randn(16, 4)
+    return x, (x[:, 0] > 0).long()
+"""
+
+
+def model_source(build: str = "pass", batch: str = "pass") -> str:
+    return MODEL_TEMPLATE.format(build=build, batch=batch)
+
+
+@pytest.mark.parametrize("build, batch, phase", [
+    ("sys.exit(0)", "pass", "init"),
+    ("pass", "sys.exit(0)", "data"),
+    ("pass", "raise SystemExit('bye')", "data"),
+    ("pass", "raise KeyboardInterrupt()", "data"),
+])
+def test_exits_and_interrupts_raised_by_user_code_are_findings(model_file, build, batch, phase):
+    result = run_cli("scan", model_file(model_source(build, batch)), "--steps", "2", "-p", "32-true",
+                     "--no-experiments", "-f", "json")
+    assert_clean(result, 1)
+    doc = json_of(result)
+    assert doc["verdict"] == "fail"
+    error = doc["runs"][0]["error"]
+    assert error["phase"] == phase and error["exc_type"] in ("SystemExit", "KeyboardInterrupt")
+    assert "user-error" in [c["id"] for c in doc["causes"]]
+
+
+def test_sys_exit_in_a_scheduler_is_a_finding(model_file):
+    source = model_source() + "\ndef build_scheduler(optimizer):\n    sys.exit(0)\n"
+    result = run_cli("scan", model_file(source), "--steps", "2", "-p", "32-true", "--no-experiments", "-f", "json")
+    assert_clean(result, 1)
+    assert json_of(result)["runs"][0]["error"]["exc_type"] == "SystemExit"
+
+
+def test_user_prints_do_not_corrupt_machine_output(model_file):
+    path = model_file(model_source("print('building the model {not json')", "print('batch', step)"))
+    for fmt in ("json", "sarif"):
+        result = run_cli("scan", path, "--steps", "2", "-p", "32-true", "--no-experiments", "-f", fmt)
+        assert_clean(result, 0)
+        json.loads(result.stdout)
+        assert "building the model" in result.stderr
+
+
+def test_max_seconds_bounds_a_hanging_build_model(model_file):
+    path = model_file(model_source("time.sleep(120)"))
+    began = time.monotonic()
+    result = run_cli("scan", path, "--steps", "2", "--max-seconds", "2", "-f", "json")
+    assert time.monotonic() - began < 60
+    assert result.exit_code in (0, 1) and "Traceback" not in result.stderr
+    assert {r["status"] for r in json_of(result)["runs"]} == {"timeout"}
+
+
+def test_ctrl_c_writes_the_partial_report_and_exits_130(tmp_path):
+    model = tmp_path / "slow.py"
+    started = tmp_path / "started"
+    model.write_text(model_source(batch=f"(open({str(started)!r}, 'w').close() if step == 2 else None); "
+                                        "time.sleep(0.2 if step < 2 else 60)"))
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    proc = subprocess.Popen([sys.executable, "-m", "nandoctor", "scan", str(model), "--steps", "5", "-p", "32-true",
+                             "-p", "16-true", "--no-experiments", "-f", "json"], cwd=tmp_path, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:          # wait until the scan is inside step 2's sleep
+        time.sleep(0.5)
+        if proc.poll() is not None:
+            break
+        if started.exists():
+            break
+    time.sleep(1)
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err
+    assert "Traceback" not in err and "interrupted" in err
+    doc = json.loads(out)
+    first = doc["runs"][0]
+    assert first["status"] == "interrupted" and first["steps_run"] == 2
+    assert doc["runs"][1]["status"] == "interrupted" and doc["runs"][1]["steps_run"] == 0
+    assert any("interrupted" in note for note in doc["notes"])
+
+
+def test_junit_is_valid_xml_when_a_message_carries_ansi_codes(model_file):
+    import xml.etree.ElementTree as ET
+    path = model_file(model_source(batch="raise ValueError('\\x1b[31mred\\x1b[0m \\x07bell')"))
+    result = run_cli("scan", path, "--steps", "1", "-p", "32-true", "--no-experiments", "-f", "junit")
+    assert_clean(result, 1)
+    root = ET.fromstring(result.stdout)
+    assert "red" in ET.tostring(root, encoding="unicode") and "\x1b" not in result.stdout
+
+
+# ---- unusable input is exit 2, checked before the scan, printed verbatim -----------------------
+
+def test_optimizer_settings_torch_rejects_are_bad_input(tmp_path, model_file):
+    path = model_file(HEALTHY_SOURCE)
+    for section in ("{name: adam, betas: [1.5, 0.9]}", "{name: sgd, nesterov: true}", "{name: sgd, momentum: -1}"):
+        config = tmp_path / "c.yaml"
+        config.write_text(f"optimizer: {section}\n")
+        result = run_cli("scan", path, "-c", config, "--steps", "1", "-p", "32-true", "--no-experiments")
+        assert_clean(result, 2)
+        assert "optimizer" in result.stderr
+
+
+def test_huge_seed_is_bad_input(model_file):
+    result = run_cli("scan", model_file(HEALTHY_SOURCE), "--seed", str(10**20), "--steps", "1")
+    assert_clean(result, 2)
+    assert "seed" in result.stderr
+
+
+@pytest.mark.parametrize("command", [("config",), ("scan", "model.py", "--steps", "1")])
+def test_pyproject_tool_that_is_not_a_table_is_bad_input(tmp_path, model_file, command):
+    model_file(HEALTHY_SOURCE)
+    (tmp_path / "pyproject.toml").write_text('tool = "x"\n')
+    result = run_cli(*command, cwd=tmp_path)
+    assert_clean(result, 2)
+    assert "[tool.nandoctor]" in result.stderr        # printed verbatim, not eaten as markup
+
+
+@pytest.mark.parametrize("option", ["-o", "--html"])
+def test_output_paths_are_checked_before_the_scan(tmp_path, model_file, option):
+    marker = tmp_path / "built"
+    path = model_file(model_source(f"open({str(marker)!r}, 'w').close()"))
+    blocker = tmp_path / "a_file"
+    blocker.write_text("")
+    result = run_cli("scan", path, option, blocker / "sub" / "report.out", "-f", "json", "--steps", "1")
+    assert_clean(result, 2)
+    assert not marker.exists(), "the scan ran before the output path was checked"
+    assert "not a directory" in result.stderr
+
+
+def test_markup_like_text_in_messages_prints_verbatim(tmp_path):
+    folder = tmp_path / "a[" / "bold]x[red]"
+    folder.mkdir(parents=True)
+    result = run_cli("postmortem", folder / "missing.pt")
+    assert_clean(result, 2)
+    assert "a[/bold]x[red]/missing.pt" in result.stderr
+
+
+def test_yaml_error_names_file_and_line_once(tmp_path, model_file):
+    config = tmp_path / "bad.yaml"
+    config.write_text("steps: 3\nprecisions: [fp32\nseed: 1\n")
+    result = run_cli("scan", model_file(HEALTHY_SOURCE), "-c", config)
+    assert_clean(result, 2)
+    assert str(config) in result.stderr and "line" in result.stderr
+    assert "<unicode string>" not in result.stderr and result.stderr.count("line ") == 1
+
+
+def test_tiny_yaml_cannot_make_a_huge_message(tmp_path):
+    lines = ["a: &a [x, x, x, x, x, x, x, x, x]"]
+    for i in range(1, 9):
+        prev = chr(ord("a") + i - 1)
+        lines.append(f"{chr(ord('a') + i)}: &{chr(ord('a') + i)} [*{prev}, *{prev}, *{prev}, *{prev}, *{prev}, *{prev}]")
+    lines.append("precisions: *i")
+    config = tmp_path / "laughs.yaml"
+    config.write_text("\n".join(lines) + "\n")
+    assert config.stat().st_size < 400
+    result = run_cli("config", "-c", config)
+    assert_clean(result, 2)
+    assert len(result.stderr) < 3000
+
+
+def test_config_with_empty_or_partial_optimizer_section(tmp_path):
+    config = tmp_path / "c.yaml"
+    config.write_text("optimizer: {}\n")
+    assert_clean(run_cli("config", "-c", config), 0)
+    config.write_text("optimizer: {lr: 0.01}\n")
+    result = run_cli("config", "-c", config, "-f", "json")
+    assert_clean(result, 0)
+    values = json.loads(result.stdout)["values"]["optimizer"]
+    assert values == {"name": "adamw", "lr": 0.01, "weight_decay": 0.0}
+    assert_clean(run_cli("config", "--format", "xml"), 2)
+
+
+def test_scan_uses_a_partial_optimizer_section_over_the_defaults(tmp_path, model_file):
+    config = tmp_path / "c.yaml"
+    config.write_text("optimizer: {lr: 0.01}\n")
+    result = run_cli("scan", model_file(HEALTHY_SOURCE), "-c", config, "--steps", "1", "-p", "32-true",
+                     "--no-experiments", "-f", "json")
+    assert_clean(result, 0)
+    optimizer = json_of(result)["runs"][0]["optimizer"]
+    assert optimizer["weight_decay"] == 0 and optimizer["lr"] == 0.01
