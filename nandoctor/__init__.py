@@ -7,17 +7,17 @@ Python API (the CLI is a thin shell over it):
     report.verdict, report.first_nonfinite, report.causes[0].fix
     report.to_dict()          # the documented JSON document (schema_version 1)
 """
+from typing import Any
+
 from ._version import __version__
 
-
-def scan(*args, **kwargs):  # noqa: D103 - documented in nandoctor.api.scan
-    from .api import scan as _scan
-    return _scan(*args, **kwargs)
-
-
-def postmortem(*args, **kwargs):  # noqa: D103 - documented in nandoctor.api.postmortem
-    from .api import postmortem as _postmortem
-    return _postmortem(*args, **kwargs)
-
-
 __all__ = ["scan", "postmortem", "__version__"]
+
+
+def __getattr__(name: str) -> Any:
+    # `import nandoctor` stays light (no torch) until the API is used; `nandoctor.scan` is then
+    # the real function, so help(nandoctor.scan) shows its signature and docstring.
+    if name in ("scan", "postmortem"):
+        from . import api
+        return getattr(api, name)
+    raise AttributeError(f"module 'nandoctor' has no attribute {name!r}")

@@ -3,7 +3,10 @@ load -> run -> trace -> diagnose -> report document. The CLI is a thin shell ove
 from __future__ import annotations
 
 import ast
+import contextlib
 import platform
+import random
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,7 +27,8 @@ from .run.frames import location
 from .run.inspect_checkpoint import inspect
 from .run.precision import parse_precision
 from .run.runner import Deadline, Progress, ScanTimeout, resolve_device, run_precision, watchdog
-from .trace import NonfiniteEvent, PostmortemTrace, RunStatus, RunTrace, SourceLocation, Trace
+from .run.user_code import ScanInterrupted, capture_user_output, interrupt_guard
+from .trace import ErrorCategory, NonfiniteEvent, PostmortemTrace, RunStatus, RunTrace, SourceLocation, Trace
 
 
 @dataclass
@@ -43,6 +47,11 @@ class ScanReport:
     @property
     def first_nonfinite(self) -> Optional[NonfiniteEvent]:
         return first_nonfinite(self.trace)
+
+    @property
+    def interrupted(self) -> bool:
+        """Ctrl-C stopped the scan; the report covers what ran before it (the CLI exits 130)."""
+        return any(r.stopped_by == ErrorCategory.USER_INTERRUPT.value for r in self.trace.runs)
 
     @property
     def exit_code(self) -> int:
@@ -64,6 +73,35 @@ def scan(model_file: str | Path, config: str | Path | None = None, *, steps: Opt
 
     Raises nandoctor.errors.InputError for input that cannot be used (exit code 2 in the CLI).
     """
+    with preserved_rng_states(), capture_user_output(), interrupt_guard():
+        return _scan(model_file, config, steps=steps, precisions=precisions, lr=lr, seed=seed, device=device,
+                     experiments=experiments, max_seconds=max_seconds, fail_on=fail_on, checkpoint=checkpoint,
+                     trust=trust, progress=progress, cwd=cwd)
+
+
+@contextlib.contextmanager
+def preserved_rng_states():
+    """The scan seeds Python's, numpy's and torch's global generators; the caller's states come back after."""
+    py_state = random.getstate()
+    numpy = sys.modules.get("numpy")
+    np_state = numpy.random.get_state() if numpy is not None else None
+    torch_state = torch.get_rng_state()
+    cuda_states = torch.cuda.get_rng_state_all() if torch.cuda.is_available() and torch.cuda.is_initialized() else None
+    try:
+        yield
+    finally:
+        random.setstate(py_state)
+        if np_state is not None:
+            numpy.random.set_state(np_state)
+        torch.set_rng_state(torch_state)
+        if cuda_states is not None:
+            torch.cuda.set_rng_state_all(cuda_states)
+
+
+def _scan(model_file: str | Path, config: str | Path | None, *, steps: Optional[int], precisions: Optional[list[str]],
+          lr: Optional[float], seed: Optional[int], device: Optional[str], experiments: Optional[bool],
+          max_seconds: Optional[float], fail_on: Optional[str], checkpoint: str | Path | None, trust: bool,
+          progress: Optional[Progress], cwd: str | Path | None) -> ScanReport:
     overrides: dict[str, Any] = {"steps": steps, "precisions": precisions, "seed": seed, "device": device,
                                  "max_seconds": max_seconds, "fail_on": fail_on, "lr": lr}
     if experiments is not None:
@@ -86,9 +124,9 @@ def scan(model_file: str | Path, config: str | Path | None = None, *, steps: Opt
                   tool_version=__version__, checkpoint=str(checkpoint) if checkpoint else None,
                   functions=_function_locations(spec))
     with watchdog(cfg["max_seconds"]):
-        _run_all(trace, spec, cfg, dev, deadline, start_step, initial_state, progress)
+        interrupted = _run_all(trace, spec, cfg, dev, deadline, start_step, initial_state, progress)
     findings = diagnose(trace)
-    if cfg["experiments"]["enabled"] and not deadline.expired:
+    if cfg["experiments"]["enabled"] and not deadline.expired and not interrupted:
         requests = plan_experiments(trace, findings)
         if requests:
             t0 = time.perf_counter()
@@ -99,18 +137,29 @@ def scan(model_file: str | Path, config: str | Path | None = None, *, steps: Opt
                                                         initial_state=initial_state)
             except ScanTimeout:
                 trace.notes.append("--max-seconds ran out during the confirming experiments; they were stopped")
+            except ScanInterrupted:
+                trace.notes.append("interrupted (Ctrl-C) during the confirming experiments; they were stopped")
             trace.experiments_seconds = time.perf_counter() - t0
             findings = diagnose(trace)
     trace.seconds = time.perf_counter() - began
     if any(r.status == "timeout" for r in trace.runs):
         trace.notes.append("the --max-seconds budget stopped part of the scan; see runs[].note")
+    if interrupted:
+        trace.notes.append("interrupted (Ctrl-C): this report covers only what ran before it; see runs[].note")
     return ScanReport(trace=trace, causes=findings, config=resolved, fail_on=cfg["fail_on"])
 
 
 def _run_all(trace: Trace, spec: ModelFile, cfg: dict[str, Any], dev: torch.device, deadline: Deadline,
-             start_step: int, initial_state: Any, progress: Optional[Progress]) -> None:
+             start_step: int, initial_state: Any, progress: Optional[Progress]) -> bool:
+    """Run every precision into `trace`; True when Ctrl-C stopped the scan."""
+    interrupted = False
     for name in cfg["precisions"]:
         precision = parse_precision(name)
+        if interrupted:
+            trace.runs.append(RunTrace(precision=precision.value, status=RunStatus.INTERRUPTED.value,
+                                       steps_requested=cfg["steps"], stopped_by=ErrorCategory.USER_INTERRUPT.value,
+                                       note="interrupted (Ctrl-C) before this run began"))
+            continue
         if deadline.expired:
             trace.runs.append(RunTrace(precision=precision.value, status=RunStatus.TIMEOUT.value,
                                        steps_requested=cfg["steps"], note="--max-seconds ran out before this run began"))
@@ -118,10 +167,18 @@ def _run_all(trace: Trace, spec: ModelFile, cfg: dict[str, Any], dev: torch.devi
         try:
             trace.runs.append(run_precision(spec, cfg, precision, dev, deadline, start_step=start_step,
                                             initial_state=initial_state, progress=progress, model_info=trace.model))
+            interrupted = trace.runs[-1].stopped_by == ErrorCategory.USER_INTERRUPT.value
         except ScanTimeout:   # fired outside a step (building the model, the replay)
             trace.runs.append(RunTrace(precision=precision.value, status=RunStatus.TIMEOUT.value,
                                        steps_requested=cfg["steps"], note="--max-seconds ran out while this run was set up "
                                        "or its failing step replayed"))
+        except ScanInterrupted:
+            interrupted = True
+            trace.runs.append(RunTrace(precision=precision.value, status=RunStatus.INTERRUPTED.value,
+                                       steps_requested=cfg["steps"], stopped_by=ErrorCategory.USER_INTERRUPT.value,
+                                       note="interrupted (Ctrl-C) while this run was in progress; its steps are not "
+                                       "reported"))
+    return interrupted
 
 
 def _function_locations(spec: ModelFile) -> dict[str, SourceLocation]:
@@ -170,8 +227,9 @@ def postmortem(path: str | Path, baseline: str | Path | None = None, *, trust: b
 
     Raises nandoctor.errors.InputError for a file that cannot be read (exit code 2 in the CLI).
     """
-    ckpt = read_checkpoint(path, trust)
-    base = read_checkpoint(baseline, trust) if baseline is not None else None
-    trace = inspect(ckpt, base)
+    with preserved_rng_states():
+        ckpt = read_checkpoint(path, trust)
+        base = read_checkpoint(baseline, trust) if baseline is not None else None
+        trace = inspect(ckpt, base)
     trace.torch_version = torch.__version__
     return PostmortemReport(trace=trace, causes=rank(diagnose_checkpoint(trace)), fail_on=fail_on)

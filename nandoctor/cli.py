@@ -19,7 +19,8 @@ from .errors import ExitCode, InputError
 from .report import FORMATS
 
 app = typer.Typer(
-    name="nandoctor", add_completion=False, no_args_is_help=True, rich_markup_mode=None,
+    name="nandoctor", add_completion=True, no_args_is_help=True, rich_markup_mode=None,
+    context_settings={"help_option_names": ["-h", "--help"]},
     help="Find where a PyTorch training run's first NaN/Inf is born, why, and what to change.\n\n"
          "Examples:\n\n"
          "  nandoctor scan model.py\n\n"
@@ -45,15 +46,24 @@ def main_callback(
     """nandoctor: NaN/Inf diagnosis for PyTorch training."""
 
 
+MESSAGE_LIMIT = 2000   # characters of one error paragraph; user input can be arbitrarily long
+
+
+def say(text: str) -> None:
+    """One paragraph on stderr, printed verbatim: `[tool.nandoctor]` or a `[/` in a path is text,
+    never Rich markup; terminal escapes from user input are removed."""
+    from .trace.text import plain_text
+    err_console.print(plain_text(text, MESSAGE_LIMIT), soft_wrap=True, markup=False, emoji=False, highlight=False)
+
+
 def _fail_input(err: InputError) -> None:
-    err_console.print(f"nandoctor: error: {err}", soft_wrap=True)
+    say(f"nandoctor: error: {err}")
     raise typer.Exit(code=ExitCode.BAD_INPUT)
 
 
 def _fail_internal(err: BaseException) -> None:
-    err_console.print(f"nandoctor: internal error: {type(err).__name__}: {err}. This is a bug in nandoctor, not in "
-                      "your model; please report it with the command you ran (set NANDOCTOR_DEBUG=1 to see the "
-                      "traceback).", soft_wrap=True)
+    say(f"nandoctor: internal error: {type(err).__name__}: {err}. This is a bug in nandoctor, not in "
+        "your model; please report it with the command you ran (set NANDOCTOR_DEBUG=1 to see the traceback).")
     if os.environ.get("NANDOCTOR_DEBUG"):
         traceback.print_exc()
     raise typer.Exit(code=ExitCode.INTERNAL)
@@ -86,6 +96,25 @@ def emit(doc: dict[str, Any], fmt: str, output: Optional[Path], quiet: bool, htm
         sys.stdout.flush()
 
 
+def check_writable(path: Optional[Path], option: str) -> None:
+    """Fail before the scan, not after it: `path` must be a file nandoctor can create or replace."""
+    if path is None:
+        return
+    if path.is_dir():
+        raise InputError(f"{option} {path} is a directory; give a file name.")
+    if path.exists():
+        if not os.access(path, os.W_OK):
+            raise InputError(f"cannot write {option} {path}: permission denied.")
+        return
+    parent = path.parent
+    while not parent.exists() and parent != parent.parent:
+        parent = parent.parent
+    if not parent.is_dir():
+        raise InputError(f"cannot write {option} {path}: {parent} is not a directory.")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise InputError(f"cannot write {option} {path}: {parent} is not writable.")
+
+
 def _write(path: Path, text: str) -> None:
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -104,12 +133,16 @@ def _guarded(run: Any) -> None:
         raise
     except Exception as err:  # noqa: BLE001 - anything else is a bug in nandoctor: exit 3, no traceback
         _fail_internal(err)
+    if getattr(report, "interrupted", False):
+        say("nandoctor: interrupted (Ctrl-C); the report above covers what ran before it.")
+        raise typer.Exit(code=130)
     raise typer.Exit(code=report.exit_code)
 
 
 FormatOpt = Annotated[str, typer.Option("--format", "-f", help=f"Output format: {'|'.join(FORMATS)}.")]
 OutputOpt = Annotated[Optional[Path], typer.Option("--output", "-o", help="Write the report to FILE instead of stdout.")]
 QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar and no console report.")]
+VerboseOpt = Annotated[bool, typer.Option("--verbose", "-v", help="Say on stderr what ran and how long each part took.")]
 FailOnOpt = Annotated[Optional[str], typer.Option("--fail-on", help="Exit 1 on findings at or above: error|warning|never (default error).")]
 
 
@@ -137,12 +170,13 @@ def scan(
     no_experiments: Annotated[bool, typer.Option("--no-experiments", help="Skip the confirming experiments.")] = False,
     checkpoint: Annotated[Optional[Path], typer.Option("--checkpoint", help="Resume from this checkpoint and scan from its step.")] = None,
     trust: Annotated[bool, typer.Option("--trust", help="Allow arbitrary unpickling of --checkpoint (only for files you trust).")] = False,
+    verbose: VerboseOpt = False,
 ) -> None:
     """Run instrumented training steps and diagnose the first NaN/Inf.
 
     Examples:
 
-      nandoctor scan sample_models/log_of_softmax.py
+      nandoctor scan sample_models/nll_classifier.py
 
       nandoctor scan model.py -p fp32 -p fp16 --steps 50 --format json -o report.json
 
@@ -150,6 +184,8 @@ def scan(
     """
     def run() -> Any:
         _check_format(fmt)
+        check_writable(output, "--output")
+        check_writable(html, "--html")
         from .api import scan as run_scan
         progress_cb, stop = _progress(quiet, steps, precision)
         try:
@@ -158,10 +194,24 @@ def scan(
                               checkpoint=checkpoint, trust=trust, progress=progress_cb)
         finally:
             stop()
+        if verbose:
+            _say_what_ran(report)
         emit(report.to_dict(), fmt, output, quiet, html)
         return report
 
     _guarded(run)
+
+
+def _say_what_ran(report: Any) -> None:
+    """--verbose: each run, the experiments and the total, with timings (stderr)."""
+    trace = report.trace
+    for run in trace.runs:
+        say(f"nandoctor: ran {run.precision}: {run.status}, {len(run.steps)} of {run.steps_requested} steps "
+            f"from step {run.start_step}, {run.seconds:.2f} s" + (f" ({run.note})" if run.note else ""))
+    if trace.experiments:
+        say(f"nandoctor: ran {len(trace.experiments)} confirming experiment(s) in {trace.experiments_seconds:.2f} s: "
+            + ", ".join(f"{e.label or e.id} -> {e.outcome}" for e in trace.experiments))
+    say(f"nandoctor: scan took {trace.seconds:.2f} s in all; {len(report.causes)} finding(s)")
 
 
 def _progress(quiet: bool, steps: Optional[int], precisions: Optional[list[str]]):
@@ -191,6 +241,7 @@ def postmortem(
     quiet: QuietOpt = False,
     fail_on: FailOnOpt = None,
     trust: Annotated[bool, typer.Option("--trust", help="Allow arbitrary unpickling (runs code from the file!) for checkpoints you trust.")] = False,
+    verbose: VerboseOpt = False,
 ) -> None:
     """Examine a crashed checkpoint without trusting it: NaN/Inf weights, poisoned optimizer
     state, collapsed loss scale, exploding weights.
@@ -205,9 +256,13 @@ def postmortem(
         _check_format(fmt)
         if fail_on is not None and fail_on not in ("error", "warning", "never"):
             raise InputError(f"unknown --fail-on {fail_on!r}; accepted values are error, warning, never.")
+        check_writable(output, "--output")
         from .api import postmortem as run_postmortem
         from .report.console import print_postmortem
         report = run_postmortem(path, baseline, trust=trust, fail_on=fail_on or "error")
+        if verbose:
+            say(f"nandoctor: read {report.trace.format} checkpoint {report.trace.path}: {len(report.trace.tensors)} "
+                f"tensors, {len(report.trace.optimizer)} optimizer tensors, {report.trace.seconds:.2f} s")
         emit(report.to_dict(), fmt, output, quiet, printer=print_postmortem)
         return report
 
@@ -236,7 +291,7 @@ def explain(cause: Annotated[Optional[str], typer.Argument(help="A cause id, e.g
     if text is None:
         from .diagnose import rule_ids
         ids = rule_ids() + list(POSTMORTEM_DOCS)
-        err_console.print(f"nandoctor: error: unknown cause id {cause!r}; known ids are {', '.join(ids)}.", soft_wrap=True)
+        say(f"nandoctor: error: unknown cause id {cause!r}; known ids are {', '.join(ids)}.")
         raise typer.Exit(code=ExitCode.BAD_INPUT)
     typer.echo(f"{cause}\n\n{text}")
 
@@ -257,8 +312,8 @@ def init(
     targets = {"model.py": directory / "model.py", "nandoctor.yaml": directory / "nandoctor.yaml"}
     existing = [str(p) for p in targets.values() if p.exists()]
     if existing:
-        err_console.print(f"nandoctor: error: {' and '.join(existing)} already exist(s); nandoctor init never "
-                          "overwrites files. Move them away or choose another directory.", soft_wrap=True)
+        say(f"nandoctor: error: {' and '.join(existing)} already exist(s); nandoctor init never "
+            "overwrites files. Move them away or choose another directory.")
         raise typer.Exit(code=ExitCode.BAD_INPUT)
     try:
         directory.mkdir(parents=True, exist_ok=True)
@@ -287,6 +342,8 @@ def show_config(
     import json as _json
     from .load.config import resolve_config
     try:
+        if fmt not in ("rich", "json"):
+            raise InputError(f"unknown --format {fmt!r} for nandoctor config; accepted values are rich, json.")
         resolved = resolve_config(config)
     except InputError as err:
         _fail_input(err)
@@ -294,6 +351,7 @@ def show_config(
         typer.echo(_json.dumps({"values": resolved.values, "sources": resolved.sources}, indent=2))
         return
     from rich.table import Table
+    from rich.text import Text
     table = Table(title="nandoctor configuration", title_justify="left", show_edge=False)
     table.add_column("key")
     table.add_column("value")
@@ -301,18 +359,18 @@ def show_config(
     for key, source in sorted(resolved.sources.items()):
         value: Any = resolved.values
         for part in key.split("."):
-            value = value[part]
+            value = value.get(part) if isinstance(value, dict) else None
         if isinstance(value, dict):
             continue
-        table.add_row(key, str(value), source)
+        table.add_row(Text(key), Text(str(value)), Text(source))
     Console().print(table)
 
 
 def main() -> None:
     try:
         app()
-    except KeyboardInterrupt:
-        err_console.print("nandoctor: interrupted")
+    except KeyboardInterrupt:   # Ctrl-C outside a scan (while importing torch, writing a report)
+        say("nandoctor: interrupted (Ctrl-C)")
         sys.exit(130)
 
 

@@ -187,3 +187,41 @@ def test_a_model_that_hangs_is_stopped_and_reported(model_file):
     assert doc["runs"][0]["status"] == "timeout" and "stopped inside step 0" in doc["runs"][0]["note"]
     cause = next(c for c in doc["causes"] if c["id"] == "scan-incomplete")
     assert cause["severity"] == "warning" and "hung" in cause["title"]
+
+
+def test_short_help_everywhere_and_the_scan_example_exists():
+    from conftest import ROOT
+    for command in ([], ["scan"], ["postmortem"], ["config"], ["explain"], ["init"]):
+        result = run_cli(*command, "-h")
+        assert result.exit_code == 0 and "Usage" in result.stdout, command
+    scan_help = run_cli("scan", "--help").stdout
+    examples = [w for w in scan_help.split() if w.startswith("sample_models/")]
+    assert examples and all((ROOT / w).is_file() for w in examples)
+    assert "--install-completion" in run_cli("--help").stdout
+
+
+def test_verbose_says_what_ran_on_stderr(model_file):
+    result = run_cli("scan", model_file(HEALTHY_SOURCE), "--steps", "2", "-p", "32-true", "-v", "-f", "json")
+    assert result.exit_code == 0, result.stderr
+    json.loads(result.stdout)
+    assert "ran 32-true: ok, 2 of 2 steps" in result.stderr and "scan took" in result.stderr
+
+
+def test_api_keeps_the_callers_random_state_and_shows_its_signature(model_file):
+    import inspect
+    import random
+    import numpy
+    import torch
+    import nandoctor
+    assert "precisions" in inspect.signature(nandoctor.scan).parameters and "NaN" in nandoctor.scan.__doc__
+    assert "baseline" in inspect.signature(nandoctor.postmortem).parameters
+    path = model_file(HEALTHY_SOURCE)
+    random.seed(123)
+    numpy.random.seed(123)
+    torch.manual_seed(123)
+    expected = (random.random(), numpy.random.rand(), torch.rand(1).item())
+    random.seed(123)
+    numpy.random.seed(123)
+    torch.manual_seed(123)
+    nandoctor.scan(path, steps=2, precisions=["32-true"], experiments=False)
+    assert (random.random(), numpy.random.rand(), torch.rand(1).item()) == expected

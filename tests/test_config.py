@@ -9,6 +9,9 @@ from hypothesis import given, strategies as st
 
 from nandoctor.load.config import DEFAULTS, resolve_config
 from nandoctor.errors import InputError
+import json
+
+from conftest import run_cli
 from nandoctor.run.precision import parse_precision
 from nandoctor.trace.vocab import ACCEPTED_PRECISION_NAMES as ACCEPTED_NAMES, Precision
 
@@ -73,3 +76,19 @@ def test_unknown_precision_names_are_input_errors(text):
         return
     with pytest.raises(InputError, match="accepted values are 32-true, 16-mixed"):
         parse_precision(text)
+
+
+def test_discovery_walks_up_to_the_repository_root(tmp_path):
+    repo = tmp_path / "repo"
+    sub = repo / "src" / "pkg"
+    sub.mkdir(parents=True)
+    (repo / ".git").mkdir()
+    (repo / "pyproject.toml").write_text("[tool.nandoctor]\nsteps = 9\n")
+    (repo / "src" / "nandoctor.yaml").write_text("seed: 4\n")
+    (tmp_path / "nandoctor.yaml").write_text("steps: 99\n")      # above the repository root: never read
+    result = run_cli("config", "-f", "json", cwd=sub)
+    assert result.exit_code == 0, result.stderr
+    doc = json.loads(result.stdout)
+    assert doc["values"]["steps"] == 9 and doc["values"]["seed"] == 4
+    assert doc["sources"]["steps"] == "../../pyproject.toml [tool.nandoctor]"
+    assert doc["sources"]["seed"] == "../nandoctor.yaml"

@@ -190,7 +190,7 @@ def test_truncated_checkpoint(tmp_path):
     path.write_bytes(data[: len(data) // 2])
     before = path.read_bytes()
     result = pm(path)
-    assert result.exit_code == 2 and ("truncated or corrupt" in result.stderr or "not a readable" in result.stderr)
+    assert result.exit_code == 2 and "truncated" in result.stderr
     assert path.read_bytes() == before
 
 

@@ -8,7 +8,10 @@ one tensor at a time. Nothing is ever written back.
 """
 from __future__ import annotations
 
+import errno
 import json
+import math
+import os
 import pickle
 import zipfile
 from collections.abc import Mapping
@@ -19,6 +22,7 @@ from typing import Any, Callable, Iterator, Optional
 import torch
 
 from ..errors import InputError
+from ..trace.text import plain_text
 
 MODEL_KEYS = ("model", "state_dict", "model_state_dict", "model_state", "module", "net", "network", "weights",
               "params", "model_state_dict_ema")
@@ -57,23 +61,38 @@ def _is_state_dict(obj: Any) -> bool:
         and sum(isinstance(v, torch.Tensor) for v in obj.values()) >= max(1, len(obj) // 2)
 
 
+def _is_training_dict(obj: Mapping) -> bool:
+    """A dict that holds a model state_dict (or optimizer/scaler state) next to counters such as
+    `step`: `{"model": sd, "step": torch.tensor(100)}` must not pass for a bare state_dict just
+    because its counter is a (0-dim) tensor."""
+    return any(isinstance(v, Mapping) and (_is_state_dict(v) or _is_optimizer_state(v) or _is_scaler_state(v))
+               for v in obj.values())
+
+
 def _is_optimizer_state(obj: Any) -> bool:
-    return isinstance(obj, Mapping) and "state" in obj and "param_groups" in obj
+    return isinstance(obj, Mapping) and isinstance(obj.get("state"), Mapping) \
+        and isinstance(obj.get("param_groups"), (list, tuple)) and all(isinstance(g, Mapping) for g in obj["param_groups"]) \
+        and all(isinstance(s, Mapping) for s in obj["state"].values())
 
 
 def _is_scaler_state(obj: Any) -> bool:
-    return isinstance(obj, Mapping) and "scale" in obj and "_growth_tracker" in obj
+    return isinstance(obj, Mapping) and "scale" in obj and "_growth_tracker" in obj and all(isinstance(k, str) for k in obj)
 
 
-def _as_int(value: Any) -> Optional[int]:
+def _as_int(path: Path, key: str, value: Any) -> Optional[int]:
     if isinstance(value, torch.Tensor) and value.numel() == 1:
         value = value.item()
-    return int(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else None
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return None
+    if not math.isfinite(value):
+        raise InputError(f"{path}: its '{key}' counter is {value}, not a step count; the file is corrupt or was "
+                         "saved from a run whose counter itself went non-finite.")
+    return int(value)
 
 
 def _from_object(path: Path, fmt: str, obj: Any) -> Checkpoint:
     ckpt = Checkpoint(path=path, format=fmt)
-    if _is_state_dict(obj) and not any(_is_optimizer_state(v) for v in obj.values()):
+    if _is_state_dict(obj) and not _is_training_dict(obj):
         ckpt.tensors = _lazy_from_mapping(obj)
         return ckpt
     if not isinstance(obj, Mapping):
@@ -97,9 +116,9 @@ def _from_object(path: Path, fmt: str, obj: Any) -> Checkpoint:
         elif _is_scaler_state(value):
             ckpt.scaler = dict(value)
         elif key in STEP_KEYS and ckpt.step is None:
-            ckpt.step = _as_int(value)
+            ckpt.step = _as_int(path, str(key), value)
         elif key in EPOCH_KEYS and ckpt.epoch is None:
-            ckpt.epoch = _as_int(value)
+            ckpt.epoch = _as_int(path, str(key), value)
         elif value is not model:
             ckpt.other_keys.append(str(key))
     if "global_step" in obj:
@@ -114,24 +133,63 @@ def _lazy_from_mapping(mapping: Mapping) -> list[LazyTensor]:
     out = []
     for name, value in mapping.items():
         if isinstance(value, torch.Tensor):
-            out.append(LazyTensor(name=str(name), load=(lambda v=value: v), shape=list(value.shape),
+            out.append(LazyTensor(name=plain_text(str(name), 300), load=(lambda v=value: v), shape=list(value.shape),
                                   dtype=str(value.dtype).replace("torch.", "")))
     return out
 
 
 # ---- formats ---------------------------------------------------------------------------------
 
+def _check_zip(path: Path) -> None:
+    """torch memory-maps tensor bytes straight from the zip, so a member that was re-compressed
+    (deflate) would be read as garbage, and a flipped byte as a plausible NaN. Refuse both as
+    corrupt files here: the integrity check streams the file once, holding 1 MiB at a time."""
+    try:
+        with zipfile.ZipFile(path) as archive:
+            members = archive.infolist()
+            packed = [m.filename for m in members if m.compress_type != zipfile.ZIP_STORED]
+            if packed:
+                raise InputError(f"{path} is a torch.save zip whose members were re-compressed "
+                                 f"({packed[0]}{' ...' if len(packed) > 1 else ''} is not stored uncompressed), so torch "
+                                 "cannot read its tensors directly. Re-create it without compression (e.g. load it with "
+                                 "torch.load in the environment that wrote it and torch.save it again).")
+            for member in members:
+                if member.CRC == 0 and member.file_size:    # torch.save with CRC32 writing disabled
+                    continue
+                with archive.open(member) as stream:
+                    while stream.read(1 << 20):
+                        pass
+    except InputError:
+        raise
+    except (zipfile.BadZipFile, zipfile.LargeZipFile, EOFError, OSError, ValueError, NotImplementedError) as err:
+        text = _first_line(err)
+        if "CRC" in text or "Bad magic" in text or "Bad CRC" in text:
+            raise InputError(f"{path} is corrupt: {text} (the bytes on disk are not the bytes that were saved; the "
+                             "file was damaged after saving, so its values say nothing about training).") from None
+        raise InputError(f"{path} is truncated or corrupt ({text}); it cannot be read.") from None
+
+
+def _first_line(err: BaseException) -> str:
+    text = str(err).strip()
+    return text.splitlines()[0][:200] if text else type(err).__name__
+
+
 def _torch_load(path: Path, trust: bool) -> Any:
     size = path.stat().st_size
     if size == 0:
         raise InputError(f"{path} is empty (0 bytes): the save was interrupted or the file was truncated.")
+    with open(path, "rb") as handle:
+        head = handle.read(4)
     mmap = zipfile.is_zipfile(path)   # mmap needs the zip format torch.save writes since 1.6
     if not mmap:
-        with open(path, "rb") as handle:
-            head = handle.read(2)
+        if head[:2] == b"PK":          # a zip without its central directory: the end of the file is missing
+            raise InputError(f"{path} is truncated: it starts like a torch.save zip but its end (the zip's central "
+                             "directory) is missing; the save was interrupted or the copy is incomplete.")
         if head[:1] != b"\x80":       # neither torch.save's zip format nor a legacy pickle
             raise InputError(f"{path} is not a readable torch checkpoint: it is neither a torch.save file (zip) nor a "
                              "legacy pickle, .safetensors, or a checkpoint folder.")
+    else:
+        _check_zip(path)
     try:
         return torch.load(path, map_location="cpu", weights_only=not trust, mmap=mmap)
     except pickle.UnpicklingError as err:
@@ -140,12 +198,14 @@ def _torch_load(path: Path, trust: bool) -> Any:
                 f"{path} needs arbitrary unpickling to load (it stores objects other than tensors and plain "
                 f"containers: {str(err).splitlines()[-1][:200] if str(err) else 'unknown'}). nandoctor never executes "
                 "code from a checkpoint by default; if you trust this file, pass --trust.") from None
-        raise InputError(f"{path} is not a readable torch checkpoint: {str(err).splitlines()[0][:200]}.") from None
-    except (RuntimeError, EOFError, zipfile.BadZipFile, ValueError, OSError, KeyError, AttributeError) as err:
-        text = str(err).splitlines()[0][:200] if str(err) else type(err).__name__
-        if "central directory" in text or isinstance(err, (EOFError, zipfile.BadZipFile)) or "corrupt" in text.lower():
+        raise InputError(f"{path} is not a readable torch checkpoint: {_first_line(err)}.") from None
+    except Exception as err:  # noqa: BLE001 - torch.load, zipfile and pickle raise nearly any type on broken bytes
+        text = _first_line(err)
+        if isinstance(err, EOFError) or "truncat" in text.lower() or "ran out of input" in text.lower():
+            raise InputError(f"{path} is truncated ({text}): the save was interrupted or the copy is incomplete.") from None
+        if "central directory" in text or isinstance(err, zipfile.BadZipFile) or "corrupt" in text.lower():
             raise InputError(f"{path} is truncated or corrupt ({text}); it cannot be read.") from None
-        raise InputError(f"{path} is not a readable torch checkpoint: {text}.") from None
+        raise InputError(f"{path} is not a readable torch checkpoint: {type(err).__name__}: {text}.") from None
 
 
 def _safetensors(path: Path) -> list[LazyTensor]:
@@ -160,11 +220,21 @@ def _safetensors(path: Path) -> list[LazyTensor]:
         handle = safe_open(str(path), framework="pt", device="cpu")
         keys = list(handle.keys())
     except Exception as err:  # noqa: BLE001 - safetensors raises its own error types
-        raise InputError(f"{path} is not a valid .safetensors file ({str(err)[:200]}).") from None
+        raise InputError(f"{path} is not a valid .safetensors file ({_first_line(err)}).") from None
+    def loader(key: str) -> Callable[[], torch.Tensor]:
+        def load() -> torch.Tensor:
+            try:
+                return handle.get_tensor(key)
+            except Exception as err:  # noqa: BLE001 - safetensors raises its own error types
+                raise InputError(f"{path}: tensor {key} cannot be read ({_first_line(err)}).") from None
+        return load
+
     out = []
-    for key in keys:
-        out.append(LazyTensor(name=key, load=(lambda k=key, h=handle: h.get_tensor(k)),
-                              shape=list(handle.get_slice(key).get_shape())))
+    try:
+        for key in keys:
+            out.append(LazyTensor(name=plain_text(key, 300), load=loader(key), shape=list(handle.get_slice(key).get_shape())))
+    except Exception as err:  # noqa: BLE001
+        raise InputError(f"{path} is not a valid .safetensors file ({_first_line(err)}).") from None
     return out
 
 
@@ -174,11 +244,17 @@ def _hf_folder(path: Path, trust: bool) -> Checkpoint:
         index = path / index_name
         if index.is_file():
             try:
-                weight_map = json.loads(index.read_text())["weight_map"]
-            except (OSError, ValueError, KeyError) as err:
-                raise InputError(f"{index} is not a valid shard index ({err}).") from None
+                document = json.loads(index.read_text(encoding="utf-8"))
+            except (OSError, ValueError) as err:
+                raise InputError(f"{index} is not a valid shard index ({_first_line(err)}).") from None
+            weight_map = document.get("weight_map") if isinstance(document, dict) else None
+            if not isinstance(weight_map, dict) or not all(isinstance(v, str) for v in weight_map.values()):
+                raise InputError(f"{index} is not a valid shard index: it must be a JSON object whose 'weight_map' "
+                                 "maps tensor names to shard file names.")
             for shard in sorted(set(weight_map.values())):
                 shard_path = path / shard
+                if Path(shard).is_absolute() or ".." in Path(shard).parts:
+                    raise InputError(f"{index} names shard {shard!r}, which is outside {path}.")
                 if not shard_path.is_file():
                     raise InputError(f"{index} names shard {shard}, which is missing from {path}.")
                 if shard.endswith(".safetensors"):
@@ -196,34 +272,101 @@ def _hf_folder(path: Path, trust: bool) -> Checkpoint:
                      "*.index.json) nor a torch.distributed.checkpoint folder (.metadata).")
 
 
-def _dcp_folder(path: Path) -> Checkpoint:
+# The globals a torch.distributed.checkpoint `.metadata` pickle may name: torch's own metadata
+# dataclasses and the few plain torch/pathlib values they hold (the idea of weights_only).
+_DCP_MODULES = ("torch.distributed.checkpoint.metadata",)
+_DCP_GLOBALS = {("torch.distributed.checkpoint.filesystem", "_StorageInfo"), ("torch", "Size"),
+                ("torch.serialization", "_get_layout"), ("pathlib", "PosixPath"), ("pathlib", "PurePosixPath"),
+                ("pathlib", "WindowsPath"), ("pathlib", "PureWindowsPath"), ("collections", "OrderedDict"),
+                ("builtins", "set"), ("builtins", "frozenset"), ("builtins", "slice")}
+
+
+class _MetadataUnpickler(pickle.Unpickler):
+    """Unpickles DCP metadata naming only the allowed globals; anything else is refused before it is
+    imported or called, so a payload planted in `.metadata` never runs."""
+
+    def find_class(self, module: str, name: str) -> Any:
+        import importlib
+        if (module, name) in _DCP_GLOBALS or (module in _DCP_MODULES and not name.startswith("__")):
+            return getattr(importlib.import_module(module), name)
+        if module == "torch" and isinstance(getattr(torch, name, None), (torch.dtype, torch.layout, torch.memory_format)):
+            return getattr(torch, name)
+        raise _UnsafeMetadata(f"{module}.{name}")
+
+
+class _UnsafeMetadata(pickle.UnpicklingError):
+    pass
+
+
+def _safe_reader(path: Path) -> Any:
+    """A FileSystemReader whose metadata is read with _MetadataUnpickler (torch uses plain pickle)."""
     import torch.distributed.checkpoint as dcp
-    from torch.distributed.checkpoint.metadata import TensorStorageMetadata
+    from torch.distributed.checkpoint.metadata import StorageMeta
+
+    class SafeFileSystemReader(dcp.FileSystemReader):
+        def read_metadata(self, *args: Any, **kwargs: Any) -> Any:
+            with open(path / ".metadata", "rb") as handle:
+                metadata = _MetadataUnpickler(handle).load()
+            if getattr(metadata, "storage_meta", None) is None:
+                metadata.storage_meta = StorageMeta()
+            metadata.storage_meta.load_id = self.load_id
+            return metadata
+
+    return SafeFileSystemReader(str(path))
+
+
+def _dcp_errors() -> tuple[type[BaseException], ...]:
+    """torch.distributed.checkpoint reports failures as CheckpointException, a BaseException."""
     try:
-        reader = dcp.FileSystemReader(str(path))
+        from torch.distributed.checkpoint.api import CheckpointException
+        return (Exception, CheckpointException)
+    except ImportError:  # pragma: no cover - older torch
+        return (Exception,)
+
+
+def _dcp_folder(path: Path, trust: bool) -> Checkpoint:
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.metadata import Metadata, TensorStorageMetadata
+    try:
+        reader = dcp.FileSystemReader(str(path)) if trust else _safe_reader(path)
         metadata = reader.read_metadata()
-    except Exception as err:  # noqa: BLE001
+    except _UnsafeMetadata as err:
+        raise InputError(f"{path}/.metadata needs arbitrary unpickling to load (it names {err}, which is not one of "
+                         "torch.distributed.checkpoint's metadata types). nandoctor never executes code from a "
+                         "checkpoint by default; if you trust this folder, pass --trust.") from None
+    except _dcp_errors() as err:
         raise InputError(f"{path} looks like a torch.distributed.checkpoint folder but its metadata cannot be read "
-                         f"({str(err)[:200]}).") from None
+                         f"({type(err).__name__}: {_first_line(err)}).") from None
+    if not isinstance(metadata, Metadata) or not isinstance(getattr(metadata, "state_dict_metadata", None), dict):
+        raise InputError(f"{path}/.metadata does not hold torch.distributed.checkpoint metadata "
+                         f"(it holds a {type(metadata).__name__}).")
     ckpt = Checkpoint(path=path, format="torch.distributed.checkpoint")
 
     def loader(key: str, meta: TensorStorageMetadata) -> Callable[[], torch.Tensor]:
         def load() -> torch.Tensor:
-            target = {key: torch.empty(meta.size, dtype=meta.properties.dtype)}
-            dcp.load(target, storage_reader=dcp.FileSystemReader(str(path)), no_dist=True)
+            try:
+                target = {key: torch.empty(meta.size, dtype=meta.properties.dtype)}
+                dcp.load(target, storage_reader=dcp.FileSystemReader(str(path)) if trust else _safe_reader(path),
+                         no_dist=True)
+            except InputError:
+                raise
+            except _dcp_errors() as err:
+                raise InputError(f"{path}: tensor {key} cannot be read from its data file "
+                                 f"({type(err).__name__}: {_first_line(err)}); a data file is missing, truncated or "
+                                 "corrupt.") from None
             return target[key]
         return load
 
     for key, meta in metadata.state_dict_metadata.items():
         if not isinstance(meta, TensorStorageMetadata):
             continue
-        lazy = LazyTensor(name=key, load=loader(key, meta), shape=list(meta.size),
+        lazy = LazyTensor(name=plain_text(key, 300), load=loader(key, meta), shape=list(meta.size),
                           dtype=str(meta.properties.dtype).replace("torch.", ""))
         head = key.split(".", 1)[0]
         if head in ("optim", "optimizer", "optimizer_state", "optim_state"):
             ckpt.optimizer_tensors.append(lazy)
         else:
-            lazy.name = key.split(".", 1)[1] if head in MODEL_KEYS and "." in key else key
+            lazy.name = plain_text(key.split(".", 1)[1] if head in MODEL_KEYS and "." in key else key, 300)
             ckpt.tensors.append(lazy)
     return ckpt
 
@@ -231,12 +374,20 @@ def _dcp_folder(path: Path) -> Checkpoint:
 def read_checkpoint(path: str | Path, trust: bool = False) -> Checkpoint:
     """Open a checkpoint of any supported format; InputError (exit 2) for anything unusable."""
     path = Path(path)
-    if not path.exists():
-        raise InputError(f"checkpoint {path} does not exist.")
+    try:
+        path.stat()
+    except FileNotFoundError:
+        if path.is_symlink():
+            raise InputError(f"checkpoint {path} is a symbolic link to {os.readlink(path)}, which does not exist.") from None
+        raise InputError(f"checkpoint {path} does not exist.") from None
+    except OSError as err:
+        if err.errno == errno.ELOOP:
+            raise InputError(f"checkpoint {path} is a symbolic link loop (it never reaches a file).") from None
+        raise InputError(f"checkpoint {path} cannot be read: {err.strerror or err}.") from None
     try:
         if path.is_dir():
             if (path / ".metadata").is_file():
-                return _dcp_folder(path)
+                return _dcp_folder(path, trust)
             return _hf_folder(path, trust)
         if path.suffix == ".safetensors":
             return Checkpoint(path=path, format="safetensors", tensors=_safetensors(path))
@@ -246,6 +397,8 @@ def read_checkpoint(path: str | Path, trust: bool = False) -> Checkpoint:
         raise InputError(f"checkpoint {path} cannot be read: permission denied.") from None
     except IsADirectoryError:
         raise InputError(f"checkpoint {path} is a directory nandoctor cannot read.") from None
+    except OSError as err:
+        raise InputError(f"checkpoint {path} cannot be read: {err.strerror or err}.") from None
 
 
 def iter_optimizer_tensors(ckpt: Checkpoint) -> Iterator[tuple[str, str, torch.Tensor]]:

@@ -1,13 +1,16 @@
 """Scan configuration: defaults, validation, and discovery with per-key provenance.
 
-Precedence, lowest first: built-in defaults < `[tool.nandoctor]` in ./pyproject.toml <
-./nandoctor.yaml < `--config FILE` < command-line flags. `resolve_config` records where every
+Precedence, lowest first: built-in defaults < `[tool.nandoctor]` in pyproject.toml <
+nandoctor.yaml < `--config FILE` < command-line flags. Both files are looked for in the working
+directory and its parents up to the repository root (`discover`). `resolve_config` records where every
 value came from so `nandoctor config` can show it.
 """
 from __future__ import annotations
 
 import copy
 import math
+import os
+import reprlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -36,19 +39,32 @@ DEFAULTS: dict[str, Any] = {
 }
 
 
+_REPR = reprlib.Repr()
+_REPR.maxstring, _REPR.maxother, _REPR.maxlevel, _REPR.maxlist, _REPR.maxdict = 60, 60, 2, 6, 6
+SEED_MAX = 2**63 - 1     # torch.manual_seed's range
+
+
+def _show(value: Any) -> str:
+    """A config value as it appears in a message: bounded, so an aliased YAML structure a few
+    bytes long cannot become a message of megabytes."""
+    return _REPR.repr(value)
+
+
 def _precision_name(item: Any) -> str:
     found = precision_from_name(item)
     if found is None:
-        raise InputError(f"unknown precision {item!r}; accepted values are {', '.join(ACCEPTED_NAMES)} "
+        raise InputError(f"unknown precision {_show(item)}; accepted values are {', '.join(ACCEPTED_NAMES)} "
                          "(fp32, fp16 and bf16 are aliases of 32-true, 16-mixed and bf16-mixed).")
     return found.value
 
 
 # ---- validation ------------------------------------------------------------------------------
 
-def _int(key: str, value: Any, minimum: int = 0) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise InputError(f"config key '{key}' must be an integer >= {minimum}, got {value!r}.")
+def _int(key: str, value: Any, minimum: int = 0, maximum: int | None = None) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum \
+            or (maximum is not None and value > maximum):
+        bound = f"between {minimum} and {maximum}" if maximum is not None else f">= {minimum}"
+        raise InputError(f"config key '{key}' must be an integer {bound}, got {_show(value)}.")
     return value
 
 
@@ -58,10 +74,12 @@ def _number(key: str, value: Any, positive: bool = True) -> float:
             value = float(value)  # YAML reads "1e-3" as a string; accept it
         except ValueError:
             pass
+    if isinstance(value, int) and not isinstance(value, bool) and abs(value) > 1e308:
+        value = math.inf      # an integer beyond float range
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-        raise InputError(f"config key '{key}' must be a finite number, got {value!r}.")
+        raise InputError(f"config key '{key}' must be a finite number, got {_show(value)}.")
     if positive and value <= 0:
-        raise InputError(f"config key '{key}' must be a number > 0, got {value!r}.")
+        raise InputError(f"config key '{key}' must be a number > 0, got {_show(value)}.")
     return float(value)
 
 
@@ -72,7 +90,7 @@ def _optional_number(key: str, value: Any) -> float | None:
 def _choice(choices: tuple[str, ...]) -> Callable[[str, Any], str]:
     def check(key: str, value: Any) -> str:
         if not isinstance(value, str) or value.lower() not in choices:
-            raise InputError(f"config key '{key}' must be one of {', '.join(choices)}, got {value!r}.")
+            raise InputError(f"config key '{key}' must be one of {', '.join(choices)}, got {_show(value)}.")
         return value.lower()
     return check
 
@@ -81,7 +99,7 @@ def _device(key: str, value: Any) -> str:
     text = str(value).lower()
     if text in ("auto", "cpu", "cuda") or (text.startswith("cuda:") and text[5:].isdigit()):
         return text
-    raise InputError(f"config key '{key}' must be auto, cpu, cuda or cuda:N, got {value!r}.")
+    raise InputError(f"config key '{key}' must be auto, cpu, cuda or cuda:N, got {_show(value)}.")
 
 
 def _precisions(key: str, value: Any) -> list[str]:
@@ -89,7 +107,7 @@ def _precisions(key: str, value: Any) -> list[str]:
         value = [value]
     if not isinstance(value, list) or not value:
         raise InputError(f"config key '{key}' must be a non-empty list of precisions "
-                         f"({', '.join(ACCEPTED_NAMES)}), got {value!r}.")
+                         f"({', '.join(ACCEPTED_NAMES)}), got {_show(value)}.")
     names: list[str] = []
     for item in value:
         try:
@@ -107,7 +125,7 @@ def _loss_scale(key: str, value: Any) -> str | float:
     try:
         return _number(key, value)
     except InputError:
-        raise InputError(f"config key '{key}' must be dynamic, none or a positive number, got {value!r}.") from None
+        raise InputError(f"config key '{key}' must be dynamic, none or a positive number, got {_show(value)}.") from None
 
 
 OPTIMIZER_KEYS: dict[str, Callable[[str, Any], Any]] = {
@@ -124,20 +142,20 @@ OPTIMIZER_KEYS: dict[str, Callable[[str, Any], Any]] = {
 
 def _betas(key: str, value: Any) -> list[float]:
     if not isinstance(value, (list, tuple)) or len(value) != 2:
-        raise InputError(f"config key '{key}' must be a list of two numbers in [0, 1), got {value!r}.")
+        raise InputError(f"config key '{key}' must be a list of two numbers in [0, 1), got {_show(value)}.")
     return [_number(key, v, positive=False) for v in value]
 
 
 def _bool(key: str, value: Any) -> bool:
     if not isinstance(value, bool):
-        raise InputError(f"config key '{key}' must be true or false, got {value!r}.")
+        raise InputError(f"config key '{key}' must be true or false, got {_show(value)}.")
     return value
 
 
 def _section(keys: dict[str, Callable[[str, Any], Any]], required: tuple[str, ...] = ()):
     def check(key: str, value: Any) -> dict[str, Any]:
         if not isinstance(value, dict):
-            raise InputError(f"config key '{key}' must be a mapping with keys {', '.join(keys)}, got {value!r}.")
+            raise InputError(f"config key '{key}' must be a mapping with keys {', '.join(keys)}, got {_show(value)}.")
         out: dict[str, Any] = {}
         for sub, sub_value in value.items():
             if sub not in keys:
@@ -154,7 +172,7 @@ def _section(keys: dict[str, Callable[[str, Any], Any]], required: tuple[str, ..
 TOP_LEVEL: dict[str, Callable[[str, Any], Any]] = {
     "steps": lambda k, v: _int(k, v, minimum=1),
     "precisions": _precisions,
-    "seed": lambda k, v: _int(k, v, minimum=0),
+    "seed": lambda k, v: _int(k, v, minimum=0, maximum=SEED_MAX),
     "device": _device,
     "optimizer": _section(OPTIMIZER_KEYS),
     "grad_clip": _optional_number,
@@ -197,9 +215,16 @@ class ResolvedConfig:
 
 def _merge(base: dict[str, Any], layer: dict[str, Any], sources: dict[str, str], origin: str,
            prefix: str = "") -> None:
+    """Lay `layer` over `base` key by key: a partial section (`optimizer: {lr: 0.01}`) changes only
+    the keys it names. A layer that picks another optimizer `name` drops the settings lower layers
+    gave the previous optimizer (momentum is not an AdamW setting), keeping lr and weight_decay."""
     for key, value in layer.items():
         dotted = f"{prefix}{key}"
-        if isinstance(value, dict) and isinstance(base.get(key), dict) and key != "optimizer":
+        if isinstance(value, dict) and isinstance(base.get(key), dict):
+            if key == "optimizer" and not prefix and value.get("name", base[key].get("name")) != base[key].get("name"):
+                for sub in [s for s in base[key] if s not in ("name", "lr", "weight_decay")]:
+                    del base[key][sub]
+                    sources.pop(f"{dotted}.{sub}", None)
             _merge(base[key], value, sources, origin, dotted + ".")
         else:
             base[key] = copy.deepcopy(value)
@@ -214,30 +239,77 @@ def _read_yaml(path: Path) -> dict[str, Any]:
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
         raise InputError(f"config file {path} does not exist.") from None
-    except (OSError, UnicodeDecodeError) as err:
-        raise InputError(f"config file {path} cannot be read: {err}.") from None
+    except IsADirectoryError:
+        raise InputError(f"config file {path} is a directory.") from None
+    except UnicodeDecodeError:
+        raise InputError(f"config file {path} is not UTF-8 text.") from None
+    except OSError as err:
+        raise InputError(f"config file {path} cannot be read: {err.strerror or err}.") from None
     try:
         data = yaml.safe_load(text)
     except yaml.YAMLError as err:
-        raise InputError(f"config file {path} is not valid YAML: {str(err).splitlines()[0]} "
-                         f"({' '.join(str(err).split())}).") from None
+        raise InputError(f"config file {path} is not valid YAML{_yaml_where(err)}: {_yaml_problem(err)}.") from None
+    except RecursionError:
+        raise InputError(f"config file {path} nests too deeply to be a configuration.") from None
     return {} if data is None else data
 
 
+def _yaml_where(err: Exception) -> str:
+    mark = getattr(err, "problem_mark", None) or getattr(err, "context_mark", None)
+    return f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+
+
+def _yaml_problem(err: Exception) -> str:
+    """The problem in words, without PyYAML's own '<unicode string>' location lines."""
+    parts = [getattr(err, "context", None), getattr(err, "problem", None)]
+    text = "; ".join(str(p) for p in parts if p) or str(err).splitlines()[0]
+    return text[:300]
+
+
 def _read_pyproject(path: Path) -> dict[str, Any] | None:
+    """The `[tool.nandoctor]` table of a pyproject.toml, or None when it has none."""
     try:
         import tomllib
-    except ImportError:  # Python 3.10
+    except ImportError:  # Python 3.10: the tomli backport (a dependency there)
         try:
             import tomli as tomllib  # type: ignore[no-redef]
         except ImportError:
-            return None
+            raise InputError(f"{path} has to be read for [tool.nandoctor], which needs the tomli package on "
+                             "Python < 3.11: pip install tomli.") from None
     try:
         data = tomllib.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as err:
-        raise InputError(f"{path} cannot be read as TOML: {err}.") from None
-    section = data.get("tool", {}).get("nandoctor")
+    except tomllib.TOMLDecodeError as err:
+        raise InputError(f"{path} is not valid TOML: {str(err)[:300]}.") from None
+    except UnicodeDecodeError:
+        raise InputError(f"{path} is not UTF-8 text.") from None
+    except OSError as err:
+        raise InputError(f"{path} cannot be read: {err.strerror or err}.") from None
+    tool = data.get("tool")
+    if tool is None:
+        return None
+    if not isinstance(tool, dict):
+        raise InputError(f"{path}: 'tool' must be a table ([tool.nandoctor]), got {_show(tool)}.")
+    section = tool.get("nandoctor")
+    if section is not None and not isinstance(section, dict):
+        raise InputError(f"{path}: [tool.nandoctor] must be a table of config keys, got {_show(section)}.")
     return section
+
+
+def discover(start: Path) -> tuple[Path | None, Path | None]:
+    """The nearest pyproject.toml holding [tool.nandoctor] and the nearest nandoctor.yaml, looking
+    in `start` and its parents up to the repository root (the first folder holding .git) or the
+    filesystem root, as ruff and pytest do."""
+    pyproject = yaml_file = None
+    folder = start.resolve()
+    while True:
+        candidate = folder / "pyproject.toml"
+        if pyproject is None and candidate.is_file() and _read_pyproject(candidate) is not None:
+            pyproject = candidate
+        if yaml_file is None and (folder / "nandoctor.yaml").is_file():
+            yaml_file = folder / "nandoctor.yaml"
+        if (pyproject and yaml_file) or (folder / ".git").exists() or folder.parent == folder:
+            return pyproject, yaml_file
+        folder = folder.parent
 
 
 def resolve_config(config_file: str | Path | None = None, overrides: dict[str, Any] | None = None,
@@ -246,15 +318,15 @@ def resolve_config(config_file: str | Path | None = None, overrides: dict[str, A
     values = copy.deepcopy(DEFAULTS)
     sources = {key: "default" for key in _dotted_keys(values)}
     here = Path(cwd) if cwd else Path.cwd()
-    pyproject = here / "pyproject.toml"
-    if pyproject.is_file():
+    pyproject, discovered = discover(here)
+    if pyproject is not None:
         section = _read_pyproject(pyproject)
-        if section:
-            _merge(values, validate(section, f"{pyproject} [tool.nandoctor]"), sources,
-                   "pyproject.toml [tool.nandoctor]")
-    discovered = here / "nandoctor.yaml"
-    if discovered.is_file() and (config_file is None or Path(config_file).resolve() != discovered.resolve()):
-        _merge(values, validate(_read_yaml(discovered), str(discovered)), sources, "nandoctor.yaml")
+        shown = os.path.relpath(pyproject, here.resolve())
+        _merge(values, validate(section or {}, f"{shown} [tool.nandoctor]"), sources,
+               f"{shown} [tool.nandoctor]")
+    if discovered is not None and (config_file is None or Path(config_file).resolve() != discovered.resolve()):
+        shown = os.path.relpath(discovered, here.resolve())
+        _merge(values, validate(_read_yaml(discovered), shown), sources, shown)
     if config_file is not None:
         path = Path(config_file)
         _merge(values, validate(_read_yaml(path), str(path)), sources, f"--config {path}")

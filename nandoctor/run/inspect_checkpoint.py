@@ -22,6 +22,8 @@ def tensor_facts(t: torch.Tensor) -> dict[str, Any]:
                 "norm": None, "nan": 0, "inf": 0, "negatives": int((t < 0).sum()) if t.numel() and t.dtype != torch.bool else 0}
     if t.is_complex():
         t = t.abs()
+    if t.element_size() == 1:      # float8 variants: isnan/abs have no kernels for them; widen (1 byte each)
+        t = t.to(torch.float16 if t.dtype != getattr(torch, "float8_e8m0fnu", None) else torch.float32)
     nan = int(torch.isnan(t).sum())
     inf = int(torch.isinf(t).sum())
     finite = t if not (nan or inf) else t[torch.isfinite(t)]
@@ -32,10 +34,26 @@ def tensor_facts(t: torch.Tensor) -> dict[str, Any]:
             "negatives": int((finite < 0).sum())}
 
 
+def _plain_state(value: Any) -> Any:
+    """Optimizer/scaler settings as JSON-ready values: one-element tensors become numbers, larger
+    tensors a short description, anything else not plain its type name."""
+    if isinstance(value, torch.Tensor):
+        if value.numel() == 1:
+            return value.item() if not value.is_complex() else str(value.item())
+        return f"tensor {list(value.shape)} {str(value.dtype).replace('torch.', '')}"
+    if isinstance(value, bool) or value is None or isinstance(value, (int, float, str)):
+        return value
+    if isinstance(value, dict):
+        return {str(k): _plain_state(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain_state(v) for v in value]
+    return type(value).__name__
+
+
 def inspect(ckpt: Checkpoint, baseline: Optional[Checkpoint] = None) -> PostmortemTrace:
     began = time.perf_counter()
     trace = PostmortemTrace(path=str(ckpt.path), format=ckpt.format, step=ckpt.step, epoch=ckpt.epoch,
-                            scaler=to_plain(ckpt.scaler) if ckpt.scaler else None)
+                            scaler=to_plain(_plain_state(ckpt.scaler)) if ckpt.scaler else None)
     base = {t.name: t for t in baseline.tensors} if baseline else {}
     for lazy in ckpt.tensors:
         t = lazy.load()
@@ -68,8 +86,6 @@ def inspect(ckpt: Checkpoint, baseline: Optional[Checkpoint] = None) -> Postmort
             if isinstance(step, (int, float)):
                 trace.state_steps.append(float(step))
         for group in opt.get("param_groups", []):
-            trace.param_groups.append({k: (float(v) if isinstance(v, (int, float, torch.Tensor)) and not isinstance(v, bool)
-                                           and (not isinstance(v, torch.Tensor) or v.numel() == 1) else v)
-                                       for k, v in group.items() if k != "params"})
+            trace.param_groups.append({str(k): _plain_state(v) for k, v in group.items() if k != "params"})
     trace.seconds = time.perf_counter() - began
     return trace

@@ -20,7 +20,7 @@ from . import stats
 from .recorder import Recorder, StepStats
 from .replay import OriginTracer
 from .session import StepResult, TrainingSession
-from .user_code import UserCodeFailed
+from .user_code import ScanInterrupted, UserCodeFailed
 
 Progress = Callable[[str, int], None]   # (precision, steps done so far) after each step
 FAILURE_PHASE = {"batch": Phase.DATA, "loss": Phase.FORWARD, "gradients": Phase.BACKWARD,
@@ -120,7 +120,8 @@ def run_precision(model_file: ModelFile, config: dict[str, Any], precision: Prec
         run.first_nonfinite = NonfiniteEvent(
             precision=precision.value, step=start_step, phase=Phase.INIT.value,
             kind="nan" if worst.init_max_abs is None or math.isnan(worst.init_max_abs) else "inf", module=worst.module,
-            parameter=worst.name, count=worst.init_nonfinite, surfaced_in="parameters", reproduced=True,
+            parameter=worst.name, count=worst.init_nonfinite, reproduced=True,
+            surfaced_in="checkpoint" if initial_state is not None else "parameters",
             detail=", ".join(f"{p.name}: {p.init_nonfinite} of {p.numel} non-finite" for p in broken[:5]))
         _fill_series(run, session, [])
         run.seconds = time.perf_counter() - began
@@ -142,6 +143,11 @@ def run_precision(model_file: ModelFile, config: dict[str, Any], precision: Prec
                 run.stopped_at_step = step
                 run.note = (f"stopped inside step {step}: the step did not return before --max-seconds ran out "
                             f"({len(run.steps)} of {config['steps']} steps done); a step that hangs is a bug to look at")
+                break
+            except ScanInterrupted:      # Ctrl-C: keep the steps that ran; api.scan reports and exits 130
+                run.status, run.stopped_by = RunStatus.INTERRUPTED.value, ErrorCategory.USER_INTERRUPT.value
+                run.stopped_at_step = step
+                run.note = f"interrupted (Ctrl-C) in step {step}; {len(run.steps)} of {config['steps']} steps ran"
                 break
             except UserCodeFailed as failed:
                 if _backend_unsupported(run, failed.error):

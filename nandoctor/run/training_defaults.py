@@ -84,5 +84,5 @@ def build_optimizer(params: list[torch.nn.Parameter], spec: dict[str, Any]) -> t
     cls = classes[spec.get("name", "adamw")]
     try:
         return cls(params, **kwargs)
-    except TypeError as err:
+    except (TypeError, ValueError) as err:   # torch rejects the values: betas out of range, nesterov without momentum
         raise InputError(f"config key 'optimizer': {cls.__name__} does not accept these settings ({err}).") from None

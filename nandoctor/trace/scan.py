@@ -69,7 +69,8 @@ class NonfiniteEvent:
     parameter: Optional[str] = None    # init/optimizer: which parameter
     state: Optional[str] = None        # optimizer: which state tensor ("exp_avg_sq")
     reproduced: Optional[bool] = None  # None: not replayed; False: the replay stayed finite
-    surfaced_in: str = ""              # where the runner first saw it: loss, gradients, parameters, batch
+    surfaced_in: str = ""              # where the runner first saw it: loss, gradients, parameters, batch,
+    #                                    or "checkpoint" (init phase: the values came from scan --checkpoint)
     detail: str = ""
     # The public torch call the user's line made when the origin aten op ran inside it (a
     # decomposition or a fused op): "torch.logdet", "torch.nn.functional.ctc_loss".

@@ -139,7 +139,8 @@ class BadInit(Rule):
         runs = [r for r in ctx.trace.runs if r.params]
         if not runs:
             return []
-        init_failures = [r for r in runs if r.first_nonfinite and r.first_nonfinite.phase == "init"]
+        init_failures = [r for r in runs if r.first_nonfinite and r.first_nonfinite.phase == "init"
+                         and r.first_nonfinite.surfaced_in != "checkpoint"]   # loaded, not initialised
         if init_failures:
             run = init_failures[0]
             event = run.first_nonfinite

@@ -53,7 +53,10 @@ class ScanIncomplete(Rule):
         if not runs:
             return []
         hung = any(r.stopped_by == ErrorCategory.STEP_INTERRUPTED.value for r in runs)   # a step that never returned
-        return [Finding(self.id, (Severity.WARNING if hung else Severity.INFO).value, 1.0,
+        # Severity from what was left undone, never from whether the watchdog could interrupt
+        # (it can only on the main thread): any timed-out run is a warning, unsupported alone info.
+        timed_out = any(r.status == "timeout" for r in runs)
+        return [Finding(self.id, (Severity.WARNING if timed_out else Severity.INFO).value, 1.0,
                         f"{len(runs)} precision run(s) incomplete" + (" (a step hung)" if hung else ""),
                         [f"{r.precision}: {r.status} ({r.note})" for r in runs],
                         "raise --max-seconds or lower --steps", precisions=[r.precision for r in runs])]
