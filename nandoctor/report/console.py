@@ -9,7 +9,7 @@ from rich.panel import Panel
 from rich.table import Table
 from rich.text import Text
 
-from .text import headline, loss_trend, num, origin_sentence, worst_layers
+from .text import headline, loss_trend, middle, num, origin_sentence, worst_layers
 
 VERDICT_STYLE = {"pass": "bold green", "warn": "bold yellow", "fail": "bold red"}
 SHORT = {"precision", "status", "steps", "time", "NaN", "Inf", "dtype"}   # never split these cells
@@ -36,6 +36,11 @@ def _table(title: str, columns: tuple[str, ...], wrap: tuple[str, ...] = ()) -> 
         else:
             table.add_column(col, overflow="fold")
     return table
+
+
+def _name(name: str, console: Console) -> str:
+    """A module or tensor path shortened in the middle to fit a third of the console; the leaf stays."""
+    return middle(name, max(16, console.width // 3))
 
 
 def _print_causes(causes: list[dict[str, Any]], console: Console) -> None:
@@ -68,7 +73,7 @@ def print_postmortem(doc: dict[str, Any], console: Console) -> None:
     table = _table("Tensors, worst first", ("tensor", "dtype", "shape", "NaN", "Inf", "max |x|", "norm"), wrap=("tensor",))
     for t in doc["tensors"][:12]:
         style = "red" if t["nan"] or t["inf"] else None
-        table.add_row(t["name"], t["dtype"], str(t["shape"]), str(t["nan"]), str(t["inf"]), num(t["max_abs"]),
+        table.add_row(_name(t["name"], console), t["dtype"], str(t["shape"]), str(t["nan"]), str(t["inf"]), num(t["max_abs"]),
                       num(t["norm"]), style=style)
     console.print(table)
     if doc.get("scaler"):
@@ -78,7 +83,7 @@ def print_postmortem(doc: dict[str, Any], console: Console) -> None:
         t = _table(f"Largest changes since {doc['baseline']['path']}", ("tensor", "relative change", "norm before",
                    "norm after"), wrap=("tensor",))
         for c in doc["baseline"]["changes"][:10]:
-            t.add_row(c["name"], num(c["relative_change"]), num(c["norm_before"]), num(c["norm_after"]))
+            t.add_row(_name(c["name"], console), num(c["relative_change"]), num(c["norm_before"]), num(c["norm_after"]))
         console.print(t)
 
 
@@ -139,7 +144,7 @@ def print_report(doc: dict[str, Any], console: Console) -> None:
         lo = math.log10(min(values)) - 1 if values else 0
         hi = math.log10(max(max(values), 65504.0)) if values else 1
         for precision, row in close:
-            cells = [precision, row["module"] or "(root)", row["type"], num(row["act_max_abs"]), f"{num(row['fp16_headroom'])}x"]
+            cells = [precision, _name(row["module"], console) or "(root)", row["type"], num(row["act_max_abs"]), f"{num(row['fp16_headroom'])}x"]
             t.add_row(*cells, *([_bar(row["act_max_abs"], lo, hi)] if bars else []))
         console.print(t)
     largest = worst_layers(doc, "param_grad_norm_max", reverse=True)
@@ -147,7 +152,7 @@ def print_report(doc: dict[str, Any], console: Console) -> None:
         t = _table("Largest parameter gradients", ("precision", "module", "type", "max grad norm", "max update ratio"),
                    wrap=("module",))
         for precision, row in largest:
-            t.add_row(precision, row["module"] or "(root)", row["type"], num(row["param_grad_norm_max"]),
+            t.add_row(precision, _name(row["module"], console) or "(root)", row["type"], num(row["param_grad_norm_max"]),
                       num(row["update_ratio_max"]))
         console.print(t)
     if doc.get("experiments"):

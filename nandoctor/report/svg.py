@@ -14,7 +14,7 @@ import math
 from dataclasses import dataclass, field
 from typing import Any, Optional, Sequence
 
-from .text import num
+from .text import middle as _middle, num
 
 NAN_COLOR = "#000000"
 INF_COLOR = "#ff00aa"
@@ -272,15 +272,6 @@ def heatmap(rows: list[str], cols: list[int], values: list[list[Any]], *, outlin
                    f'<text x="{x + 16}" y="{ly + 9}" font-size="11">origin</text>')
     out.append("</svg>")
     return "".join(out)
-
-
-def _middle(name: str, width: int) -> str:
-    """Abbreviate the middle of a module path, never its leaf."""
-    if len(name) <= width:
-        return name
-    leaf = name.rsplit(".", 1)[-1]
-    keep = max(0, width - len(leaf) - 2)
-    return (name[:keep] + "…." + leaf) if keep else "…" + leaf[-(width - 1):]
 
 
 def hbars(labels: list[str], values: list[Any], *, limit: Optional[tuple[float, str]] = None,

@@ -95,3 +95,20 @@ def headline(doc: dict[str, Any]) -> str:
 
 def cause_location(cause: dict[str, Any]) -> str:
     return cause.get("source") or (f"module {cause['module']}" if cause.get("module") else "")
+
+
+def middle(name: str, width: int) -> str:
+    """Abbreviate the middle of a dotted module path to about `width` characters, never its leaf:
+    "encoder.layers.11.self_attn.out_proj" -> "encoder.….self_attn.out_proj". The first part is
+    kept when it fits; a leaf longer than `width` is kept whole."""
+    if len(name) <= width or "." not in name:
+        return name
+    parts = name.split(".")
+    tail = [parts[-1]]
+    for part in reversed(parts[1:-1]):            # as much of the end of the path as fits
+        if len(parts[0]) + len(part) + len(".".join(tail)) + 4 > width:
+            break
+        tail.insert(0, part)
+    if len(parts[0]) + len(".".join(tail)) + 3 <= width:
+        return f"{parts[0]}.….{'.'.join(tail)}"
+    return "…." + ".".join(tail)
