@@ -80,6 +80,13 @@ def _origin(doc: dict[str, Any]) -> str:
             return (f'<div class="origin bad"><p>The {e(errors[0]["precision"])} run stopped: '
                     f'<b>{e(err["exc_type"])}</b>: {e(err["message"])}</p>'
                     + _source_context({"user_source": err.get("user_source"), "source": err.get("source")}) + "</div>")
+        skipped = [r for r in doc.get("runs", []) if r["skipped_steps"]]
+        if skipped:
+            said = "; ".join(f"GradScaler skipped {len(r['skipped_steps'])} of {r['steps_run']} steps in {r['precision']}"
+                             for r in skipped)
+            tone = "bad" if doc["verdict"] != "pass" else "ok"
+            return (f'<div class="origin {tone}"><p class="sentence">No loss or weight became NaN/Inf, but the gradients '
+                    f'did: {e(said)} (non-finite gradients).</p></div>')
         return '<div class="origin ok"><p>No run produced a NaN or Inf.</p></div>'
     parts = [f'<div class="origin bad"><p class="sentence">{e(origin_sentence(event))}</p>', _source_context(event)]
     facts = []
@@ -120,7 +127,7 @@ def _causes(doc: dict[str, Any]) -> str:
 
 def _experiments(doc: dict[str, Any]) -> str:
     rows = "".join(f"<tr><td>{e(x.get('label') or x.get('id'))}</td><td>{e(x.get('precision'))}</td><td>{e(x.get('outcome'))}</td>"
-                   f"<td>{e(x.get('steps_run'))}/{e(x.get('steps_planned'))}</td><td>{e(x.get('first_bad_step'))}</td>"
+                   f"<td>{e(x.get('steps_run'))}/{e(x.get('steps_planned'))}</td><td>{e(num(x.get('first_bad_step')))}</td>"
                    f"<td>{e(num(x.get('seconds')))}s</td></tr>" for x in doc.get("experiments", []))
     if not rows:
         return ""
@@ -198,7 +205,7 @@ def _heatmaps(doc: dict[str, Any]) -> list[str]:
                           empty_message=_no_data(run, f"no {title} was recorded for {precision}"))
             caption = f"{precision}: {what}, per step (log colour){where}."
             if parameterless:
-                caption += f" {parameterless} modules without parameters are left out."
+                caption += f" {parameterless} module(s) without parameters left out."
             charts.append(_chart(f"heat-{key[:3]}-{precision}", f"{title} · {precision}", svg, caption))
     if not charts:
         charts.append(_chart("heat", "Layers × steps", empty("no per-layer series in this report (no run got past setup)")))
@@ -224,7 +231,8 @@ def _step_series(doc: dict[str, Any], key: str, flags: bool = False) -> list[Ser
         event = run.get("first_nonfinite")
         out.append(Series(run["precision"], list(range(run["start_step"], run["start_step"] + len(values))), values,
                           color, dash, marker, note=f"same values as {same[run['precision']]}" if run["precision"] in same else "",
-                          flags=[(event["step"], f"{event['kind'].upper()} in {event['phase']}")] if flags and event else []))
+                          flags=[(event["step"], f"{run['precision']}: {event['kind'].upper()} in {event['phase']}")]
+                          if flags and event else []))
     return out
 
 
@@ -261,7 +269,7 @@ def _scale_chart(doc: dict[str, Any]) -> str:
         run = next(r for r in doc["runs"] if r["precision"] == s.name)
         skipped = run["skipped_steps"]
         # Label every skip when there are few; with many, one label and unlabelled lines.
-        s.flags = [(step, "skip" if len(skipped) <= 8 or i == 0 else "") for i, step in enumerate(skipped)]
+        s.flags = [(step, "skipped" if len(skipped) <= 8 or i == 0 else "") for i, step in enumerate(skipped)]
         s.name = f"{s.name} ({len(run['skipped_steps'])} skipped)"
     svg = line_chart(series, x_label="step", y_label="loss scale",
                      empty_message="no 16-mixed run with a GradScaler in this report, so there is no loss scale to show")

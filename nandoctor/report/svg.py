@@ -40,6 +40,21 @@ def kind(value: Any) -> str:
     return "inf" if math.isinf(value) else "ok"
 
 
+DETAILED_CELLS = 2000     # up to this many cells, each has its own tooltip; beyond, colours are binned
+
+
+def _cell_color(value: Any, lo: float, hi: float, exact: bool) -> str:
+    k = kind(value)
+    if k == "nan":
+        return NAN_COLOR
+    if k == "inf":
+        return INF_COLOR
+    if k == "missing" or value <= 0:
+        return MISSING_COLOR
+    frac = (math.log10(float(value)) - lo) / (hi - lo)
+    return _ramp(frac if exact else round(frac * 31) / 31)
+
+
 def _ramp(frac: float) -> str:
     frac = min(1.0, max(0.0, frac))
     pos = frac * (len(VIRIDIS) - 1)
@@ -82,7 +97,7 @@ def tick(value: float) -> str:
     if value == 0:
         return "0"
     if 1e-3 <= abs(value) < 1e5:
-        return f"{value:g}"
+        return str(int(value)) if float(value).is_integer() else f"{value:.3g}"
     mantissa, exponent = f"{value:.0e}".split("e")
     return f"{mantissa}e{int(exponent)}"
 
@@ -131,6 +146,8 @@ def line_chart(series: list[Series], *, x_label: str, y_label: str, log_y: bool 
         lo_t, hi_t = math.log10(lo), math.log10(hi)
         ymap = lambda v: mt + ph - (math.log10(v) - lo_t) / (hi_t - lo_t) * ph  # noqa: E731
         ticks = [t for t in _ticks_log(lo, hi) if lo <= t <= hi]
+        if len(ticks) < 2:      # a narrow range: label the data's own extremes
+            ticks = sorted(set(ticks + [min(finite or y_values), max(finite or y_values)]))
     else:
         y_values = y_values or [0.0]
         lo, hi = min(y_values), max(y_values)
@@ -161,8 +178,10 @@ def line_chart(series: list[Series], *, x_label: str, y_label: str, log_y: bool 
     for s in series:
         for x, label in s.flags:
             px = xmap(x)
-            out.append(f'<line x1="{px:.1f}" x2="{px:.1f}" y1="{mt}" y2="{mt + ph}" stroke="{s.color}" stroke-dasharray="3 3"/>'
-                       f'<text x="{px + 3:.1f}" y="{mt + ph - 4}" font-size="10" fill="{s.color}">{e(label)}</text>')
+            out.append(f'<line x1="{px:.1f}" x2="{px:.1f}" y1="{mt}" y2="{mt + ph}" stroke="{s.color}" stroke-dasharray="3 3"/>')
+            if label:     # one label row per series, so runs failing at the same step stay readable
+                out.append(f'<text x="{px + 3:.1f}" y="{mt + ph - 4 - 12 * series.index(s)}" font-size="10" '
+                           f'fill="{s.color}">{e(label)}</text>')
     band = mt - 14
     if nonfinite:
         out.append(f'<text x="{ml - 10}" y="{band + 4}" text-anchor="end" font-size="10" fill="#a00">NaN/Inf</text>')
@@ -223,21 +242,31 @@ def heatmap(rows: list[str], cols: list[int], values: list[list[Any]], *, outlin
     if hi - lo < 1e-9:
         lo, hi = lo - 0.5, hi + 0.5
     out = [f'<svg class="nd-chart nd-heatmap" width="{width}" height="{height}" viewBox="0 0 {width} {height}" role="img">']
-    detailed = len(cells) <= 8000    # per-cell tooltips; beyond that one path per colour keeps the file small
+    detailed = len(cells) <= DETAILED_CELLS
     paths: dict[str, list[str]] = {}
-    for r, c, v in cells:
-        k = kind(v)
-        color = (NAN_COLOR if k == "nan" else INF_COLOR if k == "inf" else MISSING_COLOR if k == "missing" or v <= 0
-                 else _ramp((math.log10(float(v)) - lo) / (hi - lo)))
-        x, y = label_w + c * cw, mt + r * row_h
-        if detailed:
-            shown = {"nan": "NaN", "inf": "Inf", "missing": "not recorded"}.get(k) or num(v, 3)
-            out.append(f'<rect x="{x:.1f}" y="{y}" width="{cw + 0.3:.1f}" height="{row_h}" fill="{color}">'
-                       f'<title>{e(rows[r])} · step {cols[c]}: {e(shown)}</title></rect>')
-        else:
-            paths.setdefault(color, []).append(f"M{x:.1f} {y}h{cw + 0.3:.1f}v{row_h}h{-(cw + 0.3):.1f}z")
+    for r, row in enumerate(values):
+        run_start, run_color = 0, None
+        for c in range(len(row) + 1):
+            color = _cell_color(row[c], lo, hi, detailed) if c < len(row) else None
+            if detailed and c < len(row):
+                v, k = row[c], kind(row[c])
+                shown = {"nan": "NaN", "inf": "Inf", "missing": "not recorded"}.get(k) or num(v, 3)
+                out.append(f'<rect x="{label_w + c * cw:.1f}" y="{mt + r * row_h}" width="{cw + 0.3:.1f}" height="{row_h}" '
+                           f'fill="{color}"><title>{e(rows[r])} · step {cols[c]}: {e(shown)}</title></rect>')
+                continue
+            if detailed:
+                continue
+            # Large models: runs of equal colour along a row become one rectangle in one path per colour.
+            if color != run_color:
+                if run_color is not None:
+                    x = label_w + run_start * cw
+                    paths.setdefault(run_color, []).append(f"M{x:.1f} {mt + r * row_h}h{(c - run_start) * cw + 0.3:.1f}v{row_h}H{x:.1f}z")
+                run_start, run_color = c, color
+        if not detailed:
+            out.append(f'<rect x="{label_w:.1f}" y="{mt + r * row_h}" width="{len(row) * cw:.1f}" height="{row_h}" fill="none" '
+                       f'pointer-events="all"><title>{e(rows[r])}</title></rect>')
     for color, parts in paths.items():
-        out.append(f'<path fill="{color}" d="{"".join(parts)}"/>')
+        out.insert(1, f'<path fill="{color}" d="{"".join(parts)}"/>')
     if show_labels:
         for r, name in enumerate(rows):
             out.append(f'<text x="{label_w - 4:.0f}" y="{mt + r * row_h + row_h - 3}" text-anchor="end" '
