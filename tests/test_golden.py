@@ -3,8 +3,10 @@ traces (a loss-phase origin, a GradScaler collapse, a safetensors postmortem), r
 no model and no torch. The traces under tests/golden/ are what `--trace` wrote, with volatile
 fields (seconds, versions) zeroed.
 
-After an intended change to a report, regenerate traces and goldens and review the diff:
+After an intended change to a report, regenerate the goldens and review the diff:
     NANDOCTOR_UPDATE_GOLDEN=1 python3 -m pytest tests/test_golden.py
+After a change to what the runs or rules record, re-run the three commands and save new traces too:
+    NANDOCTOR_UPDATE_GOLDEN=record python3 -m pytest tests/test_golden.py
 """
 from __future__ import annotations
 
@@ -22,7 +24,8 @@ from nandoctor.report.console import print_report
 from nandoctor.report.saved import load_document
 
 GOLDEN = ROOT / "tests" / "golden"
-UPDATE = os.environ.get("NANDOCTOR_UPDATE_GOLDEN") == "1"
+UPDATE = os.environ.get("NANDOCTOR_UPDATE_GOLDEN") in ("1", "record")
+RECORD = os.environ.get("NANDOCTOR_UPDATE_GOLDEN") == "record"
 CASES = ["nll_classifier", "demand_forecast", "postmortem_safetensors"]
 
 
@@ -73,7 +76,7 @@ def _renders(name: str) -> dict[str, str]:
 
 @pytest.mark.parametrize("name", CASES)
 def test_reports_match_the_golden_files(name, tmp_path):
-    if UPDATE:
+    if RECORD:
         _record(name, tmp_path)
     for suffix, text in _renders(name).items():
         golden = GOLDEN / f"{name}.{suffix}"

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import Any, Optional
 
 from rich.console import Console, Group
 from rich.panel import Panel
@@ -38,9 +38,26 @@ def _table(title: str, columns: tuple[str, ...], wrap: tuple[str, ...] = ()) -> 
     return table
 
 
-def _name(name: str, console: Console) -> str:
-    """A module or tensor path shortened in the middle to fit a third of the console; the leaf stays."""
-    return middle(name, max(16, console.width // 3))
+def _name(name: str, console: Console, budget: Optional[int] = None) -> str:
+    """A module or tensor path shortened in the middle to fit `budget` (default: a third of the
+    console); the leaf always stays whole."""
+    return middle(name, budget or max(16, console.width // 3))
+
+
+def _layer_table(console: Console, title: str, value_columns: tuple[str, ...],
+                 rows: list[tuple[str, dict[str, Any], list[str]]]) -> None:
+    """Per-module rows. Below 100 columns the module name gets a line of its own, with precision
+    and type under it, so a narrow terminal still shows the whole leaf name."""
+    wide = console.width >= 100
+    columns = ("precision", "module", "type", *value_columns) if wide else ("module", *value_columns)
+    table = _table(title, columns, wrap=("module",))
+    for precision, row, values in rows:
+        name = _name(row["module"], console, None if wide else max(16, console.width - 34)) or "(root)"
+        if wide:
+            table.add_row(precision, name, row["type"], *values)
+        else:
+            table.add_row(Text(name) + Text(f"\n  {precision} · {row['type']}", style="dim"), *values)
+    console.print(table)
 
 
 def _print_causes(causes: list[dict[str, Any]], console: Console) -> None:
@@ -138,23 +155,17 @@ def print_report(doc: dict[str, Any], console: Console) -> None:
     close = worst_layers(doc, "fp16_headroom", reverse=False)
     if close:
         bars = console.width >= 100
-        t = _table("Closest to float16 overflow (max |activation|" + (", log scale)" if bars else ")"),
-                   ("precision", "module", "type", "max |act|", "fp16 headroom") + (("",) if bars else ()), wrap=("module",))
         values = [r["act_max_abs"] for _, r in close if isinstance(r["act_max_abs"], (int, float)) and r["act_max_abs"] > 0]
         lo = math.log10(min(values)) - 1 if values else 0
         hi = math.log10(max(max(values), 65504.0)) if values else 1
-        for precision, row in close:
-            cells = [precision, _name(row["module"], console) or "(root)", row["type"], num(row["act_max_abs"]), f"{num(row['fp16_headroom'])}x"]
-            t.add_row(*cells, *([_bar(row["act_max_abs"], lo, hi)] if bars else []))
-        console.print(t)
+        _layer_table(console, "Closest to float16 overflow (max |activation|" + (", log scale)" if bars else ")"),
+                     ("max |act|", "fp16 headroom") + (("",) if bars else ()),
+                     [(p, r, [num(r["act_max_abs"]), f"{num(r['fp16_headroom'])}x"]
+                       + ([_bar(r["act_max_abs"], lo, hi)] if bars else [])) for p, r in close])
     largest = worst_layers(doc, "param_grad_norm_max", reverse=True)
     if largest:
-        t = _table("Largest parameter gradients", ("precision", "module", "type", "max grad norm", "max update ratio"),
-                   wrap=("module",))
-        for precision, row in largest:
-            t.add_row(precision, _name(row["module"], console) or "(root)", row["type"], num(row["param_grad_norm_max"]),
-                      num(row["update_ratio_max"]))
-        console.print(t)
+        _layer_table(console, "Largest parameter gradients", ("max grad norm", "max update ratio"),
+                     [(p, r, [num(r["param_grad_norm_max"]), num(r["update_ratio_max"])]) for p, r in largest])
     if doc.get("experiments"):
         console.print(Text(f"{len(doc['experiments'])} confirming experiment(s) in {doc['experiments_seconds']:.1f}s",
                            style="dim"))

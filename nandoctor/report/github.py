@@ -33,6 +33,7 @@ def render(doc: dict[str, Any]) -> str:
         message = "\n".join(cause["evidence"] + [f"fix: {cause['fix']}"])
         lines.append(f"::{LEVEL[cause['severity']]} {','.join(props)}::{escape_data(message)}")
     counts = {s: sum(1 for c in doc["causes"] if c["severity"] == s) for s in ("error", "warning", "info")}
-    lines.append(f"nandoctor {doc.get('command', 'scan')} {doc['verdict']}: {counts['error']} error(s), "
+    command = doc.get("command", "scan")
+    lines.append(f"nandoctor{'' if command == 'scan' else ' ' + command} {doc['verdict']}: {counts['error']} error(s), "
                  f"{counts['warning']} warning(s), {counts['info']} note(s) for {subject(doc)}; {headline(doc)}")
     return "\n".join(lines) + "\n"

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 from .svg import DASHES, MARKERS, Series, e, empty, hbars, heatmap, kind, line_chart
-from .text import loss_trend, num, origin_sentence
+from .text import headline, loss_trend, num, origin_sentence
 
 FP16_MAX = 65504.0
 COLORS = {"32-true": "#1f77b4", "16-mixed": "#d62728", "bf16-mixed": "#2ca02c", "16-true": "#ff7f0e",
@@ -80,13 +80,9 @@ def _origin(doc: dict[str, Any]) -> str:
             return (f'<div class="origin bad"><p>The {e(errors[0]["precision"])} run stopped: '
                     f'<b>{e(err["exc_type"])}</b>: {e(err["message"])}</p>'
                     + _source_context({"user_source": err.get("user_source"), "source": err.get("source")}) + "</div>")
-        skipped = [r for r in doc.get("runs", []) if r["skipped_steps"]]
-        if skipped:
-            said = "; ".join(f"GradScaler skipped {len(r['skipped_steps'])} of {r['steps_run']} steps in {r['precision']}"
-                             for r in skipped)
+        if any(r["skipped_steps"] for r in doc.get("runs", [])):
             tone = "bad" if doc["verdict"] != "pass" else "ok"
-            return (f'<div class="origin {tone}"><p class="sentence">No loss or weight became NaN/Inf, but the gradients '
-                    f'did: {e(said)} (non-finite gradients).</p></div>')
+            return f'<div class="origin {tone}"><p class="sentence">{e(headline(doc).capitalize())}.</p></div>'
         return '<div class="origin ok"><p>No run produced a NaN or Inf.</p></div>'
     parts = [f'<div class="origin bad"><p class="sentence">{e(origin_sentence(event))}</p>', _source_context(event)]
     facts = []

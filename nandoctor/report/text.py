@@ -90,6 +90,11 @@ def headline(doc: dict[str, Any]) -> str:
         where = err.get("user_source") or err.get("source")
         return (f"the {stopped[0]['precision']} run stopped: {err['exc_type']}: {err['message']}"
                 + (f" at {where}" if where else ""))
+    skipped = [r for r in doc.get("runs", []) if r.get("skipped_steps")]
+    if skipped:
+        said = "; ".join(f"GradScaler skipped {len(r['skipped_steps'])} of {r['steps_run']} steps in {r['precision']}"
+                         for r in skipped)
+        return f"no loss or weight became NaN/Inf, but gradients did: {said}"
     return origin_sentence(None)
 
 
