@@ -27,7 +27,10 @@ pytestmark = [pytest.mark.slow, pytest.mark.install]
 
 def _closure(root: str) -> list[metadata.Distribution]:
     """`root` and every distribution it requires (markers evaluated here, extras left out)."""
-    from packaging.markers import Marker
+    try:
+        from packaging.markers import Marker
+    except ImportError:              # a machine without the packaging distribution: pip vendors it
+        from pip._vendor.packaging.markers import Marker
     seen: dict[str, metadata.Distribution] = {}
     todo = [root]
     while todo:
