@@ -143,6 +143,7 @@ FormatOpt = Annotated[str, typer.Option("--format", "-f", help=f"Output format: 
 OutputOpt = Annotated[Optional[Path], typer.Option("--output", "-o", help="Write the report to FILE instead of stdout.")]
 QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar and no console report.")]
 VerboseOpt = Annotated[bool, typer.Option("--verbose", "-v", help="Say on stderr what ran and how long each part took.")]
+TraceOpt = Annotated[Optional[Path], typer.Option("--trace", help="Also save the trace (JSON) so `nandoctor report FILE` can re-render any format later, without the model.")]
 FailOnOpt = Annotated[Optional[str], typer.Option("--fail-on", help="Exit 1 on findings at or above: error|warning|never (default error).")]
 
 
@@ -171,6 +172,7 @@ def scan(
     checkpoint: Annotated[Optional[Path], typer.Option("--checkpoint", help="Resume from this checkpoint and scan from its step.")] = None,
     trust: Annotated[bool, typer.Option("--trust", help="Allow arbitrary unpickling of --checkpoint (only for files you trust).")] = False,
     verbose: VerboseOpt = False,
+    trace_file: TraceOpt = None,
 ) -> None:
     """Run instrumented training steps and diagnose the first NaN/Inf.
 
@@ -196,6 +198,9 @@ def scan(
             stop()
         if verbose:
             _say_what_ran(report)
+        if trace_file is not None:
+            from .report.saved import write_trace
+            write_trace(trace_file, "scan", report.trace, report.causes, report.fail_on)
         emit(report.to_dict(), fmt, output, quiet, html)
         return report
 
@@ -242,6 +247,7 @@ def postmortem(
     fail_on: FailOnOpt = None,
     trust: Annotated[bool, typer.Option("--trust", help="Allow arbitrary unpickling (runs code from the file!) for checkpoints you trust.")] = False,
     verbose: VerboseOpt = False,
+    trace_file: TraceOpt = None,
 ) -> None:
     """Examine a crashed checkpoint without trusting it: NaN/Inf weights, poisoned optimizer
     state, collapsed loss scale, exploding weights.
@@ -263,8 +269,41 @@ def postmortem(
         if verbose:
             say(f"nandoctor: read {report.trace.format} checkpoint {report.trace.path}: {len(report.trace.tensors)} "
                 f"tensors, {len(report.trace.optimizer)} optimizer tensors, {report.trace.seconds:.2f} s")
+        if trace_file is not None:
+            from .report.saved import write_trace
+            write_trace(trace_file, "postmortem", report.trace, report.causes, report.fail_on)
         emit(report.to_dict(), fmt, output, quiet, printer=print_postmortem)
         return report
+
+    _guarded(run)
+
+
+@app.command("report")
+def report_command(
+    saved: Annotated[Path, typer.Argument(help="A trace written by --trace, or a JSON report written by --format json.")],
+    fmt: FormatOpt = "rich",
+    output: OutputOpt = None,
+    html: Annotated[Optional[Path], typer.Option("--html", help="Also write the self-contained HTML report.")] = None,
+    quiet: QuietOpt = False,
+    fail_on: FailOnOpt = None,
+) -> None:
+    """Re-render a saved scan, postmortem or replay in any format, without the model or torch.
+
+    Examples:
+
+      nandoctor scan model.py --trace run.trace.json -q && nandoctor report run.trace.json --html report.html
+
+      nandoctor report run.trace.json --format junit -o nandoctor.xml
+    """
+    def run() -> Any:
+        _check_format(fmt)
+        if fail_on is not None and fail_on not in ("error", "warning", "never"):
+            raise InputError(f"unknown --fail-on {fail_on!r}; accepted values are error, warning, never.")
+        from types import SimpleNamespace
+        from .report.saved import load_document
+        doc = load_document(saved, fail_on)
+        emit(doc, fmt, output, quiet, html)
+        return SimpleNamespace(exit_code=doc["exit_code"])
 
     _guarded(run)
 

@@ -2,16 +2,17 @@
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import Any, Optional
 
 from rich.console import Console, Group
 from rich.panel import Panel
 from rich.table import Table
 from rich.text import Text
 
-from .text import loss_trend, num, origin_sentence, worst_layers
+from .text import headline, loss_trend, middle, num, origin_sentence, worst_layers
 
 VERDICT_STYLE = {"pass": "bold green", "warn": "bold yellow", "fail": "bold red"}
+SHORT = {"precision", "status", "steps", "time", "NaN", "Inf", "dtype"}   # never split these cells
 SEVERITY_STYLE = {"error": "red", "warning": "yellow", "info": "cyan"}
 
 
@@ -21,6 +22,42 @@ def _bar(value: float, lo: float, hi: float, width: int = 24) -> str:
     frac = (math.log10(value) - lo) / (hi - lo) if hi > lo else 1.0
     filled = max(1, min(width, round(frac * width)))
     return "█" * filled + "·" * (width - filled)
+
+
+def _table(title: str, columns: tuple[str, ...], wrap: tuple[str, ...] = ()) -> Table:
+    """A borderless table; columns named in `wrap` (module and tensor names) fold onto more lines
+    instead of being cut, so a narrow terminal never loses a module's leaf name."""
+    table = Table(title=title, title_justify="left", show_edge=False, pad_edge=False)
+    for col in columns:
+        if col in wrap:
+            table.add_column(col, overflow="fold", ratio=3)
+        elif col in SHORT:
+            table.add_column(col, no_wrap=True)
+        else:
+            table.add_column(col, overflow="fold")
+    return table
+
+
+def _name(name: str, console: Console, budget: Optional[int] = None) -> str:
+    """A module or tensor path shortened in the middle to fit `budget` (default: a third of the
+    console); the leaf always stays whole."""
+    return middle(name, budget or max(16, console.width // 3))
+
+
+def _layer_table(console: Console, title: str, value_columns: tuple[str, ...],
+                 rows: list[tuple[str, dict[str, Any], list[str]]]) -> None:
+    """Per-module rows. Below 100 columns the module name gets a line of its own, with precision
+    and type under it, so a narrow terminal still shows the whole leaf name."""
+    wide = console.width >= 100
+    columns = ("precision", "module", "type", *value_columns) if wide else ("module", *value_columns)
+    table = _table(title, columns, wrap=("module",))
+    for precision, row, values in rows:
+        name = _name(row["module"], console, None if wide else max(16, console.width - 34)) or "(root)"
+        if wide:
+            table.add_row(precision, name, row["type"], *values)
+        else:
+            table.add_row(Text(name) + Text(f"\n  {precision} · {row['type']}", style="dim"), *values)
+    console.print(table)
 
 
 def _print_causes(causes: list[dict[str, Any]], console: Console) -> None:
@@ -46,37 +83,42 @@ def _print_causes(causes: list[dict[str, Any]], console: Console) -> None:
 def print_postmortem(doc: dict[str, Any], console: Console) -> None:
     verdict = doc["verdict"]
     console.print(Text.assemble(("nandoctor postmortem ", "bold"), (verdict.upper(), VERDICT_STYLE[verdict]),
-                                f"  {doc['checkpoint']}  ·  {doc['format']}  ·  step {doc['step']}  ·  epoch {doc['epoch']}"
+                                f"  {doc['checkpoint']}  ·  {doc['format']}  ·  step {num(doc['step'])}  ·  epoch {num(doc['epoch'])}"
                                 f"  ·  {doc['seconds']:.1f}s"))
+    console.print(Text(headline(doc), style="red" if doc["verdict"] == "fail" else "green"))
     _print_causes(doc["causes"], console)
-    table = Table(title="Tensors, worst first", title_justify="left", show_edge=False)
-    for col in ("tensor", "dtype", "shape", "NaN", "Inf", "max |x|", "norm"):
-        table.add_column(col)
+    table = _table("Tensors, worst first", ("tensor", "dtype", "shape", "NaN", "Inf", "max |x|", "norm"), wrap=("tensor",))
     for t in doc["tensors"][:12]:
         style = "red" if t["nan"] or t["inf"] else None
-        table.add_row(t["name"], t["dtype"], str(t["shape"]), str(t["nan"]), str(t["inf"]), num(t["max_abs"]),
+        table.add_row(_name(t["name"], console), t["dtype"], str(t["shape"]), str(t["nan"]), str(t["inf"]), num(t["max_abs"]),
                       num(t["norm"]), style=style)
     console.print(table)
     if doc.get("scaler"):
         console.print(f"GradScaler: scale {num(doc['scaler'].get('scale'))}, growth tracker {doc['scaler'].get('_growth_tracker')}",
                       markup=False)
     if doc.get("baseline"):
-        t = Table(title=f"Largest changes since {doc['baseline']['path']}", title_justify="left", show_edge=False)
-        for col in ("tensor", "relative change", "norm before", "norm after"):
-            t.add_column(col)
+        t = _table(f"Largest changes since {doc['baseline']['path']}", ("tensor", "relative change", "norm before",
+                   "norm after"), wrap=("tensor",))
         for c in doc["baseline"]["changes"][:10]:
-            t.add_row(c["name"], num(c["relative_change"]), num(c["norm_before"]), num(c["norm_after"]))
+            t.add_row(_name(c["name"], console), num(c["relative_change"]), num(c["norm_before"]), num(c["norm_after"]))
         console.print(t)
 
 
 def print_report(doc: dict[str, Any], console: Console) -> None:
+    """The console report of any document: scan, replay or postmortem."""
+    if doc.get("command") == "postmortem":
+        print_postmortem(doc, console)
+        return
     verdict = doc["verdict"]
-    head = Text.assemble(("nandoctor ", "bold"), (verdict.upper(), VERDICT_STYLE[verdict]),
+    command = "" if doc.get("command", "scan") == "scan" else f"{doc['command']} "
+    head = Text.assemble(("nandoctor ", "bold"), command, (verdict.upper(), VERDICT_STYLE[verdict]),
                          f"  {doc['model_file']}  ·  {doc['environment']['device']}  ·  torch {doc['environment']['torch']}"
                          f"  ·  {doc['seconds']:.1f}s")
     console.print(head)
 
     event = doc.get("first_nonfinite")
+    if not event and doc["verdict"] == "fail":
+        console.print(Text(headline(doc), style="red"))
     if event:
         lines = [Text(origin_sentence(event))]
         if event.get("source_code"):
@@ -100,9 +142,7 @@ def print_report(doc: dict[str, Any], console: Console) -> None:
 
     _print_causes(doc["causes"], console)
 
-    table = Table(title="Runs", title_justify="left", show_edge=False)
-    for col in ("precision", "status", "steps", "loss", "loss scale / skips", "time"):
-        table.add_column(col)
+    table = _table("Runs", ("precision", "status", "steps", "loss", "loss scale / skips", "time"))
     for run in doc["runs"]:
         status_style = {"ok": "green", "nonfinite": "red", "error": "red"}.get(run["status"], "yellow")
         scale = ""
@@ -114,25 +154,18 @@ def print_report(doc: dict[str, Any], console: Console) -> None:
 
     close = worst_layers(doc, "fp16_headroom", reverse=False)
     if close:
-        t = Table(title="Closest to float16 overflow (max |activation|, log scale)", title_justify="left", show_edge=False)
-        for col in ("precision", "module", "type", "max |act|", "fp16 headroom", ""):
-            t.add_column(col)
+        bars = console.width >= 100
         values = [r["act_max_abs"] for _, r in close if isinstance(r["act_max_abs"], (int, float)) and r["act_max_abs"] > 0]
         lo = math.log10(min(values)) - 1 if values else 0
         hi = math.log10(max(max(values), 65504.0)) if values else 1
-        for precision, row in close:
-            t.add_row(precision, row["module"] or "(root)", row["type"], num(row["act_max_abs"]),
-                      f"{num(row['fp16_headroom'])}x", _bar(row["act_max_abs"], lo, hi))
-        console.print(t)
+        _layer_table(console, "Closest to float16 overflow (max |activation|" + (", log scale)" if bars else ")"),
+                     ("max |act|", "fp16 headroom") + (("",) if bars else ()),
+                     [(p, r, [num(r["act_max_abs"]), f"{num(r['fp16_headroom'])}x"]
+                       + ([_bar(r["act_max_abs"], lo, hi)] if bars else [])) for p, r in close])
     largest = worst_layers(doc, "param_grad_norm_max", reverse=True)
     if largest:
-        t = Table(title="Largest parameter gradients", title_justify="left", show_edge=False)
-        for col in ("precision", "module", "type", "max grad norm", "max update ratio"):
-            t.add_column(col)
-        for precision, row in largest:
-            t.add_row(precision, row["module"] or "(root)", row["type"], num(row["param_grad_norm_max"]),
-                      num(row["update_ratio_max"]))
-        console.print(t)
+        _layer_table(console, "Largest parameter gradients", ("max grad norm", "max update ratio"),
+                     [(p, r, [num(r["param_grad_norm_max"]), num(r["update_ratio_max"])]) for p, r in largest])
     if doc.get("experiments"):
         console.print(Text(f"{len(doc['experiments'])} confirming experiment(s) in {doc['experiments_seconds']:.1f}s",
                            style="dim"))

@@ -7,6 +7,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from .text import headline, subject
+
 LEVEL = {"error": "error", "warning": "warning", "info": "notice"}
 
 
@@ -31,6 +33,7 @@ def render(doc: dict[str, Any]) -> str:
         message = "\n".join(cause["evidence"] + [f"fix: {cause['fix']}"])
         lines.append(f"::{LEVEL[cause['severity']]} {','.join(props)}::{escape_data(message)}")
     counts = {s: sum(1 for c in doc["causes"] if c["severity"] == s) for s in ("error", "warning", "info")}
-    lines.append(f"nandoctor {doc['verdict']}: {counts['error']} error(s), {counts['warning']} warning(s), "
-                 f"{counts['info']} note(s) for {doc['model_file']}")
+    command = doc.get("command", "scan")
+    lines.append(f"nandoctor{'' if command == 'scan' else ' ' + command} {doc['verdict']}: {counts['error']} error(s), "
+                 f"{counts['warning']} warning(s), {counts['info']} note(s) for {subject(doc)}; {headline(doc)}")
     return "\n".join(lines) + "\n"

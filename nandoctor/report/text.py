@@ -50,3 +50,70 @@ def worst_layers(doc: dict[str, Any], key: str, reverse: bool, count: int = 5) -
                 best[row["module"]] = (precision, row)
     rows = sorted(best.values(), key=lambda pr: pr[1][key], reverse=reverse)
     return rows[:count]
+
+
+def subject(doc: dict[str, Any]) -> str:
+    """What the report is about: the model file (scan, replay) or the checkpoint (postmortem)."""
+    return doc.get("model_file") or doc.get("checkpoint") or "(unknown input)"
+
+
+def nonfinite_tensors(doc: dict[str, Any]) -> list[dict[str, Any]]:
+    """Postmortem: the tensors holding NaN/Inf, worst first (the document already orders them)."""
+    return [t for t in doc.get("tensors", []) if t["nan"] or t["inf"]]
+
+
+def postmortem_sentence(doc: dict[str, Any]) -> str:
+    bad = nonfinite_tensors(doc)
+    opt = (doc.get("optimizer_state") or {}).get("tensors", [])
+    opt_bad = [o for o in opt if o["nan"] or o["inf"]]
+    if not bad and not opt_bad:
+        return "no tensor in the checkpoint holds NaN or Inf"
+    parts = []
+    if bad:
+        worst = bad[0]
+        parts.append(f"{len(bad)} of {len(doc['tensors'])} tensors hold NaN/Inf; worst {worst['name']} "
+                     f"({worst['nan']} NaN, {worst['inf']} Inf of {worst['numel']})")
+    if opt_bad:
+        parts.append(f"{len(opt_bad)} optimizer state tensor(s) hold NaN/Inf")
+    return "; ".join(parts)
+
+
+def headline(doc: dict[str, Any]) -> str:
+    """The one sentence a reader needs first: where the first NaN/Inf was born, or what the checkpoint holds."""
+    if doc.get("command") == "postmortem":
+        return postmortem_sentence(doc)
+    if doc.get("first_nonfinite"):
+        return origin_sentence(doc["first_nonfinite"])
+    stopped = [r for r in doc.get("runs", []) if r.get("error")]
+    if stopped:
+        err = stopped[0]["error"]
+        where = err.get("user_source") or err.get("source")
+        return (f"the {stopped[0]['precision']} run stopped: {err['exc_type']}: {err['message']}"
+                + (f" at {where}" if where else ""))
+    skipped = [r for r in doc.get("runs", []) if r.get("skipped_steps")]
+    if skipped:
+        said = "; ".join(f"GradScaler skipped {len(r['skipped_steps'])} of {r['steps_run']} steps in {r['precision']}"
+                         for r in skipped)
+        return f"no loss or weight became NaN/Inf, but gradients did: {said}"
+    return origin_sentence(None)
+
+
+def cause_location(cause: dict[str, Any]) -> str:
+    return cause.get("source") or (f"module {cause['module']}" if cause.get("module") else "")
+
+
+def middle(name: str, width: int) -> str:
+    """Abbreviate the middle of a dotted module path to about `width` characters, never its leaf:
+    "encoder.layers.11.self_attn.out_proj" -> "encoder.….self_attn.out_proj". The first part is
+    kept when it fits; a leaf longer than `width` is kept whole."""
+    if len(name) <= width or "." not in name:
+        return name
+    parts = name.split(".")
+    tail = [parts[-1]]
+    for part in reversed(parts[1:-1]):            # as much of the end of the path as fits
+        if len(parts[0]) + len(part) + len(".".join(tail)) + 4 > width:
+            break
+        tail.insert(0, part)
+    if len(parts[0]) + len(".".join(tail)) + 3 <= width:
+        return f"{parts[0]}.….{'.'.join(tail)}"
+    return "…." + ".".join(tail)
