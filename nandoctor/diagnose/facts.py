@@ -4,7 +4,7 @@ from __future__ import annotations
 import math
 from typing import Iterable, Optional
 
-from ..trace.numbers import num
+
 from ..trace.vocab import DTYPE_MAX, DTYPE_SUBNORMAL, FP16_MAX
 from ..trace import ExperimentResult, LayerSeries, NonfiniteEvent, RunTrace, SourceLocation, Trace
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import ClassVar
 
-from ...trace import Trace
+from ...trace import PostmortemTrace, Trace
 from ..finding import ExperimentRequest, Finding
 
 
@@ -28,7 +28,12 @@ class Rule:
     confirm_only: ClassVar[frozenset[str]] = frozenset()
 
     def check(self, ctx: Context) -> list[Finding]:
+        """Findings from a scan's trace."""
         raise NotImplementedError
+
+    def check_checkpoint(self, trace: PostmortemTrace) -> list[Finding]:
+        """Findings from a saved checkpoint (postmortem); most causes only show in a scan."""
+        return []
 
     def plan(self, ctx: Context, finding: Finding) -> list[ExperimentRequest]:
         """Experiments to run for this finding: by default each listed id on each failing precision."""

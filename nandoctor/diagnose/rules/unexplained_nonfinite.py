@@ -1,4 +1,4 @@
-"""The fallback: a run that failed and that no specific rule explains is still an error."""
+"""The fallback: a failed run no specific rule explains is still an error."""
 from __future__ import annotations
 
 from ...trace import RunStatus, RunTrace

@@ -1,0 +1,53 @@
+"""A reduction over zero elements."""
+from __future__ import annotations
+
+from ..evidence import at, code, group_events
+from ..facts import batch_site, is_empty_reduction, origin_events
+from ..finding import Finding, Severity
+from .base import Context, Rule
+
+
+class EmptyReduction(Rule):
+    """What it detects: a mean or normalisation over zero elements: every target equal to
+    `ignore_index`, an empty mask selecting nothing, a count that is zero.
+
+    Why it produces NaN or Inf: the mean is sum / count = 0 / 0 = NaN. Cross-entropy with
+    every target ignored returns NaN, and so do the gradients.
+
+    Evidence used: the replay's first NaN born in a reduction (mean, nll_loss, a division by a
+    count) whose input was empty or whose targets were all ignored.
+
+    How to fix: skip the batch or the term when nothing is selected
+    (`loss = x[mask].mean() if mask.any() else x.sum() * 0`), or divide by
+    `count.clamp_min(1)`.
+
+    Example: masked language modelling where a short batch has no masked token.
+    """
+
+    id = "empty-reduction"
+    title = "reduction over zero elements"
+    experiments = {"step-fp64": "nonfinite"}
+    confirm_only = frozenset({"step-fp64"})
+
+    def check(self, ctx: Context) -> list[Finding]:
+        events = [e for e in origin_events(ctx.trace) if is_empty_reduction(e, ctx.trace)]
+        findings = []
+        for (_, module, _, _), group in group_events(events).items():
+            event = group[0]
+            # Inside a library's loss (a Hugging Face model), the user's line is where the labels are made.
+            loc = event.user_source or batch_site(ctx.trace, event.precision, ("targets", "labels")) or event.source
+            run = ctx.trace.run(event.precision)
+            step = next((s for s in (run.steps if run else []) if s.step == event.step), None)
+            evidence = [f"{event.op}{at(loc)}{code(loc)} produced NaN at step {event.step} "
+                        f"({', '.join(e.precision for e in group)})"]
+            if step and step.labels and step.labels.ignored:
+                evidence.append(f"{step.labels.ignored} of {step.labels.total} targets equal ignore_index (-100)")
+            empty = [t for t in event.inputs if 0 in t.shape]
+            if empty:
+                evidence.append(f"its input has shape {empty[0].shape} (no elements)")
+            fix = (f"guard the reduction{at(loc)} against selecting nothing: "
+                   "`loss = x[mask].mean() if mask.any() else x.sum() * 0.0`, or divide by `count.clamp_min(1)`")
+            findings.append(Finding(self.id, Severity.ERROR.value, 0.9, f"mean over zero elements{at(loc)}",
+                                    evidence, fix, module=module, source=loc, precisions=[e.precision for e in group],
+                                    explains_origin=True))
+        return findings

@@ -1,0 +1,76 @@
+"""An infinite or undefined derivative in backward."""
+from __future__ import annotations
+
+from ...trace import NonfiniteEvent
+from ..evidence import at, group_events, input_facts
+from ..facts import module_label, op_short, origin_events, where
+from ..finding import Finding, Severity
+from .base import Context, Rule
+
+
+class GradSingularity(Rule):
+    """What it detects: the forward pass is finite but a derivative is infinite or undefined:
+    sqrt/log/pow/acos/norm at a singular point (sqrt'(0) = inf, |x|' at 0 through norm), or the
+    unselected branch of `torch.where` whose gradient is 0 * inf = NaN.
+
+    Why it produces NaN or Inf: autograd multiplies the upstream gradient by the local
+    derivative. At a singular point that derivative is inf; times 0 (a masked or unselected
+    element) it is NaN. The loss looks healthy; the weights become NaN after the step.
+
+    Evidence used: the replay's first backward op that produced a non-finite value from finite
+    inputs, and the forward call (module, line) that created its autograd node.
+
+    How to fix: keep the argument away from the singular point (`torch.sqrt(x + 1e-12)`,
+    `x.clamp_min(1e-12)`), or for `torch.where` mask the input too (the "double where":
+    `safe = torch.where(mask, x, 1.0); torch.where(mask, torch.sqrt(safe), 0.0)`).
+
+    Example: `torch.norm(a - b, dim=-1)` when a == b: the distance is 0, its gradient NaN.
+    """
+
+    id = "grad-singularity"
+    title = "infinite or undefined derivative in backward"
+    experiments = {"step-fp64": "nonfinite"}
+    confirm_only = frozenset({"step-fp64"})
+
+    def check(self, ctx: Context) -> list[Finding]:
+        events = [e for e in origin_events(ctx.trace) if e.phase == "backward"]
+        findings = []
+        for (_, module, _, _), group in group_events(events).items():
+            event = group[0]
+            if _backward_overflow(event, ctx):
+                continue
+            loc = where(event)
+            forward = (event.forward_op or "").strip("_")
+            code = loc.code if loc else ""
+            if "where" in code or forward == "where":
+                fix = (f"the unselected branch of torch.where{at(loc)} has an infinite derivative: compute it on a "
+                       "safe input too, e.g. `safe = torch.where(mask, x, torch.ones_like(x)); "
+                       "torch.where(mask, torch.sqrt(safe), 0.0)`")
+            elif forward in ("norm", "vector_norm", "linalg_vector_norm", "cdist", "pairwise_distance"):
+                fix = (f"the norm{at(loc)} is 0 for some rows and its derivative is undefined there: "
+                       "use `torch.sqrt((x * x).sum(-1) + 1e-12)` or `F.normalize(x, eps=1e-12)`")
+            elif forward in ("sqrt", "rsqrt", "pow", "__pow__"):
+                fix = f"sqrt'(0) is infinite: use `torch.sqrt(x + 1e-12)` or `x.clamp_min(1e-12).sqrt()`{at(loc)}"
+            elif forward in ("acos", "asin"):
+                fix = f"acos'(±1) is infinite: clamp the input to [-1 + 1e-6, 1 - 1e-6]{at(loc)}"
+            elif forward in ("log", "div", "__truediv__", "reciprocal"):
+                fix = f"the derivative of {forward} at 0 is infinite: add an epsilon to the argument{at(loc)}"
+            else:
+                fix = f"keep the argument of {forward or 'the op'}{at(loc)} away from its singular point (add an epsilon, clamp)"
+            evidence = [f"backward of {forward or 'an op'} in {module_label(module)}{at(loc)}{code(loc)} produced "
+                        f"{'NaN' if event.kind == 'nan' else 'Inf'} at step {event.step} "
+                        f"({', '.join(e.precision for e in group)}) from finite gradients ({event.op})"]
+            facts = input_facts(event)
+            if facts:
+                evidence.append(facts)
+            findings.append(Finding(self.id, Severity.ERROR.value, 0.8,
+                                    f"the gradient of {forward or 'an op'} is non-finite{at(loc)}", evidence, fix,
+                                    module=module, source=loc, precisions=[e.precision for e in group],
+                                    explains_origin=True))
+        return findings
+
+
+def _backward_overflow(event: NonfiniteEvent, ctx: Context) -> bool:
+    """A matmul in backward overflowing is exploding gradients or fp16 range, not a singularity."""
+    from ..facts import MATMUL_OPS
+    return op_short(event.op) in MATMUL_OPS and event.kind == "inf"
