@@ -4,10 +4,12 @@ from __future__ import annotations
 from typing import Optional
 
 from .rules.bad_init import BadInit
+from .rules.bf16_precision import Bf16Precision
 from .rules.base import Rule
 from .rules.data_nonfinite import DataNonfinite
 from .rules.data_scale import DataScale
 from .rules.empty_reduction import EmptyReduction
+from .rules.exploding_activations import ExplodingActivations
 from .rules.exploding_gradients import ExplodingGradients
 from .rules.fp16_overflow import Fp16Overflow
 from .rules.fp16_underflow import Fp16Underflow
@@ -15,6 +17,7 @@ from .rules.grad_singularity import GradSingularity
 from .rules.high_lr import HighLearningRate
 from .rules.label_range import LabelRange
 from .rules.loss_scale_collapse import LossScaleCollapse
+from .rules.masked_inf import MaskedInf
 from .rules.masked_softmax import MaskedSoftmax
 from .rules.nonreproducible import Nonreproducible
 from .rules.optimizer_eps import OptimizerEps
@@ -29,8 +32,8 @@ from .rules.weight_blowup import WeightBlowup
 
 RULES: list[Rule] = [
     DataNonfinite(), DataScale(), LabelRange(), HighLearningRate(), BadInit(), UnstableOp(), GradSingularity(),
-    MaskedSoftmax(), EmptyReduction(), Fp16Overflow(), Fp16Underflow(), LossScaleCollapse(),
-    ExplodingGradients(), VanishingGradients(), OptimizerEps(), PoisonedOptimizerState(), ParamNonfinite(), WeightBlowup(),
+    MaskedSoftmax(), MaskedInf(), EmptyReduction(), Fp16Overflow(), Fp16Underflow(), Bf16Precision(), LossScaleCollapse(),
+    ExplodingActivations(), ExplodingGradients(), VanishingGradients(), OptimizerEps(), PoisonedOptimizerState(), ParamNonfinite(), WeightBlowup(),
     UserCodeError(), Nonreproducible(), ScanIncomplete(), UnexplainedNonfinite(),
 ]
 _BY_ID = {rule.id: rule for rule in RULES}

@@ -2,7 +2,8 @@
 from __future__ import annotations
 
 from ..evidence import at, code, group_events
-from ..facts import batch_site, is_empty_reduction, origin_events
+from ..facts import batch_site
+from ..ownership import owned_events
 from ..finding import Finding, Severity
 from .base import Context, Rule
 
@@ -30,7 +31,7 @@ class EmptyReduction(Rule):
     confirm_only = frozenset({"step-fp64"})
 
     def check(self, ctx: Context) -> list[Finding]:
-        events = [e for e in origin_events(ctx.trace) if is_empty_reduction(e, ctx.trace)]
+        events = owned_events(ctx.trace, self.id)
         findings = []
         for (_, module, _, _), group in group_events(events).items():
             event = group[0]
@@ -49,5 +50,5 @@ class EmptyReduction(Rule):
                    "`loss = x[mask].mean() if mask.any() else x.sum() * 0.0`, or divide by `count.clamp_min(1)`")
             findings.append(Finding(self.id, Severity.ERROR.value, 0.9, f"mean over zero elements{at(loc)}",
                                     evidence, fix, module=module, source=loc, precisions=[e.precision for e in group],
-                                    explains_origin=True))
+                                    explains_origin=True, mechanism="empty-reduction"))
         return findings

@@ -4,13 +4,13 @@ from __future__ import annotations
 import math
 
 from ...trace.numbers import num
-from ..facts import FP16_MAX, SIXTEEN_BIT, module_label, op_short, where
+from ...trace import NonfiniteEvent
+from ..evidence import at
+from ..facts import FP16_MAX, SIXTEEN_BIT, module_label, where
+from ..op_semantics import fix_for, max_abs
+from ..ownership import fails_only_in_16bit, owned_events, wide_runs
 from ..finding import Finding, Severity
 from .base import Context, Rule
-
-
-# Ops whose non-finite output is a domain edge (0/0, log 0), not a float16 range overflow.
-DOMAIN_OPS = {"div", "true_divide", "reciprocal", "log", "log2", "log10", "log1p", "acos", "asin", "sqrt", "rsqrt"}
 
 
 def _peak_activation(run):
@@ -46,53 +46,9 @@ class Fp16Overflow(Rule):
 
     def check(self, ctx: Context) -> list[Finding]:
         trace = ctx.trace
-        wide = [r for r in trace.runs if r.precision not in SIXTEEN_BIT and r.status != "unsupported"]
-        wide_clean = [r for r in wide if r.first_nonfinite is None and r.error is None]
-        # An overflow is an Inf born from finite values (not a 0/0 or a log(0)).
-        failing16 = [r for r in trace.runs if r.precision in SIXTEEN_BIT and r.first_nonfinite is not None
-                     and r.first_nonfinite.phase in ("forward", "loss", "backward")
-                     and r.first_nonfinite.kind == "inf" and not r.first_nonfinite.masked_input
-                     and r.first_nonfinite.reproduced is not False
-                     and op_short(r.first_nonfinite.op) not in DOMAIN_OPS]
-        findings = []
-        def same_failure(r) -> bool:
-            e, w = failing16[0].first_nonfinite, r.first_nonfinite
-            return w is not None and w.step <= e.step and (w.op == e.op or w.step < e.step)
-        if failing16 and wide and all(same_failure(r) for r in wide):
-            failing16 = []       # float32/bfloat16 fail the same way: not a float16 problem
-        if failing16:
-            run = failing16[0]
-            event = run.first_nonfinite
-            assert event is not None
-            loc = where(event)
-            wide_failing = [r for r in wide if r.first_nonfinite is not None]
-            evidence = [f"{run.precision}: {event.op} in {module_label(event.module)}"
-                        + (f" at {loc}" if loc else "") + f" produced {'Inf' if event.kind == 'inf' else 'NaN'} at step {event.step}"]
-
-            ins = [t for t in event.inputs if t.name != "scalar"]
-            if ins:
-                evidence.append("its inputs were finite, max |x| " + ", ".join(
-                    num(max(abs(t.min or 0), abs(t.max or 0))) for t in ins[:2]) + f" (float16 max {num(FP16_MAX)})")
-            for r in wide:
-                peak, module = _peak_activation(r)
-                if peak:
-                    evidence.append(f"{r.precision}: {'clean' if r in wide_clean else 'failed'}, largest activation "
-                                    f"{num(peak)} in {module_label(module)}"
-                                    + (f" ({num(peak / FP16_MAX)}x the float16 max)" if peak > FP16_MAX else ""))
-            explains = bool(wide_clean) and not wide_failing
-            clean_names = ", ".join(r.precision for r in wide_clean)
-            module = event.module
-            fix = (f"train in bf16-mixed{' (clean here)' if any(r.precision.startswith('bf16') for r in wide_clean) else ''}, "
-                   f"or keep {module_label(module)} in float32: "
-                   "`with torch.autocast(device_type, enabled=False): y = block(x.float())`; or reduce its scale "
-                   "(normalise its input, scale attention logits by 1/sqrt(d))")
-            findings.append(Finding(self.id, Severity.ERROR.value if explains else Severity.WARNING.value,
-                                    0.8 if explains else 0.3,
-                                    f"float16 overflow in {module_label(module)}"
-                                    + (f" (clean in {clean_names})" if clean_names else ""),
-                                    evidence, fix, module=module, source=loc,
-                                    precisions=[r.precision for r in failing16], explains_origin=explains))
-            return findings
+        events = owned_events(trace, self.id)
+        if events:
+            return [self._failure(ctx, events)]
         # No failure: warn about headroom in any run that used float16.
         limit = ctx.thresholds["headroom_warn"]
         if not any(r.precision in SIXTEEN_BIT for r in trace.runs):
@@ -108,3 +64,46 @@ class Fp16Overflow(Rule):
                                 f"keep {module_label(module)} in float32 under autocast, normalise its input, or use bf16-mixed",
                                 module=module, source=layer.source if layer else None, precisions=[run.precision])]
         return []
+
+    def _failure(self, ctx: Context, events: list[NonfiniteEvent]) -> Finding:
+        trace = ctx.trace
+        event = events[0]
+        loc = where(event)
+        only16 = fails_only_in_16bit(trace, event)
+        ins = [t for t in event.inputs if t.value is None and t.name != "scalar"]
+        evidence = [f"{event.precision}: {event.call or event.op} in {module_label(event.module)}{at(loc)} produced "
+                    f"{'Inf' if event.kind == 'inf' else 'NaN'} at step {event.step} in {event.phase}"]
+        if ins:
+            evidence.append("its inputs were finite, max |x| " + ", ".join(num(max_abs(t)) for t in ins[:2])
+                            + f" (float16 max {num(FP16_MAX)})")
+        if event.output is not None and event.output.inf:
+            evidence.append(f"{event.output.inf} output elements overflowed to inf")
+        wide = wide_runs(trace)
+        for run in wide:
+            peak, module = _peak_activation(run)
+            evidence.append(f"{run.precision}{' (reference run)' if run in trace.reference_runs else ''}: "
+                            f"{'clean' if run.first_nonfinite is None else 'failed'}"
+                            + (f", largest activation {num(peak)} in {module_label(module)}" if peak else "")
+                            + (f" ({num(peak / FP16_MAX)}x the float16 max)" if peak > FP16_MAX else ""))
+        if only16 is None:
+            evidence.append(f"only {event.precision} was scanned: the float32 re-run of step {event.step} tells an "
+                            "overflow (finite in float32) from a domain error (still non-finite)")
+        module = event.module
+        op_fix = fix_for(event, at(loc))
+        if event.precision == "16-true":
+            fix = (f"{op_fix}; or train in 16-mixed / bf16-mixed so the op computes in float32 or with float32's range"
+                   if op_fix else "train in 16-mixed or bf16-mixed instead of pure float16 weights")
+        else:
+            fix = ("train in bf16-mixed, or keep " + module_label(module) + " in float32: "
+                   "`with torch.autocast(device_type, enabled=False): y = block(x.float())`; or reduce its scale "
+                   "(normalise its input, scale attention logits by 1/sqrt(d))")
+        clean = ", ".join(r.precision for r in wide if r.first_nonfinite is None)
+        return Finding(self.id, Severity.ERROR.value, 0.8 if only16 else 0.6,
+                       f"float16 overflow in {module_label(module)}" + (f" (clean in {clean})" if clean else ""),
+                       evidence, fix, module=module or None, source=loc, precisions=[e.precision for e in events],
+                       explains_origin=True, mechanism="overflow")
+
+    def plan(self, ctx, finding):  # type: ignore[override]
+        # With a clean float32 run the overflow is shown already; without one, step-fp32 decides.
+        requests = super().plan(ctx, finding)
+        return requests if not wide_runs(ctx.trace) else [r for r in requests if r.id != "step-fp32"]

@@ -4,10 +4,11 @@ from __future__ import annotations
 import math
 from typing import Optional
 
-from ...trace import PostmortemTrace, RunTrace, SourceLocation
+from ...trace import NonfiniteEvent, PostmortemTrace, RunTrace, SourceLocation
 from ...trace.numbers import num
 from ..facts import finite, module_label
 from ..finding import Finding, Severity
+from ..ownership import lr_at, owned_events
 from .base import Context, Rule
 
 
@@ -31,6 +32,22 @@ def _loss_growth(run: RunTrace) -> tuple[float, Optional[float], Optional[float]
     if low <= 0:
         return (math.inf if last > 0 and low == 0 else 1.0), low, last
     return last / low, low, last
+
+
+def _infinite_lr(ctx: Context, event: NonfiniteEvent) -> Finding:
+    """The optimizer was handed a non-finite learning rate (a schedule dividing by 0 at step 0)."""
+    run = ctx.trace.run(event.precision)
+    lr = lr_at(run, event.step)
+    configured = run.optimizer.get("lr") if run else None
+    shown = configured if isinstance(configured, (int, float)) and not math.isfinite(configured) else lr
+    loc = ctx.trace.functions.get("build_scheduler") or _optimizer_location(ctx)
+    evidence = [f"step {event.step}: the optimizer step ran with learning rate {num(shown)}"
+                + (f" and made {event.parameter} non-finite" if event.parameter else " and made the parameters non-finite"),
+                "the gradients of this step were finite: the update itself is infinite"]
+    fix = (f"the learning-rate schedule{' at ' + str(loc) if loc else ''} returns a non-finite factor at step "
+           f"{event.step}: guard its division (e.g. `1 / math.sqrt(max(step, 1))`, warm-up from step 1)")
+    return Finding("high-lr", Severity.ERROR.value, 0.9, f"the learning rate is {num(shown)} at step {event.step}",
+                   evidence, fix, source=loc, precisions=[event.precision], explains_origin=True, mechanism="overflow")
 
 
 def _optimizer_location(ctx: Context) -> Optional[SourceLocation]:
@@ -60,6 +77,9 @@ class HighLearningRate(Rule):
     experiments = {"lower-lr": "finite"}
 
     def check(self, ctx: Context) -> list[Finding]:
+        owned = owned_events(ctx.trace, self.id)
+        if owned:
+            return [_infinite_lr(ctx, owned[0])]
         limit = ctx.thresholds["update_ratio_high"]
         failing, warned = [], []
         for run in ctx.trace.runs:
@@ -78,8 +98,13 @@ class HighLearningRate(Rule):
         if not chosen:
             return []
         run, ratio, where, at, growth, low, last = max(chosen, key=lambda c: c[1])
-        lr = run.optimizer.get("lr")
+        # The lr in force when the run diverged (a warm-up or schedule changes it step by step).
+        lr = lr_at(run, run.first_nonfinite.step - 1 if run.first_nonfinite else run.start_step + run.steps_run - 1)
+        first_lr = lr_at(run, run.start_step)
         evidence = []
+        if lr is not None and first_lr is not None and lr != first_lr:
+            evidence.append(f"the schedule raised the learning rate from {num(first_lr)} at step {run.start_step} to "
+                            f"{num(lr)} before the divergence")
         if ratio > limit:
             evidence.append(f"update ratio {num(ratio)} at step {at} in {module_label(where)} "
                             f"(healthy runs stay near 1e-3; threshold {num(limit)})")

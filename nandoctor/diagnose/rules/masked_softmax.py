@@ -2,7 +2,8 @@
 from __future__ import annotations
 
 from ..evidence import at, code, group_events
-from ..facts import SOFTMAX_OPS, module_label, op_short, origin_events, where
+from ..facts import module_label, where
+from ..ownership import owned_events
 from ..finding import Finding, Severity
 from .base import Context, Rule
 
@@ -31,8 +32,7 @@ class MaskedSoftmax(Rule):
     confirm_only = frozenset({"step-fp64"})
 
     def check(self, ctx: Context) -> list[Finding]:
-        events = [e for e in origin_events(ctx.trace) if e.masked_input and
-                  (op_short(e.op) in SOFTMAX_OPS or (e.forward_op or "") in SOFTMAX_OPS)]
+        events = owned_events(ctx.trace, self.id)
         findings = []
         for (_, module, _, _), group in group_events(events).items():
             event = group[0]
@@ -47,6 +47,6 @@ class MaskedSoftmax(Rule):
                    "`torch.finfo(scores.dtype).min` instead of `float('-inf')`, or zero those rows after softmax "
                    "(`probs = probs.masked_fill(mask.all(-1, keepdim=True), 0.0)`)")
             findings.append(Finding(self.id, Severity.ERROR.value, 0.9, f"softmax over a fully masked row{at(loc)}",
-                                    evidence, fix, module=module, source=loc, precisions=[e.precision for e in group],
-                                    explains_origin=True))
+                                    evidence, fix, module=module or None, source=loc, precisions=[e.precision for e in group],
+                                    explains_origin=True, mechanism="mask"))
         return findings

@@ -4,6 +4,7 @@ from __future__ import annotations
 from ...trace import PostmortemTrace
 from ...trace.numbers import num
 from ..finding import Finding, Severity
+from ..ownership import owned_events
 from .base import Context, Rule
 
 
@@ -29,8 +30,8 @@ class PoisonedOptimizerState(Rule):
     title = "optimizer state holds NaN/Inf"
 
     def check(self, ctx: Context) -> list[Finding]:
-        runs = [r for r in ctx.trace.runs if r.first_nonfinite is not None and r.first_nonfinite.phase == "optimizer"
-                and any(t.nan or t.inf for t in r.first_nonfinite.inputs)]
+        runs = [r for r in ctx.trace.runs if r.first_nonfinite is not None
+                and r.first_nonfinite in owned_events(ctx.trace, self.id)]
         if not runs:
             return []
         event = runs[0].first_nonfinite
