@@ -109,7 +109,7 @@ TABLE: dict[str, OpSemantics] = {
     **dict.fromkeys(("pow", "float_power"), _POW),
     **dict.fromkeys(("acos", "asin", "arccos", "arcsin", "acosh"), _INV_TRIG),
     **dict.fromkeys(("atanh", "arctanh"), _ATANH),
-    **dict.fromkeys(("lgamma", "digamma", "polygamma", "mvlgamma", "special_zeta"), _GAMMA),
+    **dict.fromkeys(("lgamma", "digamma", "polygamma", "mvlgamma", "special_zeta", "erfinv"), _GAMMA),
     **dict.fromkeys(("exp", "exp2", "expm1", "softplus", "special_erfcx"), _EXP),
     **dict.fromkeys(("sinh", "cosh", "tan"), _HYP),
     **dict.fromkeys(("mul", "square", "mm", "bmm", "addmm", "baddbmm", "addbmm", "matmul", "linear", "convolution",

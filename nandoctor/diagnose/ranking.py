@@ -39,12 +39,12 @@ def _reason(finding: Finding, first: Finding | None) -> str:
         return "upstream cause: it explains the first non-finite value and everything after it"
     if finding.confirmed:
         return "explains the origin, confirmed by an experiment" if finding.explains_origin else "confirmed by an experiment"
+    if first is not None and first is not finding and first.explains_origin and tier >= 3:
+        return f"a symptom of the leading cause ({first.id}), not a cause of its own"
     if finding.explains_origin:
         return ("explains where the first non-finite value was born" if tier <= 2 else
                 "explains the origin, but as a symptom: no more specific cause was found" if tier == 3 else
                 "fallback: the failure is real and no specific rule explains it")
-    if first is not None and first is not finding and first.explains_origin and tier == 3:
-        return f"a symptom of the leading cause ({first.id}), not a cause of its own"
     if finding.severity == Severity.ERROR.value:
         return "an error that does not explain where the first non-finite value was born"
     return f"{finding.severity}: a risk, not the failure's origin"

@@ -24,6 +24,9 @@ class DataNonfinite(Rule):
     `std + eps` in a division). As a last resort, `torch.nan_to_num` on the batch.
 
     Example: `x = torch.log(raw)` in get_batch with raw values of 0 gives -inf features.
+
+    Thresholds: none; a NaN/Inf element in a batch is a fact. Confidence 0.95: the batch is checked
+    before the forward pass, so nothing else can have made it.
     """
 
     id = "data-nonfinite"

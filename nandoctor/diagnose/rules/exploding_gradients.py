@@ -27,6 +27,11 @@ class ExplodingGradients(Rule):
     add normalisation (LayerNorm) or residual connections; lower the learning rate.
 
     Example: a vanilla RNN over 200 steps with recurrent weights of spectral radius 1.5.
+
+    Thresholds: `thresholds.exploding_growth` (1e3 growth of the total norm),
+    `thresholds.exploding_layer_ratio` (1e4 first/last layer) and
+    `thresholds.exploding_grad_weight_ratio` (1e3 ||grad||/||w||). Confidence 0.75 with a
+    failure at the first step, 0.6 with a failure, 0.55 as a warning.
     """
 
     id = "exploding-gradients"

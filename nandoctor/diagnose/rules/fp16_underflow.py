@@ -27,6 +27,10 @@ class Fp16Underflow(Rule):
     least 1e-4 in code that runs in float16 (or `torch.finfo(x.dtype).eps`); or use bf16.
 
     Example: `x / (x.norm(dim=-1, keepdim=True) + 1e-8)` in a 16-true run with a zero row.
+
+    Thresholds: float16's smallest normal 6.1e-5 (IEEE) and `thresholds.underflow_zero_share` (5
+    percentage points more exact-zero gradient elements than float32 at the same steps).
+    Confidence 0.75 for a failure, 0.7 for the warning.
     """
 
     id = "fp16-underflow"

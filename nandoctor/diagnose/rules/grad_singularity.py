@@ -25,6 +25,8 @@ class GradSingularity(Rule):
     `safe = torch.where(mask, x, 1.0); torch.where(mask, torch.sqrt(safe), 0.0)`).
 
     Example: `torch.norm(a - b, dim=-1)` when a == b: the distance is 0, its gradient NaN.
+
+    Thresholds: none; the replay observes the backward op. Confidence 0.8.
     """
 
     id = "grad-singularity"

@@ -70,6 +70,11 @@ class HighLearningRate(Rule):
     and gradient clipping for long runs.
 
     Example: SGD with lr=5 on a small MLP: update ratio 0.9 at step 2, loss 1e3 at step 4, NaN at 6.
+
+    Thresholds: `thresholds.update_ratio_high` (0.1): healthy training moves weights by ~1e-3 of
+    their norm per step (Karpathy's rule of thumb); 100x that overshoots. A loss growth of 10x
+    counts as divergence. Confidence 0.5 + 0.15 (ratio 10x over the threshold) + 0.1 (diverging
+    loss), capped at 0.85; 0.9 for an infinite lr; +0.2 when lr/10 confirms.
     """
 
     id = "high-lr"

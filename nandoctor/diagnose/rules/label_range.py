@@ -21,6 +21,8 @@ class LabelRange(Rule):
     layer as many classes as the data has; use `dtype=torch.long` targets for cross_entropy.
 
     Example: 10 classes labelled 1..10 with `nn.Linear(d, 10)`.
+
+    Thresholds: none; a target outside [0, C) is a fact. Confidence 0.95.
     """
 
     id = "label-range"

@@ -28,6 +28,10 @@ class LossScaleCollapse(Rule):
     use bf16-mixed; check for a forward value that is inf before scaling (see fp16-overflow).
 
     Example: an unnormalised final projection whose gradients exceed 65504 on every step.
+
+    Thresholds: `thresholds.skip_streak` (5 skips in a row; GradScaler skips one or two steps at
+    start-up by design) and a saved scale below 1 (it starts at 65536 and halves per skip).
+    Confidence 0.8 (scan), 0.85 (checkpoint).
     """
 
     id = "loss-scale-collapse"

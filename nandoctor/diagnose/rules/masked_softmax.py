@@ -24,6 +24,8 @@ class MaskedSoftmax(Rule):
     (`torch.nan_to_num(probs)`; `F.scaled_dot_product_attention` handles them in recent torch).
 
     Example: `scores.masked_fill(pad_mask, float('-inf'))` for a batch row of padding only.
+
+    Thresholds: none; the tracer marks the mask. Confidence 0.9.
     """
 
     id = "masked-softmax"

@@ -18,6 +18,9 @@ class Nonreproducible(Rule):
     data order) and scan again; on one machine only, suspect the hardware.
 
     Example: a NaN at step 812 that a replay of step 812 does not show.
+
+    Thresholds: none; claimed only when both replays (untraced and traced) stayed finite. Confidence
+    0.6.
     """
 
     id = "nonreproducible"

@@ -18,6 +18,8 @@ class ParamNonfinite(Rule):
     divergence started), then find the cause with `nandoctor scan model.py --checkpoint EARLIER`.
 
     Example: `layers.11.attn.out_proj.weight: 4096 NaN of 4096`.
+
+    Thresholds: none; NaN/Inf counts are facts. Confidence 0.99.
     """
 
     id = "param-nonfinite"

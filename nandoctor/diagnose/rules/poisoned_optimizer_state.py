@@ -11,19 +11,25 @@ from .base import Context, Rule
 class PoisonedOptimizerState(Rule):
     """What it detects: an optimizer step that turns parameters non-finite because the
     optimizer's own state already held NaN/Inf (Adam's exp_avg / exp_avg_sq, a momentum
-    buffer), typically after resuming from a checkpoint (`scan --checkpoint`).
+    buffer), typically after resuming from a checkpoint (`scan --checkpoint`); and in a saved
+    checkpoint (postmortem), state that is non-finite or impossible: NaN/Inf moments, a
+    negative exp_avg_sq, or step counters that disagree between parameters.
 
     Why it produces NaN or Inf: one NaN gradient leaves exp_avg_sq NaN forever (it is a
     running average), so every later update of that parameter is NaN, whatever the data.
 
     Evidence used: the replay's optimizer op whose non-finite input existed before the step,
-    and which parameter and state tensor it was.
+    and which parameter and state tensor it was; in a checkpoint, NaN/Inf/negative counts of
+    every state tensor and the `step` values of all parameters.
 
     How to fix: resume the weights but reset the optimizer state (skip
     `optimizer.load_state_dict`), or resume from an earlier checkpoint; skip steps whose
     gradient norm is not finite so one bad batch cannot poison the moments again.
 
     Example: `exp_avg of 2.weight` all NaN in a checkpoint saved after a NaN gradient.
+
+    Thresholds: none; a NaN/Inf/negative value in the state is a fact. Confidence 0.9 (scan), 0.95
+    (checkpoint); 0.6 for disagreeing step counters.
     """
 
     id = "poisoned-optimizer-state"
@@ -54,23 +60,7 @@ class PoisonedOptimizerState(Rule):
 
 
 def _checkpoint_findings(trace: PostmortemTrace) -> list[Finding]:
-    """What it detects: optimizer state that is non-finite or impossible: NaN/Inf in Adam's
-    exp_avg / exp_avg_sq or SGD's momentum buffer, negative exp_avg_sq, or step counters that
-    disagree between parameters.
-
-    Why it produces NaN or Inf: one NaN gradient leaves exp_avg_sq NaN forever (it is a
-    running average), so every later update of that parameter is NaN even after the data or
-    the learning rate is fixed. Resuming with this state re-poisons healthy weights.
-
-    Evidence used: NaN/Inf/negative counts of every optimizer state tensor and the `step`
-    values of all parameters.
-
-    How to fix: resume the weights but reset the optimizer state (skip
-    `optimizer.load_state_dict`), or resume from an earlier checkpoint; guard against
-    non-finite gradients (GradScaler, or skip the step when `torch.isfinite(grad_norm)` fails).
-
-    Example: `exp_avg_sq of parameter 12: 768 NaN` while the weights are still finite.
-    """
+    """The checkpoint check: non-finite or impossible state values, disagreeing step counters."""
     findings = []
     bad = [o for o in trace.optimizer if o.nan or o.inf or (o.key == "exp_avg_sq" and o.negatives)]
     if bad:

@@ -17,6 +17,8 @@ class ScanIncomplete(Rule):
     How to fix: raise `--max-seconds` / `max_seconds`, lower `steps`, or drop the precision.
 
     Example: a 30-second CI budget that covers 32-true and 16-mixed but not bf16-mixed.
+
+    Thresholds: none. Confidence 1.0 (the run's status is a fact).
     """
 
     id = "scan-incomplete"

@@ -20,6 +20,9 @@ class UserCodeError(Rule):
     meet low-precision ones: create them with `dtype=x.dtype, device=x.device`.
 
     Example: `RuntimeError: mat1 and mat2 must have the same dtype` in a bf16-true run.
+
+    Thresholds: none; the exception is a fact. Confidence 0.9 (the user's line is where it was
+    raised, not always where the bug is).
     """
 
     id = "user-error"

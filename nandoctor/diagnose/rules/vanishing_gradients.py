@@ -23,6 +23,9 @@ class VanishingGradients(Rule):
     activation (`nn.init.xavier_uniform_(w, gain=nn.init.calculate_gain('tanh'))`).
 
     Example: a 12-layer MLP of Linear+Sigmoid: the first layer's gradient is 1e-7 of the last.
+
+    Thresholds: `thresholds.vanishing_ratio` (1e-4 first/last layer median gradient norm).
+    Confidence 0.7 + 0.1 per decade below the threshold, capped at 0.95.
     """
 
     id = "vanishing-gradients"

@@ -24,6 +24,9 @@ class WeightBlowup(Rule):
     `nandoctor scan model.py --checkpoint BASELINE` confirms which.
 
     Example: `head.weight` max |w| 3.2e6 while every other layer stays below 2.
+
+    Thresholds: |w| above 1e4: trained weights are O(1) (init std ~1/sqrt(fan_in)). Confidence 0.7;
+    0.5 for the baseline comparison (information).
     """
 
     id = "weight-blowup"
