@@ -176,6 +176,9 @@ def classify(event: NonfiniteEvent) -> Optional[tuple[str, str]]:
     name = op_name(event.op)
     tensors = _tensors(event)
     masked = event.masked_input or event.mask_source is not None or any(t.masked for t in event.inputs)
+    if name in CONSTANT_OPS and event.kind == "inf" and (carried_inf(event) or (event.output and event.output.inf)):
+        return MASK, ("a -inf/inf constant (a mask value set by indexed assignment, `index_put_` or `torch.full`) "
+                      "is where the trace stops; the op that sums or multiplies it downstream is the real failure")
     if masked:
         return MASK, f"{name} consumed a deliberate -inf mask and turned it into {event.kind.upper()}"
     if carried_inf(event) and event.kind == "nan":

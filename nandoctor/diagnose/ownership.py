@@ -105,8 +105,8 @@ def owner(event: NonfiniteEvent, trace: Trace) -> Optional[str]:
     klass = mechanism[0] if mechanism else None
     name = op_short(event.op)
     if phase == Phase.BACKWARD.value:
-        if klass == MASK and (name in SOFTMAX or (event.forward_op or "").strip("_") in SOFTMAX):
-            return "masked-softmax"
+        if klass == MASK:
+            return "masked-softmax" if name in SOFTMAX or op_short(event.forward_op) in SOFTMAX else "masked-inf"
         if event.kind == "inf" and (name in MATMUL or klass == OVERFLOW):
             return "fp16-overflow" if is_16bit(event.precision) and fails_only_in_16bit(trace, event) is not False \
                 else "exploding-gradients"

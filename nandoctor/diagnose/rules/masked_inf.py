@@ -7,7 +7,7 @@ from ...trace import NonfiniteEvent, OpRef
 from ..evidence import at, code, group_events, input_facts, precisions_of
 from ..facts import module_label, op_short, where
 from ..finding import Finding, Severity
-from ..op_semantics import MASK
+from ..op_semantics import CONSTANT_OPS, MASK
 from ..ownership import owned_events
 from .base import Context, Rule
 
@@ -81,14 +81,20 @@ class MaskedInf(Rule):
         for (_, module, _, phase), group in group_events(owned_events(ctx.trace, self.id)).items():
             event = group[0]
             loc = where(event)
-            consumer = op_short(event.call or event.op)
+            consumer = op_short(event.forward_op if event.phase == "backward" else (event.call or event.op))
+            at_mask = consumer in CONSTANT_OPS
+            if at_mask:
+                consumer = "sum"      # the trace stopped at the mask itself: the usual consumer is a sum over classes
+            kind = "NaN" if event.kind == "nan" else "Inf"
             mechanism, fix = CONSUMERS.get(consumer, (
                 f"{consumer} combined a masked -inf with other values into {event.kind.upper()}",
                 "apply the mask after the arithmetic (`masked_fill` on the result), or mask with "
                 "`torch.finfo(x.dtype).min` instead of -inf"))
             masked_inputs = [t for t in event.inputs if t.inf]
-            evidence = [f"{event.call or event.op} in {module_label(module)}{at(loc)}{code(loc)} produced "
-                        f"{event.kind.upper()} at step {event.step} ({precisions_of(group)}): {mechanism}"]
+            evidence = [f"the -inf mask set{at(loc)}{code(loc)} reached the loss at step {event.step} "
+                        f"({precisions_of(group)}); likely consumer: {mechanism}" if at_mask else
+                        f"{event.call or event.op} in {module_label(module)}{at(loc)}{code(loc)} produced "
+                        f"{kind} at step {event.step} ({precisions_of(group)}): {mechanism}"]
             if masked_inputs:
                 evidence.append(f"{masked_inputs[0].name} held {masked_inputs[0].inf} deliberate infinities")
             facts = input_facts(event)
@@ -98,7 +104,8 @@ class MaskedInf(Rule):
             if site is not None:
                 evidence.append(f"the mask was set by {site.op}{at(site.source)}")
             findings.append(Finding(self.id, Severity.ERROR.value, 0.85,
-                                    f"{consumer} turned a -inf mask into {event.kind.upper()}{at(loc)}", evidence,
+                                    (f"a -inf mask set{at(loc)} reaches the loss" if at_mask
+                                     else f"{consumer} turned a -inf mask into {kind}{at(loc)}"), evidence,
                                     f"at {loc}: {fix}" if loc else fix, module=module or None, source=loc,
                                     precisions=[e.precision for e in group], explains_origin=True, mechanism=MASK))
         return findings
