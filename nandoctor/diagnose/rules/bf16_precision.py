@@ -1,15 +1,16 @@
 """bfloat16's 8-bit mantissa losing the digits a computation needs."""
 from __future__ import annotations
 
-from ..evidence import at, code, group_events, input_facts, precisions_of
+from ...trace import NonfiniteEvent
+from ..evidence import at, code, input_facts, precisions_of
 from ..facts import module_label, op_short, where
 from ..finding import Finding, Severity
 from ..op_semantics import classify
-from ..ownership import owned_events, wide_runs
-from .base import Context, Rule
+from ..ownership import wide_runs
+from .base import Context, OriginRule
 
 
-class Bf16Precision(Rule):
+class Bf16Precision(OriginRule):
     """What it detects: a NaN or Inf born only in a bfloat16 precision (bf16-mixed, bf16-true)
     from a domain or pole op whose input went out of its domain through rounding, while the
     same step in float32 stays finite. The classic case: a one-pass variance E[x²] - E[x]²
@@ -38,29 +39,26 @@ class Bf16Precision(Rule):
     title = "bfloat16 rounding pushed an op out of its domain"
     experiments = {"step-fp32": "finite"}
 
-    def check(self, ctx: Context) -> list[Finding]:
-        findings = []
+    def explain_event(self, ctx: Context, event: NonfiniteEvent, group: list[NonfiniteEvent]) -> Finding:
+        module = event.module
         reference = ", ".join(sorted({r.precision for r in wide_runs(ctx.trace)}))
-        for (_, module, _, _), group in group_events(owned_events(ctx.trace, self.id)).items():
-            event = group[0]
-            loc = where(event)
-            mechanism = classify(event)
-            evidence = [f"{precisions_of(group)}: {event.call or event.op} in {module_label(module)}{at(loc)}{code(loc)} "
-                        f"produced {event.kind.upper()} at step {event.step}"
-                        + (f": {mechanism[1]}" if mechanism else ""),
-                        f"{reference or 'float32'} ran step {event.step} finite: the value is in the op's domain "
-                        "before bfloat16 rounding (8-bit mantissa, eps 7.8e-3)"]
-            facts = input_facts(event)
-            if facts:
-                evidence.append(facts)
-            if event.producer is not None:
-                evidence.append(f"its input came from {event.producer.op}{at(event.producer.source)}")
-            name = op_short(event.op)
-            fix = (f"compute this statistic in float32{at(loc)}: `x = x.float()` before it (or "
-                   "`torch.autocast(device_type, enabled=False)`), use `torch.var(x, -1, unbiased=False)` instead "
-                   f"of E[x²] - E[x]², and clamp the argument of {name} (`.clamp_min(0)`)")
-            findings.append(Finding(self.id, Severity.ERROR.value, 0.8,
-                                    f"bfloat16 rounding made {name}'s input leave its domain{at(loc)}", evidence, fix,
-                                    module=module or None, source=loc, precisions=[e.precision for e in group],
-                                    explains_origin=True, mechanism=mechanism[0] if mechanism else ""))
-        return findings
+        loc = where(event)
+        mechanism = classify(event)
+        evidence = [f"{precisions_of(group)}: {event.call or event.op} in {module_label(module)}{at(loc)}{code(loc)} "
+                    f"produced {'NaN' if event.kind == 'nan' else 'Inf'} at step {event.step}"
+                    + (f": {mechanism[1]}" if mechanism else ""),
+                    f"{reference or 'float32'} ran step {event.step} finite: the value is in the op's domain "
+                    "before bfloat16 rounding (8-bit mantissa, eps 7.8e-3)"]
+        facts = input_facts(event)
+        if facts:
+            evidence.append(facts)
+        if event.producer is not None:
+            evidence.append(f"its input came from {event.producer.op}{at(event.producer.source)}")
+        name = op_short(event.op)
+        fix = (f"compute this statistic in float32{at(loc)}: `x = x.float()` before it (or "
+               "`torch.autocast(device_type, enabled=False)`), use `torch.var(x, -1, unbiased=False)` instead "
+               f"of E[x²] - E[x]², and clamp the argument of {name} (`.clamp_min(0)`)")
+        return Finding(self.id, Severity.ERROR.value, 0.8,
+                                f"bfloat16 rounding made {name}'s input leave its domain{at(loc)}", evidence, fix,
+                                module=module or None, source=loc, precisions=[e.precision for e in group],
+                                explains_origin=True, mechanism=mechanism[0] if mechanism else "")

@@ -4,12 +4,11 @@ from __future__ import annotations
 from typing import Optional
 
 from ...trace import NonfiniteEvent, OpRef
-from ..evidence import at, code, group_events, input_facts, precisions_of
+from ..evidence import at, code, input_facts, precisions_of
 from ..facts import module_label, op_short, where
 from ..finding import Finding, Severity
 from ..op_semantics import CONSTANT_OPS, MASK
-from ..ownership import owned_events
-from .base import Context, Rule
+from .base import Context, OriginRule
 
 MASK_OPS = ("masked_fill", "index_put", "where", "full", "fill", "lift_fresh", "scatter", "copy")
 
@@ -44,7 +43,7 @@ def _mask_site(event: NonfiniteEvent) -> Optional[OpRef]:
     return None
 
 
-class MaskedInf(Rule):
+class MaskedInf(OriginRule):
     """What it detects: a deliberate infinity (a mask set with `masked_fill(..., -inf)`,
     indexed assignment `logits[..., banned] = -inf`, `index_put_`, `torch.where(mask, x, -inf)`,
     `torch.full(..., -inf)`) that a later op turned into NaN or an unmasked Inf: a sum of -inf
@@ -73,39 +72,34 @@ class MaskedInf(Rule):
 
     id = "masked-inf"
     title = "a deliberate -inf mask turned into NaN"
-    experiments = {"step-fp64": "nonfinite"}
-    confirm_only = frozenset({"step-fp64"})
 
-    def check(self, ctx: Context) -> list[Finding]:
-        findings = []
-        for (_, module, _, phase), group in group_events(owned_events(ctx.trace, self.id)).items():
-            event = group[0]
-            loc = where(event)
-            consumer = op_short(event.forward_op if event.phase == "backward" else (event.call or event.op))
-            at_mask = consumer in CONSTANT_OPS
-            if at_mask:
-                consumer = "sum"      # the trace stopped at the mask itself: the usual consumer is a sum over classes
-            kind = "NaN" if event.kind == "nan" else "Inf"
-            mechanism, fix = CONSUMERS.get(consumer, (
-                f"{consumer} combined a masked -inf with other values into {event.kind.upper()}",
-                "apply the mask after the arithmetic (`masked_fill` on the result), or mask with "
-                "`torch.finfo(x.dtype).min` instead of -inf"))
-            masked_inputs = [t for t in event.inputs if t.inf]
-            evidence = [f"the -inf mask set{at(loc)}{code(loc)} reached the loss at step {event.step} "
-                        f"({precisions_of(group)}); likely consumer: {mechanism}" if at_mask else
-                        f"{event.call or event.op} in {module_label(module)}{at(loc)}{code(loc)} produced "
-                        f"{kind} at step {event.step} ({precisions_of(group)}): {mechanism}"]
-            if masked_inputs:
-                evidence.append(f"{masked_inputs[0].name} held {masked_inputs[0].inf} deliberate infinities")
-            facts = input_facts(event)
-            if facts:
-                evidence.append(facts)
-            site = _mask_site(event)
-            if site is not None:
-                evidence.append(f"the mask was set by {site.op}{at(site.source)}")
-            findings.append(Finding(self.id, Severity.ERROR.value, 0.85,
-                                    (f"a -inf mask set{at(loc)} reaches the loss" if at_mask
-                                     else f"{consumer} turned a -inf mask into {kind}{at(loc)}"), evidence,
-                                    f"at {loc}: {fix}" if loc else fix, module=module or None, source=loc,
-                                    precisions=[e.precision for e in group], explains_origin=True, mechanism=MASK))
-        return findings
+    def explain_event(self, ctx: Context, event: NonfiniteEvent, group: list[NonfiniteEvent]) -> Finding:
+        module = event.module
+        loc = where(event)
+        consumer = op_short(event.forward_op if event.phase == "backward" else (event.call or event.op))
+        at_mask = consumer in CONSTANT_OPS
+        if at_mask:
+            consumer = "sum"      # the trace stopped at the mask itself: the usual consumer is a sum over classes
+        kind = "NaN" if event.kind == "nan" else "Inf"
+        mechanism, fix = CONSUMERS.get(consumer, (
+            f"{consumer} combined a masked -inf with other values into {event.kind.upper()}",
+            "apply the mask after the arithmetic (`masked_fill` on the result), or mask with "
+            "`torch.finfo(x.dtype).min` instead of -inf"))
+        masked_inputs = [t for t in event.inputs if t.inf]
+        evidence = [f"the -inf mask set{at(loc)}{code(loc)} reached the loss at step {event.step} "
+                    f"({precisions_of(group)}); likely consumer: {mechanism}" if at_mask else
+                    f"{event.call or event.op} in {module_label(module)}{at(loc)}{code(loc)} produced "
+                    f"{kind} at step {event.step} ({precisions_of(group)}): {mechanism}"]
+        if masked_inputs:
+            evidence.append(f"{masked_inputs[0].name} held {masked_inputs[0].inf} deliberate infinities")
+        facts = input_facts(event)
+        if facts:
+            evidence.append(facts)
+        site = _mask_site(event)
+        if site is not None:
+            evidence.append(f"the mask was set by {site.op}{at(site.source)}")
+        return Finding(self.id, Severity.ERROR.value, 0.85,
+                                (f"a -inf mask set{at(loc)} reaches the loss" if at_mask
+                                 else f"{consumer} turned a -inf mask into {kind}{at(loc)}"), evidence,
+                                f"at {loc}: {fix}" if loc else fix, module=module or None, source=loc,
+                                precisions=[e.precision for e in group], explains_origin=True, mechanism=MASK)

@@ -1,14 +1,14 @@
 """Softmax over a fully masked row."""
 from __future__ import annotations
 
-from ..evidence import at, code, group_events
+from ...trace import NonfiniteEvent
+from ..evidence import at, code
 from ..facts import module_label, where
-from ..ownership import owned_events
 from ..finding import Finding, Severity
-from .base import Context, Rule
+from .base import Context, OriginRule
 
 
-class MaskedSoftmax(Rule):
+class MaskedSoftmax(OriginRule):
     """What it detects: softmax (or log_softmax) over a row whose every entry is masked to -inf,
     e.g. a padding-only sequence, or a causal mask combined with a padding mask.
 
@@ -30,25 +30,19 @@ class MaskedSoftmax(Rule):
 
     id = "masked-softmax"
     title = "softmax over a fully masked row"
-    experiments = {"step-fp64": "nonfinite"}
-    confirm_only = frozenset({"step-fp64"})
 
-    def check(self, ctx: Context) -> list[Finding]:
-        events = owned_events(ctx.trace, self.id)
-        findings = []
-        for (_, module, _, _), group in group_events(events).items():
-            event = group[0]
-            loc = where(event)
-            inputs = [t for t in event.inputs if t.name != "scalar"]
-            evidence = [f"{event.op} in {module_label(module)}{at(loc)}{code(loc)} produced NaN at step {event.step} "
-                        f"({', '.join(e.precision for e in group)}) from an input holding only -inf masks"
-                        + (f" ({inputs[0].inf} of its values are -inf)" if inputs else "")]
-            if event.producer:
-                evidence.append(f"the masked scores came from {event.producer.op}{at(event.producer.source)}")
-            fix = (f"some rows are masked entirely{at(loc)}: fill masked positions with "
-                   "`torch.finfo(scores.dtype).min` instead of `float('-inf')`, or zero those rows after softmax "
-                   "(`probs = probs.masked_fill(mask.all(-1, keepdim=True), 0.0)`)")
-            findings.append(Finding(self.id, Severity.ERROR.value, 0.9, f"softmax over a fully masked row{at(loc)}",
-                                    evidence, fix, module=module or None, source=loc, precisions=[e.precision for e in group],
-                                    explains_origin=True, mechanism="mask"))
-        return findings
+    def explain_event(self, ctx: Context, event: NonfiniteEvent, group: list[NonfiniteEvent]) -> Finding:
+        module = event.module
+        loc = where(event)
+        inputs = [t for t in event.inputs if t.name != "scalar"]
+        evidence = [f"{event.op} in {module_label(module)}{at(loc)}{code(loc)} produced NaN at step {event.step} "
+                    f"({', '.join(e.precision for e in group)}) from an input holding only -inf masks"
+                    + (f" ({inputs[0].inf} of its values are -inf)" if inputs else "")]
+        if event.producer:
+            evidence.append(f"the masked scores came from {event.producer.op}{at(event.producer.source)}")
+        fix = (f"some rows are masked entirely{at(loc)}: fill masked positions with "
+               "`torch.finfo(scores.dtype).min` instead of `float('-inf')`, or zero those rows after softmax "
+               "(`probs = probs.masked_fill(mask.all(-1, keepdim=True), 0.0)`)")
+        return Finding(self.id, Severity.ERROR.value, 0.9, f"softmax over a fully masked row{at(loc)}",
+                                evidence, fix, module=module or None, source=loc, precisions=[e.precision for e in group],
+                                explains_origin=True, mechanism="mask")

@@ -3,12 +3,12 @@ indeterminate form, or a composite op that hits one of them inside."""
 from __future__ import annotations
 
 from ...trace import NonfiniteEvent
-from ..evidence import at, code, group_events, input_facts, precisions_of
+from ..evidence import at, code, input_facts, precisions_of
 from ..facts import SOFTMAX_OPS, module_label, op_short, where
 from ..finding import Finding, Severity
 from ..op_semantics import classify, fix_for
-from ..ownership import is_16bit, owned_events, wide_runs
-from .base import Context, Rule
+from ..ownership import is_16bit, wide_runs
+from .base import Context, OriginRule
 
 
 def unstable_fix(event: NonfiniteEvent) -> str:
@@ -29,7 +29,7 @@ def unstable_fix(event: NonfiniteEvent) -> str:
     return fix_for(event, here) or f"guard the op{here} against its domain edge (clamp the input, add an epsilon)"
 
 
-class UnstableOp(Rule):
+class UnstableOp(OriginRule):
     """What it detects: an op that made NaN or Inf from finite inputs in the forward pass or
     the loss, classified by the op-semantics table: a pole (log/log2 of 0, 1/0, 0 ** -0.5,
     rsqrt(0), atanh(±1), lgamma at 0), a domain edge (sqrt/log of a negative, a fractional
@@ -64,36 +64,33 @@ class UnstableOp(Rule):
     experiments = {"step-fp64": "nonfinite", "step-fp32": "nonfinite"}
     confirm_only = frozenset({"step-fp64", "step-fp32"})
 
-    def check(self, ctx: Context) -> list[Finding]:
-        findings = []
-        for (_, module, _, phase), group in group_events(owned_events(ctx.trace, self.id)).items():
-            event = group[0]
-            loc = where(event)
-            mechanism = classify(event)
-            klass, how = mechanism if mechanism else ("", "")
-            kind = "NaN" if event.kind == "nan" else "Inf"
-            shown = event.call or event.op
-            evidence = [f"{shown} in {module_label(module)}{at(loc)}{code(loc)} produced {kind} at step "
-                        f"{event.step} ({precisions_of(group)})" + (f" [aten op {event.op}]" if event.call else "")]
-            if how:
-                evidence.append(f"{klass}: {how}")
-            facts = input_facts(event)
-            if facts:
-                evidence.append(facts)
-            scalars = [t for t in event.inputs if t.value is not None]
-            if scalars:
-                evidence.append("scalar arguments: " + ", ".join(f"{t.name} = {t.value}" for t in scalars[:3]))
-            if event.scalar_source is not None:
-                evidence.append(f"a NaN passed as a Python number was made by {event.scalar_source.op}"
-                                f"{at(event.scalar_source.source)}")
-            elif event.producer:
-                evidence.append(f"its input came from {event.producer.op}{at(event.producer.source)}")
-            untested16 = is_16bit(event.precision) and not wide_runs(ctx.trace)
-            title = f"{op_short(event.call or event.op)} produced {kind} in {phase}{at(loc)}" + (f" ({klass})" if klass else "")
-            findings.append(Finding(self.id, Severity.ERROR.value, 0.6 if untested16 else 0.8, title, evidence,
-                                    unstable_fix(event), module=module or None, source=loc,
-                                    precisions=[e.precision for e in group], explains_origin=True, mechanism=klass))
-        return findings
+    def explain_event(self, ctx: Context, event: NonfiniteEvent, group: list[NonfiniteEvent]) -> Finding:
+        module, phase = event.module, event.phase
+        loc = where(event)
+        mechanism = classify(event)
+        klass, how = mechanism if mechanism else ("", "")
+        kind = "NaN" if event.kind == "nan" else "Inf"
+        shown = event.call or event.op
+        evidence = [f"{shown} in {module_label(module)}{at(loc)}{code(loc)} produced {kind} at step "
+                    f"{event.step} ({precisions_of(group)})" + (f" [aten op {event.op}]" if event.call else "")]
+        if how:
+            evidence.append(f"{klass}: {how}")
+        facts = input_facts(event)
+        if facts:
+            evidence.append(facts)
+        scalars = [t for t in event.inputs if t.value is not None]
+        if scalars:
+            evidence.append("scalar arguments: " + ", ".join(f"{t.name} = {t.value}" for t in scalars[:3]))
+        if event.scalar_source is not None:
+            evidence.append(f"a NaN passed as a Python number was made by {event.scalar_source.op}"
+                            f"{at(event.scalar_source.source)}")
+        elif event.producer:
+            evidence.append(f"its input came from {event.producer.op}{at(event.producer.source)}")
+        untested16 = is_16bit(event.precision) and not wide_runs(ctx.trace)
+        title = f"{op_short(event.call or event.op)} produced {kind} in {phase}{at(loc)}" + (f" ({klass})" if klass else "")
+        return Finding(self.id, Severity.ERROR.value, 0.6 if untested16 else 0.8, title, evidence,
+                                unstable_fix(event), module=module or None, source=loc,
+                                precisions=[e.precision for e in group], explains_origin=True, mechanism=klass)
 
     def plan(self, ctx, finding):  # type: ignore[override]
         # step-fp32 only tells something when no float32 run was scanned (overflow vs domain).
