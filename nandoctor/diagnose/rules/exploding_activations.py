@@ -68,39 +68,47 @@ class ExplodingActivations(Rule):
     experiments = {"clip-grad": "finite"}
 
     def check(self, ctx: Context) -> list[Finding]:
-        for run in sorted(ctx.trace.runs, key=lambda r: r.first_nonfinite is None):
-            peak, module, step, growth = _peak(run)
-            loss = _largest_loss(run)
-            huge_loss = loss is not None and loss[0] > LOSS_ABS
-            if not (peak > ACTIVATION_ABS or huge_loss or (growth > GROWTH and peak > ACTIVATION_ABS / 1e4
-                                                             and run.first_nonfinite is not None)):
-                continue
-            event = run.first_nonfinite
-            failed = event is not None
-            evidence = []
-            if peak:
-                evidence.append(f"max |activation| {num(peak)} in {module_label(module)} at step {step}"
-                                + (f", {num(growth)}x its first recorded value" if growth > 10 else "")
-                                + f" (normalised layers stay near 1; threshold {num(ACTIVATION_ABS)})")
-            if huge_loss and loss is not None:
-                evidence.append(f"loss {num(loss[0])} at step {loss[1]}")
-            if event is not None:
-                evidence.append(f"{run.precision} went non-finite at step {event.step} in {event.phase}"
-                                + (" (the replay stayed finite: the values sit at the edge of the range)"
-                                   if event.reproduced is False else ""))
-            layer = run.layer(module)
-            fix = ("add normalisation (LayerNorm) between blocks and clip gradients (`grad_clip: 1.0`)"
-                   + (f"; {module_label(module)} is a {layer.type}: initialise its recurrent weights with spectral "
-                      "radius below 1 (`nn.init.orthogonal_(weight_hh)`) or use an LSTM/GRU"
-                      if layer is not None and layer.type in RECURRENT else ""))
-            if layer is not None and layer.source is not None:
-                fix = f"at {layer.source} (`{layer.source.code}`): " + fix if layer.source.code else f"at {layer.source}: " + fix
-            explains = failed and owner(event, ctx.trace) in (None, "nonreproducible", "exploding-gradients")
-            return [Finding(self.id, (Severity.ERROR if failed else Severity.WARNING).value, 0.8 if failed else 0.5,
-                            f"activations explode in {module_label(module)} (max |x| {num(peak)})", evidence, fix,
-                            module=module or None, source=layer.source if layer else None,
-                            precisions=[run.precision], explains_origin=bool(explains), mechanism="overflow")]
-        return []
+        matching = [run for run in sorted(ctx.trace.runs, key=lambda r: r.first_nonfinite is None) if self._applies(ctx, run)]
+        return [self._finding(ctx, matching[0], matching)] if matching else []
 
+    def _applies(self, ctx: Context, run: RunTrace) -> bool:
+        peak, _, _, growth = _peak(run)
+        loss = _largest_loss(run)
+        event = run.first_nonfinite
+        owned = event is not None and owner(event, ctx.trace) == self.id
+        return (owned or peak > ACTIVATION_ABS or (loss is not None and loss[0] > LOSS_ABS)
+                or (growth > GROWTH and peak > ACTIVATION_ABS / 1e4 and event is not None))
 
-
+    def _finding(self, ctx: Context, run: RunTrace, matching: list[RunTrace]) -> Finding:
+        peak, module, step, growth = _peak(run)
+        loss = _largest_loss(run)
+        huge_loss = loss is not None and loss[0] > LOSS_ABS
+        event = run.first_nonfinite
+        owned = event is not None and owner(event, ctx.trace) == self.id
+        failed = event is not None
+        evidence = []
+        if peak:
+            evidence.append(f"max |activation| {num(peak)} in {module_label(module)} at step {step}"
+                            + (f", {num(growth)}x its first recorded value" if growth > 10 else "")
+                            + f" (normalised layers stay near 1; threshold {num(ACTIVATION_ABS)})")
+        if huge_loss and loss is not None:
+            evidence.append(f"loss {num(loss[0])} at step {loss[1]}")
+        if owned and event is not None:
+            evidence.append(f"{event.call or event.op}{' at ' + str(event.user_source) if event.user_source else ''} "
+                            f"overflowed {run.precision}'s range in {event.phase} at step {event.step}")
+        elif event is not None:
+            evidence.append(f"{run.precision} went non-finite at step {event.step} in {event.phase}"
+                            + (" (the replay stayed finite: the values sit at the edge of the range)"
+                               if event.reproduced is False else ""))
+        layer = run.layer(module)
+        fix = ("add normalisation (LayerNorm) between blocks and clip gradients (`grad_clip: 1.0`)"
+               + (f"; {module_label(module)} is a {layer.type}: initialise its recurrent weights with spectral "
+                  "radius below 1 (`nn.init.orthogonal_(weight_hh)`) or use an LSTM/GRU"
+                  if layer is not None and layer.type in RECURRENT else ""))
+        if layer is not None and layer.source is not None:
+            fix = f"at {layer.source} (`{layer.source.code}`): " + fix if layer.source.code else f"at {layer.source}: " + fix
+        explains = owned or (failed and owner(event, ctx.trace) in (None, "nonreproducible", "exploding-gradients"))
+        return Finding(self.id, (Severity.ERROR if failed else Severity.WARNING).value, 0.8 if failed else 0.5,
+                        f"activations explode in {module_label(module)} (max |x| {num(peak)})", evidence, fix,
+                        module=module or None, source=(layer.source if layer else None) or (event.user_source if owned and event else None),
+                        precisions=[r.precision for r in matching], explains_origin=bool(explains), mechanism="overflow")
