@@ -71,10 +71,13 @@ class BadInit(Rule):
         if len(finite_acts) >= 2 and finite_acts[0][1] > 0:
             growth = max(v for _, v in finite_acts[1:]) / finite_acts[0][1]
         # A failure only in float16 while float32 ran the same step clean is a range problem of
-        # the precision, not of the init (the init is the same in every precision).
+        # the precision, unless the init itself makes activations grow by orders of magnitude
+        # through the layers (the init is the same in every precision).
+        exploding_init = growth is not None and growth > limit_growth
         early_fail = [r for r in runs if r.first_nonfinite and r.first_nonfinite.step <= r.start_step + 1
                       and r.first_nonfinite.phase in ("forward", "loss", "backward")
-                      and not (is_16bit(r.precision) and fails_only_in_16bit(ctx.trace, r.first_nonfinite))]
+                      and (exploding_init or not (is_16bit(r.precision)
+                                                  and fails_only_in_16bit(ctx.trace, r.first_nonfinite)))]
         types = {l.module: l.type for l in run.layers}
         big_std = [p for p in run.params if _rms(p) > 10 * _default_rms(p, types.get(p.module, ""))]
         if not huge and not big_std and not (growth is not None and growth > limit_growth):
