@@ -181,6 +181,9 @@ def classify(event: NonfiniteEvent) -> Optional[tuple[str, str]]:
                       "is where the trace stops; the op that sums or multiplies it downstream is the real failure")
     if masked:
         return MASK, f"{name} consumed a deliberate -inf mask and turned it into {event.kind.upper()}"
+    if event.scalar_source is not None or (name not in CONSTANT_OPS and any(math.isnan(v) for v in _scalars(event))):
+        made_by = event.scalar_source.op if event.scalar_source else "a 0-dim computation"
+        return INDETERMINATE, f"a NaN made by {made_by} reached {name} as a Python number (`.item()`, `float()`)"
     if carried_inf(event) and event.kind == "nan":
         return INDETERMINATE, f"{name} combined an infinite input into NaN (inf - inf, 0 * inf or inf / inf)"
     if entry is None and name in CONSTANT_OPS and any(math.isnan(v) for v in _scalars(event)):
@@ -208,6 +211,8 @@ def classify(event: NonfiniteEvent) -> Optional[tuple[str, str]]:
         return DOMAIN, f"{name} of a negative value is NaN ({negatives} negatives, min {min(t.min or 0 for t in tensors):.3g})"
     if entry.klass == POLE and zeros:
         return POLE, f"{name} at 0 is infinite ({zeros} zeros in its input)"
+    if entry.klass == OVERFLOW and event.kind == "nan":
+        return INDETERMINATE, f"{name} made NaN from finite inputs: an inf - inf or 0 * inf inside it"
     if entry.klass == OVERFLOW:
         return OVERFLOW, f"{entry.edge}: the input reached max |x| {peak:.3g} in {dtype} (max {limit:.3g})"
     return entry.klass, entry.edge
