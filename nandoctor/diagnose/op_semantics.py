@@ -218,6 +218,12 @@ def classify(event: NonfiniteEvent) -> Optional[tuple[str, str]]:
     return entry.klass, entry.edge
 
 
+def generic_arithmetic(event: NonfiniteEvent) -> bool:
+    """A product, sum or matmul: when it overflows float32 the values it was given exploded,
+    the op itself has no edge to guard (unlike exp or cosh)."""
+    return semantics(event) in (_MUL, _SUM)
+
+
 def fix_for(event: NonfiniteEvent, here: str) -> Optional[str]:
     entry = semantics(event)
     return entry.fix.replace("{here}", here) if entry else None

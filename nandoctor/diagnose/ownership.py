@@ -14,9 +14,8 @@ from typing import Optional
 from ..trace import NonfiniteEvent, RunTrace, Trace
 from ..trace.vocab import DTYPE_SUBNORMAL, DTYPE_TINY, Phase, precision_from_name
 from .facts import is_empty_reduction, op_short
-from .op_semantics import DOMAIN, INDETERMINATE, MASK, OVERFLOW, classify
+from .op_semantics import DOMAIN, INDETERMINATE, MASK, OVERFLOW, classify, generic_arithmetic
 
-ACCUMULATE = {"mul", "add", "sub", "sum", "cumsum", "square", "prod"}
 SOFTMAX = {"softmax", "log_softmax", "safe_softmax"}
 MATMUL = {"addmm", "mm", "bmm", "matmul", "linear", "convolution", "baddbmm", "addbmm", "mkldnn_convolution",
           "convolution_backward", "einsum"}
@@ -128,7 +127,7 @@ def owner(event: NonfiniteEvent, trace: Trace) -> Optional[str]:
             return "fp16-overflow"
     if only16 and compute_dtype(event.precision) == "bfloat16" and klass in (DOMAIN, INDETERMINATE, "pole"):
         return "bf16-precision"
-    if klass == OVERFLOW and (name in MATMUL or name in ACCUMULATE):
+    if klass == OVERFLOW and generic_arithmetic(event):
         return "exploding-activations"   # a product or sum past float32's max: the values themselves exploded
     if klass is not None:
         return "unstable-op"

@@ -60,7 +60,8 @@ class ExplodingActivations(Rule):
 
     Thresholds: 1e8 for |activation| (O(1) is normal after normalisation; its square overflows
     float16 and approaches float32's range in a few products), 1e10 for the loss, 1e3 growth
-    over steps. Confidence 0.8 when the run failed, 0.5 as a warning.
+    over steps. Confidence 0.55 when the run failed (below exploding-gradients: when both fire, the
+    gradients are the better-tested story), 0.5 as a warning.
     """
 
     id = "exploding-activations"
@@ -107,8 +108,8 @@ class ExplodingActivations(Rule):
                   if layer is not None and layer.type in RECURRENT else ""))
         if layer is not None and layer.source is not None:
             fix = f"at {layer.source} (`{layer.source.code}`): " + fix if layer.source.code else f"at {layer.source}: " + fix
-        explains = owned or (failed and owner(event, ctx.trace) in (None, "nonreproducible", "exploding-gradients"))
-        return Finding(self.id, (Severity.ERROR if failed else Severity.WARNING).value, 0.8 if failed else 0.5,
+        explains = owned or (failed and owner(event, ctx.trace) in (None, "nonreproducible"))
+        return Finding(self.id, (Severity.ERROR if failed else Severity.WARNING).value, 0.55 if failed else 0.5,
                         f"activations explode in {module_label(module)} (max |x| {num(peak)})", evidence, fix,
                         module=module or None, source=(layer.source if layer else None) or (event.user_source if owned and event else None),
                         precisions=[r.precision for r in matching], explains_origin=bool(explains), mechanism="overflow")
