@@ -6,6 +6,7 @@ import pytest
 from conftest import scan_sample
 
 PURE16 = ("32-true", "16-true")
+FP32 = ("32-true",)
 
 # sample: (precisions, top cause, verdict, cause location)
 EXPECTED = {
@@ -26,6 +27,9 @@ EXPECTED = {
     "irnn": (None, "exploding-gradients", "fail", "sample_models/irnn.py:10"),
     "sigmoid_mlp": (None, "vanishing-gradients", "warn", "sample_models/sigmoid_mlp.py:7"),
     "half_adam": (PURE16, "optimizer-eps", "fail", "sample_models/half_adam.py:26"),
+    "distill_banned_classes": (FP32, "masked-inf", "fail", "sample_models/distill_banned_classes.py:36"),
+    "bf16_fast_norm": (("32-true", "bf16-true"), "bf16-precision", "fail", "sample_models/bf16_fast_norm.py:16"),
+    "relu_rnn_forecaster": (FP32, "exploding-activations", "fail", "sample_models/relu_rnn_forecaster.py:14"),
 }
 
 
@@ -43,9 +47,10 @@ def test_every_cause_id_has_a_sample():
     from nandoctor.diagnose import rule_ids
     covered = {expected[1] for expected in EXPECTED.values()}
     # Covered elsewhere: user-error (test_cli), scan-incomplete (max-seconds, LSTM), nonreproducible
-    # (needs non-determinism), poisoned-optimizer-state (needs saved state: test_postmortem).
+    # (needs non-determinism), poisoned-optimizer-state, param-nonfinite, weight-blowup (need saved
+    # state: test_postmortem); every id also has hand-made-trace tests in test_rules_causes.
     missing = set(rule_ids()) - covered - {"user-error", "nonreproducible", "scan-incomplete", "poisoned-optimizer-state",
-                                           "unexplained-nonfinite"}
+                                           "unexplained-nonfinite", "param-nonfinite", "weight-blowup"}
     assert not missing
 
 

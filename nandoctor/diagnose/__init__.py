@@ -4,43 +4,20 @@ from __future__ import annotations
 import inspect
 from typing import Optional
 
+from ..trace import PostmortemTrace, Trace
 from ..trace.thresholds import DEFAULT_THRESHOLDS
-from ..trace import Trace
 from .finding import ExperimentRequest, Finding, Severity
-from .verdict import checkpoint_failed, exit_code_for, scan_failed, verdict
+from .ranking import rank
+from .registry import RULES, get_rule, rule_ids
 from .rules.base import Context, Rule
-from .rules.data import DataNonfinite, DataScale, LabelRange, UserCodeError
-from .rules.numerics import EmptyReduction, GradSingularity, MaskedSoftmax, UnstableOp
-from .rules.optimization import BadInit, ExplodingGradients, HighLearningRate, VanishingGradients
-from .rules.precision import Fp16Overflow, Fp16Underflow, LossScaleCollapse, OptimizerEps
-from .rules.runs import Nonreproducible, ScanIncomplete
-from .rules.state import PoisonedOptimizerState
-from .rules.unexplained import UnexplainedNonfinite, unexplained_findings
-
-RULES: list[Rule] = [
-    DataNonfinite(), DataScale(), LabelRange(), HighLearningRate(), BadInit(), UnstableOp(), GradSingularity(),
-    MaskedSoftmax(), EmptyReduction(), Fp16Overflow(), Fp16Underflow(), LossScaleCollapse(), ExplodingGradients(),
-    VanishingGradients(), OptimizerEps(), PoisonedOptimizerState(), UserCodeError(), Nonreproducible(), ScanIncomplete(),
-    UnexplainedNonfinite(),
-]
-_BY_ID = {rule.id: rule for rule in RULES}
-
-
-def rule_ids() -> list[str]:
-    return [rule.id for rule in RULES]
-
-
-def get_rule(cause_id: str) -> Optional[Rule]:
-    return _BY_ID.get(cause_id)
+from .rules.unexplained_nonfinite import unexplained_findings
+from .verdict import checkpoint_failed, exit_code_for, scan_failed, verdict
 
 
 def explain(cause_id: str) -> Optional[str]:
+    """The cause's documentation (its rule's docstring); None for an unknown id."""
     rule = get_rule(cause_id)
-    if rule is None:
-        from .checkpoint_rules import POSTMORTEM_DOCS
-        doc = POSTMORTEM_DOCS.get(cause_id)
-        return inspect.cleandoc(doc) if doc else None
-    return inspect.cleandoc(type(rule).__doc__ or "")
+    return inspect.cleandoc(type(rule).__doc__ or "") if rule is not None else None
 
 
 def _context(trace: Trace, thresholds: Optional[dict[str, float]]) -> Context:
@@ -62,16 +39,12 @@ def diagnose(trace: Trace, thresholds: Optional[dict[str, float]] = None) -> lis
     return rank(findings)
 
 
-# Among causes that explain the origin, upstream causes come first: NaN data explains every
-# NaN after it; bad labels or data scale explain a divergence better than the learning rate.
-PRECEDENCE = {"data-nonfinite": 0, "label-range": 0, "user-error": 0, "data-scale": 1, "bad-init": 1}
-
-
-def rank(findings: list[Finding]) -> list[Finding]:
-    """Errors before warnings before info; within a severity, causes that explain where the
-    first non-finite value was born before downstream symptoms, then by confidence."""
-    return sorted(findings, key=lambda f: (Severity(f.severity).rank, not f.explains_origin,
-                                           PRECEDENCE.get(f.id, 2) if f.explains_origin else 2, -f.confidence))
+def diagnose_checkpoint(trace: PostmortemTrace) -> list[Finding]:
+    """Every rule's checkpoint check over a saved checkpoint, ranked."""
+    findings: list[Finding] = []
+    for rule in RULES:
+        findings.extend(rule.check_checkpoint(trace))
+    return rank(findings)
 
 
 def plan_experiments(trace: Trace, findings: list[Finding], limit: int = 4) -> list[ExperimentRequest]:
@@ -119,5 +92,5 @@ def _apply_experiments(rule: Rule, finding: Finding, trace: Trace) -> None:
         finding.explains_origin = False
 
 
-__all__ = ["Finding", "Severity", "ExperimentRequest", "diagnose", "plan_experiments", "verdict", "explain", "rule_ids",
-           "RULES", "rank", "exit_code_for", "scan_failed", "checkpoint_failed"]
+__all__ = ["Finding", "Severity", "ExperimentRequest", "diagnose", "diagnose_checkpoint", "plan_experiments", "verdict",
+           "explain", "rule_ids", "get_rule", "RULES", "rank", "exit_code_for", "scan_failed", "checkpoint_failed"]

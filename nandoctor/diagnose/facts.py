@@ -4,8 +4,9 @@ from __future__ import annotations
 import math
 from typing import Iterable, Optional
 
-from ..trace.numbers import num
+
 from ..trace.vocab import DTYPE_MAX, DTYPE_SUBNORMAL, FP16_MAX
+from .op_semantics import op_name
 from ..trace import ExperimentResult, LayerSeries, NonfiniteEvent, RunTrace, SourceLocation, Trace
 
 # float16 precisions (the bf16 ones share float32's range).
@@ -34,11 +35,8 @@ def clean_runs(trace: Trace) -> list[RunTrace]:
 
 
 def op_short(op: Optional[str]) -> str:
-    """aten.log.default -> log; aten._softmax.default -> softmax."""
-    if not op:
-        return ""
-    name = op.split(".")[1] if op.startswith("aten.") and op.count(".") >= 1 else op
-    return name.lstrip("_")
+    """aten.log.default -> log; aten._softmax.default -> softmax; torch.logdet -> logdet."""
+    return op_name(op)
 
 
 def where(event: NonfiniteEvent) -> Optional[SourceLocation]:

@@ -1,4 +1,4 @@
-"""The fallback: a run that failed and that no specific rule explains is still an error."""
+"""The fallback: a failed run no specific rule explains is still an error."""
 from __future__ import annotations
 
 from ...trace import RunStatus, RunTrace
@@ -57,8 +57,9 @@ def unexplained_findings(ctx: Context, findings: list[Finding]) -> list[Finding]
                 source=where, precisions=[run.precision], explains_origin=True))
             continue
         where = event.user_source or event.source
+        kind = "NaN" if event.kind == "nan" else "Inf"
         op = event.op or event.surfaced_in or "an op"
-        evidence = [f"{event.kind.upper()} born in {event.phase} at step {event.step}"
+        evidence = [f"{kind} born in {event.phase} at step {event.step}"
                     + (f", op {event.op}" if event.op else "") + (f", module {event.module}" if event.module else "")
                     + (f", at {where}" if where else "")]
         for t in event.inputs[:3]:
@@ -78,7 +79,7 @@ def unexplained_findings(ctx: Context, findings: list[Finding]) -> list[Finding]
                "compute it in float32, or stop NaN/Inf entering it" if where else
                f"inspect {op}: keep its inputs inside the op's domain, compute it in float32, or stop NaN/Inf entering it")
         out.append(Finding(UnexplainedNonfinite.id, Severity.ERROR.value, 0.5,
-                           f"{event.kind.upper()} in {event.phase} at step {event.step} ({run.precision}) that no rule explains",
+                           f"{kind} in {event.phase} at step {event.step} ({run.precision}) that no rule explains",
                            evidence, fix, module=event.module or None, source=where, precisions=[run.precision],
                            explains_origin=True))
     return out

@@ -1,35 +1,9 @@
-"""Facts about the scan itself: failures that did not reproduce, work the budget cut short."""
+"""Part of the scan that did not run."""
 from __future__ import annotations
 
 from ...trace import ErrorCategory
 from ..finding import Finding, Severity
 from .base import Context, Rule
-
-
-class Nonreproducible(Rule):
-    """What it detects: a step that produced NaN/Inf in the recorded run but stayed finite when
-    replayed from the same weights, optimizer state, batch and random seed.
-
-    Why it produces NaN or Inf: something outside the model's arithmetic: non-deterministic
-    kernels (atomics on GPU), a data loader that returns different data, or hardware faults.
-
-    Evidence used: the replay outcome of the failing step.
-
-    How to fix: make the run deterministic (`torch.use_deterministic_algorithms(True)`, fixed
-    data order) and scan again; on one machine only, suspect the hardware.
-
-    Example: a NaN at step 812 that a replay of step 812 does not show.
-    """
-
-    id = "nonreproducible"
-    title = "the failure did not reproduce"
-
-    def check(self, ctx: Context) -> list[Finding]:
-        runs = [r for r in ctx.trace.runs if r.first_nonfinite is not None and r.first_nonfinite.reproduced is False]
-        return [Finding(self.id, Severity.WARNING.value, 0.6, f"{r.precision}: step {r.first_nonfinite.step} did not "
-                        "reproduce on replay", [r.first_nonfinite.detail], "make data order and kernels deterministic "
-                        "(`torch.use_deterministic_algorithms(True)`) and scan again", precisions=[r.precision])
-                for r in runs if r.first_nonfinite is not None]
 
 
 class ScanIncomplete(Rule):
@@ -43,6 +17,8 @@ class ScanIncomplete(Rule):
     How to fix: raise `--max-seconds` / `max_seconds`, lower `steps`, or drop the precision.
 
     Example: a 30-second CI budget that covers 32-true and 16-mixed but not bf16-mixed.
+
+    Thresholds: none. Confidence 1.0 (the run's status is a fact).
     """
 
     id = "scan-incomplete"

@@ -1,0 +1,140 @@
+"""Which cause owns a run's first non-finite event: exactly one, decided in one place.
+
+The origin rules (unstable-op, masked-inf, fp16-overflow, ...) each take the events this
+function gives them, so two rules never claim one event and an event no rule claims falls
+to `unexplained-nonfinite`. The decision reads typed trace facts only: the phase, the op's
+class in the op-semantics table, the recorded input statistics, the precision and what the
+other precisions did.
+"""
+from __future__ import annotations
+
+import math
+from typing import Optional
+
+from ..trace import NonfiniteEvent, RunTrace, Trace
+from ..trace.vocab import DTYPE_SUBNORMAL, DTYPE_TINY, Phase, precision_from_name
+from .facts import is_empty_reduction, op_short
+from .op_semantics import DOMAIN, INDETERMINATE, MASK, OVERFLOW, classify, generic_arithmetic
+
+SOFTMAX = {"softmax", "log_softmax", "safe_softmax"}
+MATMUL = {"addmm", "mm", "bmm", "matmul", "linear", "convolution", "baddbmm", "addbmm", "mkldnn_convolution",
+          "convolution_backward", "einsum"}
+
+
+def is_16bit(precision: str) -> bool:
+    found = precision_from_name(precision)
+    return bool(found and found.is_16bit)
+
+
+def compute_dtype(precision: str) -> str:
+    found = precision_from_name(precision)
+    return found.compute_dtype if found else "float32"
+
+
+def wide_runs(trace: Trace) -> list[RunTrace]:
+    """Runs (requested or added for reference) that compute in float32."""
+    return [r for r in list(trace.runs) + list(trace.reference_runs)
+            if not is_16bit(r.precision) and r.status != "unsupported"]
+
+
+def fails_only_in_16bit(trace: Trace, event: NonfiniteEvent) -> Optional[bool]:
+    """True when a float32 run covered the failing step and stayed finite there; False when it
+    failed too; None when no float32 run covered it (only the 16-bit precision was scanned)."""
+    covering = []
+    for run in wide_runs(trace):
+        last = run.start_step + run.steps_run - 1 if run.first_nonfinite is None else run.first_nonfinite.step
+        if run.first_nonfinite is not None and run.first_nonfinite.step <= event.step:
+            return False
+        if last >= event.step:
+            covering.append(run)
+    return True if covering else None
+
+
+def lr_at(run: Optional[RunTrace], step: int) -> Optional[float]:
+    if run is None:
+        return None
+    record = next((s for s in run.steps if s.step == step), None)
+    if record is not None and record.lr is not None:
+        return record.lr
+    lr = run.optimizer.get("lr")
+    return float(lr) if isinstance(lr, (int, float)) else None
+
+
+def _optimizer_owner(event: NonfiniteEvent, run: Optional[RunTrace]) -> Optional[str]:
+    lr = lr_at(run, event.step)
+    configured = run.optimizer.get("lr") if run else None
+    if isinstance(configured, (int, float)) and not math.isfinite(configured):
+        lr = configured
+    scalars = [t.value for t in event.inputs if t.value is not None]
+    if (lr is not None and not math.isfinite(lr)) or any(not math.isfinite(v) for v in scalars):
+        return "high-lr"                 # a schedule or a group that hands the optimizer an infinite lr
+    if any(t.nan or t.inf for t in event.inputs if t.value is None):
+        return "poisoned-optimizer-state"
+    eps = run.optimizer.get("eps") if run else None
+    dtype = run.param_dtype if run else "float32"
+    if isinstance(eps, (int, float)) and (eps == 0 or abs(eps) < DTYPE_SUBNORMAL.get(dtype, 0.0) / 2):
+        return "optimizer-eps"
+    mechanism = classify(event)
+    if mechanism is not None and mechanism[0] == INDETERMINATE or op_short(event.op) in ("div", "addcdiv", "reciprocal"):
+        return "optimizer-eps"           # an update divided by a norm or moment that was 0, with no eps to stop it
+    return None
+
+
+def where_trap(event: NonfiniteEvent, run: Optional[RunTrace]) -> bool:
+    """A forward op made inf/NaN that the forward value never used (torch.where picked the other
+    branch): the loss of that step was finite and the failure surfaced in the gradients."""
+    if event.phase not in (Phase.FORWARD.value, Phase.LOSS.value) or event.surfaced_in not in ("gradients", "parameters"):
+        return False
+    record = next((s for s in (run.steps if run else []) if s.step == event.step), None)
+    return record is not None and record.loss is not None and math.isfinite(record.loss)
+
+
+def owner(event: NonfiniteEvent, trace: Trace) -> Optional[str]:
+    """The cause id that explains this event, or None (the fallback then reports it)."""
+    run = trace.run(event.precision)
+    phase = event.phase
+    if event.reproduced is False:
+        return "nonreproducible"
+    if phase == Phase.DATA.value:
+        return "data-nonfinite"
+    if phase == Phase.INIT.value:
+        return "bad-init"
+    if phase == Phase.OPTIMIZER.value:
+        return _optimizer_owner(event, run)
+    mechanism = classify(event)
+    klass = mechanism[0] if mechanism else None
+    name = op_short(event.op)
+    if phase == Phase.BACKWARD.value:
+        if klass == MASK:
+            return "masked-softmax" if name in SOFTMAX or op_short(event.forward_op) in SOFTMAX else "masked-inf"
+        if event.kind == "inf" and (name in MATMUL or klass == OVERFLOW):
+            return "fp16-overflow" if is_16bit(event.precision) and fails_only_in_16bit(trace, event) is not False \
+                else "exploding-gradients"
+        return "grad-singularity"
+    if where_trap(event, run):
+        return "grad-singularity"
+    if klass == MASK:
+        return "masked-softmax" if name in SOFTMAX else "masked-inf"
+    if is_empty_reduction(event, trace):
+        return "empty-reduction"
+    only16 = fails_only_in_16bit(trace, event) if is_16bit(event.precision) else False
+    if only16 is not False and compute_dtype(event.precision) == "float16":
+        tiny = [t for t in event.inputs if t.value and 0 < abs(t.value) < DTYPE_TINY["float16"]]
+        zeros = any(t.zeros for t in event.inputs if t.value is None)
+        if name in ("div", "add", "reciprocal") and (tiny or (zeros and only16)):
+            return "fp16-underflow"      # an epsilon or a small value that is 0 in float16, fine in float32
+        if klass == OVERFLOW or (event.kind == "inf" and klass is None):
+            return "fp16-overflow"
+    if only16 and compute_dtype(event.precision) == "bfloat16" and klass in (DOMAIN, INDETERMINATE, "pole"):
+        return "bf16-precision"
+    if klass == OVERFLOW and generic_arithmetic(event):
+        return "exploding-activations"   # a product or sum past float32's max: the values themselves exploded
+    if klass is not None:
+        return "unstable-op"
+    return None
+
+
+def owned_events(trace: Trace, cause_id: str) -> list[NonfiniteEvent]:
+    """The first non-finite events of the runs that this cause owns."""
+    return [r.first_nonfinite for r in trace.runs
+            if r.first_nonfinite is not None and owner(r.first_nonfinite, trace) == cause_id]

@@ -1,0 +1,59 @@
+"""The order of findings, and the reason for each place, in words.
+
+Errors before warnings before info. Within a severity, causes that explain where the first
+non-finite value was born come before downstream symptoms; among those, upstream causes
+first (NaN data explains every NaN after it; bad labels, data scale or the init explain a
+divergence better than the learning rate), then causes an experiment confirmed (a confirmed
+`high-lr` outranks the `exploding-gradients` it produces), then specific mechanisms before
+symptoms and the fallback, then confidence.
+"""
+from __future__ import annotations
+
+from .finding import Finding, Severity
+
+# 0: the data or the code is wrong before any arithmetic; 1: the starting point is wrong;
+# 2: a mechanism (an op, a precision, a learning rate); 3: how a divergence shows (symptoms);
+# 4: what is left when nothing specific applies.
+TIER = {"data-nonfinite": 0, "label-range": 0, "user-error": 0, "data-scale": 1, "bad-init": 1,
+        "exploding-gradients": 3, "exploding-activations": 3, "weight-blowup": 3, "loss-scale-collapse": 3,
+        "fp16-underflow": 3, "nonreproducible": 4, "unexplained-nonfinite": 4, "scan-incomplete": 4}
+UPSTREAM = 1      # tiers up to this one come before anything else that explains the origin
+
+
+def _tier(finding: Finding) -> int:
+    return TIER.get(finding.id, 2)
+
+
+def _key(finding: Finding) -> tuple:
+    tier = _tier(finding)
+    upstream = tier if finding.explains_origin and tier <= UPSTREAM else UPSTREAM + 1
+    confirmed = {True: 0, None: 1, False: 2}[finding.confirmed]
+    return (Severity(finding.severity).rank, not finding.explains_origin, upstream, confirmed, tier, -finding.confidence)
+
+
+def _reason(finding: Finding, first: Finding | None) -> str:
+    tier = _tier(finding)
+    if finding.confirmed is False:
+        return "refuted by an experiment: its fix did not remove the failure"
+    if finding.explains_origin and tier <= UPSTREAM:
+        return "upstream cause: it explains the first non-finite value and everything after it"
+    if finding.confirmed:
+        return "explains the origin, confirmed by an experiment" if finding.explains_origin else "confirmed by an experiment"
+    if first is not None and first is not finding and first.explains_origin and tier >= 3:
+        return f"a symptom of the leading cause ({first.id}), not a cause of its own"
+    if finding.explains_origin:
+        return ("explains where the first non-finite value was born" if tier <= 2 else
+                "explains the origin, but as a symptom: no more specific cause was found" if tier == 3 else
+                "fallback: the failure is real and no specific rule explains it")
+    if finding.severity == Severity.ERROR.value:
+        return "an error that does not explain where the first non-finite value was born"
+    return f"{finding.severity}: a risk, not the failure's origin"
+
+
+def rank(findings: list[Finding]) -> list[Finding]:
+    """Sort the findings and fill each one's `rank_reason`."""
+    ordered = sorted(findings, key=_key)
+    first = ordered[0] if ordered else None
+    for finding in ordered:
+        finding.rank_reason = _reason(finding, first)
+    return ordered

@@ -1,0 +1,100 @@
+"""A numerically unsafe op at the edge of its inputs: a pole, a domain edge, an overflow, an
+indeterminate form, or a composite op that hits one of them inside."""
+from __future__ import annotations
+
+from ...trace import NonfiniteEvent
+from ..evidence import at, code, input_facts, precisions_of
+from ..facts import SOFTMAX_OPS, module_label, op_short, where
+from ..finding import Finding, Severity
+from ..op_semantics import classify, fix_for
+from ..ownership import is_16bit, wide_runs
+from .base import Context, OriginRule
+
+
+def unstable_fix(event: NonfiniteEvent) -> str:
+    """The fix for this op, written for the user's line; the fused stable form when one exists."""
+    name = op_short(event.op)
+    loc = where(event)
+    here = at(loc)
+    producer = op_short(event.producer.op) if event.producer else ""
+    line = loc.code if loc else ""
+    if name in ("log", "log2", "log10") and (producer in SOFTMAX_OPS or "softmax" in line):
+        return f"replace `torch.log(torch.softmax(x, dim))`{here} with `torch.log_softmax(x, dim)` (or pass logits to `F.cross_entropy`)"
+    if name in ("log", "log2", "log10") and (producer == "sigmoid" or "sigmoid" in line):
+        return f"replace `torch.log(torch.sigmoid(x))`{here} with `F.logsigmoid(x)`, or use `nn.BCEWithLogitsLoss` on the logits"
+    if event.scalar_source is not None:
+        return (f"the NaN reached{here} as a Python number made by {event.scalar_source.op}"
+                f"{at(event.scalar_source.source)}: guard that computation (e.g. `a / b.clamp_min(1e-6)`) before "
+                "calling `.item()` / `float()` on it")
+    return fix_for(event, here) or f"guard the op{here} against its domain edge (clamp the input, add an epsilon)"
+
+
+class UnstableOp(OriginRule):
+    """What it detects: an op that made NaN or Inf from finite inputs in the forward pass or
+    the loss, classified by the op-semantics table: a pole (log/log2 of 0, 1/0, 0 ** -0.5,
+    rsqrt(0), atanh(±1), lgamma at 0), a domain edge (sqrt/log of a negative, a fractional
+    power of a negative, acos outside [-1, 1], logdet/cholesky of a matrix that is not positive
+    definite), an overflow (exp above ~88.7 in float32, cosh, a product beyond the dtype's max),
+    an indeterminate form (0/0, inf - inf), or a composite op (ctc_loss without an alignment,
+    weight_norm of a zero weight, a norm layer over zero variance) that hits one inside.
+
+    Why it produces NaN or Inf: these ops return -inf, inf or NaN for finite inputs at their
+    edge; the value then flows into the loss and every gradient.
+
+    Evidence used: the replay's first op whose output was non-finite, the public torch call
+    the user's line made (`torch.logdet`, with the aten op as detail), its input statistics
+    (min, max, zeros, negatives, Python scalar arguments), the op that produced its input or
+    the 0-dim op that made a NaN passed as a Python number, and whether the step still fails
+    in float64 (a true singularity, not a rounding effect).
+
+    How to fix: the fix written for that op in the table: the fused stable form
+    (`log_softmax`, `logsigmoid`, `logsumexp`, `BCEWithLogitsLoss`), a clamp or an epsilon at
+    the reported line, `zero_infinity=True` for CTC, a ridge for a matrix.
+
+    Example: `torch.log(torch.softmax(logits, -1))` underflows to log(0) = -inf once a class
+    probability rounds to 0; `torch.log_softmax(logits, -1)` never does.
+
+    Thresholds: none; the class comes from the op and the recorded input statistics.
+    Confidence 0.8 (0.6 when only a 16-bit run was scanned and the float32 re-run of the step
+    has not yet told overflow from a domain error).
+    """
+
+    id = "unstable-op"
+    title = "numerically unstable op"
+    experiments = {"step-fp64": "nonfinite", "step-fp32": "nonfinite"}
+    confirm_only = frozenset({"step-fp64", "step-fp32"})
+
+    def explain_event(self, ctx: Context, event: NonfiniteEvent, group: list[NonfiniteEvent]) -> Finding:
+        module, phase = event.module, event.phase
+        loc = where(event)
+        mechanism = classify(event)
+        klass, how = mechanism if mechanism else ("", "")
+        kind = "NaN" if event.kind == "nan" else "Inf"
+        shown = event.call or event.op
+        evidence = [f"{shown} in {module_label(module)}{at(loc)}{code(loc)} produced {kind} at step "
+                    f"{event.step} ({precisions_of(group)})" + (f" [aten op {event.op}]" if event.call else "")]
+        if how:
+            evidence.append(f"{klass}: {how}")
+        facts = input_facts(event)
+        if facts:
+            evidence.append(facts)
+        scalars = [t for t in event.inputs if t.value is not None]
+        if scalars:
+            evidence.append("scalar arguments: " + ", ".join(f"{t.name} = {t.value}" for t in scalars[:3]))
+        if event.scalar_source is not None:
+            evidence.append(f"a NaN passed as a Python number was made by {event.scalar_source.op}"
+                            f"{at(event.scalar_source.source)}")
+        elif event.producer:
+            evidence.append(f"its input came from {event.producer.op}{at(event.producer.source)}")
+        untested16 = is_16bit(event.precision) and not wide_runs(ctx.trace)
+        title = f"{op_short(event.call or event.op)} produced {kind} in {phase}{at(loc)}" + (f" ({klass})" if klass else "")
+        return Finding(self.id, Severity.ERROR.value, 0.6 if untested16 else 0.8, title, evidence,
+                                unstable_fix(event), module=module or None, source=loc,
+                                precisions=[e.precision for e in group], explains_origin=True, mechanism=klass)
+
+    def plan(self, ctx, finding):  # type: ignore[override]
+        # step-fp32 only tells something when no float32 run was scanned (overflow vs domain).
+        requests = super().plan(ctx, finding)
+        if wide_runs(ctx.trace):
+            requests = [r for r in requests if r.id != "step-fp32"]
+        return [r for r in requests if r.id != "step-fp32" or is_16bit(r.precision)]

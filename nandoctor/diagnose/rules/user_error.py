@@ -1,0 +1,56 @@
+"""An exception raised by the user's code."""
+from __future__ import annotations
+
+from ...trace import ErrorCategory
+from ..finding import Finding, Severity
+from .base import Context, Rule
+
+
+class UserCodeError(Rule):
+    """What it detects: an exception raised by the user's own code during a training step
+    (build_model, get_batch, forward, loss, backward, optimizer).
+
+    Why it produces NaN or Inf: it does not; it stops training. It is reported so the scan
+    explains every precision run it could not finish, pointing at the user's line.
+
+    Evidence used: the exception's type and message and the user frames of its traceback.
+
+    How to fix: as the message says, at the reported line. An error only in the 16-true or
+    bf16-true runs usually means forward creates float32 tensors (`torch.zeros(n)`) that
+    meet low-precision ones: create them with `dtype=x.dtype, device=x.device`.
+
+    Example: `RuntimeError: mat1 and mat2 must have the same dtype` in a bf16-true run.
+
+    Thresholds: none; the exception is a fact. Confidence 0.9 (the user's line is where it was
+    raised, not always where the bug is).
+    """
+
+    id = "user-error"
+    title = "the model's code raised an exception"
+
+    def check(self, ctx: Context) -> list[Finding]:
+        errors = [r for r in ctx.trace.runs if r.error is not None and r.error.category == ErrorCategory.USER_CODE.value]
+        if not errors:
+            return []
+        by_message: dict[str, list] = {}
+        for run in errors:
+            assert run.error is not None
+            by_message.setdefault(f"{run.error.exc_type}: {run.error.message}", []).append(run)
+        findings = []
+        for message, runs in by_message.items():
+            err = runs[0].error
+            loc = err.user_source or err.source
+            true_only = all(r.precision.endswith("-true") and r.precision != "32-true" for r in runs)
+            dtype_clash = "dtype" in message or "scalar type" in message
+            fix = f"fix the exception raised at {loc}" if loc else "fix the exception raised in the model file"
+            if true_only and dtype_clash:
+                fix = (f"{loc or 'forward'} mixes dtypes under pure 16-bit weights: create tensors with "
+                       "`dtype=x.dtype` (not `.float()` or default float32), or do not use "
+                       + "/".join(r.precision for r in runs) + " for this model")
+            severity = Severity.WARNING if true_only else Severity.ERROR
+            findings.append(Finding(self.id, severity.value, 0.9,
+                                    f"{err.exc_type} in {err.phase} ({', '.join(r.precision for r in runs)})",
+                                    [message] + [f"called from {f} `{f.code}`" for f in err.frames[-3:]],
+                                    fix, source=loc, precisions=[r.precision for r in runs],
+                                    explains_origin=not true_only))
+        return findings
