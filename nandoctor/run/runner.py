@@ -96,8 +96,10 @@ def _backend_unsupported(run: RunTrace, error) -> bool:
 
 def run_precision(model_file: ModelFile, config: dict[str, Any], precision: Precision, device: torch.device,
                   deadline: Deadline, start_step: int = 0, initial_state: Optional[Callable] = None,
-                  progress: Optional[Progress] = None, model_info: Optional[ModelInfo] = None) -> RunTrace:
-    """Run `config['steps']` recorded training steps; on the first failing step, locate its origin."""
+                  progress: Optional[Progress] = None, model_info: Optional[ModelInfo] = None,
+                  replay: bool = True) -> RunTrace:
+    """Run `config['steps']` recorded training steps; on the first failing step, locate its origin
+    (`replay=False`: a reference run, which only records where the failure surfaced)."""
     run = RunTrace(precision=precision.value, steps_requested=config["steps"], start_step=start_step)
     began = time.perf_counter()
     reason = unsupported_reason(precision, device)
@@ -163,8 +165,9 @@ def run_precision(model_file: ModelFile, config: dict[str, Any], precision: Prec
             if result.failure is not None:
                 run.status = RunStatus.NONFINITE.value
                 recorder.detach()
-                run.first_nonfinite = locate_origin(model_file, config, precision, device, step, start_step,
-                                                    result, initial_state)
+                run.first_nonfinite = (locate_origin(model_file, config, precision, device, step, start_step,
+                                                     result, initial_state) if replay
+                                       else unreplayed_event(precision, step, result))
                 break
     finally:
         recorder.detach()
@@ -179,6 +182,13 @@ def run_precision(model_file: ModelFile, config: dict[str, Any], precision: Prec
 EXTRA_TRACED_STEPS = 3
 
 
+def unreplayed_event(precision: Precision, step: int, seen: StepResult) -> NonfiniteEvent:
+    """What the recorded step itself knows of a failure: where it surfaced, not where it began."""
+    return seen.event or NonfiniteEvent(
+        precision=precision.value, step=step, phase=FAILURE_PHASE[seen.failure or "loss"].value,
+        kind="nan", surfaced_in=seen.failure or "")
+
+
 def locate_origin(model_file: ModelFile, config: dict[str, Any], precision: Precision, device: torch.device,
                   step: int, start_step: int, seen: StepResult, initial_state: Optional[Callable] = None) -> NonfiniteEvent:
     """Re-run deterministically up to `step` (nothing recorded), then replay that step twice from
@@ -189,9 +199,7 @@ def locate_origin(model_file: ModelFile, config: dict[str, Any], precision: Prec
     failure counts as reproduced when either replay fails the way the recorded run did; only
     when both stay finite is the event marked `reproduced=False`.
     """
-    fallback = seen.event or NonfiniteEvent(
-        precision=precision.value, step=step, phase=FAILURE_PHASE[seen.failure or "loss"].value,
-        kind="nan", surfaced_in=seen.failure or "")
+    fallback = unreplayed_event(precision, step, seen)
     try:
         session = TrainingSession(model_file, config, precision, device, initial_state=initial_state)
         for earlier in range(start_step, step):
