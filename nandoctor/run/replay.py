@@ -61,7 +61,7 @@ _ACCUMULATING = frozenset({
     "addmv", "mv", "dot", "vdot", "matmul", "linear", "convolution", "_convolution", "einsum", "var",
     "std", "var_mean", "std_mean", "linalg_vector_norm", "norm", "_foreach_norm", "trace",
     "nll_loss_forward", "nll_loss2d_forward", "binary_cross_entropy", "mse_loss", "l1_loss",
-    "smooth_l1_loss", "huber_loss", "kl_div",
+    "smooth_l1_loss", "huber_loss", "kl_div", "logsumexp", "special_logsumexp",
 })
 # Dunder methods of Tensor and the aten op they dispatch to, for "did this op run inside a
 # decomposition of the call?".
