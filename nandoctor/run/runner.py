@@ -216,11 +216,16 @@ def locate_origin(model_file: ModelFile, config: dict[str, Any], precision: Prec
         fallback.detail = "the replay raised in user code where the recorded run did not"
         return fallback
     fallback.replay_traced, fallback.replay_untraced = traced, untraced
-    if not traced and untraced is not True:
+    if not traced and untraced is False:
         fallback.reproduced = False
-        fallback.detail = (f"step {step} stayed finite when replayed from the same state"
-                           f"{', with and without tracing' if untraced is False else ''}: a transient failure "
-                           "(non-deterministic kernels, data loading or hardware)")
+        fallback.detail = (f"step {step} stayed finite when replayed from the same state, with and without "
+                           "tracing: a transient failure (non-deterministic kernels, data loading or hardware)")
+        return fallback
+    if not traced and untraced is None:
+        # One finite replay is not enough to call the failure transient.
+        fallback.reproduced = None
+        fallback.detail = (f"step {step} stayed finite when replayed with tracing; the untraced replay could "
+                           "not be run, so whether the failure is transient is unknown")
         return fallback
     root = tracer.origin(result.surfaces) if result.failure is not None else None
     if root is None:
@@ -302,7 +307,10 @@ def _untraced_replay(session: TrainingSession, before: Optional[dict[str, Any]],
                 getattr(session, key).load_state_dict(before[key])
     except Exception:  # noqa: BLE001
         return None
-    return _reproduces(session, session.run_step(step), seen)
+    try:
+        return _reproduces(session, session.run_step(step), seen)
+    except UserCodeFailed:       # raised instead of failing: neither a reproduction nor a finite step
+        return None
 
 
 def describe_model(model: torch.nn.Module, info: ModelInfo) -> None:
