@@ -214,3 +214,23 @@ def build_model():
     assert Trace.from_dict(trace.to_dict()).reference_runs[0].precision == "32-true"
     both = nandoctor.scan(path, precisions=["32-true", "16-true"], steps=2, experiments=False)
     assert both.trace.reference_runs == []
+
+
+def test_nonreproducible_only_when_both_replays_stay_finite(model_file):
+    # The loss is NaN on its second call only: the recorded step 1 fails, and neither the traced
+    # nor the untraced replay of step 1 (the loss's later calls) does.
+    path = model_file(COMMON + """
+CALLS = [0]
+
+def build_model():
+    return nn.Linear(6, 3)
+
+def loss_fn(out, y):
+    CALLS[0] += 1
+    return out.pow(2).mean() * (math.nan if CALLS[0] == 2 else 1.0)
+""")
+    report = nandoctor.scan(path, precisions=["32-true"], steps=3, experiments=False)
+    event = report.to_dict()["first_nonfinite"]
+    assert event["step"] == 1
+    assert (event["reproduced"], event["replay_traced"], event["replay_untraced"]) == (False, False, False)
+    assert "nonreproducible" in [c["id"] for c in report.to_dict()["causes"]]

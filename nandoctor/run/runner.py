@@ -19,6 +19,7 @@ from ..trace import (ErrorCategory, LAYER_FIELDS, PARAM_FIELDS, LayerSeries, Mod
                      RunTrace)
 from . import stats
 from .recorder import Recorder, StepStats
+from .frames import construction_site
 from .replay import OriginTracer
 from .session import StepResult, TrainingSession
 from .user_code import UserCodeFailed
@@ -208,6 +209,7 @@ def locate_origin(model_file: ModelFile, config: dict[str, Any], precision: Prec
                 fallback.detail = f"the replay failed earlier, at step {earlier}: the run is not deterministic"
                 return fallback
         before = _snapshot(session)
+        lr_bad = any(not math.isfinite(float(group["lr"])) for group in session.optimizer.param_groups)
         traced_step, result, tracer = _traced_replay(session, precision, step, seen)
         traced = _reproduces(session, result, seen) or traced_step != step
         untraced = _untraced_replay(session, before, step, seen)
@@ -249,7 +251,19 @@ def locate_origin(model_file: ModelFile, config: dict[str, Any], precision: Prec
     if seen.event is not None:      # data: keep which tensor and how many elements
         event.tensor, event.count, event.detail = seen.event.tensor, seen.event.count, seen.event.detail
         event.phase = Phase.DATA.value
+    if event.phase == Phase.OPTIMIZER.value and event.user_source is None:
+        event.user_source = _optimizer_site(model_file, session, lr_bad)
     return event
+
+
+def _optimizer_site(model_file: ModelFile, session: TrainingSession, lr_bad: bool):
+    """For an origin inside torch.optim: the user's line that built the scheduler when the
+    learning rate of the failing step was non-finite, else the line that built the optimizer."""
+    if lr_bad and model_file.build_scheduler is not None and session.scheduler is not None:
+        return construction_site(model_file.build_scheduler, type(session.scheduler).__name__)
+    if model_file.build_optimizer is not None:
+        return construction_site(model_file.build_optimizer, type(session.optimizer).__name__)
+    return None
 
 
 def _traced_replay(session: TrainingSession, precision: Precision, step: int,
