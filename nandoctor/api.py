@@ -28,7 +28,7 @@ from .run.inspect_checkpoint import inspect
 from .run.precision import parse_precision
 from .run.runner import Deadline, Progress, ScanTimeout, resolve_device, run_precision, watchdog
 from .run.user_code import ScanInterrupted, capture_user_output, interrupt_guard
-from .trace import ErrorCategory, NonfiniteEvent, PostmortemTrace, RunStatus, RunTrace, SourceLocation, Trace
+from .trace import ErrorCategory, NonfiniteEvent, PostmortemTrace, Precision, RunStatus, RunTrace, SourceLocation, Trace
 
 
 @dataclass
@@ -178,6 +178,16 @@ def _run_all(trace: Trace, spec: ModelFile, cfg: dict[str, Any], dev: torch.devi
                                        steps_requested=cfg["steps"], stopped_by=ErrorCategory.USER_INTERRUPT.value,
                                        note="interrupted (Ctrl-C) while this run was in progress; its steps are not "
                                        "reported"))
+    # fp16-underflow compares zero-gradient shares with float32: when only 16-true ran, add a
+    # float32 run of the same steps for comparison (never part of the verdict; no replay).
+    half = trace.run(Precision.FP16_TRUE.value)
+    if half is not None and half.steps and trace.run(Precision.FP32.value) is None and not deadline.expired:
+        try:
+            trace.reference_runs.append(run_precision(spec, {**cfg, "steps": len(half.steps)}, Precision.FP32, dev,
+                                                      deadline, start_step=start_step, initial_state=initial_state,
+                                                      replay=False))
+        except ScanTimeout:
+            trace.notes.append("--max-seconds ran out during the float32 reference run; it was dropped")
     return interrupted
 
 

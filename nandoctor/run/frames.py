@@ -5,6 +5,7 @@ import linecache
 import os
 import sys
 import sysconfig
+import textwrap
 import traceback
 from types import FrameType, TracebackType
 from typing import Optional
@@ -85,3 +86,26 @@ def traceback_locations(tb: Optional[TracebackType]) -> tuple[Optional[SourceLoc
             user = location(entry.filename, entry.lineno or 0, entry.name)
     return source, user, frames
 
+
+
+def construction_site(function, class_name: str) -> Optional[SourceLocation]:
+    """The line inside the user's `function` (build_optimizer, build_scheduler) that calls
+    `class_name(...)`: where an optimizer's or scheduler's hyperparameters were written. An op
+    inside torch.optim has no user frame; this is the user's line that configured it."""
+    import ast
+    import inspect
+    try:
+        filename = inspect.getsourcefile(function)
+        lines, first = inspect.getsourcelines(function)
+        tree = ast.parse(textwrap.dedent("".join(lines)))
+    except (OSError, TypeError, SyntaxError, IndentationError):
+        return None
+    if not filename or not is_user_file(filename):
+        return None
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Call):
+            called = node.func.attr if isinstance(node.func, ast.Attribute) else getattr(node.func, "id", None)
+            if called == class_name:
+                line = first + node.lineno - 1
+                return location(filename, line, getattr(function, "__name__", ""))
+    return None

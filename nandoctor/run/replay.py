@@ -10,11 +10,22 @@ Two modes cooperate:
   were born (provenance). The origin is the root of the provenance of the tensor where the
   runner first saw the failure (loss, a gradient, a parameter, a batch tensor).
 
-Deliberate infinities are not origins: an op with a non-finite scalar argument
-(`masked_fill(m, -inf)`, `torch.full(..., -inf)`), an output whose infinities are all negative
-and come from `finfo.min`-sized inputs, or a pre-existing all-negative-infinity buffer (a
-registered causal mask). A NaN born from such infinities (softmax over a fully masked row) is
-itself the origin, flagged `masked_input`.
+Deliberate infinities (masks) are not origins: an infinite constant written by a mask-setting
+op (`masked_fill(m, -inf)`, `torch.full(..., -inf)`, `torch.where(m, x, -inf)`, indexed
+assignment `x[..., banned] = -inf`, which is `index_put_` / `fill_` on a view), an output whose
+infinities are all negative and come from `finfo.min`-sized inputs, or a pre-existing infinite
+constant or buffer (a registered causal mask). Element-wise ops carry a mask along (log_softmax
+keeps -inf at the masked classes). The origin is the first op that turns a masked infinity into
+NaN (softmax over a fully masked row, `0 * -inf`) or into an unmasked infinity (a sum over
+masked log-probabilities); it is flagged `masked_input` and names where the mask was set.
+
+A NaN that left the tensor world through `.item()` / `float(t)` and came back as a Python
+number (`loss * weight`, `alpha=`) is traced through the conversion: the origin is where that
+0-dim tensor's NaN was born, and `scalar_source` names the op that made the converted tensor.
+
+The TorchFunctionMode also keeps the public torch call being run (`torch.logdet`,
+`torch.nn.functional.cross_entropy`), so an origin inside a decomposition is reported at the call
+the user's line made, with the aten op as detail.
 """
 from __future__ import annotations
 
@@ -36,6 +47,66 @@ from .frames import stack_locations
 _TAG = "nandoctor"
 _IGNORED_NAMESPACES = ("profiler", "_c10d_functional", "c10d")
 
+# Ops that write a chosen constant into chosen positions: an infinity they write is a mask.
+_MASK_SETTERS = frozenset({
+    "masked_fill", "masked_fill_", "fill", "fill_", "full", "full_like", "new_full", "scalar_tensor",
+    "where", "index_put", "index_put_", "_index_put_impl_", "index_fill", "index_fill_", "copy_",
+    "masked_scatter", "masked_scatter_", "scatter", "scatter_", "lift_fresh", "lift_fresh_copy", "clone",
+    "_to_copy", "expand", "slice_scatter", "select_scatter", "diagonal_scatter", "fill_diagonal_",
+})
+# Ops that add or multiply many elements into one: an infinity they produce from a mask is no
+# longer "a masked position" but a whole row, loss or product that is infinite.
+_ACCUMULATING = frozenset({
+    "sum", "mean", "nansum", "nanmean", "prod", "cumsum", "cumprod", "mm", "bmm", "addmm", "baddbmm",
+    "addmv", "mv", "dot", "vdot", "matmul", "linear", "convolution", "_convolution", "einsum", "var",
+    "std", "var_mean", "std_mean", "linalg_vector_norm", "norm", "_foreach_norm", "trace",
+    "nll_loss_forward", "nll_loss2d_forward", "binary_cross_entropy", "mse_loss", "l1_loss",
+    "smooth_l1_loss", "huber_loss", "kl_div", "logsumexp", "special_logsumexp",
+})
+# Dunder methods of Tensor and the aten op they dispatch to, for "did this op run inside a
+# decomposition of the call?".
+_DUNDER_OPS = {"__add__": "add", "__radd__": "add", "__iadd__": "add", "__sub__": "sub", "__rsub__": "rsub",
+               "__isub__": "sub", "__mul__": "mul", "__rmul__": "mul", "__imul__": "mul", "__truediv__": "div",
+               "__rtruediv__": "div", "__itruediv__": "div", "__pow__": "pow", "__rpow__": "pow", "__ipow__": "pow",
+               "__matmul__": "mm", "__rmatmul__": "mm", "__neg__": "neg", "__abs__": "abs", "__getitem__": "index",
+               "__setitem__": "index_put"}
+
+
+def op_base(op_name: str) -> str:
+    """'aten.index_put_.default' -> 'index_put_'."""
+    parts = op_name.split(".")
+    return parts[1] if len(parts) >= 2 else op_name
+
+
+def public_name(func: Any) -> str:
+    """The name a user writes for a torch callable: torch.logdet, torch.nn.functional.ctc_loss,
+    torch.Tensor.pow."""
+    name = getattr(func, "__name__", None) or str(func)
+    qual = getattr(func, "__qualname__", "") or ""
+    module = getattr(func, "__module__", None)
+    if qual.startswith(("TensorBase.", "Tensor.")) or getattr(func, "__objclass__", None) in (torch.Tensor, torch._C.TensorBase):
+        return f"torch.Tensor.{name}"
+    if module in ("torch._C._nn", "torch.nn.functional"):
+        return f"torch.nn.functional.{name}"
+    if module in ("torch._C._linalg", "torch.linalg"):
+        return f"torch.linalg.{name}"
+    if module in ("torch._C._special", "torch.special"):
+        return f"torch.special.{name}"
+    if module and module.startswith("torch._C"):
+        return f"torch.{name}"
+    if module:
+        return f"{module}.{name}"
+    return name
+
+
+def _inside_decomposition(call: str, op_name: str) -> bool:
+    """The aten op is not what the call itself names: it ran inside the call's implementation."""
+    called = call.rsplit(".", 1)[-1]
+    called = _DUNDER_OPS.get(called, called)
+    op = op_base(op_name)
+    strip = lambda n: n.strip("_").removeprefix("linalg_").removesuffix("_")   # noqa: E731
+    return strip(called) != strip(op) and not strip(op).startswith(strip(called))
+
 
 @dataclass
 class _Root:
@@ -54,6 +125,12 @@ class _Root:
     output: Optional[TensorSummary] = None
     producer: Optional[OpRef] = None
     target_id: Optional[int] = None   # id of the tensor the op wrote (optimizer attribution)
+    call: Optional[str] = None        # public torch call running when the op ran (see public_name)
+    mask_source: Optional[OpRef] = None     # masked_input: where the consumed mask was set
+    scalar_source: Optional[OpRef] = None   # reached a later op as a Python number via this op
+
+    def ref(self) -> OpRef:
+        return OpRef(op=self.op, module=self.module, source=self.user_source or self.source)
 
 
 def _summary(name: str, t: torch.Tensor) -> TensorSummary:
@@ -78,6 +155,14 @@ def _only_negative_inf(t: torch.Tensor) -> bool:
         return False
     infinite = torch.isinf(t)
     return bool(infinite.any()) and not bool(torch.isnan(t).any()) and bool((t[infinite] < 0).all())
+
+
+def _looks_like_mask(t: torch.Tensor) -> bool:
+    """A tensor from outside the traced ops that holds infinities the way a mask does: no NaN,
+    and either every element infinite (a constant) or only negative infinities (a mask buffer)."""
+    if not t.is_floating_point() or bool(torch.isnan(t).any()):
+        return False
+    return bool(torch.isinf(t).all()) or _only_negative_inf(t)
 
 
 def _mutated_args(func: Any) -> list[int]:
@@ -106,6 +191,10 @@ class OriginTracer:
         self._function = _FunctionShim(self)
         self._function_active = False
         self._suspended = 0
+        self._calls: list[str] = []            # public torch calls being run (outermost first)
+        # Non-finite 0-dim tensors converted to Python numbers (`.item()`, `float(t)`):
+        # (value, root of the tensor, the op that made the tensor).
+        self._conversions: list[tuple[float, _Root, Optional[OpRef]]] = []
 
     @contextlib.contextmanager
     def suspended(self):
@@ -135,8 +224,9 @@ class OriginTracer:
 
     def set_phase(self, phase: Phase) -> None:
         self.phase = phase.value
-        # Grad-node tagging is only needed while the forward graph is being built.
-        self._set_function_mode(phase in (Phase.FORWARD, Phase.LOSS))
+        # The function mode tags grad nodes while the forward graph is built and names the
+        # public call of each op; the backward pass runs in the engine, where neither applies.
+        self._set_function_mode(phase != Phase.BACKWARD)
 
     def _set_function_mode(self, on: bool) -> None:
         if on and not self._function_active:
@@ -182,7 +272,7 @@ class OriginTracer:
             return func(*args, **kwargs)
         flat_args, _ = tree_flatten((args, kwargs))
         tensor_args = [a for a in flat_args if isinstance(a, torch.Tensor)]
-        scalar_nonfinite = any(isinstance(a, float) and not math.isfinite(a) for a in flat_args)
+        bad_scalars = [a for a in flat_args if isinstance(a, float) and not math.isfinite(a)]
         bad_inputs = []
         for t in tensor_args:
             has_nan, has_inf = _nonfinite(t)
@@ -197,49 +287,130 @@ class OriginTracer:
 
         out = func(*args, **kwargs)
 
+        op_name = str(func)
+        base = op_base(op_name)
+        if base in ("_local_scalar_dense", "item"):
+            self._remember_conversion(tensor_args, out)
+            return out
         out_tensors = [t for t in tree_flatten(out)[0] if isinstance(t, torch.Tensor)]
         where = self._where()
-        op_name = str(func)
         for t in out_tensors:
-            self._producers[id(t)] = (weakref.ref(t), OpRef(op=op_name, module=where[0], source=where[1]))
+            self._producers[id(t)] = (weakref.ref(t), OpRef(op=op_name, module=where[0], source=where[2] or where[1]))
         bad_outputs = [(t, *_nonfinite(t)) for t in out_tensors]
         bad_outputs = [(t, n, i) for t, n, i in bad_outputs if n or i]
         if not bad_outputs:
             return out
         self._count += 1
+        call = self._calls[0] if self._calls else None
+        new = dict(func=func, op_name=op_name, args=args, kwargs=kwargs, tensor_args=tensor_args, before=before,
+                   bad_outputs=bad_outputs, where=where, call=call)
         out_nan = any(n for _, n, _ in bad_outputs)
         in_nan = any(n for _, n, _ in bad_inputs)
-        known_roots = [self._root_of(t) for t, _, _ in bad_inputs]
 
-        if not bad_inputs or (out_nan and not in_nan and self._only_deliberate(bad_inputs, known_roots)):
-            root = self._new_root(func, op_name, args, tensor_args, before, bad_outputs, where,
-                                  scalar_nonfinite, masked=bool(bad_inputs))
+        # Where each non-finite input's values were born; masks and accidents apart.
+        accidents: list[_Root] = []
+        masks: list[_Root] = []
+        unknown_accident = False
+        for t, has_nan, _ in bad_inputs:
+            root = self._root_of(t)
+            if root is None:
+                if not has_nan and _looks_like_mask(t):
+                    # A pre-existing infinite constant or buffer (torch.tensor(-inf), a causal mask).
+                    masks.append(self._new_root(**new, intentional=True))
+                else:
+                    unknown_accident = True
+            elif root.intentional:
+                masks.append(root)
+            else:
+                accidents.append(root)
+        # A non-finite Python number: a NaN/Inf that left a tensor through `.item()`, or a
+        # constant the user wrote (a mask when a mask-setting op writes it).
+        direct = call is None or not _inside_decomposition(call, op_name)
+        for value in bad_scalars:
+            converted = self._conversion_for(value) if direct else None
+            if converted is not None:
+                accidents.append(converted)
+            elif math.isinf(value) and base in _MASK_SETTERS:
+                masks.append(None)     # the mask is set by this very op: see below
+            else:
+                unknown_accident = True
+
+        if unknown_accident:
+            # A non-finite value from outside the traced ops: the state itself (a parameter
+            # loaded as NaN), a NaN constant, or a non-finite number (lr=inf through alpha=).
+            accidents.append(self._new_root(**new, masked=False, preexisting=bool(bad_inputs)))
+        if accidents:
+            root = min(accidents, key=lambda r: r.index)
+        elif not masks:
+            root = self._new_root(**new, intentional=self._deliberate_birth(bad_outputs, tensor_args))
         else:
-            candidates = [r for r in known_roots if r is not None]
-            if len(candidates) < len(known_roots):
-                # A non-finite input that existed before tracing began: the state itself (a
-                # parameter loaded as NaN) or a registered mask. Masks were handled above.
-                root = self._new_root(func, op_name, args, tensor_args, before, bad_outputs, where,
-                                      scalar_nonfinite, masked=False, preexisting=True)
-                candidates.append(root)
-            root = min(candidates, key=lambda r: r.index)
+            known_masks = [m for m in masks if m is not None]
+            if (out_nan and not in_nan) or base in _ACCUMULATING:
+                # A mask consumed into NaN (all-masked softmax row, 0 * -inf) or into an unmasked
+                # infinity (a sum over masked log-probabilities): the origin.
+                root = self._new_root(**new, masked=True, mask_roots=known_masks)
+            elif base in _MASK_SETTERS or not known_masks:
+                root = self._new_root(**new, intentional=True)
+            else:
+                root = min(known_masks, key=lambda r: r.index)     # a mask carried along
         for t, _, _ in bad_outputs:
-            self._provenance[id(t)] = (weakref.ref(t), root)
+            self._set_root(t, root)
+        for i in mutated:
+            if i < len(args) and isinstance(args[i], torch.Tensor) and any(args[i] is t for t, _, _ in bad_outputs):
+                base_tensor = args[i]._base
+                earlier = self._root_of(base_tensor) if base_tensor is not None else None
+                # `x[..., :k] = v` writes into x through a view; the first write names x's mask.
+                if base_tensor is not None and not (earlier is not None and earlier.intentional and root.intentional):
+                    self._set_root(base_tensor, root)
         return out
 
-    def _only_deliberate(self, bad_inputs: list, roots: list[Optional[_Root]]) -> bool:
-        for (t, _, _), root in zip(bad_inputs, roots):
-            if root is not None and not root.intentional:
-                return False
-            if root is None and not _only_negative_inf(t):
-                return False
-        return True
+    def _set_root(self, t: torch.Tensor, root: _Root) -> None:
+        self._provenance[id(t)] = (weakref.ref(t), root)
+
+    def _remember_conversion(self, tensor_args: list[torch.Tensor], value: Any) -> None:
+        if not tensor_args or not isinstance(value, float) or math.isfinite(value):
+            return
+        t = tensor_args[0]
+        root = self._root_of(t)
+        if root is None or root.intentional:
+            return
+        entry = self._producers.get(id(t))
+        producer = entry[1] if entry is not None and entry[0]() is t else root.ref()
+        self._conversions.append((value, root, producer))
+
+    def _conversion_for(self, value: float) -> Optional[_Root]:
+        """The root of a converted 0-dim tensor that explains a non-finite Python number: an
+        equal infinity, or for NaN the first conversion (NaN, or inf - inf in Python)."""
+        if not self._conversions:
+            return None
+        match = next((c for c in self._conversions if c[0] == value), None)
+        if match is None and math.isnan(value):
+            match = next((c for c in self._conversions if math.isnan(c[0])), self._conversions[0])
+        if match is None:
+            return None
+        _, root, producer = match
+        if root.scalar_source is None:
+            root.scalar_source = producer
+        return root
+
+    def _deliberate_birth(self, bad_outputs: list, tensor_args: list[torch.Tensor]) -> bool:
+        """Only negative infinities made from finfo.min-sized values (a min-value mask cast to a
+        narrower dtype, or `finfo.min + finfo.min`)."""
+        if any(n for _, n, _ in bad_outputs) or not all(_only_negative_inf(t) for t, _, _ in bad_outputs):
+            return False
+        first_out = bad_outputs[0][0]
+        limit = torch.finfo(first_out.dtype).max * 0.5 if first_out.is_floating_point() else math.inf
+        return any(t.is_floating_point() and t.numel() and float(t.detach().abs().amax()) >= limit
+                   for t in tensor_args)
 
     def _root_of(self, t: torch.Tensor) -> Optional[_Root]:
-        entry = self._provenance.get(id(t))
-        if entry is None or entry[0]() is not t:
-            return None
-        return entry[1]
+        for candidate in (t, t._base):
+            if candidate is None:
+                continue
+            entry = self._provenance.get(id(candidate))
+            if entry is not None and entry[0]() is candidate:
+                return entry[1]
+        return None
 
     def _where(self) -> tuple[str, Optional[SourceLocation], Optional[SourceLocation], Optional[str]]:
         """(module, source, user_source, forward_op) of the op being dispatched."""
@@ -258,29 +429,29 @@ class OriginTracer:
         module = self._module_stack[-1] if self._module_stack else ""
         return module, source, user, None
 
-    def _new_root(self, func: Any, op_name: str, args: tuple, tensor_args: list[torch.Tensor],
-                  before: dict[int, torch.Tensor], bad_outputs: list, where: tuple, scalar_nonfinite: bool,
-                  masked: bool, preexisting: bool = False) -> _Root:
+    def _new_root(self, func: Any, op_name: str, args: tuple, kwargs: dict, tensor_args: list[torch.Tensor],
+                  before: dict[int, torch.Tensor], bad_outputs: list, where: tuple, call: Optional[str],
+                  masked: bool = False, preexisting: bool = False, intentional: bool = False,
+                  mask_roots: Optional[list[_Root]] = None) -> _Root:
         module, source, user, forward_op = where
         first_out = bad_outputs[0][0]
         kind = "nan" if any(n for _, n, _ in bad_outputs) else "inf"
-        intentional = False
-        if not masked and not preexisting and kind == "inf":
-            # A mask, not a failure: infinities that come from an explicit non-finite constant,
-            # or only negative infinities made from finfo.min-sized values.
-            if scalar_nonfinite:
-                intentional = True
-            elif all(_only_negative_inf(t) for t, _, _ in bad_outputs):
-                limit = torch.finfo(first_out.dtype).max * 0.5 if first_out.is_floating_point() else math.inf
-                intentional = any(t.is_floating_point() and t.numel() and float(t.detach().abs().amax()) >= limit
-                                  for t in tensor_args)
+        mask_ids = set()
+        for t in tensor_args:
+            r = self._root_of(t)
+            if (r is not None and r.intentional) or (r is None and _looks_like_mask(t)):
+                mask_ids.add(id(t))
         inputs: list[TensorSummary] = []
         if not intentional:
             for i, t in enumerate(tensor_args[:6]):
                 shown = before.get(i, t) if i < len(args) and args[i] is t else t
-                inputs.append(_summary(f"input{i}", shown))
-            for a in [a for a in tree_flatten(args)[0] if isinstance(a, (int, float)) and not isinstance(a, bool)][:4]:
-                inputs.append(TensorSummary(name="scalar", shape=[], dtype=type(a).__name__, value=float(a)))
+                summary = _summary(f"input{i}", shown)
+                summary.masked = id(t) in mask_ids
+                inputs.append(summary)
+            scalars = [("scalar", a) for a in tree_flatten(args)[0]]
+            scalars += [(key, a) for key, a in kwargs.items()]
+            for name, a in [(n, a) for n, a in scalars if isinstance(a, (int, float)) and not isinstance(a, bool)][:4]:
+                inputs.append(TensorSummary(name=name, shape=[], dtype=type(a).__name__, value=float(a)))
         producer = None
         if tensor_args:
             entry = self._producers.get(id(tensor_args[0]))
@@ -288,10 +459,15 @@ class OriginTracer:
                 producer = entry[1]
         mutated = _mutated_args(func)
         target = args[mutated[0]] if mutated and mutated[0] < len(args) and isinstance(args[mutated[0]], torch.Tensor) else first_out
+        mask_source = None
+        if masked and mask_roots:
+            mask_source = min(mask_roots, key=lambda r: r.index).ref()
         root = _Root(index=self._count, phase=self.phase, op=op_name, kind=kind, module=module, source=source,
                      user_source=user, forward_op=forward_op, intentional=intentional, masked_input=masked,
                      inputs=inputs, output=None if intentional else _summary("output", first_out),
-                     producer=producer, target_id=id(target))
+                     producer=producer, target_id=id(target),
+                     call=call if call is not None and _inside_decomposition(call, op_name) else None,
+                     mask_source=mask_source)
         self.roots.append(root)
         return root
 
@@ -320,7 +496,8 @@ class OriginTracer:
             precision=self.precision, step=self.step, phase=root.phase, kind=root.kind, module=root.module,
             op=root.op, source=root.source, user_source=root.user_source, forward_op=root.forward_op,
             inputs=root.inputs, output=root.output, producer=root.producer, masked_input=root.masked_input,
-            reproduced=True, surfaced_in=surfaced_in)
+            reproduced=True, surfaced_in=surfaced_in, call=root.call, mask_source=root.mask_source,
+            scalar_source=root.scalar_source)
         if root.phase == Phase.OPTIMIZER.value and optimizer is not None:
             event.parameter, event.state = _name_optimizer_tensor(self.model, optimizer, root.target_id)
         return event
@@ -359,7 +536,11 @@ class _FunctionShim(TorchFunctionMode):
         self.tracer = tracer
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
-        out = func(*args, **(kwargs or {}))
+        self.tracer._calls.append(public_name(func))
+        try:
+            out = func(*args, **(kwargs or {}))
+        finally:
+            self.tracer._calls.pop()
         if torch.is_grad_enabled():
             self.tracer.tag_nodes(func, out)
         return out

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import contextlib
+import copy
 import math
 import signal
 import threading
@@ -18,6 +19,7 @@ from ..trace import (ErrorCategory, LAYER_FIELDS, PARAM_FIELDS, LayerSeries, Mod
                      RunTrace)
 from . import stats
 from .recorder import Recorder, StepStats
+from .frames import construction_site
 from .replay import OriginTracer
 from .session import StepResult, TrainingSession
 from .user_code import ScanInterrupted, UserCodeFailed
@@ -95,8 +97,10 @@ def _backend_unsupported(run: RunTrace, error) -> bool:
 
 def run_precision(model_file: ModelFile, config: dict[str, Any], precision: Precision, device: torch.device,
                   deadline: Deadline, start_step: int = 0, initial_state: Optional[Callable] = None,
-                  progress: Optional[Progress] = None, model_info: Optional[ModelInfo] = None) -> RunTrace:
-    """Run `config['steps']` recorded training steps; on the first failing step, locate its origin."""
+                  progress: Optional[Progress] = None, model_info: Optional[ModelInfo] = None,
+                  replay: bool = True) -> RunTrace:
+    """Run `config['steps']` recorded training steps; on the first failing step, locate its origin
+    (`replay=False`: a reference run, which only records where the failure surfaced)."""
     run = RunTrace(precision=precision.value, steps_requested=config["steps"], start_step=start_step)
     began = time.perf_counter()
     reason = unsupported_reason(precision, device)
@@ -168,8 +172,9 @@ def run_precision(model_file: ModelFile, config: dict[str, Any], precision: Prec
             if result.failure is not None:
                 run.status = RunStatus.NONFINITE.value
                 recorder.detach()
-                run.first_nonfinite = locate_origin(model_file, config, precision, device, step, start_step,
-                                                    result, initial_state)
+                run.first_nonfinite = (locate_origin(model_file, config, precision, device, step, start_step,
+                                                     result, initial_state) if replay
+                                       else unreplayed_event(precision, step, result))
                 break
     finally:
         recorder.detach()
@@ -178,16 +183,30 @@ def run_precision(model_file: ModelFile, config: dict[str, Any], precision: Prec
     return run
 
 
-def locate_origin(model_file: ModelFile, config: dict[str, Any], precision: Precision, device: torch.device,
-                  step: int, start_step: int, seen: StepResult, initial_state: Optional[Callable] = None) -> NonfiniteEvent:
-    """Re-run deterministically up to `step` (nothing recorded), then trace that step op by op.
+# When the recorded run stopped on parameters that are finite but so large that their L2 norm
+# overflows (the recorder's test of "non-finite"), the first truly non-finite value is born a
+# step or two later: the replay traces up to this many further steps to find it.
+EXTRA_TRACED_STEPS = 3
 
-    Re-running keeps the normal path free of snapshots; every step re-seeds from (seed, step),
-    so the replayed step sees the same weights, optimizer state, batch and dropout masks.
-    """
-    fallback = seen.event or NonfiniteEvent(
+
+def unreplayed_event(precision: Precision, step: int, seen: StepResult) -> NonfiniteEvent:
+    """What the recorded step itself knows of a failure: where it surfaced, not where it began."""
+    return seen.event or NonfiniteEvent(
         precision=precision.value, step=step, phase=FAILURE_PHASE[seen.failure or "loss"].value,
         kind="nan", surfaced_in=seen.failure or "")
+
+
+def locate_origin(model_file: ModelFile, config: dict[str, Any], precision: Precision, device: torch.device,
+                  step: int, start_step: int, seen: StepResult, initial_state: Optional[Callable] = None) -> NonfiniteEvent:
+    """Re-run deterministically up to `step` (nothing recorded), then replay that step twice from
+    the same state: traced op by op (the origin) and untraced (is tracing changing the numbers?).
+
+    Re-running keeps the normal path free of snapshots; every step re-seeds from (seed, step),
+    so the replayed step sees the same weights, optimizer state, batch and dropout masks. The
+    failure counts as reproduced when either replay fails the way the recorded run did; only
+    when both stay finite is the event marked `reproduced=False`.
+    """
+    fallback = unreplayed_event(precision, step, seen)
     try:
         session = TrainingSession(model_file, config, precision, device, initial_state=initial_state)
         for earlier in range(start_step, step):
@@ -195,28 +214,123 @@ def locate_origin(model_file: ModelFile, config: dict[str, Any], precision: Prec
                 fallback.reproduced = False
                 fallback.detail = f"the replay failed earlier, at step {earlier}: the run is not deterministic"
                 return fallback
-        tracer = OriginTracer(session.model, precision.value, step)
-        with tracer:
-            result = session.run_step(step, tracer=tracer)
+        before = _snapshot(session)
+        lr_bad = any(not math.isfinite(float(group["lr"])) for group in session.optimizer.param_groups)
+        traced_step, result, tracer = _traced_replay(session, precision, step, seen)
+        traced = _reproduces(session, result, seen) or traced_step != step
+        untraced = _untraced_replay(session, before, step, seen)
     except UserCodeFailed:
         fallback.reproduced = False
         fallback.detail = "the replay raised in user code where the recorded run did not"
         return fallback
-    if result.failure is None:
+    fallback.replay_traced, fallback.replay_untraced = traced, untraced
+    if not traced and untraced is False:
         fallback.reproduced = False
-        fallback.detail = (f"step {step} stayed finite when replayed from the same state: a transient failure "
-                           "(non-deterministic kernels, data loading or hardware)")
+        fallback.detail = (f"step {step} stayed finite when replayed from the same state, with and without "
+                           "tracing: a transient failure (non-deterministic kernels, data loading or hardware)")
         return fallback
-    root = tracer.origin(result.surfaces)
+    if not traced and untraced is None:
+        # One finite replay is not enough to call the failure transient.
+        fallback.reproduced = None
+        fallback.detail = (f"step {step} stayed finite when replayed with tracing; the untraced replay could "
+                           "not be run, so whether the failure is transient is unknown")
+        return fallback
+    root = tracer.origin(result.surfaces) if result.failure is not None else None
     if root is None:
         fallback.reproduced = True
-        fallback.detail = "the replay reproduced the failure but no single op produced the first non-finite value"
+        if traced and result.failure is None:
+            fallback.detail = (f"at step {step} the parameters grew so large that their L2 norm overflowed "
+                               f"{str(session.params[0].dtype).replace('torch.', '')}, though every value stayed finite; "
+                               f"no non-finite value appeared within {EXTRA_TRACED_STEPS} more steps")
+        elif not traced:
+            fallback.detail = (f"step {step} failed again only without tracing: the traced replay stayed finite, "
+                               "so no op could be named")
+        else:
+            fallback.detail = "the replay reproduced the failure but no single op produced the first non-finite value"
         return fallback
     event = tracer.to_event(root, result.failure, session.optimizer)
+    event.replay_traced, event.replay_untraced = traced, untraced
+    if traced_step != step:
+        event.detail = (f"at step {step} the parameters grew so large that their L2 norm overflowed (values still "
+                        f"finite), which the recorded run counts as non-finite; the first non-finite value was born "
+                        f"at step {traced_step}")
     if seen.event is not None:      # data: keep which tensor and how many elements
         event.tensor, event.count, event.detail = seen.event.tensor, seen.event.count, seen.event.detail
         event.phase = Phase.DATA.value
+    if event.phase == Phase.OPTIMIZER.value and event.user_source is None:
+        event.user_source = _optimizer_site(model_file, session, lr_bad)
     return event
+
+
+def _optimizer_site(model_file: ModelFile, session: TrainingSession, lr_bad: bool):
+    """For an origin inside torch.optim: the user's line that built the scheduler when the
+    learning rate of the failing step was non-finite, else the line that built the optimizer."""
+    if lr_bad and model_file.build_scheduler is not None and session.scheduler is not None:
+        return construction_site(model_file.build_scheduler, type(session.scheduler).__name__)
+    if model_file.build_optimizer is not None:
+        return construction_site(model_file.build_optimizer, type(session.optimizer).__name__)
+    return None
+
+
+def _traced_replay(session: TrainingSession, precision: Precision, step: int,
+                   seen: StepResult) -> tuple[int, StepResult, OriginTracer]:
+    """Trace `step`; when it only reproduces as oversized-but-finite parameters, trace on until
+    the first step where a value really becomes non-finite."""
+    for current in range(step, step + 1 + EXTRA_TRACED_STEPS):
+        tracer = OriginTracer(session.model, precision.value, current)
+        with tracer:
+            result = session.run_step(current, tracer=tracer)
+        if result.failure is not None or not _params_overflow(session):
+            return current, result, tracer
+    return step, result, tracer
+
+
+def _reproduces(session: TrainingSession, result: StepResult, seen: StepResult) -> bool:
+    """Did a replayed step fail as the recorded one did? The recorder calls parameters whose L2
+    norm overflows non-finite; a step without the recorder checks max |x|, so test that too."""
+    if result.failure is not None:
+        return True
+    return seen.failure == "parameters" and _params_overflow(session)
+
+
+def _params_overflow(session: TrainingSession) -> bool:
+    params = [p.detach() for p in session.params]
+    return bool(params) and not bool(torch.isfinite(stats.foreach_norms(params, 2.0)).all())
+
+
+def _snapshot(session: TrainingSession) -> Optional[dict[str, Any]]:
+    """Copies of the state a step changes (model, optimizer, scheduler, scaler), to replay the
+    same step a second time; None when some part cannot be saved."""
+    try:
+        out = {"model": copy.deepcopy(session.model.state_dict()),
+               "optimizer": copy.deepcopy(session.optimizer.state_dict())}
+        for key in ("scheduler", "scaler"):
+            part = getattr(session, key)
+            if part is not None and hasattr(part, "state_dict"):
+                out[key] = copy.deepcopy(part.state_dict())
+        return out
+    except Exception:  # noqa: BLE001 - a user object that cannot be copied: no second replay
+        return None
+
+
+def _untraced_replay(session: TrainingSession, before: Optional[dict[str, Any]], step: int,
+                     seen: StepResult) -> Optional[bool]:
+    """Restore the state before `step` and run it again without tracing; None when the state
+    could not be restored."""
+    if before is None:
+        return None
+    try:
+        session.model.load_state_dict(before["model"])
+        session.optimizer.load_state_dict(before["optimizer"])
+        for key in ("scheduler", "scaler"):
+            if key in before:
+                getattr(session, key).load_state_dict(before[key])
+    except Exception:  # noqa: BLE001
+        return None
+    try:
+        return _reproduces(session, session.run_step(step), seen)
+    except UserCodeFailed:       # raised instead of failing: neither a reproduction nor a finite step
+        return None
 
 
 def describe_model(model: torch.nn.Module, info: ModelInfo) -> None:

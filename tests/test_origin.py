@@ -1,0 +1,236 @@
+"""Where the first non-finite value was born, attributed to what the user wrote: the public call
+around a decomposed op, the 0-dim op behind a NaN that went through `.item()` / `float()`, the
+consumer of a deliberate -inf mask, and a replay that reproduces what the recorded run saw."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import nandoctor
+from nandoctor.trace import Trace
+
+COMMON = """
+import math
+import torch
+from torch import nn
+
+def get_batch(step):
+    g = torch.Generator().manual_seed(step)
+    return torch.randn(8, 6, generator=g), torch.randint(3, 5, (8,), generator=g)
+"""
+
+
+def origin(path: Path, steps: int = 3, precision: str = "32-true") -> dict:
+    report = nandoctor.scan(path, precisions=[precision], steps=steps, experiments=False)
+    doc = report.to_dict()
+    assert doc["verdict"] == "fail"
+    event = doc["first_nonfinite"]
+    assert event is not None
+    return event
+
+
+def line_of(path: Path, text: str) -> int:
+    return next(i for i, line in enumerate(path.read_text().splitlines(), 1) if text in line)
+
+
+def where(location: dict | str | None) -> int | None:
+    if location is None:
+        return None
+    if isinstance(location, dict):
+        return location["line"]
+    return int(location.rsplit(":", 1)[1])
+
+
+def test_origin_inside_a_decomposition_is_reported_at_the_public_call(model_file):
+    path = model_file(COMMON + """
+def build_model():
+    return nn.Linear(6, 3)
+
+def loss_fn(out, y):
+    cov = torch.diag(torch.tensor([1.0, 1.0, -1.0])) + 0 * out.mean()
+    return torch.logdet(cov) + out.pow(2).mean()
+""")
+    event = origin(path)
+    assert event["call"] == "torch.logdet"
+    assert event["op"].startswith("aten.")           # the aten op stays as detail
+    assert where(event["source"]) == line_of(path, "torch.logdet(cov)")
+
+
+def test_scalar_argument_is_recorded_in_the_inputs(model_file):
+    path = model_file(COMMON + """
+def build_model():
+    return nn.Linear(6, 3)
+
+def loss_fn(out, y):
+    return torch.add(out, out.detach(), alpha=math.inf).mean()
+""")
+    event = origin(path)
+    assert event["op"] == "aten.add.Tensor"
+    alpha = next(i for i in event["inputs"] if i["name"] == "alpha")
+    assert alpha["value"] == "Infinity"
+    assert event["scalar_source"] is None
+
+
+def test_nan_through_float_of_a_zero_division_is_traced_to_the_division(model_file):
+    path = model_file(COMMON + """
+def build_model():
+    return nn.Linear(6, 3)
+
+def loss_fn(out, y):
+    hard = (y > 10).sum()
+    ratio = float(hard / hard)
+    return torch.add(out.pow(2).mean(), out.mean(), alpha=ratio)
+""")
+    event = origin(path)
+    division = line_of(path, "float(hard / hard)")
+    assert event["op"] == "aten.div.Tensor" and where(event["source"]) == division
+    assert event["scalar_source"]["op"] == "aten.div.Tensor"
+    assert where(event["scalar_source"]["source"]) == division
+
+
+def test_nan_through_item_is_traced_to_the_zero_dim_op(model_file):
+    path = model_file(COMMON + """
+def build_model():
+    return nn.Linear(6, 3)
+
+def loss_fn(out, y):
+    empty = out[y > 10]
+    weight = empty.mean().item()
+    return weight * out.pow(2).mean()
+""")
+    event = origin(path)
+    assert event["op"] == "aten.mean.default"
+    assert where(event["source"]) == line_of(path, "empty.mean().item()")
+    assert event["scalar_source"]["op"] == "aten.mean.default"
+
+
+def test_index_assigned_mask_is_not_the_origin_its_smoothing_consumer_is(model_file):
+    path = model_file(COMMON + """
+class Tagger(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.net = nn.Linear(6, 5)
+
+    def forward(self, x):
+        logits = self.net(x)
+        logits[:, [0, 1]] = float("-inf")
+        return logits
+
+def build_model():
+    return Tagger()
+
+def loss_fn(logits, y):
+    return nn.functional.cross_entropy(logits, y, label_smoothing=0.1)
+""")
+    event = origin(path)
+    assert event["phase"] == "loss" and event["kind"] == "inf"
+    assert event["call"] == "torch.nn.functional.cross_entropy"
+    assert where(event["source"]) == line_of(path, "label_smoothing=0.1")
+    assert event["masked_input"] is True and event["inputs"][0]["masked"] is True
+    assert where(event["mask_source"]["source"]) == line_of(path, 'logits[:, [0, 1]] = float("-inf")')
+
+
+def test_where_mask_consumed_by_softmax_over_a_fully_masked_row(model_file):
+    path = model_file(COMMON + """
+class Pool(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.score = nn.Linear(6, 4)
+
+    def forward(self, x):
+        scores = self.score(x)
+        keep = torch.ones_like(scores, dtype=torch.bool)
+        keep[0] = False
+        scores = torch.where(keep, scores, float("-inf"))
+        return torch.softmax(scores, dim=-1)
+
+def build_model():
+    return Pool()
+
+def loss_fn(p, y):
+    return -(p[:, 0] + 1).log().mean()
+""")
+    event = origin(path)
+    assert event["op"] == "aten._softmax.default" and event["kind"] == "nan"
+    assert where(event["source"]) == line_of(path, "torch.softmax(scores")
+    assert event["masked_input"] is True
+    assert where(event["mask_source"]["source"]) == line_of(path, "torch.where(keep")
+
+
+def test_rnn_whose_parameters_outgrow_their_norm_is_reproduced_not_called_transient(model_file):
+    """Bug: the recorded run counts parameters whose L2 norm overflows as non-finite, while the
+    replay (no recorder) checked max |x|: a ReLU RNN exploding at step 0 (loss ~1e22, values still
+    finite) was replayed "finite" and called nonreproducible. The replay now applies the same
+    test, runs the step with and without tracing, and traces on to the first real non-finite op."""
+    path = model_file("""
+import torch
+from torch import nn
+
+class Forecaster(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.rnn = nn.RNN(4, 32, nonlinearity="relu", batch_first=True)
+        with torch.no_grad():
+            self.rnn.weight_hh_l0.copy_(torch.eye(32) * 1.8)
+        self.out = nn.Linear(32, 1)
+
+    def forward(self, x):
+        h, _ = self.rnn(x)
+        return self.out(h[:, -1])
+
+def build_model():
+    return Forecaster()
+
+def get_batch(step):
+    x = torch.rand(8, 50, 4)
+    return x, x[:, -1, :1]
+
+def build_optimizer(params):
+    return torch.optim.SGD(params, lr=0.01)
+""")
+    report = nandoctor.scan(path, precisions=["32-true"], steps=3, experiments=False)
+    doc = report.to_dict()
+    run = doc["runs"][0]
+    assert run["losses"][0] > 1e15          # exploded at step 0 without a single non-finite value
+    event = doc["first_nonfinite"]
+    assert event["reproduced"] is True
+    assert event["replay_traced"] is True and event["replay_untraced"] is True
+    assert event["phase"] == "forward" and event["module"] == "rnn"
+    assert where(event["source"]) == line_of(path, "h, _ = self.rnn(x)")
+    assert "nonreproducible" not in [c["id"] for c in doc["causes"]]
+
+
+def test_pure_fp16_scan_adds_a_float32_reference_run_of_the_same_steps(model_file):
+    path = model_file(COMMON + """
+def build_model():
+    return nn.Sequential(nn.Linear(6, 16), nn.ReLU(), nn.Linear(16, 5))
+""")
+    report = nandoctor.scan(path, precisions=["16-true"], steps=4, experiments=False)
+    trace = report.trace
+    assert [r.precision for r in trace.runs] == ["16-true"]
+    (reference,) = trace.reference_runs
+    assert reference.precision == "32-true" and reference.steps_run == trace.runs[0].steps_run == 4
+    zero_shares = [p.series["grad_zero_frac"][0] for p in reference.params]
+    assert all(share is not None for share in zero_shares)
+    assert Trace.from_dict(trace.to_dict()).reference_runs[0].precision == "32-true"
+    both = nandoctor.scan(path, precisions=["32-true", "16-true"], steps=2, experiments=False)
+    assert both.trace.reference_runs == []
+
+
+def test_nonreproducible_only_when_both_replays_stay_finite(model_file):
+    # The loss is NaN on its second call only: the recorded step 1 fails, and neither the traced
+    # nor the untraced replay of step 1 (the loss's later calls) does.
+    path = model_file(COMMON + """
+CALLS = [0]
+
+def build_model():
+    return nn.Linear(6, 3)
+
+def loss_fn(out, y):
+    CALLS[0] += 1
+    return out.pow(2).mean() * (math.nan if CALLS[0] == 2 else 1.0)
+""")
+    report = nandoctor.scan(path, precisions=["32-true"], steps=3, experiments=False)
+    event = report.to_dict()["first_nonfinite"]
+    assert event["step"] == 1
+    assert (event["reproduced"], event["replay_traced"], event["replay_untraced"]) == (False, False, False)
+    assert "nonreproducible" in [c["id"] for c in report.to_dict()["causes"]]
