@@ -66,7 +66,7 @@ def child(name: str, variant: str, steps: int, warmup: int) -> dict:
         recorder = Recorder(session.model).attach()
         for step in range(warmup + steps):
             t0 = time.perf_counter()
-            session.run_step(step, recorder=recorder)
+            session.run_step(step, recorder)
             if step >= warmup:
                 times.append(time.perf_counter() - t0)
     else:

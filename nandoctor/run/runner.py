@@ -127,7 +127,6 @@ def run_precision(model_file: ModelFile, config: dict[str, Any], precision: Prec
         return run
 
     recorder = Recorder(session.model).attach()
-    session._first_recorded_step = start_step
     collected: list[StepStats] = []
     try:
         for step in range(start_step, start_step + config["steps"]):
@@ -136,7 +135,7 @@ def run_precision(model_file: ModelFile, config: dict[str, Any], precision: Prec
                 run.note = f"--max-seconds ran out after {len(run.steps)} of {config['steps']} steps"
                 break
             try:
-                result = session.run_step(step, recorder=recorder)
+                result = session.run_step(step, recorder)
             except ScanTimeout:
                 run.status, run.stopped_by = RunStatus.TIMEOUT.value, ErrorCategory.STEP_INTERRUPTED.value
                 run.stopped_at_step = step
@@ -191,7 +190,7 @@ def locate_origin(model_file: ModelFile, config: dict[str, Any], precision: Prec
                 return fallback
         tracer = OriginTracer(session.model, precision.value, step)
         with tracer:
-            result = session.run_step(step, tracer=tracer)
+            result = session.run_step(step, tracer)
     except UserCodeFailed:
         fallback.reproduced = False
         fallback.detail = "the replay raised in user code where the recorded run did not"

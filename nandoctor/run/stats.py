@@ -43,23 +43,30 @@ def floating_tensors(obj: Any) -> list[torch.Tensor]:
 
 
 UNMEASURED = -1.0   # norm / nonzero of a step that only took min/max
-_UNMEASURED = torch.tensor(UNMEASURED)
+
+
+def row_width(full: bool) -> int:
+    """Columns of a row as reduced on the device: a cheap row holds only min and max."""
+    return ROW_WIDTH if full else 2
+
+
+def padded_row(values: list[float]) -> list[float]:
+    """A host row with every ROW column; the columns a cheap row did not measure are UNMEASURED."""
+    return values + [UNMEASURED] * (ROW_WIDTH - len(values))
 
 
 def tensor_row(x: torch.Tensor, full: bool = True) -> torch.Tensor:
     """[min, max, ||x||_2, #nonzero] as a float32 device tensor. With full=False only the
-    single aminmax pass runs (max|x|, NaN/Inf presence, headroom) and the rest is UNMEASURED."""
+    single aminmax pass runs (max|x|, NaN/Inf presence, headroom): the row is [min, max]."""
     x = x.detach()
     if x.is_complex():
         x = x.abs()
+    low, high = torch.aminmax(x)
     if not full:
-        low, high = torch.aminmax(x)
-        return torch.stack([low.to(torch.float32), high.to(torch.float32), _UNMEASURED.to(x.device),
-                            _UNMEASURED.to(x.device)])
+        return torch.stack([low, high]).to(torch.float32)
     # Accumulate 16-bit tensors in float32 (a float16 norm overflows); float32 needs no cast,
     # and asking for one would copy the whole activation.
     acc = torch.float32 if x.dtype in (torch.float16, torch.bfloat16) else None
-    low, high = torch.aminmax(x)
     return torch.stack([low.to(torch.float32), high.to(torch.float32), torch.linalg.vector_norm(x, 2, dtype=acc),
                         torch.count_nonzero(x).to(torch.float32)])
 
@@ -73,13 +80,13 @@ def combined_row(tensors: list[torch.Tensor], full: bool = True) -> Optional[tor
         return tensor_row(tensors[0], full)
     rows = torch.stack([tensor_row(t, full).to(tensors[0].device) for t in tensors])
     if not full:
-        return rows[0].clone().copy_(torch.stack([rows[:, 0].amin(), rows[:, 1].amax(), rows[0, 2], rows[0, 3]]))
+        return torch.stack([rows[:, 0].amin(), rows[:, 1].amax()])
     return torch.stack([rows[:, 0].amin(), rows[:, 1].amax(), rows[:, 2].square().sum().sqrt(), rows[:, 3].sum()])
 
 
 def row_facts(row: list[float], numel: float, scale: float = 1.0) -> dict[str, float]:
     """Host side of a row: max|x|, norm, NaN/Inf presence (0 or 1), share of exact zeros."""
-    low, high, norm, nonzero = row[:4]
+    low, high, norm, nonzero = padded_row(list(row[:ROW_WIDTH]))
     has_nan = math.isnan(low) or math.isnan(high)
     has_inf = not has_nan and (math.isinf(low) or math.isinf(high))
     measured = nonzero != UNMEASURED
