@@ -199,3 +199,12 @@ def test_a_finiteness_check_reports_the_failing_parameter(tmp_path):
     assert not result.facts.params_finite
     bad = [math.isfinite(n) for n in result.facts.param_norm]
     assert bad == [False, True]      # the weight, not the bias
+
+
+def test_max_abs_of_gradients_matches_the_reference():
+    from nandoctor.run import stats
+    tensors = [torch.tensor([1.0, -5.0]), torch.tensor([float("nan"), 1.0]), torch.tensor([float("-inf")]),
+               torch.zeros(0), torch.tensor([2.0, 3.0], dtype=torch.float16), torch.tensor([1e300], dtype=torch.float64)]
+    got = stats.foreach_max_abs(tensors).tolist()
+    assert got[0] == 5.0 and math.isnan(got[1]) and got[2] == math.inf
+    assert got[3] == 0.0 and got[4] == 3.0 and got[5] == 1e300

@@ -94,7 +94,7 @@ class FinitenessCheck(StepProbe):
         self._grad_present = [i for i, _ in present]
         grads = [g for _, g in present]
         self._reduced["grad_norm"] = stats.foreach_norms(grads, 2.0)
-        self._reduced["grad_max"] = stats.foreach_norms(grads, math.inf)
+        self._reduced["grad_max"] = stats.foreach_max_abs(grads)
 
     def after_optimizer_step(self) -> None:
         self._reduced["norm"] = stats.foreach_norms([p.detach() for p in self.params], 2.0)
