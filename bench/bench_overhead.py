@@ -1,10 +1,13 @@
 """Recording overhead: a plain training loop vs nandoctor's instrumented step vs detect_anomaly.
 
 Each (model, variant) runs in its own process so peak memory (max RSS) is its own. Prints the
-median step time and peak RSS, and their ratios to the plain loop side by side.
+median step time (wall clock and process CPU time) and peak RSS, and their ratios to the plain
+loop side by side. Both loops' timed step includes fetching the batch (nandoctor's step calls
+get_batch); nandoctor's also includes its per-step re-seeding.
 
     python bench/bench_overhead.py                 # all models, 30 timed steps each
-    python bench/bench_overhead.py --steps 10 --models mlp
+    python bench/bench_overhead.py --steps 10 --models mlp --threads 1 --no-anomaly
+    python bench/bench_overhead.py --baseline-tree /tmp/old   # also time another checkout's step
 """
 from __future__ import annotations
 
@@ -50,10 +53,12 @@ class _Pool(nn.Module):
         return self.head(self.encoder(x).mean(dim=1))
 
 
-def child(name: str, variant: str, steps: int, warmup: int) -> dict:
+def child(name: str, variant: str, steps: int, warmup: int, threads: int) -> dict:
+    if threads:
+        torch.set_num_threads(threads)
     model, batch = build(name)
     modules = sum(1 for _ in model.modules())
-    times = []
+    times, cpu = [], []
     if variant == "nandoctor":
         from nandoctor.load.config import resolve_config
         from nandoctor.load.model_file import ModelFile
@@ -65,16 +70,17 @@ def child(name: str, variant: str, steps: int, warmup: int) -> dict:
         session = TrainingSession(spec, resolve_config(None, cwd="/").values, Precision.FP32, torch.device("cpu"))
         recorder = Recorder(session.model).attach()
         for step in range(warmup + steps):
-            t0 = time.perf_counter()
-            session.run_step(step, recorder=recorder)
+            t0, c0 = time.perf_counter(), time.process_time()
+            session.run_step(step, recorder)
             if step >= warmup:
                 times.append(time.perf_counter() - t0)
+                cpu.append(time.process_time() - c0)
     else:
         opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
         for step in range(warmup + steps):
             torch.manual_seed(step)
+            t0, c0 = time.perf_counter(), time.process_time()
             x, y = batch()
-            t0 = time.perf_counter()
             opt.zero_grad(set_to_none=True)
             if variant == "anomaly":
                 with torch.autograd.detect_anomaly():
@@ -87,7 +93,9 @@ def child(name: str, variant: str, steps: int, warmup: int) -> dict:
             loss.item()        # a real loop logs its loss: one sync per step, as nandoctor's
             if step >= warmup:
                 times.append(time.perf_counter() - t0)
+                cpu.append(time.process_time() - c0)
     return {"model": name, "variant": variant, "modules": modules, "step_ms": 1000 * statistics.median(times),
+            "cpu_ms": 1000 * statistics.median(cpu),
             "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
 
 
@@ -96,24 +104,37 @@ def main() -> None:
     parser.add_argument("--models", nargs="*", default=["mlp", "transformer", "deep", "deep-tiny"])
     parser.add_argument("--steps", type=int, default=30)
     parser.add_argument("--warmup", type=int, default=3)
+    parser.add_argument("--threads", type=int, default=0, help="torch threads in each child (0: torch's default)")
+    parser.add_argument("--no-anomaly", action="store_true", help="skip the detect_anomaly variant")
+    parser.add_argument("--baseline-tree", default=None, help="another checkout whose step is timed beside this one")
     parser.add_argument("--child", nargs=2, metavar=("MODEL", "VARIANT"))
     args = parser.parse_args()
     if args.child:
-        print(json.dumps(child(args.child[0], args.child[1], args.steps, args.warmup)))
+        print(json.dumps(child(args.child[0], args.child[1], args.steps, args.warmup, args.threads)))
         return
-    print(f"torch {torch.__version__}, {os.cpu_count()} CPUs, threads {torch.get_num_threads()}, median of {args.steps} steps")
-    print(f"{'model':12s} {'modules':>7s} {'plain ms':>9s} {'nandoctor':>10s} {'ratio':>6s} {'anomaly':>9s} {'ratio':>6s}"
-          f" {'RSS plain':>10s} {'RSS nd':>8s} {'ratio':>6s}")
+    variants = [("plain", "plain", None), ("nandoctor", "nandoctor", None)]
+    if args.baseline_tree:
+        variants.append(("baseline", "nandoctor", os.path.abspath(args.baseline_tree)))
+    if not args.no_anomaly:
+        variants.append(("anomaly", "anomaly", None))
+    here = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    print(f"torch {torch.__version__}, {os.cpu_count()} CPUs, threads {args.threads or torch.get_num_threads()}, "
+          f"median of {args.steps} steps; each cell: wall ms, ratio to plain | CPU ms, ratio to plain")
+    print(f"{'model':12s} {'modules':>7s} {'plain':>19s} " + " ".join(f"{label:>27s}" for label, _, _ in variants[1:])
+          + f" {'RSS plain':>10s} {'RSS nd':>8s}")
     for name in args.models:
         rows = {}
-        for variant in ("plain", "nandoctor", "anomaly"):
+        for label, variant, tree in variants:
+            env = dict(os.environ, PYTHONPATH=tree or here)
             out = subprocess.run([sys.executable, __file__, "--child", name, variant, "--steps", str(args.steps),
-                                  "--warmup", str(args.warmup)], capture_output=True, text=True, check=True)
-            rows[variant] = json.loads(out.stdout.strip().splitlines()[-1])
-        p, n, a = rows["plain"], rows["nandoctor"], rows["anomaly"]
-        print(f"{name:12s} {p['modules']:7d} {p['step_ms']:9.1f} {n['step_ms']:10.1f} {n['step_ms'] / p['step_ms']:6.2f}"
-              f" {a['step_ms']:9.1f} {a['step_ms'] / p['step_ms']:6.2f} {p['peak_rss_mb']:10.0f} {n['peak_rss_mb']:8.0f}"
-              f" {n['peak_rss_mb'] / p['peak_rss_mb']:6.2f}")
+                                  "--warmup", str(args.warmup), "--threads", str(args.threads)],
+                                 capture_output=True, text=True, check=True, env=env)
+            rows[label] = json.loads(out.stdout.strip().splitlines()[-1])
+        p = rows["plain"]
+        cells = [f"{rows[label]['step_ms']:8.1f} {rows[label]['step_ms'] / p['step_ms']:4.2f} |"
+                 f" {rows[label]['cpu_ms']:7.1f} {rows[label]['cpu_ms'] / p['cpu_ms']:4.2f}" for label, _, _ in variants[1:]]
+        print(f"{name:12s} {p['modules']:7d} {p['step_ms']:8.1f} | {p['cpu_ms']:8.1f} " + " ".join(f"{c:>27s}" for c in cells)
+              + f" {p['peak_rss_mb']:10.0f} {rows['nandoctor']['peak_rss_mb']:8.0f}", flush=True)
 
 
 if __name__ == "__main__":

@@ -1,6 +1,7 @@
 """Facts of a batch before it is used: NaN/Inf counts, ranges, class targets vs classes."""
 from __future__ import annotations
 
+import math
 from typing import Any, Optional
 
 import torch
@@ -18,8 +19,9 @@ def _named_batch(inputs: Any, targets: Any) -> list[tuple[str, torch.Tensor]]:
 def batch_stats(inputs: Any, targets: Any) -> list[BatchTensorStats]:
     """NaN/Inf counts and ranges of every batch tensor, moved to the host in one transfer.
 
-    Reductions run in the tensor's own dtype (no float64 copy of the batch on the hot path);
-    only the five scalars per tensor are widened."""
+    One aminmax pass per tensor answers for a finite batch (aminmax propagates NaN and shows
+    an Inf as the min or max); only a tensor that holds NaN/Inf pays for exact counts and the
+    range of its finite values. Reductions run in the tensor's own dtype."""
     named = _named_batch(inputs, targets)
     if not named:
         return []
@@ -27,28 +29,34 @@ def batch_stats(inputs: Any, targets: Any) -> list[BatchTensorStats]:
     for _, t in named:
         x = t.detach()
         if x.numel() == 0 or x.dtype == torch.bool:
-            rows.append(torch.zeros(5, dtype=torch.float64, device=x.device))
+            rows.append(torch.zeros(2, dtype=torch.float64))
             continue
         if x.is_complex():
             x = x.abs()
-        if x.is_floating_point():
-            finite = torch.isfinite(x)
-            low, high = torch.aminmax(torch.where(finite, x, torch.zeros((), dtype=x.dtype, device=x.device)))
-            counts = [torch.isnan(x).sum(), torch.isinf(x).sum()]
-        else:
-            low, high = torch.aminmax(x)
-            counts = [torch.zeros((), device=x.device), torch.zeros((), device=x.device)]
-        low, high = low.to(torch.float64), high.to(torch.float64)
-        rows.append(torch.stack([counts[0].to(torch.float64), counts[1].to(torch.float64),
-                                 torch.maximum(low.abs(), high.abs()), low, high]))
-    values = torch.stack([r.cpu() for r in rows]).tolist()
+        rows.append(torch.stack(torch.aminmax(x)).to(torch.float64).cpu())
+    ranges = torch.stack(rows).tolist()
     out = []
-    for (name, t), (nan, inf, max_abs, lo, hi) in zip(named, values):
+    for (name, t), (lo, hi) in zip(named, ranges):
+        nan = inf = 0
+        if not (math.isfinite(lo) and math.isfinite(hi)):
+            nan, inf, lo, hi = _nonfinite_counts(t)
         out.append(BatchTensorStats(name=name or "inputs", dtype=str(t.dtype).replace("torch.", ""),
-                                    shape=list(t.shape), numel=t.numel(), nan=int(nan), inf=int(inf),
-                                    max_abs=max_abs if t.numel() else None, min=lo if t.numel() else None,
-                                    max=hi if t.numel() else None))
+                                    shape=list(t.shape), numel=t.numel(), nan=nan, inf=inf,
+                                    max_abs=max(abs(lo), abs(hi)) if t.numel() else None,
+                                    min=lo if t.numel() else None, max=hi if t.numel() else None))
     return out
+
+
+def _nonfinite_counts(t: torch.Tensor) -> tuple[int, int, float, float]:
+    """NaN and Inf counts and the range with non-finite elements read as 0 (the slow path)."""
+    x = t.detach()
+    if x.is_complex():
+        x = x.abs()
+    finite = torch.isfinite(x)
+    low, high = torch.aminmax(torch.where(finite, x, torch.zeros((), dtype=x.dtype, device=x.device)))
+    nan, inf, lo, hi = torch.stack([torch.isnan(x).sum().to(torch.float64), torch.isinf(x).sum().to(torch.float64),
+                                    low.to(torch.float64), high.to(torch.float64)]).tolist()
+    return int(nan), int(inf), lo, hi
 
 
 def label_check(outputs: Any, targets: Any) -> Optional[LabelCheck]:

@@ -2,9 +2,9 @@
 
 Forward hooks reduce each module's output to one row on the device; a tensor hook on that
 output reduces its gradient the same way during backward; parameters are reduced with fused
-foreach kernels. Rows stay on the device until `finish_step`, which moves the whole step to
-the host in one transfer. No tensor is kept alive past its own hook: memory grows with the
-number of modules, not with activations.
+foreach kernels. Rows stay on the device until `finish`, which moves the whole step to the host
+in one transfer together with the finiteness facts. No tensor is kept alive past its own hook:
+memory grows with the number of modules, not with activations.
 """
 from __future__ import annotations
 
@@ -17,6 +17,7 @@ from typing import Any, Optional
 import torch
 
 from . import stats
+from .probes import FinitenessCheck, StepFacts
 
 
 # Every memory pass over an activation costs about as much as a small layer on CPU: the
@@ -25,29 +26,29 @@ ZERO_EVERY = 4
 
 
 @dataclass
-class StepStats:
-    """Host-side numbers of one step. Activation/gradient rows are ROW plus the element count."""
-    loss: float
+class StepStats(StepFacts):
+    """Host-side numbers of one recorded step. Activation/gradient rows are ROW plus the element count."""
     act: dict[int, list[float]] = field(default_factory=dict)      # module index -> ROW
     grad: dict[int, list[float]] = field(default_factory=dict)     # module index -> ROW (unscaled)
-    param_grad_norm: list[Optional[float]] = field(default_factory=list)
-    param_grad_max: list[Optional[float]] = field(default_factory=list)
     param_grad_zeros: list[Optional[float]] = field(default_factory=list)
-    param_norm: list[float] = field(default_factory=list)
     param_norm_before: list[float] = field(default_factory=list)
     update_norm: list[float] = field(default_factory=list)
-    total_grad_norm: float = math.nan
     grad_scale: float = 1.0
 
 
-class Recorder:
-    """Attach to a model for the duration of a run; `detach()` in a `finally:`."""
+class Recorder(FinitenessCheck):
+    """A finiteness check that also records every module. Attach for the duration of a run;
+    `detach()` in a `finally:`."""
+
+    _EXTRA = (("grad_zeros", True), ("norm_before", False), ("update", False))
 
     def __init__(self, model: torch.nn.Module):
+        self.modules = list(model.named_modules())
+        self.param_names = [name for name, p in model.named_parameters() if p.requires_grad]
+        super().__init__([p for p in model.parameters() if p.requires_grad])
         self._steps_seen = 0
         self._prev: Optional[list[torch.Tensor]] = None      # parameters before the step, reused buffers
-        self.modules = list(model.named_modules())
-        self.params = [(name, p) for name, p in model.named_parameters() if p.requires_grad]
+        self._last_norm: Optional[torch.Tensor] = None
         self._handles: list[Any] = []
         self._reset()
 
@@ -62,13 +63,13 @@ class Recorder:
             handle.remove()
         self._handles.clear()
 
-    @property
-    def _full(self) -> bool:
-        """Norms and zero shares are sampled every ZERO_EVERY steps (first step included);
-        min/max (max|x|, NaN/Inf presence, headroom) are taken on every step."""
-        return self._steps_seen % ZERO_EVERY == 0
+    def wants_batch_sources(self) -> bool:
+        return self._steps_seen == 0     # where batch tensors are made, once per run
 
     def _reset(self) -> None:
+        # Norms and zero shares are sampled every ZERO_EVERY steps (first step included);
+        # min/max (max|x|, NaN/Inf presence, headroom) are taken on every step.
+        self._full = self._steps_seen % ZERO_EVERY == 0
         self._act_rows: list[torch.Tensor] = []
         self._act_owner: list[int] = []
         self._act_numel: list[int] = []
@@ -81,11 +82,13 @@ class Recorder:
         self._last_output: Optional[weakref.ref] = None
         self._last_row: Optional[torch.Tensor] = None
         self._grad_watch: dict[int, tuple[weakref.ref, list[int]]] = {}
-        self._param_tensors: dict[str, torch.Tensor] = {}
 
     # ---- hooks ------------------------------------------------------------------------------
     def _on_forward(self, index: int, module: torch.nn.Module, args: Any, output: Any) -> None:
-        tensors = stats.floating_tensors(output)
+        if isinstance(output, torch.Tensor):      # the common case, without walking a structure
+            tensors = [output] if (output.is_floating_point() or output.is_complex()) and output.numel() else []
+        else:
+            tensors = stats.floating_tensors(output)
         if not tensors:
             return
         last = self._last_output() if self._last_output is not None else None
@@ -120,88 +123,58 @@ class Recorder:
 
     # ---- parameters -------------------------------------------------------------------------
     def after_backward(self) -> None:
-        """Reduce parameter gradients (call after GradScaler.unscale_, before clipping)."""
-        present = [(i, p.grad) for i, (_, p) in enumerate(self.params) if p.grad is not None]
-        self._grad_present = [i for i, _ in present]
-        grads = [g for _, g in present]
-        self._param_tensors["grad_norm"] = stats.foreach_norms(grads, 2.0)
-        self._param_tensors["grad_max"] = stats.foreach_norms(grads, math.inf)
+        super().after_backward()
         # Zero shares feed only the underflow rule: sampled every ZERO_EVERY steps to keep the
         # per-parameter kernel count down on models with thousands of parameters.
         if self._full:
-            self._param_tensors["grad_zeros"] = stats.zero_counts(grads)
+            self._reduced["grad_zeros"] = stats.zero_counts(
+                [p.grad for p in self.params if p.grad is not None])
 
     def before_optimizer_step(self) -> None:
-        params = [p.detach() for _, p in self.params]
+        params = [p.detach() for p in self.params]
         if not params:
             return
         if self._prev is None or len(self._prev) != len(params):
             self._prev = [torch.empty_like(p) for p in params]
         torch._foreach_copy_(self._prev, params)
         # The norm before this step is the norm after the last one: measure it only once.
-        last = getattr(self, "_last_norm", None)
-        self._param_tensors["norm_before"] = last if last is not None else stats.foreach_norms(self._prev, 2.0)
+        last = self._last_norm
+        self._reduced["norm_before"] = last if last is not None else stats.foreach_norms(self._prev, 2.0)
 
     def after_optimizer_step(self) -> None:
-        params = [p.detach() for _, p in self.params]
+        params = [p.detach() for p in self.params]
         if not params or self._prev is None:
             return
         torch._foreach_sub_(self._prev, params)   # prev now holds -(update)
-        self._param_tensors["update"] = stats.foreach_norms(self._prev, 2.0)
-        self._param_tensors["norm"] = stats.foreach_norms(params, 2.0)
-        self._last_norm = self._param_tensors["norm"]
+        self._reduced["update"] = stats.foreach_norms(self._prev, 2.0)
+        super().after_optimizer_step()
+        self._last_norm = self._reduced["norm"]
 
     # ---- one transfer per step ----------------------------------------------------------------
-    def finish_step(self, loss: torch.Tensor, grad_scale: float = 1.0) -> StepStats:
-        device = loss.device
-        parts = [loss.detach().reshape(1).to(torch.float32)]
-        act = torch.stack(self._act_rows).to(device) if self._act_rows else None
-        grad = torch.stack(self._grad_rows).to(device) if self._grad_rows else None
-        for block in (act, grad):
-            if block is not None:
-                parts.append(block.reshape(-1))
-        self._steps_seen += 1
-        names = ("grad_norm", "grad_max", "grad_zeros", "norm_before", "update", "norm")
-        for name in names:
-            if name in self._param_tensors:
-                parts.append(self._param_tensors[name].to(device).reshape(-1))
-        flat = torch.cat(parts).tolist()  # the step's only host synchronisation
+    def _leading_parts(self, device: torch.device) -> list[torch.Tensor]:
+        parts = []
+        for rows in (self._act_rows, self._grad_rows):
+            if rows:
+                parts.append(torch.stack(rows).to(device).reshape(-1))
+        return parts
 
-        out = StepStats(loss=flat[0], grad_scale=grad_scale)
-        pos = 1
-        if act is not None:
-            for owner, numel in zip(self._act_owner, self._act_numel):
-                out.act[owner] = flat[pos:pos + stats.ROW_WIDTH] + [float(numel)]
-                pos += stats.ROW_WIDTH
-        if grad is not None:
-            for owner, numel in zip(self._grad_owner, self._grad_numel):
-                # Output gradients are seen before GradScaler.unscale_: row_facts undoes the scale.
-                out.grad[owner] = flat[pos:pos + stats.ROW_WIDTH] + [float(numel)]
-                pos += stats.ROW_WIDTH
-        count = len(self.params)
-        present = getattr(self, "_grad_present", [])
-        per_param: dict[str, list[Optional[float]]] = {}
-        for name in names:
-            if name not in self._param_tensors:
-                per_param[name] = [None] * count
-                continue
-            n = self._param_tensors[name].numel()
-            values = flat[pos:pos + n]
-            pos += n
-            if name.startswith("grad_"):
-                full: list[Optional[float]] = [None] * count
-                for i, v in zip(present, values):
-                    full[i] = v
-                per_param[name] = full
-            else:
-                per_param[name] = list(values)
-        out.param_grad_norm = per_param["grad_norm"]
-        out.param_grad_max = per_param["grad_max"]
-        out.param_grad_zeros = per_param["grad_zeros"]
-        out.param_norm_before = per_param["norm_before"]  # type: ignore[assignment]
-        out.update_norm = per_param["update"]  # type: ignore[assignment]
-        out.param_norm = per_param["norm"]  # type: ignore[assignment]
-        squares = [g * g for g in out.param_grad_norm if g is not None]
-        out.total_grad_norm = math.sqrt(sum(squares)) if squares else math.nan
+    def _read_leading(self, flat: list[float], pos: int) -> int:
+        width = stats.row_width(self._full)
+        self._act_read: dict[int, list[float]] = {}
+        self._grad_read: dict[int, list[float]] = {}
+        for owners, numels, out in ((self._act_owner, self._act_numel, self._act_read),
+                                    (self._grad_owner, self._grad_numel, self._grad_read)):
+            # Output gradients are seen before GradScaler.unscale_: row_facts undoes the scale.
+            for owner, numel in zip(owners, numels):
+                out[owner] = stats.padded_row(flat[pos:pos + width]) + [float(numel)]
+                pos += width
+        return pos
+
+    def _facts(self, loss: float, grad_scale: float, values: dict[str, list[Optional[float]]]) -> StepFacts:
+        out = StepStats(loss=loss, act=self._act_read, grad=self._grad_read, grad_scale=grad_scale,
+                        param_grad_zeros=values["grad_zeros"],
+                        param_norm_before=values["norm_before"],  # type: ignore[arg-type]
+                        update_norm=values["update"])  # type: ignore[arg-type]
+        self._steps_seen += 1
         self._reset()
         return out

@@ -43,6 +43,7 @@ from torch.utils._pytree import tree_flatten
 from ..trace import NonfiniteEvent, OpRef, Phase, SourceLocation, TensorSummary
 from . import stats
 from .frames import stack_locations
+from .probes import StepProbe
 
 _TAG = "nandoctor"
 _IGNORED_NAMESPACES = ("profiler", "_c10d_functional", "c10d")
@@ -172,8 +173,8 @@ def _mutated_args(func: Any) -> list[int]:
     return [i for i, arg in enumerate(schema.arguments) if arg.alias_info is not None and arg.alias_info.is_write]
 
 
-class OriginTracer:
-    """Context manager that traces one step; call `set_phase` as the step advances."""
+class OriginTracer(StepProbe):
+    """Context manager that traces one step; a probe of `run_step`, which tells it each phase."""
 
     def __init__(self, model: torch.nn.Module, precision: str, step: int):
         self.model = model
@@ -221,6 +222,9 @@ class OriginTracer:
             for handle in self._handles:
                 handle.remove()
             self._handles.clear()
+
+    def on_phase(self, phase: Phase) -> None:
+        self.set_phase(phase)
 
     def set_phase(self, phase: Phase) -> None:
         self.phase = phase.value

@@ -132,7 +132,6 @@ def run_precision(model_file: ModelFile, config: dict[str, Any], precision: Prec
         return run
 
     recorder = Recorder(session.model).attach()
-    session._first_recorded_step = start_step
     collected: list[StepStats] = []
     try:
         for step in range(start_step, start_step + config["steps"]):
@@ -141,7 +140,7 @@ def run_precision(model_file: ModelFile, config: dict[str, Any], precision: Prec
                 run.note = f"--max-seconds ran out after {len(run.steps)} of {config['steps']} steps"
                 break
             try:
-                result = session.run_step(step, recorder=recorder)
+                result = session.run_step(step, recorder)
             except ScanTimeout:
                 run.status, run.stopped_by = RunStatus.TIMEOUT.value, ErrorCategory.STEP_INTERRUPTED.value
                 run.stopped_at_step = step
@@ -279,7 +278,7 @@ def _traced_replay(session: TrainingSession, precision: Precision, step: int,
     for current in range(step, step + 1 + EXTRA_TRACED_STEPS):
         tracer = OriginTracer(session.model, precision.value, current)
         with tracer:
-            result = session.run_step(current, tracer=tracer)
+            result = session.run_step(current, tracer)
         if result.failure is not None or not _params_overflow(session):
             return current, result, tracer
     return step, result, tracer

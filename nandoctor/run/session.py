@@ -8,7 +8,7 @@ from __future__ import annotations
 import contextlib
 import math
 from dataclasses import dataclass, field
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Iterator, Optional
 
 import torch
 
@@ -17,14 +17,13 @@ from ..load.model_file import ModelFile
 from ..trace.vocab import Precision
 from .precision import spec_of
 from ..trace import ErrorCategory, NonfiniteEvent, Phase, StepRecord, UserError
-from . import stats
 from .batch import _named_batch, _sanitise, _to_device, batch_stats, label_check
 from .seeding import seed_everything, step_seed
 from .training_defaults import StaticScaler, build_optimizer, default_loss
 from .user_code import UserCodeFailed, call_user
-from .recorder import Recorder, StepStats
+from .probes import FinitenessCheck, StepFacts, StepProbe
+from .recorder import StepStats
 from .init_sites import record_init_sites, record_tensor_sites, site_for
-from .replay import OriginTracer
 
 
 @dataclass
@@ -38,14 +37,55 @@ class Overrides:
     switch_dtype_at: Optional[tuple[int, torch.dtype]] = None  # run from this step on in this dtype
 
 
+def _accelerator_initialised() -> bool:
+    return any(getattr(getattr(torch, name, None), "is_initialized", lambda: False)()
+               for name in ("cuda", "xpu", "mtia")) or torch.backends.mps.is_available()
+
+
 @dataclass
 class StepResult:
     record: StepRecord
-    stats: Optional[StepStats] = None
+    facts: Optional[StepFacts] = None       # what decided the step's outcome (None: it stopped before)
     failure: Optional[str] = None          # batch | loss | gradients | parameters
     event: Optional[NonfiniteEvent] = None
     error: Optional[UserError] = None
     surfaces: list = field(default_factory=list)   # tensors where the failure was seen (for the replay)
+
+    @property
+    def stats(self) -> Optional[StepStats]:
+        """The recorder's numbers of this step, when a recorder watched it."""
+        return self.facts if isinstance(self.facts, StepStats) else None
+
+
+class _Probes:
+    """The probes of one step, called together; the finiteness check is always among them."""
+
+    def __init__(self, probes: list[StepProbe]):
+        self.all = probes
+
+    def on_phase(self, phase: Phase) -> None:
+        for probe in self.all:
+            probe.on_phase(phase)
+
+    @contextlib.contextmanager
+    def suspended(self) -> Iterator[None]:
+        with contextlib.ExitStack() as stack:
+            for probe in self.all:
+                stack.enter_context(probe.suspended())
+            yield
+
+    def call(self, method: str) -> None:
+        with self.suspended():
+            for probe in self.all:
+                getattr(probe, method)()
+
+    def finish(self, loss: torch.Tensor, grad_scale: float) -> StepFacts:
+        facts = None
+        with self.suspended():
+            for probe in self.all:
+                facts = probe.finish(loss, grad_scale) or facts
+        assert facts is not None, "the finiteness check always reports"
+        return facts
 
 
 class TrainingSession:
@@ -107,7 +147,7 @@ class TrainingSession:
         self.params = params
         self.param_names = {id(p): n for n, p in model.named_parameters()}
         self.init_sites = sites
-        self._first_recorded_step: Optional[int] = None
+        self._finiteness = FinitenessCheck(params)
 
     # ---- facts for the trace --------------------------------------------------------------------
     def optimizer_facts(self) -> dict[str, Any]:
@@ -118,6 +158,11 @@ class TrainingSession:
                 value = group[key]
                 facts[key] = list(value) if isinstance(value, tuple) else (float(value) if isinstance(value, (int, float, torch.Tensor)) else value)
         return facts
+
+    def _seed(self, seed: int) -> None:
+        # A CPU run whose process never initialised an accelerator has only the CPU generator
+        # to seed; anything else seeds every generator, as the session's first seed did.
+        seed_everything(seed, cpu_only=self.device.type == "cpu" and not _accelerator_initialised())
 
     # ---- the step -------------------------------------------------------------------------------
     def _context(self) -> contextlib.AbstractContextManager:
@@ -135,23 +180,33 @@ class TrainingSession:
         self.scaler = None
         self.compute_dtype = dtype
 
-    def run_step(self, step: int, recorder: Optional[Recorder] = None, tracer: Optional[OriginTracer] = None) -> StepResult:
+    def run_step(self, step: int, *probes: StepProbe) -> StepResult:
+        """One training step, watched by `probes` (a Recorder, an OriginTracer); without a
+        recorder the session's own finiteness check decides whether the step failed."""
         if self.overrides.switch_dtype_at and step == self.overrides.switch_dtype_at[0]:
             self._switch_dtype(self.overrides.switch_dtype_at[1])
-        record = StepRecord(step=step)
-        result = StepResult(record=record)
+        watch = _Probes(list(probes) if any(isinstance(p, FinitenessCheck) for p in probes)
+                        else [self._finiteness, *probes])
+        result = StepResult(record=StepRecord(step=step))
+        batch = self._data_phase(step, watch, result)
+        if batch is None:
+            return result
+        loss = self._forward_loss_phase(step, batch, watch, result)
+        if loss is None:
+            return result
+        scale = self._backward_phase(loss, watch)
+        self._unscale_clip_phase(watch)
+        self._optimizer_phase(scale, watch, result.record)
+        return self._finish(loss, scale, watch, result)
 
-        def phase(p: Phase) -> None:
-            if tracer is not None:
-                tracer.set_phase(p)
-
-        ours = tracer.suspended if tracer is not None else contextlib.nullcontext
-
-        # data
-        phase(Phase.DATA)
-        seed_everything(step_seed(self.seed, step, 1))
+    # ---- phases ---------------------------------------------------------------------------------
+    def _data_phase(self, step: int, watch: _Probes, result: StepResult) -> Optional[tuple[Any, Any]]:
+        """The batch, checked before use; None when the step ends here (non-finite or skipped)."""
+        record = result.record
+        watch.on_phase(Phase.DATA)
+        self._seed(step_seed(self.seed, step, 1))
         sites = None
-        if recorder is not None and step == self._first_recorded_step:
+        if any(p.wants_batch_sources() for p in watch.all):
             batch, sites = call_user(Phase.DATA, record_tensor_sites, self.model_file.get_batch, step)
         else:
             batch = call_user(Phase.DATA, self.model_file.get_batch, step)
@@ -163,7 +218,7 @@ class TrainingSession:
         fix = self.overrides.batch_fix
         if fix == "sanitise":
             inputs, targets = _sanitise(inputs), _sanitise(targets)
-        with ours():
+        with watch.suspended():
             record.batch = batch_stats(inputs, targets)
         if sites is not None:
             for b, (_, t) in zip(record.batch, _named_batch(inputs, targets)):
@@ -171,7 +226,7 @@ class TrainingSession:
         bad = [b for b in record.batch if b.nan or b.inf]
         if bad and fix == "skip":
             record.skipped = True      # the experiment drops batches holding NaN/Inf
-            return result
+            return None
         if bad:
             result.failure = "batch"
             first = bad[0]
@@ -181,69 +236,81 @@ class TrainingSession:
                 surfaced_in="batch",
                 detail=", ".join(f"{b.name}: {b.nan} NaN, {b.inf} Inf of {b.numel}" for b in bad))
             result.surfaces = [t for name, t in _named_batch(inputs, targets) if name == first.name]
-            return result
-        inputs = _to_device(inputs, self.device, self.compute_dtype if self.spec.cast_model or self.overrides.switch_dtype_at else None)
-        targets = _to_device(targets, self.device, self.compute_dtype if self.spec.cast_model or self.overrides.switch_dtype_at else None)
+            return None
+        cast = self.compute_dtype if self.spec.cast_model or self.overrides.switch_dtype_at else None
+        return _to_device(inputs, self.device, cast), _to_device(targets, self.device, cast)
 
-        # forward
+    def _forward_loss_phase(self, step: int, batch: tuple[Any, Any], watch: _Probes,
+                            result: StepResult) -> Optional[torch.Tensor]:
+        """Forward and loss under the precision's autocast; None when the label guard stops the step."""
+        inputs, targets = batch
         self.optimizer.zero_grad(set_to_none=True)
-        phase(Phase.FORWARD)
-        seed_everything(step_seed(self.seed, step, 2))
+        watch.on_phase(Phase.FORWARD)
+        self._seed(step_seed(self.seed, step, 2))
         with self._context():
-            if isinstance(inputs, dict):
-                outputs = call_user(Phase.FORWARD, self.model, **inputs)
-            elif isinstance(inputs, (tuple, list)):
-                outputs = call_user(Phase.FORWARD, self.model, *inputs)
-            else:
-                outputs = call_user(Phase.FORWARD, self.model, inputs)
-            with ours():
-                record.labels = label_check(outputs, targets)
-            # Without a user loss the default cross-entropy would index with these targets (a
-            # device-side assert on CUDA): stop before it. A user loss may use them differently.
-            abort = self.model_file.loss_fn is None or self.device.type == "cuda"
-            if record.labels is not None and record.labels.out_of_range and abort:
-                lc = record.labels
-                result.error = UserError(
-                    phase=Phase.LOSS.value, exc_type="LabelOutOfRange",
-                    message=f"{lc.out_of_range} class target(s) in {lc.tensor} outside [0, {lc.num_classes}) "
-                            f"(min {lc.min}, max {lc.max}); the loss was not computed (on CUDA this is a device-side assert)",
-                    source=None, user_source=None, category=ErrorCategory.LABEL_GUARD.value)
-                return result
-            phase(Phase.LOSS)
-            loss_fn = self.model_file.loss_fn or default_loss
-            try:
-                loss = call_user(Phase.LOSS, loss_fn, outputs, targets)
-            except UserCodeFailed as failed:
-                if record.labels is not None and record.labels.out_of_range:
-                    # The loss indexed with class targets outside [0, C): the label guard's
-                    # fact, whatever the loss's own message says.
-                    failed.error.category = ErrorCategory.LABEL_GUARD.value
-                raise
+            outputs = self._forward(inputs)
+            with watch.suspended():
+                result.record.labels = label_check(outputs, targets)
+            if self._label_guard(result):
+                return None
+            watch.on_phase(Phase.LOSS)
+            loss = self._loss(outputs, targets, result.record)
         if not isinstance(loss, torch.Tensor) or loss.numel() != 1 or not loss.is_floating_point():
             raise InputError(f"model file {self.model_file.display}: the loss must be a floating-point scalar tensor, "
                              f"got {type(loss).__name__}{' of shape ' + str(list(loss.shape)) if isinstance(loss, torch.Tensor) else ''}.")
-        record.loss = None  # filled from the step's single host transfer
+        return loss
 
-        # backward
-        phase(Phase.BACKWARD)
+    def _forward(self, inputs: Any) -> Any:
+        if isinstance(inputs, dict):
+            return call_user(Phase.FORWARD, self.model, **inputs)
+        if isinstance(inputs, (tuple, list)):
+            return call_user(Phase.FORWARD, self.model, *inputs)
+        return call_user(Phase.FORWARD, self.model, inputs)
+
+    def _label_guard(self, result: StepResult) -> bool:
+        """Without a user loss the default cross-entropy would index with out-of-range targets
+        (a device-side assert on CUDA): stop before it. A user loss may use them differently."""
+        labels = result.record.labels
+        abort = self.model_file.loss_fn is None or self.device.type == "cuda"
+        if labels is None or not labels.out_of_range or not abort:
+            return False
+        result.error = UserError(
+            phase=Phase.LOSS.value, exc_type="LabelOutOfRange",
+            message=f"{labels.out_of_range} class target(s) in {labels.tensor} outside [0, {labels.num_classes}) "
+                    f"(min {labels.min}, max {labels.max}); the loss was not computed (on CUDA this is a device-side assert)",
+            source=None, user_source=None, category=ErrorCategory.LABEL_GUARD.value)
+        return True
+
+    def _loss(self, outputs: Any, targets: Any, record: StepRecord) -> Any:
+        loss_fn = self.model_file.loss_fn or default_loss
+        try:
+            return call_user(Phase.LOSS, loss_fn, outputs, targets)
+        except UserCodeFailed as failed:
+            if record.labels is not None and record.labels.out_of_range:
+                # The loss indexed with class targets outside [0, C): the label guard's
+                # fact, whatever the loss's own message says.
+                failed.error.category = ErrorCategory.LABEL_GUARD.value
+            raise
+
+    def _backward_phase(self, loss: torch.Tensor, watch: _Probes) -> float:
+        """Backward of the (scaled) loss; returns the loss scale it used."""
+        watch.on_phase(Phase.BACKWARD)
         scale = self.scaler.get_scale() if self.scaler is not None else 1.0
         scaled = self.scaler.scale(loss) if self.scaler is not None else loss
         call_user(Phase.BACKWARD, scaled.reshape(()).backward)
-        phase(Phase.OPTIMIZER)
+        return scale
+
+    def _unscale_clip_phase(self, watch: _Probes) -> None:
+        watch.on_phase(Phase.OPTIMIZER)
         if self.scaler is not None:
             self.scaler.unscale_(self.optimizer)
-        if recorder is not None:
-            recorder.after_backward()
-        grads = [p.grad for p in self.params if p.grad is not None]
-        grad_norm_before_clip = None
-        if recorder is None and grads:      # the recorder measures it itself
-            with ours():
-                grad_norm_before_clip = stats.foreach_norms(grads).square().sum().sqrt()
+        watch.call("after_backward")       # gradients as the optimizer will see them, before clipping
         clip = self.overrides.grad_clip if self.overrides.grad_clip is not None else self.config["grad_clip"]
         if clip:
             torch.nn.utils.clip_grad_norm_(self.params, clip)
-        if recorder is not None:
-            recorder.before_optimizer_step()
+
+    def _optimizer_phase(self, scale: float, watch: _Probes, record: StepRecord) -> None:
+        watch.call("before_optimizer_step")
         if self.scaler is not None:
             call_user(Phase.OPTIMIZER, self.scaler.step, self.optimizer)
             self.scaler.update()
@@ -255,38 +322,21 @@ class TrainingSession:
         if self.scheduler is not None:
             call_user(Phase.OPTIMIZER, self.scheduler.step)
         record.lr = float(self.optimizer.param_groups[0]["lr"])
-        if recorder is not None:
-            recorder.after_optimizer_step()
-            step_stats = recorder.finish_step(loss, grad_scale=scale)
-            result.stats = step_stats
-            record.loss = step_stats.loss
-            record.grad_norm = step_stats.total_grad_norm
-            # Finiteness from max |x|: an L2 norm of huge but finite values can overflow.
-            grads_finite = all(g is None or math.isfinite(g) for g in step_stats.param_grad_max)
-            # An L2 norm overflows only for elements beyond ~1e19: as good as non-finite.
-            params_finite = all(math.isfinite(n) for n in step_stats.param_norm)
-            bad_grads = [self.param_names[id(p)] for p, g in zip(self.params, step_stats.param_grad_max)
-                         if g is not None and not math.isfinite(g)]
-        else:
-            with ours():
-                norms = stats.foreach_norms([p.detach() for p in self.params], math.inf)
-                grad_norms = stats.foreach_norms(grads, math.inf) if grads else torch.zeros(0)
-                values = torch.cat([loss.detach().float().reshape(1),
-                                    (grad_norm_before_clip.reshape(1) if grad_norm_before_clip is not None else torch.zeros(1)).to(norms.device),
-                                    norms, grad_norms.to(norms.device)]).tolist()
-            record.loss, record.grad_norm = values[0], values[1]
-            params_finite = all(math.isfinite(v) for v in values[2:2 + len(self.params)])
-            grads_finite = all(math.isfinite(v) for v in values[2 + len(self.params):])
-            bad_grads = [] if grads_finite else [self.param_names[id(p)] for p, v in zip(
-                [p for p in self.params if p.grad is not None], values[2 + len(self.params):]) if not math.isfinite(v)]
-        record.nonfinite_grads = bad_grads
-        if record.loss is None or not math.isfinite(record.loss):
+        watch.call("after_optimizer_step")
+
+    def _finish(self, loss: torch.Tensor, scale: float, watch: _Probes, result: StepResult) -> StepResult:
+        """One host transfer, then the step's one finiteness verdict: loss, gradients, parameters."""
+        facts = watch.finish(loss, scale)
+        record = result.record
+        result.facts = facts
+        record.loss, record.grad_norm = facts.loss, facts.total_grad_norm
+        record.nonfinite_grads = [self.param_names[id(p)] for p, g in zip(self.params, facts.param_grad_max)
+                                  if g is not None and not math.isfinite(g)]
+        if not facts.loss_finite:
             result.failure, result.surfaces = "loss", [loss]
-        elif not grads_finite and not record.skipped:
+        elif not facts.grads_finite and not record.skipped:
             result.failure = "gradients"
             result.surfaces = [p.grad for p in self.params if p.grad is not None]
-        elif not params_finite:
+        elif not facts.params_finite:
             result.failure, result.surfaces = "parameters", list(self.params)
         return result
-
-

@@ -43,25 +43,46 @@ def floating_tensors(obj: Any) -> list[torch.Tensor]:
 
 
 UNMEASURED = -1.0   # norm / nonzero of a step that only took min/max
-_UNMEASURED = torch.tensor(UNMEASURED)
+
+
+def row_width(full: bool) -> int:
+    """Columns of a row as reduced on the device: a cheap row holds only min and max."""
+    return ROW_WIDTH if full else 2
+
+
+def padded_row(values: list[float]) -> list[float]:
+    """A host row with every ROW column; the columns a cheap row did not measure are UNMEASURED."""
+    return values + [UNMEASURED] * (ROW_WIDTH - len(values))
+
+
+# A float is zero exactly when its bits without the sign bit are zero (+0.0 and -0.0; NaN is
+# not zero). Counting the non-zero bits of an integer view is ~4x faster on CPU than
+# count_nonzero of the float tensor itself.
+_BITS = {torch.float32: torch.int32, torch.float64: torch.int64, torch.float16: torch.int16, torch.bfloat16: torch.int16}
+
+
+def nonzero_count(x: torch.Tensor) -> torch.Tensor:
+    """Number of non-zero elements, as an int64 device scalar."""
+    bits = _BITS.get(x.dtype)
+    if bits is None:
+        return torch.count_nonzero(x)
+    return torch.count_nonzero(x.view(bits) << 1)
 
 
 def tensor_row(x: torch.Tensor, full: bool = True) -> torch.Tensor:
     """[min, max, ||x||_2, #nonzero] as a float32 device tensor. With full=False only the
-    single aminmax pass runs (max|x|, NaN/Inf presence, headroom) and the rest is UNMEASURED."""
+    single aminmax pass runs (max|x|, NaN/Inf presence, headroom): the row is [min, max]."""
     x = x.detach()
     if x.is_complex():
         x = x.abs()
+    low, high = torch.aminmax(x)
     if not full:
-        low, high = torch.aminmax(x)
-        return torch.stack([low.to(torch.float32), high.to(torch.float32), _UNMEASURED.to(x.device),
-                            _UNMEASURED.to(x.device)])
+        return torch.stack([low, high]).to(torch.float32)
     # Accumulate 16-bit tensors in float32 (a float16 norm overflows); float32 needs no cast,
     # and asking for one would copy the whole activation.
     acc = torch.float32 if x.dtype in (torch.float16, torch.bfloat16) else None
-    low, high = torch.aminmax(x)
     return torch.stack([low.to(torch.float32), high.to(torch.float32), torch.linalg.vector_norm(x, 2, dtype=acc),
-                        torch.count_nonzero(x).to(torch.float32)])
+                        nonzero_count(x).to(torch.float32)])
 
 
 def combined_row(tensors: list[torch.Tensor], full: bool = True) -> Optional[torch.Tensor]:
@@ -73,13 +94,13 @@ def combined_row(tensors: list[torch.Tensor], full: bool = True) -> Optional[tor
         return tensor_row(tensors[0], full)
     rows = torch.stack([tensor_row(t, full).to(tensors[0].device) for t in tensors])
     if not full:
-        return rows[0].clone().copy_(torch.stack([rows[:, 0].amin(), rows[:, 1].amax(), rows[0, 2], rows[0, 3]]))
+        return torch.stack([rows[:, 0].amin(), rows[:, 1].amax()])
     return torch.stack([rows[:, 0].amin(), rows[:, 1].amax(), rows[:, 2].square().sum().sqrt(), rows[:, 3].sum()])
 
 
 def row_facts(row: list[float], numel: float, scale: float = 1.0) -> dict[str, float]:
     """Host side of a row: max|x|, norm, NaN/Inf presence (0 or 1), share of exact zeros."""
-    low, high, norm, nonzero = row[:4]
+    low, high, norm, nonzero = padded_row(list(row[:ROW_WIDTH]))
     has_nan = math.isnan(low) or math.isnan(high)
     has_inf = not has_nan and (math.isinf(low) or math.isinf(high))
     measured = nonzero != UNMEASURED
@@ -108,11 +129,27 @@ def foreach_norms(tensors: list[torch.Tensor], ord: float = 2.0) -> torch.Tensor
     return out
 
 
+def foreach_max_abs(tensors: list[torch.Tensor]) -> torch.Tensor:
+    """Per-tensor max |x|, NaN for a tensor holding NaN (empty list -> empty vector).
+
+    On CPU one aminmax pass per tensor: `_foreach_norm(ord=inf)` takes about 4x as long there
+    (1.3 ms for a 400k-parameter MLP, 49 ms for 1200 tensors). Elsewhere the fused kernel wins."""
+    if not tensors:
+        return torch.zeros(0)
+    device = tensors[0].device
+    if device.type != "cpu" or any(t.device != device for t in tensors):
+        return foreach_norms(tensors, math.inf)
+    pairs = [torch.stack(torch.aminmax(t.abs() if t.is_complex() else t)) if t.numel()
+             else torch.zeros(2, dtype=t.dtype if t.is_floating_point() else torch.float32) for t in tensors]
+    # amax propagates NaN, so a NaN min or max stays NaN.
+    return torch.stack(pairs).abs_().amax(dim=1)
+
+
 def zero_counts(tensors: list[torch.Tensor]) -> torch.Tensor:
     """Per-tensor count of exact zeros (no concatenated copy of the tensors)."""
     if not tensors:
         return torch.zeros(0)
-    return torch.stack([torch.count_nonzero(t) for t in tensors]).neg_().add_(
+    return torch.stack([nonzero_count(t) for t in tensors]).neg_().add_(
         torch.tensor([t.numel() for t in tensors], device=tensors[0].device)).to(torch.float32)
 
 
