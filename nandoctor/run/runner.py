@@ -279,9 +279,16 @@ def _traced_replay(session: TrainingSession, precision: Precision, step: int,
         tracer = OriginTracer(session.model, precision.value, current)
         with tracer:
             result = session.run_step(current, tracer)
-        if result.failure is not None or not _params_overflow(session):
+        # The step's finiteness check judges parameters by their L2 norm (as the recorded run
+        # did); when every value is still finite, the real origin lies in a later step.
+        oversized_only = result.failure == "parameters" and _params_finite_elementwise(session)
+        if (result.failure is not None and not oversized_only) or not _params_overflow(session):
             return current, result, tracer
     return step, result, tracer
+
+
+def _params_finite_elementwise(session: TrainingSession) -> bool:
+    return all(bool(torch.isfinite(p.detach()).all()) for p in session.params)
 
 
 def _reproduces(session: TrainingSession, result: StepResult, seen: StepResult) -> bool:
