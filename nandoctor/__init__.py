@@ -20,4 +20,22 @@ def postmortem(*args, **kwargs):  # noqa: D103 - documented in nandoctor.postmor
     return _postmortem(*args, **kwargs)
 
 
-__all__ = ["scan", "postmortem", "__version__"]
+def watch(*args, **kwargs):  # noqa: D103 - documented in nandoctor.watcher.guard.watch
+    from .watcher.guard import watch as _watch
+    return _watch(*args, **kwargs)
+
+
+def replay(*args, **kwargs):  # noqa: D103 - documented in nandoctor.run.bundle_replay.replay
+    from .run.bundle_replay import replay as _replay
+    return _replay(*args, **kwargs)
+
+
+def __getattr__(name):
+    # Lazy, so `import nandoctor` stays light: torch loads only when the watch is used.
+    if name in ("NonFiniteError", "NonFiniteWarning"):
+        from .watcher import guard
+        return getattr(guard, name)
+    raise AttributeError(f"module 'nandoctor' has no attribute {name!r}")
+
+
+__all__ = ["scan", "postmortem", "watch", "replay", "NonFiniteError", "NonFiniteWarning", "__version__"]
