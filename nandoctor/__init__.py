@@ -25,8 +25,8 @@ def watch(*args, **kwargs):  # noqa: D103 - documented in nandoctor.watcher.guar
     return _watch(*args, **kwargs)
 
 
-def replay(*args, **kwargs):  # noqa: D103 - documented in nandoctor.run.bundle_replay.replay
-    from .run.bundle_replay import replay as _replay
+def replay(*args, **kwargs):  # noqa: D103 - documented in nandoctor.replay_api.replay
+    from .replay_api import replay as _replay
     return _replay(*args, **kwargs)
 
 

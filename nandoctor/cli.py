@@ -25,6 +25,7 @@ app = typer.Typer(
          "  nandoctor scan model.py\n\n"
          "  nandoctor scan model.py --precision 16-mixed --steps 50 --format json --output report.json\n\n"
          "  nandoctor postmortem checkpoints/last.pt\n\n"
+         "  nandoctor replay nandoctor-bundles/step-000123 --model model.py\n\n"
          "  nandoctor explain high-lr\n\n"
          "Exit codes: 0 pass, 1 findings at or above --fail-on, 2 unusable input, 3 internal error.")
 
@@ -209,6 +210,43 @@ def postmortem(
         from .report.console import print_postmortem
         report = run_postmortem(path, baseline, trust=trust, fail_on=fail_on or "error")
         emit(report.to_dict(), fmt, output, quiet, printer=print_postmortem)
+        return report
+
+    _guarded(run)
+
+
+@app.command()
+def replay(
+    bundle: Annotated[Path, typer.Argument(help="A crash bundle folder written by nandoctor.watch or a NanDoctorCallback.")],
+    model: Annotated[Optional[Path], typer.Option("--model", help="Model file with build_model() and training_step(model, batch) or loss_fn(outputs, targets); required for plain-loop bundles.")] = None,
+    trust: Annotated[bool, typer.Option("--trust", help="Allow importing the LightningModule (your code) that a Lightning bundle names.")] = False,
+    fmt: FormatOpt = "rich",
+    output: OutputOpt = None,
+    html: Annotated[Optional[Path], typer.Option("--html", help="Also write a self-contained HTML report with plots.")] = None,
+    quiet: QuietOpt = False,
+    fail_on: FailOnOpt = None,
+    device: Annotated[Optional[str], typer.Option(help="auto|cpu|cuda|cuda:N.")] = None,
+    max_seconds: Annotated[Optional[float], typer.Option("--max-seconds", help="Time budget for the replay and its experiments.")] = None,
+    no_experiments: Annotated[bool, typer.Option("--no-experiments", help="Skip the confirming experiments.")] = False,
+) -> None:
+    """Re-run the failing step of a crash bundle with op-level tracing and diagnose it.
+
+    Nothing from the bundle is executed: it is read as JSON and safetensors. Plain-loop bundles
+    need --model; Lightning bundles import your LightningModule only with --trust; Hugging Face
+    bundles build a transformers model class from the stored config.
+
+    Examples:
+
+      nandoctor replay nandoctor-bundles/step-000123 --model model.py
+
+      nandoctor replay nandoctor-bundles/step-000123 --trust --format json -o replay.json
+    """
+    def run() -> Any:
+        _check_format(fmt)
+        from .replay_api import replay as run_replay
+        report = run_replay(bundle, model, trust=trust, experiments=False if no_experiments else None,
+                            fail_on=fail_on, max_seconds=max_seconds, device=device)
+        emit(report.to_dict(), fmt, output, quiet, html)
         return report
 
     _guarded(run)

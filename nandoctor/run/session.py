@@ -248,6 +248,12 @@ class TrainingSession:
         self.scaler = None
         self.compute_dtype = dtype
 
+    def _seed_step(self, step: int, salt: int) -> None:
+        if self.model_file.restore_rng is not None:
+            self.model_file.restore_rng(step)
+        else:
+            seed_everything(step_seed(self.seed, step, salt))
+
     def run_step(self, step: int, recorder: Optional[Recorder] = None, tracer: Optional[OriginTracer] = None) -> StepResult:
         if self.overrides.switch_dtype_at and step == self.overrides.switch_dtype_at[0]:
             self._switch_dtype(self.overrides.switch_dtype_at[1])
@@ -262,12 +268,15 @@ class TrainingSession:
 
         # data
         phase(Phase.DATA)
-        seed_everything(step_seed(self.seed, step, 1))
+        self._seed_step(step, 1)
         sites = None
         if recorder is not None and step == self._first_recorded_step:
             batch, sites = call_user(Phase.DATA, record_tensor_sites, self.model_file.get_batch, step)
         else:
             batch = call_user(Phase.DATA, self.model_file.get_batch, step)
+        training_step = self.model_file.training_step
+        if training_step is not None:
+            batch = (batch, None)      # training_step takes get_batch's value as it is
         if not isinstance(batch, (tuple, list)) or len(batch) != 2:
             raise InputError(f"model file {self.model_file.display}: get_batch(step) must return (inputs, targets), "
                              f"got {type(batch).__name__}"
@@ -301,16 +310,18 @@ class TrainingSession:
         # forward
         self.optimizer.zero_grad(set_to_none=True)
         phase(Phase.FORWARD)
-        seed_everything(step_seed(self.seed, step, 2))
+        self._seed_step(step, 2)
         with self._context():
-            if isinstance(inputs, dict):
+            if training_step is not None:
+                outputs = loss = call_user(Phase.FORWARD, training_step, self.model, inputs)
+            elif isinstance(inputs, dict):
                 outputs = call_user(Phase.FORWARD, self.model, **inputs)
             elif isinstance(inputs, (tuple, list)):
                 outputs = call_user(Phase.FORWARD, self.model, *inputs)
             else:
                 outputs = call_user(Phase.FORWARD, self.model, inputs)
             with ours():
-                record.labels = label_check(outputs, targets)
+                record.labels = label_check(outputs, targets) if training_step is None else None
             # Without a user loss the default cross-entropy would index with these targets (a
             # device-side assert on CUDA): stop before it. A user loss may use them differently.
             abort = self.model_file.loss_fn is None or self.device.type == "cuda"
@@ -322,9 +333,10 @@ class TrainingSession:
                             f"(min {lc.min}, max {lc.max}); the loss was not computed (on CUDA this is a device-side assert)",
                     source=None, user_source=None)
                 return result
-            phase(Phase.LOSS)
-            loss_fn = self.model_file.loss_fn or default_loss
-            loss = call_user(Phase.LOSS, loss_fn, outputs, targets)
+            if training_step is None:
+                phase(Phase.LOSS)
+                loss_fn = self.model_file.loss_fn or default_loss
+                loss = call_user(Phase.LOSS, loss_fn, outputs, targets)
         if not isinstance(loss, torch.Tensor) or loss.numel() != 1 or not loss.is_floating_point():
             raise InputError(f"model file {self.model_file.display}: the loss must be a floating-point scalar tensor, "
                              f"got {type(loss).__name__}{' of shape ' + str(list(loss.shape)) if isinstance(loss, torch.Tensor) else ''}.")
