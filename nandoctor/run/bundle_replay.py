@@ -290,12 +290,24 @@ def mark_not_reproduced(run: RunTrace, found: Bundle) -> None:
 
 
 def after_step_run(found: Bundle, precision: str) -> RunTrace:
+    """A bundle written after the optimizer step that made the NaN cannot be re-run; its state
+    is still evidence (the optimizer's settings, the parameters' dtype, which tensors broke)."""
     m = found.manifest
-    bad = [name for name, t in found.model_state().items() if t.is_floating_point() and not bool(torch.isfinite(t).all())]
+    state = found.model_state()
+    bad = [name for name, t in state.items() if t.is_floating_point() and not bool(torch.isfinite(t).all())]
     run = RunTrace(precision=precision, status=RunStatus.NONFINITE.value, steps_requested=1, start_step=m.step)
+    groups = (m.optimizer or {}).get("param_groups") or [{}]
+    run.optimizer = {"name": str((m.optimizer or {}).get("class", "")).rpartition(":")[2]}
+    for key in ("lr", "eps", "weight_decay", "momentum", "betas"):
+        if key in groups[0]:
+            value = decode_value(groups[0][key])
+            run.optimizer[key] = list(value) if isinstance(value, tuple) else value
+    floating = [t for t in state.values() if t.is_floating_point()]
+    if floating:
+        run.param_dtype = str(floating[0].dtype).replace("torch.", "")
     run.first_nonfinite = NonfiniteEvent(
         precision=precision, step=m.step, phase=Phase.OPTIMIZER.value, kind="nan", surfaced_in="parameters",
-        parameter=bad[0] if bad else None, module=bad[0].rpartition(".")[0] if bad else "", reproduced=False,
+        parameter=bad[0] if bad else None, module=bad[0].rpartition(".")[0] if bad else "", reproduced=None,
         detail=f"{m.what}; the bundle was written after that optimizer step, so it cannot be re-run "
                f"({len(bad)} tensor(s) non-finite: {', '.join(bad[:5])})")
     return run
