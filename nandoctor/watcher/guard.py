@@ -70,7 +70,7 @@ class Watch:
                  window: int = 64, check_every: int = 1, sink: Any = None, *, scheduler: Any = None,
                  snapshot: bool = False, precision: Optional[str] = None, grad_clip: Optional[float] = None,
                  skip_streak: int = 5, rebuild: Optional[dict[str, Any]] = None, max_bundles: int = 1,
-                 gradient_check: str = "optimizer-hook"):
+                 gradient_check: str = "optimizer-hook", notify: Optional[Callable[[dict[str, Any]], None]] = None):
         if on_nonfinite not in POLICIES:
             raise ValueError(f"on_nonfinite must be one of {', '.join(POLICIES)}, got {on_nonfinite!r}")
         if gradient_check not in ("optimizer-hook", "manual"):
@@ -88,6 +88,7 @@ class Watch:
         self.precision = precision or _infer_precision(model, scaler)
         self.rebuild = rebuild or {"kind": "plain", "model_class": f"{type(model).__module__}:{type(model).__qualname__}"}
         self.flag_hook: Optional[Callable[[torch.Tensor], torch.Tensor]] = None
+        self.notify = notify                    # called with each firing's event before the policy acts
 
         self.step_index = 0                     # optimizer steps finished (skipped ones included)
         self.history: deque[dict[str, Any]] = deque(maxlen=self.window)
@@ -134,7 +135,7 @@ class Watch:
     def step(self, batch: Any = None):
         """One micro-batch of the user's loop. The optimizer step that follows (in this block or a
         later one, with gradient accumulation) closes the training step."""
-        self._begin_micro_batch(batch)
+        self.begin_micro_batch(batch)
         try:
             yield self
         finally:
@@ -178,7 +179,8 @@ class Watch:
         self._local_grads_flag = bad if self._local_grads_flag is None else torch.maximum(self._local_grads_flag, bad)
 
     # ---- step boundaries --------------------------------------------------------------------
-    def _begin_micro_batch(self, batch: Any) -> None:
+    def begin_micro_batch(self, batch: Any) -> None:
+        """A micro-batch enters the step (framework callbacks call this; `step()` does in a plain loop)."""
         if self._closed:
             return
         if self._capture is None:
@@ -385,6 +387,8 @@ class Watch:
             self.bundles.append(bundle)
         self.events.append({"step": step, "check": check, "what": what, "bundle": str(bundle) if bundle else None})
         self.nonfinite_steps += 1
+        if self.notify is not None:
+            self.notify(self.events[-1])
         message = (f"nandoctor.watch: step {step}: {what}."
                    + (f" Crash bundle: {bundle} (replay it with `nandoctor replay {bundle}`)." if bundle else ""))
         if self.policy == "raise" and not closing:
