@@ -228,6 +228,7 @@ def replay(
     device: Annotated[Optional[str], typer.Option(help="auto|cpu|cuda|cuda:N.")] = None,
     max_seconds: Annotated[Optional[float], typer.Option("--max-seconds", help="Time budget for the replay and its experiments.")] = None,
     no_experiments: Annotated[bool, typer.Option("--no-experiments", help="Skip the confirming experiments.")] = False,
+    rank: Annotated[Optional[int], typer.Option("--rank", help="Distributed bundle: the rank to replay (default: the rank where the NaN/Inf was born).")] = None,
 ) -> None:
     """Re-run the failing step of a crash bundle with op-level tracing and diagnose it.
 
@@ -245,7 +246,7 @@ def replay(
         _check_format(fmt)
         from .replay_api import replay as run_replay
         report = run_replay(bundle, model, trust=trust, experiments=False if no_experiments else None,
-                            fail_on=fail_on, max_seconds=max_seconds, device=device)
+                            fail_on=fail_on, max_seconds=max_seconds, device=device, rank=rank)
         emit(report.to_dict(), fmt, output, quiet, html)
         return report
 

@@ -17,10 +17,11 @@ import torch
 from . import __version__
 from .config import resolve_config
 from .diagnose import diagnose, plan_experiments
-from .load.bundle import STATE_AFTER_STEP, decode_value, read_bundle
+from .load.bundle import STATE_AFTER_STEP, decode_value
 from .precision import parse_precision
 from .run.bundle_replay import after_step_run, bundle_model_file, differences, mark_not_reproduced, scaler_loader
 from .run.experiments import run_experiments
+from .run.rank_bundle import describe_ranks, open_rank_bundle   # issue 12: one rank of a torchrun bundle
 from .run.runner import Deadline, ScanTimeout, resolve_device, run_precision, watchdog
 from .scan_api import ScanReport
 from .trace import RunStatus, RunTrace, Trace, to_plain
@@ -44,15 +45,16 @@ class ReplayReport(ScanReport):
 
 def replay(bundle: str | Path, model: str | Path | None = None, *, trust: bool = False,
            experiments: Optional[bool] = None, fail_on: Optional[str] = None, max_seconds: Optional[float] = None,
-           device: Optional[str] = None, config: str | Path | None = None) -> ReplayReport:
+           device: Optional[str] = None, config: str | Path | None = None, rank: Optional[int] = None) -> ReplayReport:
     """Replay a crash bundle's failing step: origin, ranked causes, confirming experiments.
 
     `model`: a model file with build_model() and training_step(model, batch) or
     loss_fn(outputs, targets); required for plain-loop bundles. `trust`: allow importing the
-    LightningModule class a Lightning bundle names. Raises InputError for unusable input.
+    LightningModule class a Lightning bundle names. `rank`: which rank of a distributed bundle
+    (default: the rank the value was born on). Raises InputError for unusable input.
     """
     began = time.perf_counter()
-    found = read_bundle(bundle)
+    found, ranks = open_rank_bundle(bundle, rank)
     m = found.manifest
     precision = parse_precision(m.precision)
     overrides: dict[str, Any] = {"steps": 1, "precisions": [precision.value], "device": device,
@@ -69,6 +71,8 @@ def replay(bundle: str | Path, model: str | Path | None = None, *, trust: bool =
     trace = Trace(model_file=spec.display, config=cfg, device=str(dev), torch_version=torch.__version__,
                   tool_version=__version__, checkpoint=str(found.path))
     trace.notes.extend(differences(found, dev))
+    if ranks is not None:
+        trace.notes.insert(0, describe_ranks(ranks))
     initial_state = scaler_loader(found)
     deadline = Deadline(cfg["max_seconds"])
 
@@ -109,5 +113,7 @@ def replay(bundle: str | Path, model: str | Path | None = None, *, trust: bool =
              "precision": m.precision, "micro_batches": m.micro_batches, "policy": m.policy,
              "rebuild": (m.rebuild or {}).get("kind"), "device": m.device, "versions": m.versions,
              "size_bytes": m.size_bytes, "write_seconds": m.write_seconds, "created": m.created}
+    if ranks is not None:
+        facts["distributed"] = ranks
     return ReplayReport(trace=trace, causes=findings, config=resolved, fail_on=cfg["fail_on"], bundle=facts,
                         history=[{k: decode_value(v) for k, v in h.items()} for h in m.history])

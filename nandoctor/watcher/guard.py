@@ -26,6 +26,7 @@ import torch
 from ..load.bundle import STATE_AFTER_STEP, STATE_BEFORE_STEP, BundleManifest
 from ..run import stats
 from . import bundle_writer
+from .distributed import attach_if_distributed, local_tensor   # issue 12: torchrun (DDP, FSDP2)
 from .snapshot import Snapshot
 
 POLICIES = ("raise", "skip", "warn")
@@ -70,7 +71,8 @@ class Watch:
                  window: int = 64, check_every: int = 1, sink: Any = None, *, scheduler: Any = None,
                  snapshot: bool = False, precision: Optional[str] = None, grad_clip: Optional[float] = None,
                  skip_streak: int = 5, rebuild: Optional[dict[str, Any]] = None, max_bundles: int = 1,
-                 gradient_check: str = "optimizer-hook", notify: Optional[Callable[[dict[str, Any]], None]] = None):
+                 gradient_check: str = "optimizer-hook", notify: Optional[Callable[[dict[str, Any]], None]] = None,
+                 distributed: Any = "auto"):
         if on_nonfinite not in POLICIES:
             raise ValueError(f"on_nonfinite must be one of {', '.join(POLICIES)}, got {on_nonfinite!r}")
         if gradient_check not in ("optimizer-hook", "manual"):
@@ -88,6 +90,7 @@ class Watch:
         self.precision = precision or _infer_precision(model, scaler)
         self.rebuild = rebuild or {"kind": "plain", "model_class": f"{type(model).__module__}:{type(model).__qualname__}"}
         self.flag_hook: Optional[Callable[[torch.Tensor], torch.Tensor]] = None
+        self.write_hook: Optional[Callable[..., Path]] = None   # issue 12: replaces write_bundle per rank
         self.notify = notify                    # called with each firing's event before the policy acts
 
         self.step_index = 0                     # optimizer steps finished (skipped ones included)
@@ -129,6 +132,8 @@ class Watch:
             # A step the scaler skips never calls optimizer.step(): scaler.update() is where it ends.
             self._scaler_update = scaler.update
             scaler.update = self._scaler_update_hook
+        # issue 12 extension point: under torchrun, a rank-aware layer sets flag_hook and write_hook.
+        self.distributed = attach_if_distributed(self, distributed)
 
     # ---- public surface ---------------------------------------------------------------------
     @contextlib.contextmanager
@@ -157,6 +162,8 @@ class Watch:
                 handle.remove()
             self._handles.clear()
             self._stats_handles.clear()
+            if self.distributed is not None:      # issue 12
+                self.distributed.close()
             if self._scaler_update is not None:
                 if self.scaler.__dict__.get("update") == self._scaler_update_hook:
                     del self.scaler.update
@@ -216,7 +223,7 @@ class Watch:
             return
         capture = self._capture or _Capture(self.step_index, bundle_writer.capture_rng())
         self._capture = capture
-        grads = [p.grad for g in self.optimizer.param_groups for p in g["params"] if p.grad is not None]
+        grads = [local_tensor(p.grad) for g in self.optimizer.param_groups for p in g["params"] if p.grad is not None]
         stats_step = self._stats_step(capture.step)
         norms = stats.foreach_norms([g.detach() for g in grads]) if grads else None
         if self.step_index % self.check_every and not stats_step and self.check_every > 1:
@@ -250,7 +257,7 @@ class Watch:
     def _optimizer_post_hook(self, optimizer: Any, args: Any, kwargs: Any) -> None:
         if self._closed:
             return
-        params = [p.detach() for g in optimizer.param_groups for p in g["params"]]
+        params = [local_tensor(p.detach()) for g in optimizer.param_groups for p in g["params"]]
         # Checked at the next step's sync (or at close): no second host sync per step.
         self._params_flag = (~torch.isfinite(stats.foreach_norms(params).square().sum())).float() if params else None
         self._post_ran = True
@@ -365,13 +372,13 @@ class Watch:
             return "loss", f"the loss is {_fmt(host[_SLOT['loss']])}"
         if host[_SLOT["grads_bad"]] or host[_SLOT["local_grads_bad"]]:
             names = [self._param_names.get(id(p), "?") for g in self.optimizer.param_groups for p in g["params"]
-                     if p.grad is not None and not bool(torch.isfinite(p.grad).all())]
+                     if p.grad is not None and not bool(torch.isfinite(local_tensor(p.grad)).all())]
             shown = ", ".join(names[:5]) + (f" and {len(names) - 5} more" if len(names) > 5 else "")
             return "gradients", f"non-finite gradients in {shown or 'the gradients'}"
         return None
 
     def _parameters_what(self) -> str:
-        names = [n for n, p in self.model.named_parameters() if not bool(torch.isfinite(p.detach()).all())]
+        names = [n for n, p in self.model.named_parameters() if not bool(torch.isfinite(local_tensor(p.detach())).all())]
         shown = ", ".join(names[:5]) + (f" and {len(names) - 5} more" if len(names) > 5 else "")
         return f"parameters became non-finite in optimizer.step(): {shown or 'a parameter'}"
 
@@ -380,6 +387,8 @@ class Watch:
               closing: bool = False) -> None:
         step = capture.step if capture is not None else max(self.step_index - 1, 0)
         bundle = None
+        if self.distributed is not None:          # issue 12: name the origin rank(s)
+            what = self.distributed.describe(check, what)
         if check == "parameters":
             state = STATE_BEFORE_STEP if self._snapshot is not None and self._snapshot.ready else STATE_AFTER_STEP
         if len(self.bundles) < self.max_bundles:
@@ -443,7 +452,8 @@ class Watch:
             rebuild=bundle_writer.encode_value(self.rebuild),
             detail={"truncated_micro_batches": bool(capture and capture.truncated)})
         names = [self._param_names.get(id(p)) for g in self.optimizer.param_groups for p in g["params"]]
-        return bundle_writer.write_bundle(self.out, manifest, self.model.state_dict(), self.optimizer,
+        write = self.write_hook or bundle_writer.write_bundle     # issue 12: per-rank parts under torchrun
+        return write(self.out, manifest, self.model.state_dict(), self.optimizer,
                                           capture.batches if capture else [], capture.rng if capture else None,
                                           param_names=names)
 
