@@ -26,14 +26,19 @@ ROOT = Path(__file__).resolve().parents[1]
 SCRIPTS = Path(__file__).resolve().parent / "distributed"
 TRAIN = SCRIPTS / "train.py"
 MODEL = SCRIPTS / "model.py"
-JOB_TIMEOUT_S = 90
+JOB_TIMEOUT_S = 180      # for all jobs together; on an idle 2-core machine they take ~25 s
 LOG_LINE = next(i for i, line in enumerate(MODEL.read_text().splitlines(), 1) if "torch.log(" in line)
 
-# name -> environment of the job (see tests/distributed/train.py)
+# job -> its runs, one after the other in the same two processes (see tests/distributed/train.py):
+# the healthy run completes, the last run of each job stops it.
 JOBS = {
-    "ddp_batch_rank1": {"MODE": "ddp", "BAD": "batch:1:3", "STEPS": "8"},
-    "fsdp2_forward_rank0": {"MODE": "fsdp2", "BAD": "forward:0:4", "STEPS": "8"},
-    "ddp_healthy_100": {"MODE": "ddp", "STEPS": "100"},
+    "ddp": (TRAIN, {"RUNS": "ddp:none:-1:-1:100;ddp:batch:1:3:8"}),
+    "fsdp2": (TRAIN, {"RUNS": "fsdp2:forward:0:4:8"}),
+    # The framework callbacks: Lightning's strategy="ddp" (a NaN born in the `head` module's forward on
+    # rank 0 at step 2), the Hugging Face Trainer's DDP (item 29, a NaN embedding, is in rank 1's
+    # batch of step 3: Accelerate hands out batches of 4 in turn).
+    "lightning": (SCRIPTS / "train_lightning.py", {"BAD": "forward:0:2", "STEPS": "6"}),
+    "transformers": (SCRIPTS / "train_hf.py", {"BAD_INDEX": "29", "STEPS": "6"}),
 }
 
 
@@ -49,7 +54,7 @@ def _launcher() -> list[str]:
 
 
 class Job:
-    def __init__(self, name: str, env: dict[str, str], out: Path):
+    def __init__(self, name: str, script: Path, env: dict[str, str], out: Path):
         self.name, self.out = name, out
         out.mkdir(parents=True)
         port = _free_port()
@@ -57,7 +62,7 @@ class Job:
                     "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep)}
         self.log = open(out.parent / f"{name}.log", "w+")
         self.began = time.monotonic()
-        self.proc = subprocess.Popen([*_launcher(), "--nproc_per_node=2", f"--master_port={port}", str(TRAIN)],
+        self.proc = subprocess.Popen([*_launcher(), "--nproc_per_node=2", f"--master_port={port}", str(script)],
                                      env=full_env, stdout=self.log, stderr=subprocess.STDOUT, start_new_session=True)
         self.returncode: int | None = None
         self.seconds = 0.0
@@ -78,12 +83,14 @@ class Job:
     def check_finished(self) -> None:
         assert self.returncode is not None, f"{self.name} ran past {JOB_TIMEOUT_S}s and was killed:\n{self.output[-3000:]}"
 
-    def stopped(self) -> dict[int, dict]:
-        return {r: json.loads((self.out / f"stopped-rank-{r}.json").read_text())
-                for r in (0, 1) if (self.out / f"stopped-rank-{r}.json").is_file()}
+    def stopped(self, run: int | None = None) -> dict[int, dict]:
+        out = self.out / f"run-{run}" if run is not None else self.out
+        return {r: json.loads((out / f"stopped-rank-{r}.json").read_text())
+                for r in (0, 1) if (out / f"stopped-rank-{r}.json").is_file()}
 
-    def bundle(self) -> Path:
-        folders = [p for p in self.out.iterdir() if p.is_dir() and p.name.startswith("step-")]
+    def bundle(self, run: int | None = None) -> Path:
+        out = self.out / f"run-{run}" if run is not None else self.out
+        folders = [p for p in out.iterdir() if p.is_dir() and p.name.startswith("step-")]
         assert len(folders) == 1, f"{self.name}: expected one bundle, found {folders}\n{self.output[-3000:]}"
         return folders[0]
 
@@ -91,7 +98,7 @@ class Job:
 @pytest.fixture(scope="module")
 def jobs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Job]:
     root = tmp_path_factory.mktemp("torchrun")
-    started = {name: Job(name, env, root / name) for name, env in JOBS.items()}
+    started = {name: Job(name, script, env, root / name) for name, (script, env) in JOBS.items()}
     deadline = time.monotonic() + JOB_TIMEOUT_S
     for job in started.values():
         job.wait(deadline)
@@ -102,16 +109,17 @@ def _top_manifest(bundle: Path) -> dict:
     return json.loads((bundle / "manifest.json").read_text())
 
 
-def _replay(bundle: Path, *extra: str, exit_code: int = 1) -> dict:
-    result = run_cli("replay", bundle, "--model", MODEL, "--no-experiments", "--format", "json", *extra)
+def _replay(bundle: Path, *extra: str, exit_code: int = 1, model: bool = True) -> dict:
+    result = run_cli("replay", bundle, *(("--model", MODEL) if model else ()), "--no-experiments", "--format", "json",
+                     *extra, cwd=SCRIPTS)
     assert result.exit_code == exit_code, result.output
     return json_of(result)
 
 
-def _assert_stopped_together(job: Job, step: int) -> None:
+def _assert_stopped_together(job: Job, step: int, run: int | None = None) -> None:
     job.check_finished()
     assert job.returncode == 1, job.output[-3000:]
-    stopped = job.stopped()
+    stopped = job.stopped(run)
     assert sorted(stopped) == [0, 1], job.output[-3000:]
     assert {s["step"] for s in stopped.values()} == {step}
     assert abs(stopped[0]["time"] - stopped[1]["time"]) < 5.0
@@ -122,15 +130,15 @@ def _assert_stopped_together(job: Job, step: int) -> None:
 
 
 def test_nan_in_rank1_batch_names_rank1_and_every_rank_stops(jobs: dict[str, Job]) -> None:
-    job = jobs["ddp_batch_rank1"]
-    _assert_stopped_together(job, step=3)
-    bundle = job.bundle()
+    job = jobs["ddp"]
+    _assert_stopped_together(job, step=3, run=1)
+    bundle = job.bundle(1)
     assert sorted(p.name for p in bundle.iterdir() if p.is_dir()) == ["rank-0", "rank-1"]
     dist = _top_manifest(bundle)["detail"]["distributed"]
     assert (dist["origin_ranks"], dist["contaminated_ranks"], dist["written"]) == ([1], [0], [0, 1])
     assert dist["flags"]["1"]["batch"] and not dist["flags"]["0"]["batch"]
     assert dist["local_check"] == "ddp-comm-hook"
-    for message in (s["message"] for s in job.stopped().values()):
+    for message in (s["message"] for s in job.stopped(1).values()):
         assert "born on rank 1 (its batch" in message and "rank(s) 0 only contaminated" in message
     # The rank's own part names the parameters whose local gradients broke before the all-reduce.
     rank1 = json.loads((bundle / "rank-1" / "manifest.json").read_text())["detail"]["distributed"]
@@ -148,9 +156,9 @@ def test_nan_in_rank1_batch_names_rank1_and_every_rank_stops(jobs: dict[str, Job
 
 
 def test_nan_born_in_a_module_forward_on_rank0_only_fsdp2(jobs: dict[str, Job]) -> None:
-    job = jobs["fsdp2_forward_rank0"]
-    _assert_stopped_together(job, step=4)
-    bundle = job.bundle()
+    job = jobs["fsdp2"]
+    _assert_stopped_together(job, step=4, run=0)
+    bundle = job.bundle(0)
     dist = _top_manifest(bundle)["detail"]["distributed"]
     assert (dist["kind"], dist["local_check"]) == ("fsdp2", "fsdp2-reduce-scatter")
     assert (dist["origin_ranks"], dist["contaminated_ranks"]) == ([0], [1])
@@ -172,17 +180,34 @@ def test_nan_born_in_a_module_forward_on_rank0_only_fsdp2(jobs: dict[str, Job]) 
     assert any("replay rank 0" in note for note in contaminated["notes"])
 
 
+def test_lightning_ddp_callback_names_the_origin_rank_and_replays_it(jobs: dict[str, Job]) -> None:
+    job = jobs["lightning"]
+    _assert_stopped_together(job, step=2)
+    dist = _top_manifest(job.bundle())["detail"]["distributed"]
+    assert (dist["origin_ranks"], dist["contaminated_ranks"], dist["local_check"]) == ([0], [1], "ddp-comm-hook")
+    doc = _replay(job.bundle(), "--trust", model=False)
+    origin = doc["first_nonfinite"]
+    assert doc["bundle"]["distributed"]["rank"] == 0
+    assert (origin["step"], origin["phase"], origin["module"], origin["op"]) == (2, "forward", "net.head", "aten.log.default")
+    assert origin["source"].endswith(f"model.py:{LOG_LINE}")
+
+
+def test_transformers_ddp_callback_names_the_origin_rank_and_replays_it(jobs: dict[str, Job]) -> None:
+    job = jobs["transformers"]
+    _assert_stopped_together(job, step=3)
+    dist = _top_manifest(job.bundle())["detail"]["distributed"]
+    assert (dist["origin_ranks"], dist["contaminated_ranks"], dist["local_check"]) == ([1], [0], "ddp-comm-hook")
+    doc = _replay(job.bundle(), model=False)
+    origin = doc["first_nonfinite"]
+    assert doc["bundle"]["distributed"]["rank"] == 1
+    assert (origin["step"], origin["phase"]) == (3, "data") and "inputs_embeds" in origin["tensor"]
+
+
 def test_healthy_two_rank_run_of_100_steps_writes_nothing(jobs: dict[str, Job]) -> None:
-    job = jobs["ddp_healthy_100"]
+    job = jobs["ddp"]
     job.check_finished()
-    assert job.returncode == 0, job.output[-3000:]
-    assert "RANK 0 steps 100" in job.output and "RANK 1 steps 100" in job.output
-    assert list(job.out.iterdir()) == []
-
-
-def test_every_job_finished_quickly(jobs: dict[str, Job]) -> None:
-    slowest = max(jobs.values(), key=lambda j: j.seconds)
-    assert slowest.seconds < 60, f"{slowest.name} took {slowest.seconds:.1f}s"
+    assert "RUN 0 RANK 0 steps 100" in job.output and "RUN 0 RANK 1 steps 100" in job.output
+    assert not (job.out / "run-0").exists()
 
 
 def test_rank_of_a_single_process_bundle_is_bad_input(tmp_path: Path) -> None:
