@@ -17,6 +17,7 @@ from . import __version__
 from .diagnose import Finding, rank, verdict as verdict_of
 from .document import exit_code_for, finding_dict
 from .load.checkpoint import Checkpoint, iter_optimizer_tensors, read_checkpoint
+from .load.dcp_shards import nonfinite_shards
 from .trace import SCHEMA_VERSION, to_plain
 
 
@@ -32,6 +33,7 @@ class TensorRecord:
     max_abs: Optional[float] = None      # over finite values
     norm: Optional[float] = None         # over finite values
     negatives: int = 0
+    shards: list[dict[str, Any]] = field(default_factory=list)   # DCP: the shards holding NaN/Inf (rank, offsets)
 
 
 @dataclass
@@ -87,7 +89,8 @@ def inspect(ckpt: Checkpoint, baseline: Optional[Checkpoint] = None) -> Postmort
         t = lazy.load()
         facts = tensor_facts(t)
         trace.tensors.append(TensorRecord(name=lazy.name, module=lazy.name.rpartition(".")[0], shape=list(t.shape),
-                                          dtype=str(t.dtype).replace("torch.", ""), numel=t.numel(), **facts))
+                                          dtype=str(t.dtype).replace("torch.", ""), numel=t.numel(), **facts,
+                                          shards=nonfinite_shards(t, lazy.shards) if facts["nan"] or facts["inf"] else []))
         if lazy.name in base and t.is_floating_point():
             old = base[lazy.name].load()
             if old.shape == t.shape:

@@ -33,7 +33,7 @@ LOG_LINE = next(i for i, line in enumerate(MODEL.read_text().splitlines(), 1) if
 # the healthy run completes, the last run of each job stops it.
 JOBS = {
     "ddp": (TRAIN, {"RUNS": "ddp:none:-1:-1:100;ddp:batch:1:3:8"}),
-    "fsdp2": (TRAIN, {"RUNS": "fsdp2:forward:0:4:8"}),
+    "fsdp2": (TRAIN, {"RUNS": "fsdp2:dcp:1:-1:3;fsdp2:forward:0:4:8"}),
     # The framework callbacks: Lightning's strategy="ddp" (a NaN born in the `head` module's forward on
     # rank 0 at step 2), the Hugging Face Trainer's DDP (item 29, a NaN embedding, is in rank 1's
     # batch of step 3: Accelerate hands out batches of 4 in turn).
@@ -157,8 +157,8 @@ def test_nan_in_rank1_batch_names_rank1_and_every_rank_stops(jobs: dict[str, Job
 
 def test_nan_born_in_a_module_forward_on_rank0_only_fsdp2(jobs: dict[str, Job]) -> None:
     job = jobs["fsdp2"]
-    _assert_stopped_together(job, step=4, run=0)
-    bundle = job.bundle(0)
+    _assert_stopped_together(job, step=4, run=1)
+    bundle = job.bundle(1)
     dist = _top_manifest(bundle)["detail"]["distributed"]
     assert (dist["kind"], dist["local_check"]) == ("fsdp2", "fsdp2-reduce-scatter")
     assert (dist["origin_ranks"], dist["contaminated_ranks"]) == ([0], [1])
@@ -201,6 +201,21 @@ def test_transformers_ddp_callback_names_the_origin_rank_and_replays_it(jobs: di
     origin = doc["first_nonfinite"]
     assert doc["bundle"]["distributed"]["rank"] == 1
     assert (origin["step"], origin["phase"]) == (3, "data") and "inputs_embeds" in origin["tensor"]
+
+
+def test_postmortem_of_an_fsdp2_dcp_checkpoint_names_the_shard_and_rank(jobs: dict[str, Job]) -> None:
+    job = jobs["fsdp2"]
+    checkpoint = job.out / "run-0-checkpoint"
+    assert (checkpoint / ".metadata").is_file(), job.output[-3000:]
+    result = run_cli("postmortem", checkpoint, "--format", "json")
+    assert result.exit_code == 1, result.output
+    doc = json_of(result)
+    bad = [t for t in doc["tensors"] if t["nan"]]
+    assert [t["name"] for t in bad] == ["body.0.weight"]
+    shard = bad[0]["shards"]
+    assert [(s["rank"], s["offsets"], s["sizes"], s["nan"]) for s in shard] == [(1, [8, 0], [8, 4], 1)]
+    evidence = " ".join(doc["causes"][0]["evidence"])
+    assert "rank 1's shard [8:16, 0:4]" in evidence
 
 
 def test_healthy_two_rank_run_of_100_steps_writes_nothing(jobs: dict[str, Job]) -> None:

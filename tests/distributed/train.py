@@ -3,7 +3,9 @@
 Environment: RUNS, runs done one after the other in the same processes (one torchrun start-up
 pays for them all), separated by ";", each "mode:kind:rank:step:steps" with mode `ddp` or
 `fsdp2` and kind `none`, `batch` (a NaN in that rank's batch at that step) or `forward`
-(x < -8: log of a negative in the `head` module's forward). Run i writes its bundles to
+(x < -8: log of a negative in the `head` module's forward) or `dcp` (after the steps, a NaN in
+that rank's shard of body.0.weight, saved with torch.distributed.checkpoint to
+OUT/run-i-checkpoint). Run i writes its bundles to
 OUT/run-i. A run's NonFiniteError is recorded in OUT/run-i/stopped-rank-R.json and re-raised,
 so it ends the job with the exit code a user's torchrun job shows. Each finished run prints
 "RUN i RANK r steps n".
@@ -62,6 +64,13 @@ def run(index, spec, out_root, rank):
             json.dump({"time": time.time(), "step": err.step, "bundle": str(err.bundle), "message": str(err)}, f)
         raise
     watch.close()
+    if kind == "dcp":
+        # A sharded checkpoint whose rank-`bad_rank` shard of body.0.weight holds a NaN.
+        import torch.distributed.checkpoint as dcp
+        if rank == int(bad_rank):
+            with torch.no_grad():
+                dict(model.named_parameters())["body.0.weight"].to_local()[0, 0] = float("nan")
+        dcp.save({"model": model.state_dict()}, checkpoint_id=os.path.join(out_root, f"run-{index}-checkpoint"))
     print(f"RUN {index} RANK {rank} steps {done}", flush=True)
 
 
