@@ -39,6 +39,8 @@ JOBS = {
     # batch of step 3: Accelerate hands out batches of 4 in turn).
     "lightning": (SCRIPTS / "train_lightning.py", {"BAD": "forward:0:2", "STEPS": "6"}),
     "transformers": (SCRIPTS / "train_hf.py", {"BAD_INDEX": "29", "STEPS": "6"}),
+    # Rank 1 wedges after its backward: rank 0's flag exchange times out after 5 s instead of hanging.
+    "wedged": (TRAIN, {"RUNS": "ddp:hang:1:2:8", "DIST_TIMEOUT": "5"}),
 }
 
 
@@ -222,6 +224,14 @@ def test_healthy_two_rank_run_of_100_steps_writes_nothing(jobs: dict[str, Job]) 
     job = jobs["ddp"]
     job.check_finished()
     assert "RUN 0 RANK 0 steps 100" in job.output and "RUN 0 RANK 1 steps 100" in job.output
+    assert not (job.out / "run-0").exists()
+
+
+def test_a_wedged_rank_ends_the_job_through_the_exchange_timeout(jobs: dict[str, Job]) -> None:
+    job = jobs["wedged"]
+    job.check_finished()
+    assert job.returncode == 1
+    assert "the per-step flag exchange with the other ranks failed or timed out after 5s" in job.output
     assert not (job.out / "run-0").exists()
 
 

@@ -93,7 +93,8 @@ class RankGuard:
 
     # ---- before the collective ----------------------------------------------------------------
     def _install_pre_collective_checks(self) -> None:
-        ddp = _find_ddp(self.watch.model)
+        fsdp = _fsdp_modules(self.watch.model)
+        ddp = None if fsdp else _find_ddp(self.watch.model)
         if ddp is not None:
             self.kind = "ddp"
             try:
@@ -107,7 +108,6 @@ class RankGuard:
                 warnings.warn(f"nandoctor.watch: cannot add its DDP communication hook ({err}); the origin rank is "
                               "found from batches and losses only.", RuntimeWarning, stacklevel=4)
             return
-        fsdp = _fsdp_modules(self.watch.model)
         if fsdp:
             self.kind = "fsdp2"
             installed = 0
@@ -350,9 +350,11 @@ def _find_ddp(model: Any) -> Any:
     strategy_model = getattr(getattr(getattr(model, "_trainer", None), "strategy", None), "model", None)
     if isinstance(strategy_model, DDP):
         return strategy_model
-    for obj in gc.get_objects():
-        if isinstance(obj, DDP) and any(m is model for m in obj.module.modules()):
-            return obj
+    with warnings.catch_warnings():      # isinstance() on deprecated torch objects warns
+        warnings.simplefilter("ignore")
+        for obj in gc.get_objects():
+            if isinstance(obj, DDP) and any(m is model for m in obj.module.modules()):
+                return obj
     return None
 
 

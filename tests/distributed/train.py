@@ -5,7 +5,8 @@ pays for them all), separated by ";", each "mode:kind:rank:step:steps" with mode
 `fsdp2` and kind `none`, `batch` (a NaN in that rank's batch at that step) or `forward`
 (x < -8: log of a negative in the `head` module's forward) or `dcp` (after the steps, a NaN in
 that rank's shard of body.0.weight, saved with torch.distributed.checkpoint to
-OUT/run-i-checkpoint). Run i writes its bundles to
+OUT/run-i-checkpoint) or `hang` (that rank stops answering after that step's backward). DIST_TIMEOUT: the
+watch's coordination timeout. Run i writes its bundles to
 OUT/run-i. A run's NonFiniteError is recorded in OUT/run-i/stopped-rank-R.json and re-raised,
 so it ends the job with the exit code a user's torchrun job shows. Each finished run prints
 "RUN i RANK r steps n".
@@ -40,7 +41,8 @@ def run(index, spec, out_root, rank):
     model = wrap(build_model(), mode)
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-2)
     out = os.path.join(out_root, f"run-{index}")
-    watch = nandoctor.watch(model, optimizer, out=out, check_every=int(os.environ.get("CHECK_EVERY", "1")))
+    watch = nandoctor.watch(model, optimizer, out=out, check_every=int(os.environ.get("CHECK_EVERY", "1")),
+                            distributed={"timeout": float(os.environ.get("DIST_TIMEOUT", "300"))})
     generator = torch.Generator().manual_seed(100 + rank)
     done = 0
     try:
@@ -55,6 +57,8 @@ def run(index, spec, out_root, rank):
             with watch.step((x, y)):
                 loss = watch.loss(training_step(model, (x, y)))
                 loss.backward()
+                if kind == "hang" and rank == int(bad_rank) and step == int(bad_step):
+                    time.sleep(3600)       # wedged after the gradient collective: the others must not wait forever
                 optimizer.step()
                 optimizer.zero_grad()
             done += 1
