@@ -39,8 +39,10 @@ JOBS = {
     # batch of step 3: Accelerate hands out batches of 4 in turn).
     "lightning": (SCRIPTS / "train_lightning.py", {"BAD": "forward:0:2", "STEPS": "6"}),
     "transformers": (SCRIPTS / "train_hf.py", {"BAD_INDEX": "29", "STEPS": "6"}),
-    # Rank 1 wedges after its backward: rank 0's flag exchange times out after 5 s instead of hanging.
-    "wedged": (TRAIN, {"RUNS": "ddp:hang:1:2:8", "DIST_TIMEOUT": "5"}),
+    # check_every=4: rank 1's NaN batch at step 3 reaches rank 0 through the weights before the
+    # check at step 4; then rank 1 wedges after its backward: rank 0's flag exchange times out
+    # after 5 s instead of hanging.
+    "wedged": (TRAIN, {"RUNS": "ddp:batch:1:3:12:4;ddp:hang:1:2:8", "DIST_TIMEOUT": "5"}),
 }
 
 
@@ -232,7 +234,18 @@ def test_a_wedged_rank_ends_the_job_through_the_exchange_timeout(jobs: dict[str,
     job.check_finished()
     assert job.returncode == 1
     assert "the per-step flag exchange with the other ranks failed or timed out after 5s" in job.output
-    assert not (job.out / "run-0").exists()
+    assert not (job.out / "run-1").exists()
+
+
+def test_check_every_still_names_the_rank_that_flagged_first(jobs: dict[str, Job]) -> None:
+    job = jobs["wedged"]
+    job.check_finished()
+    assert sorted(job.stopped(0)) == [0, 1]
+    dist = _top_manifest(job.bundle(0))["detail"]["distributed"]
+    # By the check at step 4 rank 0's own loss is NaN too (the weights are): the earliest rank is the origin.
+    assert dist["check_every"] == 4 and dist["flags"]["0"]["loss"]
+    assert (dist["flags"]["1"]["first_step"], dist["flags"]["0"]["first_step"]) == (3, 4)
+    assert (dist["origin_ranks"], dist["contaminated_ranks"]) == ([1], [0])
 
 
 def test_rank_of_a_single_process_bundle_is_bad_input(tmp_path: Path) -> None:

@@ -85,6 +85,7 @@ class RankGuard:
         self.enabled = True
         self.kind, self.local_check = "none", "none"
         self._local_records: list[tuple[list[str], torch.Tensor]] = []   # (names, per-name inf-norms)
+        self._first_local_bad: Optional[torch.Tensor] = None   # check_every > 1: first unchecked step flagged here
         self._fsdp_comms: list[Any] = []
         self._wrapped_names = _unwrapped_names(watch.model)
         self._install_pre_collective_checks()
@@ -145,13 +146,28 @@ class RankGuard:
         self.watch.note_local_gradients(norm)
 
     # ---- the per-step collective --------------------------------------------------------------
+    def _local_bad(self, flags: torch.Tensor) -> torch.Tensor:
+        slot = {n: i for i, n in enumerate(self.flag_names)}
+        return flags[[slot["batch_bad"], slot["loss_bad"], slot["local_grads_bad"]]].amax() > 0
+
+    def note_deferred(self, step: int, flags: torch.Tensor) -> None:
+        """check_every > 1: an unchecked step's flags. Keeps, on the device, the first step at which
+        this rank's own batch, loss or pre-collective gradients went bad: by the checked step the
+        NaN may have reached every rank through the weights, and the earliest rank is the origin."""
+        first = self._first_local_bad if self._first_local_bad is not None else torch.full((), -1.0, device=flags.device)
+        self._first_local_bad = torch.where((first < 0) & self._local_bad(flags), torch.full_like(first, float(step)), first)
+
     def exchange(self, flags: torch.Tensor) -> torch.Tensor:
         """Watch.flag_hook: all ranks' flags into one table; returns the flags every rank acts on
-        (the *_bad slots: any rank's; the values: this rank's own)."""
+        (the *_bad slots: any rank's; the values: this rank's own). The table's last column is the
+        first step at which the rank's own values went bad (-1: none)."""
         import torch.distributed as dist
+        self.note_deferred(self.watch.step_index, flags)
+        first = self._first_local_bad.reshape(1).float().cpu()
+        self._first_local_bad = None
         row = flags.detach().float().cpu()
-        table = torch.zeros(self.world_size, row.numel())
-        table[self.rank] = row
+        table = torch.zeros(self.world_size, row.numel() + 1)
+        table[self.rank] = torch.cat([row, first])
         try:
             dist.all_reduce(table, group=self.group)
         except RuntimeError as err:
@@ -162,7 +178,7 @@ class RankGuard:
         self.table = table.tolist()
         bad = [i for i, name in enumerate(self.flag_names) if name.endswith("_bad")]
         out = row.clone()
-        merged = table[:, bad].amax(dim=0)
+        merged = table[:, :row.numel()][:, bad].amax(dim=0)
         out[bad] = merged
         self.armed = bool(merged.any())
         if not self.armed:
@@ -173,17 +189,20 @@ class RankGuard:
         """Who flagged what at the last exchange: origin ranks vs ranks only contaminated."""
         table = self.table or []
         slot = {n: i for i, n in enumerate(self.flag_names)}
-        per_rank: dict[str, dict[str, bool]] = {}
+        per_rank: dict[str, dict[str, Any]] = {}
+        firsts = {r: int(row[-1]) for r, row in enumerate(table) if row[-1] >= 0}
+        earliest = min(firsts.values()) if firsts else None
         origin, contaminated = [], []
         for r, row in enumerate(table):
-            seen = {"batch": bool(row[slot["batch_bad"]]), "loss": bool(row[slot["loss_bad"]]),
-                    "local_gradients": bool(row[slot["local_grads_bad"]]),
-                    "gradients": bool(row[slot["grads_bad"]]), "parameters": bool(row[slot["params_bad"]])}
+            seen: dict[str, Any] = {"batch": bool(row[slot["batch_bad"]]), "loss": bool(row[slot["loss_bad"]]),
+                                    "local_gradients": bool(row[slot["local_grads_bad"]]),
+                                    "gradients": bool(row[slot["grads_bad"]]), "parameters": bool(row[slot["params_bad"]]),
+                                    "first_step": firsts.get(r)}
             per_rank[str(r)] = seen
-            if seen["batch"] or seen["loss"] or seen["local_gradients"]:
+            if r in firsts and firsts[r] == earliest:
                 origin.append(r)
-            elif seen["gradients"] or seen["parameters"]:
-                contaminated.append(r)
+            elif r in firsts or seen["gradients"] or seen["parameters"]:
+                contaminated.append(r)     # later than the origin: reached through the collective or the weights
         born_in_collective = not origin and self.local_check != "none" and any(
             v["gradients"] for v in per_rank.values()) and not any(v["parameters"] for v in per_rank.values())
         if not origin and not born_in_collective:
@@ -191,7 +210,8 @@ class RankGuard:
             origin, contaminated = contaminated, []
         return {"world_size": self.world_size, "rank": self.rank, "backend": self.backend, "kind": self.kind,
                 "local_check": self.local_check, "origin_ranks": origin, "contaminated_ranks": contaminated,
-                "born_in_collective": born_in_collective, "flags": per_rank}
+                "born_in_collective": born_in_collective, "flags": per_rank,
+                "check_every": int(getattr(self.watch, "check_every", 1))}
 
     def describe(self, check: str, what: str) -> str:
         """The firing's one line, naming the origin rank(s) (Watch._fire calls it)."""
@@ -211,7 +231,7 @@ class RankGuard:
                     "of the sum)")
         else:
             head = "born on " + "; ".join(reasons)
-        tail = (f"; rank(s) {', '.join(map(str, v['contaminated_ranks']))} only contaminated by the collective"
+        tail = (f"; rank(s) {', '.join(map(str, v['contaminated_ranks']))} {_contaminated_how(v)}"
                 if v["contaminated_ranks"] else "")
         if self.rank in v["origin_ranks"]:
             return f"{head}{tail}; on this rank ({self.rank}): {what}"
@@ -322,8 +342,13 @@ def _top_what(verdict: dict[str, Any], manifest: BundleManifest) -> str:
     else:
         head = f"NaN/Inf born on rank {', '.join(map(str, origin))} ({manifest.check})" if origin else \
             f"NaN/Inf ({manifest.check})"
-    return head + (f"; rank {', '.join(map(str, contaminated))} only contaminated by the collective"
-                   if contaminated else "")
+    return head + (f"; rank {', '.join(map(str, contaminated))} {_contaminated_how(verdict)}" if contaminated else "")
+
+
+def _contaminated_how(verdict: dict[str, Any]) -> str:
+    if verdict.get("check_every", 1) > 1:
+        return "only contaminated later (through the collective or the weights; check_every > 1)"
+    return "only contaminated by the collective"
 
 
 def _is_ddp(model: Any) -> bool:

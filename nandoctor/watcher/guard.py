@@ -320,6 +320,8 @@ class Watch:
         """check_every > 1: no sync this step; its flags are folded into the next checked step's
         (which then reports the later step: the trade-off of checking less often)."""
         flags = self._flag_vector(capture, norms)
+        if self.distributed is not None:          # issue 12: which rank flagged first, without a sync
+            self.distributed.note_deferred(capture.step, flags)
         self._deferred = flags if self._deferred is None else torch.maximum(self._deferred, flags)
         self._params_flag = None
         self._host = None

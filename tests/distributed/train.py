@@ -1,14 +1,14 @@
 """Plain training loops under torchrun, guarded by nandoctor.watch.
 
 Environment: RUNS, runs done one after the other in the same processes (one torchrun start-up
-pays for them all), separated by ";", each "mode:kind:rank:step:steps" with mode `ddp` or
+pays for them all), separated by ";", each "mode:kind:rank:step:steps[:check_every]" with mode `ddp` or
 `fsdp2` and kind `none`, `batch` (a NaN in that rank's batch at that step) or `forward`
 (x < -8: log of a negative in the `head` module's forward) or `dcp` (after the steps, a NaN in
 that rank's shard of body.0.weight, saved with torch.distributed.checkpoint to
 OUT/run-i-checkpoint) or `hang` (that rank stops answering after that step's backward). DIST_TIMEOUT: the
 watch's coordination timeout. Run i writes its bundles to
-OUT/run-i. A run's NonFiniteError is recorded in OUT/run-i/stopped-rank-R.json and re-raised,
-so it ends the job with the exit code a user's torchrun job shows. Each finished run prints
+OUT/run-i. A run's NonFiniteError is recorded in OUT/run-i/stopped-rank-R.json; the last run re-raises
+it, so it ends the job with the exit code a user's torchrun job shows. Each finished run prints
 "RUN i RANK r steps n".
 """
 import json
@@ -35,13 +35,13 @@ def wrap(net, mode):
     return torch.nn.parallel.DistributedDataParallel(net)
 
 
-def run(index, spec, out_root, rank):
-    mode, kind, bad_rank, bad_step, steps = spec.split(":")
+def run(index, spec, out_root, rank, last):
+    mode, kind, bad_rank, bad_step, steps, *every = spec.split(":")
     torch.manual_seed(0)
     model = wrap(build_model(), mode)
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-2)
     out = os.path.join(out_root, f"run-{index}")
-    watch = nandoctor.watch(model, optimizer, out=out, check_every=int(os.environ.get("CHECK_EVERY", "1")),
+    watch = nandoctor.watch(model, optimizer, out=out, check_every=int(every[0]) if every else 1,
                             distributed={"timeout": float(os.environ.get("DIST_TIMEOUT", "300"))})
     generator = torch.Generator().manual_seed(100 + rank)
     done = 0
@@ -66,7 +66,9 @@ def run(index, spec, out_root, rank):
         os.makedirs(out, exist_ok=True)
         with open(os.path.join(out, f"stopped-rank-{rank}.json"), "w") as f:
             json.dump({"time": time.time(), "step": err.step, "bundle": str(err.bundle), "message": str(err)}, f)
-        raise
+        if last:
+            raise
+        return
     watch.close()
     if kind == "dcp":
         # A sharded checkpoint whose rank-`bad_rank` shard of body.0.weight holds a NaN.
@@ -81,8 +83,9 @@ def run(index, spec, out_root, rank):
 def main():
     dist.init_process_group("gloo")
     rank = dist.get_rank()
-    for index, spec in enumerate(os.environ["RUNS"].split(";")):
-        run(index, spec, os.environ.get("OUT", "bundles"), rank)
+    runs = os.environ["RUNS"].split(";")
+    for index, spec in enumerate(runs):
+        run(index, spec, os.environ.get("OUT", "bundles"), rank, last=index == len(runs) - 1)
     dist.destroy_process_group()
 
 
