@@ -4,7 +4,8 @@
 
 Starts `torchrun --nproc_per_node=2` on this file. Each rank trains the same MLP under DDP and
 under FSDP2 (`fully_shard`), in turn: the plain loop, the loop with `watch` checking every step
-(guard only: stats_every=0), and with check_every=10. All six live at once and run in
+(guard only: stats_every=0), the same without the rank-aware layer (distributed=False), and
+with check_every=10. All eight live at once and run in
 round-robin blocks of 10 steps; the median and the best block per configuration are reported
 (the best block is the steadier number on a loaded machine). It also times the exchange alone: one all-reduce of
 a world_size x 8 float tensor on the watch's gloo group.
@@ -25,6 +26,9 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 BLOCK = 10          # steps per timed block (a multiple of check_every=10)
+# "rank-blind": watch(distributed=False), each rank guarding itself alone (no pre-collective
+# check, no exchange): what the rank-aware layer adds is the difference to "every step".
+GUARDS = ("off", "rank-blind", "every step", "check_every=10")
 
 
 def worker(steps: int, repeats: int, result_path: str) -> None:
@@ -57,7 +61,8 @@ def worker(steps: int, repeats: int, result_path: str) -> None:
         watch = None
         if guard != "off":
             watch = nandoctor.watch(model, optimizer, out=tempfile.mkdtemp(), stats_every=0,
-                                    check_every=1 if guard == "every step" else 10)
+                                    check_every=10 if guard == "check_every=10" else 1,
+                                    distributed=False if guard == "rank-blind" else "auto")
         return model, optimizer, watch
 
     g = torch.Generator().manual_seed(rank)
@@ -80,7 +85,7 @@ def worker(steps: int, repeats: int, result_path: str) -> None:
     # Every configuration lives at once; blocks of BLOCK steps run round-robin, so a burst of load
     # from elsewhere on the machine hits every configuration alike.
     configs = {f"{mode}|{guard}": setup(mode, guard) for mode in ("ddp", "fsdp2")
-               for guard in ("off", "every step", "check_every=10")}
+               for guard in GUARDS}
     for key, (model, optimizer, watch) in configs.items():
         for i in range(20):
             one(model, optimizer, watch, i)
@@ -136,7 +141,7 @@ def main() -> None:
     for mode in ("ddp", "fsdp2"):
         plain = statistics.median(data["steps"][f"{mode}|off"])
         best_plain = min(data["steps"][f"{mode}|off"])
-        for guard in ("off", "every step", "check_every=10"):
+        for guard in GUARDS:
             times = data["steps"][f"{mode}|{guard}"]
             value, best = statistics.median(times), min(times)
             lines.append(f"{mode:6s} {guard:16s} {value * 1e3:15.2f} {value / plain:8.3f}x {best * 1e3:11.2f} "

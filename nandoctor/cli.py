@@ -241,6 +241,8 @@ def replay(
       nandoctor replay nandoctor-bundles/step-000123 --model model.py
 
       nandoctor replay nandoctor-bundles/step-000123 --trust --format json -o replay.json
+
+      nandoctor replay nandoctor-bundles/step-000123 --model model.py --rank 1   (one rank of a torchrun job)
     """
     def run() -> Any:
         _check_format(fmt)

@@ -155,8 +155,10 @@ def test_nan_in_rank1_batch_names_rank1_and_every_rank_stops(jobs: dict[str, Job
     assert origin["tensor"].startswith("inputs")
     assert doc["bundle"]["distributed"]["rank"] == 1 and doc["bundle"]["distributed"]["origin_ranks"] == [1]
     assert any("born on rank 1" in note for note in doc["notes"])
-    # Without --rank the replay picks the origin rank.
+    # Without --rank the replay picks the origin rank; the people's report names it too.
     assert _replay(bundle)["bundle"]["distributed"]["rank"] == 1
+    people = run_cli("replay", bundle, "--model", MODEL, "--no-experiments", "--rank", "1")
+    assert "replayed rank 1 of 2 (ddp); NaN/Inf born on rank 1; rank 0 only contaminated" in people.output
 
 
 def test_nan_born_in_a_module_forward_on_rank0_only_fsdp2(jobs: dict[str, Job]) -> None:

@@ -34,7 +34,6 @@ from typing import Any, Optional
 import torch
 
 from ..load.bundle import MANIFEST_NAME, BundleManifest
-from ..run import stats
 from . import bundle_writer
 
 DEFAULT_TIMEOUT_S = 300.0          # the gloo coordination group's timeout (flag exchange, bundle agreement)
@@ -130,20 +129,19 @@ class RankGuard:
     def _ddp_comm_hook(self, state: Any, bucket: Any) -> Any:
         from torch.distributed.algorithms.ddp_comm_hooks.default_hooks import allreduce_hook
         if self.enabled:
-            grads = bucket.gradients()
-            norms = stats.foreach_norms([g.detach() for g in grads], math.inf)     # on the device: no sync
+            total = _finiteness_probe(bucket.buffer())
             names = [self._wrapped_names.get(id(p), "?") for p in bucket.parameters()]
-            self._local_records.append((names, norms))
-            self.watch.note_local_gradients(norms)
+            self._local_records.append((names, total))
+            self.watch.note_local_gradients(total)
         return allreduce_hook(state, bucket)
 
     def note_reduce_scatter_input(self, module_name: str, flat: torch.Tensor) -> None:
         """FSDP2: this rank's unsharded gradients of one module, as they enter the reduce-scatter."""
         if not self.enabled:
             return
-        norm = torch.linalg.vector_norm(flat.detach(), math.inf).float().reshape(1)
-        self._local_records.append(([module_name or "(root)"], norm))
-        self.watch.note_local_gradients(norm)
+        total = _finiteness_probe(flat)
+        self._local_records.append(([module_name or "(root)"], total))
+        self.watch.note_local_gradients(total)
 
     # ---- the per-step collective --------------------------------------------------------------
     def _local_bad(self, flags: torch.Tensor) -> torch.Tensor:
@@ -285,10 +283,12 @@ class RankGuard:
         return name[len(DDP_PREFIX):] if _is_ddp(self.watch.model) and name.startswith(DDP_PREFIX) else name
 
     def _local_names(self) -> list[str]:
+        """The parameters of every DDP bucket (FSDP2: every module) whose gradients were non-finite
+        before the collective. A bucket is checked as a whole, so this names its parameters."""
         bad: list[str] = []
-        for names, norms in self._local_records:
-            values = norms.tolist()          # the failure path: a host sync is fine here
-            bad.extend(self._strip(n) for n, v in zip(names, values) if not math.isfinite(v))
+        for names, total in self._local_records:
+            if not math.isfinite(float(total)):          # the failure path: a host sync is fine here
+                bad.extend(self._strip(n) for n in names)
         return list(dict.fromkeys(bad))
 
     def _agree_on_folder(self, out: Path, step: int) -> Path:
@@ -349,6 +349,13 @@ def _contaminated_how(verdict: dict[str, Any]) -> str:
     if verdict.get("check_every", 1) > 1:
         return "only contaminated later (through the collective or the weights; check_every > 1)"
     return "only contaminated by the collective"
+
+
+def _finiteness_probe(flat: torch.Tensor) -> torch.Tensor:
+    """One number that is NaN/Inf when `flat` holds NaN/Inf: its sum, in float32, on the device.
+    A sum is one fused pass; on CPU it is ~30x cheaper than max |x| (the inf-norm, isfinite().all()).
+    A finite sum overflows only past 3.4e38, far beyond any gradient that still trains."""
+    return flat.detach().sum(dtype=torch.float32).reshape(1)
 
 
 def _is_ddp(model: Any) -> bool:

@@ -515,7 +515,8 @@ def watch(model: torch.nn.Module, optimizer: torch.optim.Optimizer, scaler: Any 
     records per-layer max |activation| and gradient norms into a window of `window` entries;
     `sink(step, metrics)` or a TensorBoard SummaryWriter receives per-step numbers.
     Options: scheduler=, snapshot=True (keep the pre-step state so a NaN born inside
-    optimizer.step() replays exactly), precision=, grad_clip=, skip_streak=, rebuild=.
+    optimizer.step() replays exactly), precision=, grad_clip=, skip_streak=, rebuild=,
+    distributed= (under torchrun: "auto", False, or {"timeout": seconds}; docs/distributed.md).
     """
     return Watch(model, optimizer, scaler, out=out, on_nonfinite=on_nonfinite, stats_every=stats_every,
                  window=window, check_every=check_every, sink=sink, **options)
