@@ -3,12 +3,12 @@
     python3 bench/bench_distributed.py [--steps 300] [--repeats 3] [--out bench/distributed_results.txt]
 
 Starts `torchrun --nproc_per_node=2` on this file. Each rank trains the same MLP under DDP and
-under FSDP2 (`fully_shard`), in turn: the plain loop, the loop with `watch` checking every step
-(guard only: stats_every=0), the same without the rank-aware layer (distributed=False), and
-with check_every=10. All eight live at once and run in
-round-robin blocks of 10 steps; the median and the best block per configuration are reported
-(the best block is the steadier number on a loaded machine). It also times the exchange alone: one all-reduce of
-a world_size x 8 float tensor on the watch's gloo group.
+under FSDP2 (`fully_shard`) in four ways: the plain loop; `watch` checking every step (guard
+only: stats_every=0); the same without the rank-aware layer (distributed=False); and
+check_every=10. All eight configurations live at once and run in round-robin blocks of 10 steps.
+For each, the median and the best block are reported (on a loaded machine the best block is the
+steadier number). It also times the exchange alone: one all-reduce of a world_size x 9 float
+tensor on a gloo group.
 """
 from __future__ import annotations
 
@@ -105,7 +105,7 @@ def worker(steps: int, repeats: int, result_path: str) -> None:
             watch.close()
 
     group = dist.new_group(backend="gloo")
-    table = torch.zeros(dist.get_world_size(), 8)
+    table = torch.zeros(dist.get_world_size(), 9)      # the exchange: 8 flags + first bad step
     for _ in range(50):
         dist.all_reduce(table, group=group)
     began = time.perf_counter()
@@ -136,7 +136,7 @@ def main() -> None:
     lines = [f"bench_distributed: 2 ranks, gloo, CPU, torch {torch.__version__}, MLP 4x256 (264k params), batch 64, "
              f"{args.steps} steps x {args.repeats} repeats in blocks of {BLOCK}, {os.cpu_count()} cores",
              f"machine load average at the start: {os.getloadavg()[0]:.1f}",
-             f"flag exchange alone (all-reduce of a 2x8 float tensor, gloo): {data['exchange_s'] * 1e6:.0f} us", "",
+             f"flag exchange alone (all-reduce of a 2x9 float tensor, gloo): {data['exchange_s'] * 1e6:.0f} us", "",
              f"{'mode':6s} {'watch':16s} {'median ms/step':>15s} {'vs plain':>9s} {'best block':>11s} {'vs plain':>9s}"]
     for mode in ("ddp", "fsdp2"):
         plain = statistics.median(data["steps"][f"{mode}|off"])
