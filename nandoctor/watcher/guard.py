@@ -108,6 +108,7 @@ class Watch:
         self._pending_skip = False
         self._dropped = False
         self._deferred: Optional[torch.Tensor] = None   # check_every > 1: flags of unchecked steps
+        self._deferred_from: Optional[int] = None       # the first of those steps
         self._lock = threading.RLock()
         self._closed = False
         self._handles: list[Any] = []
@@ -172,6 +173,13 @@ class Watch:
     def __exit__(self, *exc: Any) -> None:
         self.close()
 
+    def add_handle(self, handle: Any) -> None:
+        """A hook handle (from a framework callback) to remove with the watch's own on close."""
+        if self._closed:
+            handle.remove()
+        else:
+            self._handles.append(handle)
+
     def note_local_gradients(self, tensor: torch.Tensor) -> None:
         """For a DDP communication hook: flag a gradient bucket that is non-finite before the
         all-reduce mixes ranks (no host sync; it joins the step's flag vector)."""
@@ -222,17 +230,27 @@ class Watch:
         if self.step_index % self.check_every and not stats_step and self.check_every > 1:
             self._defer(capture, norms)
             return
+        since = self._deferred_from
         host, extra = self._sync(capture, norms, stats_step)
         self._host = host
         if stats_step:
             self._record_layer_stats(capture.step, extra, grads)
+        what = self._what(host, capture, grads)
+        if since is not None and (what is not None or host[_SLOT["params_bad"]]):
+            # Unchecked steps were folded in: the step is only known to lie in since..now.
+            text = what[1] if what is not None else self._parameters_what()
+            self._fire(what[0] if what is not None else "parameters",
+                       f"{text} (seen at the check of step {capture.step}; check_every={self.check_every} covers "
+                       f"steps {since}..{capture.step})", capture)
+            if self.policy == "skip":
+                self._drop_gradients()
+            return
         if host[_SLOT["params_bad"]]:
             previous, self._previous = self._previous, None
             self._fire("parameters", self._parameters_what(), previous)
             if self.policy == "skip":
                 self._drop_gradients()
                 return
-        what = self._what(host, capture, grads)
         if what is not None:
             check, text = what
             if check == "gradients" and self.scaler is not None:
@@ -314,6 +332,8 @@ class Watch:
         (which then reports the later step: the trade-off of checking less often)."""
         flags = self._flag_vector(capture, norms)
         self._deferred = flags if self._deferred is None else torch.maximum(self._deferred, flags)
+        if self._deferred_from is None:
+            self._deferred_from = capture.step
         self._params_flag = None
         self._host = None
 
@@ -324,6 +344,7 @@ class Watch:
             bad = len(FLAGS) - 3          # the *_bad slots come first
             flags = torch.cat([torch.maximum(flags[:bad], self._deferred[:bad].to(dev)), flags[bad:]])
             self._deferred = None
+            self._deferred_from = None
         if self.flag_hook is not None:
             flags = self.flag_hook(flags)
         parts = [flags]
