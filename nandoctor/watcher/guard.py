@@ -105,7 +105,6 @@ class Watch:
         self._local_grads_flag: Optional[torch.Tensor] = None
         self._host: Optional[list[float]] = None    # this step's synced flag vector
         self._post_ran = False
-        self._pending_skip = False
         self._dropped = False
         self._deferred: Optional[torch.Tensor] = None   # check_every > 1: flags of unchecked steps
         self._deferred_from: Optional[int] = None       # the first of those steps
@@ -253,10 +252,9 @@ class Watch:
                 return
         if what is not None:
             check, text = what
-            if check == "gradients" and self.scaler is not None:
-                # GradScaler skips this step by design (an overflow while scaling): record, do not fire.
-                self._pending_skip = True
-            else:
+            # With a GradScaler, non-finite gradients are an overflow the scaler skips by design:
+            # recorded as a skip when scaler.update() runs, not fired.
+            if not (check == "gradients" and self.scaler is not None):
                 self._fire(check, text, capture)
                 if self.policy == "skip":
                     self._drop_gradients()
@@ -289,12 +287,12 @@ class Watch:
             self.skipped_steps += 1
             self._finish_step(skipped=True)
             if self._skip_run == self.skip_streak:
+                # Skipped steps leave the weights as they were: the last one replays from them.
                 self._fire("loss-scale", f"GradScaler skipped {self._skip_run} steps in a row (the loss scale "
-                           "collapsed; the model is not updating)", None, state=STATE_AFTER_STEP)
+                           "collapsed; the model is not updating)", self._previous)
         else:
             self._skip_run = 0
         self._post_ran = False
-        self._pending_skip = False
         return result
 
     def _finish_step(self, skipped: bool) -> None:
