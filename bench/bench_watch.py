@@ -103,13 +103,49 @@ def memory(name: str, variant: str, steps: int) -> dict:
             "rss_growth_mb": statistics.mean(rss[-tenth:]) - statistics.mean(rss[3:3 + tenth])}
 
 
+def bundle_write(gb: float) -> None:
+    """Write the crash bundle of a `gb` GiB float32 model trained by AdamW (weights + 2 moments)."""
+    import nandoctor
+    width = 8192
+    layers = max(1, round(gb * 2**30 / (4 * width * width)))
+    model = nn.Sequential(*[nn.Linear(width, width, bias=False) for _ in range(layers)])
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-6)
+    x = torch.randn(4, width)
+    out = tempfile.mkdtemp()
+    watch = nandoctor.watch(model, opt, out=out, stats_every=0)
+    with watch.step(x):                                         # one healthy step creates Adam's state
+        watch.loss(model(x).square().mean()).backward()
+        opt.step()
+        opt.zero_grad()
+    bad = x.clone()
+    bad[0, 0] = float("nan")
+    t0 = time.perf_counter()
+    try:
+        with watch.step(bad):
+            watch.loss(model(bad).square().mean()).backward()
+            opt.step()
+    except nandoctor.NonFiniteError as err:
+        took = time.perf_counter() - t0
+        manifest = json.loads((err.bundle / "manifest.json").read_text())
+        params = sum(p.numel() for p in model.parameters())
+        print(f"model {params * 4 / 2**30:.2f} GiB float32 ({params / 1e6:.0f}M parameters) + AdamW state: bundle "
+              f"{manifest['size_bytes'] / 2**30:.2f} GiB written in {manifest['write_seconds']:.2f} s "
+              f"(whole failing step, forward and backward included: {took:.2f} s)")
+        import shutil
+        shutil.rmtree(out, ignore_errors=True)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--models", nargs="*", default=["transformer", "deep"])
     parser.add_argument("--steps", type=int, default=20, help="timed steps per variant")
     parser.add_argument("--memory-steps", type=int, default=30)
     parser.add_argument("--child", nargs=3, metavar=("KIND", "MODEL", "VARIANT"))
+    parser.add_argument("--bundle-gb", type=float, help="only time writing the bundle of a model this large")
     args = parser.parse_args()
+    if args.bundle_gb:
+        bundle_write(args.bundle_gb)
+        return
     if args.child:
         kind, name, variant = args.child
         out = timing(name, args.steps) if kind == "time" else memory(name, variant, args.memory_steps)
