@@ -149,7 +149,7 @@ def test_gradient_accumulation_bundles_every_micro_batch(tmp_path):
     with pytest.raises(nandoctor.NonFiniteError) as caught:
         train(watch, model, opt, 10, accumulate=3, bad_micro=(4, 1))
     bundle = read_bundle(caught.value.bundle)
-    assert bundle.manifest.step == 4 and bundle.manifest.micro_batches == 3
+    assert bundle.manifest.step == 4 and bundle.manifest.micro_batches == 3 and bundle.manifest.micro_step == 1
     batches = bundle.micro_batches()
     assert [bool(torch.isnan(x).any()) for x, _ in batches] == [False, True, False]
     assert torch.equal(batches[0][0], batch_for(12)[0])

@@ -204,6 +204,8 @@ class Watch:
         if floating:
             norm = stats.foreach_norms(floating, math.inf)
             capture.batch_flags.append((~torch.isfinite(norm.sum())).float())
+        else:       # integer-only batches (token ids) cannot hold NaN; keep flags aligned with batches
+            capture.batch_flags.append(torch.zeros(()))
 
     def _model_output_hook(self, module: Any, args: Any, output: Any) -> None:
         # Hugging Face style outputs carry their loss: check it without asking the user.
@@ -458,9 +460,12 @@ class Watch:
             precision=self.precision, lr=[bundle_writer.encode_value(g["lr"]) for g in self.optimizer.param_groups],
             grad_clip=self.grad_clip, scaler=scaler_state, scheduler=scheduler,
             history=[bundle_writer.encode_value(h) for h in self.history],
-            layer_stats=[bundle_writer.encode_value(s) for s in self.layer_stats],
+            layer_stats=[bundle_writer.encode_value({k: v for k, v in s.items() if k != "modules"})
+                         for s in self.layer_stats],
             rebuild=bundle_writer.encode_value(self.rebuild),
-            detail={"truncated_micro_batches": bool(capture and capture.truncated)})
+            detail={"truncated_micro_batches": bool(capture and capture.truncated),
+                    "layer_modules": self._module_names if self.layer_stats else []})
+        manifest.micro_step = _first_bad_micro_batch(check, capture)
         names = [self._param_names.get(id(p)) for g in self.optimizer.param_groups for p in g["params"]]
         return bundle_writer.write_bundle(self.out, manifest, self.model.state_dict(), self.optimizer,
                                           capture.batches if capture else [], capture.rng if capture else None,
@@ -551,6 +556,17 @@ def _none_if_nan(value: float, capture: Optional[_Capture]) -> Optional[float]:
     if capture is not None and not capture.losses:
         return None
     return value
+
+
+def _first_bad_micro_batch(check: str, capture: Optional[_Capture]) -> Optional[int]:
+    """Which micro-batch's batch or loss held the NaN/Inf (slow path: only when writing a bundle)."""
+    if capture is None:
+        return None
+    if check == "batch" and capture.batch_flags:
+        return next((i for i, flag in enumerate(capture.batch_flags) if bool(flag)), None)
+    if check == "loss" and len(capture.losses) == len(capture.batches):
+        return next((i for i, loss in enumerate(capture.losses) if not bool(torch.isfinite(loss).all())), None)
+    return None
 
 
 def _fmt(value: float) -> str:
