@@ -103,6 +103,53 @@ def memory(name: str, variant: str, steps: int) -> dict:
             "rss_growth_mb": statistics.mean(rss[-tenth:]) - statistics.mean(rss[3:3 + tenth])}
 
 
+def isolated(name: str, rounds: int) -> dict:
+    """The watch's own work per step, timed apart from the model's compute (robust on a loaded
+    machine): optimizer.step() with and without the watch's hooks around it, and a forward with
+    and without the statistics hooks. Ratios use a full plain step timed in the same process."""
+    model, batch = build(name)
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-6)
+    x, y = batch()
+    full = []
+    for _ in range(4):
+        full.append(one_step(model, opt, None, x, y))
+        nn.functional.cross_entropy(model(x), y).backward()     # gradients stay for the timings below
+    import nandoctor
+    watch = nandoctor.watch(model, opt, out=tempfile.mkdtemp(), stats_every=0)
+    watch.close()                                               # hooks added and removed per timing below
+    loss = torch.tensor(1.0)
+    plain_opt, guard_opt, fwd, fwd_stats = [], [], [], []
+    for r in range(rounds + 2):
+        if r == 2:              # the first rounds warm caches and lazy imports
+            plain_opt, guard_opt, fwd, fwd_stats = [], [], [], []
+        t0 = time.perf_counter()
+        opt.step()
+        plain_opt.append(time.perf_counter() - t0)
+        watch = nandoctor.watch(model, opt, out=tempfile.mkdtemp(), stats_every=0)
+        t0 = time.perf_counter()
+        with watch.step((x, y)):
+            watch.loss(loss)
+            opt.step()
+        guard_opt.append(time.perf_counter() - t0)
+        watch.close()
+        with torch.no_grad():
+            t0 = time.perf_counter()
+            model(x)
+            fwd.append(time.perf_counter() - t0)
+            watch = nandoctor.watch(model, opt, out=tempfile.mkdtemp(), stats_every=1)
+            t0 = time.perf_counter()
+            with watch.step((x, y)):
+                model(x)
+                watch.check_gradients()                          # the statistics step's bigger transfer
+            fwd_stats.append(time.perf_counter() - t0)
+            watch.close()
+    med = lambda v: 1000 * statistics.median(v)   # noqa: E731
+    guard = med(guard_opt) - med(plain_opt)
+    stats_step = med(fwd_stats) - med(fwd)
+    return {"modules": sum(1 for _ in model.modules()), "plain_ms": med(full[1:]), "guard_ms": guard,
+            "stats_step_ms": stats_step}
+
+
 def bundle_write(gb: float) -> None:
     """Write the crash bundle of a `gb` GiB float32 model trained by AdamW (weights + 2 moments)."""
     import nandoctor
@@ -142,9 +189,19 @@ def main() -> None:
     parser.add_argument("--memory-steps", type=int, default=30)
     parser.add_argument("--child", nargs=3, metavar=("KIND", "MODEL", "VARIANT"))
     parser.add_argument("--bundle-gb", type=float, help="only time writing the bundle of a model this large")
+    parser.add_argument("--isolated", action="store_true", help="only the watch's own cost per step, timed apart")
     args = parser.parse_args()
     if args.bundle_gb:
         bundle_write(args.bundle_gb)
+        return
+    if args.isolated:
+        print(f"{'model':12s} {'modules':>7s} {'plain step ms':>13s} {'guard ms':>9s} {'ratio':>6s} {'stats step ms':>13s}"
+              f" {'ratio, stats/50':>15s}")
+        for name in args.models:
+            r = isolated(name, args.steps)
+            p = r["plain_ms"]
+            print(f"{name:12s} {r['modules']:7d} {p:13.1f} {r['guard_ms']:9.2f} {1 + r['guard_ms'] / p:6.3f}"
+                  f" {r['stats_step_ms']:13.2f} {1 + (r['guard_ms'] + r['stats_step_ms'] / STATS_EVERY) / p:15.3f}")
         return
     if args.child:
         kind, name, variant = args.child

@@ -56,6 +56,7 @@ class NanDoctorCallback(TrainerCallback):
         self.watch = Watch(model, raw, getattr(optimizer, "scaler", None), scheduler=lr_scheduler,
                            precision=precision, grad_clip=float(clip) if clip else None, rebuild=_rebuild(model),
                            gradient_check="manual", notify=self._notify, **self.options)
+        self.watch.step_index = int(getattr(state, "global_step", 0) or 0)   # resumed runs count on
         # Owned by the watch, so a raise (which closes the watch) removes it too.
         self.watch.add_handle(model.register_forward_pre_hook(self._forward_inputs, with_kwargs=True))
 
