@@ -33,6 +33,7 @@ class LitRegressor(L.LightningModule):
         x, y = batch
         scale = torch.sqrt(x[:, :1] + 5.0)                   # NaN when x < -5
         loss = nn.functional.mse_loss(self.net(x) * scale, y)
+        self.log("train_loss", loss)
         return loss
 
     def configure_optimizers(self):
@@ -135,10 +136,13 @@ class EmbedsDataset(torch.utils.data.Dataset):
         return {"inputs_embeds": self.embeds[i], "labels": self.labels[i]}
 
 
-def hf_train(tmp_path, dataset, **args):
-    from transformers import Trainer, TrainingArguments
+def hf_callback(tmp_path, policy="raise"):
     from nandoctor.integrations.transformers import NanDoctorCallback
-    callback = NanDoctorCallback(out=tmp_path / "bundles", on_nonfinite=args.pop("policy", "raise"))
+    return NanDoctorCallback(out=tmp_path / "bundles", on_nonfinite=policy)
+
+
+def hf_train(tmp_path, dataset, callback, **args):
+    from transformers import Trainer, TrainingArguments
     targs = TrainingArguments(output_dir=str(tmp_path / "out"), max_steps=args.pop("max_steps", 10),
                               per_device_train_batch_size=4, learning_rate=1e-3, report_to=[], save_strategy="no",
                               logging_strategy="no", use_cpu=True, dataloader_num_workers=0, seed=0,
@@ -151,10 +155,13 @@ def hf_train(tmp_path, dataset, **args):
 
 
 def test_transformers_nan_batch_is_replayed_from_the_config_without_trust(tmp_path):
+    callback = hf_callback(tmp_path)
     with pytest.raises(nandoctor.NonFiniteError) as caught:
-        hf_train(tmp_path, EmbedsDataset(bad_index=4 * 5 + 2), gradient_accumulation_steps=1)
+        hf_train(tmp_path, EmbedsDataset(bad_index=4 * 5 + 2), callback, gradient_accumulation_steps=1)
     err = caught.value
     assert err.step == 5 and "batch" in err.what
+    model = callback.watch.model                    # raising closed the watch and removed every hook
+    assert not any(m._forward_pre_hooks or m._forward_hooks for m in model.modules())
     manifest = json.loads((err.bundle / "manifest.json").read_text())
     assert manifest["rebuild"]["class"] == "GPT2LMHeadModel" and manifest["rebuild"]["config"]["n_embd"] == 16
     result, doc = replay_json(err.bundle)
@@ -165,8 +172,8 @@ def test_transformers_nan_batch_is_replayed_from_the_config_without_trust(tmp_pa
 
 def test_transformers_accumulation_warn_policy_and_the_nan_filter_warning(tmp_path):
     with pytest.warns(nandoctor.NonFiniteWarning) as caught:
-        callback = hf_train(tmp_path, EmbedsDataset(bad_index=4 * 7), gradient_accumulation_steps=2, policy="warn",
-                            max_steps=6)
+        callback = hf_train(tmp_path, EmbedsDataset(bad_index=4 * 7), hf_callback(tmp_path, "warn"),
+                            gradient_accumulation_steps=2, max_steps=6)
     manifest = json.loads(next((tmp_path / "bundles").iterdir()).joinpath("manifest.json").read_text())
     assert manifest["step"] == 3 and manifest["micro_batches"] == 2
     assert any("logging_nan_inf_filter" in str(w.message) for w in caught)

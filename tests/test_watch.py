@@ -149,7 +149,7 @@ def test_gradient_accumulation_bundles_every_micro_batch(tmp_path):
     with pytest.raises(nandoctor.NonFiniteError) as caught:
         train(watch, model, opt, 10, accumulate=3, bad_micro=(4, 1))
     bundle = read_bundle(caught.value.bundle)
-    assert bundle.manifest.step == 4 and bundle.manifest.micro_batches == 3
+    assert bundle.manifest.step == 4 and bundle.manifest.micro_batches == 3 and bundle.manifest.micro_step == 1
     batches = bundle.micro_batches()
     assert [bool(torch.isnan(x).any()) for x, _ in batches] == [False, True, False]
     assert torch.equal(batches[0][0], batch_for(12)[0])
@@ -265,3 +265,13 @@ def test_bad_bundles_are_input_errors(tmp_path):
         read_bundle(folder)
     with pytest.raises(InputError, match="not a nandoctor crash bundle"):
         read_bundle(tmp_path)
+
+
+def test_check_every_folds_unchecked_steps_into_the_next_check(tmp_path):
+    model, opt = fresh()
+    watch = nandoctor.watch(model, opt, out=tmp_path, check_every=4, stats_every=0)
+    with pytest.raises(nandoctor.NonFiniteError) as caught:
+        train(watch, model, opt, 20, bad_data=5)
+    # step 5's batch is only looked at by the sync of step 8, the next checked step
+    assert caught.value.step == 8 and "covers steps 5..8" in caught.value.what
+    assert read_bundle(caught.value.bundle).manifest.check == "batch"

@@ -54,6 +54,7 @@ class NanDoctorCallback(Callback):
                            scheduler=schedulers[0].scheduler if schedulers else None,
                            precision=str(trainer.precision), grad_clip=float(clip) if clip else None,
                            rebuild=_rebuild(pl_module), gradient_check="manual", **self.options)
+        self.watch.step_index = int(trainer.global_step)      # a resumed run counts on from its checkpoint
 
     def on_train_batch_start(self, trainer: Any, pl_module: Any, batch: Any, batch_idx: int) -> None:
         if self.watch is not None:

@@ -43,7 +43,6 @@ class NanDoctorCallback(TrainerCallback):
         self.options = dict(out=out, on_nonfinite=on_nonfinite, stats_every=stats_every, window=window,
                             check_every=check_every, sink=sink, **options)
         self.watch: Optional[Watch] = None
-        self._hook: Any = None
         self._filter_on = False
 
     def on_train_begin(self, args: Any, state: Any, control: Any, model: Any = None, optimizer: Any = None,
@@ -57,7 +56,9 @@ class NanDoctorCallback(TrainerCallback):
         self.watch = Watch(model, raw, getattr(optimizer, "scaler", None), scheduler=lr_scheduler,
                            precision=precision, grad_clip=float(clip) if clip else None, rebuild=_rebuild(model),
                            gradient_check="manual", notify=self._notify, **self.options)
-        self._hook = model.register_forward_pre_hook(self._forward_inputs, with_kwargs=True)
+        self.watch.step_index = int(getattr(state, "global_step", 0) or 0)   # resumed runs count on
+        # Owned by the watch, so a raise (which closes the watch) removes it too.
+        self.watch.add_handle(model.register_forward_pre_hook(self._forward_inputs, with_kwargs=True))
 
     def _forward_inputs(self, module: Any, args: Any, kwargs: Any) -> None:
         if self.watch is not None and module.training and torch.is_grad_enabled():
@@ -71,9 +72,6 @@ class NanDoctorCallback(TrainerCallback):
         self.close()
 
     def close(self) -> None:
-        if self._hook is not None:
-            self._hook.remove()
-            self._hook = None
         if self.watch is not None:
             self.watch.close()
 

@@ -108,9 +108,9 @@ class Watch:
         self._local_grads_flag: Optional[torch.Tensor] = None
         self._host: Optional[list[float]] = None    # this step's synced flag vector
         self._post_ran = False
-        self._pending_skip = False
         self._dropped = False
         self._deferred: Optional[torch.Tensor] = None   # check_every > 1: flags of unchecked steps
+        self._deferred_from: Optional[int] = None       # the first of those steps
         self._lock = threading.RLock()
         self._closed = False
         self._handles: list[Any] = []
@@ -179,6 +179,13 @@ class Watch:
     def __exit__(self, *exc: Any) -> None:
         self.close()
 
+    def add_handle(self, handle: Any) -> None:
+        """A hook handle (from a framework callback) to remove with the watch's own on close."""
+        if self._closed:
+            handle.remove()
+        else:
+            self._handles.append(handle)
+
     def note_local_gradients(self, tensor: torch.Tensor) -> None:
         """For a DDP communication hook: flag a gradient bucket that is non-finite before the
         all-reduce mixes ranks (no host sync; it joins the step's flag vector)."""
@@ -204,6 +211,8 @@ class Watch:
         if floating:
             norm = stats.foreach_norms(floating, math.inf)
             capture.batch_flags.append((~torch.isfinite(norm.sum())).float())
+        else:       # integer-only batches (token ids) cannot hold NaN; keep flags aligned with batches
+            capture.batch_flags.append(torch.zeros(()))
 
     def _model_output_hook(self, module: Any, args: Any, output: Any) -> None:
         # Hugging Face style outputs carry their loss: check it without asking the user.
@@ -229,23 +238,32 @@ class Watch:
         if self.step_index % self.check_every and not stats_step and self.check_every > 1:
             self._defer(capture, norms)
             return
+        since = self._deferred_from
         host, extra = self._sync(capture, norms, stats_step)
         self._host = host
         if stats_step:
             self._record_layer_stats(capture.step, extra, grads)
+        what = self._what(host, capture, grads)
+        if since is not None and (what is not None or host[_SLOT["params_bad"]]):
+            # Unchecked steps were folded in: the step is only known to lie in since..now.
+            text = what[1] if what is not None else self._parameters_what()
+            self._fire(what[0] if what is not None else "parameters",
+                       f"{text} (seen at the check of step {capture.step}; check_every={self.check_every} covers "
+                       f"steps {since}..{capture.step})", capture)
+            if self.policy == "skip":
+                self._drop_gradients()
+            return
         if host[_SLOT["params_bad"]]:
             previous, self._previous = self._previous, None
             self._fire("parameters", self._parameters_what(), previous)
             if self.policy == "skip":
                 self._drop_gradients()
                 return
-        what = self._what(host, capture, grads)
         if what is not None:
             check, text = what
-            if check == "gradients" and self.scaler is not None:
-                # GradScaler skips this step by design (an overflow while scaling): record, do not fire.
-                self._pending_skip = True
-            else:
+            # With a GradScaler, non-finite gradients are an overflow the scaler skips by design:
+            # recorded as a skip when scaler.update() runs, not fired.
+            if not (check == "gradients" and self.scaler is not None):
                 self._fire(check, text, capture)
                 if self.policy == "skip":
                     self._drop_gradients()
@@ -278,12 +296,12 @@ class Watch:
             self.skipped_steps += 1
             self._finish_step(skipped=True)
             if self._skip_run == self.skip_streak:
+                # Skipped steps leave the weights as they were: the last one replays from them.
                 self._fire("loss-scale", f"GradScaler skipped {self._skip_run} steps in a row (the loss scale "
-                           "collapsed; the model is not updating)", None, state=STATE_AFTER_STEP)
+                           "collapsed; the model is not updating)", self._previous)
         else:
             self._skip_run = 0
         self._post_ran = False
-        self._pending_skip = False
         return result
 
     def _finish_step(self, skipped: bool) -> None:
@@ -323,6 +341,8 @@ class Watch:
         if self.distributed is not None:          # issue 12: which rank flagged first, without a sync
             self.distributed.note_deferred(capture.step, flags)
         self._deferred = flags if self._deferred is None else torch.maximum(self._deferred, flags)
+        if self._deferred_from is None:
+            self._deferred_from = capture.step
         self._params_flag = None
         self._host = None
 
@@ -333,6 +353,7 @@ class Watch:
             bad = len(FLAGS) - 3          # the *_bad slots come first
             flags = torch.cat([torch.maximum(flags[:bad], self._deferred[:bad].to(dev)), flags[bad:]])
             self._deferred = None
+            self._deferred_from = None
         if self.flag_hook is not None:
             flags = self.flag_hook(flags)
         parts = [flags]
@@ -450,9 +471,12 @@ class Watch:
             precision=self.precision, lr=[bundle_writer.encode_value(g["lr"]) for g in self.optimizer.param_groups],
             grad_clip=self.grad_clip, scaler=scaler_state, scheduler=scheduler,
             history=[bundle_writer.encode_value(h) for h in self.history],
-            layer_stats=[bundle_writer.encode_value(s) for s in self.layer_stats],
+            layer_stats=[bundle_writer.encode_value({k: v for k, v in s.items() if k != "modules"})
+                         for s in self.layer_stats],
             rebuild=bundle_writer.encode_value(self.rebuild),
-            detail={"truncated_micro_batches": bool(capture and capture.truncated)})
+            detail={"truncated_micro_batches": bool(capture and capture.truncated),
+                    "layer_modules": self._module_names if self.layer_stats else []})
+        manifest.micro_step = _first_bad_micro_batch(check, capture)
         names = [self._param_names.get(id(p)) for g in self.optimizer.param_groups for p in g["params"]]
         write = self.write_hook or bundle_writer.write_bundle     # issue 12: per-rank parts under torchrun
         return write(self.out, manifest, self.model.state_dict(), self.optimizer,
@@ -545,6 +569,17 @@ def _none_if_nan(value: float, capture: Optional[_Capture]) -> Optional[float]:
     if capture is not None and not capture.losses:
         return None
     return value
+
+
+def _first_bad_micro_batch(check: str, capture: Optional[_Capture]) -> Optional[int]:
+    """Which micro-batch's batch or loss held the NaN/Inf (slow path: only when writing a bundle)."""
+    if capture is None:
+        return None
+    if check == "batch" and capture.batch_flags:
+        return next((i for i, flag in enumerate(capture.batch_flags) if bool(flag)), None)
+    if check == "loss" and len(capture.losses) == len(capture.batches):
+        return next((i for i, loss in enumerate(capture.losses) if not bool(torch.isfinite(loss).all())), None)
+    return None
 
 
 def _fmt(value: float) -> str:
