@@ -6,18 +6,27 @@ Python API (the CLI is a thin shell over it):
     report = nandoctor.scan("model.py", steps=20, precisions=["32-true", "16-mixed"])
     report.verdict, report.first_nonfinite, report.causes[0].fix
     report.to_dict()          # the documented JSON document (schema_version 1)
+
+    watch = nandoctor.watch(model, optimizer)      # guard the user's own loop (crash bundle on NaN)
+    report = nandoctor.replay("nandoctor-bundles/step-000123", model="model.py")
 """
 from typing import Any
 
 from ._version import __version__
 
-__all__ = ["scan", "postmortem", "__version__"]
+__all__ = ["scan", "postmortem", "replay", "watch", "NonFiniteError", "NonFiniteWarning", "__version__"]
+
+_API = ("scan", "postmortem", "replay")
+_WATCH = ("watch", "NonFiniteError", "NonFiniteWarning")
 
 
 def __getattr__(name: str) -> Any:
     # `import nandoctor` stays light (no torch) until the API is used; `nandoctor.scan` is then
     # the real function, so help(nandoctor.scan) shows its signature and docstring.
-    if name in ("scan", "postmortem"):
+    if name in _API:
         from . import api
         return getattr(api, name)
+    if name in _WATCH:
+        from .watcher import guard
+        return getattr(guard, name)
     raise AttributeError(f"module 'nandoctor' has no attribute {name!r}")

@@ -1,4 +1,4 @@
-"""The Python API: `scan()` and `postmortem()`, each the whole pipeline
+"""The Python API: `scan()`, `postmortem()` and `replay()`, each the whole pipeline
 load -> run -> trace -> diagnose -> report document. The CLI is a thin shell over these."""
 from __future__ import annotations
 
@@ -15,20 +15,23 @@ from typing import Any, Callable, Optional
 import torch
 
 from ._version import __version__
-from .diagnose import Finding, diagnose, plan_experiments, rank
-from .diagnose.checkpoint_rules import diagnose_checkpoint
+from .diagnose import Finding, diagnose, diagnose_checkpoint, plan_experiments, rank
 from .diagnose.verdict import checkpoint_failed, exit_code_for, scan_failed, verdict as verdict_of
 from .load.checkpoint import read_checkpoint
 from .load.config import ResolvedConfig, resolve_config
 from .load.model_file import ModelFile, load_model_file
 from .report.document import build_document, build_postmortem_document, first_nonfinite
+from .load.bundle import STATE_AFTER_STEP, decode_value
+from .run.bundle_replay import after_step_run, bundle_model_file, differences, mark_not_reproduced, scaler_loader
 from .run.experiments import run_experiments
 from .run.frames import location
 from .run.inspect_checkpoint import inspect
 from .run.precision import parse_precision
+from .run.rank_bundle import describe_ranks, open_rank_bundle   # one rank of a torchrun bundle
 from .run.runner import Deadline, Progress, ScanTimeout, resolve_device, run_precision, watchdog
 from .run.user_code import ScanInterrupted, capture_user_output, interrupt_guard
-from .trace import ErrorCategory, NonfiniteEvent, PostmortemTrace, Precision, RunStatus, RunTrace, SourceLocation, Trace
+from .trace import (ErrorCategory, NonfiniteEvent, PostmortemTrace, Precision, RunStatus, RunTrace, SourceLocation, Trace,
+                    to_plain)
 
 
 @dataclass
@@ -243,3 +246,102 @@ def postmortem(path: str | Path, baseline: str | Path | None = None, *, trust: b
         trace = inspect(ckpt, base)
     trace.torch_version = torch.__version__
     return PostmortemReport(trace=trace, causes=rank(diagnose_checkpoint(trace)), fail_on=fail_on)
+
+
+@dataclass
+class ReplayReport(ScanReport):
+    """A scan report (schema v1) with `command: "replay"`, the bundle's facts and its history."""
+    bundle: dict[str, Any] = field(default_factory=dict)
+    history: list[dict[str, Any]] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        if self._document is None:
+            doc = super().to_dict()
+            doc["command"] = "replay"
+            doc["bundle"] = to_plain(self.bundle)
+            doc["history"] = to_plain(self.history)
+            self._document = doc
+        return self._document
+
+
+def replay(bundle: str | Path, model: str | Path | None = None, *, trust: bool = False,
+           experiments: Optional[bool] = None, fail_on: Optional[str] = None, max_seconds: Optional[float] = None,
+           device: Optional[str] = None, config: str | Path | None = None, rank: Optional[int] = None) -> ReplayReport:
+    """Replay a crash bundle's failing step: origin, ranked causes, confirming experiments.
+
+    `model`: a model file with build_model() and training_step(model, batch) or
+    loss_fn(outputs, targets); required for plain-loop bundles. `trust`: allow importing the
+    LightningModule class a Lightning bundle names. `rank`: which rank of a distributed bundle
+    (default: the rank the value was born on). Raises InputError for unusable input.
+    """
+    with preserved_rng_states(), capture_user_output(), interrupt_guard():
+        return _replay(bundle, model, trust=trust, experiments=experiments, fail_on=fail_on,
+                       max_seconds=max_seconds, device=device, config=config, rank=rank)
+
+
+def _replay(bundle: str | Path, model: str | Path | None, *, trust: bool, experiments: Optional[bool],
+            fail_on: Optional[str], max_seconds: Optional[float], device: Optional[str], config: str | Path | None,
+            rank: Optional[int]) -> ReplayReport:
+    began = time.perf_counter()
+    found, ranks = open_rank_bundle(bundle, rank)
+    m = found.manifest
+    precision = parse_precision(m.precision)
+    overrides: dict[str, Any] = {"steps": 1, "precisions": [precision.value], "device": device,
+                                 "max_seconds": max_seconds, "fail_on": fail_on, "grad_clip": m.grad_clip}
+    if experiments is not None:
+        overrides["experiments"] = {"enabled": experiments}
+    resolved = resolve_config(config, overrides, cwd=found.path)
+    cfg = dict(resolved.values)
+    cfg["lr_override"] = None
+    if m.scaler is None:
+        cfg["loss_scale"] = "none"
+    dev = resolve_device(cfg["device"])
+    spec, model_info = bundle_model_file(found, model, trust)
+    trace = Trace(model_file=spec.display, config=cfg, device=str(dev), torch_version=torch.__version__,
+                  tool_version=__version__, checkpoint=str(found.path))
+    trace.notes.extend(differences(found, dev))
+    if ranks is not None:
+        trace.notes.insert(0, describe_ranks(ranks))
+    initial_state = scaler_loader(found)
+    deadline = Deadline(cfg["max_seconds"])
+
+    if m.state == STATE_AFTER_STEP:
+        run = after_step_run(found, precision.value)
+        trace.notes.append("the bundle holds the state after the failing optimizer step (the NaN was born inside "
+                           "optimizer.step()); watch(..., snapshot=True) keeps the state before it so the step "
+                           "can be replayed")
+    else:
+        try:
+            with watchdog(cfg["max_seconds"]):
+                run = run_precision(spec, cfg, precision, dev, deadline, start_step=m.step,
+                                    initial_state=initial_state)
+        except ScanTimeout:
+            run = RunTrace(precision=precision.value, status=RunStatus.TIMEOUT.value, steps_requested=1,
+                           start_step=m.step, note="--max-seconds ran out while the step was replayed")
+        if run.status == RunStatus.OK.value:
+            mark_not_reproduced(run, found)
+    trace.runs.append(run)
+    trace.model = model_info()
+    findings = diagnose(trace)
+    if cfg["experiments"]["enabled"] and m.state != STATE_AFTER_STEP and not deadline.expired:
+        requests = plan_experiments(trace, findings)
+        if requests:
+            t0 = time.perf_counter()
+            budget = min(cfg["experiments"]["max_seconds"], deadline.left())
+            try:
+                with watchdog(None if cfg["max_seconds"] is None else deadline.left()):
+                    trace.experiments = run_experiments(requests, spec, cfg, dev, budget, start_step=m.step,
+                                                        initial_state=initial_state)
+            except ScanTimeout:
+                trace.notes.append("--max-seconds ran out during the confirming experiments; they were stopped")
+            trace.experiments_seconds = time.perf_counter() - t0
+            findings = diagnose(trace)
+    trace.seconds = time.perf_counter() - began
+    facts = {"path": str(found.path), "step": m.step, "check": m.check, "what": m.what, "state": m.state,
+             "precision": m.precision, "micro_batches": m.micro_batches, "policy": m.policy,
+             "rebuild": (m.rebuild or {}).get("kind"), "device": m.device, "versions": m.versions,
+             "size_bytes": m.size_bytes, "write_seconds": m.write_seconds, "created": m.created}
+    if ranks is not None:
+        facts["distributed"] = ranks
+    return ReplayReport(trace=trace, causes=findings, config=resolved, fail_on=cfg["fail_on"], bundle=facts,
+                        history=[{k: decode_value(v) for k, v in h.items()} for h in m.history])

@@ -26,6 +26,7 @@ app = typer.Typer(
          "  nandoctor scan model.py\n\n"
          "  nandoctor scan model.py --precision 16-mixed --steps 50 --format json --output report.json\n\n"
          "  nandoctor postmortem checkpoints/last.pt\n\n"
+         "  nandoctor replay nandoctor-bundles/step-000123 --model model.py\n\n"
          "  nandoctor explain high-lr\n\n"
          "Exit codes: 0 pass, 1 findings at or above --fail-on, 2 unusable input, 3 internal error.")
 
@@ -309,6 +310,51 @@ def report_command(
 
 
 @app.command()
+def replay(
+    bundle: Annotated[Path, typer.Argument(help="A crash bundle folder written by nandoctor.watch or a NanDoctorCallback.")],
+    model: Annotated[Optional[Path], typer.Option("--model", help="Model file with build_model() and training_step(model, batch) or loss_fn(outputs, targets); required for plain-loop bundles.")] = None,
+    trust: Annotated[bool, typer.Option("--trust", help="Allow importing the LightningModule (your code) that a Lightning bundle names.")] = False,
+    fmt: FormatOpt = "rich",
+    output: OutputOpt = None,
+    html: Annotated[Optional[Path], typer.Option("--html", help="Also write a self-contained HTML report with plots.")] = None,
+    quiet: QuietOpt = False,
+    fail_on: FailOnOpt = None,
+    device: Annotated[Optional[str], typer.Option(help="auto|cpu|cuda|cuda:N.")] = None,
+    max_seconds: Annotated[Optional[float], typer.Option("--max-seconds", help="Time budget for the replay and its experiments.")] = None,
+    no_experiments: Annotated[bool, typer.Option("--no-experiments", help="Skip the confirming experiments.")] = False,
+    rank: Annotated[Optional[int], typer.Option("--rank", help="Distributed bundle: the rank to replay (default: the rank where the NaN/Inf was born).")] = None,
+    verbose: VerboseOpt = False,
+) -> None:
+    """Re-run the failing step of a crash bundle with op-level tracing and diagnose it.
+
+    Nothing from the bundle is executed: it is read as JSON and safetensors. Plain-loop bundles
+    need --model; Lightning bundles import your LightningModule only with --trust; Hugging Face
+    bundles build a transformers model class from the stored config.
+
+    Examples:
+
+      nandoctor replay nandoctor-bundles/step-000123 --model model.py
+
+      nandoctor replay nandoctor-bundles/step-000123 --trust --format json -o replay.json
+
+      nandoctor replay nandoctor-bundles/step-000123 --model model.py --rank 1   (one rank of a torchrun job)
+    """
+    def run() -> Any:
+        _check_format(fmt)
+        check_writable(output, "--output")
+        check_writable(html, "--html")
+        from .api import replay as run_replay
+        report = run_replay(bundle, model, trust=trust, experiments=False if no_experiments else None,
+                            fail_on=fail_on, max_seconds=max_seconds, device=device, rank=rank)
+        if verbose:
+            _say_what_ran(report)
+        emit(report.to_dict(), fmt, output, quiet, html)
+        return report
+
+    _guarded(run)
+
+
+@app.command()
 def explain(cause: Annotated[Optional[str], typer.Argument(help="A cause id, e.g. high-lr. Without one, lists them.")] = None) -> None:
     """Print a cause's documentation: what it detects, why it breaks training, how to fix it.
 
@@ -319,18 +365,14 @@ def explain(cause: Annotated[Optional[str], typer.Argument(help="A cause id, e.g
       nandoctor explain            (lists every cause id)
     """
     from .diagnose import RULES, explain as explain_cause
-    from .diagnose.checkpoint_rules import POSTMORTEM_DOCS
     if cause is None:
         for rule in RULES:
             typer.echo(f"{rule.id:22s} {rule.title}")
-        for cause_id, doc in POSTMORTEM_DOCS.items():
-            typer.echo(f"{cause_id:22s} {doc.strip().splitlines()[0][len('What it detects: '):] if doc.strip().startswith('What it detects: ') else ''}")
         return
     text = explain_cause(cause)
     if text is None:
         from .diagnose import rule_ids
-        ids = rule_ids() + list(POSTMORTEM_DOCS)
-        say(f"nandoctor: error: unknown cause id {cause!r}; known ids are {', '.join(ids)}.")
+        say(f"nandoctor: error: unknown cause id {cause!r}; known ids are {', '.join(rule_ids())}.")
         raise typer.Exit(code=ExitCode.BAD_INPUT)
     typer.echo(f"{cause}\n\n{text}")
 

@@ -23,6 +23,7 @@ import torch
 
 from ..errors import InputError
 from ..trace.text import plain_text
+from .dcp_shards import shard_locations
 
 MODEL_KEYS = ("model", "state_dict", "model_state_dict", "model_state", "module", "net", "network", "weights",
               "params", "model_state_dict_ema")
@@ -36,6 +37,7 @@ class LazyTensor:
     load: Callable[[], torch.Tensor]
     shape: Optional[list[int]] = None
     dtype: Optional[str] = None
+    shards: list[dict[str, Any]] = field(default_factory=list)   # DCP: rank, file, offsets, sizes (dcp_shards.py)
 
 
 @dataclass
@@ -361,7 +363,8 @@ def _dcp_folder(path: Path, trust: bool) -> Checkpoint:
         if not isinstance(meta, TensorStorageMetadata):
             continue
         lazy = LazyTensor(name=plain_text(key, 300), load=loader(key, meta), shape=list(meta.size),
-                          dtype=str(meta.properties.dtype).replace("torch.", ""))
+                          dtype=str(meta.properties.dtype).replace("torch.", ""),
+                          shards=shard_locations(metadata, key))
         head = key.split(".", 1)[0]
         if head in ("optim", "optimizer", "optimizer_state", "optim_state"):
             ckpt.optimizer_tensors.append(lazy)

@@ -15,7 +15,7 @@ from ..errors import InputError
 from .source import display_path
 
 REQUIRED = ("build_model", "get_batch")
-OPTIONAL = ("loss_fn", "build_optimizer", "build_scheduler")
+OPTIONAL = ("loss_fn", "build_optimizer", "build_scheduler", "training_step")
 
 
 @dataclass
@@ -27,14 +27,22 @@ class ModelFile:
     loss_fn: Optional[Callable[[Any, Any], Any]] = None
     build_optimizer: Optional[Callable[[Any], Any]] = None
     build_scheduler: Optional[Callable[[Any], Any]] = None
+    # training_step(model, batch) -> loss: when present, run_step calls it with get_batch's
+    # return value instead of forward + loss_fn (the replay of a crash bundle relies on it).
+    training_step: Optional[Callable[[Any, Any], Any]] = None
+    # restore_rng(step): puts every generator in the state the step started from; when present,
+    # run_step calls it instead of re-seeding from (seed, step) (bundle replay restores captured states).
+    restore_rng: Optional[Callable[[int], None]] = None
 
     @property
     def display(self) -> str:
         return display_path(str(self.path))
 
 
-def load_model_file(path: str | Path) -> ModelFile:
-    """Import `path` as a fresh module; raise InputError naming the file and what is wrong."""
+def load_model_file(path: str | Path, required: tuple[str, ...] = REQUIRED) -> ModelFile:
+    """Import `path` as a fresh module; raise InputError naming the file and what is wrong.
+
+    `required`: the contract functions that must exist (replay needs only build_model)."""
     path = Path(path)
     shown = display_path(str(path))
     if not path.exists():
@@ -75,16 +83,21 @@ def load_model_file(path: str | Path) -> ModelFile:
                          f"{where}. Fix the file so that `python {shown}` imports cleanly.") from None
 
     found = {fn: getattr(module, fn, None) for fn in REQUIRED + OPTIONAL}
-    missing = [fn for fn in REQUIRED if not callable(found[fn])]
+    missing = [fn for fn in required if not callable(found[fn])]
+    if missing and required != REQUIRED:
+        raise InputError(f"model file {shown} does not define {' and '.join(f'{m}()' for m in missing)}.")
     if missing:
         raise InputError(
             f"model file {shown} does not define {' and '.join(f'{m}()' for m in missing)}. A model file must "
             "define build_model() -> torch.nn.Module and get_batch(step) -> (inputs, targets); "
             "loss_fn(outputs, targets) and build_optimizer(params) are optional.")
-    for fn in OPTIONAL:
+    for fn in OPTIONAL + tuple(f for f in REQUIRED if f not in required):
         if found[fn] is not None and not callable(found[fn]):
             raise InputError(f"model file {shown}: {fn} must be a function, got {type(found[fn]).__name__}.")
-    _check_arity(found["get_batch"], 1, "get_batch(step)", shown)
+    if found["get_batch"] is not None:
+        _check_arity(found["get_batch"], 1, "get_batch(step)", shown)
+    if found["training_step"] is not None:
+        _check_arity(found["training_step"], 2, "training_step(model, batch)", shown)
     if found["loss_fn"] is not None:
         _check_arity(found["loss_fn"], 2, "loss_fn(outputs, targets)", shown)
     return ModelFile(path=path, module=module, **found)  # type: ignore[arg-type]

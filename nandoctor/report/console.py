@@ -115,6 +115,13 @@ def print_report(doc: dict[str, Any], console: Console) -> None:
                          f"  {doc['model_file']}  ·  {doc['environment']['device']}  ·  torch {doc['environment']['torch']}"
                          f"  ·  {doc['seconds']:.1f}s")
     console.print(head)
+    ranks = (doc.get("bundle") or {}).get("distributed")     # issue 12: the rank a replay ran, and the origin
+    if ranks:
+        origin = ", ".join(map(str, ranks.get("origin_ranks") or [])) or "unknown"
+        others = ", ".join(map(str, ranks.get("contaminated_ranks") or []))
+        console.print(Text(f"replayed rank {ranks.get('rank')} of {ranks.get('world_size')} ({ranks.get('kind')}); "
+                           f"NaN/Inf born on rank {origin}" + (f"; rank {others} only contaminated" if others else ""),
+                           style="bold"))
 
     event = doc.get("first_nonfinite")
     if not event and doc["verdict"] == "fail":

@@ -12,6 +12,7 @@ from typing import Any, Optional
 import torch
 
 from ..load.checkpoint import Checkpoint, iter_optimizer_tensors
+from ..load.dcp_shards import nonfinite_shards
 from ..trace import OptimizerRecord, PostmortemTrace, TensorRecord, to_plain
 
 
@@ -59,7 +60,8 @@ def inspect(ckpt: Checkpoint, baseline: Optional[Checkpoint] = None) -> Postmort
         t = lazy.load()
         facts = tensor_facts(t)
         trace.tensors.append(TensorRecord(name=lazy.name, module=lazy.name.rpartition(".")[0], shape=list(t.shape),
-                                          dtype=str(t.dtype).replace("torch.", ""), numel=t.numel(), **facts))
+                                          dtype=str(t.dtype).replace("torch.", ""), numel=t.numel(), **facts,
+                                          shards=nonfinite_shards(t, lazy.shards) if facts["nan"] or facts["inf"] else []))
         if lazy.name in base and t.is_floating_point():
             old = base[lazy.name].load()
             if old.shape == t.shape:

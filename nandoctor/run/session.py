@@ -164,6 +164,14 @@ class TrainingSession:
         # to seed; anything else seeds every generator, as the session's first seed did.
         seed_everything(seed, cpu_only=self.device.type == "cpu" and not _accelerator_initialised())
 
+    def _seed_step(self, step: int, salt: int) -> None:
+        # A model file with restore_rng(step) (a crash bundle's replay) puts back the generator
+        # states the step started from; a scan derives them from (seed, step).
+        if self.model_file.restore_rng is not None:
+            self.model_file.restore_rng(step)
+        else:
+            self._seed(step_seed(self.seed, step, salt))
+
     # ---- the step -------------------------------------------------------------------------------
     def _context(self) -> contextlib.AbstractContextManager:
         if self.autocast:
@@ -204,12 +212,14 @@ class TrainingSession:
         """The batch, checked before use; None when the step ends here (non-finite or skipped)."""
         record = result.record
         watch.on_phase(Phase.DATA)
-        self._seed(step_seed(self.seed, step, 1))
+        self._seed_step(step, 1)
         sites = None
         if any(p.wants_batch_sources() for p in watch.all):
             batch, sites = call_user(Phase.DATA, record_tensor_sites, self.model_file.get_batch, step)
         else:
             batch = call_user(Phase.DATA, self.model_file.get_batch, step)
+        if self.model_file.training_step is not None:
+            batch = (batch, None)      # training_step(model, batch) takes get_batch's value as it is
         if not isinstance(batch, (tuple, list)) or len(batch) != 2:
             raise InputError(f"model file {self.model_file.display}: get_batch(step) must return (inputs, targets), "
                              f"got {type(batch).__name__}"
@@ -246,8 +256,12 @@ class TrainingSession:
         inputs, targets = batch
         self.optimizer.zero_grad(set_to_none=True)
         watch.on_phase(Phase.FORWARD)
-        self._seed(step_seed(self.seed, step, 2))
+        self._seed_step(step, 2)
         with self._context():
+            if self.model_file.training_step is not None:
+                # The user's own step computes the loss (a crash bundle's replay): no label
+                # guard, no separate loss phase.
+                return self._checked_loss(call_user(Phase.FORWARD, self.model_file.training_step, self.model, inputs))
             outputs = self._forward(inputs)
             with watch.suspended():
                 result.record.labels = label_check(outputs, targets)
@@ -255,6 +269,9 @@ class TrainingSession:
                 return None
             watch.on_phase(Phase.LOSS)
             loss = self._loss(outputs, targets, result.record)
+        return self._checked_loss(loss)
+
+    def _checked_loss(self, loss: Any) -> torch.Tensor:
         if not isinstance(loss, torch.Tensor) or loss.numel() != 1 or not loss.is_floating_point():
             raise InputError(f"model file {self.model_file.display}: the loss must be a floating-point scalar tensor, "
                              f"got {type(loss).__name__}{' of shape ' + str(list(loss.shape)) if isinstance(loss, torch.Tensor) else ''}.")

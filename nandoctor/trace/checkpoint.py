@@ -17,6 +17,7 @@ class TensorRecord:
     max_abs: Optional[float] = None      # over finite values
     norm: Optional[float] = None         # over finite values
     negatives: int = 0
+    shards: list[dict[str, Any]] = field(default_factory=list)   # DCP: the shards holding NaN/Inf (rank, offsets)
 
 
 @dataclass

@@ -33,7 +33,8 @@ class ParamNonfinite(Rule):
         if not bad:
             return []
         modules = sorted({t.module for t in bad})
-        evidence = [f"{t.name}: {t.nan} NaN, {t.inf} Inf of {t.numel}" for t in bad[:6]]
+        evidence = [f"{t.name}: {t.nan} NaN, {t.inf} Inf of {t.numel}"
+                    + (f" in {'; '.join(s['label'] for s in t.shards)}" if t.shards else "") for t in bad[:6]]
         if len(bad) > 6:
             evidence.append(f"... {len(bad) - 6} more tensors")
         return [Finding("param-nonfinite", Severity.ERROR.value, 0.99,

@@ -1,0 +1,2 @@
+"""Framework callbacks that run `nandoctor.watch` inside a trainer (lightning, transformers).
+Each module imports its framework lazily, only when imported itself."""

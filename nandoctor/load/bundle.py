@@ -1,0 +1,218 @@
+"""The crash bundle: a versioned folder that `nandoctor.watch` writes on the first NaN/Inf and
+`nandoctor replay` reads.
+
+Layout (bundle version 1):
+
+    step-000123/
+      manifest.json          what happened, versions, settings, history, how to rebuild the model
+      model.safetensors      weights and buffers (tied tensors stored once, see manifest "tied")
+      optimizer.safetensors  optimizer state tensors, keys "<param index>/<state key>"
+      batch.safetensors      tensor leaves of every micro-batch, keys "<micro-batch>/<leaf index>"
+      rng.safetensors        "cpu" and "cuda:<i>" generator states (uint8), "numpy" (uint32)
+
+Reading it executes nothing: only JSON and safetensors (no pickle) are ever parsed, and any
+other file a manifest names is refused.
+"""
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any, Optional
+
+from ..errors import InputError
+
+BUNDLE_FORMAT = "nandoctor-crash-bundle"
+BUNDLE_VERSION = 1
+MANIFEST_NAME = "manifest.json"
+MODEL_FILE = "model.safetensors"
+OPTIMIZER_FILE = "optimizer.safetensors"
+BATCH_FILE = "batch.safetensors"
+RNG_FILE = "rng.safetensors"
+TENSOR_FILES = (MODEL_FILE, OPTIMIZER_FILE, BATCH_FILE, RNG_FILE)
+
+# Which check fired. "parameters" fires after optimizer.step(); the others before it.
+CHECKS = ("batch", "loss", "gradients", "parameters", "loss-scale")
+# What the weights in model.safetensors are: the state the failing step started from, or (a
+# NaN born inside optimizer.step() without watch(snapshot=True)) the state it left behind.
+STATE_BEFORE_STEP = "before-step"
+STATE_AFTER_STEP = "after-step"
+REBUILD_KINDS = ("plain", "lightning", "huggingface")
+
+_SAFE_NAME = re.compile(r"^[a-z_]+\.safetensors$")
+
+
+@dataclass
+class BundleManifest:
+    """manifest.json. Every field is plain JSON; non-finite floats are "NaN"/"Infinity" strings."""
+    step: int                                   # optimizer-step count of the failing step (0-based)
+    check: str                                  # one of CHECKS
+    what: str                                   # one line: what was non-finite
+    state: str = STATE_BEFORE_STEP
+    format: str = BUNDLE_FORMAT
+    bundle_version: int = BUNDLE_VERSION
+    created: str = ""                           # ISO 8601, UTC
+    versions: dict[str, str] = field(default_factory=dict)      # nandoctor, torch, python, lightning, transformers
+    device: str = "cpu"
+    policy: str = "raise"
+    micro_batches: int = 1                      # micro-batches of the step (gradient accumulation)
+    micro_step: Optional[int] = None            # the micro-batch whose loss/batch fired, when known
+    precision: str = "32-true"                  # Lightning name of the precision the run used
+    detail: dict[str, Any] = field(default_factory=dict)        # e.g. {"parameters": [...], "tensors": [...]}
+    lr: list[Any] = field(default_factory=list)                 # per param group
+    grad_clip: Optional[float] = None
+    scaler: Optional[dict[str, Any]] = None     # GradScaler.state_dict() (plain numbers)
+    optimizer: dict[str, Any] = field(default_factory=dict)     # class, param_groups, param_names, scalars
+    scheduler: Optional[dict[str, Any]] = None  # class, state (plain data) or null when not plain data
+    batch: list[Any] = field(default_factory=list)              # structure of every micro-batch (see encode)
+    rng: dict[str, Any] = field(default_factory=dict)           # python random state, numpy position, devices
+    history: list[dict[str, Any]] = field(default_factory=list)  # recent steps: loss, grad_norm, scale, lr, skipped
+    layer_stats: list[dict[str, Any]] = field(default_factory=list)  # recent stats steps: per-module numbers
+    rebuild: dict[str, Any] = field(default_factory=dict)       # kind + what that kind needs (see README)
+    tied: dict[str, str] = field(default_factory=dict)          # state-dict key -> key it shares storage with
+    files: dict[str, dict[str, Any]] = field(default_factory=dict)  # file name -> {bytes, tensors}
+    size_bytes: int = 0
+    write_seconds: float = 0.0
+
+    def to_json(self) -> dict[str, Any]:
+        from ..trace import to_plain
+        return to_plain(self)
+
+
+@dataclass
+class Bundle:
+    """A validated bundle on disk; tensors are read on demand with safetensors."""
+    path: Path
+    manifest: BundleManifest
+
+    def tensors(self, name: str) -> dict[str, Any]:
+        if name not in self.manifest.files:
+            return {}
+        from safetensors import SafetensorError
+        from safetensors.torch import load_file
+        try:
+            return load_file(str(self.path / name))
+        except (SafetensorError, OSError, ValueError) as err:
+            raise InputError(f"crash bundle {self.path}: {name} is not a readable safetensors file ({err}); "
+                             "the bundle is damaged. nandoctor reads bundles only as JSON and safetensors "
+                             "and never unpickles them.") from None
+
+    def model_state(self) -> dict[str, Any]:
+        state = self.tensors(MODEL_FILE)
+        for alias, canonical in self.manifest.tied.items():
+            if canonical in state:
+                state[alias] = state[canonical]
+        return state
+
+    def optimizer_state_dict(self) -> dict[str, Any]:
+        """The optimizer's state_dict() as torch's load_state_dict expects it."""
+        spec = self.manifest.optimizer
+        flat = self.tensors(OPTIMIZER_FILE)
+        state: dict[int, dict[str, Any]] = {}
+        for key, value in flat.items():
+            index, _, name = key.partition("/")
+            state.setdefault(int(index), {})[name] = value
+        for index, scalars in spec.get("scalars", {}).items():
+            state.setdefault(int(index), {}).update({k: decode_value(v) for k, v in scalars.items()})
+        groups = [{k: decode_value(v) for k, v in g.items()} for g in spec.get("param_groups", [])]
+        return {"state": state, "param_groups": groups}
+
+    def micro_batches(self) -> list[Any]:
+        leaves = self.tensors(BATCH_FILE)
+        return [decode_structure(node, leaves, f"{i}/") for i, node in enumerate(self.manifest.batch)]
+
+    def rng_tensors(self) -> dict[str, Any]:
+        return self.tensors(RNG_FILE)
+
+
+# ---- structures of batches: tensor leaves by key, everything else as JSON ---------------------
+
+def decode_value(value: Any) -> Any:
+    """JSON scalars back to Python: non-finite strings to floats, tagged 0-d tensors back to tensors."""
+    from ..trace import decode_float
+    if isinstance(value, dict) and "__tensor__" in value:
+        import torch
+        return torch.tensor(decode_float(value["__tensor__"]), dtype=getattr(torch, value.get("dtype", "float32")))
+    if isinstance(value, dict) and "__tuple__" in value:
+        return tuple(decode_value(v) for v in value["__tuple__"])
+    if isinstance(value, list):
+        return [decode_value(v) for v in value]
+    return decode_float(value)
+
+
+def decode_structure(node: Any, leaves: dict[str, Any], prefix: str) -> Any:
+    if not isinstance(node, dict) or "type" not in node:
+        raise InputError(f"crash bundle: a batch structure entry is malformed ({str(node)[:80]}).")
+    kind = node["type"]
+    if kind == "tensor":
+        key = prefix + str(node["key"])
+        if key not in leaves:
+            raise InputError(f"crash bundle: batch tensor {key} is listed in the manifest but missing from "
+                             f"{BATCH_FILE}.")
+        return leaves[key]
+    if kind == "dict":
+        return {k: decode_structure(v, leaves, prefix) for k, v in node["items"].items()}
+    if kind in ("list", "tuple"):
+        items = [decode_structure(v, leaves, prefix) for v in node["items"]]
+        return tuple(items) if kind == "tuple" else items
+    if kind == "value":
+        return decode_value(node["value"])
+    if kind == "none":
+        return None
+    return None     # "unsupported": an object nandoctor did not store (its repr is in the manifest)
+
+
+# ---- reading ----------------------------------------------------------------------------------
+
+def read_bundle(path: str | Path) -> Bundle:
+    """Validate a bundle folder (or its manifest.json) and return it; InputError on anything off."""
+    path = Path(path)
+    if path.name == MANIFEST_NAME and path.is_file():
+        path = path.parent
+    if not path.exists():
+        raise InputError(f"crash bundle {path} does not exist; pass the folder that `nandoctor.watch` wrote "
+                         "(it holds manifest.json).")
+    if not path.is_dir():
+        raise InputError(f"crash bundle {path} is not a folder; a bundle is a folder holding manifest.json and "
+                         ".safetensors files, as written by `nandoctor.watch`.")
+    manifest_path = path / MANIFEST_NAME
+    if not manifest_path.is_file():
+        raise InputError(f"crash bundle {path} has no {MANIFEST_NAME}; it is not a nandoctor crash bundle.")
+    try:
+        data = json.loads(manifest_path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise InputError(f"crash bundle {path}: {MANIFEST_NAME} is not valid JSON ({err}).") from None
+    if not isinstance(data, dict) or data.get("format") != BUNDLE_FORMAT:
+        raise InputError(f"crash bundle {path}: {MANIFEST_NAME} does not declare format {BUNDLE_FORMAT!r}; "
+                         "it is not a nandoctor crash bundle.")
+    version = data.get("bundle_version")
+    if not isinstance(version, int) or version < 1:
+        raise InputError(f"crash bundle {path}: bundle_version {version!r} is not a positive integer.")
+    if version > BUNDLE_VERSION:
+        raise InputError(f"crash bundle {path} has bundle_version {version}; this nandoctor reads versions up to "
+                         f"{BUNDLE_VERSION}. Upgrade nandoctor to replay it.")
+    known = {f.name for f in fields(BundleManifest)}
+    missing = [k for k in ("step", "check", "what") if k not in data]
+    if missing:
+        raise InputError(f"crash bundle {path}: {MANIFEST_NAME} lacks {', '.join(missing)}.")
+    files = data.get("files", {})
+    if not isinstance(files, dict):
+        raise InputError(f"crash bundle {path}: 'files' in {MANIFEST_NAME} must be an object.")
+    for name in files:
+        if not isinstance(name, str) or not _SAFE_NAME.match(name) or name not in TENSOR_FILES:
+            raise InputError(f"crash bundle {path}: the manifest names the file {name!r}; a bundle holds only "
+                             f"{', '.join(TENSOR_FILES)}. nandoctor reads bundles only as JSON and safetensors and "
+                             "never unpickles or executes anything from them.")
+        if not (path / name).is_file():
+            raise InputError(f"crash bundle {path}: {name} is listed in the manifest but missing.")
+    if not isinstance(data.get("step"), int) or data.get("check") not in CHECKS:
+        raise InputError(f"crash bundle {path}: 'step' must be an integer and 'check' one of {', '.join(CHECKS)}.")
+    kind = (data.get("rebuild") or {}).get("kind")
+    if kind is not None and kind not in REBUILD_KINDS:
+        raise InputError(f"crash bundle {path}: rebuild kind {kind!r} is not one of {', '.join(REBUILD_KINDS)}.")
+    try:
+        manifest = BundleManifest(**{k: v for k, v in data.items() if k in known})
+    except TypeError as err:
+        raise InputError(f"crash bundle {path}: {MANIFEST_NAME} is malformed ({err}).") from None
+    return Bundle(path=path, manifest=manifest)

@@ -1,0 +1,594 @@
+"""`nandoctor.watch`: an always-on NaN/Inf guard inside the user's own training loop.
+
+Per optimizer step it checks, on the device, the batch, the loss, every gradient (one fused
+`_foreach_norm` in an optimizer step pre-hook, before the weights are touched) and the
+parameters after the step, and moves one small flag vector to the host: one synchronisation
+per step. On the first non-finite value it writes a crash bundle (load/bundle.py) that
+`nandoctor replay` re-runs with the origin tracer, then raises, skips the step or warns.
+
+The flag vector is the seam for a rank-aware variant (distributed runs): `flag_hook` receives
+it just before the host transfer (an all-reduce of every rank's slot goes there), and
+`note_local_gradients` is what a DDP communication hook calls with a gradient bucket before
+the all-reduce mixes ranks.
+"""
+from __future__ import annotations
+
+import contextlib
+import math
+import threading
+import warnings
+from collections import deque
+from pathlib import Path
+from typing import Any, Callable, Optional
+
+import torch
+
+from ..load.bundle import STATE_AFTER_STEP, STATE_BEFORE_STEP, BundleManifest
+from ..run import stats
+from . import bundle_writer
+from .distributed import attach_if_distributed, local_tensor   # issue 12: torchrun (DDP, FSDP2)
+from .snapshot import Snapshot
+
+POLICIES = ("raise", "skip", "warn")
+FP16_MAX = 65504.0
+# Slots of the per-step flag vector, in order. *_bad slots are 0/1; the rest are values.
+FLAGS = ("batch_bad", "loss_bad", "grads_bad", "params_bad", "local_grads_bad", "loss", "grad_norm", "scale")
+_SLOT = {name: i for i, name in enumerate(FLAGS)}
+MAX_MICRO_BATCHES = 1024   # a loop that never calls optimizer.step() must not hold batches forever
+
+
+class NonFiniteError(RuntimeError):
+    """Raised by `watch` (policy "raise") on the first NaN/Inf; the crash bundle is already written."""
+
+    def __init__(self, message: str, bundle: Optional[Path], step: int, what: str):
+        super().__init__(message)
+        self.bundle = bundle
+        self.step = step
+        self.what = what
+
+
+class NonFiniteWarning(RuntimeWarning):
+    """Emitted by `watch` with policy "warn" or "skip"."""
+
+
+class _Capture:
+    """What the current optimizer step needs for a replay: its micro-batches and RNG states."""
+
+    def __init__(self, step: int, rng: dict[str, Any]):
+        self.step = step
+        self.rng = rng
+        self.batches: list[Any] = []
+        self.batch_flags: list[torch.Tensor] = []
+        self.losses: list[torch.Tensor] = []
+        self.truncated = False
+
+
+class Watch:
+    """See `watch()`. Also a context manager: leaving it removes every hook."""
+
+    def __init__(self, model: torch.nn.Module, optimizer: torch.optim.Optimizer, scaler: Any = None,
+                 out: str | Path = "nandoctor-bundles", on_nonfinite: str = "raise", stats_every: int = 50,
+                 window: int = 64, check_every: int = 1, sink: Any = None, *, scheduler: Any = None,
+                 snapshot: bool = False, precision: Optional[str] = None, grad_clip: Optional[float] = None,
+                 skip_streak: int = 5, rebuild: Optional[dict[str, Any]] = None, max_bundles: int = 1,
+                 gradient_check: str = "optimizer-hook", notify: Optional[Callable[[dict[str, Any]], None]] = None,
+                 distributed: Any = "auto"):
+        if on_nonfinite not in POLICIES:
+            raise ValueError(f"on_nonfinite must be one of {', '.join(POLICIES)}, got {on_nonfinite!r}")
+        if gradient_check not in ("optimizer-hook", "manual"):
+            raise ValueError("gradient_check must be 'optimizer-hook' or 'manual'")
+        self.model, self.optimizer, self.scaler, self.scheduler = model, optimizer, scaler, scheduler
+        self.out = Path(out)
+        self.policy = on_nonfinite
+        self.stats_every = max(0, int(stats_every or 0))
+        self.check_every = max(1, int(check_every))
+        self.window = max(1, int(window))
+        self.sink = sink
+        self.grad_clip = grad_clip
+        self.skip_streak = skip_streak
+        self.max_bundles = max_bundles
+        self.precision = precision or _infer_precision(model, scaler)
+        self.rebuild = rebuild or {"kind": "plain", "model_class": f"{type(model).__module__}:{type(model).__qualname__}"}
+        self.flag_hook: Optional[Callable[[torch.Tensor], torch.Tensor]] = None
+        self.write_hook: Optional[Callable[..., Path]] = None   # issue 12: replaces write_bundle per rank
+        self.notify = notify                    # called with each firing's event before the policy acts
+
+        self.step_index = 0                     # optimizer steps finished (skipped ones included)
+        self.history: deque[dict[str, Any]] = deque(maxlen=self.window)
+        self.layer_stats: deque[dict[str, Any]] = deque(maxlen=self.window)
+        self.bundles: list[Path] = []
+        self.events: deque[dict[str, Any]] = deque(maxlen=self.window)  # recent firings: step, check, what, bundle
+        self.nonfinite_steps = 0                # every firing, counted
+        self._warned: set[str] = set()
+        self.skipped_steps = 0
+        self._skip_run = 0
+        self._capture: Optional[_Capture] = None
+        self._previous: Optional[_Capture] = None   # the step whose parameters the next sync checks
+        self._params_flag: Optional[torch.Tensor] = None
+        self._local_grads_flag: Optional[torch.Tensor] = None
+        self._host: Optional[list[float]] = None    # this step's synced flag vector
+        self._post_ran = False
+        self._dropped = False
+        self._deferred: Optional[torch.Tensor] = None   # check_every > 1: flags of unchecked steps
+        self._deferred_from: Optional[int] = None       # the first of those steps
+        self._lock = threading.RLock()
+        self._closed = False
+        self._handles: list[Any] = []
+        self._stats_handles: list[Any] = []
+        self._act_max: dict[int, torch.Tensor] = {}
+        self._module_names = [name for name, _ in model.named_modules()]
+        self._modules = [m for _, m in model.named_modules()]
+        self._param_names = {id(p): n for n, p in model.named_parameters()}
+        self._snapshot = Snapshot(optimizer) if snapshot else None
+        self._snapshot_scheduler: Any = None
+        self._device = next((p.device for p in model.parameters()), torch.device("cpu"))
+
+        if gradient_check == "optimizer-hook":
+            self._handles.append(optimizer.register_step_pre_hook(self._optimizer_pre_hook))
+        self._handles.append(optimizer.register_step_post_hook(self._optimizer_post_hook))
+        self._handles.append(model.register_forward_hook(self._model_output_hook))
+        self._scaler_update = None
+        if scaler is not None and hasattr(scaler, "update"):
+            # A step the scaler skips never calls optimizer.step(): scaler.update() is where it ends.
+            self._scaler_update = scaler.update
+            scaler.update = self._scaler_update_hook
+        # issue 12 extension point: under torchrun, a rank-aware layer sets flag_hook and write_hook.
+        self.distributed = attach_if_distributed(self, distributed)
+
+    # ---- public surface ---------------------------------------------------------------------
+    @contextlib.contextmanager
+    def step(self, batch: Any = None):
+        """One micro-batch of the user's loop. The optimizer step that follows (in this block or a
+        later one, with gradient accumulation) closes the training step."""
+        self.begin_micro_batch(batch)
+        try:
+            yield self
+        finally:
+            self._remove_stats_hooks_if_done()
+
+    def loss(self, loss: torch.Tensor) -> torch.Tensor:
+        """Check this loss (no host sync here: it joins the step's flag vector). Returns it."""
+        if isinstance(loss, torch.Tensor) and self._capture is not None:
+            self._capture.losses.append(loss.detach())
+        return loss
+
+    def close(self) -> None:
+        """Remove every hook; check the parameters of the last step."""
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+            for handle in self._handles + self._stats_handles:
+                handle.remove()
+            self._handles.clear()
+            self._stats_handles.clear()
+            if self.distributed is not None:      # issue 12
+                self.distributed.close()
+            if self._scaler_update is not None:
+                if self.scaler.__dict__.get("update") == self._scaler_update_hook:
+                    del self.scaler.update
+                self._scaler_update = None
+        if self._params_flag is not None and bool(self._params_flag):
+            previous, self._previous = self._previous, None
+            self._params_flag = None
+            self._fire("parameters", self._parameters_what(), previous, closing=True)
+
+    def __enter__(self) -> "Watch":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+    def add_handle(self, handle: Any) -> None:
+        """A hook handle (from a framework callback) to remove with the watch's own on close."""
+        if self._closed:
+            handle.remove()
+        else:
+            self._handles.append(handle)
+
+    def note_local_gradients(self, tensor: torch.Tensor) -> None:
+        """For a DDP communication hook: flag a gradient bucket that is non-finite before the
+        all-reduce mixes ranks (no host sync; it joins the step's flag vector)."""
+        bad = (~torch.isfinite(stats.foreach_norms([tensor.detach()], math.inf).sum())).float()
+        self._local_grads_flag = bad if self._local_grads_flag is None else torch.maximum(self._local_grads_flag, bad)
+
+    # ---- step boundaries --------------------------------------------------------------------
+    def begin_micro_batch(self, batch: Any) -> None:
+        """A micro-batch enters the step (framework callbacks call this; `step()` does in a plain loop)."""
+        if self._closed:
+            return
+        if self._capture is None:
+            self._capture = _Capture(self.step_index, bundle_writer.capture_rng())
+            self._host = None
+            if self._stats_step(self.step_index):
+                self._add_stats_hooks()
+        capture = self._capture
+        if len(capture.batches) >= MAX_MICRO_BATCHES:
+            capture.truncated = True
+            return
+        capture.batches.append(batch)
+        floating = stats.floating_tensors(batch)
+        if floating:
+            norm = stats.foreach_norms(floating, math.inf)
+            capture.batch_flags.append((~torch.isfinite(norm.sum())).float())
+        else:       # integer-only batches (token ids) cannot hold NaN; keep flags aligned with batches
+            capture.batch_flags.append(torch.zeros(()))
+
+    def _model_output_hook(self, module: Any, args: Any, output: Any) -> None:
+        # Hugging Face style outputs carry their loss: check it without asking the user.
+        if self._capture is None or not torch.is_grad_enabled():
+            return
+        loss = output.get("loss") if isinstance(output, dict) else getattr(output, "loss", None)
+        if isinstance(loss, torch.Tensor) and loss.numel() == 1:
+            self._capture.losses.append(loss.detach())
+
+    def _optimizer_pre_hook(self, optimizer: Any, args: Any, kwargs: Any) -> None:
+        self.check_gradients()
+
+    def check_gradients(self) -> None:
+        """The step's one host sync: batch, loss, gradients, and the previous step's parameters.
+        Framework callbacks call it where gradients are final (after unscaling, before clipping)."""
+        if self._closed:
+            return
+        capture = self._capture or _Capture(self.step_index, bundle_writer.capture_rng())
+        self._capture = capture
+        grads = [local_tensor(p.grad) for g in self.optimizer.param_groups for p in g["params"] if p.grad is not None]
+        stats_step = self._stats_step(capture.step)
+        norms = stats.foreach_norms([g.detach() for g in grads]) if grads else None
+        if self.step_index % self.check_every and not stats_step and self.check_every > 1:
+            self._defer(capture, norms)
+            return
+        since = self._deferred_from
+        host, extra = self._sync(capture, norms, stats_step)
+        self._host = host
+        if stats_step:
+            self._record_layer_stats(capture.step, extra, grads)
+        what = self._what(host, capture, grads)
+        if since is not None and (what is not None or host[_SLOT["params_bad"]]):
+            # Unchecked steps were folded in: the step is only known to lie in since..now.
+            text = what[1] if what is not None else self._parameters_what()
+            self._fire(what[0] if what is not None else "parameters",
+                       f"{text} (seen at the check of step {capture.step}; check_every={self.check_every} covers "
+                       f"steps {since}..{capture.step})", capture)
+            if self.policy == "skip":
+                self._drop_gradients()
+            return
+        if host[_SLOT["params_bad"]]:
+            previous, self._previous = self._previous, None
+            self._fire("parameters", self._parameters_what(), previous)
+            if self.policy == "skip":
+                self._drop_gradients()
+                return
+        if what is not None:
+            check, text = what
+            # With a GradScaler, non-finite gradients are an overflow the scaler skips by design:
+            # recorded as a skip when scaler.update() runs, not fired.
+            if not (check == "gradients" and self.scaler is not None):
+                self._fire(check, text, capture)
+                if self.policy == "skip":
+                    self._drop_gradients()
+                    return
+        if self._snapshot is not None:
+            self._snapshot.save()
+            self._snapshot_scheduler = _scheduler_state(self.scheduler)
+
+    def _optimizer_post_hook(self, optimizer: Any, args: Any, kwargs: Any) -> None:
+        if self._closed:
+            return
+        params = [local_tensor(p.detach()) for g in optimizer.param_groups for p in g["params"]]
+        # Checked at the next step's sync (or at close): no second host sync per step.
+        self._params_flag = (~torch.isfinite(stats.foreach_norms(params).square().sum())).float() if params else None
+        self._post_ran = True
+        self._finish_step(skipped=self._dropped)
+
+    def _scaler_update_hook(self, *args: Any, **kwargs: Any) -> Any:
+        result = self._scaler_update(*args, **kwargs)
+        if not self._post_ran and not self._closed:
+            # The scaler found inf/NaN gradients and skipped optimizer.step().
+            capture = self._capture or _Capture(self.step_index, bundle_writer.capture_rng())
+            self._capture = capture
+            if self._host is None:
+                self._host, _ = self._sync(capture, None, False)
+                what = self._what(self._host, capture, [])
+                if what is not None and what[0] in ("batch", "loss"):
+                    self._fire(what[0], what[1], capture)
+            self._skip_run += 1
+            self.skipped_steps += 1
+            self._finish_step(skipped=True)
+            if self._skip_run == self.skip_streak:
+                # Skipped steps leave the weights as they were: the last one replays from them.
+                self._fire("loss-scale", f"GradScaler skipped {self._skip_run} steps in a row (the loss scale "
+                           "collapsed; the model is not updating)", self._previous)
+        else:
+            self._skip_run = 0
+        self._post_ran = False
+        return result
+
+    def _finish_step(self, skipped: bool) -> None:
+        capture = self._capture
+        host = self._host
+        entry = {"step": self.step_index, "skipped": skipped,
+                 "lr": float(self.optimizer.param_groups[0]["lr"]) if not isinstance(
+                     self.optimizer.param_groups[0]["lr"], torch.Tensor) else None}
+        if host is not None:
+            entry.update(loss=_none_if_nan(host[_SLOT["loss"]], capture),
+                         grad_norm=host[_SLOT["grad_norm"]] if not skipped else None,
+                         scale=host[_SLOT["scale"]] if self.scaler is not None else None)
+        self.history.append(entry)
+        if self.sink is not None and host is not None:
+            metrics = {k: v for k, v in (("loss", entry.get("loss")), ("grad_norm", entry.get("grad_norm")),
+                                         ("scale", entry.get("scale"))) if v is not None}
+            if self.layer_stats and self.layer_stats[-1]["step"] == self.step_index:
+                stat = self.layer_stats[-1]
+                for name, g, a in zip(stat["modules"], stat["grad_norm"], stat["act_max_abs"]):
+                    if g is not None:
+                        metrics[f"grad_norm/{name or 'model'}"] = g
+                    if a:
+                        metrics[f"fp16_headroom/{name or 'model'}"] = FP16_MAX / a
+            _emit(self.sink, self.step_index, metrics)
+        self._previous = capture
+        self._capture = None
+        self._local_grads_flag = None
+        self._dropped = False
+        self._remove_stats_hooks()
+        self.step_index += 1
+
+    # ---- the sync ----------------------------------------------------------------------------
+    def _defer(self, capture: _Capture, norms: Optional[torch.Tensor]) -> None:
+        """check_every > 1: no sync this step; its flags are folded into the next checked step's
+        (which then reports the later step: the trade-off of checking less often)."""
+        flags = self._flag_vector(capture, norms)
+        if self.distributed is not None:          # issue 12: which rank flagged first, without a sync
+            self.distributed.note_deferred(capture.step, flags)
+        self._deferred = flags if self._deferred is None else torch.maximum(self._deferred, flags)
+        if self._deferred_from is None:
+            self._deferred_from = capture.step
+        self._params_flag = None
+        self._host = None
+
+    def _sync(self, capture: _Capture, norms: Optional[torch.Tensor], stats_step: bool) -> tuple[list[float], list[float]]:
+        dev = self._device
+        flags = self._flag_vector(capture, norms)
+        if self._deferred is not None:
+            bad = len(FLAGS) - 3          # the *_bad slots come first
+            flags = torch.cat([torch.maximum(flags[:bad], self._deferred[:bad].to(dev)), flags[bad:]])
+            self._deferred = None
+            self._deferred_from = None
+        if self.flag_hook is not None:
+            flags = self.flag_hook(flags)
+        parts = [flags]
+        if stats_step:
+            acts = [self._act_max.get(i, torch.full((), -1.0, device=dev)).to(dev) for i in range(len(self._modules))]
+            parts.append(torch.stack(acts).float())
+            if norms is not None:
+                parts.append(norms.to(dev).float())
+        values = torch.cat(parts).tolist() if len(parts) > 1 else flags.tolist()   # the one host transfer
+        self._params_flag = None
+        return values[:len(FLAGS)], values[len(FLAGS):]
+
+    def _flag_vector(self, capture: _Capture, norms: Optional[torch.Tensor]) -> torch.Tensor:
+        dev = self._device
+        zero = torch.zeros((), device=dev)
+        batch_bad = torch.stack([f.to(dev) for f in capture.batch_flags]).amax() if capture.batch_flags else zero
+        if capture.losses:
+            losses = torch.stack([l.float().reshape(()).to(dev) for l in capture.losses])
+            loss_bad, loss = (~torch.isfinite(losses).all()).float(), losses.mean()
+        else:
+            loss_bad, loss = zero, torch.full((), math.nan, device=dev)
+        if norms is not None:
+            grad_norm = norms.to(dev).square().sum().sqrt()
+            grads_bad = (~torch.isfinite(grad_norm)).float()
+        else:
+            grad_norm, grads_bad = torch.full((), math.nan, device=dev), zero
+        params_bad = self._params_flag.to(dev) if self._params_flag is not None else zero
+        local = self._local_grads_flag.to(dev) if self._local_grads_flag is not None else zero
+        scale = getattr(self.scaler, "_scale", None)
+        scale = scale.reshape(()).float().to(dev) if isinstance(scale, torch.Tensor) else (
+            torch.full((), float(self.scaler.get_scale()), device=dev) if self.scaler is not None and
+            hasattr(self.scaler, "get_scale") else zero)
+        return torch.stack([batch_bad, loss_bad, grads_bad, params_bad, local, loss.float(), grad_norm.float(), scale])
+
+    def _what(self, host: list[float], capture: _Capture, grads: list[torch.Tensor]) -> Optional[tuple[str, str]]:
+        if host[_SLOT["batch_bad"]]:
+            return "batch", "the batch holds NaN/Inf"
+        if host[_SLOT["loss_bad"]]:
+            return "loss", f"the loss is {_fmt(host[_SLOT['loss']])}"
+        if host[_SLOT["grads_bad"]] or host[_SLOT["local_grads_bad"]]:
+            names = [self._param_names.get(id(p), "?") for g in self.optimizer.param_groups for p in g["params"]
+                     if p.grad is not None and not bool(torch.isfinite(local_tensor(p.grad)).all())]
+            shown = ", ".join(names[:5]) + (f" and {len(names) - 5} more" if len(names) > 5 else "")
+            return "gradients", f"non-finite gradients in {shown or 'the gradients'}"
+        return None
+
+    def _parameters_what(self) -> str:
+        names = [n for n, p in self.model.named_parameters() if not bool(torch.isfinite(local_tensor(p.detach())).all())]
+        shown = ", ".join(names[:5]) + (f" and {len(names) - 5} more" if len(names) > 5 else "")
+        return f"parameters became non-finite in optimizer.step(): {shown or 'a parameter'}"
+
+    # ---- firing ------------------------------------------------------------------------------
+    def _fire(self, check: str, what: str, capture: Optional[_Capture], state: str = STATE_BEFORE_STEP,
+              closing: bool = False) -> None:
+        step = capture.step if capture is not None else max(self.step_index - 1, 0)
+        bundle = None
+        if self.distributed is not None:          # issue 12: name the origin rank(s)
+            what = self.distributed.describe(check, what)
+        if check == "parameters":
+            state = STATE_BEFORE_STEP if self._snapshot is not None and self._snapshot.ready else STATE_AFTER_STEP
+        if len(self.bundles) < self.max_bundles:
+            bundle = self._write(check, what, capture, step, state)
+            self.bundles.append(bundle)
+        self.events.append({"step": step, "check": check, "what": what, "bundle": str(bundle) if bundle else None})
+        self.nonfinite_steps += 1
+        if self.notify is not None:
+            self.notify(self.events[-1])
+        message = (f"nandoctor.watch: step {step}: {what}."
+                   + (f" Crash bundle: {bundle} (replay it with `nandoctor replay {bundle}`)." if bundle else ""))
+        if self.policy == "raise" and not closing:
+            self.close()
+            raise NonFiniteError(message, bundle, step, what)
+        if self.policy == "skip" and check == "parameters":
+            if self._snapshot is not None and self._snapshot.ready:
+                self._snapshot.restore()
+                if self._snapshot_scheduler is not None and self.scheduler is not None:
+                    self.scheduler.load_state_dict(self._snapshot_scheduler)
+                message += " The step was undone from the snapshot."
+            else:
+                message += " It cannot be skipped after the fact without watch(snapshot=True)."
+        elif self.policy == "skip" and check != "loss-scale":
+            message += " The optimizer step was skipped."
+            self.skipped_steps += 1
+        if check not in self._warned:      # once per kind of check: a run left going must not flood the log
+            self._warned.add(check)
+            warnings.warn(message, NonFiniteWarning, stacklevel=3)
+
+    def _drop_gradients(self) -> None:
+        # torch optimizers leave parameters whose .grad is None untouched: the step becomes a no-op.
+        for group in self.optimizer.param_groups:
+            for p in group["params"]:
+                p.grad = None
+        self._dropped = True
+
+    def _write(self, check: str, what: str, capture: Optional[_Capture], step: int, state: str) -> Path:
+        use_snapshot = state == STATE_BEFORE_STEP and check == "parameters" and self._snapshot is not None
+        if use_snapshot:
+            with self._snapshot.restored_view():
+                return self._write_now(check, what, capture, step, state, self._snapshot_scheduler)
+        return self._write_now(check, what, capture, step, state, None)
+
+    def _write_now(self, check: str, what: str, capture: Optional[_Capture], step: int, state: str,
+                   scheduler_state: Any) -> Path:
+        scaler_state = None
+        if self.scaler is not None and hasattr(self.scaler, "state_dict"):
+            try:
+                scaler_state = bundle_writer.encode_value(self.scaler.state_dict())
+            except TypeError:
+                scaler_state = None
+        scheduler = bundle_writer.scheduler_part(self.scheduler)
+        if scheduler is not None and scheduler_state is not None:
+            scheduler["state"] = bundle_writer.encode_value(scheduler_state)
+        manifest = BundleManifest(
+            step=step, check=check, what=what, state=state, device=str(self._device), policy=self.policy,
+            precision=self.precision, lr=[bundle_writer.encode_value(g["lr"]) for g in self.optimizer.param_groups],
+            grad_clip=self.grad_clip, scaler=scaler_state, scheduler=scheduler,
+            history=[bundle_writer.encode_value(h) for h in self.history],
+            layer_stats=[bundle_writer.encode_value({k: v for k, v in s.items() if k != "modules"})
+                         for s in self.layer_stats],
+            rebuild=bundle_writer.encode_value(self.rebuild),
+            detail={"truncated_micro_batches": bool(capture and capture.truncated),
+                    "layer_modules": self._module_names if self.layer_stats else []})
+        manifest.micro_step = _first_bad_micro_batch(check, capture)
+        names = [self._param_names.get(id(p)) for g in self.optimizer.param_groups for p in g["params"]]
+        write = self.write_hook or bundle_writer.write_bundle     # issue 12: per-rank parts under torchrun
+        return write(self.out, manifest, self.model.state_dict(), self.optimizer,
+                                          capture.batches if capture else [], capture.rng if capture else None,
+                                          param_names=names)
+
+    # ---- per-layer statistics ----------------------------------------------------------------
+    def _stats_step(self, step: int) -> bool:
+        return self.stats_every > 0 and step % self.stats_every == 0
+
+    def _add_stats_hooks(self) -> None:
+        self._act_max = {}
+        for index, module in enumerate(self._modules):
+            self._stats_handles.append(module.register_forward_hook(self._stats_hook(index)))
+
+    def _stats_hook(self, index: int) -> Callable:
+        def hook(module: Any, args: Any, output: Any) -> None:
+            tensors = stats.floating_tensors(output)
+            if not tensors:
+                return
+            with torch.no_grad():
+                value = stats.foreach_norms([t.detach() for t in tensors], math.inf).amax()
+            previous = self._act_max.get(index)
+            self._act_max[index] = value if previous is None else torch.maximum(previous, value)
+        return hook
+
+    def _remove_stats_hooks(self) -> None:
+        for handle in self._stats_handles:
+            handle.remove()
+        self._stats_handles.clear()
+        self._act_max = {}
+
+    def _remove_stats_hooks_if_done(self) -> None:
+        if self._capture is None:
+            self._remove_stats_hooks()
+
+    def _record_layer_stats(self, step: int, extra: list[float], grads: list[torch.Tensor]) -> None:
+        count = len(self._modules)
+        acts = [v if v >= 0 else None for v in extra[:count]]
+        norms = extra[count:]
+        owner: dict[str, float] = {}
+        grad_params = [p for g in self.optimizer.param_groups for p in g["params"] if p.grad is not None]
+        for p, n in zip(grad_params, norms):
+            module = self._param_names.get(id(p), "").rpartition(".")[0]
+            owner[module] = owner.get(module, 0.0) + n * n
+        grad_norm = [math.sqrt(owner[name]) if name in owner else None for name in self._module_names]
+        self.layer_stats.append({"step": step, "modules": self._module_names, "act_max_abs": acts,
+                                 "grad_norm": grad_norm})
+
+
+def watch(model: torch.nn.Module, optimizer: torch.optim.Optimizer, scaler: Any = None,
+          out: str | Path = "nandoctor-bundles", on_nonfinite: str = "raise", stats_every: int = 50,
+          window: int = 64, check_every: int = 1, sink: Any = None, **options: Any) -> Watch:
+    """Guard a training loop against NaN/Inf (README, "Watch").
+
+    `with watch.step(batch):` marks each micro-batch; `watch.loss(loss)` adds the loss to the
+    check (a model output's `.loss` is picked up by itself). On the first non-finite batch,
+    loss, gradient or parameter a crash bundle is written to `out`, then `on_nonfinite`
+    decides: "raise" NonFiniteError, "skip" the optimizer step, or "warn". `stats_every`
+    records per-layer max |activation| and gradient norms into a window of `window` entries;
+    `sink(step, metrics)` or a TensorBoard SummaryWriter receives per-step numbers.
+    Options: scheduler=, snapshot=True (keep the pre-step state so a NaN born inside
+    optimizer.step() replays exactly), precision=, grad_clip=, skip_streak=, rebuild=,
+    distributed= (under torchrun: "auto", False, or {"timeout": seconds}; docs/distributed.md).
+    """
+    return Watch(model, optimizer, scaler, out=out, on_nonfinite=on_nonfinite, stats_every=stats_every,
+                 window=window, check_every=check_every, sink=sink, **options)
+
+
+# ---- helpers ------------------------------------------------------------------------------------
+
+def _infer_precision(model: torch.nn.Module, scaler: Any) -> str:
+    if scaler is not None:
+        return "16-mixed"
+    dtype = next((p.dtype for p in model.parameters()), torch.float32)
+    return {torch.float16: "16-true", torch.bfloat16: "bf16-true"}.get(dtype, "32-true")
+
+
+def _scheduler_state(scheduler: Any) -> Any:
+    if scheduler is None:
+        return None
+    import copy
+    try:
+        return copy.deepcopy(scheduler.state_dict())
+    except Exception:  # noqa: BLE001 - a scheduler whose state cannot be copied is not restored
+        return None
+
+
+def _none_if_nan(value: float, capture: Optional[_Capture]) -> Optional[float]:
+    if capture is not None and not capture.losses:
+        return None
+    return value
+
+
+def _first_bad_micro_batch(check: str, capture: Optional[_Capture]) -> Optional[int]:
+    """Which micro-batch's batch or loss held the NaN/Inf (slow path: only when writing a bundle)."""
+    if capture is None:
+        return None
+    if check == "batch" and capture.batch_flags:
+        return next((i for i, flag in enumerate(capture.batch_flags) if bool(flag)), None)
+    if check == "loss" and len(capture.losses) == len(capture.batches):
+        return next((i for i, loss in enumerate(capture.losses) if not bool(torch.isfinite(loss).all())), None)
+    return None
+
+
+def _fmt(value: float) -> str:
+    return "NaN" if math.isnan(value) else ("Inf" if value > 0 else "-Inf") if math.isinf(value) else f"{value:.4g}"
+
+
+def _emit(sink: Any, step: int, metrics: dict[str, float]) -> None:
+    if hasattr(sink, "add_scalar"):
+        for key, value in metrics.items():
+            sink.add_scalar(f"nandoctor/{key}", value, step)
+    else:
+        sink(step, metrics)

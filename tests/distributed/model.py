@@ -1,0 +1,28 @@
+"""The model of the distributed tests: a NaN can be born in the batch (data) or in the forward of
+the `head` module (log of a negative when x < -8)."""
+import torch
+from torch import nn
+
+
+class LogHead(nn.Module):
+    def forward(self, h, x):
+        return h + torch.log(x[:, :1] + 8.0)           # NaN when x < -8: born in forward
+
+
+class Net(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.body = nn.Sequential(nn.Linear(4, 16), nn.Tanh(), nn.Linear(16, 3))
+        self.head = LogHead()
+
+    def forward(self, x):
+        return self.head(self.body(x), x)
+
+
+def build_model():
+    return Net()
+
+
+def training_step(model, batch):
+    x, y = batch
+    return nn.functional.cross_entropy(model(x), y)
