@@ -180,8 +180,10 @@ def test_nan_born_in_a_module_forward_on_rank0_only_fsdp2(jobs: dict[str, Job]) 
         (4, "forward", "head", "aten.log.default", True)
     assert origin["source"].endswith(f"model.py:{LOG_LINE}")
     # Rank 1 was only contaminated: its own batch replays finite, and the report says which rank to replay.
-    contaminated = _replay(bundle, "--rank", "1", exit_code=0)
-    assert contaminated["verdict"] == "warn" and contaminated["causes"][0]["id"] == "nonreproducible"
+    # The run still went non-finite, so the verdict stays fail (never pass); the top cause says why
+    # this rank's replay is finite.
+    contaminated = _replay(bundle, "--rank", "1", exit_code=1)
+    assert contaminated["verdict"] == "fail" and contaminated["causes"][0]["id"] == "nonreproducible"
     assert contaminated["first_nonfinite"]["reproduced"] is False
     assert any("replay rank 0" in note for note in contaminated["notes"])
 
