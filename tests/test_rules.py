@@ -119,7 +119,9 @@ def test_a_failure_that_does_not_reproduce_is_its_own_finding_and_still_fails():
     trace = trace_of(RunTrace(precision="32-true", status="nonfinite", steps=steps([1.0] * 8), first_nonfinite=event))
     findings = diagnose(trace)
     by_id = {f.id: f for f in findings}
-    assert by_id["nonreproducible"].severity == "warning"
+    # The run went non-finite, so the finding is an error and is itself the explanation: no
+    # `unexplained-nonfinite` fallback beside it.
+    assert by_id["nonreproducible"].severity == "error"
     assert "use_deterministic_algorithms" in by_id["nonreproducible"].fix
-    assert by_id["unexplained-nonfinite"].severity == "error"
+    assert "unexplained-nonfinite" not in by_id
     assert verdict(findings, scan_failed(trace)) == "fail"

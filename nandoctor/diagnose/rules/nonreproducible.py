@@ -20,7 +20,8 @@ class Nonreproducible(Rule):
     Example: a NaN at step 812 that a replay of step 812 does not show.
 
     Thresholds: none; claimed only when both replays (untraced and traced) stayed finite. Confidence
-    0.6.
+    0.6. Severity error: the recorded run went non-finite, so the run fails whatever the replay
+    showed; this finding is the explanation the report leads with.
     """
 
     id = "nonreproducible"
@@ -28,7 +29,7 @@ class Nonreproducible(Rule):
 
     def check(self, ctx: Context) -> list[Finding]:
         runs = [r for r in ctx.trace.runs if r.first_nonfinite is not None and r.first_nonfinite.reproduced is False]
-        return [Finding(self.id, Severity.WARNING.value, 0.6, f"{r.precision}: step {r.first_nonfinite.step} did not "
+        return [Finding(self.id, Severity.ERROR.value, 0.6, f"{r.precision}: step {r.first_nonfinite.step} did not "
                         "reproduce on replay", [r.first_nonfinite.detail], "make data order and kernels deterministic "
                         "(`torch.use_deterministic_algorithms(True)`) and scan again", precisions=[r.precision])
                 for r in runs if r.first_nonfinite is not None]

@@ -35,12 +35,7 @@ class UnexplainedNonfinite(Rule):
 
 
 def _explained(run: RunTrace, findings: list[Finding]) -> bool:
-    # A failure the replay could not reproduce is explained by saying so (nonreproducible);
-    # the run still fails, since the verdict rests on the recorded run.
-    not_reproduced = run.first_nonfinite is not None and run.first_nonfinite.reproduced is False
-    return any(run.precision in f.precisions
-               and (f.severity == Severity.ERROR.value or (not_reproduced and f.id == "nonreproducible"))
-               for f in findings)
+    return any(f.severity == Severity.ERROR.value and run.precision in f.precisions for f in findings)
 
 
 def unexplained_findings(ctx: Context, findings: list[Finding]) -> list[Finding]:
