@@ -217,3 +217,22 @@ def test_bundles_are_never_unpickled(tmp_path):
     (folder / "manifest.json").write_text("{not json")
     assert run_cli("replay", folder, "--model", model).exit_code == 2
     assert not Path(CANARY).exists()
+
+
+def test_replay_html_tells_the_story_of_a_real_bundle_and_draws_in_a_browser(tmp_path):
+    """Issue 13: the HTML page of a real replay (not a hand-made document): the origin line, the
+    bundle's history window as a chart, and every chart drawn in headless chromium."""
+    from test_html import CHROMIUM, _browser, _charts
+    model, err = watched_loop(tmp_path, bad={(6, 0): "log"})
+    page = tmp_path / "replay.html"
+    result, doc = replay_json(err.bundle, "--model", model, "--no-experiments", "--html", page)
+    assert result.exit_code == 1
+    html = page.read_text(encoding="utf-8")
+    assert "nandoctor replay" in html and 'data-chart="history"' in html
+    assert f"model.py:{LOG_LINE}" in html and "aten.log.default" in html
+    assert "<script src=" not in html            # self-contained: nothing fetched
+    if CHROMIUM is not None:
+        attrs = _browser(page)
+        assert attrs["command"] == "replay"
+        assert attrs["charts-drawn"] == attrs["charts-expected"] == str(len(_charts(html)))
+        assert json.loads(attrs["errors"].replace("&quot;", '"')) == []

@@ -9,7 +9,7 @@ from rich.panel import Panel
 from rich.table import Table
 from rich.text import Text
 
-from .text import headline, loss_trend, middle, num, origin_sentence, worst_layers
+from .text import bundle_sentence, headline, loss_trend, middle, num, origin_sentence, ranks_sentence, worst_layers
 
 VERDICT_STYLE = {"pass": "bold green", "warn": "bold yellow", "fail": "bold red"}
 SHORT = {"precision", "status", "steps", "time", "NaN", "Inf", "dtype"}   # never split these cells
@@ -115,13 +115,11 @@ def print_report(doc: dict[str, Any], console: Console) -> None:
                          f"  {doc['model_file']}  ·  {doc['environment']['device']}  ·  torch {doc['environment']['torch']}"
                          f"  ·  {doc['seconds']:.1f}s")
     console.print(head)
-    ranks = (doc.get("bundle") or {}).get("distributed")     # issue 12: the rank a replay ran, and the origin
-    if ranks:
-        origin = ", ".join(map(str, ranks.get("origin_ranks") or [])) or "unknown"
-        others = ", ".join(map(str, ranks.get("contaminated_ranks") or []))
-        console.print(Text(f"replayed rank {ranks.get('rank')} of {ranks.get('world_size')} ({ranks.get('kind')}); "
-                           f"NaN/Inf born on rank {origin}" + (f"; rank {others} only contaminated" if others else ""),
-                           style="bold"))
+    bundle = doc.get("bundle") or {}
+    if bundle:
+        console.print(Text(bundle_sentence(bundle), style="dim"))
+    if ranks_sentence(bundle):
+        console.print(Text(ranks_sentence(bundle), style="bold"))
 
     event = doc.get("first_nonfinite")
     if not event and doc["verdict"] == "fail":

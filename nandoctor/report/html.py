@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 from .svg import DASHES, MARKERS, Series, e, empty, hbars, heatmap, kind, line_chart
-from .text import headline, loss_trend, num, origin_sentence
+from .text import bundle_sentence, headline, loss_trend, num, origin_sentence, ranks_sentence
 
 FP16_MAX = 65504.0
 COLORS = {"32-true": "#1f77b4", "16-mixed": "#d62728", "bf16-mixed": "#2ca02c", "16-true": "#ff7f0e",
@@ -278,6 +278,14 @@ def _gradnorm_chart(doc: dict[str, Any]) -> str:
     return _chart("gradnorm", "Total gradient norm per step", svg)
 
 
+def _cell(value: Any) -> str:
+    if value is None:
+        return "–"
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    return num(value) if isinstance(value, float) else str(value)
+
+
 def _history(doc: dict[str, Any]) -> list[str]:
     """Replay documents: the recorded window of steps before the failure."""
     history = doc.get("history")
@@ -289,7 +297,7 @@ def _history(doc: dict[str, Any]) -> list[str]:
         return [_chart("history", "History window", empty("the replay recorded no history window"))]
     keys = [k for k in entries[0] if not isinstance(entries[0][k], (dict, list))][:10]
     head = "".join(f"<th>{e(k)}</th>" for k in keys)
-    body = "".join("<tr>" + "".join(f"<td>{e(num(h.get(k)) if isinstance(h.get(k), float) else h.get(k))}</td>" for k in keys)
+    body = "".join("<tr>" + "".join(f"<td>{e(_cell(h.get(k)))}</td>" for k in keys)
                    + "</tr>" for h in entries[-TABLE_ROWS:])
     out = []
     numeric = [k for k in keys if k != "step" and any(kind(h.get(k)) in ("ok", "nan", "inf") for h in entries)]
@@ -403,6 +411,9 @@ def render_html(doc: dict[str, Any]) -> str:
     env = doc.get("environment", {})
     meta = (f"{e(command)} of <code>{e(subject)}</code> · torch {e(env.get('torch'))} on {e(env.get('device'))} · "
             f"{doc.get('seconds', 0):.1f}s · exit code {doc['exit_code']} (fail on {e(doc['fail_on'])})")
+    bundle = doc.get("bundle") or {}
+    if command == "replay" and bundle:
+        meta += "".join(f"<br>{e(line)}" for line in (bundle_sentence(bundle), ranks_sentence(bundle)) if line)
     if command == "postmortem":
         meta += f" · {e(doc.get('format'))}, step {e(num(doc.get('step')))}, epoch {e(num(doc.get('epoch')))}"
         body = [f"<h2>What is wrong</h2>{_postmortem_origin(doc)}", f"<h2>Causes</h2>{_causes(doc)}", _postmortem_body(doc)]

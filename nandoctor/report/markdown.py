@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from .text import headline, loss_trend, nonfinite_tensors, num, subject, worst_layers
+from .text import bundle_sentence, headline, loss_trend, nonfinite_tensors, num, ranks_sentence, subject, worst_layers
 
 BADGE = {"pass": "✅ PASS", "warn": "⚠️ WARN", "fail": "❌ FAIL"}
 ICON = {"error": "❌", "warning": "⚠️", "info": "ℹ️"}
@@ -48,6 +48,9 @@ def _scan(doc: dict[str, Any]) -> list[str]:
         scale = f"{num(r['loss_scales'][0])} → {num(r['loss_scales'][-1])}" if r["loss_scales"] else ""
         out.append(f"| {r['precision']} | {r['status']} | {r['steps_run']}/{r['steps_requested']} | "
                    f"{_cell(loss_trend(r))} | {scale} | {len(r['skipped_steps'])} |")
+    bundle = doc.get("bundle") or {}
+    if bundle:
+        out += ["", _cell(bundle_sentence(bundle))] + ([_cell(ranks_sentence(bundle))] if ranks_sentence(bundle) else [])
     history = doc.get("history")
     if history:
         out += ["", f"Replayed from a recorded history window of {len(history)} entries."]

@@ -117,3 +117,32 @@ def middle(name: str, width: int) -> str:
     if len(parts[0]) + len(".".join(tail)) + 3 <= width:
         return f"{parts[0]}.….{'.'.join(tail)}"
     return "…." + ".".join(tail)
+
+
+def bundle_sentence(bundle: dict[str, Any]) -> str:
+    """Replay documents: which crash bundle was replayed, and what the watched run saw."""
+    if not bundle:
+        return ""
+    name = str(bundle.get("path", "")).rstrip("/").rsplit("/", 1)[-1]
+    parts = [f"bundle {name}: the watched run's {bundle.get('check')} check fired at step {bundle.get('step')}"]
+    if bundle.get("what"):
+        parts[0] += f" ({bundle['what']})"
+    if bundle.get("micro_batches") and bundle["micro_batches"] > 1:
+        parts.append(f"{bundle['micro_batches']} micro-batches")
+    if bundle.get("state") == "after-step":
+        parts.append("state after the optimizer step")
+    if bundle.get("size_bytes") is not None:
+        took = bundle.get("write_seconds")
+        parts.append(f"{bundle['size_bytes'] / 1e6:.2f} MB" + (f" written in {num(took)} s" if isinstance(took, (int, float)) else ""))
+    return "; ".join(parts)
+
+
+def ranks_sentence(bundle: dict[str, Any]) -> str:
+    """Distributed replays: the rank replayed, and the rank(s) where the value was born."""
+    ranks = (bundle or {}).get("distributed")
+    if not ranks:
+        return ""
+    origin = ", ".join(map(str, ranks.get("origin_ranks") or [])) or "unknown"
+    others = ", ".join(map(str, ranks.get("contaminated_ranks") or []))
+    return (f"replayed rank {ranks.get('rank')} of {ranks.get('world_size')} ({ranks.get('kind')}); "
+            f"NaN/Inf born on rank {origin}" + (f"; rank {others} only contaminated" if others else ""))
