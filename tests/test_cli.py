@@ -186,7 +186,9 @@ def test_a_model_that_hangs_is_stopped_and_reported(model_file):
     doc = json_of(result)
     assert doc["runs"][0]["status"] == "timeout" and "stopped inside step 0" in doc["runs"][0]["note"]
     cause = next(c for c in doc["causes"] if c["id"] == "scan-incomplete")
-    assert cause["severity"] == "warning" and "hung" in cause["title"]
+    # No step completed, so the gate checked nothing: an error, never a pass.
+    assert cause["severity"] == "error" and "hung" in cause["title"] and "nothing was scanned" in cause["title"]
+    assert doc["verdict"] == "fail" and result.exit_code == 1
 
 
 def test_short_help_everywhere_and_the_scan_example_exists():

@@ -282,6 +282,21 @@ def test_scan_incomplete_and_silent_on_complete_runs():
     assert diagnose(trace_of(clean())) == []
 
 
+def test_scan_incomplete_severity_follows_what_was_left_undone():
+    from nandoctor.diagnose import verdict
+    unsupported = RunTrace(precision="16-mixed", status="unsupported", note="no fp16 LSTM on this CPU")
+    stopped = RunTrace(precision="bf16-mixed", status="timeout", note="budget", stopped_by="time-budget")
+    alongside = diagnose(trace_of(clean(), unsupported))
+    assert [(f.id, f.severity) for f in alongside] == [("scan-incomplete", "info")] and verdict(alongside) == "pass"
+    assert "-p 32-true" in alongside[0].fix
+    assert [f.severity for f in diagnose(trace_of(clean(), stopped))] == ["warning"]
+    # Nothing ran at all: the gate checked nothing, so it must not pass.
+    for runs in ([unsupported], [stopped], [unsupported, stopped]):
+        findings = diagnose(trace_of(*runs))
+        assert [(f.id, f.severity) for f in findings] == [("scan-incomplete", "error")], runs
+        assert "nothing was scanned" in findings[0].title and verdict(findings) == "fail"
+
+
 # --- training dynamics ---------------------------------------------------------------------
 
 def _diverging(event_phase="backward"):
