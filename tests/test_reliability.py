@@ -423,3 +423,48 @@ def test_scan_uses_a_partial_optimizer_section_over_the_defaults(tmp_path, model
     assert_clean(result, 0)
     optimizer = json_of(result)["runs"][0]["optimizer"]
     assert optimizer["weight_decay"] == 0 and optimizer["lr"] == 0.01
+
+
+def test_an_empty_parameter_and_a_failing_reset_parameters_are_handled(model_file):
+    """An empty parameter (a pruned head) has no inf-norm identity, which torch refuses; the
+    re-init experiment calls the user's reset_parameters, which is user code like any other."""
+    path = model_file("""
+    import torch
+    from torch import nn
+
+    class Broken(nn.Linear):
+        def reset_parameters(self):
+            if getattr(self, "ready", False):
+                raise RuntimeError("reset_parameters is not supported here")
+            super().reset_parameters()
+            self.ready = True
+
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.fc = Broken(4, 3)
+            self.pruned = nn.Parameter(torch.zeros(0))
+
+        def forward(self, x):
+            return self.fc(x) + self.pruned.sum()
+
+    def build_model():
+        return Net()
+
+    def get_batch(step):
+        g = torch.Generator().manual_seed(step)
+        return torch.randn(8, 4, generator=g), torch.randint(0, 3, (8,), generator=g)
+    """)
+    doc = json_of(run_cli("scan", path, "--steps", "3", "-p", "fp32", "-p", "16-mixed", "--format", "json"))
+    assert doc["verdict"] == "pass" and {r["status"] for r in doc["runs"]} == {"ok"}
+
+    from nandoctor.run.session import Overrides, TrainingSession
+    from nandoctor.run.user_code import UserCodeFailed
+    from nandoctor.load.model_file import load_model_file
+    from nandoctor.load.config import resolve_config
+    from nandoctor.trace import Precision
+    import torch
+    cfg = dict(resolve_config(None, {}).values)
+    with pytest.raises(UserCodeFailed) as failed:
+        TrainingSession(load_model_file(path), cfg, Precision("32-true"), torch.device("cpu"), Overrides(reinit=True))
+    assert failed.value.error.exc_type == "RuntimeError" and failed.value.error.user_source

@@ -353,8 +353,8 @@ def describe_model(model: torch.nn.Module, info: ModelInfo) -> None:
 def _init_params(session: TrainingSession) -> list[ParamSeries]:
     names = [n for n, p in session.model.named_parameters() if p.requires_grad]
     tensors = [p.detach() for p in session.params]
-    values = torch.stack([stats.foreach_norms(tensors, math.inf), stats.foreach_norms(tensors, 2.0),
-                          stats.segment_counts(tensors, "nonfinite")]).tolist()
+    values = torch.stack([stats.foreach_max_abs(tensors).to(torch.float64), stats.foreach_norms(tensors, 2.0).to(torch.float64),
+                          stats.segment_counts(tensors, "nonfinite").to(torch.float64)]).tolist()
     out = []
     for i, (name, t) in enumerate(zip(names, tensors)):
         out.append(ParamSeries(name=name, module=name.rpartition(".")[0], shape=list(t.shape),

@@ -110,7 +110,8 @@ class TrainingSession:
         if self.overrides.reinit:
             for module in model.modules():
                 if hasattr(module, "reset_parameters") and callable(module.reset_parameters):
-                    module.reset_parameters()
+                    # A user module's own reset_parameters is user code: its failure is a finding.
+                    call_user(Phase.INIT, module.reset_parameters)
         model.to(device)
         if self.spec.cast_model:
             model.to(self.compute_dtype)

@@ -113,6 +113,13 @@ def foreach_norms(tensors: list[torch.Tensor], ord: float = 2.0) -> torch.Tensor
     """Per-tensor norms in one fused call, as a float32 vector (empty list -> empty vector)."""
     if not tensors:
         return torch.zeros(0)
+    if math.isinf(ord) and any(t.numel() == 0 for t in tensors):
+        # The inf-norm of an empty tensor has no identity, so torch raises; its max |x| is 0.
+        full = [i for i, t in enumerate(tensors) if t.numel()]
+        out = torch.zeros(len(tensors), dtype=torch.float32, device=tensors[0].device)
+        if full:
+            out[full] = foreach_norms([tensors[i] for i in full], ord).to(out.device, torch.float32)
+        return out
     by_device: dict[torch.device, list[int]] = {}
     for i, t in enumerate(tensors):
         by_device.setdefault(t.device, []).append(i)
