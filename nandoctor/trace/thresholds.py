@@ -15,4 +15,10 @@ DEFAULT_THRESHOLDS: dict[str, float] = {
     "data_abs_max": 1e4,               # |input| beyond this is not a normalised range
     "init_growth": 1e3,                # activation growth from first to last layer at step 0
     "init_weight_abs_max": 1e3,        # |w| at init beyond this is a broken init
+    # |activation| above 1e8 is far past any normalised network (LayerNorm/BatchNorm outputs sit
+    # at O(1), logits at O(10)); its square is 1e16, which overflows float16 at once and float32
+    # after a few more products.
+    "activation_abs_max": 1e8,
+    "loss_abs_max": 1e10,              # a loss of 1e10: outputs ~1e5 times the targets' scale
+    "activation_growth": 1e3,          # one layer's max |activation| growing 1000x over the steps
 }

@@ -11,12 +11,8 @@ from ..finding import Finding, Severity
 from ..ownership import owner
 from .base import Context, Rule
 
-# |activation| above 1e8 is far past any normalised network (LayerNorm/BatchNorm outputs sit
-# at O(1), logits at O(10)); its square, in a loss or a norm, is 1e16 and overflows float16
-# at once and float32 (3.4e38) after a few more multiplications.
-ACTIVATION_ABS = 1e8
-LOSS_ABS = 1e10            # a loss of 1e10 means the outputs are ~1e5 times the targets' scale
-GROWTH = 1e3               # the same layer's max |activation| growing 1000x over the recorded steps
+# The limits are thresholds.activation_abs_max (1e8), .loss_abs_max (1e10) and
+# .activation_growth (1e3): see trace/thresholds.py for why each value.
 RECURRENT = ("RNN", "RNNCell", "LSTM", "GRU", "LSTMCell", "GRUCell")
 
 
@@ -73,17 +69,18 @@ class ExplodingActivations(Rule):
         return [self._finding(ctx, matching[0], matching)] if matching else []
 
     def _applies(self, ctx: Context, run: RunTrace) -> bool:
+        limit_act, limit_loss = ctx.thresholds["activation_abs_max"], ctx.thresholds["loss_abs_max"]
         peak, _, _, growth = _peak(run)
         loss = _largest_loss(run)
         event = run.first_nonfinite
         owned = event is not None and owner(event, ctx.trace) == self.id
-        return (owned or peak > ACTIVATION_ABS or (loss is not None and loss[0] > LOSS_ABS)
-                or (growth > GROWTH and peak > ACTIVATION_ABS / 1e4 and event is not None))
+        return (owned or peak > limit_act or (loss is not None and loss[0] > limit_loss)
+                or (growth > ctx.thresholds["activation_growth"] and peak > limit_act / 1e4 and event is not None))
 
     def _finding(self, ctx: Context, run: RunTrace, matching: list[RunTrace]) -> Finding:
         peak, module, step, growth = _peak(run)
         loss = _largest_loss(run)
-        huge_loss = loss is not None and loss[0] > LOSS_ABS
+        huge_loss = loss is not None and loss[0] > ctx.thresholds["loss_abs_max"]
         event = run.first_nonfinite
         owned = event is not None and owner(event, ctx.trace) == self.id
         failed = event is not None
@@ -91,7 +88,7 @@ class ExplodingActivations(Rule):
         if peak:
             evidence.append(f"max |activation| {num(peak)} in {module_label(module)} at step {step}"
                             + (f", {num(growth)}x its first recorded value" if growth > 10 else "")
-                            + f" (normalised layers stay near 1; threshold {num(ACTIVATION_ABS)})")
+                            + f" (normalised layers stay near 1; threshold {num(ctx.thresholds['activation_abs_max'])})")
         if huge_loss and loss is not None:
             evidence.append(f"loss {num(loss[0])} at step {loss[1]}")
         if owned and event is not None:
