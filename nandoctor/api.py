@@ -130,20 +130,7 @@ def _scan(model_file: str | Path, config: str | Path | None, *, steps: Optional[
         interrupted = _run_all(trace, spec, cfg, dev, deadline, start_step, initial_state, progress)
     findings = diagnose(trace)
     if cfg["experiments"]["enabled"] and not deadline.expired and not interrupted:
-        requests = plan_experiments(trace, findings)
-        if requests:
-            t0 = time.perf_counter()
-            budget = min(cfg["experiments"]["max_seconds"], deadline.left())
-            try:
-                with watchdog(None if cfg["max_seconds"] is None else deadline.left()):
-                    trace.experiments = run_experiments(requests, spec, cfg, dev, budget, start_step=start_step,
-                                                        initial_state=initial_state)
-            except ScanTimeout:
-                trace.notes.append("--max-seconds ran out during the confirming experiments; they were stopped")
-            except ScanInterrupted:
-                trace.notes.append("interrupted (Ctrl-C) during the confirming experiments; they were stopped")
-            trace.experiments_seconds = time.perf_counter() - t0
-            findings = diagnose(trace)
+        findings = _confirm(trace, findings, spec, cfg, dev, deadline, start_step, initial_state)
     trace.seconds = time.perf_counter() - began
     if any(r.status == "timeout" for r in trace.runs):
         trace.notes.append("the --max-seconds budget stopped part of the scan; see runs[].note")
@@ -192,6 +179,27 @@ def _run_all(trace: Trace, spec: ModelFile, cfg: dict[str, Any], dev: torch.devi
         except ScanTimeout:
             trace.notes.append("--max-seconds ran out during the float32 reference run; it was dropped")
     return interrupted
+
+
+def _confirm(trace: Trace, findings: list[Finding], spec: ModelFile, cfg: dict[str, Any], dev: torch.device,
+             deadline: Deadline, start_step: int, initial_state: Optional[Callable]) -> list[Finding]:
+    """Run the confirming experiments the findings ask for, within what is left of the budget,
+    and diagnose again with their outcomes (scan and replay alike)."""
+    requests = plan_experiments(trace, findings)
+    if not requests:
+        return findings
+    t0 = time.perf_counter()
+    budget = min(cfg["experiments"]["max_seconds"], deadline.left())
+    try:
+        with watchdog(None if cfg["max_seconds"] is None else deadline.left()):
+            trace.experiments = run_experiments(requests, spec, cfg, dev, budget, start_step=start_step,
+                                                initial_state=initial_state)
+    except ScanTimeout:
+        trace.notes.append("--max-seconds ran out during the confirming experiments; they were stopped")
+    except ScanInterrupted:
+        trace.notes.append("interrupted (Ctrl-C) during the confirming experiments; they were stopped")
+    trace.experiments_seconds = time.perf_counter() - t0
+    return diagnose(trace)
 
 
 def _function_locations(spec: ModelFile) -> dict[str, SourceLocation]:
@@ -324,18 +332,7 @@ def _replay(bundle: str | Path, model: str | Path | None, *, trust: bool, experi
     trace.model = model_info()
     findings = diagnose(trace)
     if cfg["experiments"]["enabled"] and m.state != STATE_AFTER_STEP and not deadline.expired:
-        requests = plan_experiments(trace, findings)
-        if requests:
-            t0 = time.perf_counter()
-            budget = min(cfg["experiments"]["max_seconds"], deadline.left())
-            try:
-                with watchdog(None if cfg["max_seconds"] is None else deadline.left()):
-                    trace.experiments = run_experiments(requests, spec, cfg, dev, budget, start_step=m.step,
-                                                        initial_state=initial_state)
-            except ScanTimeout:
-                trace.notes.append("--max-seconds ran out during the confirming experiments; they were stopped")
-            trace.experiments_seconds = time.perf_counter() - t0
-            findings = diagnose(trace)
+        findings = _confirm(trace, findings, spec, cfg, dev, deadline, m.step, initial_state)
     trace.seconds = time.perf_counter() - began
     facts = {"path": str(found.path), "step": m.step, "check": m.check, "what": m.what, "state": m.state,
              "precision": m.precision, "micro_batches": m.micro_batches, "policy": m.policy,

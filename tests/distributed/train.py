@@ -11,7 +11,6 @@ OUT/run-i. A run's NonFiniteError is recorded in OUT/run-i/stopped-rank-R.json; 
 it, so it ends the job with the exit code a user's torchrun job shows. Each finished run prints
 "RUN i RANK r steps n".
 """
-import json
 import os
 import sys
 import time
@@ -20,6 +19,7 @@ import torch
 import torch.distributed as dist
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from stops import record_stop                                          # noqa: E402
 import nandoctor                                   # noqa: E402
 from model import build_model, training_step       # noqa: E402
 
@@ -63,9 +63,7 @@ def run(index, spec, out_root, rank, last):
                 optimizer.zero_grad()
             done += 1
     except nandoctor.NonFiniteError as err:
-        os.makedirs(out, exist_ok=True)
-        with open(os.path.join(out, f"stopped-rank-{rank}.json"), "w") as f:
-            json.dump({"time": time.time(), "step": err.step, "bundle": str(err.bundle), "message": str(err)}, f)
+        record_stop(out, rank, err)
         if last:
             raise
         return

@@ -1,14 +1,13 @@
 """A tiny GPT-2 trained by the Hugging Face `Trainer` under torchrun (DDP, gloo, CPU), guarded by
 NanDoctorCallback. Environment: OUT, BAD_INDEX (a dataset item whose embeddings hold a NaN), STEPS."""
-import json
 import os
 import sys
-import time
 import warnings
 
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from stops import record_stop                                          # noqa: E402
 import nandoctor                                                       # noqa: E402
 from nandoctor.integrations.transformers import NanDoctorCallback      # noqa: E402
 
@@ -46,8 +45,7 @@ def main():
             warnings.simplefilter("ignore", category=FutureWarning)
             trainer.train()
     except nandoctor.NonFiniteError as err:
-        with open(os.path.join(out, f"stopped-rank-{rank}.json"), "w") as f:
-            json.dump({"time": time.time(), "step": err.step, "bundle": str(err.bundle), "message": str(err)}, f)
+        record_stop(out, rank, err)
         raise
     print(f"RANK {rank} steps {trainer.state.global_step}", flush=True)
 

@@ -1,13 +1,12 @@
 """A LightningModule trained by `lightning.Trainer(strategy="ddp")` under torchrun, guarded by
 NanDoctorCallback. Environment: OUT, BAD "kind:rank:step" as in train.py, STEPS."""
-import json
 import os
 import sys
-import time
 
 import lightning
 import torch
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from stops import record_stop                                          # noqa: E402
 import nandoctor                                                   # noqa: E402
 from nandoctor.integrations.lightning import NanDoctorCallback     # noqa: E402
 from lit_module import Module                                      # noqa: E402
@@ -44,8 +43,7 @@ def main():
     try:
         trainer.fit(Module(), loader)
     except nandoctor.NonFiniteError as err:
-        with open(os.path.join(out, f"stopped-rank-{rank}.json"), "w") as f:
-            json.dump({"time": time.time(), "step": err.step, "bundle": str(err.bundle), "message": str(err)}, f)
+        record_stop(out, rank, err)
         raise
     print(f"RANK {rank} steps {trainer.global_step}", flush=True)
 
