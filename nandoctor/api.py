@@ -298,7 +298,7 @@ def _replay(bundle: str | Path, model: str | Path | None, *, trust: bool, experi
                                  "max_seconds": max_seconds, "fail_on": fail_on, "grad_clip": m.grad_clip}
     if experiments is not None:
         overrides["experiments"] = {"enabled": experiments}
-    resolved = resolve_config(config, overrides, cwd=found.path)
+    resolved = resolve_config(config, overrides, cwd=None)     # as scan: discovered from the working directory
     cfg = dict(resolved.values)
     cfg["lr_override"] = None
     if m.scaler is None:

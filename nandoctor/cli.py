@@ -28,7 +28,8 @@ app = typer.Typer(
          "  nandoctor postmortem checkpoints/last.pt\n\n"
          "  nandoctor replay nandoctor-bundles/step-000123 --model model.py\n\n"
          "  nandoctor explain high-lr\n\n"
-         "Exit codes: 0 pass, 1 findings at or above --fail-on, 2 unusable input, 3 internal error.")
+         "Exit codes: 0 pass, 1 findings at or above --fail-on (or a run went non-finite), 2 unusable input, "
+         "3 internal error, 130 interrupted (Ctrl-C; the partial report is still written).")
 
 err_console = Console(stderr=True, highlight=False)
 
@@ -244,6 +245,7 @@ def postmortem(
     baseline: Annotated[Optional[Path], typer.Option("--baseline", help="An earlier checkpoint: show which tensors changed most since it.")] = None,
     fmt: FormatOpt = "rich",
     output: OutputOpt = None,
+    html: Annotated[Optional[Path], typer.Option("--html", help="Also write a self-contained HTML report (per-module table, worst tensors).")] = None,
     quiet: QuietOpt = False,
     fail_on: FailOnOpt = None,
     trust: Annotated[bool, typer.Option("--trust", help="Allow arbitrary unpickling (runs code from the file!) for checkpoints you trust.")] = False,
@@ -258,12 +260,15 @@ def postmortem(
       nandoctor postmortem checkpoints/step_40000.pt
 
       nandoctor postmortem last.ckpt --baseline step_39000.ckpt --format json -o pm.json
+
+      nandoctor postmortem model.safetensors --html postmortem.html
     """
     def run() -> Any:
         _check_format(fmt)
         if fail_on is not None and fail_on not in ("error", "warning", "never"):
             raise InputError(f"unknown --fail-on {fail_on!r}; accepted values are error, warning, never.")
         check_writable(output, "--output")
+        check_writable(html, "--html")
         from .api import postmortem as run_postmortem
         from .report.console import print_postmortem
         report = run_postmortem(path, baseline, trust=trust, fail_on=fail_on or "error")
@@ -273,7 +278,7 @@ def postmortem(
         if trace_file is not None:
             from .report.saved import write_trace
             write_trace(trace_file, "postmortem", report.trace, report.causes, report.fail_on)
-        emit(report.to_dict(), fmt, output, quiet, printer=print_postmortem)
+        emit(report.to_dict(), fmt, output, quiet, html, printer=print_postmortem)
         return report
 
     _guarded(run)
@@ -323,6 +328,7 @@ def replay(
     max_seconds: Annotated[Optional[float], typer.Option("--max-seconds", help="Time budget for the replay and its experiments.")] = None,
     no_experiments: Annotated[bool, typer.Option("--no-experiments", help="Skip the confirming experiments.")] = False,
     rank: Annotated[Optional[int], typer.Option("--rank", help="Distributed bundle: the rank to replay (default: the rank where the NaN/Inf was born).")] = None,
+    config: Annotated[Optional[Path], typer.Option("--config", "-c", help="A YAML config file (thresholds, experiments); steps and precision come from the bundle.")] = None,
     verbose: VerboseOpt = False,
 ) -> None:
     """Re-run the failing step of a crash bundle with op-level tracing and diagnose it.
@@ -345,7 +351,7 @@ def replay(
         check_writable(html, "--html")
         from .api import replay as run_replay
         report = run_replay(bundle, model, trust=trust, experiments=False if no_experiments else None,
-                            fail_on=fail_on, max_seconds=max_seconds, device=device, rank=rank)
+                            fail_on=fail_on, max_seconds=max_seconds, device=device, rank=rank, config=config)
         if verbose:
             _say_what_ran(report)
         emit(report.to_dict(), fmt, output, quiet, html)
@@ -412,7 +418,8 @@ def show_config(
 ) -> None:
     """Print the resolved configuration and where each value came from.
 
-    Precedence: defaults < [tool.nandoctor] in pyproject.toml < ./nandoctor.yaml < --config < flags.
+    Precedence: defaults < [tool.nandoctor] in the nearest pyproject.toml < the nearest nandoctor.yaml
+    < --config < flags. "Nearest": the working directory or its closest parent, up to the repository root.
 
     Examples:
 

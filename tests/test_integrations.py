@@ -178,3 +178,17 @@ def test_transformers_accumulation_warn_policy_and_the_nan_filter_warning(tmp_pa
     assert manifest["step"] == 3 and manifest["micro_batches"] == 2
     assert any("logging_nan_inf_filter" in str(w.message) for w in caught)
     assert callback.watch.step_index == 6
+
+
+def test_callback_options_are_checked_when_the_callback_is_built():
+    """A typo fails at construction, not at the trainer's first step; an option the trainer would
+    otherwise supply (grad_clip, precision) is accepted and kept."""
+    from nandoctor.integrations.transformers import NanDoctorCallback as HFCallback
+    pytest.importorskip("lightning")
+    from nandoctor.integrations.lightning import NanDoctorCallback as LitCallback
+    for callback in (HFCallback, LitCallback):
+        assert callback(grad_clip=0.5, precision="bf16-mixed").options["grad_clip"] == 0.5
+        with pytest.raises(TypeError, match="precison"):
+            callback(precison="bf16-mixed")
+        with pytest.raises(TypeError, match="notify"):
+            callback(notify=print)

@@ -126,8 +126,11 @@ def test_safetensors_and_sharded_hugging_face_folder(tmp_path):
     sd["2.weight"] = sd["2.weight"].clone()
     sd["2.weight"][0, 0] = float("inf")
     save_file(sd, tmp_path / "model.safetensors")
-    doc = json_of(pm(tmp_path / "model.safetensors"))
+    page = tmp_path / "postmortem.html"
+    doc = json_of(pm(tmp_path / "model.safetensors", "--html", page))
     assert doc["format"] == "safetensors" and doc["tensors"][0]["name"] == "2.weight" and doc["tensors"][0]["inf"] == 1
+    html = page.read_text(encoding="utf-8")        # postmortem --html: the same page as scan and replay
+    assert "postmortem" in html and "2.weight" in html and doc["causes"][0]["id"] in html
 
     folder = tmp_path / "hf"
     folder.mkdir()

@@ -29,7 +29,7 @@ except ImportError:  # the older package name
         raise ImportError("nandoctor.integrations.lightning needs the `lightning` package "
                           "(pip install lightning)") from err
 
-from ..watcher.guard import Watch
+from ..watcher.guard import Watch, callback_options
 
 
 class NanDoctorCallback(Callback):
@@ -39,8 +39,8 @@ class NanDoctorCallback(Callback):
     def __init__(self, out: str | Path = "nandoctor-bundles", on_nonfinite: str = "raise", stats_every: int = 50,
                  window: int = 64, check_every: int = 1, sink: Any = None, **options: Any):
         super().__init__()
-        self.options = dict(out=out, on_nonfinite=on_nonfinite, stats_every=stats_every, window=window,
-                            check_every=check_every, sink=sink, **options)
+        self.options = callback_options(out=out, on_nonfinite=on_nonfinite, stats_every=stats_every, window=window,
+                                        check_every=check_every, sink=sink, **options)
         self.watch: Optional[Watch] = None
 
     def on_train_start(self, trainer: Any, pl_module: Any) -> None:
@@ -50,10 +50,11 @@ class NanDoctorCallback(Callback):
         plugin = getattr(trainer.strategy, "precision_plugin", None) or getattr(trainer, "precision_plugin", None)
         schedulers = getattr(trainer, "lr_scheduler_configs", None) or []
         clip = trainer.gradient_clip_val
+        # What the trainer says is the default; an option the user passed to the callback wins.
+        found = dict(scheduler=schedulers[0].scheduler if schedulers else None, precision=str(trainer.precision),
+                     grad_clip=float(clip) if clip else None, rebuild=_rebuild(pl_module))
         self.watch = Watch(pl_module, _raw(optimizers[0]), getattr(plugin, "scaler", None),
-                           scheduler=schedulers[0].scheduler if schedulers else None,
-                           precision=str(trainer.precision), grad_clip=float(clip) if clip else None,
-                           rebuild=_rebuild(pl_module), gradient_check="manual", **self.options)
+                           gradient_check="manual", **{**found, **self.options})
         self.watch.step_index = int(trainer.global_step)      # a resumed run counts on from its checkpoint
 
     def on_train_batch_start(self, trainer: Any, pl_module: Any, batch: Any, batch_idx: int) -> None:

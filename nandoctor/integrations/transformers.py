@@ -32,7 +32,7 @@ except ImportError as err:
 
 import torch
 
-from ..watcher.guard import NonFiniteWarning, Watch
+from ..watcher.guard import NonFiniteWarning, Watch, callback_options
 
 
 class NanDoctorCallback(TrainerCallback):
@@ -40,8 +40,8 @@ class NanDoctorCallback(TrainerCallback):
 
     def __init__(self, out: str | Path = "nandoctor-bundles", on_nonfinite: str = "raise", stats_every: int = 50,
                  window: int = 64, check_every: int = 1, sink: Any = None, **options: Any):
-        self.options = dict(out=out, on_nonfinite=on_nonfinite, stats_every=stats_every, window=window,
-                            check_every=check_every, sink=sink, **options)
+        self.options = callback_options(out=out, on_nonfinite=on_nonfinite, stats_every=stats_every, window=window,
+                                        check_every=check_every, sink=sink, **options)
         self.watch: Optional[Watch] = None
         self._filter_on = False
 
@@ -53,9 +53,11 @@ class NanDoctorCallback(TrainerCallback):
         precision = "16-mixed" if getattr(args, "fp16", False) else "bf16-mixed" if getattr(args, "bf16", False) else None
         self._filter_on = bool(getattr(args, "logging_nan_inf_filter", False))
         clip = getattr(args, "max_grad_norm", None)
-        self.watch = Watch(model, raw, getattr(optimizer, "scaler", None), scheduler=lr_scheduler,
-                           precision=precision, grad_clip=float(clip) if clip else None, rebuild=_rebuild(model),
-                           gradient_check="manual", notify=self._notify, **self.options)
+        # What the trainer says is the default; an option the user passed to the callback wins.
+        found = dict(scheduler=lr_scheduler, precision=precision, grad_clip=float(clip) if clip else None,
+                     rebuild=_rebuild(model))
+        self.watch = Watch(model, raw, getattr(optimizer, "scaler", None), gradient_check="manual",
+                           notify=self._notify, **{**found, **self.options})
         self.watch.step_index = int(getattr(state, "global_step", 0) or 0)   # resumed runs count on
         # Owned by the watch, so a raise (which closes the watch) removes it too.
         self.watch.add_handle(model.register_forward_pre_hook(self._forward_inputs, with_kwargs=True))

@@ -5,7 +5,7 @@ build_model must not end nandoctor with exit 0 and no report) and a `KeyboardInt
 the code raised itself. A Ctrl-C the person pressed is told apart by `interrupt_guard`'s SIGINT
 handler, which sets a flag before raising: that one stops the scan (exit 130, partial report).
 What the user's code prints goes to stderr (`capture_user_output`), so machine formats on stdout
-stay valid. `os._exit()` cannot be caught in-process: the process ends there (docs/safety.md).
+stay valid. `os._exit()` cannot be caught in-process: the process ends there (README, "Safety").
 """
 from __future__ import annotations
 

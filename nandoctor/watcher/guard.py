@@ -530,7 +530,7 @@ class Watch:
 def watch(model: torch.nn.Module, optimizer: torch.optim.Optimizer, scaler: Any = None,
           out: str | Path = "nandoctor-bundles", on_nonfinite: str = "raise", stats_every: int = 50,
           window: int = 64, check_every: int = 1, sink: Any = None, **options: Any) -> Watch:
-    """Guard a training loop against NaN/Inf (README, "Watch").
+    """Guard a training loop against NaN/Inf (README, "Watch your own training loop").
 
     `with watch.step(batch):` marks each micro-batch; `watch.loss(loss)` adds the loss to the
     check (a model output's `.loss` is picked up by itself). On the first non-finite batch,
@@ -540,10 +540,30 @@ def watch(model: torch.nn.Module, optimizer: torch.optim.Optimizer, scaler: Any 
     `sink(step, metrics)` or a TensorBoard SummaryWriter receives per-step numbers.
     Options: scheduler=, snapshot=True (keep the pre-step state so a NaN born inside
     optimizer.step() replays exactly), precision=, grad_clip=, skip_streak=, rebuild=,
-    distributed= (under torchrun: "auto", False, or {"timeout": seconds}; docs/distributed.md).
+    distributed= (under torchrun: "auto", False, or {"timeout": seconds}; README, "Distributed runs").
     """
     return Watch(model, optimizer, scaler, out=out, on_nonfinite=on_nonfinite, stats_every=stats_every,
                  window=window, check_every=check_every, sink=sink, **options)
+
+
+# The callbacks set these themselves (they decide how gradients are reached and who is told).
+_CALLBACK_OWNED = ("gradient_check", "notify")
+
+
+def callback_options(**options: Any) -> dict[str, Any]:
+    """A framework callback's options for its Watch, checked when the callback is built so a
+    typo fails at once rather than at the trainer's first step. Options the callback would
+    otherwise read from the trainer (precision, grad_clip, scheduler, rebuild) are allowed and
+    win over what the trainer says."""
+    import inspect
+    accepted = set(inspect.signature(Watch.__init__).parameters) - {"self", "model", "optimizer", "scaler"}
+    unknown = sorted(set(options) - accepted)
+    owned = sorted(set(options) & set(_CALLBACK_OWNED))
+    if unknown or owned:
+        raise TypeError(f"NanDoctorCallback: {', '.join(unknown + owned)} "
+                        f"{'is' if len(unknown + owned) == 1 else 'are'} not an option here; "
+                        f"accepted: {', '.join(sorted(accepted - set(_CALLBACK_OWNED)))}")
+    return options
 
 
 # ---- helpers ------------------------------------------------------------------------------------
