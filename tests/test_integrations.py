@@ -3,6 +3,8 @@ its replay through the CLI."""
 from __future__ import annotations
 
 import importlib
+import os
+import subprocess
 import json
 import sys
 import textwrap
@@ -192,3 +194,58 @@ def test_callback_options_are_checked_when_the_callback_is_built():
             callback(precison="bf16-mixed")
         with pytest.raises(TypeError, match="notify"):
             callback(notify=print)
+
+
+SCRIPT_MAIN = '''
+import os
+import sys
+import warnings
+
+import lightning as L
+import torch
+
+import nandoctor
+from nandoctor.integrations.lightning import NanDoctorCallback
+
+with open(os.environ["RUNS_LOG"], "a") as log:          # counts how often the training block ran
+    log.write(__name__ + "\\n")
+
+if __name__ == "__main__":
+    g = torch.Generator().manual_seed(0)
+    x, y = torch.randn(64, 4, generator=g), torch.randn(64, 1, generator=g)
+    x[4 * 3 + 2, 0] = -7.0                                # batch 3
+    loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(x, y), batch_size=4, shuffle=False)
+    trainer = L.Trainer(max_steps=8, accelerator="cpu", logger=False, enable_checkpointing=False,
+                        enable_progress_bar=False, enable_model_summary=False,
+                        callbacks=[NanDoctorCallback(out=sys.argv[1])])
+    torch.manual_seed(0)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            trainer.fit(LitRegressor(hidden=8), loader)
+    except nandoctor.NonFiniteError as err:
+        print("BUNDLE", err.bundle)
+'''
+
+
+def test_a_lightning_module_defined_in_the_training_script_replays_without_rerunning_it(tmp_path):
+    """`python train.py` makes the class `__main__:LitRegressor`; the replay loads the script by
+    path under another name, so its `if __name__ == "__main__":` training block does not run again."""
+    script = tmp_path / "train.py"
+    source = textwrap.dedent(LIT_SOURCE) + textwrap.dedent(SCRIPT_MAIN)
+    script.write_text(source)
+    log = tmp_path / "runs.log"
+    env = {**os.environ, "RUNS_LOG": str(log), "PYTHONWARNINGS": "ignore"}
+    proc = subprocess.run([sys.executable, str(script), str(tmp_path / "bundles")], capture_output=True, text=True,
+                          env=env, timeout=300, cwd=tmp_path)
+    bundle = Path(next(line.split(" ", 1)[1] for line in proc.stdout.splitlines() if line.startswith("BUNDLE")))
+    assert json.loads((bundle / "manifest.json").read_text())["rebuild"]["class"] == "__main__:LitRegressor"
+    os.environ["RUNS_LOG"] = str(log)
+    try:
+        result, doc = replay_json(bundle, "--trust")
+    finally:
+        del os.environ["RUNS_LOG"]
+    event = doc["first_nonfinite"]
+    assert (event["step"], event["phase"], event["op"]) == (3, "forward", "aten.sqrt.default")
+    assert event["source"].endswith(f"train.py:{SQRT_LINE}") and result.exit_code == 1
+    assert log.read_text().split() == ["__main__", "nandoctor_replayed_script_train"]

@@ -8,7 +8,8 @@ Layout (bundle version 1):
       model.safetensors      weights and buffers (tied tensors stored once, see manifest "tied")
       optimizer.safetensors  optimizer state tensors, keys "<param index>/<state key>"
       batch.safetensors      tensor leaves of every micro-batch, keys "<micro-batch>/<leaf index>"
-      rng.safetensors        "cpu" and "cuda:<i>" generator states (uint8), "numpy" (uint32)
+      rng.safetensors        "cpu" and "cuda:<i>" generator states (uint8), "python" (the Mersenne
+                             Twister words, int64) and "numpy" (its key words, int64)
 
 Reading it executes nothing: only JSON and safetensors (no pickle) are ever parsed, and any
 other file a manifest names is refused.

@@ -258,10 +258,17 @@ def _transformers_builder(found: Bundle, rebuild: dict[str, Any]) -> tuple[Calla
 
 def _import_attr(module_name: str, qualname: str, file: Optional[str] = None) -> Any:
     try:
+        if module_name == "__main__":
+            # A class defined in the training script itself: `__main__` here is nandoctor's own
+            # entry point, so load the script by path under another name; its
+            # `if __name__ == "__main__":` block (the training run) does not execute.
+            raise ImportError("defined in the training script")
         module = importlib.import_module(module_name)
     except ImportError:
         if not file or not Path(file).is_file():
             raise
+        if module_name == "__main__":
+            module_name = f"nandoctor_replayed_script_{Path(file).stem}"
         spec = importlib.util.spec_from_file_location(module_name, file)
         if spec is None or spec.loader is None:
             raise
