@@ -149,3 +149,84 @@ def test_fuzzed_checkpoints(tmp_path_factory, originals, kind, data):
     command = data.draw(st.sampled_from(["postmortem", "postmortem-json"]), label="command")
     result = run_cli("postmortem", target, *(["-f", "json"] if command == "postmortem-json" else ["-q"]))
     check(result, paths, before, marker)
+
+
+# ---- crash bundles ---------------------------------------------------------------------------
+
+BUNDLE_MODEL = '''
+import torch
+from torch import nn
+
+
+def build_model():
+    return nn.Sequential(nn.Linear(4, 8), nn.Tanh(), nn.Linear(8, 3))
+
+
+def training_step(model, batch):
+    x, y = batch
+    return nn.functional.cross_entropy(model(x), y)
+'''
+
+
+@pytest.fixture(scope="module")
+def original_bundle(tmp_path_factory) -> tuple[Path, Path]:
+    """A real crash bundle (a NaN batch at step 2 of a watched loop) and its model file."""
+    import importlib.util
+    import nandoctor
+    root = tmp_path_factory.mktemp("bundle")
+    model_file = root / "model.py"
+    model_file.write_text(BUNDLE_MODEL)
+    spec = importlib.util.spec_from_file_location("fuzz_bundle_model", model_file)
+    user = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(user)
+    torch.manual_seed(0)
+    net = user.build_model()
+    opt = torch.optim.AdamW(net.parameters(), lr=1e-2)
+    with pytest.raises(nandoctor.NonFiniteError) as caught, nandoctor.watch(net, opt, out=root / "bundles") as watch:
+        for step in range(5):
+            x, y = torch.randn(8, 4), torch.randint(0, 3, (8,))
+            if step == 2:
+                x[1, 1] = float("nan")
+            with watch.step((x, y)):
+                user.training_step(net, (x, y)).backward()
+                opt.step()
+                opt.zero_grad()
+    return caught.value.bundle, model_file
+
+
+manifest_values = st.one_of(scalars, st.lists(scalars, max_size=3), st.dictionaries(st.text(max_size=6), scalars, max_size=3))
+
+
+@settings(FUZZ, max_examples=int(os.environ.get("NANDOCTOR_FUZZ_EXAMPLES", "15")))
+@given(data=st.data())
+def test_fuzzed_crash_bundles(tmp_path_factory, original_bundle, data):
+    """Replay of a damaged bundle: a flipped or truncated safetensors/manifest, a pickle dropped in
+    place of a file, or a manifest field set to any JSON value. Exit 1 or 2, never a traceback,
+    the bundle unchanged, nothing from it executed."""
+    import json
+    source, model_file = original_bundle
+    target = tmp_path_factory.mktemp("b") / source.name
+    shutil.copytree(source, target)
+    marker = target.parent / "pwned"
+    how = data.draw(st.sampled_from(["flip", "truncate", "payload", "field"]), label="mutation")
+    if how == "field":
+        manifest = json.loads((target / "manifest.json").read_text())
+        key = data.draw(st.sampled_from(sorted(manifest)), label="key")
+        manifest[key] = data.draw(manifest_values, label="value")
+        (target / "manifest.json").write_text(json.dumps(manifest))
+    else:
+        victim = data.draw(st.sampled_from(_files(target)), label="file")
+        content = bytearray(victim.read_bytes())
+        if how == "flip" and content:
+            for _ in range(data.draw(st.integers(1, 4), label="flips")):
+                content[data.draw(st.integers(0, len(content) - 1), label="offset")] ^= data.draw(st.integers(1, 255))
+        elif how == "truncate":
+            content = content[: data.draw(st.integers(0, max(0, len(content) - 1)), label="length")]
+        else:
+            content = bytearray(pickle.dumps(Payload(marker)))
+        victim.write_bytes(bytes(content))
+    paths = _files(target)
+    before = [digest(p) for p in paths]
+    result = run_cli("replay", target, "--model", model_file, "--no-experiments", "-f", "json")
+    check(result, paths, before, marker)
+    assert result.exit_code != 0, "a damaged bundle of a NaN step never passes"
