@@ -44,6 +44,9 @@ class NanDoctorCallback(Callback):
         self.watch: Optional[Watch] = None
 
     def on_train_start(self, trainer: Any, pl_module: Any) -> None:
+        if self.watch is not None:       # an earlier fit() of this callback that did not end cleanly
+            self.watch.close()
+            self.watch = None
         optimizers = list(trainer.optimizers)
         if not optimizers:
             return

@@ -47,6 +47,11 @@ class NanDoctorCallback(TrainerCallback):
 
     def on_train_begin(self, args: Any, state: Any, control: Any, model: Any = None, optimizer: Any = None,
                        lr_scheduler: Any = None, **kwargs: Any) -> None:
+        if self.watch is not None:
+            # A train() that an exception ended earlier (the Trainer has no exception callback)
+            # left its hooks on the model: remove them before this run adds its own.
+            self.watch.close()
+            self.watch = None
         if model is None or optimizer is None:
             return
         raw = getattr(optimizer, "optimizer", optimizer)           # AcceleratedOptimizer -> torch optimizer
