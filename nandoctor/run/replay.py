@@ -160,8 +160,9 @@ def _only_negative_inf(t: torch.Tensor) -> bool:
 
 def _looks_like_mask(t: torch.Tensor) -> bool:
     """A tensor from outside the traced ops that holds infinities the way a mask does: no NaN,
-    and either every element infinite (a constant) or only negative infinities (a mask buffer)."""
-    if not t.is_floating_point() or bool(torch.isnan(t).any()):
+    and either every element infinite (a constant) or only negative infinities (a mask buffer).
+    A tensor with no elements holds no infinity, so it is no mask (`x[empty_selection]`)."""
+    if not t.is_floating_point() or t.numel() == 0 or bool(torch.isnan(t).any()):
         return False
     return bool(torch.isinf(t).all()) or _only_negative_inf(t)
 
