@@ -104,16 +104,8 @@ def test_manifest_is_consistent():
     assert len(failing) >= 32 and len(healthy) >= 8
 
 
-# Cause or origin regressed when the rules and the tracer branches were merged (2026-11-23):
-# each still FAILS the run (verdict), but the top cause / origin op is not the expected one.
-# Tracked in issue 9's closing note; strict=False so a fix shows up as XPASS.
-KNOWN_GAPS = {"empty_selection_mean", "scalar_ratio_float", "item_iou_weight", "inverse_sqrt_schedule"}
-
-
 @pytest.mark.parametrize("entry", ENTRIES, ids=ids(ENTRIES))
-def test_corpus_verdict_cause_and_origin(entry, request):
-    if entry["file"].removesuffix(".py") in KNOWN_GAPS:
-        request.applymarker(pytest.mark.xfail(reason="cause/origin gap after merge; see issue 9 note", strict=False))
+def test_corpus_verdict_cause_and_origin(entry):
     doc = scanned(entry)
     causes = [c["id"] for c in doc["causes"]]
     summary = f"verdict {doc['verdict']}, causes {causes[:4]}, origin {origin_of(doc)}"

@@ -234,3 +234,78 @@ def loss_fn(out, y):
     assert event["step"] == 1
     assert (event["reproduced"], event["replay_traced"], event["replay_untraced"]) == (False, False, False)
     assert "nonreproducible" in [c["id"] for c in report.to_dict()["causes"]]
+
+
+REGRESSION = """
+import torch
+from torch import nn
+
+def get_batch(step):
+    g = torch.Generator().manual_seed(step)
+    return torch.randn(8, 6, generator=g), torch.randn(8, 3, generator=g)
+"""
+
+
+def test_a_selection_with_no_elements_is_no_mask_and_its_mean_is_an_empty_reduction(model_file):
+    path = model_file(REGRESSION + """
+def loss_fn(out, y):
+    return (out - y).pow(2).mean() + (out[y > 100] ** 2).mean()
+
+def build_model():
+    return nn.Linear(6, 3)
+""")
+    report = nandoctor.scan(path, precisions=["32-true"], steps=2, experiments=False)
+    event = report.to_dict()["first_nonfinite"]
+    assert event["op"] == "aten.mean.default" and event["inputs"][0]["shape"] == [0]
+    assert event["masked_input"] is False and event["inputs"][0]["masked"] is False
+    assert report.causes[0].id == "empty-reduction"
+
+
+def test_the_guard_that_dropped_a_forward_inf_is_recorded(model_file):
+    path = model_file(REGRESSION + """
+class LogFeatures(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.scale = nn.Parameter(torch.ones(6))
+        self.out = nn.Linear(6, 3)
+
+    def forward(self, x):
+        h = torch.relu(x) * self.scale
+        h = torch.where(h > 0, torch.log(h), torch.zeros_like(h))
+        return self.out(h)
+
+def build_model():
+    return LogFeatures()
+""")
+    report = nandoctor.scan(path, precisions=["32-true"], steps=2, experiments=False)
+    event = report.to_dict()["first_nonfinite"]
+    guard = line_of(path, "torch.where(h > 0")
+    assert (event["phase"], event["op"], event["surfaced_in"]) == ("forward", "aten.log.default", "gradients")
+    assert event["dropped_by"]["op"] == "aten.where.self" and where(event["dropped_by"]["source"]) == guard
+    assert report.causes[0].id == "grad-singularity" and "double where" in report.causes[0].fix
+
+
+def test_an_infinite_learning_rate_is_traced_to_the_schedule_line_that_made_it(model_file):
+    """The lr of step 2 is 1 / 0: the origin is the schedule's division, and the step's recorded
+    lr is the one its update used (not the next step's)."""
+    path = model_file(REGRESSION + """
+def build_model():
+    return nn.Linear(6, 3)
+
+def factor(step):
+    scale = 1.0 / torch.tensor(float(2 - step))
+    return float(scale)
+
+def build_scheduler(optimizer):
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+""")
+    report = nandoctor.scan(path, precisions=["32-true"], steps=4, experiments=False)
+    doc = report.to_dict()
+    event = doc["first_nonfinite"]
+    division = line_of(path, "scale = 1.0 / torch.tensor")
+    assert (event["phase"], event["step"]) == ("optimizer", 2)
+    assert where(event["user_source"]) == division
+    assert doc["runs"][0]["lrs"][:2] == [0.0005, 0.001] and doc["runs"][0]["lrs"][2] == "Infinity"
+    top = report.causes[0]
+    assert top.id == "high-lr" and top.source is not None and top.source.line == division
+    assert "Inf" in top.title

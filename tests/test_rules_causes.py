@@ -107,11 +107,39 @@ def test_masked_softmax_is_silent_without_a_mask():
 
 def test_where_trap_is_a_gradient_singularity_with_the_double_where_fix():
     code = SourceLocation("model.py", 15, "loss_fn", "out = torch.where(x > 0, torch.log(x), 0.0)")
+    guard = OpRef(op="aten.where.self", module="", source=code)
     run = failing(losses=(2.3,), phase="forward", kind="inf", op="aten.log.default", user_source=code,
-                  surfaced_in="gradients", inputs=[tensor(min=0.0, max=6.0, zeros=50)])
+                  surfaced_in="gradients", dropped_by=guard, inputs=[tensor(min=0.0, max=6.0, zeros=50)])
     finding = top(trace_of(run))
     assert finding.id == "grad-singularity" and "unselected" in finding.title
     assert "safe = torch.where" in finding.fix and "loss stayed finite" in finding.evidence[0]
+    assert "aten.where.self" in " ".join(finding.evidence)
+
+
+def test_a_loss_that_skips_an_inf_log_probability_is_no_where_trap():
+    """Regression (issue 9): `scan nll_classifier.py --steps 2 -p fp32` topped with grad-singularity.
+    log(softmax) made -inf, nll_loss picked other classes so the loss stayed finite and the NaN
+    surfaced in the gradients; without a guard (torch.where, masked_fill) dropping the -inf, the
+    log of a softmax that underflowed is the unstable op."""
+    code = SourceLocation("model.py", 28, "loss_fn", "log_probs = torch.log(torch.softmax(logits, dim=-1))")
+    softmax = OpRef(op="aten._softmax.default", module="", source=code)
+    picked = OpRef(op="aten.nll_loss_forward.default", module="", source=SourceLocation("model.py", 29))
+    for dropped_by in (picked, None):
+        run = failing(losses=(32.1,), phase="loss", kind="inf", op="aten.log.default", user_source=code,
+                      surfaced_in="gradients", producer=softmax, dropped_by=dropped_by,
+                      inputs=[tensor(shape=[64, 20], min=0.0, max=1.0, zeros=1)])
+        findings = diagnose(trace_of(run))
+        assert findings[0].id == "unstable-op" and "log_softmax" in findings[0].fix
+        assert "grad-singularity" not in ids(findings)
+
+
+def test_a_clamp_that_hides_an_inf_in_forward_is_a_gradient_trap_named_after_the_clamp():
+    code = SourceLocation("model.py", 20, "loss_fn", "logp = torch.log(p).clamp(min=-100)")
+    run = failing(losses=(0.7,), phase="loss", kind="inf", op="aten.log.default", user_source=code,
+                  surfaced_in="gradients", dropped_by=OpRef(op="aten.clamp.default", module="", source=code),
+                  inputs=[tensor(min=0.0, max=1.0, zeros=3)])
+    finding = top(trace_of(run))
+    assert finding.id == "grad-singularity" and "clamp" in finding.title and "clamp" in finding.fix
 
 
 def test_grad_singularity_in_backward_and_silent_when_the_loss_itself_is_inf():
@@ -129,6 +157,40 @@ def test_empty_reduction_fires_on_zero_elements_and_not_on_a_full_mean():
     assert finding.id == "empty-reduction" and "[0]" in " ".join(finding.evidence)
     full = failing(phase="loss", kind="inf", op="aten.mean.default", inputs=[tensor(min=1.0, max=3e38)])
     assert "empty-reduction" not in ids(diagnose(trace_of(full)))
+
+
+def zero(name: str, dtype: str) -> TensorSummary:
+    return TensorSummary(name=name, shape=[], dtype=dtype, min=0.0, max=0.0, min_abs=0.0, zeros=1)
+
+
+def test_a_zero_sum_over_a_zero_count_is_an_empty_reduction_and_other_zero_ratios_are_unstable():
+    """0/0 of a hand-written mean (a float sum over an integer count) is a mean over nothing; a
+    fraction of two counts or a ratio of two float statistics (IoU) is the division's own 0/0."""
+    mean = failing(phase="loss", kind="nan", op="aten.div.Tensor", user_source=LINE,
+                   inputs=[zero("input0", "float32"), zero("input1", "int64")])
+    finding = top(trace_of(mean))
+    assert finding.id == "empty-reduction" and "count of 0" in " ".join(finding.evidence)
+    by_len = failing(phase="loss", kind="nan", op="aten.div.Tensor", user_source=LINE,
+                     inputs=[zero("input0", "float32"), TensorSummary(name="scalar", shape=[], dtype="int", value=0.0)])
+    assert top(trace_of(by_len)).id == "empty-reduction"
+    for num_dtype, den_dtype in (("int64", "int64"), ("float32", "float32")):
+        ratio = failing(phase="loss", kind="nan", op="aten.div.Tensor", user_source=LINE,
+                        inputs=[zero("input0", num_dtype), zero("input1", den_dtype)])
+        finding = top(trace_of(ratio))
+        assert (finding.id, finding.mechanism) == ("unstable-op", "indeterminate"), (num_dtype, finding.id)
+        assert "0 / 0" in " ".join(finding.evidence) and "clamp_min" in finding.fix
+
+
+def test_a_zero_dim_ratio_converted_to_a_python_number_is_explained_by_its_own_inputs():
+    """The origin is the 0-dim div whose NaN left autograd through `.item()` (scalar_source names
+    it): the mechanism is its 0/0, not 'a NaN arrived as a number'."""
+    div = OpRef(op="aten.div.Tensor", module="", source=LINE)
+    run = failing(phase="loss", kind="nan", op="aten.div.Tensor", user_source=LINE, scalar_source=div,
+                  inputs=[zero("input0", "float32"), zero("input1", "float32")])
+    finding = top(trace_of(run))
+    assert (finding.id, finding.mechanism) == ("unstable-op", "indeterminate")
+    text = " ".join(finding.evidence)
+    assert "0 / 0" in text and "Python number" in text and "denominator" in finding.fix
 
 
 def test_fp16_overflow_when_only_the_16bit_precision_was_scanned_plans_a_float32_step():

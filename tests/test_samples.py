@@ -140,3 +140,20 @@ def test_healthy_samples_under_all_five_precisions(sample):
 def test_healthy_samples_pass_by_default(sample):
     doc = scan_sample(sample).to_dict()
     assert doc["verdict"] == "pass", doc["causes"]
+
+
+def test_short_fp32_scan_of_log_softmax_is_unstable_op_not_a_where_trap():
+    """Regression (issue 9): `scan nll_classifier.py --steps 2 --no-experiments -p fp32` topped with
+    grad-singularity. In float32 the loss stays finite (nll_loss picks other classes than the
+    -inf log-probability) and the NaN surfaces in the gradients; no torch.where dropped the -inf,
+    so the log of the softmax is the cause, and its fix is log_softmax."""
+    from conftest import SAMPLES, json_of, run_cli
+    result = run_cli("scan", SAMPLES / "nll_classifier.py", "--steps", "2", "--no-experiments", "-p", "fp32",
+                     "-f", "json")
+    doc = json_of(result)
+    assert result.exit_code == 1 and doc["verdict"] == "fail"
+    event = doc["first_nonfinite"]
+    assert (event["phase"], event["op"], event["surfaced_in"]) == ("loss", "aten.log.default", "gradients")
+    assert event["dropped_by"]["op"] == "aten.nll_loss_forward.default"
+    assert doc["causes"][0]["id"] == "unstable-op" and "log_softmax" in doc["causes"][0]["fix"]
+    assert "grad-singularity" not in [c["id"] for c in doc["causes"]]

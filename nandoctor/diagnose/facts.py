@@ -7,7 +7,7 @@ from typing import Iterable, Optional
 
 from ..trace.vocab import DTYPE_MAX, DTYPE_SUBNORMAL, FP16_MAX
 from .op_semantics import op_name
-from ..trace import ExperimentResult, LayerSeries, NonfiniteEvent, RunTrace, SourceLocation, Trace
+from ..trace import ExperimentResult, LayerSeries, NonfiniteEvent, RunTrace, SourceLocation, TensorSummary, Trace
 
 # float16 precisions (the bf16 ones share float32's range).
 SIXTEEN_BIT = ("16-mixed", "16-true")
@@ -99,9 +99,27 @@ def is_empty_reduction(event: NonfiniteEvent, trace: Trace) -> bool:
     if step and step.labels and step.labels.total and step.labels.ignored == step.labels.total:
         return True
     if name == "div":
-        tensors = [t for t in event.inputs if t.name != "scalar"]
-        return len(tensors) >= 2 and all(t.zeros and (t.shape == [] or t.zeros == _numel(t.shape)) for t in tensors[:2])
+        # A mean written by hand divides a sum of values by how many there were: a float 0
+        # over an integer count of 0 (`x.sum() / mask.sum()`, `len(...)`) is a mean over
+        # nothing. Two counts (a fraction) or two float statistics (an IoU, a ratio of sums)
+        # at 0 / 0 are the indeterminate form of a ratio, the division's own edge.
+        tensors = [t for t in event.inputs if t.value is None]
+        counts = [t for t in event.inputs if t.value == 0 and t.dtype == "int"]      # `/ len(selected)`
+        if len(tensors) == 1 and counts:
+            tensors = tensors + [TensorSummary(name="count", shape=[], dtype="int64", min=0.0, max=0.0, zeros=1)]
+        if len(tensors) < 2 or not all(t.zeros and (t.shape == [] or t.zeros == _numel(t.shape)) for t in tensors[:2]):
+            return False
+        numerator, count = tensors[:2]
+        return _is_float(numerator.dtype) and _is_integer(count.dtype)
     return False
+
+
+def _is_float(dtype: str) -> bool:
+    return dtype.startswith(("float", "bfloat", "half", "double"))
+
+
+def _is_integer(dtype: str) -> bool:
+    return dtype.startswith(("int", "uint", "long", "short"))
 
 
 def _numel(shape: list[int]) -> int:

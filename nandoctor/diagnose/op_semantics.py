@@ -169,6 +169,17 @@ def carried_inf(event: NonfiniteEvent) -> bool:
     return any(t.inf for t in event.inputs) or any(math.isinf(v) for v in _scalars(event))
 
 
+def arrived_as_number(event: NonfiniteEvent) -> bool:
+    """The NaN came into this op as a Python number (`.item()`, `float(t)`), so the op consumed
+    it rather than made it. When the origin is the 0-dim op that made the converted value
+    (`scalar_source` set, no NaN among the scalar arguments), the op's own inputs explain it."""
+    return name_of(event) not in CONSTANT_OPS and any(math.isnan(v) for v in _scalars(event))
+
+
+def name_of(event: NonfiniteEvent) -> str:
+    return op_name(event.op)
+
+
 def classify(event: NonfiniteEvent) -> Optional[tuple[str, str]]:
     """(class, mechanism in words with the measured numbers) for the origin op; None when the
     table does not know the op. Reads only the recorded input statistics."""
@@ -181,7 +192,7 @@ def classify(event: NonfiniteEvent) -> Optional[tuple[str, str]]:
                       "is where the trace stops; the op that sums or multiplies it downstream is the real failure")
     if masked:
         return MASK, f"{name} consumed a deliberate -inf mask and turned it into {event.kind.upper()}"
-    if event.scalar_source is not None or (name not in CONSTANT_OPS and any(math.isnan(v) for v in _scalars(event))):
+    if arrived_as_number(event):
         made_by = event.scalar_source.op if event.scalar_source else "a 0-dim computation"
         return INDETERMINATE, f"a NaN made by {made_by} reached {name} as a Python number (`.item()`, `float()`)"
     if carried_inf(event) and event.kind == "nan":

@@ -80,10 +80,21 @@ def _optimizer_owner(event: NonfiniteEvent, run: Optional[RunTrace]) -> Optional
     return None
 
 
+# Ops through which the user's code guards a value by selecting it: torch.where's other branch,
+# a masked fill, boolean indexing, a sanitising clamp or nan_to_num. Their backward passes a zero
+# gradient to the unselected elements, and the guarded op's derivative there is inf: 0 * inf = NaN.
+# A loss that happens to pick other classes (nll_loss, gather) is no guard: the op before it
+# (log of a softmax that underflowed) is itself the unstable op.
+GUARDS = {"where", "masked_fill", "masked_select", "index", "nan_to_num", "clamp", "clamp_min", "clamp_max", "clip"}
+
+
 def where_trap(event: NonfiniteEvent, run: Optional[RunTrace]) -> bool:
-    """A forward op made inf/NaN that the forward value never used (torch.where picked the other
-    branch): the loss of that step was finite and the failure surfaced in the gradients."""
+    """A forward op made inf/NaN that a guard (torch.where, masked_fill, indexing) dropped: the
+    forward value never used it, the loss of that step was finite and the failure surfaced in
+    the gradients, born in the backward of the guarded op."""
     if event.phase not in (Phase.FORWARD.value, Phase.LOSS.value) or event.surfaced_in not in ("gradients", "parameters"):
+        return False
+    if event.dropped_by is None or op_short(event.dropped_by.op) not in GUARDS:
         return False
     record = next((s for s in (run.steps if run else []) if s.step == event.step), None)
     return record is not None and record.loss is not None and math.isfinite(record.loss)

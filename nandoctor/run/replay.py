@@ -129,6 +129,7 @@ class _Root:
     call: Optional[str] = None        # public torch call running when the op ran (see public_name)
     mask_source: Optional[OpRef] = None     # masked_input: where the consumed mask was set
     scalar_source: Optional[OpRef] = None   # reached a later op as a Python number via this op
+    dropped_by: Optional[OpRef] = None      # forward: the first op that consumed these values into finite ones
 
     def ref(self) -> OpRef:
         return OpRef(op=self.op, module=self.module, source=self.user_source or self.source)
@@ -160,8 +161,9 @@ def _only_negative_inf(t: torch.Tensor) -> bool:
 
 def _looks_like_mask(t: torch.Tensor) -> bool:
     """A tensor from outside the traced ops that holds infinities the way a mask does: no NaN,
-    and either every element infinite (a constant) or only negative infinities (a mask buffer)."""
-    if not t.is_floating_point() or bool(torch.isnan(t).any()):
+    and either every element infinite (a constant) or only negative infinities (a mask buffer).
+    A tensor with no elements holds no infinity, so it is no mask (`x[empty_selection]`)."""
+    if not t.is_floating_point() or t.numel() == 0 or bool(torch.isnan(t).any()):
         return False
     return bool(torch.isinf(t).all()) or _only_negative_inf(t)
 
@@ -303,6 +305,8 @@ class OriginTracer(StepProbe):
         bad_outputs = [(t, *_nonfinite(t)) for t in out_tensors]
         bad_outputs = [(t, n, i) for t, n, i in bad_outputs if n or i]
         if not bad_outputs:
+            if bad_inputs and self.phase in (Phase.FORWARD.value, Phase.LOSS.value):
+                self._note_dropped(bad_inputs, out_tensors, op_name, where)
             return out
         self._count += 1
         call = self._calls[0] if self._calls else None
@@ -367,6 +371,17 @@ class OriginTracer(StepProbe):
                 if base_tensor is not None and not (earlier is not None and earlier.intentional and root.intentional):
                     self._set_root(base_tensor, root)
         return out
+
+    def _note_dropped(self, bad_inputs: list, out_tensors: list[torch.Tensor], op_name: str, where: tuple) -> None:
+        """A floating output made finite from non-finite inputs: this op dropped the non-finite
+        elements (torch.where's other branch, masked_fill, a loss picking other classes). The
+        forward value never used them; only their gradient can still be NaN."""
+        if not any(t.is_floating_point() for t in out_tensors):
+            return      # a comparison or isfinite test reads the values, it does not drop them
+        for t, _, _ in bad_inputs:
+            root = self._root_of(t)
+            if root is not None and not root.intentional and root.dropped_by is None:
+                root.dropped_by = OpRef(op=op_name, module=where[0], source=where[2] or where[1])
 
     def _set_root(self, t: torch.Tensor, root: _Root) -> None:
         self._provenance[id(t)] = (weakref.ref(t), root)
@@ -501,7 +516,7 @@ class OriginTracer(StepProbe):
             op=root.op, source=root.source, user_source=root.user_source, forward_op=root.forward_op,
             inputs=root.inputs, output=root.output, producer=root.producer, masked_input=root.masked_input,
             reproduced=True, surfaced_in=surfaced_in, call=root.call, mask_source=root.mask_source,
-            scalar_source=root.scalar_source)
+            scalar_source=root.scalar_source, dropped_by=root.dropped_by)
         if root.phase == Phase.OPTIMIZER.value and optimizer is not None:
             event.parameter, event.state = _name_optimizer_tensor(self.model, optimizer, root.target_id)
         return event

@@ -5,7 +5,9 @@ import contextlib
 import copy
 import math
 import signal
+import sys
 import threading
+import warnings
 import time
 from typing import Any, Callable, Optional
 
@@ -21,6 +23,7 @@ from . import stats
 from .recorder import Recorder, StepStats
 from .frames import construction_site
 from .replay import OriginTracer
+from .value_birth import first_nonfinite_line
 from .session import StepResult, TrainingSession
 from .user_code import ScanInterrupted, UserCodeFailed
 
@@ -257,18 +260,48 @@ def locate_origin(model_file: ModelFile, config: dict[str, Any], precision: Prec
         event.tensor, event.count, event.detail = seen.event.tensor, seen.event.count, seen.event.detail
         event.phase = Phase.DATA.value
     if event.phase == Phase.OPTIMIZER.value and event.user_source is None:
-        event.user_source = _optimizer_site(model_file, session, lr_bad)
+        event.user_source = _optimizer_site(model_file, session, lr_bad, step - start_step)
     return event
 
 
-def _optimizer_site(model_file: ModelFile, session: TrainingSession, lr_bad: bool):
-    """For an origin inside torch.optim: the user's line that built the scheduler when the
-    learning rate of the failing step was non-finite, else the line that built the optimizer."""
+def _optimizer_site(model_file: ModelFile, session: TrainingSession, lr_bad: bool, steps_before: int):
+    """For an origin inside torch.optim: when the learning rate of the failing step was
+    non-finite, the user's line where the schedule made that value (else the line that built
+    the scheduler); otherwise the line that built the optimizer."""
     if lr_bad and model_file.build_scheduler is not None and session.scheduler is not None:
-        return construction_site(model_file.build_scheduler, type(session.scheduler).__name__)
+        return (_schedule_birth(model_file, session.optimizer, steps_before)
+                or construction_site(model_file.build_scheduler, type(session.scheduler).__name__))
     if model_file.build_optimizer is not None:
         return construction_site(model_file.build_optimizer, type(session.optimizer).__name__)
     return None
+
+
+def _schedule_birth(model_file: ModelFile, optimizer: torch.optim.Optimizer, steps_before: int):
+    """Build the user's scheduler once more, on a stand-in optimizer with the same class and
+    hyperparameters (one one-element parameter per group), and step it as far as the failing
+    step, under a line tracer: the first line of the user's schedule code that made a
+    non-finite number (`factors = sqrt(w) / sqrt(arange(n))`, a lambda returning inf). None
+    when the stand-in cannot be built or no such line is found."""
+    groups = []
+    for group in optimizer.param_groups:
+        hyper = {k: v for k, v in group.items() if k not in ("params", "initial_lr")}
+        hyper["lr"] = group.get("initial_lr", group["lr"])
+        groups.append({"params": [torch.zeros(1, requires_grad=True)], **hyper})
+    try:
+        with warnings.catch_warnings(), contextlib.redirect_stdout(sys.stderr):
+            warnings.simplefilter("ignore")
+            try:
+                stand_in = type(optimizer)(groups)      # every hyperparameter is in the groups
+            except TypeError:                           # a constructor with a required argument
+                stand_in = torch.optim.SGD(groups)
+            scheduler, site = first_nonfinite_line(model_file.build_scheduler, stand_in)
+            for _ in range(steps_before):
+                if site is not None or not all(math.isfinite(float(g["lr"])) for g in stand_in.param_groups):
+                    break
+                _, site = first_nonfinite_line(scheduler.step)
+    except Exception:        # the user's schedule code; any failure only means no line to name
+        return None
+    return site
 
 
 def _traced_replay(session: TrainingSession, precision: Precision, step: int,

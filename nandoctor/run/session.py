@@ -337,9 +337,10 @@ class TrainingSession:
             record.loss_scale = scale
         else:
             call_user(Phase.OPTIMIZER, self.optimizer.step)
+        # The learning rate this step's update used; the scheduler then sets the next step's.
+        record.lr = float(self.optimizer.param_groups[0]["lr"])
         if self.scheduler is not None:
             call_user(Phase.OPTIMIZER, self.scheduler.step)
-        record.lr = float(self.optimizer.param_groups[0]["lr"])
         watch.call("after_optimizer_step")
 
     def _finish(self, loss: torch.Tensor, scale: float, watch: _Probes, result: StepResult) -> StepResult:

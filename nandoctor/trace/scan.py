@@ -87,6 +87,10 @@ class NonfiniteEvent:
     replay_traced: Optional[bool] = None
     # The failing values came from a loaded checkpoint (scan --checkpoint), not from build_model().
     from_checkpoint: bool = False
+    # Forward/loss origins: the first op that took these non-finite values in and gave only
+    # finite values out (torch.where picking the other branch, masked_fill, a loss that selects
+    # other classes). Set when the forward value never used the non-finite elements.
+    dropped_by: Optional[OpRef] = None
 
 
 @dataclass

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from ...trace import NonfiniteEvent
 from ..evidence import at, code
-from ..facts import batch_site
+from ..facts import batch_site, op_short
 from ..finding import Finding, Severity
 from .base import Context, OriginRule
 
@@ -44,6 +44,8 @@ class EmptyReduction(OriginRule):
         empty = [t for t in event.inputs if 0 in t.shape]
         if empty:
             evidence.append(f"its input has shape {empty[0].shape} (no elements)")
+        elif op_short(event.op) == "div":
+            evidence.append("a sum of 0 divided by an integer count of 0: the count of selected elements was 0")
         fix = (f"guard the reduction{at(loc)} against selecting nothing: "
                "`loss = x[mask].mean() if mask.any() else x.sum() * 0.0`, or divide by `count.clamp_min(1)`")
         return Finding(self.id, Severity.ERROR.value, 0.9, f"mean over zero elements{at(loc)}",

@@ -38,7 +38,13 @@ class GradSingularity(OriginRule):
         forward = op_short(event.forward_op) if phase == "backward" else op_short(event.call or event.op)
         line = loc.code if loc else ""
         trap = phase != "backward" or "where" in line or forward == "where"
-        if trap:
+        guard = op_short(event.dropped_by.op) if event.dropped_by is not None else "where"
+        if trap and guard != "where":
+            fix = (f"{guard}{at(event.dropped_by.source if event.dropped_by else loc)} drops the non-finite values "
+                   f"of {forward or 'the op'}{at(loc)} in forward, but their gradient is still inf * 0 = NaN: "
+                   "make the input safe before the op, e.g. `safe = torch.where(mask, x, torch.ones_like(x))`, "
+                   f"then {forward or 'the op'}(safe)")
+        elif trap:
             fix = (f"the unselected branch of torch.where{at(loc)} still computes {forward or 'the op'} on every "
                    "element, and its gradient there is inf * 0 = NaN: use the double where, e.g. "
                    "`safe = torch.where(mask, x, torch.ones_like(x)); torch.where(mask, torch.log(safe), 0.0)`")
@@ -61,10 +67,14 @@ class GradSingularity(OriginRule):
         else:
             evidence = [f"backward of {forward or 'an op'} in {module_label(module)}{at(loc)}{code(loc)} produced "
                         f"{kind} at step {event.step} ({precisions_of(group)}) from finite gradients ({event.op})"]
+        if trap and event.dropped_by is not None:
+            evidence.append(f"{event.dropped_by.op}{at(event.dropped_by.source)} took those values in and gave only "
+                            "finite values out")
         facts = input_facts(event)
         if facts:
             evidence.append(facts)
-        title = (f"NaN gradient through the unselected torch.where branch{at(loc)}" if trap
+        title = (f"NaN gradient through the unselected torch.where branch{at(loc)}" if trap and guard == "where"
+                 else f"NaN gradient through values {guard} dropped{at(loc)}" if trap
                  else f"the gradient of {forward or 'an op'} is non-finite{at(loc)}")
         return Finding(self.id, Severity.ERROR.value, 0.8, title, evidence, fix, module=module or None,
                                 source=loc, precisions=[e.precision for e in group], explains_origin=True,

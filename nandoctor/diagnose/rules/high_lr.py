@@ -40,7 +40,9 @@ def _infinite_lr(ctx: Context, event: NonfiniteEvent) -> Finding:
     lr = lr_at(run, event.step)
     configured = run.optimizer.get("lr") if run else None
     shown = configured if isinstance(configured, (int, float)) and not math.isfinite(configured) else lr
-    loc = ctx.trace.functions.get("build_scheduler") or _optimizer_location(ctx)
+    # The replay names the user's line that made the non-finite value (the schedule's division),
+    # else the line that built the scheduler or the optimizer.
+    loc = event.user_source or ctx.trace.functions.get("build_scheduler") or _optimizer_location(ctx)
     evidence = [f"step {event.step}: the optimizer step ran with learning rate {num(shown)}"
                 + (f" and made {event.parameter} non-finite" if event.parameter else " and made the parameters non-finite"),
                 "the gradients of this step were finite: the update itself is infinite"]

@@ -6,7 +6,7 @@ from ...trace import NonfiniteEvent
 from ..evidence import at, code, input_facts, precisions_of
 from ..facts import SOFTMAX_OPS, module_label, op_short, where
 from ..finding import Finding, Severity
-from ..op_semantics import classify, fix_for
+from ..op_semantics import arrived_as_number, classify, fix_for
 from ..ownership import is_16bit, wide_runs
 from .base import Context, OriginRule
 
@@ -22,7 +22,7 @@ def unstable_fix(event: NonfiniteEvent) -> str:
         return f"replace `torch.log(torch.softmax(x, dim))`{here} with `torch.log_softmax(x, dim)` (or pass logits to `F.cross_entropy`)"
     if name in ("log", "log2", "log10") and (producer == "sigmoid" or "sigmoid" in line):
         return f"replace `torch.log(torch.sigmoid(x))`{here} with `F.logsigmoid(x)`, or use `nn.BCEWithLogitsLoss` on the logits"
-    if event.scalar_source is not None:
+    if event.scalar_source is not None and arrived_as_number(event):
         return (f"the NaN reached{here} as a Python number made by {event.scalar_source.op}"
                 f"{at(event.scalar_source.source)}: guard that computation (e.g. `a / b.clamp_min(1e-6)`) before "
                 "calling `.item()` / `float()` on it")
@@ -81,9 +81,14 @@ class UnstableOp(OriginRule):
         scalars = [t for t in event.inputs if t.value is not None]
         if scalars:
             evidence.append("scalar arguments: " + ", ".join(f"{t.name} = {t.value}" for t in scalars[:3]))
-        if event.scalar_source is not None:
+        if event.scalar_source is not None and arrived_as_number(event):
             evidence.append(f"a NaN passed as a Python number was made by {event.scalar_source.op}"
                             f"{at(event.scalar_source.source)}")
+        elif event.scalar_source is not None:
+            made = ("" if event.scalar_source.op == event.op else
+                    f", made by {event.scalar_source.op}{at(event.scalar_source.source)},")
+            evidence.append(f"its result left autograd as a Python number (`.item()` / `float()`){made} and "
+                            "carried the NaN into the loss from there")
         elif event.producer:
             evidence.append(f"its input came from {event.producer.op}{at(event.producer.source)}")
         untested16 = is_16bit(event.precision) and not wide_runs(ctx.trace)
