@@ -1,13 +1,16 @@
 # Source: https://github.com/kornia/kornia/issues/918
-# Mechanism: binary focal loss written from probabilities with gamma < 1; for a saturated logit sigmoid(x) == 1.0
-# exactly, (1 - p_t) ** 0.5 has an infinite derivative at 0 and the upstream gradient there is 0 (log(p_t) == 0),
-# so the backward of pow gives 0 * inf = NaN while the loss itself is finite.
+# Mechanism: binary focal loss written from probabilities with gamma < 1. The classifier bias starts at the prior
+# logit -18.4, so for negatives 1 - sigmoid(x) == 1.0 exactly in float32: p_t == 1, (1 - p_t) ** 0.5 has an infinite
+# derivative at 0 while the upstream gradient there is 0 (log(p_t) == 0), and pow's backward gives 0 * inf = NaN.
+# The loss itself is finite.
+import math
+
 import torch
 from torch import nn
 
 
 class Detector(nn.Module):
-    """An objectness head: a few conv layers and a 1x1 classifier; the last layer is very confident."""
+    """An objectness head: a few conv layers and a 1x1 classifier with a rare-class prior bias."""
 
     def __init__(self):
         super().__init__()
@@ -16,9 +19,8 @@ class Detector(nn.Module):
             nn.Conv2d(16, 16, 3, padding=1), nn.ReLU(),
         )
         self.cls = nn.Conv2d(16, 1, 1)
-        with torch.no_grad():
-            self.cls.weight.mul_(60.0)           # fine-tuned from an over-confident checkpoint
-            self.cls.bias.fill_(-5.0)
+        prior = 1e-8                             # objectness prior of a very rare class (RetinaNet-style bias init)
+        nn.init.constant_(self.cls.bias, -math.log((1 - prior) / prior))
 
     def forward(self, x):
         return self.cls(self.body(x)).flatten(1)
