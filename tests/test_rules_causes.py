@@ -245,6 +245,19 @@ def test_fp16_underflow_of_a_small_epsilon():
     assert top(trace_of(clean("32-true"), run)).id == "fp16-underflow"
 
 
+def test_an_epsilon_that_vanishes_in_float16_before_any_pole_is_fp16_underflow():
+    """`log(x + 1e-8)` (poisson_nll_loss's eps) in float16: the log's zeros exist only there."""
+    def log_run(precision, dtype):
+        run = failing(precision, phase="loss", kind="inf", op="aten.log.default", user_source=LINE,
+                      inputs=[tensor(dtype=dtype, zeros=669, min=0.0)])
+        run.first_nonfinite.call = "torch.nn.functional.poisson_nll_loss"
+        return run
+    finding = top(trace_of(clean("32-true"), log_run("16-true", "float16")))
+    assert finding.id == "fp16-underflow" and "poisson_nll_loss" in finding.fix and "eps=1e-4" in finding.fix
+    # The same log failing in float32 too is the op's own pole, not float16's.
+    assert top(trace_of(log_run("32-true", "float32"), log_run("16-true", "float16"))).id == "unstable-op"
+
+
 def test_optimizer_eps_of_zero_in_float32_and_a_hand_written_division():
     adam = failing(phase="optimizer", kind="nan", op="aten.addcdiv_.default", parameter="embed.weight",
                    inputs=[tensor(), tensor("input1", zeros=216), tensor("input2", zeros=216)])

@@ -14,7 +14,7 @@ from typing import Optional
 from ..trace import NonfiniteEvent, RunTrace, Trace
 from ..trace.vocab import DTYPE_SUBNORMAL, DTYPE_TINY, Phase, precision_from_name
 from .facts import is_empty_reduction, op_short
-from .op_semantics import DOMAIN, INDETERMINATE, MASK, OVERFLOW, classify, generic_arithmetic
+from .op_semantics import DOMAIN, INDETERMINATE, MASK, OVERFLOW, POLE, classify, generic_arithmetic
 
 SOFTMAX = {"softmax", "log_softmax", "safe_softmax"}
 MATMUL = {"addmm", "mm", "bmm", "matmul", "linear", "convolution", "baddbmm", "addbmm", "mkldnn_convolution",
@@ -132,8 +132,10 @@ def owner(event: NonfiniteEvent, trace: Trace) -> Optional[str]:
     if only16 is not False and compute_dtype(event.precision) == "float16":
         tiny = [t for t in event.inputs if t.value and 0 < abs(t.value) < DTYPE_TINY["float16"]]
         zeros = any(t.zeros for t in event.inputs if t.value is None)
-        if name in ("div", "add", "reciprocal") and (tiny or (zeros and only16)):
-            return "fp16-underflow"      # an epsilon or a small value that is 0 in float16, fine in float32
+        # An epsilon or a small value that is 0 in float16, fine in float32: in front of a
+        # division, a reciprocal or any other pole (log, rsqrt, ...), e.g. `log(x + 1e-8)`.
+        if (name in ("div", "add", "reciprocal") or klass == POLE) and (tiny or (zeros and only16)):
+            return "fp16-underflow"
         if klass == OVERFLOW or (event.kind == "inf" and klass is None):
             return "fp16-overflow"
     if only16 and compute_dtype(event.precision) == "bfloat16" and klass in (DOMAIN, INDETERMINATE, "pole"):

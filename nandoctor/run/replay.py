@@ -440,9 +440,17 @@ class OriginTracer(StepProbe):
                     tag = node.metadata.get(_TAG)
                 except RuntimeError:
                     tag = None
+                # A built-in derivative formula runs no Python, so the forward call that made
+                # the node is the place to show. Python code running in backward (a custom
+                # autograd.Function's backward, a tensor hook) is the user's own: its line wins.
+                here, here_user = stack_locations()
                 if tag is not None:
                     module, name, source, user = tag
+                    if here_user is not None:
+                        return module, here, here_user, name
                     return module, source, user, name
+                if here_user is not None:
+                    return "", here, here_user, node.name()
                 return "", None, None, node.name()
         source, user = stack_locations()
         module = self._module_stack[-1] if self._module_stack else ""

@@ -56,7 +56,10 @@ class Fp16Underflow(Rule):
             findings.append(Finding(self.id, Severity.ERROR.value, 0.75,
                                     f"a small constant or value flushes to zero in float16{at(loc)}",
                                     evidence, f"use an epsilon float16 can hold{at(loc)}: 1e-4 or "
-                                    "`torch.finfo(x.dtype).eps` instead of 1e-8", module=event.module or None, source=loc,
+                                    "`torch.finfo(x.dtype).eps` instead of 1e-8"
+                                    + (f" (when it is an argument of `{event.call}`, pass a larger one, e.g. "
+                                       "`eps=1e-4`), or compute this op in float32" if event.call else ""),
+                                    module=event.module or None, source=loc,
                                     precisions=[event.precision], explains_origin=True, mechanism="pole"))
         if findings or fp32 is None:
             return findings
