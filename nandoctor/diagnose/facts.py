@@ -43,8 +43,12 @@ def where(event: NonfiniteEvent) -> Optional[SourceLocation]:
     return event.user_source or event.source
 
 
-def module_label(module: Optional[str]) -> str:
-    return f"`{module}`" if module else "the model's own forward (outside submodules)"
+def module_label(module: Optional[str], phase: Optional[str] = None) -> str:
+    """A module path for prose; an op outside every module is placed by its phase."""
+    if module:
+        return f"`{module}`"
+    return {"loss": "the loss computation (outside every module)", "data": "get_batch",
+            "optimizer": "the optimizer step"}.get(phase or "", "the model's own forward (outside submodules)")
 
 
 def leaf_param_layers(run: RunTrace) -> list[LayerSeries]:

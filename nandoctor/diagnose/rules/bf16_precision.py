@@ -44,7 +44,7 @@ class Bf16Precision(OriginRule):
         reference = ", ".join(sorted({r.precision for r in wide_runs(ctx.trace)}))
         loc = where(event)
         mechanism = classify(event)
-        evidence = [f"{precisions_of(group)}: {event.call or event.op} in {module_label(module)}{at(loc)}{code(loc)} "
+        evidence = [f"{precisions_of(group)}: {event.call or event.op} in {module_label(module, event.phase)}{at(loc)}{code(loc)} "
                     f"produced {'NaN' if event.kind == 'nan' else 'Inf'} at step {event.step}"
                     + (f": {mechanism[1]}" if mechanism else ""),
                     f"{reference or 'float32'} ran step {event.step} finite: the value is in the op's domain "

@@ -65,7 +65,7 @@ class GradSingularity(OriginRule):
                         f"({precisions_of(group)}) that the forward value never used: the loss stayed finite and "
                         f"the failure surfaced in the {event.surfaced_in}"]
         else:
-            evidence = [f"backward of {forward or 'an op'} in {module_label(module)}{at(loc)}{code(loc)} produced "
+            evidence = [f"backward of {forward or 'an op'} in {module_label(module, event.phase)}{at(loc)}{code(loc)} produced "
                         f"{kind} at step {event.step} ({precisions_of(group)}) from finite gradients ({event.op})"]
         if trap and event.dropped_by is not None:
             evidence.append(f"{event.dropped_by.op}{at(event.dropped_by.source)} took those values in and gave only "

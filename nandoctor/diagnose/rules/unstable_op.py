@@ -71,7 +71,7 @@ class UnstableOp(OriginRule):
         klass, how = mechanism if mechanism else ("", "")
         kind = "NaN" if event.kind == "nan" else "Inf"
         shown = event.call or event.op
-        evidence = [f"{shown} in {module_label(module)}{at(loc)}{code(loc)} produced {kind} at step "
+        evidence = [f"{shown} in {module_label(module, event.phase)}{at(loc)}{code(loc)} produced {kind} at step "
                     f"{event.step} ({precisions_of(group)})" + (f" [aten op {event.op}]" if event.call else "")]
         if how:
             evidence.append(f"{klass}: {how}")
