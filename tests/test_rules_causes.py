@@ -239,6 +239,20 @@ def test_fp16_underflow_from_a_reference_float32_run_names_layers_and_shares():
     assert diagnose(trace_of(same, reference=[reference])) == []
 
 
+def test_fp16_underflow_ignores_a_gradient_that_is_round_off_around_zero_in_float32():
+    """A bias a shift-invariant loss cannot see has a float32 gradient of ~1e-9 (round-off);
+    float16 flushing it to exactly zero loses nothing, so it is no finding."""
+    def params(zero_share, dtype, bias_norm):
+        return [ParamSeries(name="embed.weight", module="embed", shape=[4, 4], dtype=dtype,
+                            series={"grad_zero_frac": [0.0, 0.0], "grad_norm": [0.6, 0.6]}),
+                ParamSeries(name="embed.bias", module="embed", shape=[4], dtype=dtype,
+                            series={"grad_zero_frac": [zero_share, zero_share], "grad_norm": [bias_norm, bias_norm]})]
+    run16 = clean("16-true", params=params(1.0, "float16", 0.0))
+    assert diagnose(trace_of(run16, reference=[clean("32-true", params=params(0.0, "float32", 9e-9))])) == []
+    real = diagnose(trace_of(run16, reference=[clean("32-true", params=params(0.0, "float32", 0.05))]))
+    assert ids(real) == ["fp16-underflow"]
+
+
 def test_fp16_underflow_of_a_small_epsilon():
     run = failing("16-true", phase="forward", kind="nan", op="aten.div.Tensor", user_source=LINE,
                   inputs=[tensor(dtype="float16", zeros=3), tensor("input1", dtype="float16", zeros=1)])

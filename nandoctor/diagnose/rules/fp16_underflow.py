@@ -64,13 +64,14 @@ class Fp16Underflow(Rule):
         if findings or fp32 is None:
             return findings
         limit = ctx.thresholds["underflow_zero_share"]
+        negligible = _negligible_in_float32(fp32)
         for run in trace.runs:
             if run.precision not in SIXTEEN_BIT or not run.params:
                 continue
             shares = []
             for p16 in run.params:
                 p32 = next((p for p in fp32.params if p.name == p16.name), None)
-                if p32 is None:
+                if p32 is None or p32.name in negligible:
                     continue
                 # The same recorded steps in both runs: the same batches, so the same true zeros.
                 pairs = [(a, b) for a, b in zip(p16.series.get("grad_zero_frac", []), p32.series.get("grad_zero_frac", []))
@@ -100,3 +101,17 @@ class Fp16Underflow(Rule):
                                     fix, module=param.module or None, source=param.init_source, precisions=[run.precision],
                                     mechanism="underflow"))
         return findings
+
+
+# A parameter whose float32 gradient is this small next to the model's largest is round-off
+# around a true zero (e.g. a bias that a shift-invariant loss cannot see): float16 flushing it
+# to exactly zero loses nothing.
+NEGLIGIBLE_GRAD = 1e-6
+
+
+def _negligible_in_float32(fp32) -> set[str]:
+    norms = {p.name: [v for v in p.series.get("grad_norm", []) if v is not None and math.isfinite(v)] for p in fp32.params}
+    largest = max((max(v) for v in norms.values() if v), default=0.0)
+    if largest <= 0:
+        return set()
+    return {name for name, v in norms.items() if v and max(v) <= NEGLIGIBLE_GRAD * largest}
