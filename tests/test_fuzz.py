@@ -117,6 +117,20 @@ def originals(tmp_path_factory) -> dict[str, Path]:
     return out
 
 
+def damage(victim: Path, how: str, data, marker: Path) -> None:
+    """Flip a few bytes, truncate, or replace the file by a pickle whose load creates `marker`."""
+    content = bytearray(victim.read_bytes())
+    if how == "flip" and content:
+        for _ in range(data.draw(st.integers(1, 4), label="flips")):
+            offset = data.draw(st.integers(0, len(content) - 1), label="offset")
+            content[offset] ^= data.draw(st.integers(1, 255), label="mask")
+    elif how == "truncate":
+        content = content[: data.draw(st.integers(0, max(0, len(content) - 1)), label="length")]
+    else:
+        content = bytearray(pickle.dumps(Payload(marker)))
+    victim.write_bytes(bytes(content))
+
+
 def _files(path: Path) -> list[Path]:
     return sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
 
@@ -133,17 +147,7 @@ def test_fuzzed_checkpoints(tmp_path_factory, originals, kind, data):
         shutil.copy(source, target)
     marker = folder / "pwned"
     victim = data.draw(st.sampled_from(_files(target)), label="file")
-    content = bytearray(victim.read_bytes())
-    how = data.draw(st.sampled_from(["flip", "truncate", "payload"]), label="mutation")
-    if how == "flip" and content:
-        for _ in range(data.draw(st.integers(1, 4), label="flips")):
-            offset = data.draw(st.integers(0, len(content) - 1), label="offset")
-            content[offset] ^= data.draw(st.integers(1, 255), label="mask")
-    elif how == "truncate":
-        content = content[: data.draw(st.integers(0, max(0, len(content) - 1)), label="length")]
-    else:
-        content = bytearray(pickle.dumps(Payload(marker)))
-    victim.write_bytes(bytes(content))
+    damage(victim, data.draw(st.sampled_from(["flip", "truncate", "payload"]), label="mutation"), data, marker)
     paths = _files(target)
     before = [digest(p) for p in paths]
     command = data.draw(st.sampled_from(["postmortem", "postmortem-json"]), label="command")
@@ -215,16 +219,7 @@ def test_fuzzed_crash_bundles(tmp_path_factory, original_bundle, data):
         manifest[key] = data.draw(manifest_values, label="value")
         (target / "manifest.json").write_text(json.dumps(manifest))
     else:
-        victim = data.draw(st.sampled_from(_files(target)), label="file")
-        content = bytearray(victim.read_bytes())
-        if how == "flip" and content:
-            for _ in range(data.draw(st.integers(1, 4), label="flips")):
-                content[data.draw(st.integers(0, len(content) - 1), label="offset")] ^= data.draw(st.integers(1, 255))
-        elif how == "truncate":
-            content = content[: data.draw(st.integers(0, max(0, len(content) - 1)), label="length")]
-        else:
-            content = bytearray(pickle.dumps(Payload(marker)))
-        victim.write_bytes(bytes(content))
+        damage(data.draw(st.sampled_from(_files(target)), label="file"), how, data, marker)
     paths = _files(target)
     before = [digest(p) for p in paths]
     result = run_cli("replay", target, "--model", model_file, "--no-experiments", "-f", "json")

@@ -166,6 +166,34 @@ def decode_structure(node: Any, leaves: dict[str, Any], prefix: str) -> Any:
 
 # ---- reading ----------------------------------------------------------------------------------
 
+_JSON_TYPES = {"int": (int,), "str": (str,), "float": (int, float), "dict": (dict,), "list": (list,)}
+
+
+def _base(annotation: str) -> tuple[str, bool]:
+    """("dict", optional) for "Optional[dict[str, Any]]" and the like."""
+    optional = annotation.startswith("Optional[")
+    inner = annotation[len("Optional["):-1] if optional else annotation
+    return inner.split("[", 1)[0], optional
+
+
+def _fits(value: Any, annotation: str) -> bool:
+    base, optional = _base(annotation)
+    if value is None:
+        return optional
+    if isinstance(value, bool):          # JSON true/false is no count or size
+        return False
+    # A non-finite float is stored as the string "NaN"/"Infinity" (see to_plain).
+    if base == "float" and isinstance(value, str):
+        return value in ("NaN", "Infinity", "-Infinity")
+    return isinstance(value, _JSON_TYPES.get(base, (object,)))
+
+
+def _describe(annotation: str) -> str:
+    base, optional = _base(annotation)
+    word = {"int": "an integer", "str": "a string", "float": "a number", "dict": "an object", "list": "a list"}.get(base, base)
+    return word + (" or null" if optional else "")
+
+
 def read_bundle(path: str | Path) -> Bundle:
     """Validate a bundle folder (or its manifest.json) and return it; InputError on anything off."""
     path = Path(path)
@@ -209,6 +237,10 @@ def read_bundle(path: str | Path) -> Bundle:
             raise InputError(f"crash bundle {path}: {name} is listed in the manifest but missing.")
     if not isinstance(data.get("step"), int) or data.get("check") not in CHECKS:
         raise InputError(f"crash bundle {path}: 'step' must be an integer and 'check' one of {', '.join(CHECKS)}.")
+    for name, annotation in ((f.name, str(f.type)) for f in fields(BundleManifest)):
+        if name in data and not _fits(data[name], annotation):
+            raise InputError(f"crash bundle {path}: '{name}' in {MANIFEST_NAME} must be {_describe(annotation)}, "
+                             f"got {type(data[name]).__name__}; the manifest is damaged.")
     kind = (data.get("rebuild") or {}).get("kind")
     if kind is not None and kind not in REBUILD_KINDS:
         raise InputError(f"crash bundle {path}: rebuild kind {kind!r} is not one of {', '.join(REBUILD_KINDS)}.")
