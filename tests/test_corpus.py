@@ -108,8 +108,8 @@ def test_manifest_is_consistent():
 # warn-level miss, and its root cause is written up in the issue 9 closing note:
 #   mha_key_padding_all_masked: origin at baddbmm (a -inf mask carried through its bias term),
 #     not at the softmax; hf_token_labels_all_ignored: the user line names the labels' creation,
-#     not the in-place write that emptied them; onecycle_huge_peak: a loss spike that settles on
-#     a dead-ReLU plateau is not read as divergence, so high-lr is missed.
+#     not the in-place write that emptied them; onecycle_huge_peak: high-lr reads the spike now
+#     but ranks below the vanishing gradients that the dead ReLUs leave.
 KNOWN_GAPS = {"mha_key_padding_all_masked", "hf_token_labels_all_ignored", "onecycle_huge_peak"}
 
 

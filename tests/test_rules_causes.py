@@ -472,3 +472,18 @@ def test_every_cause_documents_itself_with_its_thresholds(cause):
     for heading in ("What it detects:", "Why it produces NaN or Inf:", "Evidence used:", "How to fix:", "Example:",
                     "Thresholds:"):
         assert heading in text, (cause, heading)
+
+
+def test_high_lr_reads_a_loss_spike_that_settles_and_quotes_the_peak_lr():
+    """A OneCycle peak that blows the loss up to 1e9 and then leaves dead ReLUs on a plateau:
+    the run ends near its start loss, yet it diverged, at the schedule's peak lr."""
+    layer = LayerSeries(module="fc", type="Linear", index=1, series={"update_ratio": [0.01, 5.0, 0.0, 0.0]})
+    records = steps([2.3, 8e9, 2.4, 2.4])
+    for r, lr in zip(records, (0.3, 8.0, 1.0, 0.01)):
+        r.lr = lr
+    run = RunTrace(precision="32-true", status="ok", steps=records, layers=[layer], optimizer={"name": "SGD", "lr": 0.3})
+    finding = next(f for f in diagnose(trace_of(run)) if f.id == "high-lr")
+    assert "8 is too high" in finding.title and any("2.3 to 8.00e9" in e for e in finding.evidence), finding
+    calm = RunTrace(precision="32-true", status="ok", steps=steps([2.3, 2.2, 2.1, 2.0]), layers=[layer],
+                    optimizer={"name": "SGD", "lr": 0.3})
+    assert "high-lr" not in ids(diagnose(trace_of(calm)))

@@ -27,11 +27,15 @@ def _loss_growth(run: RunTrace) -> tuple[float, Optional[float], Optional[float]
     losses = finite(s.loss for s in run.steps)
     if len(losses) < 2:
         return 1.0, None, None
-    low = min(losses)
-    last = losses[-1]
-    if low <= 0:
-        return (math.inf if last > 0 and low == 0 else 1.0), low, last
-    return last / low, low, last
+    # The largest rise over the lowest loss seen before it: a spike counts even when the run
+    # settles afterwards (a too-high peak lr that killed every ReLU ends on a flat plateau).
+    low, best = losses[0], (1.0, losses[0], losses[-1])
+    for loss in losses[1:]:
+        rise = (math.inf if loss > 0 else 1.0) if low <= 0 else loss / low
+        if rise > best[0]:
+            best = (rise, low, loss)
+        low = min(low, loss)
+    return best
 
 
 def _infinite_lr(ctx: Context, event: NonfiniteEvent) -> Finding:
@@ -106,7 +110,10 @@ class HighLearningRate(Rule):
             return []
         run, ratio, where, at, growth, low, last = max(chosen, key=lambda c: c[1])
         # The lr in force when the run diverged (a warm-up or schedule changes it step by step).
-        lr = lr_at(run, run.first_nonfinite.step - 1 if run.first_nonfinite else run.start_step + run.steps_run - 1)
+        # A run that stayed finite diverged somewhere in its schedule: its peak lr is the suspect.
+        recorded = [s.lr for s in run.steps if s.lr is not None and math.isfinite(s.lr)]
+        lr = (lr_at(run, run.first_nonfinite.step - 1) if run.first_nonfinite
+              else max(recorded) if recorded else lr_at(run, run.start_step + run.steps_run - 1))
         first_lr = lr_at(run, run.start_step)
         evidence = []
         if lr is not None and first_lr is not None and lr != first_lr:
@@ -116,7 +123,7 @@ class HighLearningRate(Rule):
             evidence.append(f"update ratio {num(ratio)} at step {at} in {module_label(where)} "
                             f"(healthy runs stay near 1e-3; threshold {num(limit)})")
         if low is not None and growth > 1:
-            evidence.append(f"loss grew from a minimum of {num(low)} to {num(last)} ({num(growth)}x) before "
+            evidence.append(f"loss rose from a minimum of {num(low)} to {num(last)} ({num(growth)}x) before "
                             + (f"turning non-finite at step {run.first_nonfinite.step}" if run.first_nonfinite else "the end"))
         others = [f"{r.precision} at step {r.first_nonfinite.step}" for r, *_ in failing if r is not run and r.first_nonfinite]
         if others:
