@@ -28,7 +28,8 @@ CORPUS = Path(__file__).resolve().parents[1] / "sample_models" / "corpus"
 MARKER = "# nandoctor: origin"
 
 
-def scan_kwargs(entry: dict[str, Any], experiments: Optional[bool]) -> dict[str, Any]:
+def scan_kwargs(entry: dict[str, Any], experiments: Optional[bool] = None) -> dict[str, Any]:
+    """The entry's CLI-style args as keyword arguments of nandoctor.scan (tests/test_corpus.py uses it too)."""
     args = list(entry.get("args") or [])
     kwargs: dict[str, Any] = {"experiments": bool(entry.get("experiments", False)) if experiments is None else experiments}
     precisions: list[str] = []
@@ -43,7 +44,7 @@ def scan_kwargs(entry: dict[str, Any], experiments: Optional[bool]) -> dict[str,
         elif flag == "--seed":
             kwargs["seed"] = int(args.pop(0))
         else:
-            raise SystemExit(f"{entry['file']}: unsupported scan argument {flag!r} in expected.yaml")
+            raise ValueError(f"{entry['file']}: unsupported scan argument {flag!r} in expected.yaml")
     if precisions:
         kwargs["precisions"] = precisions
     return kwargs

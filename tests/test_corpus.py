@@ -7,6 +7,7 @@ scan (`-p/--precision`, `--steps`, `--lr`), turned into keyword arguments.
 from __future__ import annotations
 
 import re
+import sys
 from pathlib import Path
 from typing import Any, Optional
 
@@ -17,32 +18,10 @@ import nandoctor
 
 pytestmark = pytest.mark.corpus
 
-CORPUS = Path(__file__).resolve().parents[1] / "sample_models" / "corpus"
-MARKER = "# nandoctor: origin"
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
+from corpus_score import CORPUS, MARKER, scan_kwargs  # noqa: E402  (one reading of expected.yaml's args)
 ENTRIES: list[dict[str, Any]] = yaml.safe_load((CORPUS / "expected.yaml").read_text())
 _scans: dict[str, dict[str, Any]] = {}
-
-
-def scan_kwargs(entry: dict[str, Any]) -> dict[str, Any]:
-    """The entry's CLI-style args as keyword arguments of nandoctor.scan."""
-    args = list(entry.get("args") or [])
-    kwargs: dict[str, Any] = {"experiments": bool(entry.get("experiments", False))}
-    precisions: list[str] = []
-    while args:
-        flag = args.pop(0)
-        if flag in ("-p", "--precision"):
-            precisions.append(args.pop(0))
-        elif flag == "--steps":
-            kwargs["steps"] = int(args.pop(0))
-        elif flag == "--lr":
-            kwargs["lr"] = float(args.pop(0))
-        elif flag == "--seed":
-            kwargs["seed"] = int(args.pop(0))
-        else:
-            raise ValueError(f"{entry['file']}: unsupported scan argument {flag!r} in expected.yaml")
-    if precisions:
-        kwargs["precisions"] = precisions
-    return kwargs
 
 
 def scanned(entry: dict[str, Any]) -> dict[str, Any]:
