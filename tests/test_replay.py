@@ -236,3 +236,16 @@ def test_replay_html_tells_the_story_of_a_real_bundle_and_draws_in_a_browser(tmp
         assert attrs["command"] == "replay"
         assert attrs["charts-drawn"] == attrs["charts-expected"] == str(len(_charts(html)))
         assert json.loads(attrs["errors"].replace("&quot;", '"')) == []
+
+
+def test_replay_reads_a_config_file_and_refuses_a_bad_one(tmp_path):
+    """`replay --config`: the thresholds and experiment settings of a config file apply; a bad
+    key is exit 2 naming it, as for scan."""
+    model, err = watched_loop(tmp_path, bad={(4, 0): "log"})
+    config = tmp_path / "nandoctor.yaml"
+    config.write_text("experiments:\n  enabled: false\n")
+    result, doc = replay_json(err.bundle, "--model", model, "--config", config)
+    assert result.exit_code == 1 and doc["experiments"] == [] and doc["config"]["experiments"]["enabled"] is False
+    config.write_text("experimentz: {}\n")
+    bad = run_cli("replay", err.bundle, "--model", model, "--config", config)
+    assert bad.exit_code == 2 and "experimentz" in bad.stderr and "Traceback" not in bad.stderr
