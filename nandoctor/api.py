@@ -22,12 +22,12 @@ from .load.config import ResolvedConfig, resolve_config
 from .load.model_file import ModelFile, load_model_file
 from .report.document import build_document, build_postmortem_document, first_nonfinite
 from .load.bundle import STATE_AFTER_STEP, decode_value
-from .run.bundle_replay import after_step_run, bundle_model_file, differences, mark_not_reproduced, scaler_loader
+from .run.bundles.rebuild import after_step_run, bundle_model_file, differences, mark_not_reproduced, scaler_loader
 from .run.experiments import run_experiments
 from .run.frames import location
-from .run.inspect_checkpoint import inspect
+from .run.checkpoints.inspect import inspect
 from .run.precision import parse_precision
-from .run.rank_bundle import describe_ranks, open_rank_bundle   # one rank of a torchrun bundle
+from .run.bundles.ranks import describe_ranks, open_rank_bundle   # one rank of a torchrun bundle
 from .run.runner import Deadline, Progress, ScanTimeout, resolve_device, run_precision, watchdog
 from .run.user_code import ScanInterrupted, capture_user_output, interrupt_guard
 from .trace import (ErrorCategory, NonfiniteEvent, PostmortemTrace, Precision, RunStatus, RunTrace, SourceLocation, Trace,
@@ -120,7 +120,7 @@ def _scan(model_file: str | Path, config: str | Path | None, *, steps: Optional[
     initial_state = None
     start_step = 0
     if checkpoint is not None:
-        from .run.resume import resume_state
+        from .run.checkpoints.resume import resume_state
         initial_state, start_step = resume_state(checkpoint, trust=trust)
 
     trace = Trace(model_file=spec.display, config=cfg, device=str(dev), torch_version=torch.__version__,

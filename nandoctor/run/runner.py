@@ -22,7 +22,7 @@ from ..trace import (ErrorCategory, LAYER_FIELDS, PARAM_FIELDS, LayerSeries, Mod
 from . import stats
 from .recorder import Recorder, StepStats
 from .frames import construction_site
-from .replay import OriginTracer
+from .origin import OriginTracer
 from .value_birth import first_nonfinite_line
 from .session import StepResult, TrainingSession
 from .user_code import ScanInterrupted, UserCodeFailed

@@ -35,6 +35,7 @@ import torch
 
 from ..load.bundle import MANIFEST_NAME, BundleManifest
 from . import bundle_writer
+from .flags import FLAGS
 
 DEFAULT_TIMEOUT_S = 300.0          # the gloo coordination group's timeout (flag exchange, bundle agreement)
 RANK_FOLDER = "rank-{rank}"
@@ -69,7 +70,6 @@ class RankGuard:
 
     def __init__(self, watch: Any, timeout: float = DEFAULT_TIMEOUT_S):
         import torch.distributed as dist
-        from .guard import FLAGS
         self.watch = watch
         self.rank = dist.get_rank()
         self.world_size = dist.get_world_size()

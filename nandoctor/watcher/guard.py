@@ -26,14 +26,12 @@ import torch
 from ..load.bundle import STATE_AFTER_STEP, STATE_BEFORE_STEP, BundleManifest
 from ..run import stats
 from . import bundle_writer
-from .distributed import attach_if_distributed, local_tensor   # issue 12: torchrun (DDP, FSDP2)
+from .distributed import attach_if_distributed, local_tensor
+from .flags import BAD_SLOTS, FLAGS, SLOT as _SLOT
 from .snapshot import Snapshot
 
 POLICIES = ("raise", "skip", "warn")
 FP16_MAX = 65504.0
-# Slots of the per-step flag vector, in order. *_bad slots are 0/1; the rest are values.
-FLAGS = ("batch_bad", "loss_bad", "grads_bad", "params_bad", "local_grads_bad", "loss", "grad_norm", "scale")
-_SLOT = {name: i for i, name in enumerate(FLAGS)}
 MAX_MICRO_BATCHES = 1024   # a loop that never calls optimizer.step() must not hold batches forever
 
 
@@ -90,7 +88,7 @@ class Watch:
         self.precision = precision or _infer_precision(model, scaler)
         self.rebuild = rebuild or {"kind": "plain", "model_class": f"{type(model).__module__}:{type(model).__qualname__}"}
         self.flag_hook: Optional[Callable[[torch.Tensor], torch.Tensor]] = None
-        self.write_hook: Optional[Callable[..., Path]] = None   # issue 12: replaces write_bundle per rank
+        self.write_hook: Optional[Callable[..., Path]] = None   # under torchrun: writes this rank's part
         self.notify = notify                    # called with each firing's event before the policy acts
 
         self.step_index = 0                     # optimizer steps finished (skipped ones included)
@@ -132,7 +130,7 @@ class Watch:
             # A step the scaler skips never calls optimizer.step(): scaler.update() is where it ends.
             self._scaler_update = scaler.update
             scaler.update = self._scaler_update_hook
-        # issue 12 extension point: under torchrun, a rank-aware layer sets flag_hook and write_hook.
+        # Under torchrun a rank-aware layer sets flag_hook and write_hook (watcher/distributed.py).
         self.distributed = attach_if_distributed(self, distributed)
 
     # ---- public surface ---------------------------------------------------------------------
@@ -162,7 +160,7 @@ class Watch:
                 handle.remove()
             self._handles.clear()
             self._stats_handles.clear()
-            if self.distributed is not None:      # issue 12
+            if self.distributed is not None:
                 self.distributed.close()
             if self._scaler_update is not None:
                 if self.scaler.__dict__.get("update") == self._scaler_update_hook:
@@ -338,7 +336,7 @@ class Watch:
         """check_every > 1: no sync this step; its flags are folded into the next checked step's
         (which then reports the later step: the trade-off of checking less often)."""
         flags = self._flag_vector(capture, norms)
-        if self.distributed is not None:          # issue 12: which rank flagged first, without a sync
+        if self.distributed is not None:          # which rank flagged first, without a sync
             self.distributed.note_deferred(capture.step, flags)
         self._deferred = flags if self._deferred is None else torch.maximum(self._deferred, flags)
         if self._deferred_from is None:
@@ -350,7 +348,7 @@ class Watch:
         dev = self._device
         flags = self._flag_vector(capture, norms)
         if self._deferred is not None:
-            bad = len(FLAGS) - 3          # the *_bad slots come first
+            bad = BAD_SLOTS
             flags = torch.cat([torch.maximum(flags[:bad], self._deferred[:bad].to(dev)), flags[bad:]])
             self._deferred = None
             self._deferred_from = None
@@ -410,7 +408,7 @@ class Watch:
               closing: bool = False) -> None:
         step = capture.step if capture is not None else max(self.step_index - 1, 0)
         bundle = None
-        if self.distributed is not None:          # issue 12: name the origin rank(s)
+        if self.distributed is not None:          # name the origin rank(s)
             what = self.distributed.describe(check, what)
         if check == "parameters":
             state = STATE_BEFORE_STEP if self._snapshot is not None and self._snapshot.ready else STATE_AFTER_STEP
@@ -478,7 +476,7 @@ class Watch:
                     "layer_modules": self._module_names if self.layer_stats else []})
         manifest.micro_step = _first_bad_micro_batch(check, capture)
         names = [self._param_names.get(id(p)) for g in self.optimizer.param_groups for p in g["params"]]
-        write = self.write_hook or bundle_writer.write_bundle     # issue 12: per-rank parts under torchrun
+        write = self.write_hook or bundle_writer.write_bundle     # per-rank parts under torchrun
         return write(self.out, manifest, self.model.state_dict(), self.optimizer,
                                           capture.batches if capture else [], capture.rng if capture else None,
                                           param_names=names)

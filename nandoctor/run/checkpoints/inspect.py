@@ -11,9 +11,9 @@ from typing import Any, Optional
 
 import torch
 
-from ..load.checkpoint import Checkpoint, iter_optimizer_tensors
-from ..load.dcp_shards import nonfinite_shards
-from ..trace import OptimizerRecord, PostmortemTrace, TensorRecord, to_plain
+from ...load.checkpoint import Checkpoint, iter_optimizer_tensors
+from ...load.dcp_shards import nonfinite_shards
+from ...trace import OptimizerRecord, PostmortemTrace, TensorRecord, to_plain
 
 
 def tensor_facts(t: torch.Tensor) -> dict[str, Any]:

@@ -4,8 +4,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Callable
 
-from ..errors import InputError
-from ..load.checkpoint import read_checkpoint
+from ...errors import InputError
+from ...load.checkpoint import read_checkpoint
 
 
 def resume_state(path: str | Path, trust: bool = False) -> tuple[Callable[[Any], None], int]:

@@ -17,10 +17,10 @@ from typing import Any, Callable, Optional
 
 import torch
 
-from ..errors import InputError
-from ..load.bundle import Bundle, decode_value
-from ..load.model_file import ModelFile, load_model_file
-from ..trace import ModelInfo, NonfiniteEvent, Phase, RunStatus, RunTrace
+from ...errors import InputError
+from ...load.bundle import Bundle, decode_value
+from ...load.model_file import ModelFile, load_model_file
+from ...trace import ModelInfo, NonfiniteEvent, Phase, RunStatus, RunTrace
 
 # Where in the step each check of the watch looks.
 CHECK_PHASE = {"batch": Phase.DATA, "loss": Phase.FORWARD, "gradients": Phase.BACKWARD,
@@ -126,7 +126,7 @@ def _as_loss(value: Any) -> Any:
 
 
 def _forward_and_loss(user: Optional[ModelFile], found: Bundle) -> Callable[[Any, Any], Any]:
-    from .session import default_loss
+    from ..session import default_loss
 
     def step(model: Any, batch: Any) -> Any:
         if not isinstance(batch, (tuple, list)) or len(batch) != 2:

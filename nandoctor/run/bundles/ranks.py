@@ -14,8 +14,8 @@ from typing import Any, Optional
 
 import torch
 
-from ..errors import InputError
-from ..load.bundle import MODEL_FILE, OPTIMIZER_FILE, Bundle, read_bundle
+from ...errors import InputError
+from ...load.bundle import MODEL_FILE, OPTIMIZER_FILE, Bundle, read_bundle
 
 
 class ConsolidatedBundle(Bundle):

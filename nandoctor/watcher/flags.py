@@ -1,0 +1,10 @@
+"""The per-step flag vector of the watch: one small tensor per optimizer step, reduced on the
+device and moved to the host in one transfer. Its own module because both the single-process
+guard and the rank-aware layer (which all-reduces it across ranks) read its layout."""
+from __future__ import annotations
+
+# Slots, in order. *_bad slots are 0/1 and come first (a fold of several steps takes their
+# maximum); the rest are values.
+FLAGS = ("batch_bad", "loss_bad", "grads_bad", "params_bad", "local_grads_bad", "loss", "grad_norm", "scale")
+SLOT = {name: i for i, name in enumerate(FLAGS)}
+BAD_SLOTS = sum(1 for name in FLAGS if name.endswith("_bad"))
