@@ -143,6 +143,10 @@ class StepRecord:
     nonfinite_grads: list[str] = field(default_factory=list)    # parameter names
     batch: list[BatchTensorStats] = field(default_factory=list)
     labels: Optional[LabelCheck] = None
+    # The watch's history steps (RunTrace.history) carry these whole-model numbers too: the
+    # parameters' total L2 norm after the step and |update| / |weights| of the step.
+    param_norm: Optional[float] = None
+    update_ratio: Optional[float] = None
 
 
 # Per-step series for one module. Index i of every list is step start_step + i. act_nan /
@@ -197,6 +201,10 @@ class RunTrace:
     # unsupported, user-interrupt); None when it ran every step or stopped at a non-finite value.
     stopped_by: Optional[str] = None
     stopped_at_step: Optional[int] = None
+    # Steps before `start_step`, as a watched run saw them (a crash bundle's history window, or
+    # `nandoctor run`'s own): loss, grad_norm, lr, loss_scale, skipped, param_norm, update_ratio.
+    # Oldest first. Rules read it as the run's past; `steps` stay the steps this run executed.
+    history: list[StepRecord] = field(default_factory=list)
 
     @property
     def steps_run(self) -> int:
