@@ -57,7 +57,7 @@ class NanDoctorCallback(Callback):
         found = dict(scheduler=schedulers[0].scheduler if schedulers else None, precision=str(trainer.precision),
                      grad_clip=float(clip) if clip else None, rebuild=_rebuild(pl_module))
         self.watch = Watch(pl_module, _raw(optimizers[0]), getattr(plugin, "scaler", None),
-                           gradient_check="manual", **{**found, **self.options})
+                           gradient_check="manual", inputs="manual", **{**found, **self.options})
         self.watch.step_index = int(trainer.global_step)      # a resumed run counts on from its checkpoint
 
     def on_train_batch_start(self, trainer: Any, pl_module: Any, batch: Any, batch_idx: int) -> None:

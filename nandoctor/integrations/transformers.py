@@ -61,7 +61,7 @@ class NanDoctorCallback(TrainerCallback):
         # What the trainer says is the default; an option the user passed to the callback wins.
         found = dict(scheduler=lr_scheduler, precision=precision, grad_clip=float(clip) if clip else None,
                      rebuild=_rebuild(model))
-        self.watch = Watch(model, raw, getattr(optimizer, "scaler", None), gradient_check="manual",
+        self.watch = Watch(model, raw, getattr(optimizer, "scaler", None), gradient_check="manual", inputs="manual",
                            notify=self._notify, **{**found, **self.options})
         self.watch.step_index = int(getattr(state, "global_step", 0) or 0)   # resumed runs count on
         # Owned by the watch, so a raise (which closes the watch) removes it too.

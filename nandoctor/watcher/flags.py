@@ -5,6 +5,8 @@ from __future__ import annotations
 
 # Slots, in order. *_bad slots are 0/1 and come first (a fold of several steps takes their
 # maximum); the rest are values.
-FLAGS = ("batch_bad", "loss_bad", "grads_bad", "params_bad", "local_grads_bad", "loss", "grad_norm", "scale")
+FLAGS = ("batch_bad", "loss_bad", "grads_bad", "params_bad", "local_grads_bad", "loss", "grad_norm", "scale",
+         # the previous step's: total parameter norm after it, and |update| / |weights| (statistics steps)
+         "param_norm", "update_ratio")
 SLOT = {name: i for i, name in enumerate(FLAGS)}
 BAD_SLOTS = sum(1 for name in FLAGS if name.endswith("_bad"))

@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import contextlib
 import math
+import os
+import sys
 import threading
 import warnings
 from collections import deque
@@ -31,6 +33,10 @@ from .flags import BAD_SLOTS, FLAGS, SLOT as _SLOT
 from .snapshot import Snapshot
 
 POLICIES = ("raise", "skip", "warn")
+# Where a step's gradients are checked: the optimizer's step pre-hook, the end of each backward
+# pass (a loop that updates weights by hand), or wherever a framework callback calls
+# check_gradients() ("manual"). "auto" picks the first two by whether there is an optimizer.
+GRADIENT_CHECKS = ("auto", "optimizer-hook", "backward", "manual")
 FP16_MAX = 65504.0
 MAX_MICRO_BATCHES = 1024   # a loop that never calls optimizer.step() must not hold batches forever
 
@@ -64,18 +70,30 @@ class _Capture:
 class Watch:
     """See `watch()`. Also a context manager: leaving it removes every hook."""
 
-    def __init__(self, model: torch.nn.Module, optimizer: torch.optim.Optimizer, scaler: Any = None,
+    def __init__(self, model: torch.nn.Module, optimizer: Optional[torch.optim.Optimizer] = None, scaler: Any = None,
                  out: str | Path = "nandoctor-bundles", on_nonfinite: str = "raise", stats_every: int = 50,
                  window: int = 64, check_every: int = 1, sink: Any = None, *, scheduler: Any = None,
                  snapshot: bool = False, precision: Optional[str] = None, grad_clip: Optional[float] = None,
                  skip_streak: int = 5, rebuild: Optional[dict[str, Any]] = None, max_bundles: int = 1,
-                 gradient_check: str = "optimizer-hook", notify: Optional[Callable[[dict[str, Any]], None]] = None,
-                 distributed: Any = "auto"):
+                 gradient_check: str = "auto", notify: Optional[Callable[[dict[str, Any]], None]] = None,
+                 distributed: Any = "auto", inputs: str = "forward"):
         if on_nonfinite not in POLICIES:
             raise ValueError(f"on_nonfinite must be one of {', '.join(POLICIES)}, got {on_nonfinite!r}")
-        if gradient_check not in ("optimizer-hook", "manual"):
-            raise ValueError("gradient_check must be 'optimizer-hook' or 'manual'")
+        if gradient_check not in GRADIENT_CHECKS:
+            raise ValueError(f"gradient_check must be one of {', '.join(GRADIENT_CHECKS)}, got {gradient_check!r}")
+        if inputs not in ("forward", "manual"):
+            raise ValueError(f"inputs must be 'forward' or 'manual', got {inputs!r}")
+        if not isinstance(model, torch.nn.Module):
+            raise TypeError(f"nandoctor.watch: model must be a torch.nn.Module, got {type(model).__name__}")
+        optimizer = unwrap_optimizer(optimizer)
+        if gradient_check == "auto":
+            # No optimizer (a hand-written update): a step ends when a backward pass ends.
+            gradient_check = "optimizer-hook" if optimizer is not None else "backward"
+        if gradient_check == "optimizer-hook" and optimizer is None:
+            raise ValueError("gradient_check='optimizer-hook' needs an optimizer")
+        scaler = active_scaler(scaler)
         self.model, self.optimizer, self.scaler, self.scheduler = model, optimizer, scaler, scheduler
+        self.gradient_check = gradient_check
         self.out = Path(out)
         self.policy = on_nonfinite
         self.stats_every = max(0, int(stats_every or 0))
@@ -86,7 +104,7 @@ class Watch:
         self.skip_streak = skip_streak
         self.max_bundles = max_bundles
         self.precision = precision or _infer_precision(model, scaler)
-        self.rebuild = rebuild or {"kind": "plain", "model_class": f"{type(model).__module__}:{type(model).__qualname__}"}
+        self.rebuild = rebuild or plain_rebuild(model)
         self.flag_hook: Optional[Callable[[torch.Tensor], torch.Tensor]] = None
         self.write_hook: Optional[Callable[..., Path]] = None   # under torchrun: writes this rank's part
         self.notify = notify                    # called with each firing's event before the policy acts
@@ -117,19 +135,29 @@ class Watch:
         self._module_names = [name for name, _ in model.named_modules()]
         self._modules = [m for _, m in model.named_modules()]
         self._param_names = {id(p): n for n, p in model.named_parameters()}
-        self._snapshot = Snapshot(optimizer) if snapshot else None
+        self._snapshot = Snapshot(optimizer) if snapshot and optimizer is not None else None
         self._snapshot_scheduler: Any = None
         self._device = next((p.device for p in model.parameters()), torch.device("cpu"))
+        self._inputs_from_forward = inputs == "forward"
+        self._explicit_batches = False          # the user called watch.step(batch): their batch wins
+        self._params_norm: Optional[torch.Tensor] = None   # total L2 norm after the last optimizer step
+        self._update_before: Optional[list[torch.Tensor]] = None   # stats steps: weights before the step
+        self._update_norm: Optional[torch.Tensor] = None
+        self._end_of_backward_queued = False
 
         if gradient_check == "optimizer-hook":
             self._handles.append(optimizer.register_step_pre_hook(self._optimizer_pre_hook))
-        self._handles.append(optimizer.register_step_post_hook(self._optimizer_post_hook))
-        self._handles.append(model.register_forward_hook(self._model_output_hook))
+        if optimizer is not None:
+            self._handles.append(optimizer.register_step_post_hook(self._optimizer_post_hook))
+        self._input_hook = None
+        if self._inputs_from_forward:
+            self._input_hook = model.register_forward_pre_hook(self._model_input_hook, with_kwargs=True)
+            self._handles.append(self._input_hook)
+        # always_call: the hook also runs when forward raises, so a batch that made the model's own
+        # checks raise (BCE's range check on NaN) still leaves a bundle.
+        self._handles.append(model.register_forward_hook(self._model_output_hook, always_call=True))
         self._scaler_update = None
-        if scaler is not None and hasattr(scaler, "update"):
-            # A step the scaler skips never calls optimizer.step(): scaler.update() is where it ends.
-            self._scaler_update = scaler.update
-            scaler.update = self._scaler_update_hook
+        self.attach_scaler(scaler)
         # Under torchrun a rank-aware layer sets flag_hook and write_hook (watcher/distributed.py).
         self.distributed = attach_if_distributed(self, distributed)
 
@@ -184,6 +212,34 @@ class Watch:
         else:
             self._handles.append(handle)
 
+    def attach_scaler(self, scaler: Any) -> None:
+        """Record this GradScaler's skipped steps (`nandoctor run` finds the scaler only when the
+        script first calls `scaler.step(optimizer)`). A disabled scaler is no scaler."""
+        scaler = active_scaler(scaler)
+        if scaler is None or self._scaler_update is not None or not hasattr(scaler, "update"):
+            return
+        self.scaler = scaler
+        if self.precision == "32-true":
+            self.precision = "16-mixed"
+        # A step the scaler skips never calls optimizer.step(): scaler.update() is where it ends.
+        self._scaler_update = scaler.update
+        scaler.update = self._scaler_update_hook
+
+    def params(self) -> list[torch.Tensor]:
+        """The parameters this watch checks: the optimizer's, or the model's trainable ones."""
+        if self.optimizer is not None:
+            return [p for g in self.optimizer.param_groups for p in g["params"]]
+        return [p for p in self.model.parameters() if p.requires_grad]
+
+    def end_backward_step(self) -> None:
+        """A loop with no optimizer: the backward pass that just ended closes the step (the
+        check, then the step's bookkeeping). The weights are still those the step used."""
+        if self._closed:
+            return
+        self.check_gradients()
+        if not self._closed:
+            self._finish_step(skipped=self._dropped)
+
     def note_local_gradients(self, tensor: torch.Tensor) -> None:
         """For a DDP communication hook: flag a gradient bucket that is non-finite before the
         all-reduce mixes ranks (no host sync; it joins the step's flag vector)."""
@@ -193,9 +249,24 @@ class Watch:
     # ---- step boundaries --------------------------------------------------------------------
     def begin_micro_batch(self, batch: Any) -> None:
         """A micro-batch enters the step (framework callbacks call this; `step()` does in a plain loop)."""
+        if not self._explicit_batches:
+            self._explicit_batches = True
+            if self._input_hook is not None:      # the user's batches win; the forward hook has no job left
+                self._input_hook.remove()
+                self._handles.remove(self._input_hook)
+                self._input_hook = None
+        self._begin(batch)
+
+    def _begin(self, batch: Any) -> None:
         if self._closed:
             return
         if self._capture is None:
+            if self.optimizer is None and self.step_index > 0:
+                # A hand-written update ran after the last backward: its weights are checked
+                # with this step's one transfer.
+                params = [local_tensor(p.detach()) for p in self.params()]
+                self._params_norm = stats.foreach_norms(params).square().sum().sqrt() if params else None
+                self._params_flag = (~torch.isfinite(self._params_norm)).float() if params else None
             self._capture = _Capture(self.step_index, bundle_writer.capture_rng())
             self._host = None
             if self._stats_step(self.step_index):
@@ -212,13 +283,73 @@ class Watch:
         else:       # integer-only batches (token ids) cannot hold NaN; keep flags aligned with batches
             capture.batch_flags.append(torch.zeros(()))
 
+    def _model_input_hook(self, module: Any, args: Any, kwargs: Any) -> None:
+        # Hooks alone are enough: each training forward of the model is a micro-batch, its inputs
+        # the batch (unless the user marks micro-batches with watch.step(batch) themselves).
+        if self._explicit_batches or not module.training or not torch.is_grad_enabled():
+            return
+        self._begin(forward_inputs(args, kwargs))
+
     def _model_output_hook(self, module: Any, args: Any, output: Any) -> None:
-        # Hugging Face style outputs carry their loss: check it without asking the user.
+        if output is None:
+            # torch calls an always_call hook with no output when forward raised.
+            raised = sys.exc_info()[1]
+            if raised is not None and not isinstance(raised, NonFiniteError):
+                self._forward_raised(raised)
+            return
         if self._capture is None or not torch.is_grad_enabled():
             return
+        if self.gradient_check == "backward":
+            self._arm_end_of_backward(output)
+        # Hugging Face style outputs carry their loss: check it without asking the user.
         loss = output.get("loss") if isinstance(output, dict) else getattr(output, "loss", None)
         if isinstance(loss, torch.Tensor) and loss.numel() == 1:
             self._capture.losses.append(loss.detach())
+
+    def _forward_raised(self, error: BaseException) -> None:
+        """The model's forward raised. When the micro-batch it was given holds NaN/Inf, that is
+        the story (BCE's range check on a NaN row): bundle the step and say so on the exception.
+        Raising here would be silenced by torch, so the note travels on the user's exception."""
+        capture = self._capture
+        if self._closed or capture is None or not capture.batch_flags or not bool(capture.batch_flags[-1]):
+            return
+        what = f"the batch holds NaN/Inf ({describe_nonfinite_rows(capture.batches[-1])}); the model's forward " \
+               f"then raised {type(error).__name__}"
+        step = capture.step
+        bundle = None
+        if len(self.bundles) < self.max_bundles:
+            bundle = self._write("batch", what, capture, step, STATE_BEFORE_STEP)
+            self.bundles.append(bundle)
+        self.events.append({"step": step, "check": "batch", "what": what, "bundle": str(bundle) if bundle else None,
+                            "raised": type(error).__name__})
+        self.nonfinite_steps += 1
+        if self.notify is not None:
+            self.notify(self.events[-1])
+        note = f"nandoctor.watch: step {step}: {what}."
+        if bundle is not None:
+            note += " " + replay_hint(bundle, self.rebuild)
+        if hasattr(error, "add_note"):
+            error.add_note(note)
+        if "batch" not in self._warned:
+            self._warned.add("batch")
+            warnings.warn(note, NonFiniteWarning, stacklevel=2)
+
+    def _arm_end_of_backward(self, output: Any) -> None:
+        # No optimizer step to hook: the end of the backward pass through this output closes the
+        # step. A grad hook on the output runs inside that backward; the engine callback it
+        # queues runs once the whole backward (every .grad accumulated) is done.
+        for t in stats.floating_tensors(output):
+            if t.requires_grad:
+                t.register_hook(self._queue_end_of_backward)
+
+    def _queue_end_of_backward(self, grad: torch.Tensor) -> None:
+        if not self._end_of_backward_queued:
+            self._end_of_backward_queued = True
+            torch.autograd.Variable._execution_engine.queue_callback(self._end_of_backward)
+
+    def _end_of_backward(self) -> None:
+        self._end_of_backward_queued = False
+        self.end_backward_step()
 
     def _optimizer_pre_hook(self, optimizer: Any, args: Any, kwargs: Any) -> None:
         self.check_gradients()
@@ -230,7 +361,8 @@ class Watch:
             return
         capture = self._capture or _Capture(self.step_index, bundle_writer.capture_rng())
         self._capture = capture
-        grads = [local_tensor(p.grad) for g in self.optimizer.param_groups for p in g["params"] if p.grad is not None]
+        params = self.params()
+        grads = [local_tensor(p.grad) for p in params if p.grad is not None]
         stats_step = self._stats_step(capture.step)
         norms = stats.foreach_norms([g.detach() for g in grads]) if grads else None
         if self.step_index % self.check_every and not stats_step and self.check_every > 1:
@@ -239,6 +371,7 @@ class Watch:
         since = self._deferred_from
         host, extra = self._sync(capture, norms, stats_step)
         self._host = host
+        self._complete_previous_history(host)
         if stats_step:
             self._record_layer_stats(capture.step, extra, grads)
         what = self._what(host, capture, grads)
@@ -269,13 +402,25 @@ class Watch:
         if self._snapshot is not None:
             self._snapshot.save()
             self._snapshot_scheduler = _scheduler_state(self.scheduler)
+        if stats_step and self.optimizer is not None:
+            with torch.no_grad():
+                self._update_before = [local_tensor(p.detach()).clone() for p in params]
 
     def _optimizer_post_hook(self, optimizer: Any, args: Any, kwargs: Any) -> None:
         if self._closed:
             return
         params = [local_tensor(p.detach()) for g in optimizer.param_groups for p in g["params"]]
-        # Checked at the next step's sync (or at close): no second host sync per step.
-        self._params_flag = (~torch.isfinite(stats.foreach_norms(params).square().sum())).float() if params else None
+        # Checked at the next step's sync (or at close): no second host sync per step. The same
+        # norm is the history's param_norm, so it costs nothing more.
+        self._params_norm = stats.foreach_norms(params).square().sum().sqrt() if params else None
+        self._params_flag = (~torch.isfinite(self._params_norm)).float() if params else None
+        if self._update_before is not None and len(self._update_before) == len(params):
+            # Statistics steps only: |update| / |weights before| of the whole model.
+            before = self._update_before
+            delta = torch._foreach_sub(params, before)
+            update = stats.foreach_norms(delta).square().sum().sqrt()
+            self._update_norm = update / stats.foreach_norms(before).square().sum().sqrt().clamp_min(1e-30)
+        self._update_before = None
         self._post_ran = True
         self._finish_step(skipped=self._dropped)
 
@@ -302,12 +447,26 @@ class Watch:
         self._post_ran = False
         return result
 
+    def _complete_previous_history(self, host: list[float]) -> None:
+        """The previous step's weights are known only now, from this step's one transfer."""
+        if not self.history or self.history[-1]["step"] != self.step_index - 1:
+            return
+        entry = self.history[-1]
+        for name in ("param_norm", "update_ratio"):
+            value = host[_SLOT[name]]
+            if not math.isnan(value):
+                entry[name] = value
+
+    def _lr(self) -> Optional[float]:
+        if self.optimizer is None:
+            return None
+        lr = self.optimizer.param_groups[0].get("lr")
+        return float(lr) if isinstance(lr, (int, float)) else float(lr.item()) if isinstance(lr, torch.Tensor) else None
+
     def _finish_step(self, skipped: bool) -> None:
         capture = self._capture
         host = self._host
-        entry = {"step": self.step_index, "skipped": skipped,
-                 "lr": float(self.optimizer.param_groups[0]["lr"]) if not isinstance(
-                     self.optimizer.param_groups[0]["lr"], torch.Tensor) else None}
+        entry = {"step": self.step_index, "skipped": skipped, "lr": self._lr()}
         if host is not None:
             entry.update(loss=_none_if_nan(host[_SLOT["loss"]], capture),
                          grad_norm=host[_SLOT["grad_norm"]] if not skipped else None,
@@ -379,12 +538,17 @@ class Watch:
         else:
             grad_norm, grads_bad = torch.full((), math.nan, device=dev), zero
         params_bad = self._params_flag.to(dev) if self._params_flag is not None else zero
+        nan = torch.full((), math.nan, device=dev)
+        params_norm = self._params_norm.float().to(dev) if self._params_norm is not None else nan
+        update_ratio = self._update_norm.float().to(dev) if self._update_norm is not None else nan
+        self._update_norm = None
         local = self._local_grads_flag.to(dev) if self._local_grads_flag is not None else zero
         scale = getattr(self.scaler, "_scale", None)
         scale = scale.reshape(()).float().to(dev) if isinstance(scale, torch.Tensor) else (
             torch.full((), float(self.scaler.get_scale()), device=dev) if self.scaler is not None and
             hasattr(self.scaler, "get_scale") else zero)
-        return torch.stack([batch_bad, loss_bad, grads_bad, params_bad, local, loss.float(), grad_norm.float(), scale])
+        return torch.stack([batch_bad, loss_bad, grads_bad, params_bad, local, loss.float(), grad_norm.float(), scale,
+                            params_norm, update_ratio])
 
     def _what(self, host: list[float], capture: _Capture, grads: list[torch.Tensor]) -> Optional[tuple[str, str]]:
         if host[_SLOT["batch_bad"]]:
@@ -392,7 +556,7 @@ class Watch:
         if host[_SLOT["loss_bad"]]:
             return "loss", f"the loss is {_fmt(host[_SLOT['loss']])}"
         if host[_SLOT["grads_bad"]] or host[_SLOT["local_grads_bad"]]:
-            names = [self._param_names.get(id(p), "?") for g in self.optimizer.param_groups for p in g["params"]
+            names = [self._param_names.get(id(p), "?") for p in self.params()
                      if p.grad is not None and not bool(torch.isfinite(local_tensor(p.grad)).all())]
             shown = ", ".join(names[:5]) + (f" and {len(names) - 5} more" if len(names) > 5 else "")
             return "gradients", f"non-finite gradients in {shown or 'the gradients'}"
@@ -419,8 +583,7 @@ class Watch:
         self.nonfinite_steps += 1
         if self.notify is not None:
             self.notify(self.events[-1])
-        message = (f"nandoctor.watch: step {step}: {what}."
-                   + (f" Crash bundle: {bundle} (replay it with `nandoctor replay {bundle}`)." if bundle else ""))
+        message = f"nandoctor.watch: step {step}: {what}." + (" " + replay_hint(bundle, self.rebuild) if bundle else "")
         if self.policy == "raise" and not closing:
             self.close()
             raise NonFiniteError(message, bundle, step, what)
@@ -441,9 +604,12 @@ class Watch:
 
     def _drop_gradients(self) -> None:
         # torch optimizers leave parameters whose .grad is None untouched: the step becomes a no-op.
-        for group in self.optimizer.param_groups:
-            for p in group["params"]:
+        # A hand-written update (`p.data.add_(p.grad, alpha=-lr)`) needs a tensor there: zeros.
+        for p in self.params():
+            if self.optimizer is not None:
                 p.grad = None
+            elif p.grad is not None:
+                p.grad.zero_()
         self._dropped = True
 
     def _write(self, check: str, what: str, capture: Optional[_Capture], step: int, state: str) -> Path:
@@ -466,7 +632,8 @@ class Watch:
             scheduler["state"] = bundle_writer.encode_value(scheduler_state)
         manifest = BundleManifest(
             step=step, check=check, what=what, state=state, device=str(self._device), policy=self.policy,
-            precision=self.precision, lr=[bundle_writer.encode_value(g["lr"]) for g in self.optimizer.param_groups],
+            precision=self.precision,
+            lr=[bundle_writer.encode_value(g["lr"]) for g in self.optimizer.param_groups] if self.optimizer else [],
             grad_clip=self.grad_clip, scaler=scaler_state, scheduler=scheduler,
             history=[bundle_writer.encode_value(h) for h in self.history],
             layer_stats=[bundle_writer.encode_value({k: v for k, v in s.items() if k != "modules"})
@@ -475,7 +642,7 @@ class Watch:
             detail={"truncated_micro_batches": bool(capture and capture.truncated),
                     "layer_modules": self._module_names if self.layer_stats else []})
         manifest.micro_step = _first_bad_micro_batch(check, capture)
-        names = [self._param_names.get(id(p)) for g in self.optimizer.param_groups for p in g["params"]]
+        names = [self._param_names.get(id(p)) for p in self.params()]
         write = self.write_hook or bundle_writer.write_bundle     # per-rank parts under torchrun
         return write(self.out, manifest, self.model.state_dict(), self.optimizer,
                                           capture.batches if capture else [], capture.rng if capture else None,
@@ -516,7 +683,7 @@ class Watch:
         acts = [v if v >= 0 else None for v in extra[:count]]
         norms = extra[count:]
         owner: dict[str, float] = {}
-        grad_params = [p for g in self.optimizer.param_groups for p in g["params"] if p.grad is not None]
+        grad_params = [p for p in self.params() if p.grad is not None]
         for p, n in zip(grad_params, norms):
             module = self._param_names.get(id(p), "").rpartition(".")[0]
             owner[module] = owner.get(module, 0.0) + n * n
@@ -525,7 +692,7 @@ class Watch:
                                  "grad_norm": grad_norm})
 
 
-def watch(model: torch.nn.Module, optimizer: torch.optim.Optimizer, scaler: Any = None,
+def watch(model: torch.nn.Module, optimizer: Optional[torch.optim.Optimizer] = None, scaler: Any = None,
           out: str | Path = "nandoctor-bundles", on_nonfinite: str = "raise", stats_every: int = 50,
           window: int = 64, check_every: int = 1, sink: Any = None, **options: Any) -> Watch:
     """Guard a training loop against NaN/Inf (README, "Watch your own training loop").
@@ -545,7 +712,7 @@ def watch(model: torch.nn.Module, optimizer: torch.optim.Optimizer, scaler: Any 
 
 
 # The callbacks set these themselves (they decide how gradients are reached and who is told).
-_CALLBACK_OWNED = ("gradient_check", "notify")
+_CALLBACK_OWNED = ("gradient_check", "notify", "inputs")
 
 
 def callback_options(**options: Any) -> dict[str, Any]:
@@ -565,6 +732,85 @@ def callback_options(**options: Any) -> dict[str, Any]:
 
 
 # ---- helpers ------------------------------------------------------------------------------------
+
+def unwrap_optimizer(optimizer: Any) -> Optional[torch.optim.Optimizer]:
+    """The torch optimizer inside a wrapper (Accelerate's AcceleratedOptimizer, Lightning's
+    LightningOptimizer, DeepSpeed-style `.optimizer` chains): hooks belong on the torch one."""
+    seen = 0
+    while optimizer is not None and not isinstance(optimizer, torch.optim.Optimizer) and seen < 8:
+        optimizer = getattr(optimizer, "optimizer", None) or getattr(optimizer, "_optimizer", None)
+        seen += 1
+    if optimizer is not None and not isinstance(optimizer, torch.optim.Optimizer):
+        raise TypeError(f"nandoctor.watch: optimizer must be a torch.optim.Optimizer (or wrap one in "
+                        f"`.optimizer`), got {type(optimizer).__name__}")
+    return optimizer
+
+
+def active_scaler(scaler: Any) -> Any:
+    """A GradScaler that scales: `GradScaler(enabled=False)` (nanoGPT always builds one) is no scaler."""
+    if scaler is None:
+        return None
+    is_enabled = getattr(scaler, "is_enabled", None)
+    return scaler if not callable(is_enabled) or is_enabled() else None
+
+
+def script_facts() -> Optional[dict[str, Any]]:
+    """The training script this process runs (`python train.py ARGS`, or `nandoctor run`), so a
+    replay can re-run it: its path, arguments and working directory. None in a notebook or REPL."""
+    main = sys.modules.get("__main__")
+    path = getattr(main, "__file__", None)
+    if not path or not os.path.isfile(path):
+        return None
+    from ..run.frames import is_user_file
+    if not is_user_file(path):      # python -m pytest, ipykernel: not the user's training script
+        return None
+    spec = getattr(main, "__spec__", None)
+    return {"path": os.path.abspath(path), "argv": [str(a) for a in sys.argv], "cwd": os.getcwd(),
+            "module": spec.name if spec is not None and getattr(spec, "name", None) not in (None, "__main__") else None}
+
+
+def plain_rebuild(model: torch.nn.Module) -> dict[str, Any]:
+    rebuild: dict[str, Any] = {"kind": "plain", "model_class": f"{type(model).__module__}:{type(model).__qualname__}"}
+    script = script_facts()
+    if script is not None:
+        rebuild["script"] = script
+    return rebuild
+
+
+def replay_hint(bundle: Path, rebuild: dict[str, Any]) -> str:
+    """The exact command that replays this bundle, for messages."""
+    kind = rebuild.get("kind")
+    if kind == "huggingface":
+        return f"Crash bundle: {bundle}; replay it with `nandoctor replay {bundle}`."
+    if kind == "lightning":
+        return f"Crash bundle: {bundle}; replay it with `nandoctor replay {bundle} --trust` (imports your LightningModule)."
+    if rebuild.get("script"):
+        return (f"Crash bundle: {bundle}; replay it with `nandoctor replay {bundle} --trust` (re-runs "
+                f"{os.path.basename(rebuild['script']['path'])} up to this step with the bundle's state).")
+    return (f"Crash bundle: {bundle}; replay it with `nandoctor replay {bundle} --model FILE` (a file defining "
+            "build_model() and training_step(model, batch)).")
+
+
+def forward_inputs(args: tuple, kwargs: dict) -> dict[str, Any]:
+    """A model call's inputs as one micro-batch: {"args": [...], "kwargs": {...}}."""
+    return {"args": list(args), "kwargs": dict(kwargs)}
+
+
+def describe_nonfinite_rows(batch: Any, limit: int = 8) -> str:
+    """Which tensors of a batch hold NaN/Inf, and in which rows (dim 0: the samples). Slow path."""
+    parts = []
+    for name, t in stats.iter_tensors(batch):
+        if not (t.is_floating_point() or t.is_complex()) or t.numel() == 0:
+            continue
+        bad = ~torch.isfinite(t.detach())
+        if not bool(bad.any()):
+            continue
+        rows = bad.reshape(bad.shape[0], -1).any(dim=1).nonzero().flatten().tolist() if t.dim() else []
+        count = int(bad.sum())
+        shown = ", ".join(str(r) for r in rows[:limit]) + (f" and {len(rows) - limit} more" if len(rows) > limit else "")
+        parts.append(f"{name or 'input'}: {count} of {t.numel()} values" + (f", sample rows {shown}" if rows else ""))
+    return "; ".join(parts) or "non-finite values"
+
 
 def _infer_precision(model: torch.nn.Module, scaler: Any) -> str:
     if scaler is not None:
