@@ -7,6 +7,7 @@ Python API (the CLI is a thin shell over it):
     report.verdict, report.first_nonfinite, report.causes[0].fix
     report.to_dict()          # the documented JSON document (schema_version 1)
 
+    report = nandoctor.run_script("train.py", ["--lr", "3e-4"])   # `nandoctor run train.py --lr 3e-4`
     watch = nandoctor.watch(model, optimizer)      # guard the user's own loop (crash bundle on NaN)
     report = nandoctor.replay("nandoctor-bundles/step-000123", model="model.py")
 """
@@ -14,9 +15,9 @@ from typing import Any
 
 from ._version import __version__
 
-__all__ = ["scan", "postmortem", "replay", "watch", "NonFiniteError", "NonFiniteWarning", "__version__"]
+__all__ = ["scan", "postmortem", "replay", "run_script", "watch", "NonFiniteError", "NonFiniteWarning", "__version__"]
 
-_API = ("scan", "postmortem", "replay")
+_API = ("scan", "postmortem", "replay", "run_script")
 _WATCH = ("watch", "NonFiniteError", "NonFiniteWarning")
 
 

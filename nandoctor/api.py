@@ -342,3 +342,65 @@ def _replay(bundle: str | Path, model: str | Path | None, *, trust: bool, experi
         facts["distributed"] = ranks
     return ReplayReport(trace=trace, causes=findings, config=resolved, fail_on=cfg["fail_on"], bundle=facts,
                         history=[{k: decode_value(v) for k, v in h.items()} for h in m.history])
+
+
+@dataclass
+class RunReport(ScanReport):
+    """What `nandoctor run` found in a training script: the scan document (schema v1) with
+    `command: "run"`, the script's facts and the watched run's history."""
+    script: dict[str, Any] = field(default_factory=dict)
+    history: list[dict[str, Any]] = field(default_factory=list)
+    script_exit_code: Optional[int] = None     # the script's own exit status when it ran to its end
+
+    @property
+    def exit_code(self) -> int:
+        code = super().exit_code
+        # A healthy script's own exit status passes through, as `python train.py` would give it.
+        if code == 0 and self.script_exit_code not in (None, 0):
+            return int(self.script_exit_code)
+        return code
+
+    def to_dict(self) -> dict[str, Any]:
+        if self._document is None:
+            doc = build_document(self.trace, self.causes, self.fail_on, command="run")
+            doc["script"] = to_plain(self.script)
+            doc["history"] = to_plain(self.history)
+            self._document = doc
+        return self._document
+
+
+def run_script(script: str | Path | None = None, args: Optional[list[str]] = None, *, module: Optional[str] = None,
+        config: str | Path | None = None, out: str | Path = "nandoctor-bundles", fail_on: Optional[str] = None,
+        max_seconds: Optional[float] = None, experiments: Optional[bool] = None, stats_every: int = 50,
+        check_every: int = 1, script_stdout_to_stderr: bool = False) -> RunReport:
+    """Run an unmodified training script (`python SCRIPT ARGS`, or `-m MODULE` with `module=`)
+    under nandoctor's guard. On the first NaN/Inf the script is stopped, the failing step is run
+    once more by the script's own loop and traced op by op, a crash bundle is written to `out`,
+    and the causes are diagnosed. Raises InputError when the script cannot be found."""
+    from .load.script import resolve_script
+    from .watcher.script import execute_script
+    from .watcher.script_guard import ScriptGuard
+    from .watcher.script_trace import script_trace
+    overrides: dict[str, Any] = {"fail_on": fail_on, "max_seconds": max_seconds}
+    if experiments is not None:
+        overrides["experiments"] = {"enabled": experiments}
+    resolved = resolve_config(config, overrides, cwd=None)
+    cfg = dict(resolved.values)
+    target = resolve_script(str(script) if script is not None else None, module, list(args or []))
+    guard = ScriptGuard(out=out, stats_every=stats_every, check_every=check_every, max_seconds=cfg["max_seconds"])
+    output = capture_user_output() if script_stdout_to_stderr else contextlib.nullcontext()
+    with output:
+        outcome = execute_script(target, guard)
+    trace = script_trace(target, guard, outcome, cfg)
+    findings = diagnose(trace)
+    stop = guard.stop
+    facts: dict[str, Any] = {"path": str(target.path) if target.path else None, "module": target.module,
+                             "argv": target.command, "exit_code": outcome.exit_code,
+                             "stopped_at_step": stop.step if stop else None,
+                             "bundle": str(stop.bundle) if stop and stop.bundle else None,
+                             "seconds": round(outcome.seconds, 3)}
+    watch = stop.watch if stop else next(iter(guard.all_watches()), None)
+    history = [{k: v for k, v in h.items()} for h in (watch.history if watch is not None else [])]
+    return RunReport(trace=trace, causes=findings, config=resolved, fail_on=cfg["fail_on"], script=facts,
+                     history=history, script_exit_code=outcome.exit_code)
+

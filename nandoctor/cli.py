@@ -360,6 +360,87 @@ def replay(
     _guarded(run)
 
 
+@app.command(context_settings={"allow_interspersed_args": False, "ignore_unknown_options": True})
+def run(
+    script_and_args: Annotated[Optional[list[str]], typer.Argument(
+        metavar="SCRIPT [SCRIPT_ARGS]...",
+        help="The training script and its own arguments, exactly as after `python`. Everything after SCRIPT "
+             "is the script's, never nandoctor's.")] = None,
+    module: Annotated[Optional[str], typer.Option("-m", "--module", help="Run a module as `python -m MODULE ARGS` "
+                                                  "would (then every argument after it is the module's).")] = None,
+    out: Annotated[Path, typer.Option("--out", help="Folder for the crash bundle.")] = Path("nandoctor-bundles"),
+    config: Annotated[Optional[Path], typer.Option("--config", "-c", help="A YAML config file (thresholds, fail_on).")] = None,
+    fmt: FormatOpt = "rich",
+    output: OutputOpt = None,
+    html: Annotated[Optional[Path], typer.Option("--html", help="Also write a self-contained HTML report with plots.")] = None,
+    quiet: QuietOpt = False,
+    fail_on: FailOnOpt = None,
+    max_seconds: Annotated[Optional[float], typer.Option("--max-seconds", help="Stop the script after this many seconds (at a step boundary); the steps that ran are reported.")] = None,
+    no_experiments: Annotated[bool, typer.Option("--no-experiments", help="Skip the confirming experiments.")] = False,
+    check_every: Annotated[int, typer.Option("--check-every", help="Check every N optimizer steps (a failure is then seen up to N-1 steps late).")] = 1,
+    stats_every: Annotated[int, typer.Option("--stats-every", help="Per-layer statistics every N steps (0: off).")] = 50,
+    verbose: VerboseOpt = False,
+    trace_file: TraceOpt = None,
+) -> None:
+    """Run an unmodified training script under nandoctor: stop at the first NaN/Inf and say why.
+
+    The script runs as `python SCRIPT ARGS` would (as __main__, with its own sys.argv and output,
+    and its own exit code while it stays healthy). Every optimizer step is checked; on the first
+    NaN/Inf the script is stopped, its loop runs the failing step once more, traced op by op, a
+    crash bundle is written, and the report names the op and the line of your own file.
+
+    Examples:
+
+      nandoctor run train.py --lr 3e-4 --batch-size 64
+
+      nandoctor run -m mypackage.train --config configs/base.yaml
+
+      nandoctor run --format json -o report.json train.py     (nandoctor's options come before SCRIPT)
+
+      torchrun --nproc-per-node 2 -m nandoctor run train.py   (names the rank where the NaN was born)
+    """
+    def body() -> Any:
+        _check_format(fmt)
+        check_writable(output, "--output")
+        check_writable(html, "--html")
+        words = list(script_and_args or [])
+        if module is None and not words:
+            raise InputError("nandoctor run needs a training script: `nandoctor run train.py ARGS` (or "
+                             "`nandoctor run -m package.train ARGS`).")
+        script, args = (None, words) if module is not None else (words[0], words[1:])
+        from .api import run_script
+        # A machine format on stdout must stay one valid document: the script's prints go to stderr then.
+        machine_on_stdout = fmt != "rich" and output is None
+        report = run_script(script, args, module=module, config=config, out=out, fail_on=fail_on,
+                            max_seconds=max_seconds, experiments=False if no_experiments else None,
+                            stats_every=stats_every, check_every=check_every,
+                            script_stdout_to_stderr=machine_on_stdout)
+        if verbose:
+            _say_what_ran(report)
+        if trace_file is not None:
+            from .report.saved import write_trace
+            write_trace(trace_file, "run", report.trace, report.causes, report.fail_on)
+        doc = report.to_dict()
+        if fmt == "rich" and output is None:
+            # The script's own output owns stdout; the report comes after it, on stderr.
+            if not quiet:
+                from .report.console import print_report
+                print_report(doc, err_console)
+            if html is not None:
+                from .report.html import render_html
+                _write(html, render_html(doc))
+        else:
+            emit(doc, fmt, output, quiet, html, printer=_stderr_printer)
+        return report
+
+    _guarded(body)
+
+
+def _stderr_printer(doc: dict[str, Any], console: Any) -> None:
+    from .report.console import print_report
+    print_report(doc, err_console if getattr(console, "file", None) is sys.stdout else console)
+
+
 @app.command()
 def explain(cause: Annotated[Optional[str], typer.Argument(help="A cause id, e.g. high-lr. Without one, lists them.")] = None) -> None:
     """Print a cause's documentation: what it detects, why it breaks training, how to fix it.

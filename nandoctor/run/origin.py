@@ -239,8 +239,17 @@ class OriginTracer(StepProbe):
             self._function.__enter__()
             self._function_active = True
         elif not on and self._function_active:
+            if not self._function_on_stack():
+                # Called from inside the mode's own handler (`loss.backward()` is a torch function):
+                # torch has taken the mode off the stack until the call returns, so the backward
+                # pass already runs without it, and it comes back for what follows (clipping).
+                return
             self._function.__exit__(None, None, None)
             self._function_active = False
+
+    def _function_on_stack(self) -> bool:
+        from torch.overrides import _get_current_function_mode_stack
+        return any(mode is self._function for mode in _get_current_function_mode_stack())
 
     def _push(self, module: torch.nn.Module, args: Any) -> None:
         self._module_stack.append(self._names.get(id(module), type(module).__name__))

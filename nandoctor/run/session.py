@@ -37,6 +37,17 @@ class Overrides:
     switch_dtype_at: Optional[tuple[int, torch.dtype]] = None  # run from this step on in this dtype
 
 
+def optimizer_facts(optimizer: torch.optim.Optimizer) -> dict[str, Any]:
+    """The optimizer's settings as used (first param group): the trace's `optimizer` facts."""
+    group = optimizer.param_groups[0]
+    facts: dict[str, Any] = {"name": type(optimizer).__name__}
+    for key in ("lr", "eps", "weight_decay", "momentum", "betas"):
+        if key in group:
+            value = group[key]
+            facts[key] = list(value) if isinstance(value, tuple) else (float(value) if isinstance(value, (int, float, torch.Tensor)) else value)
+    return facts
+
+
 def _accelerator_initialised() -> bool:
     return any(getattr(getattr(torch, name, None), "is_initialized", lambda: False)()
                for name in ("cuda", "xpu", "mtia")) or torch.backends.mps.is_available()
@@ -152,13 +163,7 @@ class TrainingSession:
 
     # ---- facts for the trace --------------------------------------------------------------------
     def optimizer_facts(self) -> dict[str, Any]:
-        group = self.optimizer.param_groups[0]
-        facts: dict[str, Any] = {"name": type(self.optimizer).__name__}
-        for key in ("lr", "eps", "weight_decay", "momentum", "betas"):
-            if key in group:
-                value = group[key]
-                facts[key] = list(value) if isinstance(value, tuple) else (float(value) if isinstance(value, (int, float, torch.Tensor)) else value)
-        return facts
+        return optimizer_facts(self.optimizer)
 
     def _seed(self, seed: int) -> None:
         # A CPU run whose process never initialised an accelerator has only the CPU generator

@@ -155,6 +155,17 @@ def capture_rng() -> dict[str, Any]:
     return state
 
 
+def restore_rng(state: dict[str, Any]) -> None:
+    """Put every generator back where `capture_rng()` found it."""
+    torch.set_rng_state(state["cpu"])
+    random.setstate(state["python"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+    numpy = sys.modules.get("numpy")
+    if numpy is not None and "numpy" in state:
+        numpy.random.set_state(state["numpy"])
+
+
 def rng_parts(rng: dict[str, Any]) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
     version, words, gauss_next = rng["python"]
     tensors = {"cpu": rng["cpu"], "python": torch.tensor(list(words), dtype=torch.int64)}

@@ -63,8 +63,14 @@ class _Capture:
         self.rng = rng
         self.batches: list[Any] = []
         self.batch_flags: list[torch.Tensor] = []
-        self.losses: list[torch.Tensor] = []
+        self.output_losses: list[torch.Tensor] = []    # a model output's .loss (Hugging Face style)
+        self.explicit_losses: list[torch.Tensor] = []  # watch.loss(t), or what `nandoctor run` saw backward() on
         self.truncated = False
+
+    @property
+    def losses(self) -> list[torch.Tensor]:
+        # What the loop backpropagates is the loss; an output's .loss only stands in for it.
+        return self.explicit_losses or self.output_losses
 
 
 class Watch:
@@ -76,7 +82,7 @@ class Watch:
                  snapshot: bool = False, precision: Optional[str] = None, grad_clip: Optional[float] = None,
                  skip_streak: int = 5, rebuild: Optional[dict[str, Any]] = None, max_bundles: int = 1,
                  gradient_check: str = "auto", notify: Optional[Callable[[dict[str, Any]], None]] = None,
-                 distributed: Any = "auto", inputs: str = "forward"):
+                 distributed: Any = "auto", inputs: str = "forward", warn: bool = True):
         if on_nonfinite not in POLICIES:
             raise ValueError(f"on_nonfinite must be one of {', '.join(POLICIES)}, got {on_nonfinite!r}")
         if gradient_check not in GRADIENT_CHECKS:
@@ -108,6 +114,8 @@ class Watch:
         self.flag_hook: Optional[Callable[[torch.Tensor], torch.Tensor]] = None
         self.write_hook: Optional[Callable[..., Path]] = None   # under torchrun: writes this rank's part
         self.notify = notify                    # called with each firing's event before the policy acts
+        self.warn = warn                        # False: no NonFiniteWarning (the caller reports every event)
+        self.fired_capture: Optional[_Capture] = None   # the step the latest firing is about
 
         self.step_index = 0                     # optimizer steps finished (skipped ones included)
         self.history: deque[dict[str, Any]] = deque(maxlen=self.window)
@@ -175,7 +183,7 @@ class Watch:
     def loss(self, loss: torch.Tensor) -> torch.Tensor:
         """Check this loss (no host sync here: it joins the step's flag vector). Returns it."""
         if isinstance(loss, torch.Tensor) and self._capture is not None:
-            self._capture.losses.append(loss.detach())
+            self._capture.explicit_losses.append(loss.detach())
         return loss
 
     def close(self) -> None:
@@ -304,7 +312,7 @@ class Watch:
         # Hugging Face style outputs carry their loss: check it without asking the user.
         loss = output.get("loss") if isinstance(output, dict) else getattr(output, "loss", None)
         if isinstance(loss, torch.Tensor) and loss.numel() == 1:
-            self._capture.losses.append(loss.detach())
+            self._capture.output_losses.append(loss.detach())
 
     def _forward_raised(self, error: BaseException) -> None:
         """The model's forward raised. When the micro-batch it was given holds NaN/Inf, that is
@@ -323,6 +331,7 @@ class Watch:
         self.events.append({"step": step, "check": "batch", "what": what, "bundle": str(bundle) if bundle else None,
                             "raised": type(error).__name__})
         self.nonfinite_steps += 1
+        self.fired_capture = capture
         if self.notify is not None:
             self.notify(self.events[-1])
         note = f"nandoctor.watch: step {step}: {what}."
@@ -330,7 +339,7 @@ class Watch:
             note += " " + replay_hint(bundle, self.rebuild)
         if hasattr(error, "add_note"):
             error.add_note(note)
-        if "batch" not in self._warned:
+        if self.warn and "batch" not in self._warned:
             self._warned.add("batch")
             warnings.warn(note, NonFiniteWarning, stacklevel=2)
 
@@ -571,6 +580,7 @@ class Watch:
     def _fire(self, check: str, what: str, capture: Optional[_Capture], state: str = STATE_BEFORE_STEP,
               closing: bool = False) -> None:
         step = capture.step if capture is not None else max(self.step_index - 1, 0)
+        self.fired_capture = capture
         bundle = None
         if self.distributed is not None:          # name the origin rank(s)
             what = self.distributed.describe(check, what)
@@ -598,7 +608,7 @@ class Watch:
         elif self.policy == "skip" and check != "loss-scale":
             message += " The optimizer step was skipped."
             self.skipped_steps += 1
-        if check not in self._warned:      # once per kind of check: a run left going must not flood the log
+        if self.warn and check not in self._warned:   # once per kind of check: a run left going must not flood the log
             self._warned.add(check)
             warnings.warn(message, NonFiniteWarning, stacklevel=3)
 

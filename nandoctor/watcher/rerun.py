@@ -1,0 +1,192 @@
+"""The failing step, run once more by the user's own loop, traced op by op.
+
+When `nandoctor run`'s guard fires at an optimizer step (a NaN loss or gradient), the weights
+that produced the failing step are still live: the step pre-hook runs before anything changes
+them, and the guard turns that `optimizer.step()` into a no-op. The user's loop then goes on to
+its next iteration. The first training forward of that iteration becomes the re-run:
+
+- every generator goes back to the state the failing step's first forward saw (dropout masks
+  come out the same);
+- the inputs of each top-level module call are replaced, in order, by those the failing step
+  passed: every tensor that needs no gradient (the batch, targets handed to a loss module, a
+  detached RNN state); tensors that need a gradient are the re-run's own (a discriminator's
+  input made by the generator in this very iteration);
+- the origin tracer (run/origin.py) watches every op of the forward, the loss, the backward and
+  the clipping, with the lines of the user's own files, until the next optimizer step (or the
+  end of the backward pass in a loop with no optimizer). Then the guard stops the script.
+
+The user's own code computes the loss, so no adapter, model file or loss function is needed, and
+every location is a line the user wrote.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any, Optional
+
+import torch
+from torch.utils._pytree import tree_flatten, tree_unflatten
+
+from ..run import stats
+from ..run.origin import OriginTracer
+from ..trace import NonfiniteEvent, Phase
+from . import bundle_writer
+
+
+@dataclass
+class TopCall:
+    """One top-level module call of a training step: the module and the inputs it was given."""
+    module: torch.nn.Module
+    args: tuple
+    kwargs: dict
+    owns_parameters: bool          # the model (forward) or another module, e.g. a loss module
+
+
+@dataclass
+class RerunOutcome:
+    event: Optional[NonfiniteEvent] = None
+    reproduced: Optional[bool] = None      # None: the re-run did not happen or did not finish
+    note: str = ""
+    losses: list[float] = field(default_factory=list)
+
+
+def substitute(logged: TopCall, args: tuple, kwargs: dict) -> tuple[tuple, dict]:
+    """The re-run's inputs for a call: the failing step's tensors wherever they need no gradient."""
+    new_leaves, spec = tree_flatten((args, kwargs))
+    old_leaves, old_spec = tree_flatten((logged.args, logged.kwargs))
+    if old_spec != spec:
+        # A different structure (a last, smaller batch with other keys): the failing step's inputs whole.
+        if any(isinstance(t, torch.Tensor) and t.requires_grad for t in new_leaves):
+            return args, kwargs
+        return logged.args, logged.kwargs
+    leaves = [old if isinstance(new, torch.Tensor) and not new.requires_grad and isinstance(old, torch.Tensor)
+              else new for new, old in zip(new_leaves, old_leaves)]
+    out_args, out_kwargs = tree_unflatten(leaves, spec)
+    return tuple(out_args), dict(out_kwargs)
+
+
+class Rerun:
+    """State of one traced re-run: armed at the failing step, tracing during the next iteration."""
+
+    def __init__(self, model: torch.nn.Module, precision: str, step: int, check: str,
+                 rng: Optional[dict[str, Any]], calls: list[TopCall], params: list[torch.Tensor]):
+        self.model = model
+        self.precision = precision
+        self.step = step
+        self.check = check
+        self.rng = rng
+        self.calls = calls
+        self.params = params
+        self.state = "armed"                  # armed -> tracing -> done
+        self.tracer: Optional[OriginTracer] = None
+        self._next_call = 0
+        self._losses: list[torch.Tensor] = []
+        self.outcome = RerunOutcome()
+
+    # ---- events from the guard's hooks -----------------------------------------------------------
+    def on_top_call(self, module: torch.nn.Module, args: tuple, kwargs: dict) -> Optional[tuple[tuple, dict]]:
+        """A top-level training call of the user's loop; returns the inputs to use instead."""
+        if self.state == "armed":
+            if not self._is_model(module):
+                return None           # e.g. a loss module before the model: wait for the model
+            self._begin()
+        if self.state != "tracing":
+            return None
+        replaced = None
+        if self._next_call < len(self.calls) and self.calls[self._next_call].module is module:
+            replaced = substitute(self.calls[self._next_call], args, kwargs)
+            self._next_call += 1
+        self.tracer.set_phase(Phase.FORWARD if self._is_model(module) else Phase.LOSS)
+        return replaced
+
+    def on_top_return(self, module: torch.nn.Module) -> None:
+        if self.state == "tracing":
+            self.tracer.set_phase(Phase.LOSS)
+
+    def on_backward(self, loss: Any) -> None:
+        if self.state != "tracing":
+            return
+        if isinstance(loss, torch.Tensor) and loss.numel() == 1:
+            self._losses.append(loss)
+        self.tracer.set_phase(Phase.BACKWARD)
+
+    def after_backward(self) -> None:
+        if self.state == "tracing":
+            # Unscaling and clipping run between the backward pass and the optimizer step.
+            self.tracer.set_phase(Phase.OPTIMIZER)
+
+    # ---- the traced step ------------------------------------------------------------------------
+    def _is_model(self, module: torch.nn.Module) -> bool:
+        return module is self.model or any(True for _ in module.parameters())
+
+    def _begin(self) -> None:
+        if self.rng is not None:
+            bundle_writer.restore_rng(self.rng)
+        self.tracer = OriginTracer(self.model, self.precision, self.step)
+        self.tracer.__enter__()
+        self.state = "tracing"
+
+    def finish(self) -> RerunOutcome:
+        """The traced iteration reached its optimizer step (or its backward ended): the origin."""
+        if self.state != "tracing" or self.tracer is None:
+            return self.outcome
+        tracer = self.tracer
+        try:
+            with tracer.suspended():
+                surfaces, failure = self._surfaces()
+                self.outcome.losses = [float(l.detach().float()) for l in self._losses]
+        finally:
+            self.close()
+        self.outcome.reproduced = failure is not None
+        if failure is None:
+            self.outcome.note = (f"step {self.step} stayed finite when the loop ran it again from the same weights, "
+                                 "inputs and random state")
+            return self.outcome
+        root = tracer.origin(surfaces)
+        if root is None:
+            self.outcome.note = "the re-run failed again, but no single op produced the first non-finite value"
+            return self.outcome
+        self.outcome.event = tracer.to_event(root, failure)
+        self.outcome.event.replay_traced = True
+        return self.outcome
+
+    def _surfaces(self) -> tuple[list[torch.Tensor], Optional[str]]:
+        bad_losses = [l for l in self._losses if not bool(torch.isfinite(l.detach()).all())]
+        if bad_losses:
+            return bad_losses, "loss"
+        grads = [p.grad for p in self.params if p.grad is not None]
+        bad_grads = [g for g in grads if not bool(torch.isfinite(g).all())]
+        if bad_grads:
+            return bad_grads, "gradients"
+        return [], None
+
+    def close(self) -> None:
+        """Leave the tracer (also when the script ends or raises mid-re-run)."""
+        if self.tracer is not None and self.state == "tracing":
+            self.tracer.__exit__(None, None, None)
+        self.state = "done"
+
+
+def data_event(precision: str, step: int, batch: Any) -> NonfiniteEvent:
+    """A batch that holds NaN/Inf needs no re-run: which tensor, how many values, which rows."""
+    bad = []
+    for name, t in stats.iter_tensors(batch):
+        if (t.is_floating_point() or t.is_complex()) and t.numel() and not bool(torch.isfinite(t.detach()).all()):
+            bad.append((name, t))
+    first_name, first = bad[0] if bad else ("", None)
+    count = int((~torch.isfinite(first.detach())).sum()) if first is not None else None
+    has_nan = bool(torch.isnan(first.detach()).any()) if first is not None else True
+    from .guard import describe_nonfinite_rows
+    return NonfiniteEvent(precision=precision, step=step, phase=Phase.DATA.value, kind="nan" if has_nan else "inf",
+                          tensor=_batch_name(first_name), count=count, surfaced_in="batch",
+                          detail=describe_nonfinite_rows(batch), reproduced=True)
+
+
+def _batch_name(path: str) -> str:
+    # "['args'][0]" -> "args[0]": how the model was called with it
+    text = path.replace("['args']", "args").replace("['kwargs']", "kwargs")
+    return text or "inputs"
+
+
+def finite(value: Optional[float]) -> bool:
+    return value is not None and math.isfinite(value)

@@ -1,0 +1,476 @@
+"""`nandoctor run`'s guard: finds the models, optimizers and scalers of an unmodified script and
+watches each training step, with no line of the user's code changed.
+
+What it hooks while the script runs, and why each is needed:
+- torch's global optimizer step hooks: every `torch.optim` optimizer (and any subclass, wrapped
+  by Accelerate or Lightning or not) announces each step before it touches a weight. The first
+  step of an optimizer creates its `Watch`; later ones are that watch's one check per step.
+- `torch.optim.Optimizer.__init__`: which optimizers exist, so that a backward pass with no
+  optimizer anywhere marks a loop that updates its weights by hand.
+- `torch.nn.Module.__call__`, only until each optimizer has its watch: the outermost module
+  calls in training mode (the model; a loss module) and their inputs. After that, a forward
+  pre-hook on each of those modules alone: no cost per submodule.
+- `torch.autograd.backward` (what `loss.backward()` calls): the loss the loop backpropagates,
+  and the end of each backward pass.
+- `GradScaler.step` / `GradScaler.scale`: which scaler drives which optimizer, and the unscaled
+  loss (a disabled scaler, as nanoGPT builds on CPU, is no scaler).
+
+On the first NaN/Inf the watch writes a crash bundle and the step becomes a no-op. A non-finite
+batch is reported at once; a non-finite loss or gradient is re-run by the user's own loop
+(watcher/rerun.py) and traced op by op; then `ScriptStop` ends the script.
+"""
+from __future__ import annotations
+
+import gc
+import threading
+import time
+import weakref
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Optional
+
+import torch
+
+from ..trace import NonfiniteEvent, Phase
+from .guard import Watch, active_scaler, plain_rebuild
+from .rerun import Rerun, RerunOutcome, TopCall, data_event
+
+
+class ScriptStop(BaseException):
+    """Raised inside the user's script to end it once the guard has what it needs. A
+    BaseException, so the script's own `except Exception:` cannot swallow it."""
+
+
+@dataclass
+class Stop:
+    """Why and where the guard stopped the script."""
+    step: int
+    check: str
+    what: str
+    watch: Watch
+    bundle: Optional[Path] = None
+    event: Optional[NonfiniteEvent] = None
+    rerun: Optional[RerunOutcome] = None
+    raised: Optional[str] = None          # the forward raised this exception on a non-finite batch
+
+
+@dataclass
+class _Window:
+    """Top-level training calls and backward losses since the last step boundary."""
+    calls: list[TopCall] = field(default_factory=list)
+    losses: list[torch.Tensor] = field(default_factory=list)
+    rng: Optional[dict[str, Any]] = None
+
+
+class ScriptGuard:
+    def __init__(self, out: str | Path = "nandoctor-bundles", stats_every: int = 50, check_every: int = 1,
+                 window: int = 64, rerun: bool = True, distributed: Any = "auto", max_seconds: Optional[float] = None):
+        self.out = Path(out)
+        self.options = dict(stats_every=stats_every, check_every=check_every, window=window, distributed=distributed)
+        self.do_rerun = rerun
+        self.watches: dict[int, Watch] = {}          # id(optimizer) -> its watch
+        self.plain: Optional[Watch] = None            # the loop updates weights by hand
+        self.stop: Optional[Stop] = None
+        self.rerun: Optional[Rerun] = None
+        self._optimizers: "weakref.WeakSet[torch.optim.Optimizer]" = weakref.WeakSet()
+        self._scalers: dict[int, Any] = {}            # id(optimizer) -> scaler that steps it
+        self._scaled: "weakref.WeakSet[torch.Tensor]" = weakref.WeakSet()
+        self._window = _Window()
+        self._previous_window = _Window()
+        self._known: dict[int, torch.nn.Module] = {}  # modules with a top-level pre-hook
+        self._module_handles: list[Any] = []
+        self._handles: list[Any] = []
+        self._patches: list[tuple[Any, str, Any]] = []
+        self._local = threading.local()
+        self._discovering = False
+        self._installed = False
+        self._autocast: Optional[str] = None
+        self.phase_now = Phase.DATA            # where the loop is, for an exception's finding
+        self.phase_at_error: Optional[Phase] = None
+        self.timed_out = False
+        self._deadline = time.monotonic() + max_seconds if max_seconds else None
+
+    # ---- install / uninstall -----------------------------------------------------------------------
+    def install(self) -> None:
+        import torch.optim.optimizer as optim
+        self._handles.append(optim.register_optimizer_step_pre_hook(self._before_step))
+        self._handles.append(optim.register_optimizer_step_post_hook(self._after_step))
+        guard = self
+
+        original_init = torch.optim.Optimizer.__init__
+
+        def optimizer_init(opt: Any, *args: Any, **kwargs: Any) -> None:
+            original_init(opt, *args, **kwargs)
+            guard._optimizers.add(opt)
+        self._patch(torch.optim.Optimizer, "__init__", optimizer_init)
+
+        original_backward = torch.autograd.backward
+
+        def backward(tensors: Any, *args: Any, **kwargs: Any) -> Any:
+            guard._before_backward(tensors)
+            try:
+                return original_backward(tensors, *args, **kwargs)
+            finally:
+                guard._after_backward()
+        self._patch(torch.autograd, "backward", backward)
+
+        scaler_cls = torch.amp.GradScaler
+        original_scale, original_step = scaler_cls.scale, scaler_cls.step
+
+        def scale(scaler: Any, outputs: Any) -> Any:
+            scaled = original_scale(scaler, outputs)
+            if active_scaler(scaler) is not None and isinstance(outputs, torch.Tensor):
+                guard._note_loss(outputs)
+                if isinstance(scaled, torch.Tensor):
+                    guard._scaled.add(scaled)
+            return scaled
+
+        def step(scaler: Any, optimizer: Any, *args: Any, **kwargs: Any) -> Any:
+            guard._note_scaler(scaler, optimizer)
+            return original_step(scaler, optimizer, *args, **kwargs)
+        self._patch(scaler_cls, "scale", scale)
+        self._patch(scaler_cls, "step", step)
+        self._start_discovery()
+        self._installed = True
+
+    def _patch(self, owner: Any, name: str, replacement: Any) -> None:
+        self._patches.append((owner, name, owner.__dict__[name]))
+        setattr(owner, name, replacement)
+
+    def uninstall(self) -> None:
+        if self.rerun is not None:
+            self.rerun.close()
+        self._stop_discovery()
+        for owner, name, original in reversed(self._patches):
+            setattr(owner, name, original)
+        self._patches.clear()
+        for handle in self._handles + self._module_handles:
+            handle.remove()
+        self._handles.clear()
+        self._module_handles.clear()
+        for watch in self.all_watches():
+            watch.close()
+        self._installed = False
+
+    def all_watches(self) -> list[Watch]:
+        return list(self.watches.values()) + ([self.plain] if self.plain is not None else [])
+
+    # ---- discovery: the outermost module calls ---------------------------------------------------
+    def _start_discovery(self) -> None:
+        if self._discovering:
+            return
+        original_call = torch.nn.Module.__call__
+        guard = self
+
+        def call(module: torch.nn.Module, *args: Any, **kwargs: Any) -> Any:
+            if id(module) in guard._known:
+                return original_call(module, *args, **kwargs)     # its own pre-hook reports it
+            depth = guard._depth()
+            if depth == 0 and module.training and torch.is_grad_enabled():
+                guard.phase_now = Phase.FORWARD
+                guard._log_call(module, args, kwargs)
+            guard._local.depth = depth + 1
+            try:
+                return original_call(module, *args, **kwargs)
+            finally:
+                guard._local.depth = depth
+        self._discovery_patch = (torch.nn.Module, "__call__", torch.nn.Module.__dict__["__call__"])
+        torch.nn.Module.__call__ = call
+        self._discovering = True
+
+    def _stop_discovery(self) -> None:
+        if self._discovering:
+            owner, name, original = self._discovery_patch
+            setattr(owner, name, original)
+            self._discovering = False
+
+    def _depth(self) -> int:
+        return getattr(self._local, "depth", 0)
+
+    def _know(self, module: torch.nn.Module) -> None:
+        """From now on this module's own hooks report its top-level calls (discovery can end)."""
+        if id(module) in self._known:
+            return
+        self._known[id(module)] = module
+        self._module_handles.append(module.register_forward_pre_hook(self._top_pre_hook, with_kwargs=True))
+        self._module_handles.append(module.register_forward_hook(self._top_post_hook, always_call=True))
+
+    def _top_pre_hook(self, module: torch.nn.Module, args: tuple, kwargs: dict) -> Optional[tuple[tuple, dict]]:
+        depth = self._depth()
+        self._local.depth = depth + 1
+        if depth != 0 or not module.training or not torch.is_grad_enabled():
+            return None
+        self.phase_now = Phase.FORWARD
+        return self._log_call(module, args, kwargs)
+
+    def _top_post_hook(self, module: torch.nn.Module, args: tuple, output: Any) -> None:
+        self._local.depth = max(0, self._depth() - 1)
+        if self._depth() == 0:
+            self.phase_now = Phase.LOSS
+            if self.rerun is not None:
+                self.rerun.on_top_return(module)
+
+    def _log_call(self, module: torch.nn.Module, args: tuple, kwargs: dict) -> Optional[tuple[tuple, dict]]:
+        replaced = None
+        if self.rerun is not None and self.rerun.state != "done":
+            replaced = self.rerun.on_top_call(module, args, kwargs)
+            if replaced is not None:
+                args, kwargs = replaced
+        window = self._window
+        if window.rng is None:
+            from .bundle_writer import capture_rng
+            window.rng = capture_rng()
+            self._note_autocast()
+        owns = any(True for _ in module.parameters())
+        window.calls.append(TopCall(module=module, args=args, kwargs=kwargs, owns_parameters=owns))
+        if not self._tracing():       # the watches' own reductions must not enter the traced re-run
+            for watch in self.all_watches():
+                if owns and _same_module(watch.model, module):
+                    watch.begin_micro_batch(_forward_inputs(args, kwargs))
+        return replaced
+
+    def _tracing(self) -> bool:
+        return self.rerun is not None and self.rerun.state == "tracing"
+
+    def _note_autocast(self) -> None:
+        for device in ("cuda", "cpu"):
+            try:
+                if torch.is_autocast_enabled(device):
+                    dtype = torch.get_autocast_dtype(device)
+                    self._autocast = "bf16-mixed" if dtype == torch.bfloat16 else "16-mixed"
+                    return
+            except (TypeError, RuntimeError, AttributeError):   # older torch: no per-device query
+                continue
+
+    # ---- losses and backward passes --------------------------------------------------------------
+    def _note_loss(self, loss: torch.Tensor) -> None:
+        if not isinstance(loss, torch.Tensor) or loss.numel() != 1 or not loss.is_floating_point():
+            return
+        self._window.losses.append(loss.detach())
+        if self._tracing():
+            return
+        for watch in self.all_watches():
+            if watch._capture is not None:
+                watch.loss(loss)
+
+    def _before_backward(self, tensors: Any) -> None:
+        loss = tensors if isinstance(tensors, torch.Tensor) else (
+            tensors[0] if isinstance(tensors, (list, tuple)) and len(tensors) == 1 else None)
+        self.phase_now = Phase.BACKWARD
+        if isinstance(loss, torch.Tensor) and loss not in self._scaled:
+            self._note_loss(loss)
+        if self.rerun is not None:
+            self.rerun.on_backward(loss)
+
+    def _after_backward(self) -> None:
+        self.phase_now = Phase.OPTIMIZER
+        if self.rerun is not None:
+            self.rerun.after_backward()
+        if self.watches:
+            return            # steps end at optimizer steps
+        if self.plain is None:
+            if self._has_optimizer_with_gradients():
+                return        # gradient accumulation before an optimizer's first step
+            model = self._model_for(None)
+            if model is None:
+                return
+            self.plain = self._new_watch(model, None)
+            self._replay_window_into(self.plain)
+            self._stop_discovery()
+        if self.rerun is not None and self.rerun.state == "tracing":
+            self._finish_rerun()
+            raise ScriptStop()
+        if self.rerun is not None and self.rerun.state == "armed":
+            self.plain._drop_gradients()      # keep the weights the failing step used until the re-run
+            self._step_boundary()
+            return
+        self.plain.end_backward_step()
+        self._step_boundary()
+        self._maybe_stop()
+        self._check_deadline()
+
+    def _has_optimizer_with_gradients(self) -> bool:
+        return any(p.grad is not None for opt in list(self._optimizers) for g in opt.param_groups for p in g["params"])
+
+    # ---- optimizer steps ---------------------------------------------------------------------------
+    def _note_scaler(self, scaler: Any, optimizer: Any) -> None:
+        scaler = active_scaler(scaler)
+        if scaler is None:
+            return
+        from .guard import unwrap_optimizer
+        opt = unwrap_optimizer(optimizer)
+        self._scalers[id(opt)] = scaler
+        watch = self.watches.get(id(opt))
+        if watch is not None:
+            watch.attach_scaler(scaler)
+
+    def _before_step(self, optimizer: torch.optim.Optimizer, args: Any, kwargs: Any) -> None:
+        self.phase_now = Phase.OPTIMIZER
+        watch = self.watches.get(id(optimizer))
+        if watch is None:
+            model = self._model_for(optimizer)
+            if model is None:
+                return       # no training forward seen yet: nothing to attribute this step to
+            watch = self.watches[id(optimizer)] = self._new_watch(model, optimizer)
+            if id(optimizer) in self._scalers:
+                watch.attach_scaler(self._scalers[id(optimizer)])
+            self._replay_window_into(watch)
+            if not self._needs_discovery():
+                self._stop_discovery()
+        if self.rerun is not None:
+            if self.rerun.state == "tracing":
+                self._finish_rerun()
+                raise ScriptStop()
+            if self.rerun.state == "armed":
+                watch._drop_gradients()       # keep the weights the failing step used until the re-run
+                return
+        watch.check_gradients()
+        self._maybe_stop()
+
+    def _after_step(self, optimizer: torch.optim.Optimizer, args: Any, kwargs: Any) -> None:
+        if id(optimizer) in self.watches:
+            self._step_boundary()
+            self._check_deadline()
+
+    def _check_deadline(self) -> None:
+        if self._deadline is not None and self.stop is None and time.monotonic() > self._deadline:
+            self.timed_out = True
+            raise ScriptStop()
+
+    def _step_boundary(self) -> None:
+        self.phase_now = Phase.DATA
+        self._previous_window = self._window
+        self._window = _Window()
+
+    def _needs_discovery(self) -> bool:
+        return any(id(opt) not in self.watches for opt in list(self._optimizers)
+                   if any(p.grad is not None for g in opt.param_groups for p in g["params"]))
+
+    def _model_for(self, optimizer: Optional[torch.optim.Optimizer]) -> Optional[torch.nn.Module]:
+        """The module whose training forward this optimizer's step (or a hand-written update)
+        follows: the outermost called module owning its parameters (or, when the loop calls
+        several, the module that holds them all)."""
+        modules: list[torch.nn.Module] = []
+        for call in self._window.calls + self._previous_window.calls:
+            if call.owns_parameters and not any(call.module is m for m in modules):
+                modules.append(call.module)
+        if optimizer is not None:
+            wanted = {id(p) for g in optimizer.param_groups for p in g["params"]}
+        else:
+            wanted = {id(p) for m in modules for p in m.parameters() if p.grad is not None}
+        if not wanted:
+            return None
+        scored = [(len(wanted & {id(p) for p in m.parameters()}), m) for m in modules]
+        scored = [(n, m) for n, m in scored if n]
+        if not scored:
+            return None
+        best_count, best = max(scored, key=lambda s: s[0])
+        if best_count < len(wanted) and len(scored) > 1:
+            parent = _common_parent([m for _, m in scored])
+            if parent is not None:
+                best = parent
+        for call in self._window.calls + self._previous_window.calls:
+            self._know(call.module)
+        return best
+
+    def _new_watch(self, model: torch.nn.Module, optimizer: Optional[torch.optim.Optimizer]) -> Watch:
+        rebuild = plain_rebuild(model)
+        rebuild["kind"] = "script" if "script" in rebuild else "plain"
+        return Watch(model, optimizer, None, out=self.out, on_nonfinite="skip", gradient_check="manual",
+                     inputs="manual", notify=self._on_fire, warn=False, rebuild=rebuild,
+                     precision=self._autocast, **self.options)
+
+    def _replay_window_into(self, watch: Watch) -> None:
+        """The first step ran before its watch existed: give it that step's calls and losses."""
+        calls = [c for c in self._window.calls if c.owns_parameters and _same_module(watch.model, c.module)]
+        for call in calls:
+            watch.begin_micro_batch(_forward_inputs(call.args, call.kwargs))
+        if watch._capture is not None:
+            if self._window.rng is not None:
+                watch._capture.rng = self._window.rng
+            for loss in self._window.losses:
+                watch.loss(loss)
+
+    # ---- firing -----------------------------------------------------------------------------------
+    def _on_fire(self, event: dict[str, Any]) -> None:
+        if self.stop is not None:
+            return
+        watch = next((w for w in self.all_watches() if w.events and w.events[-1] is event), None)
+        if watch is None:
+            return
+        capture = watch.fired_capture
+        self.stop = Stop(step=event["step"], check=event["check"], what=event["what"], watch=watch,
+                         bundle=Path(event["bundle"]) if event.get("bundle") else None, raised=event.get("raised"))
+        if event["check"] == "batch" and capture is not None and capture.batches:
+            index = next((i for i, f in enumerate(capture.batch_flags) if bool(f)), 0)
+            self.stop.event = data_event(watch.precision, event["step"], capture.batches[index])
+            return
+        if event["check"] in ("loss", "gradients") and self.do_rerun and capture is not None:
+            self.rerun = Rerun(watch.model, watch.precision, event["step"], event["check"],
+                               capture.rng, list(self._window.calls), watch.params())
+
+    def _maybe_stop(self) -> None:
+        """After a firing: stop now unless a re-run of the step is on its way."""
+        if self.stop is not None and (self.rerun is None or self.rerun.state == "done"):
+            raise ScriptStop()
+
+    def _finish_rerun(self) -> None:
+        if self.rerun is None:
+            return
+        outcome = self.rerun.finish()
+        if self.stop is not None:
+            self.stop.rerun = outcome
+            if outcome.event is not None:
+                self.stop.event = outcome.event
+
+    def finish(self) -> None:
+        """The script ended (or was stopped): close a re-run that never came."""
+        if self.rerun is not None and self.rerun.state == "armed" and self.stop is not None:
+            self.stop.rerun = RerunOutcome(note="the script ended before the loop ran the failing step again")
+        if self.rerun is not None:
+            self.rerun.close()
+        for watch in self.all_watches():
+            watch.close()
+
+
+def _same_module(model: torch.nn.Module, module: torch.nn.Module) -> bool:
+    return module is model or any(module is m for m in model.children())
+
+
+def _forward_inputs(args: tuple, kwargs: dict) -> dict[str, Any]:
+    from .guard import forward_inputs
+    return forward_inputs(args, kwargs)
+
+
+def _common_parent(modules: list[torch.nn.Module]) -> Optional[torch.nn.Module]:
+    """The module that holds all of `modules` as children (a LightningModule whose
+    training_step calls its encoder and decoder directly). Found once, through the garbage
+    collector's referrers; None when there is no single holder."""
+    candidates: Optional[set[int]] = None
+    objects: dict[int, torch.nn.Module] = {}
+    for module in modules:
+        holders = set()
+        for ref in gc.get_referrers(module):
+            if isinstance(ref, dict):
+                for owner in gc.get_referrers(ref):
+                    if isinstance(owner, dict):
+                        for parent in gc.get_referrers(owner):
+                            if isinstance(parent, torch.nn.Module) and any(c is module for c in parent.children()):
+                                holders.add(id(parent))
+                                objects[id(parent)] = parent
+        candidates = holders if candidates is None else candidates & holders
+    if not candidates:
+        return None
+    return objects[next(iter(candidates))]
+
+
+def describe_stop(stop: Stop) -> str:
+    return f"step {stop.step}: {stop.what}"
+
+
+def phase_of(check: str) -> Phase:
+    return {"batch": Phase.DATA, "loss": Phase.FORWARD, "gradients": Phase.BACKWARD,
+            "parameters": Phase.OPTIMIZER}.get(check, Phase.BACKWARD)
+
+
+Callback = Callable[[dict[str, Any]], None]

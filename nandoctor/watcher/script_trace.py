@@ -1,0 +1,127 @@
+"""What a guarded script did, as the plain trace every later stage reads (the same `Trace` a scan
+and a replay produce): the watched run's history, the step that failed and the origin its
+re-run found, or the exception the script raised."""
+from __future__ import annotations
+
+import math
+from typing import Any, Optional
+
+import torch
+
+from .._version import __version__
+from ..load.script import TrainingScript
+from ..run.runner import describe_model
+from ..run.session import optimizer_facts
+from ..run.user_code import user_error
+from ..trace import (ErrorCategory, ModelInfo, NonfiniteEvent, Phase, RunStatus, RunTrace, StepRecord, Trace)
+from .guard import Watch
+from .script import ScriptOutcome
+from .script_guard import ScriptGuard, Stop, phase_of
+
+
+def script_trace(script: TrainingScript, guard: ScriptGuard, outcome: ScriptOutcome, config: dict[str, Any]) -> Trace:
+    watch = _primary_watch(guard)
+    trace = Trace(model_file=script.display, config=config, device=str(watch._device) if watch else "cpu",
+                  torch_version=torch.__version__, tool_version=__version__)
+    if watch is not None:
+        info = ModelInfo()
+        describe_model(watch.model, info)
+        trace.model = info
+    run = _run(guard, watch, outcome)
+    trace.runs.append(run)
+    trace.seconds = outcome.seconds
+    trace.notes.extend(_notes(guard, outcome, watch))
+    return trace
+
+
+def _primary_watch(guard: ScriptGuard) -> Optional[Watch]:
+    if guard.stop is not None:
+        return guard.stop.watch
+    watches = guard.all_watches()
+    return max(watches, key=lambda w: w.step_index) if watches else None
+
+
+def _record(entry: dict[str, Any]) -> StepRecord:
+    return StepRecord(step=int(entry["step"]), loss=entry.get("loss"), grad_norm=entry.get("grad_norm"),
+                      lr=entry.get("lr"), loss_scale=entry.get("scale"), skipped=bool(entry.get("skipped")),
+                      param_norm=entry.get("param_norm"), update_ratio=entry.get("update_ratio"))
+
+
+def _run(guard: ScriptGuard, watch: Optional[Watch], outcome: ScriptOutcome) -> RunTrace:
+    precision = watch.precision if watch is not None else "32-true"
+    run = RunTrace(precision=precision)
+    if watch is None:
+        run.note = "no training step was seen: the script never ran a forward and an optimizer step (or backward) in training mode"
+    else:
+        if watch.optimizer is not None:
+            run.optimizer = optimizer_facts(watch.optimizer)
+        else:
+            run.optimizer = {"name": "hand-written update (no torch optimizer)"}
+        first = next((p for p in watch.model.parameters()), None)
+        if first is not None:
+            run.param_dtype = str(first.dtype).replace("torch.", "")
+    history = [_record(h) for h in (watch.history if watch is not None else [])]
+    stop = guard.stop
+    if stop is not None:
+        before = [h for h in history if h.step < stop.step]
+        at = next((h for h in history if h.step == stop.step), None) or StepRecord(step=stop.step)
+        # The step the guard skipped is recorded as skipped; it was the failing one, not a skip.
+        at.skipped = False
+        run.history, run.steps, run.start_step = before, [at], stop.step
+        run.steps_requested = stop.step + 1
+        run.status = RunStatus.NONFINITE.value
+        run.first_nonfinite = _event(stop, precision)
+        if stop.raised:
+            run.note = f"the model's forward raised {stop.raised} on this batch"
+        return run
+    run.steps = history
+    run.start_step = history[0].step if history else 0
+    run.steps_requested = (history[-1].step + 1) if history else 0
+    if outcome.interrupted:
+        run.status, run.stopped_by = RunStatus.INTERRUPTED.value, ErrorCategory.USER_INTERRUPT.value
+    elif outcome.error is not None:
+        run.status = RunStatus.ERROR.value
+        run.error = user_error(_phase_of_error(guard), outcome.error)
+    elif guard.timed_out:
+        run.status, run.stopped_by = RunStatus.TIMEOUT.value, ErrorCategory.TIME_BUDGET.value
+        run.note = "--max-seconds stopped the script; every step before it stayed finite"
+    return run
+
+
+def _phase_of_error(guard: ScriptGuard) -> Phase:
+    return guard.phase_at_error or Phase.FORWARD
+
+
+def _event(stop: Stop, precision: str) -> NonfiniteEvent:
+    if stop.event is not None:
+        return stop.event
+    rerun = stop.rerun
+    detail = stop.what
+    if rerun is not None and rerun.note:
+        detail += f"; {rerun.note}"
+    return NonfiniteEvent(precision=precision, step=stop.step, phase=phase_of(stop.check).value, kind="nan",
+                          surfaced_in=stop.check, reproduced=rerun.reproduced if rerun is not None else None,
+                          replay_traced=rerun.reproduced if rerun is not None else None, detail=detail)
+
+
+def _notes(guard: ScriptGuard, outcome: ScriptOutcome, watch: Optional[Watch]) -> list[str]:
+    notes = []
+    stop = guard.stop
+    if stop is not None and stop.bundle is not None:
+        notes.append(f"crash bundle: {stop.bundle} (`nandoctor replay {stop.bundle} --trust` re-runs the script to "
+                     "this step and diagnoses it again)")
+    if stop is not None and stop.rerun is not None and stop.rerun.losses:
+        recorded = next((h.get("loss") for h in (watch.history if watch else []) if h["step"] == stop.step), None)
+        rerun_loss = stop.rerun.losses[0]
+        if recorded is not None and _differ(recorded, rerun_loss):
+            notes.append(f"the re-run's loss ({rerun_loss:.6g}) differs from the recorded one ({recorded:.6g}): the "
+                         "loop fed it other data than the failing step had (targets from outside the model's inputs)")
+    if outcome.exit_code not in (None, 0):
+        notes.append(f"the script exited with code {outcome.exit_code}")
+    return notes
+
+
+def _differ(a: float, b: float) -> bool:
+    if not (math.isfinite(a) and math.isfinite(b)):
+        return math.isfinite(a) != math.isfinite(b)
+    return abs(a - b) > 1e-3 * max(1.0, abs(a))
