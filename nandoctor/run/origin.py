@@ -130,6 +130,13 @@ class _Root:
     mask_source: Optional[OpRef] = None     # masked_input: where the consumed mask was set
     scalar_source: Optional[OpRef] = None   # reached a later op as a Python number via this op
     dropped_by: Optional[OpRef] = None      # forward: the first op that consumed these values into finite ones
+    # The values were already non-finite when they reached this op from outside the traced ops:
+    # "state" (a parameter or buffer of the model) or "data" (anything else the loop passed in:
+    # a batch, targets, a constant). entered_input: which tensor input, entered_rows its bad rows.
+    entered_from: Optional[str] = None
+    entered_input: Optional[int] = None
+    entered_rows: list[int] = field(default_factory=list)
+    entered_ref: Any = None           # weakref to that tensor, for whoever knows where the data came from
 
     def ref(self) -> OpRef:
         return OpRef(op=self.op, module=self.module, source=self.user_source or self.source)
@@ -198,6 +205,7 @@ class OriginTracer(StepProbe):
         # Non-finite 0-dim tensors converted to Python numbers (`.item()`, `float(t)`):
         # (value, root of the tensor, the op that made the tensor).
         self._conversions: list[tuple[float, _Root, Optional[OpRef]]] = []
+        self._state_ids: Optional[set[int]] = None
 
     @contextlib.contextmanager
     def suspended(self):
@@ -328,6 +336,7 @@ class OriginTracer(StepProbe):
         accidents: list[_Root] = []
         masks: list[_Root] = []
         unknown_accident = False
+        entered: Optional[torch.Tensor] = None
         for t, has_nan, _ in bad_inputs:
             root = self._root_of(t)
             if root is None:
@@ -336,6 +345,7 @@ class OriginTracer(StepProbe):
                     masks.append(self._new_root(**new, intentional=True))
                 else:
                     unknown_accident = True
+                    entered = t if entered is None else entered
             elif root.intentional:
                 masks.append(root)
             else:
@@ -355,7 +365,10 @@ class OriginTracer(StepProbe):
         if unknown_accident:
             # A non-finite value from outside the traced ops: the state itself (a parameter
             # loaded as NaN), a NaN constant, or a non-finite number (lr=inf through alpha=).
-            accidents.append(self._new_root(**new, masked=False, preexisting=bool(bad_inputs)))
+            accident = self._new_root(**new, masked=False, preexisting=bool(bad_inputs))
+            if entered is not None:
+                self._note_entry(accident, entered, tensor_args)
+            accidents.append(accident)
         if accidents:
             root = min(accidents, key=lambda r: r.index)
         elif not masks:
@@ -380,6 +393,19 @@ class OriginTracer(StepProbe):
                 if base_tensor is not None and not (earlier is not None and earlier.intentional and root.intentional):
                     self._set_root(base_tensor, root)
         return out
+
+    def _note_entry(self, root: _Root, t: torch.Tensor, tensor_args: list[torch.Tensor]) -> None:
+        """Where a value that was non-finite before the step came from: the model's state, or
+        the data the loop handed in (which rows, along dim 0: the samples)."""
+        if self._state_ids is None:
+            self._state_ids = {id(x) for x in list(self.model.parameters()) + list(self.model.buffers())}
+        base = t._base if t._base is not None else t
+        root.entered_from = "state" if id(t) in self._state_ids or id(base) in self._state_ids else "data"
+        root.entered_input = next((i for i, a in enumerate(tensor_args) if a is t), None)
+        root.entered_ref = weakref.ref(t)
+        if root.entered_from == "data" and t.dim() > 0 and t.shape[0] > 0:
+            bad = ~torch.isfinite(t.detach())
+            root.entered_rows = bad.reshape(t.shape[0], -1).any(dim=1).nonzero().flatten()[:64].tolist()
 
     def _note_dropped(self, bad_inputs: list, out_tensors: list[torch.Tensor], op_name: str, where: tuple) -> None:
         """A floating output made finite from non-finite inputs: this op dropped the non-finite
@@ -533,7 +559,7 @@ class OriginTracer(StepProbe):
             op=root.op, source=root.source, user_source=root.user_source, forward_op=root.forward_op,
             inputs=root.inputs, output=root.output, producer=root.producer, masked_input=root.masked_input,
             reproduced=True, surfaced_in=surfaced_in, call=root.call, mask_source=root.mask_source,
-            scalar_source=root.scalar_source, dropped_by=root.dropped_by)
+            scalar_source=root.scalar_source, dropped_by=root.dropped_by, entered_from=root.entered_from)
         if root.phase == Phase.OPTIMIZER.value and optimizer is not None:
             event.parameter, event.state = _name_optimizer_tensor(self.model, optimizer, root.target_id)
         return event

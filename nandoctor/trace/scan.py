@@ -91,6 +91,10 @@ class NonfiniteEvent:
     # finite values out (torch.where picking the other branch, masked_fill, a loss that selects
     # other classes). Set when the forward value never used the non-finite elements.
     dropped_by: Optional[OpRef] = None
+    # The values were non-finite before the step used them, coming from outside every traced op:
+    # "data" (a batch, targets or a constant the loop passed in) or "state" (a parameter or
+    # buffer already holding them). None when the op itself made them.
+    entered_from: Optional[str] = None
 
 
 @dataclass

@@ -177,6 +177,9 @@ class Watch:
         self.begin_micro_batch(batch)
         try:
             yield self
+        except Exception as err:
+            self.raised_on_nonfinite_batch(err)
+            raise
         finally:
             self._remove_stats_hooks_if_done()
 
@@ -303,7 +306,7 @@ class Watch:
             # torch calls an always_call hook with no output when forward raised.
             raised = sys.exc_info()[1]
             if raised is not None and not isinstance(raised, NonFiniteError):
-                self._forward_raised(raised)
+                self.raised_on_nonfinite_batch(raised)
             return
         if self._capture is None or not torch.is_grad_enabled():
             return
@@ -314,15 +317,22 @@ class Watch:
         if isinstance(loss, torch.Tensor) and loss.numel() == 1:
             self._capture.output_losses.append(loss.detach())
 
-    def _forward_raised(self, error: BaseException) -> None:
-        """The model's forward raised. When the micro-batch it was given holds NaN/Inf, that is
-        the story (BCE's range check on a NaN row): bundle the step and say so on the exception.
-        Raising here would be silenced by torch, so the note travels on the user's exception."""
+    def raised_on_nonfinite_batch(self, error: BaseException) -> bool:
+        """The loop raised (the model's forward, a loss's range check: BCE on a NaN row). When a
+        micro-batch of this step holds NaN/Inf, that is the story: bundle the step, and say so on
+        the exception (a note; raising from here would be silenced by torch). True when it did."""
         capture = self._capture
-        if self._closed or capture is None or not capture.batch_flags or not bool(capture.batch_flags[-1]):
-            return
-        what = f"the batch holds NaN/Inf ({describe_nonfinite_rows(capture.batches[-1])}); the model's forward " \
-               f"then raised {type(error).__name__}"
+        if self._closed or capture is None or getattr(error, "_nandoctor_noted", False):
+            return False
+        bad = next((i for i, flag in enumerate(capture.batch_flags) if bool(flag)), None)
+        if bad is None:
+            return False
+        try:
+            error._nandoctor_noted = True     # one note, however many hooks see the exception
+        except AttributeError:
+            pass
+        what = f"the batch holds NaN/Inf ({describe_nonfinite_rows(capture.batches[bad])}); the code then " \
+               f"raised {type(error).__name__}"
         step = capture.step
         bundle = None
         if len(self.bundles) < self.max_bundles:
@@ -342,6 +352,7 @@ class Watch:
         if self.warn and "batch" not in self._warned:
             self._warned.add("batch")
             warnings.warn(note, NonFiniteWarning, stacklevel=2)
+        return True
 
     def _arm_end_of_backward(self, output: Any) -> None:
         # No optimizer step to hook: the end of the backward pass through this output closes the
@@ -818,7 +829,8 @@ def describe_nonfinite_rows(batch: Any, limit: int = 8) -> str:
         rows = bad.reshape(bad.shape[0], -1).any(dim=1).nonzero().flatten().tolist() if t.dim() else []
         count = int(bad.sum())
         shown = ", ".join(str(r) for r in rows[:limit]) + (f" and {len(rows) - limit} more" if len(rows) > limit else "")
-        parts.append(f"{name or 'input'}: {count} of {t.numel()} values" + (f", sample rows {shown}" if rows else ""))
+        label = (name or "input").replace("['args']", "args").replace("['kwargs']", "kwargs")
+        parts.append(f"{label}: {count} of {t.numel()} values" + (f", sample rows {shown}" if rows else ""))
     return "; ".join(parts) or "non-finite values"
 
 

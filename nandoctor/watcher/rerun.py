@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 import torch
 from torch.utils._pytree import tree_flatten, tree_unflatten
@@ -31,6 +31,7 @@ from ..run import stats
 from ..run.origin import OriginTracer
 from ..trace import NonfiniteEvent, Phase
 from . import bundle_writer
+from .guard import describe_nonfinite_rows
 
 
 @dataclass
@@ -40,6 +41,7 @@ class TopCall:
     args: tuple
     kwargs: dict
     owns_parameters: bool          # the model (forward) or another module, e.g. a loss module
+    site: Optional[tuple[str, int, str]] = None    # the user's line that made the call
 
 
 @dataclass
@@ -48,6 +50,10 @@ class RerunOutcome:
     reproduced: Optional[bool] = None      # None: the re-run did not happen or did not finish
     note: str = ""
     losses: list[float] = field(default_factory=list)
+    # When the origin's values were already non-finite in data the loop passed in: that tensor
+    # and its non-finite rows (the guard knows which DataLoader samples those are).
+    entered: Optional[torch.Tensor] = None
+    entered_rows: list[int] = field(default_factory=list)
 
 
 def substitute(logged: TopCall, args: tuple, kwargs: dict) -> tuple[tuple, dict]:
@@ -81,6 +87,7 @@ class Rerun:
         self.tracer: Optional[OriginTracer] = None
         self._next_call = 0
         self._losses: list[torch.Tensor] = []
+        self.batches: list[tuple[int, Any, Optional[list]]] = []   # the failing step's DataLoader batches
         self.outcome = RerunOutcome()
 
     # ---- events from the guard's hooks -----------------------------------------------------------
@@ -148,6 +155,10 @@ class Rerun:
             return self.outcome
         self.outcome.event = tracer.to_event(root, failure)
         self.outcome.event.replay_traced = True
+        if root.entered_from == "data":
+            self.outcome.entered = root.entered_ref() if root.entered_ref is not None else None
+            self.outcome.entered_rows = list(root.entered_rows)
+            self.outcome.event = entered_data_event(self.outcome.event, root.entered_input, root.entered_rows)
         return self.outcome
 
     def _surfaces(self) -> tuple[list[torch.Tensor], Optional[str]]:
@@ -167,8 +178,10 @@ class Rerun:
         self.state = "done"
 
 
-def data_event(precision: str, step: int, batch: Any) -> NonfiniteEvent:
-    """A batch that holds NaN/Inf needs no re-run: which tensor, how many values, which rows."""
+def data_event(precision: str, step: int, batch: Any,
+               indices_of: Optional[Callable[[torch.Tensor, list[int]], Optional[list]]] = None) -> NonfiniteEvent:
+    """A batch that holds NaN/Inf needs no re-run: which tensor, how many values, which rows
+    (and, from a DataLoader, which dataset samples)."""
     bad = []
     for name, t in stats.iter_tensors(batch):
         if (t.is_floating_point() or t.is_complex()) and t.numel() and not bool(torch.isfinite(t.detach()).all()):
@@ -176,14 +189,49 @@ def data_event(precision: str, step: int, batch: Any) -> NonfiniteEvent:
     first_name, first = bad[0] if bad else ("", None)
     count = int((~torch.isfinite(first.detach())).sum()) if first is not None else None
     has_nan = bool(torch.isnan(first.detach()).any()) if first is not None else True
-    from .guard import describe_nonfinite_rows
+    detail = describe_nonfinite_rows(batch)
+    if first is not None and indices_of is not None:
+        samples = indices_of(first, nonfinite_rows(first))
+        if samples:
+            detail += f"; dataset indices {_shown(samples)}"
     return NonfiniteEvent(precision=precision, step=step, phase=Phase.DATA.value, kind="nan" if has_nan else "inf",
-                          tensor=_batch_name(first_name), count=count, surfaced_in="batch",
-                          detail=describe_nonfinite_rows(batch), reproduced=True)
+                          tensor=batch_name(first_name), count=count, surfaced_in="batch", detail=detail,
+                          reproduced=True)
 
 
-def _batch_name(path: str) -> str:
-    # "['args'][0]" -> "args[0]": how the model was called with it
+def entered_data_event(event: NonfiniteEvent, input_index: Optional[int], rows: list[int]) -> NonfiniteEvent:
+    """The traced op took values that were already non-finite in data the loop passed in (targets
+    handed to a loss function): the failure is the data's; the op's line is where it entered."""
+    summary = event.inputs[input_index] if input_index is not None and input_index < len(event.inputs) else None
+    event.phase = Phase.DATA.value
+    event.entered_from = "data"
+    op = event.op.split(".")[1] if event.op and "." in event.op else (event.op or "an op")
+    event.tensor = f"input {input_index} of {op}" if input_index is not None else f"an input of {op}"
+    if summary is not None:
+        event.count = summary.nan + summary.inf
+        event.kind = "nan" if summary.nan else "inf"
+    numel = 1
+    for n in (summary.shape if summary is not None else []):
+        numel *= n
+    event.detail = (f"{event.tensor}: {event.count} of {numel} values non-finite"
+                    + (f", sample rows {_shown(rows)}" if rows else "")
+                    + " (already non-finite when the loop passed it in)")
+    return event
+
+
+def nonfinite_rows(t: torch.Tensor) -> list[int]:
+    if t.dim() == 0 or t.shape[0] == 0:
+        return []
+    bad = ~torch.isfinite(t.detach())
+    return bad.reshape(t.shape[0], -1).any(dim=1).nonzero().flatten()[:64].tolist()
+
+
+def _shown(values: list, limit: int = 8) -> str:
+    return ", ".join(str(v) for v in values[:limit]) + (f" and {len(values) - limit} more" if len(values) > limit else "")
+
+
+def batch_name(path: str) -> str:
+    """"['args'][0]" -> "args[0]": how the model was called with it."""
     text = path.replace("['args']", "args").replace("['kwargs']", "kwargs")
     return text or "inputs"
 

@@ -57,6 +57,7 @@ def execute_script(script: TrainingScript, guard: ScriptGuard) -> ScriptOutcome:
     except BaseException as err:  # noqa: BLE001 - the script's own exception: a finding, never our crash
         outcome.error = err
         guard.phase_at_error = guard.phase_now
+        guard.on_script_error(err)
     finally:
         guard.finish()
         guard.uninstall()

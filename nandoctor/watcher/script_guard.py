@@ -14,6 +14,8 @@ What it hooks while the script runs, and why each is needed:
   and the end of each backward pass.
 - `GradScaler.step` / `GradScaler.scale`: which scaler drives which optimizer, and the unscaled
   loss (a disabled scaler, as nanoGPT builds on CPU, is no scaler).
+- `DataLoader.__iter__`: the batches each step drew, so that the re-run of a failing step draws
+  the same ones (targets a loop hands to a loss function itself included).
 
 On the first NaN/Inf the watch writes a crash bundle and the step becomes a no-op. A non-finite
 batch is reported at once; a non-finite loss or gradient is re-run by the user's own loop
@@ -21,7 +23,9 @@ batch is reported at once; a non-finite loss or gradient is re-run by the user's
 """
 from __future__ import annotations
 
+import collections
 import gc
+import sys
 import threading
 import time
 import weakref
@@ -31,6 +35,7 @@ from typing import Any, Callable, Optional
 
 import torch
 
+from ..run.frames import is_user_file, location
 from ..trace import NonfiniteEvent, Phase
 from .guard import Watch, active_scaler, plain_rebuild
 from .rerun import Rerun, RerunOutcome, TopCall, data_event
@@ -60,6 +65,40 @@ class _Window:
     calls: list[TopCall] = field(default_factory=list)
     losses: list[torch.Tensor] = field(default_factory=list)
     rng: Optional[dict[str, Any]] = None
+    # (id of the DataLoader, batch, the dataset indices of its samples or None) drawn this step
+    batches: list[tuple[int, Any, Optional[list]]] = field(default_factory=list)
+
+
+_INDICES = "_nandoctor_sample_indices"
+
+
+class _ReplayableIterator:
+    """A DataLoader's iterator, unchanged, except that the guard can hand the failing step's
+    batches out once more for its re-run."""
+
+    def __init__(self, inner: Any, loader: Any, guard: "ScriptGuard"):
+        self._inner, self._loader, self._guard = inner, loader, guard
+
+    def __iter__(self) -> "_ReplayableIterator":
+        return self
+
+    def __next__(self) -> Any:
+        again = self._guard._batch_again(id(self._loader))
+        if again is not None:
+            return again
+        batch = next(self._inner)
+        # DataLoader iterators ask their sampler for index batches in order (ahead of time with
+        # workers) and deliver batches in that same order: the oldest index batch is this one's.
+        pending = self._inner.__dict__.get(_INDICES)
+        indices = pending.popleft() if pending else None
+        self._guard._window.batches.append((id(self._loader), batch, indices))
+        return batch
+
+    def __len__(self) -> int:
+        return len(self._inner)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._inner, name)
 
 
 class ScriptGuard:
@@ -85,6 +124,7 @@ class ScriptGuard:
         self._discovering = False
         self._installed = False
         self._autocast: Optional[str] = None
+        self._batches_again: list[tuple[int, Any]] = []   # the failing step's batches, for its re-run
         self.phase_now = Phase.DATA            # where the loop is, for an exception's finding
         self.phase_at_error: Optional[Phase] = None
         self.timed_out = False
@@ -130,6 +170,23 @@ class ScriptGuard:
             return original_step(scaler, optimizer, *args, **kwargs)
         self._patch(scaler_cls, "scale", scale)
         self._patch(scaler_cls, "step", step)
+
+        loader_cls = torch.utils.data.DataLoader
+        original_iter = loader_cls.__iter__
+
+        def loader_iter(loader: Any) -> Any:
+            return _ReplayableIterator(original_iter(loader), loader, guard)
+        self._patch(loader_cls, "__iter__", loader_iter)
+
+        from torch.utils.data.dataloader import _BaseDataLoaderIter
+        original_next_index = _BaseDataLoaderIter._next_index
+
+        def next_index(iterator: Any) -> Any:
+            index = original_next_index(iterator)
+            iterator.__dict__.setdefault(_INDICES, collections.deque()).append(
+                list(index) if isinstance(index, (list, tuple)) else [index] if isinstance(index, int) else None)
+            return index
+        self._patch(_BaseDataLoaderIter, "_next_index", next_index)
         self._start_discovery()
         self._installed = True
 
@@ -222,7 +279,8 @@ class ScriptGuard:
             window.rng = capture_rng()
             self._note_autocast()
         owns = any(True for _ in module.parameters())
-        window.calls.append(TopCall(module=module, args=args, kwargs=kwargs, owns_parameters=owns))
+        window.calls.append(TopCall(module=module, args=args, kwargs=kwargs, owns_parameters=owns,
+                                    site=_user_caller()))
         if not self._tracing():       # the watches' own reductions must not enter the traced re-run
             for watch in self.all_watches():
                 if owns and _same_module(watch.model, module):
@@ -403,11 +461,44 @@ class ScriptGuard:
                          bundle=Path(event["bundle"]) if event.get("bundle") else None, raised=event.get("raised"))
         if event["check"] == "batch" and capture is not None and capture.batches:
             index = next((i for i, f in enumerate(capture.batch_flags) if bool(f)), 0)
-            self.stop.event = data_event(watch.precision, event["step"], capture.batches[index])
+            drawn = list(self._window.batches)
+            self.stop.event = data_event(watch.precision, event["step"], capture.batches[index],
+                                         lambda t, rows: _indices_in(drawn, t, rows))
+            calls = [c for c in self._window.calls if c.owns_parameters and c.site is not None]
+            if len(calls) > index:
+                self.stop.event.source = self.stop.event.user_source = location(*calls[index].site)
             return
         if event["check"] in ("loss", "gradients") and self.do_rerun and capture is not None:
             self.rerun = Rerun(watch.model, watch.precision, event["step"], event["check"],
                                capture.rng, list(self._window.calls), watch.params())
+            self._batches_again = list(self._window.batches)
+            self.rerun.batches = list(self._window.batches)
+
+    def _batch_again(self, loader: int) -> Any:
+        """While a re-run is armed: the failing step's next batch from this DataLoader (or from the
+        only DataLoader that step drew from: a loop may build a new DataLoader every epoch)."""
+        if self.rerun is None or self.rerun.state == "done" or not self._batches_again:
+            return None
+        loaders = {entry[0] for entry in self._batches_again}
+        for i, (owner, batch, _) in enumerate(self._batches_again):
+            if owner == loader or len(loaders) == 1:
+                del self._batches_again[i]
+                return batch
+        return None
+
+
+
+    def on_script_error(self, error: BaseException) -> None:
+        """The script raised: when the step's batch held NaN/Inf, that is the finding (the
+        exception is the symptom, BCE's range check on a NaN row)."""
+        if self.stop is not None:
+            return
+        for watch in self.all_watches():
+            try:
+                if watch.raised_on_nonfinite_batch(error):
+                    return
+            except Exception:  # noqa: BLE001 - a failing check must not hide the script's own exception
+                return
 
     def _maybe_stop(self) -> None:
         """After a firing: stop now unless a re-run of the step is on its way."""
@@ -422,6 +513,10 @@ class ScriptGuard:
             self.stop.rerun = outcome
             if outcome.event is not None:
                 self.stop.event = outcome.event
+                samples = _indices_in(self.rerun.batches, outcome.entered, outcome.entered_rows)
+                if samples:
+                    outcome.event.detail += f"; dataset indices {', '.join(str(i) for i in samples[:8])}" + (
+                        f" and {len(samples) - 8} more" if len(samples) > 8 else "")
 
     def finish(self) -> None:
         """The script ended (or was stopped): close a re-run that never came."""
@@ -431,6 +526,40 @@ class ScriptGuard:
             self.rerun.close()
         for watch in self.all_watches():
             watch.close()
+
+
+_USER_CODE: dict[Any, bool] = {}
+
+
+def _user_caller(depth: int = 24) -> Optional[tuple[str, int, str]]:
+    """(file, line, function) of the innermost frame of the user's own files calling this module
+    (cheap enough for every top-level call: a short walk, file checks cached per code object)."""
+    frame = sys._getframe(2)
+    while frame is not None and depth:
+        code = frame.f_code
+        user = _USER_CODE.get(code)
+        if user is None:
+            user = _USER_CODE[code] = is_user_file(code.co_filename)
+        if user:
+            return code.co_filename, frame.f_lineno, code.co_name
+        frame = frame.f_back
+        depth -= 1
+    return None
+
+
+def _indices_in(drawn: list[tuple[int, Any, Optional[list]]], tensor: Optional[torch.Tensor],
+                rows: list[int]) -> Optional[list]:
+    """The dataset indices of `rows` of a batch tensor the failing step drew from a DataLoader."""
+    if tensor is None:
+        return None
+    from ..run.stats import iter_tensors
+    for _, batch, indices in drawn:
+        if not indices:
+            continue
+        for _, t in iter_tensors(batch):
+            if t is tensor or (t.shape == tensor.shape and t.data_ptr() == tensor.data_ptr()):
+                return [indices[r] for r in rows if r < len(indices)]
+    return None
 
 
 def _same_module(model: torch.nn.Module, module: torch.nn.Module) -> bool:

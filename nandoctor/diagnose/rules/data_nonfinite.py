@@ -41,14 +41,28 @@ class DataNonfinite(Rule):
         assert event is not None
         loc = where(event)
         evidence = [f"step {event.step}: {event.detail or f'{event.tensor}: {event.count} non-finite elements'}"]
-        if event.op and loc:
-            evidence.append(f"created by {event.op} at {loc} inside get_batch"
+        # A model file's get_batch made the batch (scan); a training script's loop passed it in
+        # (`nandoctor run`, a replay): the op then is where the data entered, not where it was made.
+        has_get_batch = "get_batch" in ctx.trace.functions
+        if event.entered_from == "data" and loc:
+            evidence.append(f"it entered the step at {loc} (`{loc.code}`), already non-finite: no op of the step made it")
+            fix = (f"repair or drop those samples before they reach {loc} (`{loc.code}`): clean the dataset, or "
+                   "filter each batch with `keep = torch.isfinite(t).all(dim=-1)`")
+        elif event.op and loc:
+            evidence.append(f"created by {event.op} at {loc}{' inside get_batch' if has_get_batch else ''}"
                             + (f" (input min {num(event.inputs[0].min)}, {event.inputs[0].zeros} zeros, "
                                f"{event.inputs[0].negatives} negatives)" if event.inputs else ""))
-        fix = (f"repair the values at {loc}: `{loc.code}` produces them" if loc and loc.code else
-               f"filter batch {event.step} in get_batch")
-        fix += ("; guard the op (e.g. `torch.log(x.clamp_min(1e-6))`), or drop non-finite rows with "
-                "`mask = torch.isfinite(x).all(dim=-1); x, y = x[mask], y[mask]`")
+            fix = (f"repair the values at {loc}: `{loc.code}` produces them" if loc.code else f"repair the values at {loc}")
+            fix += "; guard the op (e.g. `torch.log(x.clamp_min(1e-6))`)"
+        elif loc:
+            evidence.append(f"the batch reached the model at {loc} (`{loc.code}`)")
+            fix = (f"repair or drop those samples before {loc} (`{loc.code}`): clean the dataset, or filter each "
+                   "batch with `keep = torch.isfinite(x).all(dim=-1); x, y = x[keep], y[keep]`")
+        else:
+            fix = (f"filter batch {event.step} in get_batch; drop non-finite rows with `mask = "
+                   "torch.isfinite(x).all(dim=-1); x, y = x[mask], y[mask]`" if has_get_batch else
+                   "repair or drop those samples in the dataset, or filter each batch with `keep = "
+                   "torch.isfinite(x).all(dim=-1); x, y = x[keep], y[keep]`")
         return [Finding(self.id, Severity.ERROR.value, 0.95, f"{event.tensor or 'a batch tensor'} holds "
                         f"{event.count} NaN/Inf values at step {event.step}", evidence, fix,
                         source=loc, precisions=[r.precision for r in runs], explains_origin=True)]
