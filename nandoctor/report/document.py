@@ -12,7 +12,8 @@ from typing import Any, Optional
 from .._version import __version__
 from ..diagnose import Finding
 from ..diagnose.verdict import checkpoint_failed, exit_code_for, scan_failed, verdict as verdict_of
-from ..trace import SCHEMA_VERSION, NonfiniteEvent, PostmortemTrace, RunTrace, TensorRecord, Trace, to_plain
+from ..trace import (SCHEMA_VERSION, NonfiniteEvent, PostmortemTrace, RunTrace, SourceLocation, TensorRecord, Trace,
+                     to_plain)
 from ..trace.vocab import FP16_MAX, compute_max
 
 
@@ -133,6 +134,12 @@ def build_document(trace: Trace, findings: list[Finding], fail_on: str = "error"
         "notes": list(trace.notes),
         "seconds": round(trace.seconds, 3),
     }
+    if trace.loop is not None:
+        loop = to_plain(trace.loop)
+        for key, value in vars(trace.loop).items():
+            if isinstance(value, SourceLocation):
+                loop[key] = str(value)
+        doc["loop"] = loop
     return to_plain(doc)
 
 

@@ -7,14 +7,14 @@ confirming experiments, `vocab.py` the shared vocabularies, `plain.py` the JSON 
 from .checkpoint import OptimizerRecord, PostmortemTrace, TensorRecord
 from .experiments import ExperimentRequest, ExperimentResult
 from .plain import decode_float, encode_float, from_plain, to_plain
-from .scan import (LAYER_FIELDS, PARAM_FIELDS, BatchTensorStats, LabelCheck, LayerSeries, ModelInfo, NonfiniteEvent,
+from .scan import (LAYER_FIELDS, PARAM_FIELDS, BatchTensorStats, LabelCheck, LayerSeries, LoopFacts, ModelInfo, NonfiniteEvent,
                    OpRef, ParamSeries, RunTrace, SourceLocation, StepRecord, TensorSummary, Trace, UserError)
 from .vocab import (SCHEMA_VERSION, ErrorCategory, ExperimentId, Phase, Precision, RunStatus, Severity)
 
 __all__ = [
     "OptimizerRecord", "PostmortemTrace", "TensorRecord", "ExperimentRequest", "ExperimentResult", "decode_float",
     "encode_float", "from_plain", "to_plain", "LAYER_FIELDS", "PARAM_FIELDS", "BatchTensorStats", "LabelCheck",
-    "LayerSeries", "ModelInfo", "NonfiniteEvent", "OpRef", "ParamSeries", "RunTrace", "SourceLocation", "StepRecord",
+    "LayerSeries", "LoopFacts", "ModelInfo", "NonfiniteEvent", "OpRef", "ParamSeries", "RunTrace", "SourceLocation", "StepRecord",
     "TensorSummary", "Trace", "UserError", "SCHEMA_VERSION", "ErrorCategory", "ExperimentId", "Phase", "Precision",
     "RunStatus", "Severity",
 ]

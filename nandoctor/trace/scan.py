@@ -228,6 +228,20 @@ class ModelInfo:
 
 
 @dataclass
+class LoopFacts:
+    """What `nandoctor run` saw of the user's own training loop: the lines a fix can name (each
+    the first place the loop did it), and the settings the loop chose itself."""
+    model_call: Optional[SourceLocation] = None        # the model's training forward
+    backward: Optional[SourceLocation] = None          # `loss.backward()` (or scaler.scale(loss).backward())
+    optimizer_step: Optional[SourceLocation] = None    # `optimizer.step()` / `scaler.step(optimizer)`
+    optimizer_built: Optional[SourceLocation] = None   # the optimizer's constructor call (its lr=, eps=)
+    clip_norm: Optional[float] = None                  # max_norm of clip_grad_norm_ (None: the loop never clips)
+    clip_site: Optional[SourceLocation] = None
+    grad_scaler: bool = False                          # an enabled GradScaler drives the optimizer
+    hand_written_update: bool = False                  # no torch optimizer: the loop updates weights itself
+
+
+@dataclass
 class Trace:
     model_file: str
     config: dict[str, Any]
@@ -246,6 +260,8 @@ class Trace:
     # Runs nandoctor added for comparison, not requested and never part of the verdict: e.g. a
     # float32 run of the same steps when only 16-true was requested (fp16-underflow needs it).
     reference_runs: list[RunTrace] = field(default_factory=list)
+    # `nandoctor run`: the user's own loop (None for a scan of a model file, or a replay).
+    loop: Optional[LoopFacts] = None
     schema_version: int = SCHEMA_VERSION
 
     def run(self, precision: str) -> Optional[RunTrace]:

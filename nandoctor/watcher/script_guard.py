@@ -36,7 +36,7 @@ from typing import Any, Callable, Optional
 import torch
 
 from ..run.frames import is_user_file, location
-from ..trace import NonfiniteEvent, Phase
+from ..trace import LoopFacts, NonfiniteEvent, Phase, SourceLocation
 from .guard import Watch, active_scaler, plain_rebuild
 from .rerun import Rerun, RerunOutcome, TopCall, data_event
 
@@ -125,6 +125,9 @@ class ScriptGuard:
         self._installed = False
         self._autocast: Optional[str] = None
         self._batches_again: list[tuple[int, Any]] = []   # the failing step's batches, for its re-run
+        # The user's lines where the loop first did each thing (LoopFacts); "built:<id>" per optimizer.
+        self.sites: dict[str, Optional[tuple[str, int, str]]] = {}
+        self.clip_norm: Optional[float] = None
         self.phase_now = Phase.DATA            # where the loop is, for an exception's finding
         self.phase_at_error: Optional[Phase] = None
         self.timed_out = False
@@ -142,11 +145,14 @@ class ScriptGuard:
         def optimizer_init(opt: Any, *args: Any, **kwargs: Any) -> None:
             original_init(opt, *args, **kwargs)
             guard._optimizers.add(opt)
+            guard.sites.setdefault(f"built:{id(opt)}", _user_caller())
         self._patch(torch.optim.Optimizer, "__init__", optimizer_init)
 
         original_backward = torch.autograd.backward
 
         def backward(tensors: Any, *args: Any, **kwargs: Any) -> Any:
+            if "backward" not in guard.sites:
+                guard.sites["backward"] = _user_caller()
             guard._before_backward(tensors)
             try:
                 return original_backward(tensors, *args, **kwargs)
@@ -178,6 +184,17 @@ class ScriptGuard:
             return _ReplayableIterator(original_iter(loader), loader, guard)
         self._patch(loader_cls, "__iter__", loader_iter)
 
+        import torch.nn.utils.clip_grad as clip_module
+        original_clip = clip_module.clip_grad_norm_
+
+        def clip_grad_norm_(parameters: Any, max_norm: float, *args: Any, **kwargs: Any) -> Any:
+            if "clip" not in guard.sites:
+                guard.sites["clip"] = _user_caller()
+                guard.clip_norm = float(max_norm)
+            return original_clip(parameters, max_norm, *args, **kwargs)
+        self._patch(clip_module, "clip_grad_norm_", clip_grad_norm_)
+        self._patch(torch.nn.utils, "clip_grad_norm_", clip_grad_norm_)
+
         from torch.utils.data.dataloader import _BaseDataLoaderIter
         original_next_index = _BaseDataLoaderIter._next_index
 
@@ -193,6 +210,20 @@ class ScriptGuard:
     def _patch(self, owner: Any, name: str, replacement: Any) -> None:
         self._patches.append((owner, name, owner.__dict__[name]))
         setattr(owner, name, replacement)
+
+    def loop_facts(self, watch: Optional[Watch]) -> LoopFacts:
+        """The lines of the user's loop that fixes can name, and its own settings."""
+        def at(key: str) -> Optional[SourceLocation]:
+            site = self.sites.get(key)
+            return location(*site) if site else None
+        calls = [c.site for c in self._window.calls + self._previous_window.calls if c.owns_parameters and c.site]
+        model_call = location(*calls[0]) if calls else None
+        optimizer = watch.optimizer if watch is not None else None
+        return LoopFacts(model_call=model_call, backward=at("backward"), optimizer_step=at("step"),
+                         optimizer_built=at(f"built:{id(optimizer)}") if optimizer is not None else None,
+                         clip_norm=self.clip_norm, clip_site=at("clip"),
+                         grad_scaler=watch is not None and watch.scaler is not None,
+                         hand_written_update=watch is not None and watch.optimizer is None)
 
     def uninstall(self) -> None:
         if self.rerun is not None:
@@ -364,6 +395,8 @@ class ScriptGuard:
 
     def _before_step(self, optimizer: torch.optim.Optimizer, args: Any, kwargs: Any) -> None:
         self.phase_now = Phase.OPTIMIZER
+        if "step" not in self.sites:
+            self.sites["step"] = _user_caller()
         watch = self.watches.get(id(optimizer))
         if watch is None:
             model = self._model_for(optimizer)

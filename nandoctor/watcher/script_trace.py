@@ -29,6 +29,7 @@ def script_trace(script: TrainingScript, guard: ScriptGuard, outcome: ScriptOutc
         trace.model = info
     run = _run(guard, watch, outcome)
     trace.runs.append(run)
+    trace.loop = guard.loop_facts(watch)
     trace.seconds = outcome.seconds
     trace.notes.extend(_notes(guard, outcome, watch))
     return trace
