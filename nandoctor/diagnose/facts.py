@@ -141,3 +141,43 @@ def batch_site(trace: Trace, precision: str, prefixes: tuple[str, ...]) -> Optio
             if b.source is not None and any(b.name.startswith(p) or p in b.name for p in prefixes):
                 return b.source
     return None
+
+
+# ---- where a fix goes: a model file's functions (scan) or the user's own loop (run) ----------------
+
+def _site(loc: Optional[SourceLocation]) -> str:
+    return f"{loc} (`{loc.code}`)" if loc is not None and loc.code else str(loc) if loc is not None else ""
+
+
+def clip_fix(trace: Trace) -> str:
+    """How to add (or tighten) gradient clipping, in the user's own terms."""
+    loop = trace.loop
+    if loop is not None:
+        if loop.clip_norm:
+            return f"the loop already clips at max_norm {loop.clip_norm:g} ({_site(loop.clip_site)}); lower the " \
+                   "learning rate or add normalisation"
+        step = _site(loop.optimizer_step)
+        return ("clip gradients: call `torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)` right before "
+                f"{'the optimizer step at ' + step if step else '`optimizer.step()`'}"
+                + (" (after `scaler.unscale_(optimizer)`)" if loop.grad_scaler else ""))
+    if trace.config.get("grad_clip"):
+        return f"gradient clipping at {trace.config['grad_clip']} is on; lower the learning rate or add normalisation"
+    return ("clip gradients: set `grad_clip: 1.0` in the config (the training loop then calls "
+            "`torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)` before `optimizer.step()`)")
+
+
+def optimizer_site(trace: Trace) -> Optional[SourceLocation]:
+    """Where the optimizer's hyperparameters are written: build_optimizer's line, or the
+    constructor call in the user's script."""
+    if trace.loop is not None:
+        return trace.loop.optimizer_built
+    return trace.functions.get("build_optimizer")
+
+
+def data_place(trace: Trace) -> str:
+    """Where the batch is made, for a fix: get_batch in a model file, else before the model call."""
+    if trace.loop is not None:
+        call = _site(trace.loop.model_call)
+        return f"before the model sees it{' (' + call + ')' if call else ''}, in your dataset or collate function"
+    return "in get_batch"
+

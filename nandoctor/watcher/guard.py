@@ -116,6 +116,7 @@ class Watch:
         self.notify = notify                    # called with each firing's event before the policy acts
         self.warn = warn                        # False: no NonFiniteWarning (the caller reports every event)
         self.fired_capture: Optional[_Capture] = None   # the step the latest firing is about
+        self.oversized_steps: list[int] = []    # steps after which the weights' norm overflowed, values finite
 
         self.step_index = 0                     # optimizer steps finished (skipped ones included)
         self.history: deque[dict[str, Any]] = deque(maxlen=self.window)
@@ -205,7 +206,7 @@ class Watch:
                 if self.scaler.__dict__.get("update") == self._scaler_update_hook:
                     del self.scaler.update
                 self._scaler_update = None
-        if self._params_flag is not None and bool(self._params_flag):
+        if self._params_flag is not None and bool(self._params_flag) and self._nonfinite_parameters():
             previous, self._previous = self._previous, None
             self._params_flag = None
             self._fire("parameters", self._parameters_what(), previous, closing=True)
@@ -276,8 +277,9 @@ class Watch:
                 # A hand-written update ran after the last backward: its weights are checked
                 # with this step's one transfer.
                 params = [local_tensor(p.detach()) for p in self.params()]
-                self._params_norm = stats.foreach_norms(params).square().sum().sqrt() if params else None
-                self._params_flag = (~torch.isfinite(self._params_norm)).float() if params else None
+                norms = stats.foreach_norms(params) if params else None
+                self._params_norm = norms.double().square().sum().sqrt() if params else None
+                self._params_flag = (~torch.isfinite(norms)).any().float() if params else None
             self._capture = _Capture(self.step_index, bundle_writer.capture_rng())
             self._host = None
             if self._stats_step(self.step_index):
@@ -395,6 +397,11 @@ class Watch:
         if stats_step:
             self._record_layer_stats(capture.step, extra, grads)
         what = self._what(host, capture, grads)
+        if host[_SLOT["params_bad"]] and not self._nonfinite_parameters():
+            # An L2 norm overflowed, not a value: weights beyond ~1e19 are a blow-up to report
+            # (the history's param_norm is inf), but the first truly non-finite value is still to come.
+            self.oversized_steps.append(max(capture.step - 1, 0))
+            host[_SLOT["params_bad"]] = 0.0
         if since is not None and (what is not None or host[_SLOT["params_bad"]]):
             # Unchecked steps were folded in: the step is only known to lie in since..now.
             text = what[1] if what is not None else self._parameters_what()
@@ -432,8 +439,10 @@ class Watch:
         params = [local_tensor(p.detach()) for g in optimizer.param_groups for p in g["params"]]
         # Checked at the next step's sync (or at close): no second host sync per step. The same
         # norm is the history's param_norm, so it costs nothing more.
-        self._params_norm = stats.foreach_norms(params).square().sum().sqrt() if params else None
-        self._params_flag = (~torch.isfinite(self._params_norm)).float() if params else None
+        norms = stats.foreach_norms(params) if params else None
+        # The total in float64: squares of finite float32 norms can overflow float32 themselves.
+        self._params_norm = norms.double().square().sum().sqrt() if params else None
+        self._params_flag = (~torch.isfinite(norms)).any().float() if params else None
         if self._update_before is not None and len(self._update_before) == len(params):
             # Statistics steps only: |update| / |weights before| of the whole model.
             before = self._update_before
@@ -582,10 +591,17 @@ class Watch:
             return "gradients", f"non-finite gradients in {shown or 'the gradients'}"
         return None
 
+    def _nonfinite_parameters(self) -> list[str]:
+        """Names of the parameters holding NaN/Inf values (slow path: only when a flag fired)."""
+        names = {id(p): n for n, p in self.model.named_parameters()}
+        return [names.get(id(p), "?") for p in self.params()
+                if not bool(torch.isfinite(local_tensor(p.detach())).all())]
+
     def _parameters_what(self) -> str:
-        names = [n for n, p in self.model.named_parameters() if not bool(torch.isfinite(local_tensor(p.detach())).all())]
+        names = self._nonfinite_parameters()
         shown = ", ".join(names[:5]) + (f" and {len(names) - 5} more" if len(names) > 5 else "")
-        return f"parameters became non-finite in optimizer.step(): {shown or 'a parameter'}"
+        where = "optimizer.step()" if self.optimizer is not None else "the update after the backward pass"
+        return f"parameters became non-finite in {where}: {shown or 'a parameter'}"
 
     # ---- firing ------------------------------------------------------------------------------
     def _fire(self, check: str, what: str, capture: Optional[_Capture], state: str = STATE_BEFORE_STEP,

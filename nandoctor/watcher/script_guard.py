@@ -125,6 +125,7 @@ class ScriptGuard:
         self._installed = False
         self._autocast: Optional[str] = None
         self._batches_again: list[tuple[int, Any]] = []   # the failing step's batches, for its re-run
+        self.failing_batches: list[tuple[int, Any, Optional[list]]] = []   # what the failing step drew
         # The user's lines where the loop first did each thing (LoopFacts); "built:<id>" per optimizer.
         self.sites: dict[str, Optional[tuple[str, int, str]]] = {}
         self.clip_norm: Optional[float] = None
@@ -311,7 +312,7 @@ class ScriptGuard:
             self._note_autocast()
         owns = any(True for _ in module.parameters())
         window.calls.append(TopCall(module=module, args=args, kwargs=kwargs, owns_parameters=owns,
-                                    site=_user_caller()))
+                                    site=_user_caller(), holder=_holder(module) if self._discovering else None))
         if not self._tracing():       # the watches' own reductions must not enter the traced re-run
             for watch in self.all_watches():
                 if owns and _same_module(watch.model, module):
@@ -460,6 +461,13 @@ class ScriptGuard:
             parent = _common_parent([m for _, m in scored])
             if parent is not None:
                 best = parent
+        else:
+            # A LightningModule's training_step calls `self.net(x)`: the module the user wrote and
+            # names things after is the one that holds it (with no parameters of its own).
+            holder = next((c.holder for c in self._window.calls + self._previous_window.calls
+                           if c.module is best and c.holder is not None), None)
+            if holder is not None and {id(p) for p in holder.parameters()} == {id(p) for p in best.parameters()}:
+                best = holder
         for call in self._window.calls + self._previous_window.calls:
             self._know(call.module)
         return best
@@ -492,6 +500,7 @@ class ScriptGuard:
         capture = watch.fired_capture
         self.stop = Stop(step=event["step"], check=event["check"], what=event["what"], watch=watch,
                          bundle=Path(event["bundle"]) if event.get("bundle") else None, raised=event.get("raised"))
+        self.failing_batches = list(self._window.batches)
         if event["check"] == "batch" and capture is not None and capture.batches:
             index = next((i for i, f in enumerate(capture.batch_flags) if bool(f)), 0)
             drawn = list(self._window.batches)
@@ -624,6 +633,22 @@ def _common_parent(modules: list[torch.nn.Module]) -> Optional[torch.nn.Module]:
     if not candidates:
         return None
     return objects[next(iter(candidates))]
+
+
+def _holder(module: torch.nn.Module, depth: int = 24) -> Optional[torch.nn.Module]:
+    """The module whose method made this call (`self.net(x)` inside a LightningModule's
+    training_step), when it holds the called module as a child. Discovery only: reads a frame's
+    locals once."""
+    frame = sys._getframe(2)
+    while frame is not None and depth:
+        if is_user_file(frame.f_code.co_filename):
+            owner = frame.f_locals.get("self")
+            if isinstance(owner, torch.nn.Module) and any(c is module for c in owner.children()):
+                return owner
+            return None
+        frame = frame.f_back
+        depth -= 1
+    return None
 
 
 def describe_stop(stop: Stop) -> str:

@@ -10,6 +10,7 @@ import torch
 
 from .._version import __version__
 from ..load.script import TrainingScript
+from ..run.batch import batch_stats
 from ..run.runner import describe_model
 from ..run.session import optimizer_facts
 from ..run.user_code import user_error
@@ -68,6 +69,7 @@ def _run(guard: ScriptGuard, watch: Optional[Watch], outcome: ScriptOutcome) -> 
         at = next((h for h in history if h.step == stop.step), None) or StepRecord(step=stop.step)
         # The step the guard skipped is recorded as skipped; it was the failing one, not a skip.
         at.skipped = False
+        at.batch = _batch_facts(guard, stop)
         run.history, run.steps, run.start_step = before, [at], stop.step
         run.steps_requested = stop.step + 1
         run.status = RunStatus.NONFINITE.value
@@ -87,6 +89,18 @@ def _run(guard: ScriptGuard, watch: Optional[Watch], outcome: ScriptOutcome) -> 
         run.status, run.stopped_by = RunStatus.TIMEOUT.value, ErrorCategory.TIME_BUDGET.value
         run.note = "--max-seconds stopped the script; every step before it stayed finite"
     return run
+
+
+def _batch_facts(guard: ScriptGuard, stop: Stop) -> list:
+    """Ranges and NaN/Inf counts of the failing step's batch (the data rules read them): what the
+    DataLoader gave the step, else what the model was called with."""
+    drawn = [batch for _, batch, _ in guard.failing_batches]
+    if drawn:
+        return batch_stats(drawn[0] if len(drawn) == 1 else drawn, None)
+    capture = stop.watch.fired_capture
+    if capture is not None and capture.batches:
+        return batch_stats(capture.batches[0], None)
+    return []
 
 
 def _phase_of_error(guard: ScriptGuard) -> Phase:

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from ...trace import Phase
 from ...trace.numbers import num
-from ..facts import finite
+from ..facts import data_place, finite
 from ..finding import Finding, Severity
 from .base import Context, Rule
 
@@ -64,7 +64,7 @@ class DataScale(Rule):
         name = max(worst, key=worst.get)
         loc = sources.get(name)
         return [Finding(self.id, severity.value, 0.8 if failing else 0.6, f"{name} reaches {num(worst[name])}: not normalised",
-                        evidence, f"normalise {name} in get_batch" + (f" (made at {loc})" if loc else "")
+                        evidence, f"normalise {name} {data_place(ctx.trace)}" + (f" (made at {loc})" if loc else "")
                         + ": subtract the training mean and divide by the std (for targets too, and un-normalise "
                         "predictions), or divide images by 255", source=loc,  # type: ignore[arg-type]
                         precisions=[r.precision for r in (failing or ctx.trace.runs)], explains_origin=bool(failing))]

@@ -6,7 +6,7 @@ from typing import Optional
 
 from ...trace import RunTrace
 from ...trace.numbers import num
-from ..facts import module_label
+from ..facts import clip_fix, module_label
 from ..finding import Finding, Severity
 from ..ownership import owner
 from .base import Context, Rule
@@ -99,7 +99,7 @@ class ExplodingActivations(Rule):
                             + (" (the replay stayed finite: the values sit at the edge of the range)"
                                if event.reproduced is False else ""))
         layer = run.layer(module)
-        fix = ("add normalisation (LayerNorm) between blocks and clip gradients (`grad_clip: 1.0`)"
+        fix = ("add normalisation (LayerNorm) between blocks; " + clip_fix(ctx.trace)
                + (f"; {module_label(module)} is a {layer.type}: initialise its recurrent weights with spectral "
                   "radius below 1 (`nn.init.orthogonal_(weight_hh)`) or use an LSTM/GRU"
                   if layer is not None and layer.type in RECURRENT else ""))
@@ -107,6 +107,7 @@ class ExplodingActivations(Rule):
             fix = f"at {layer.source} (`{layer.source.code}`): " + fix if layer.source.code else f"at {layer.source}: " + fix
         explains = owned or (failed and owner(event, ctx.trace) in (None, "nonreproducible"))
         return Finding(self.id, (Severity.ERROR if failed else Severity.WARNING).value, 0.55 if failed else 0.5,
-                        f"activations explode in {module_label(module)} (max |x| {num(peak)})", evidence, fix,
+                        f"activations explode in {module_label(module or (event.module if event else None))}"
+                        + (f" (max |x| {num(peak)})" if peak else ""), evidence, fix,
                         module=module or None, source=(layer.source if layer else None) or (event.user_source if owned and event else None),
                         precisions=[r.precision for r in matching], explains_origin=bool(explains), mechanism="overflow")

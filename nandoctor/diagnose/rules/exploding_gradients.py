@@ -5,7 +5,7 @@ import math
 
 from ...trace import RunTrace
 from ...trace.numbers import num
-from ..facts import finite, leaf_param_layers, median, module_label
+from ..facts import clip_fix, finite, leaf_param_layers, median, module_label
 from ..finding import Finding, Severity
 from .base import Context, Rule
 
@@ -81,10 +81,7 @@ class ExplodingGradients(Rule):
         failed = run.first_nonfinite is not None
         if failed:
             evidence.append(f"{run.precision} turned non-finite at step {run.first_nonfinite.step}")
-        clip = ctx.trace.config.get("grad_clip")
-        fix = ("clip gradients: set `grad_clip: 1.0` in the config (the training loop then calls "
-               "`torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)` before `optimizer.step()`)"
-               if not clip else f"gradient clipping at {clip} is on; lower the learning rate or add normalisation")
+        fix = clip_fix(ctx.trace)
         module = gw[1] if gw[0] > gw_limit else (layers[0].module if layers else None)
         layer = run.layer(module) if module is not None else None
         if layer is not None and layer.type in ("RNN", "RNNCell"):

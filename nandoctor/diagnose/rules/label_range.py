@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from ...trace import ErrorCategory
+from ..facts import data_place
 from ..finding import Finding, Severity
 from .base import Context, Rule
 
@@ -50,10 +51,10 @@ class LabelRange(Rule):
         target_site = next((b.source for s in run.steps for b in s.batch if b.source and b.name.startswith("targets")), None)
         loc = loc or target_site
         if dtype_error:
-            fix = "convert class targets to int64 in get_batch: `targets = targets.long()`"
+            fix = f"convert class targets to int64 {data_place(ctx.trace)}: `targets = targets.long()`"
             title = "class targets have the wrong dtype for the loss"
         elif labels is not None and labels.min >= 1 and labels.max == labels.num_classes:
-            fix = (f"labels run 1..{labels.max}: shift them to 0..{labels.max - 1} in get_batch (`targets - 1`)")
+            fix = (f"labels run 1..{labels.max}: shift them to 0..{labels.max - 1} {data_place(ctx.trace)} (`targets - 1`)")
             title = f"class targets reach {labels.max} but the model has {labels.num_classes} classes"
         elif labels is not None:
             fix = (f"make the output layer produce {labels.max + 1} classes, or remap the labels into "
