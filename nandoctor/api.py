@@ -304,6 +304,8 @@ def _replay(bundle: str | Path, model: str | Path | None, *, trust: bool, experi
     if m.scaler is None:
         cfg["loss_scale"] = "none"
     dev = resolve_device(cfg["device"])
+    if model is None and (m.rebuild or {}).get("kind") == "script":
+        return _replay_script(found, ranks, trust, cfg, resolved, began)
     spec, model_info = bundle_model_file(found, model, trust)
     trace = Trace(model_file=spec.display, config=cfg, device=str(dev), torch_version=torch.__version__,
                   tool_version=__version__, checkpoint=str(found.path))
@@ -334,14 +336,38 @@ def _replay(bundle: str | Path, model: str | Path | None, *, trust: bool, experi
     if cfg["experiments"]["enabled"] and m.state != STATE_AFTER_STEP and not deadline.expired:
         findings = _confirm(trace, findings, spec, cfg, dev, deadline, m.step, initial_state)
     trace.seconds = time.perf_counter() - began
+    return ReplayReport(trace=trace, causes=findings, config=resolved, fail_on=cfg["fail_on"],
+                        bundle=_bundle_facts(found, ranks), history=[{k: decode_value(v) for k, v in h.items()} for h in m.history])
+
+
+def _bundle_facts(found: Any, ranks: Optional[dict[str, Any]]) -> dict[str, Any]:
+    m = found.manifest
     facts = {"path": str(found.path), "step": m.step, "check": m.check, "what": m.what, "state": m.state,
              "precision": m.precision, "micro_batches": m.micro_batches, "policy": m.policy,
              "rebuild": (m.rebuild or {}).get("kind"), "device": m.device, "versions": m.versions,
              "size_bytes": m.size_bytes, "write_seconds": m.write_seconds, "created": m.created}
     if ranks is not None:
         facts["distributed"] = ranks
-    return ReplayReport(trace=trace, causes=findings, config=resolved, fail_on=cfg["fail_on"], bundle=facts,
-                        history=[{k: decode_value(v) for k, v in h.items()} for h in m.history])
+    return facts
+
+
+def _replay_script(found: Any, ranks: Optional[dict[str, Any]], trust: bool, cfg: dict[str, Any],
+                   resolved: ResolvedConfig, began: float) -> ReplayReport:
+    """A bundle of a training script: run the script again (--trust) with its first training
+    iteration made the failing step, traced op by op (watcher/script_replay.py)."""
+    from .watcher.script_replay import history_records, replay_script
+    from .watcher.script_trace import script_trace
+    target, guard, outcome = replay_script(found, trust)
+    history = history_records(found)
+    trace = script_trace(target, guard, outcome, cfg, history=history)
+    trace.notes = [n for n in trace.notes if not n.startswith("crash bundle:")] + guard.load_notes
+    if ranks is not None:
+        trace.notes.insert(0, describe_ranks(ranks))
+    trace.checkpoint = str(found.path)
+    trace.seconds = time.perf_counter() - began
+    findings = diagnose(trace)
+    return ReplayReport(trace=trace, causes=findings, config=resolved, fail_on=cfg["fail_on"],
+                        bundle=_bundle_facts(found, ranks), history=history)
 
 
 @dataclass

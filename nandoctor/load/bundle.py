@@ -39,7 +39,10 @@ CHECKS = ("batch", "loss", "gradients", "parameters", "loss-scale")
 # NaN born inside optimizer.step() without watch(snapshot=True)) the state it left behind.
 STATE_BEFORE_STEP = "before-step"
 STATE_AFTER_STEP = "after-step"
-REBUILD_KINDS = ("plain", "lightning", "huggingface")
+# plain: a loop of the user's (replay needs --model); lightning, huggingface: rebuilt from the
+# class the bundle names; script: `nandoctor run` (or a watch inside a script) saw the script,
+# and replay re-runs it (--trust) up to the failing step.
+REBUILD_KINDS = ("plain", "lightning", "huggingface", "script")
 
 _SAFE_NAME = re.compile(r"^[a-z_]+\.safetensors$")
 
@@ -194,6 +197,12 @@ def _describe(annotation: str) -> str:
     return word + (" or null" if optional else "")
 
 
+def _script_fits(script: Any) -> bool:
+    return (isinstance(script, dict) and isinstance(script.get("path"), str) and isinstance(script.get("cwd"), str)
+            and isinstance(script.get("argv"), list) and all(isinstance(a, str) for a in script["argv"])
+            and (script.get("module") is None or isinstance(script.get("module"), str)))
+
+
 def read_bundle(path: str | Path) -> Bundle:
     """Validate a bundle folder (or its manifest.json) and return it; InputError on anything off."""
     path = Path(path)
@@ -244,6 +253,10 @@ def read_bundle(path: str | Path) -> Bundle:
     kind = (data.get("rebuild") or {}).get("kind")
     if kind is not None and kind not in REBUILD_KINDS:
         raise InputError(f"crash bundle {path}: rebuild kind {kind!r} is not one of {', '.join(REBUILD_KINDS)}.")
+    script = (data.get("rebuild") or {}).get("script")
+    if script is not None and not _script_fits(script):
+        raise InputError(f"crash bundle {path}: 'rebuild.script' in {MANIFEST_NAME} must hold a path, argv (a list "
+                         "of strings) and cwd; the manifest is damaged.")
     try:
         manifest = BundleManifest(**{k: v for k, v in data.items() if k in known})
     except TypeError as err:

@@ -223,7 +223,11 @@ def write_bundle(out: str | os.PathLike, manifest: BundleManifest, model_state: 
         manifest.batch = [encode_structure(b, leaves, f"{i}/") for i, b in enumerate(micro_batches)]
         manifest.micro_batches = len(micro_batches)
         if leaves:
-            leaves, _ = dedupe_tied(leaves)
+            leaves, tied = dedupe_tied(leaves)
+            # One tensor in two places of a step (the DataLoader's batch and the model's input):
+            # the reader looks up every key, so each place gets its own copy.
+            for alias, canonical in tied.items():
+                leaves[alias] = leaves[canonical].clone()
             manifest.files[BATCH_FILE] = _save(partial / BATCH_FILE, leaves)
         if rng is not None:
             tensors, manifest.rng = rng_parts(rng)

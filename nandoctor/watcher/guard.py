@@ -82,7 +82,7 @@ class Watch:
                  snapshot: bool = False, precision: Optional[str] = None, grad_clip: Optional[float] = None,
                  skip_streak: int = 5, rebuild: Optional[dict[str, Any]] = None, max_bundles: int = 1,
                  gradient_check: str = "auto", notify: Optional[Callable[[dict[str, Any]], None]] = None,
-                 distributed: Any = "auto", inputs: str = "forward", warn: bool = True):
+                 distributed: Any = "auto", inputs: str = "forward", warn: bool = True, batch_check: bool = True):
         if on_nonfinite not in POLICIES:
             raise ValueError(f"on_nonfinite must be one of {', '.join(POLICIES)}, got {on_nonfinite!r}")
         if gradient_check not in GRADIENT_CHECKS:
@@ -115,6 +115,12 @@ class Watch:
         self.write_hook: Optional[Callable[..., Path]] = None   # under torchrun: writes this rank's part
         self.notify = notify                    # called with each firing's event before the policy acts
         self.warn = warn                        # False: no NonFiniteWarning (the caller reports every event)
+        # False: a NaN in the model's inputs alone does not fire (a model may clean its own
+        # inputs); the loss or gradients it makes do. The flags still tell a raise on NaN data.
+        self.batch_check = batch_check
+        # What a bundle stores as the step's micro-batches (`nandoctor run` stores every top-level
+        # call and DataLoader batch of the step); default: the captured micro-batches.
+        self.batch_provider: Optional[Callable[[_Capture], list[Any]]] = None
         self.fired_capture: Optional[_Capture] = None   # the step the latest firing is about
         self.oversized_steps: list[int] = []    # steps after which the weights' norm overflowed, values finite
 
@@ -580,7 +586,7 @@ class Watch:
                             params_norm, update_ratio])
 
     def _what(self, host: list[float], capture: _Capture, grads: list[torch.Tensor]) -> Optional[tuple[str, str]]:
-        if host[_SLOT["batch_bad"]]:
+        if host[_SLOT["batch_bad"]] and self.batch_check:
             return "batch", "the batch holds NaN/Inf"
         if host[_SLOT["loss_bad"]]:
             return "loss", f"the loss is {_fmt(host[_SLOT['loss']])}"
@@ -682,8 +688,13 @@ class Watch:
         names = [self._param_names.get(id(p)) for p in self.params()]
         write = self.write_hook or bundle_writer.write_bundle     # per-rank parts under torchrun
         return write(self.out, manifest, self.model.state_dict(), self.optimizer,
-                                          capture.batches if capture else [], capture.rng if capture else None,
+                                          self._bundle_batches(capture), capture.rng if capture else None,
                                           param_names=names)
+
+    def _bundle_batches(self, capture: Optional[_Capture]) -> list[Any]:
+        if capture is None:
+            return []
+        return self.batch_provider(capture) if self.batch_provider is not None else capture.batches
 
     # ---- per-layer statistics ----------------------------------------------------------------
     def _stats_step(self, step: int) -> bool:

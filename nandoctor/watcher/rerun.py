@@ -25,7 +25,6 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Optional
 
 import torch
-from torch.utils._pytree import tree_flatten, tree_unflatten
 
 from ..run import stats
 from ..run.origin import OriginTracer
@@ -37,7 +36,7 @@ from .guard import describe_nonfinite_rows
 @dataclass
 class TopCall:
     """One top-level module call of a training step: the module and the inputs it was given."""
-    module: torch.nn.Module
+    module: Optional[torch.nn.Module]          # None: from a bundle (matched by position and role)
     args: tuple
     kwargs: dict
     owns_parameters: bool          # the model (forward) or another module, e.g. a loss module
@@ -59,17 +58,33 @@ class RerunOutcome:
 
 def substitute(logged: TopCall, args: tuple, kwargs: dict) -> tuple[tuple, dict]:
     """The re-run's inputs for a call: the failing step's tensors wherever they need no gradient."""
-    new_leaves, spec = tree_flatten((args, kwargs))
-    old_leaves, old_spec = tree_flatten((logged.args, logged.kwargs))
-    if old_spec != spec:
-        # A different structure (a last, smaller batch with other keys): the failing step's inputs whole.
-        if any(isinstance(t, torch.Tensor) and t.requires_grad for t in new_leaves):
-            return args, kwargs
-        return logged.args, logged.kwargs
-    leaves = [old if isinstance(new, torch.Tensor) and not new.requires_grad and isinstance(old, torch.Tensor)
-              else new for new, old in zip(new_leaves, old_leaves)]
-    out_args, out_kwargs = tree_unflatten(leaves, spec)
-    return tuple(out_args), dict(out_kwargs)
+    return tuple(_merge(list(args), list(logged.args))), _merge(dict(kwargs), dict(logged.kwargs))
+
+
+def _merge(new: Any, old: Any) -> Any:
+    """`new` with each tensor that needs no gradient replaced by the tensor at the same place in
+    `old` (a tensor there that needs one, or a place `old` lacks, stays the re-run's own)."""
+    if isinstance(new, torch.Tensor):
+        if new.requires_grad or not isinstance(old, torch.Tensor):
+            return new
+        return old.to(new.device) if old.device != new.device else old
+    if isinstance(new, dict) and isinstance(old, dict):
+        return type(new)((k, _merge(v, old[k]) if k in old else v) for k, v in new.items()) \
+            if not hasattr(new, "to_tuple") else _merge_mapping_in_place(new, old)
+    if isinstance(new, (list, tuple)) and isinstance(old, (list, tuple)) and len(new) == len(old):
+        merged = [_merge(n, o) for n, o in zip(new, old)]
+        if isinstance(new, tuple) and hasattr(new, "_fields"):
+            return type(new)(*merged)
+        return type(new)(merged)
+    return new
+
+
+def _merge_mapping_in_place(new: Any, old: dict) -> Any:
+    # Hugging Face BatchEncoding / ModelOutput: keep the class, replace the values.
+    for key in list(new.keys()):
+        if key in old:
+            new[key] = _merge(new[key], old[key])
+    return new
 
 
 class Rerun:
@@ -101,7 +116,7 @@ class Rerun:
         if self.state != "tracing":
             return None
         replaced = None
-        if self._next_call < len(self.calls) and self.calls[self._next_call].module is module:
+        if self._next_call < len(self.calls) and self._matches(self.calls[self._next_call], module):
             replaced = substitute(self.calls[self._next_call], args, kwargs)
             self._next_call += 1
         self.tracer.set_phase(Phase.FORWARD if self._is_model(module) else Phase.LOSS)
@@ -124,6 +139,11 @@ class Rerun:
             self.tracer.set_phase(Phase.OPTIMIZER)
 
     # ---- the traced step ------------------------------------------------------------------------
+    def _matches(self, logged: TopCall, module: torch.nn.Module) -> bool:
+        if logged.module is not None:
+            return logged.module is module
+        return logged.owns_parameters == any(True for _ in module.parameters())
+
     def _is_model(self, module: torch.nn.Module) -> bool:
         return module is self.model or any(True for _ in module.parameters())
 

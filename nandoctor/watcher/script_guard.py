@@ -103,10 +103,12 @@ class _ReplayableIterator:
 
 class ScriptGuard:
     def __init__(self, out: str | Path = "nandoctor-bundles", stats_every: int = 50, check_every: int = 1,
-                 window: int = 64, rerun: bool = True, distributed: Any = "auto", max_seconds: Optional[float] = None):
+                 window: int = 64, rerun: bool = True, distributed: Any = "auto", max_seconds: Optional[float] = None,
+                 max_bundles: int = 1):
         self.out = Path(out)
         self.options = dict(stats_every=stats_every, check_every=check_every, window=window, distributed=distributed)
         self.do_rerun = rerun
+        self.max_bundles = max_bundles
         self.watches: dict[int, Watch] = {}          # id(optimizer) -> its watch
         self.plain: Optional[Watch] = None            # the loop updates weights by hand
         self.stop: Optional[Stop] = None
@@ -122,6 +124,7 @@ class ScriptGuard:
         self._patches: list[tuple[Any, str, Any]] = []
         self._local = threading.local()
         self._discovering = False
+        self._logged_by_call: Optional[torch.nn.Module] = None
         self._installed = False
         self._autocast: Optional[str] = None
         self._batches_again: list[tuple[int, Any]] = []   # the failing step's batches, for its re-run
@@ -257,7 +260,14 @@ class ScriptGuard:
             depth = guard._depth()
             if depth == 0 and module.training and torch.is_grad_enabled():
                 guard.phase_now = Phase.FORWARD
-                guard._log_call(module, args, kwargs)
+                replaced = guard._log_call(module, args, kwargs)
+                if replaced is not None:
+                    args, kwargs = replaced
+                if id(module) in guard._known:
+                    # It became known during this call (a replay found its model): its own hooks,
+                    # registered just now, count the depth; this call is logged already.
+                    guard._logged_by_call = module
+                    return original_call(module, *args, **kwargs)
             guard._local.depth = depth + 1
             try:
                 return original_call(module, *args, **kwargs)
@@ -287,6 +297,9 @@ class ScriptGuard:
     def _top_pre_hook(self, module: torch.nn.Module, args: tuple, kwargs: dict) -> Optional[tuple[tuple, dict]]:
         depth = self._depth()
         self._local.depth = depth + 1
+        if self._logged_by_call is module:
+            self._logged_by_call = None
+            return None
         if depth != 0 or not module.training or not torch.is_grad_enabled():
             return None
         self.phase_now = Phase.FORWARD
@@ -398,6 +411,9 @@ class ScriptGuard:
         self.phase_now = Phase.OPTIMIZER
         if "step" not in self.sites:
             self.sites["step"] = _user_caller()
+        if self.rerun is not None and self.rerun.state == "tracing":
+            self._finish_rerun()
+            raise ScriptStop()
         watch = self.watches.get(id(optimizer))
         if watch is None:
             model = self._model_for(optimizer)
@@ -409,13 +425,9 @@ class ScriptGuard:
             self._replay_window_into(watch)
             if not self._needs_discovery():
                 self._stop_discovery()
-        if self.rerun is not None:
-            if self.rerun.state == "tracing":
-                self._finish_rerun()
-                raise ScriptStop()
-            if self.rerun.state == "armed":
-                watch._drop_gradients()       # keep the weights the failing step used until the re-run
-                return
+        if self.rerun is not None and self.rerun.state == "armed":
+            watch._drop_gradients()       # keep the weights the failing step used until the re-run
+            return
         watch.check_gradients()
         self._maybe_stop()
 
@@ -475,9 +487,24 @@ class ScriptGuard:
     def _new_watch(self, model: torch.nn.Module, optimizer: Optional[torch.optim.Optimizer]) -> Watch:
         rebuild = plain_rebuild(model)
         rebuild["kind"] = "script" if "script" in rebuild else "plain"
-        return Watch(model, optimizer, None, out=self.out, on_nonfinite="skip", gradient_check="manual",
-                     inputs="manual", notify=self._on_fire, warn=False, rebuild=rebuild,
-                     precision=self._autocast, **self.options)
+        watch = Watch(model, optimizer, None, out=self.out, on_nonfinite="skip", gradient_check="manual",
+                      inputs="manual", notify=self._on_fire, warn=False, rebuild=rebuild, batch_check=False,
+                      precision=self._autocast, max_bundles=self.max_bundles, **self.options)
+        watch.batch_provider = lambda capture: self._bundle_batches(watch, capture)
+        return watch
+
+    def _bundle_batches(self, watch: Watch, capture: Any) -> list[Any]:
+        """What a script bundle stores of the failing step: every top-level call's inputs (the
+        tensors that need no gradient; those are the replay's own) and every DataLoader batch,
+        in order, so a replay of the script can feed its first iteration exactly these."""
+        window = self._window if capture is watch._capture else self._previous_window
+        entries: list[Any] = []
+        for call in window.calls:
+            args, kwargs = _data_only(call.args), _data_only(call.kwargs)
+            entries.append({"call": {"model": call.owns_parameters, "args": list(args), "kwargs": kwargs}})
+        for _, batch, indices in window.batches:
+            entries.append({"loader": batch, "indices": indices})
+        return entries
 
     def _replay_window_into(self, watch: Watch) -> None:
         """The first step ran before its watch existed: give it that step's calls and losses."""
@@ -519,7 +546,7 @@ class ScriptGuard:
     def _batch_again(self, loader: int) -> Any:
         """While a re-run is armed: the failing step's next batch from this DataLoader (or from the
         only DataLoader that step drew from: a loop may build a new DataLoader every epoch)."""
-        if self.rerun is None or self.rerun.state == "done" or not self._batches_again:
+        if not self._batches_again or (self.rerun is not None and self.rerun.state == "done"):
             return None
         loaders = {entry[0] for entry in self._batches_again}
         for i, (owner, batch, _) in enumerate(self._batches_again):
@@ -602,6 +629,13 @@ def _indices_in(drawn: list[tuple[int, Any, Optional[list]]], tensor: Optional[t
             if t is tensor or (t.shape == tensor.shape and t.data_ptr() == tensor.data_ptr()):
                 return [indices[r] for r in rows if r < len(indices)]
     return None
+
+
+def _data_only(tree: Any) -> Any:
+    """The leaves a re-run substitutes: tensors needing a gradient (a model output handed to a
+    loss) are the re-run's own, so they are left out (None)."""
+    from torch.utils._pytree import tree_map
+    return tree_map(lambda x: None if isinstance(x, torch.Tensor) and x.requires_grad else x, tree)
 
 
 def _same_module(model: torch.nn.Module, module: torch.nn.Module) -> bool:

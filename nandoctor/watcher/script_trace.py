@@ -20,7 +20,9 @@ from .script import ScriptOutcome
 from .script_guard import ScriptGuard, Stop, phase_of
 
 
-def script_trace(script: TrainingScript, guard: ScriptGuard, outcome: ScriptOutcome, config: dict[str, Any]) -> Trace:
+def script_trace(script: TrainingScript, guard: ScriptGuard, outcome: ScriptOutcome, config: dict[str, Any],
+                 history: Optional[list[dict[str, Any]]] = None) -> Trace:
+    """The trace of a guarded script; `history` replaces the watch's own (a replay: the bundle's)."""
     watch = _primary_watch(guard)
     trace = Trace(model_file=script.display, config=config, device=str(watch._device) if watch else "cpu",
                   torch_version=torch.__version__, tool_version=__version__)
@@ -28,7 +30,7 @@ def script_trace(script: TrainingScript, guard: ScriptGuard, outcome: ScriptOutc
         info = ModelInfo()
         describe_model(watch.model, info)
         trace.model = info
-    run = _run(guard, watch, outcome)
+    run = _run(guard, watch, outcome, history)
     trace.runs.append(run)
     trace.loop = guard.loop_facts(watch)
     trace.seconds = outcome.seconds
@@ -49,7 +51,8 @@ def _record(entry: dict[str, Any]) -> StepRecord:
                       param_norm=entry.get("param_norm"), update_ratio=entry.get("update_ratio"))
 
 
-def _run(guard: ScriptGuard, watch: Optional[Watch], outcome: ScriptOutcome) -> RunTrace:
+def _run(guard: ScriptGuard, watch: Optional[Watch], outcome: ScriptOutcome,
+         history_override: Optional[list[dict[str, Any]]]) -> RunTrace:
     precision = watch.precision if watch is not None else "32-true"
     run = RunTrace(precision=precision)
     if watch is None:
@@ -62,7 +65,8 @@ def _run(guard: ScriptGuard, watch: Optional[Watch], outcome: ScriptOutcome) -> 
         first = next((p for p in watch.model.parameters()), None)
         if first is not None:
             run.param_dtype = str(first.dtype).replace("torch.", "")
-    history = [_record(h) for h in (watch.history if watch is not None else [])]
+    entries = history_override if history_override is not None else (list(watch.history) if watch is not None else [])
+    history = [_record(h) for h in entries]
     stop = guard.stop
     if stop is not None:
         before = [h for h in history if h.step < stop.step]
