@@ -31,6 +31,20 @@ def register_boundary(fn) -> None:
     _BOUNDARIES.add(fn.__code__)
 
 
+def _engine_boundary() -> None:
+    # A backward pass enters the autograd engine here: Python frames inside it (a custom
+    # Function's backward, a tensor hook) are code that runs in backward; the frames outside it
+    # are whoever called `loss.backward()`, never where a backward op came from.
+    try:
+        from torch.autograd.graph import _engine_run_backward
+    except ImportError:      # older torch: no single entry point to stop at
+        return
+    register_boundary(_engine_run_backward)
+
+
+_engine_boundary()
+
+
 def is_site_package(filename: str) -> bool:
     return os.path.abspath(filename).startswith(_SITE_DIRS) or f"{os.sep}site-packages{os.sep}" in filename
 

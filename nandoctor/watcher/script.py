@@ -33,7 +33,7 @@ def execute_script(script: TrainingScript, guard: ScriptGuard) -> ScriptOutcome:
     and removed after its last (also when it raises)."""
     saved_argv, saved_path0 = sys.argv[:], sys.path[0] if sys.path else None
     sys.argv = [script.argv0, *script.args]
-    folder = str(script.path.parent) if script.path is not None else os.getcwd()
+    folder = str(script.path.resolve().parent) if script.path is not None else os.getcwd()
     if sys.path:
         sys.path[0] = folder
     else:

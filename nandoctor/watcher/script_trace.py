@@ -34,6 +34,7 @@ def script_trace(script: TrainingScript, guard: ScriptGuard, outcome: ScriptOutc
     trace.runs.append(run)
     trace.loop = guard.loop_facts(watch)
     trace.seconds = outcome.seconds
+    run.seconds = outcome.seconds
     trace.notes.extend(_notes(guard, outcome, watch))
     return trace
 

@@ -1,0 +1,143 @@
+"""`nandoctor run SCRIPT ARGS`: unmodified training scripts under the guard, through the CLI in a
+subprocess (as a user runs it), and the replay of the bundles it writes."""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import jsonschema
+import pytest
+
+SCRIPTS = Path(__file__).parent / "scripts"
+ROOT = Path(__file__).resolve().parents[1]
+SCHEMA = json.loads((ROOT / "nandoctor" / "report" / "schema.json").read_text())
+
+
+def nandoctor(*args: str, cwd: Path, timeout: float = 120) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    return subprocess.run([sys.executable, "-m", "nandoctor", *args], cwd=cwd, capture_output=True, text=True,
+                          timeout=timeout, env=env)
+
+
+@pytest.fixture
+def scripts(tmp_path: Path) -> Path:
+    """A copy of the scripts: nandoctor never modifies an input file, and bundles land in tmp."""
+    target = tmp_path / "scripts"
+    shutil.copytree(SCRIPTS, target)
+    return target
+
+
+def run_json(scripts: Path, *args: str) -> tuple[subprocess.CompletedProcess, dict]:
+    out = scripts / "report.json"
+    result = nandoctor("run", "--format", "json", "-o", str(out), *args, cwd=scripts)
+    assert out.exists(), result.stderr[-3000:]
+    doc = json.loads(out.read_text())
+    jsonschema.validate(doc, SCHEMA)
+    return result, doc
+
+
+def test_a_healthy_script_runs_as_python_would_and_its_exit_code_passes_through(scripts):
+    result = nandoctor("run", "echo_env.py", "--code", "3", "-o", "x", cwd=scripts)
+    assert result.returncode == 3, result.stderr[-2000:]
+    # __main__, its own argv (nandoctor's options never reach it), its folder first on sys.path
+    assert "name=__main__ argv=['--code', '3', '-o', 'x'] path0=scripts" in result.stdout
+    assert "final loss" in result.stdout
+    assert "nandoctor run PASS" in result.stderr          # the report comes after, on stderr
+    assert not (scripts / "nandoctor-bundles").exists()
+
+
+def test_log_of_softmax_is_named_at_the_users_line_with_a_bundle_that_replays(scripts):
+    shutil.copy(ROOT / "sample_models" / "train_classifier.py", scripts / "train_classifier.py")
+    result, doc = run_json(scripts, "train_classifier.py", "--epochs", "6")
+    assert result.returncode == 1
+    assert doc["command"] == "run" and doc["verdict"] == "fail"
+    top = doc["causes"][0]
+    assert top["id"] == "unstable-op" and top["file"] == "train_classifier.py"
+    assert "log_softmax" in top["fix"]
+    event = doc["first_nonfinite"]
+    assert event["op"] == "aten.log.default" and event["user_source"].startswith("train_classifier.py:")
+    assert doc["loop"]["optimizer_built"].startswith("train_classifier.py:")
+    bundle = doc["script"]["bundle"]
+    assert bundle and (scripts / bundle / "manifest.json").exists()
+    assert doc["script"]["stopped_at_step"] == event["step"]
+
+    refused = nandoctor("replay", bundle, cwd=scripts)
+    assert refused.returncode == 2 and "--trust" in refused.stderr and "Traceback" not in refused.stderr
+    out = scripts / "replay.json"
+    replay = nandoctor("replay", bundle, "--trust", "--format", "json", "-o", str(out), cwd=scripts)
+    assert replay.returncode == 1, replay.stderr[-3000:]
+    again = json.loads(out.read_text())
+    assert again["command"] == "replay" and again["causes"][0]["id"] == "unstable-op"
+    assert again["first_nonfinite"]["user_source"] == event["user_source"]
+    assert again["first_nonfinite"]["step"] == event["step"]
+
+
+def test_nan_targets_from_a_dataloader_are_data_with_the_dataset_index(scripts):
+    result, doc = run_json(scripts, "nan_targets.py")
+    assert result.returncode == 1
+    top = doc["causes"][0]
+    assert top["id"] == "data-nonfinite" and top["file"] == "nan_targets.py"
+    assert "dataset indices 200" in doc["first_nonfinite"]["detail"]
+    assert doc["first_nonfinite"]["entered_from"] == "data"
+
+
+def test_a_loss_that_raises_on_a_nan_row_leaves_a_data_finding_and_a_bundle(scripts):
+    result, doc = run_json(scripts, "bce_nan_row.py")
+    assert result.returncode == 1
+    top = doc["causes"][0]
+    assert top["id"] == "data-nonfinite", doc["causes"]
+    assert "dataset indices 300" in doc["first_nonfinite"]["detail"]
+    assert top["file"] == "bce_nan_row.py"              # the line where the batch reached the model
+    assert doc["script"]["bundle"]
+
+
+def test_a_hand_written_update_with_no_optimizer_is_guarded(scripts):
+    result, doc = run_json(scripts, "handwritten_sgd.py", "--lr", "0.5")
+    assert result.returncode == 1
+    assert doc["loop"]["hand_written_update"] is True
+    assert doc["causes"][0]["id"] == "unstable-op"
+    assert doc["first_nonfinite"]["op"] == "aten.sqrt.default"
+    assert doc["first_nonfinite"]["user_source"].startswith("handwritten_sgd.py:")
+
+
+def test_the_scripts_own_exception_is_a_finding_at_its_line(scripts):
+    result, doc = run_json(scripts, "raises.py")
+    assert result.returncode == 1
+    top = doc["causes"][0]
+    assert top["id"] == "user-error" and top["file"] == "raises.py"
+    assert "learning-rate table" in " ".join(top["evidence"])
+
+
+def test_a_module_runs_with_dash_m(scripts):
+    result, doc = run_json(scripts, "-m", "pkg.train", "a", "b")
+    assert "module name=__main__ argv=['a', 'b']" in result.stderr + result.stdout
+    assert doc["causes"][0]["id"] == "unstable-op"
+    assert doc["first_nonfinite"]["user_source"].startswith(os.path.join("pkg", "train.py"))
+
+
+def test_json_on_stdout_stays_one_document_while_the_script_prints(scripts):
+    result = nandoctor("run", "--format", "json", "echo_env.py", cwd=scripts)
+    assert result.returncode == 0
+    doc = json.loads(result.stdout)            # the script's prints went to stderr
+    assert doc["verdict"] == "pass" and "final loss" in result.stderr
+
+
+def test_max_seconds_stops_a_long_healthy_script_at_a_step_boundary(scripts):
+    result, doc = run_json(scripts, "--max-seconds", "2", "slow_healthy.py")
+    assert result.returncode == 0
+    assert doc["runs"][0]["status"] == "timeout" and doc["runs"][0]["steps_run"] > 0
+
+
+@pytest.mark.parametrize("args, says", [
+    (["missing.py"], "does not exist"),
+    ([], "needs a training script"),
+    (["-m", "no_such_module_xyz"], "no module named"),
+])
+def test_bad_input_is_one_paragraph_and_exit_2(scripts, args, says):
+    result = nandoctor("run", *args, cwd=scripts)
+    assert result.returncode == 2
+    assert says in result.stderr and "Traceback" not in result.stderr
