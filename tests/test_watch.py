@@ -275,3 +275,99 @@ def test_check_every_folds_unchecked_steps_into_the_next_check(tmp_path):
     # step 5's batch is only looked at by the sync of step 8, the next checked step
     assert caught.value.step == 8 and "covers steps 5..8" in caught.value.what
     assert read_bundle(caught.value.bundle).manifest.check == "batch"
+
+
+# ---- a watch that survives real loops ------------------------------------------------------------
+
+def test_hooks_alone_are_enough_no_watch_step_needed(tmp_path):
+    """No re-indentation: the model's training forward marks the micro-batch by itself."""
+    model, opt = fresh()
+    watch = nandoctor.watch(model, opt, out=tmp_path)
+    with pytest.raises(nandoctor.NonFiniteError) as caught:
+        for step in range(4):
+            model.poison = step == 2
+            x, y = batch_for(step)
+            loss = nn.functional.cross_entropy(model(x), y)
+            loss.backward()
+            opt.step()
+            opt.zero_grad()
+    assert caught.value.step == 2
+    bundle = read_bundle(caught.value.bundle)
+    batch = bundle.micro_batches()[0]
+    assert torch.equal(batch["args"][0], batch_for(2)[0])        # the model's own input, captured
+    assert "nandoctor replay" in str(caught.value)
+
+
+def test_a_disabled_grad_scaler_is_no_scaler(tmp_path):
+    """nanoGPT always builds GradScaler(enabled=(dtype == 'float16')): off, it must not make the
+    watch treat NaN gradients as the scaler's skips."""
+    model, opt = fresh()
+    scaler = torch.amp.GradScaler("cpu", enabled=False)
+    watch = nandoctor.watch(model, opt, scaler=scaler, out=tmp_path)
+    assert watch.scaler is None and watch.precision == "32-true"
+    with pytest.raises(nandoctor.NonFiniteError) as caught:
+        for step in range(4):
+            model.poison = step == 1
+            x, y = batch_for(step)
+            scaler.scale(nn.functional.cross_entropy(model(x), y)).backward()
+            scaler.step(opt)
+            scaler.update()
+            opt.zero_grad()
+    assert caught.value.step == 1                    # fired at the failing step, not a step late
+
+
+def test_watch_without_an_optimizer_guards_a_hand_written_update(tmp_path):
+    model, _ = fresh()
+    watch = nandoctor.watch(model, out=tmp_path)
+    assert watch.gradient_check == "backward"
+    with pytest.raises(nandoctor.NonFiniteError) as caught:
+        for step in range(4):
+            model.poison = step == 2
+            x, y = batch_for(step)
+            loss = nn.functional.cross_entropy(model(x), y)
+            loss.backward()                          # the step ends with the backward pass
+            with torch.no_grad():
+                for p in model.parameters():
+                    if p.grad is not None:
+                        p.add_(p.grad, alpha=-0.1)
+                        p.grad = None
+    assert caught.value.step == 2 and caught.value.what.startswith("non-finite gradients")
+    assert all(torch.isfinite(p).all() for p in model.parameters())   # stopped before the update
+    assert len(watch.history) == 2 and watch.history[-1]["lr"] is None
+
+
+def test_a_forward_that_raises_on_a_nan_batch_still_leaves_a_bundle(tmp_path):
+    model = nn.Sequential(nn.Linear(4, 1), nn.Sigmoid())
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    watch = nandoctor.watch(model, opt, out=tmp_path, warn=False)
+    x = torch.randn(8, 4)
+    x[5, 1] = float("nan")
+    with pytest.raises(RuntimeError) as caught:
+        with watch.step((x, None)):
+            torch.nn.functional.binary_cross_entropy(model(x).squeeze(-1), torch.ones(8))
+    notes = " ".join(getattr(caught.value, "__notes__", []))
+    assert "sample rows 5" in notes and "nandoctor replay" in notes
+    assert watch.bundles and watch.events[-1]["check"] == "batch"
+
+
+def test_an_accelerate_style_wrapped_optimizer_is_unwrapped(tmp_path):
+    model, opt = fresh()
+
+    class Wrapped:                                  # AcceleratedOptimizer keeps the torch one in .optimizer
+        def __init__(self, optimizer):
+            self.optimizer = optimizer
+
+    watch = nandoctor.watch(model, Wrapped(opt), out=tmp_path)
+    assert watch.optimizer is opt
+    watch.close()
+
+
+def test_history_carries_param_norm_and_update_ratio(tmp_path):
+    model, opt = fresh()
+    watch = nandoctor.watch(model, opt, out=tmp_path, stats_every=2)
+    train(watch, model, opt, 6)
+    watch.close()
+    entries = list(watch.history)
+    assert all(e["param_norm"] > 0 for e in entries[:-1])
+    assert [e["step"] for e in entries if "update_ratio" in e] == [0, 2, 4]
+    assert all(0 < e["update_ratio"] < 1 for e in entries if "update_ratio" in e)
