@@ -249,3 +249,36 @@ def test_a_lightning_module_defined_in_the_training_script_replays_without_rerun
     assert (event["step"], event["phase"], event["op"]) == (3, "forward", "aten.sqrt.default")
     assert event["source"].endswith(f"train.py:{SQRT_LINE}") and result.exit_code == 1
     assert log.read_text().split() == ["__main__", "nandoctor_replayed_script_train"]
+
+
+def test_a_lightning_module_without_save_hyperparameters_replays_or_says_what_to_add(tmp_path):
+    """The arguments a module kept as attributes of the same name rebuild it; the ones it did not
+    keep are named, with the line to add, instead of a TypeError from its __init__."""
+    kept = LIT_SOURCE.replace("        self.save_hyperparameters()\n",
+                              "        self.hidden, self.lr = hidden, lr\n").replace("self.hparams.lr", "self.lr") \
+                     .replace("def __init__(self, hidden=16, lr=0.01):", "def __init__(self, hidden, lr=0.01):")
+    (tmp_path / "lit_kept.py").write_text(textwrap.dedent(kept))
+    sys.path.insert(0, str(tmp_path))
+    try:
+        module = importlib.import_module("lit_kept")
+    finally:
+        sys.path.remove(str(tmp_path))
+    with pytest.raises(nandoctor.NonFiniteError) as caught:
+        fit(tmp_path, module, lightning_data(bad_index=4 * 6 + 1))
+    manifest = json.loads((caught.value.bundle / "manifest.json").read_text())
+    assert manifest["rebuild"]["hparams"] == {} and manifest["rebuild"]["init_args"]["hidden"] == 8
+    result, doc = replay_json(caught.value.bundle, "--trust")
+    assert doc["first_nonfinite"]["op"] == "aten.sqrt.default" and result.exit_code == 1
+
+    lost = kept.replace("        self.hidden, self.lr = hidden, lr\n", "        self.lr = lr\n")
+    (tmp_path / "lit_lost.py").write_text(textwrap.dedent(lost))
+    sys.path.insert(0, str(tmp_path))
+    try:
+        module = importlib.import_module("lit_lost")
+    finally:
+        sys.path.remove(str(tmp_path))
+    with pytest.raises(nandoctor.NonFiniteError) as caught:
+        fit(tmp_path / "lost", module, lightning_data(bad_index=4 * 6 + 1))
+    refused = run_cli("replay", caught.value.bundle, "--trust")
+    assert refused.exit_code == 2
+    assert "needs hidden" in refused.stderr and "save_hyperparameters()" in refused.stderr

@@ -101,4 +101,26 @@ def _rebuild(pl_module: Any) -> dict[str, Any]:
         file = inspect.getfile(cls)
     except (TypeError, OSError):
         file = None
-    return {"kind": "lightning", "class": f"{cls.__module__}:{cls.__qualname__}", "file": file, "hparams": hparams}
+    return {"kind": "lightning", "class": f"{cls.__module__}:{cls.__qualname__}", "file": file, "hparams": hparams,
+            "init_args": _init_args(pl_module, hparams)}
+
+
+def _init_args(pl_module: Any, hparams: dict[str, Any]) -> dict[str, Any]:
+    """`__init__` arguments that `save_hyperparameters()` did not record but the module kept as
+    attributes of the same name (`self.vocab_size = vocab_size`): enough to rebuild it. Only
+    plain JSON values; anything else is left for the replay to ask for by name."""
+    try:
+        parameters = inspect.signature(type(pl_module).__init__).parameters
+    except (TypeError, ValueError):
+        return {}
+    found: dict[str, Any] = {}
+    for name, parameter in parameters.items():
+        if name == "self" or name in hparams or parameter.kind in (parameter.VAR_POSITIONAL, parameter.VAR_KEYWORD):
+            continue
+        if name not in pl_module.__dict__:      # nn.Module keeps plain attributes in __dict__
+            continue
+        try:
+            found[name] = json.loads(json.dumps(pl_module.__dict__[name]))
+        except (TypeError, ValueError):
+            continue
+    return found

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import importlib
 import importlib.util
+import inspect
 import random
 import sys
 from pathlib import Path
@@ -221,14 +222,48 @@ def _lightning_builder(found: Bundle, rebuild: dict[str, Any], trust: bool) -> t
     except (ImportError, AttributeError, OSError) as err:
         raise InputError(f"crash bundle {found.path}: cannot import the LightningModule {target} ({err}); run the "
                          "replay where that module is importable, or pass --model FILE.") from None
-    hparams = {k: decode_value(v) for k, v in (rebuild.get("hparams") or {}).items()}
+    hparams = {k: decode_value(v) for k, v in (rebuild.get("init_args") or {}).items()}
+    hparams.update({k: decode_value(v) for k, v in (rebuild.get("hparams") or {}).items()})
 
     def build() -> Any:
-        return cls(**hparams)
+        missing = _missing_arguments(cls, hparams)
+        if missing:
+            where = _init_site(cls)
+            raise InputError(f"crash bundle {found.path}: {target}.__init__ needs {', '.join(missing)}, which the bundle "
+                             f"does not hold (the module neither saved them with `self.save_hyperparameters()` nor "
+                             f"kept them as attributes of the same name). Add `self.save_hyperparameters()` to "
+                             f"{cls.__name__}.__init__{' (' + where + ')' if where else ''} for future runs; to replay "
+                             f"this bundle, pass --model FILE defining build_model() and training_step(model, batch).")
+        return cls(**{k: v for k, v in hparams.items() if _accepts(cls, k)})
 
     def step(model: Any, batch: Any) -> Any:
         return model.training_step(batch, 0)
     return build, step
+
+
+def _missing_arguments(cls: Any, given: dict[str, Any]) -> list[str]:
+    try:
+        parameters = inspect.signature(cls.__init__).parameters
+    except (TypeError, ValueError):
+        return []
+    return [name for name, p in parameters.items() if name != "self" and name not in given
+            and p.default is inspect.Parameter.empty and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)]
+
+
+def _accepts(cls: Any, name: str) -> bool:
+    try:
+        parameters = inspect.signature(cls.__init__).parameters
+    except (TypeError, ValueError):
+        return True
+    return name in parameters or any(p.kind == p.VAR_KEYWORD for p in parameters.values())
+
+
+def _init_site(cls: Any) -> str:
+    try:
+        from ..frames import location
+        return str(location(inspect.getsourcefile(cls.__init__) or "", inspect.getsourcelines(cls.__init__)[1]))
+    except (OSError, TypeError):
+        return ""
 
 
 def _transformers_builder(found: Bundle, rebuild: dict[str, Any]) -> tuple[Callable, Callable]:
