@@ -191,11 +191,14 @@ def scan(
         check_writable(output, "--output")
         check_writable(html, "--html")
         from .api import scan as run_scan
+        from .load.model_file import model_file_argv
         progress_cb, stop = _progress(quiet, steps, precision)
         try:
-            report = run_scan(model, config, steps=steps, precisions=precision, lr=lr, seed=seed, device=device,
-                              experiments=False if no_experiments else None, max_seconds=max_seconds, fail_on=fail_on,
-                              checkpoint=checkpoint, trust=trust, progress=progress_cb)
+            # The model file sees argv as `python MODEL.py` gives it, never nandoctor's own flags.
+            with model_file_argv(model):
+                report = run_scan(model, config, steps=steps, precisions=precision, lr=lr, seed=seed, device=device,
+                                  experiments=False if no_experiments else None, max_seconds=max_seconds,
+                                  fail_on=fail_on, checkpoint=checkpoint, trust=trust, progress=progress_cb)
         finally:
             stop()
         if verbose:

@@ -6,7 +6,7 @@ minute on the CI machine). Instead the venv sees exactly the distributions that 
 would add: torch and its own dependency closure (from torch's metadata), linked into one
 directory that a .pth file puts on the venv's path, dist-info included, so pip counts them as
 installed. Nothing else of this machine's site-packages is visible, so a dependency nandoctor
-forgets to declare (typer, rich, pyyaml, safetensors, ...) is missing there and the test fails.
+forgets to declare (typer, rich, pyyaml, safetensors, numpy, ...) is missing there and the test fails.
 """
 from __future__ import annotations
 
@@ -93,6 +93,9 @@ def test_the_wheel_alone_gives_html_and_safetensors_postmortem(tmp_path):
     scan = _run([nandoctor, "scan", SAMPLES / "nll_classifier.py", "--no-experiments", "-q", "-p", "fp32", "--steps", "2",
                  "--html", html, "--format", "markdown"], cwd=tmp_path, env=env)
     assert scan.returncode == 1, scan.stderr[-3000:]
+    # torch's wheel does not pull numpy in, and `import torch` without it warns on the first line of
+    # every command; nandoctor declares numpy so that a fresh install starts clean.
+    assert "Failed to initialize NumPy" not in scan.stderr and "Warning" not in scan.stderr, scan.stderr[-2000:]
     # Packaging is what this test is about: the wheel alone scans, diagnoses and draws HTML.
     assert "FAIL" in scan.stdout and "nll_classifier.py:28" in scan.stdout, scan.stdout[-2000:]
     assert html.stat().st_size > 10_000 and "nll_classifier.py" in html.read_text()

@@ -1,6 +1,8 @@
 """Import the user's model file and check it honours the model-file contract (README)."""
 from __future__ import annotations
 
+import ast
+import contextlib
 import importlib.util
 import inspect
 import sys
@@ -9,9 +11,10 @@ import uuid
 from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Iterator, Optional
 
 from ..errors import InputError
+from .script_signs import refuse_training_script
 from .source import display_path
 
 REQUIRED = ("build_model", "get_batch")
@@ -58,9 +61,14 @@ def load_model_file(path: str | Path, required: tuple[str, ...] = REQUIRED) -> M
     except (OSError, UnicodeDecodeError) as err:
         raise InputError(f"model file {shown} cannot be read: {err}.") from None
     try:
-        compile(source, str(path), "exec")
-    except SyntaxError as err:
-        raise InputError(f"model file {shown} has a syntax error at line {err.lineno}: {err.msg}.") from None
+        tree = ast.parse(source, str(path))
+        compile(tree, str(path), "exec")
+    except (SyntaxError, ValueError) as err:
+        line = getattr(err, "lineno", None)
+        raise InputError(f"model file {shown} has a syntax error{f' at line {line}' if line else ''}: "
+                         f"{getattr(err, 'msg', err)}.") from None
+    if required == REQUIRED:
+        refuse_training_script(tree, shown, REQUIRED)
 
     name = f"nandoctor_user_{path.stem}_{uuid.uuid4().hex[:8]}"
     spec = importlib.util.spec_from_file_location(name, path)
@@ -73,7 +81,8 @@ def load_model_file(path: str | Path, required: tuple[str, ...] = REQUIRED) -> M
         sys.path.insert(0, folder)
     sys.modules[name] = module
     try:
-        spec.loader.exec_module(module)
+        with model_file_argv(path):
+            spec.loader.exec_module(module)
     except BaseException as err:  # noqa: BLE001 - any failure while importing user code is input error
         sys.modules.pop(name, None)
         if isinstance(err, KeyboardInterrupt):
@@ -101,6 +110,19 @@ def load_model_file(path: str | Path, required: tuple[str, ...] = REQUIRED) -> M
     if found["loss_fn"] is not None:
         _check_arity(found["loss_fn"], 2, "loss_fn(outputs, targets)", shown)
     return ModelFile(path=path, module=module, **found)  # type: ignore[arg-type]
+
+
+@contextlib.contextmanager
+def model_file_argv(path: str | Path) -> Iterator[None]:
+    """`sys.argv` as `python MODEL.py` would set it, while the model file is imported and called:
+    a module-level `parse_args()` then sees no argument of nandoctor's and names itself, not
+    nandoctor, in its usage. The caller's argv comes back afterwards."""
+    saved = sys.argv
+    sys.argv = [str(path)]
+    try:
+        yield
+    finally:
+        sys.argv = saved
 
 
 def _check_arity(fn: Callable, count: int, signature: str, shown: str) -> None:
