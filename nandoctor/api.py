@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ast
 import contextlib
+import os
 import platform
 import random
 import sys
@@ -357,6 +358,12 @@ def _replay_script(found: Any, ranks: Optional[dict[str, Any]], trust: bool, cfg
     iteration made the failing step, traced op by op (watcher/script_replay.py)."""
     from .watcher.script_replay import history_records, replay_script
     from .watcher.script_trace import script_trace
+    if ranks is not None and "WORLD_SIZE" not in os.environ:
+        world = ranks.get("world_size", "N")
+        raise InputError(f"crash bundle {found.path} comes from a {world}-rank torchrun job of a training script; its "
+                         f"replay runs the script again, so start it the same way: `torchrun --nproc-per-node {world} "
+                         f"-m nandoctor replay {found.path.parent if found.path.name.startswith('rank-') else found.path} "
+                         "--trust`.")
     target, guard, outcome = replay_script(found, trust)
     history = history_records(found)
     trace = script_trace(target, guard, outcome, cfg, history=history)
@@ -377,6 +384,12 @@ class RunReport(ScanReport):
     script: dict[str, Any] = field(default_factory=dict)
     history: list[dict[str, Any]] = field(default_factory=list)
     script_exit_code: Optional[int] = None     # the script's own exit status when it ran to its end
+
+    @property
+    def origin_elsewhere(self) -> bool:
+        """Under torchrun: this rank only received the NaN; another rank's report names its origin."""
+        ranks = self.script.get("ranks") or {}
+        return bool(ranks.get("origin_ranks")) and ranks.get("rank") not in ranks["origin_ranks"]
 
     @property
     def exit_code(self) -> int:
@@ -425,6 +438,8 @@ def run_script(script: str | Path | None = None, args: Optional[list[str]] = Non
                              "stopped_at_step": stop.step if stop else None,
                              "bundle": str(stop.bundle) if stop and stop.bundle else None,
                              "seconds": round(outcome.seconds, 3)}
+    if stop is not None and stop.ranks:
+        facts["ranks"] = {k: stop.ranks.get(k) for k in ("rank", "world_size", "origin_ranks", "contaminated_ranks")}
     watch = stop.watch if stop else next(iter(guard.all_watches()), None)
     history = [{k: v for k, v in h.items()} for h in (watch.history if watch is not None else [])]
     return RunReport(trace=trace, causes=findings, config=resolved, fail_on=cfg["fail_on"], script=facts,

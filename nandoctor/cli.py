@@ -418,6 +418,14 @@ def run(
                             max_seconds=max_seconds, experiments=False if no_experiments else None,
                             stats_every=stats_every, check_every=check_every,
                             script_stdout_to_stderr=machine_on_stdout)
+        if report.origin_elsewhere:
+            # torchrun: the rank where the NaN was born writes the report; this one only received it.
+            ranks = report.script["ranks"]
+            say(f"nandoctor run: rank {ranks['rank']} of {ranks['world_size']}: stopped at step "
+                f"{report.script['stopped_at_step']}; the NaN/Inf was born on rank "
+                f"{', '.join(map(str, ranks['origin_ranks']))} and reached this rank through the collective or the "
+                "weights. That rank's report names the op and the line.")
+            return report
         if verbose:
             _say_what_ran(report)
         if trace_file is not None:

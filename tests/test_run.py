@@ -141,3 +141,23 @@ def test_bad_input_is_one_paragraph_and_exit_2(scripts, args, says):
     result = nandoctor("run", *args, cwd=scripts)
     assert result.returncode == 2
     assert says in result.stderr and "Traceback" not in result.stderr
+
+
+def test_under_torchrun_the_origin_rank_reports_and_every_rank_stops(scripts):
+    """A plain DDP script (gloo): rank 1's data makes log() of a negative at step 3. Rank 1 writes
+    the report at its own line; rank 0, which only received the NaN through the all-reduce, says
+    so in one line; both stop at step 3; torchrun exits 1."""
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    out = scripts / "report.json"
+    result = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2",
+                             "-m", "nandoctor", "run", "--format", "json", "-o", str(out), "ddp_train.py"],
+                            cwd=scripts, capture_output=True, text=True, timeout=240, env=env)
+    assert result.returncode == 1, result.stderr[-3000:]
+    assert "rank 0 of 2: stopped at step 3; the NaN/Inf was born on rank 1" in result.stderr
+    doc = json.loads(out.read_text())              # written by rank 1 only
+    assert doc["script"]["ranks"]["rank"] == 1 and doc["script"]["ranks"]["origin_ranks"] == [1]
+    assert doc["causes"][0]["id"] == "unstable-op"
+    assert doc["first_nonfinite"]["user_source"].startswith("ddp_train.py:")
+    assert doc["first_nonfinite"]["module"] in ("", "body")         # the user's names, not DDP's `module.`
+    assert sorted(p.name for p in (scripts / doc["script"]["bundle"]).iterdir() if p.name.startswith("rank-")) == \
+        ["rank-0", "rank-1"]

@@ -150,7 +150,7 @@ class Rerun:
     def _begin(self) -> None:
         if self.rng is not None:
             bundle_writer.restore_rng(self.rng)
-        self.tracer = OriginTracer(self.model, self.precision, self.step)
+        self.tracer = OriginTracer(users_module(self.model), self.precision, self.step)
         self.tracer.__enter__()
         self.state = "tracing"
 
@@ -197,6 +197,18 @@ class Rerun:
         if self.tracer is not None and self.state == "tracing":
             self.tracer.__exit__(None, None, None)
         self.state = "done"
+
+
+def users_module(model: torch.nn.Module) -> torch.nn.Module:
+    """The module the user wrote, inside DistributedDataParallel or torch.compile's wrapper: module
+    paths read as the user named them (`body.0`, not `module.body.0`)."""
+    for _ in range(4):
+        inner = getattr(model, "module", None) if isinstance(model, torch.nn.parallel.DistributedDataParallel) \
+            else getattr(model, "_orig_mod", None)
+        if not isinstance(inner, torch.nn.Module):
+            return model
+        model = inner
+    return model
 
 
 def data_event(precision: str, step: int, batch: Any,

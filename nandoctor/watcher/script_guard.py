@@ -57,6 +57,14 @@ class Stop:
     event: Optional[NonfiniteEvent] = None
     rerun: Optional[RerunOutcome] = None
     raised: Optional[str] = None          # the forward raised this exception on a non-finite batch
+    # Under torchrun: who flagged what at the failing step's exchange (watcher/distributed.py's
+    # verdict: origin_ranks, contaminated_ranks, rank, world_size); None in a single process.
+    ranks: Optional[dict[str, Any]] = None
+
+    @property
+    def origin_elsewhere(self) -> bool:
+        """This rank only received the NaN (through the gradient all-reduce or the weights)."""
+        return bool(self.ranks and self.ranks.get("origin_ranks") and self.ranks["rank"] not in self.ranks["origin_ranks"])
 
 
 @dataclass
@@ -528,6 +536,11 @@ class ScriptGuard:
         self.stop = Stop(step=event["step"], check=event["check"], what=event["what"], watch=watch,
                          bundle=Path(event["bundle"]) if event.get("bundle") else None, raised=event.get("raised"))
         self.failing_batches = list(self._window.batches)
+        if watch.distributed is not None and getattr(watch.distributed, "table", None) is not None:
+            try:
+                self.stop.ranks = watch.distributed.verdict()
+            except Exception:  # noqa: BLE001 - a verdict that cannot be read leaves the rank unnamed
+                self.stop.ranks = None
         if event["check"] == "batch" and capture is not None and capture.batches:
             index = next((i for i, f in enumerate(capture.batch_flags) if bool(f)), 0)
             drawn = list(self._window.batches)

@@ -127,6 +127,8 @@ def _event(stop: Stop, precision: str) -> NonfiniteEvent:
 def _notes(guard: ScriptGuard, outcome: ScriptOutcome, watch: Optional[Watch]) -> list[str]:
     notes = []
     stop = guard.stop
+    if stop is not None and stop.ranks:
+        notes.append(f"torchrun, {stop.ranks.get('world_size')} ranks: {stop.what}")
     if stop is not None and stop.bundle is not None:
         notes.append(f"crash bundle: {stop.bundle} (`nandoctor replay {stop.bundle} --trust` re-runs the script to "
                      "this step and diagnoses it again)")
