@@ -1,0 +1,99 @@
+"""Whole-process cost of `nandoctor run`: the plain script vs the same script under the guard.
+
+What a user sees: `python train.py` against `nandoctor run train.py` (guard only: --stats-every 0,
+and the default: per-layer statistics every 50 steps), each a fresh process, start-up, imports
+and exit included. The script is an ordinary loop over bench_overhead.py's transformer (94
+modules) or its 100-layer variant (1004 modules), logging its loss every step.
+
+Runs alternate (plain, guard, stats, plain, ...) so a shared machine's load hits all variants
+alike; the table gives medians and each variant's ratio to plain, and peak RSS (per child, from
+wait4). `--busy N` starts N busy single-threaded processes beside the measurement.
+
+    python bench/bench_run.py                          # transformer, 300 steps, 5 rounds
+    python bench/bench_run.py --model deep --steps 100 --busy 1
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
+
+SCRIPT = '''
+import sys, torch
+sys.path.insert(0, {bench!r})
+from bench_overhead import build
+torch.manual_seed(0)
+model, make_batch = build({model!r})
+x, y = make_batch()
+opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
+for step in range({steps}):
+    loss = torch.nn.functional.cross_entropy(model(x), y)
+    loss.backward()
+    opt.step()
+    opt.zero_grad(set_to_none=True)
+    if step % 10 == 0:
+        print(step, loss.item())
+'''
+
+VARIANTS = {
+    "plain": [],
+    "guard": ["-m", "nandoctor", "run", "--stats-every", "0", "-q"],
+    "stats/50": ["-m", "nandoctor", "run", "--stats-every", "50", "-q"],
+}
+
+
+def timed(argv: list[str], cwd: str) -> tuple[float, float]:
+    """(seconds, peak RSS in MiB) of one child process."""
+    t0 = time.perf_counter()
+    child = subprocess.Popen(argv, cwd=cwd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                             env={**os.environ, "PYTHONPATH": str(ROOT)})
+    _, status, usage = os.wait4(child.pid, 0)
+    seconds = time.perf_counter() - t0
+    if os.waitstatus_to_exitcode(status) != 0:
+        raise SystemExit(f"{argv} failed: {child.stderr.read().decode()[-2000:]}")
+    return seconds, usage.ru_maxrss / 1024
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", default="transformer", help="transformer | deep (bench_overhead.py's names)")
+    parser.add_argument("--steps", type=int, default=300)
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--busy", type=int, default=0, help="busy single-threaded processes running beside")
+    args = parser.parse_args()
+    folder = tempfile.mkdtemp()
+    script = Path(folder) / "train.py"
+    script.write_text(SCRIPT.format(bench=str(HERE), model=args.model, steps=args.steps))
+    busy = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(args.busy)]
+    results: dict[str, list[tuple[float, float]]] = {name: [] for name in VARIANTS}
+    try:
+        timed([sys.executable, str(script)], folder)            # warm the file cache once
+        for _ in range(args.rounds):
+            for name, prefix in VARIANTS.items():
+                results[name].append(timed([sys.executable, *prefix, str(script)], folder))
+    finally:
+        for process in busy:
+            process.kill()
+    plain = statistics.median(s for s, _ in results["plain"])
+    plain_rss = statistics.median(r for _, r in results["plain"])
+    load = os.getloadavg()
+    print(f"# {args.model}, {args.steps} steps, {args.rounds} alternating rounds, busy={args.busy}, "
+          f"load {load[0]:.1f}/{load[1]:.1f}, {os.cpu_count()} cores")
+    print(f"{'variant':10s} {'median s':>9s} {'ratio':>6s} {'all runs (s)':40s} {'peak RSS MiB':>12s} {'RSS ratio':>9s}")
+    for name, runs in results.items():
+        median = statistics.median(s for s, _ in runs)
+        rss = statistics.median(r for _, r in runs)
+        print(f"{name:10s} {median:9.2f} {median / plain:6.3f} {' '.join(f'{s:.2f}' for s, _ in runs):40s} "
+              f"{rss:12.0f} {rss / plain_rss:9.3f}")
+
+
+if __name__ == "__main__":
+    main()
