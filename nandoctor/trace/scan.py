@@ -262,6 +262,11 @@ class Trace:
     reference_runs: list[RunTrace] = field(default_factory=list)
     # `nandoctor run`: the user's own loop (None for a scan of a model file, or a replay).
     loop: Optional[LoopFacts] = None
+    # For a replay, how the crash bundle's run was built: "plain" (the user's own loop),
+    # "lightning" or "huggingface" (a trainer's callback wrote it: the settings the user changes
+    # are that trainer's, e.g. TrainingArguments(adam_epsilon=...)). None for a scan (and for
+    # `nandoctor run`, whose loop is `loop`).
+    framework: Optional[str] = None
     schema_version: int = SCHEMA_VERSION
 
     def run(self, precision: str) -> Optional[RunTrace]:
