@@ -35,7 +35,9 @@ class UnexplainedNonfinite(Rule):
 
 
 def _explained(run: RunTrace, findings: list[Finding]) -> bool:
-    return any(f.severity == Severity.ERROR.value and run.precision in f.precisions for f in findings)
+    # A finding whose own experiment refuted it explains nothing: its fix left the failure.
+    return any(f.severity == Severity.ERROR.value and run.precision in f.precisions and f.confirmed is not False
+               for f in findings)
 
 
 def unexplained_findings(ctx: Context, findings: list[Finding]) -> list[Finding]:
