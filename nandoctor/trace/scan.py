@@ -19,6 +19,9 @@ class SourceLocation:
     line: int
     function: str = ""
     code: str = ""             # the text of that line
+    # A frame of an installed package (site-packages: transformers, lightning, ...): where an op
+    # ran, kept as detail, never the line a finding tells the user to change.
+    library: bool = False
 
     def __str__(self) -> str:
         return f"{self.file}:{self.line}"
