@@ -7,7 +7,7 @@ from typing import Optional
 
 from ...trace import NonfiniteEvent, PostmortemTrace, RunTrace, SourceLocation, StepRecord
 from ...trace.numbers import num
-from ..facts import finite, module_label
+from ..facts import finite, module_label, optimizer_site
 from ..finding import Finding, Severity
 from ..ownership import lr_at, owned_events
 from .base import Context, Rule
@@ -89,15 +89,16 @@ def _infinite_lr(ctx: Context, event: NonfiniteEvent) -> Finding:
 
 
 def _optimizer_location(ctx: Context) -> Optional[SourceLocation]:
-    fn = ctx.trace.functions.get("build_optimizer")
-    return fn
+    return optimizer_site(ctx.trace)
 
 
 def _lr_setting(ctx: Context, run: RunTrace) -> str:
     """Where the user sets the learning rate, in words: a line, a trainer argument or a config key."""
     loc = _optimizer_location(ctx)
     if loc is not None:
-        return f"in build_optimizer ({loc})"
+        return f"where the optimizer is built ({loc})" if ctx.trace.loop is not None else f"in build_optimizer ({loc})"
+    if ctx.trace.loop is not None:
+        return "where your script constructs the optimizer"
     framework = ctx.trace.framework
     if framework == "huggingface":
         return "with `--learning_rate` (`TrainingArguments(learning_rate=...)`)"

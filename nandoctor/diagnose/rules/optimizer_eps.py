@@ -6,7 +6,7 @@ from typing import Optional
 from ...trace.numbers import num
 from ...trace import NonfiniteEvent, SourceLocation
 from ..evidence import at
-from ..facts import FP16_TINY
+from ..facts import FP16_TINY, optimizer_site
 from ..ownership import owned_events
 from ..finding import Finding, Severity
 from .base import Context, Rule
@@ -87,7 +87,7 @@ class OptimizerEps(Rule):
 
 
 def _eps_line(ctx: Context) -> Optional[SourceLocation]:
-    return ctx.trace.functions.get("build_optimizer")
+    return optimizer_site(ctx.trace)
 
 
 def _set_eps(ctx: Context, value: str, user_line: Optional[SourceLocation] = None) -> str:
@@ -98,6 +98,8 @@ def _set_eps(ctx: Context, value: str, user_line: Optional[SourceLocation] = Non
     loc = user_line or _eps_line(ctx)
     if loc is not None:
         return f"pass `eps={value}` to the optimizer at {loc}"
+    if ctx.trace.loop is not None:
+        return f"pass `eps={value}` where your script constructs the optimizer"
     if ctx.trace.framework == "lightning":
         return f"pass `eps={value}` to the optimizer in your LightningModule's `configure_optimizers()`"
     if ctx.trace.framework is not None:
