@@ -110,7 +110,7 @@ def _lr_setting(ctx: Context, run: RunTrace) -> str:
     return "(config `optimizer.lr` or `--lr`)"
 
 
-def _lr_of(record: Optional[StepRecord], run: RunTrace) -> Optional[float]:
+def _lr_of(record: Optional[StepRecord]) -> Optional[float]:
     if record is not None and record.lr is not None and math.isfinite(record.lr):
         return record.lr
     return None
@@ -125,7 +125,7 @@ def _history_evidence(d: _Divergence) -> list[str]:
     window = [r for r in list(run.history) + list(run.steps) if low.step <= r.step <= high.step]
     lrs = sorted({r.lr for r in window if r.lr is not None and math.isfinite(r.lr)})
     at_lr = (f" at learning rate {num(lrs[0])}" if len(lrs) == 1 else
-             f" while the learning rate went from {num(_lr_of(low, run))} to {num(_lr_of(high, run))}" if lrs else "")
+             f" while the learning rate went from {num(_lr_of(low))} to {num(_lr_of(high))}" if lrs else "")
     replayed = " (the replayed step)" if high.step == run.start_step else ""
     evidence.append(f"the watched run's loss rose from {num(low.loss)} at step {low.step} to {num(high.loss)} at step "
                     f"{high.step}{replayed} ({num(d.growth)}x){at_lr}, before step {run.start_step} turned non-finite")
@@ -200,11 +200,11 @@ class HighLearningRate(Rule):
         # the one the history recorded at the loss's peak; else the step before the failure. A
         # run that stayed finite diverged somewhere in its schedule: its peak lr is the suspect.
         recorded = [s.lr for s in run.steps if s.lr is not None and math.isfinite(s.lr)]
-        lr = (_lr_of(d.high, run) if d.in_history and _lr_of(d.high, run) is not None
+        lr = (_lr_of(d.high) if d.in_history and _lr_of(d.high) is not None
               else lr_at(run, run.first_nonfinite.step - 1) if run.first_nonfinite
               else max(recorded) if recorded else lr_at(run, run.start_step + run.steps_run - 1))
         first = run.history[0] if run.history else None
-        first_lr = _lr_of(first, run) if first is not None else lr_at(run, run.start_step)
+        first_lr = _lr_of(first) if first is not None else lr_at(run, run.start_step)
         first_step = first.step if first is not None else run.start_step
         evidence = []
         if lr is not None and first_lr is not None and lr != first_lr:
