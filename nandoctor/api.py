@@ -23,7 +23,8 @@ from .load.config import ResolvedConfig, resolve_config
 from .load.model_file import ModelFile, load_model_file
 from .report.document import build_document, build_postmortem_document, first_nonfinite
 from .load.bundle import STATE_AFTER_STEP, decode_value
-from .run.bundles.rebuild import after_step_run, bundle_model_file, differences, mark_not_reproduced, scaler_loader
+from .run.bundles.rebuild import (after_step_run, bundle_model_file, differences, history_records, mark_not_reproduced,
+                                  scaler_loader)
 from .run.experiments import run_experiments
 from .run.frames import location
 from .run.checkpoints.inspect import inspect
@@ -309,7 +310,9 @@ def _replay(bundle: str | Path, model: str | Path | None, *, trust: bool, experi
         return _replay_script(found, ranks, trust, cfg, resolved, began)
     spec, model_info = bundle_model_file(found, model, trust)
     trace = Trace(model_file=spec.display, config=cfg, device=str(dev), torch_version=torch.__version__,
-                  tool_version=__version__, checkpoint=str(found.path))
+                  tool_version=__version__, checkpoint=str(found.path),
+                  functions=_function_locations(spec) if model is not None else {},
+                  framework=str((m.rebuild or {}).get("kind", "plain")))
     trace.notes.extend(differences(found, dev))
     if ranks is not None:
         trace.notes.insert(0, describe_ranks(ranks))
@@ -331,6 +334,8 @@ def _replay(bundle: str | Path, model: str | Path | None, *, trust: bool, experi
                            start_step=m.step, note="--max-seconds ran out while the step was replayed")
         if run.status == RunStatus.OK.value:
             mark_not_reproduced(run, found)
+    # What the watched run saw before this step: the loss, gradient norm and lr that led here.
+    run.history = history_records(found)
     trace.runs.append(run)
     trace.model = model_info()
     findings = diagnose(trace)

@@ -86,8 +86,9 @@ def test_manifest_is_consistent():
 # Held-out entries (round 3) the tool still gets partly wrong; each has the right verdict or a
 # warn-level miss, and its root cause is written up in the issue 9 closing note:
 #   mha_key_padding_all_masked: origin at baddbmm (a -inf mask carried through its bias term),
-#     not at the softmax; hf_token_labels_all_ignored: the user line names the labels' creation,
-#     not the in-place write that emptied them; onecycle_huge_peak: high-lr reads the spike now
+#     not at the softmax; hf_token_labels_all_ignored: the loss runs inside transformers, called
+#     by nandoctor, so the origin has no user line (the top cause does name the marked line, the
+#     in-place write that emptied the labels); onecycle_huge_peak: high-lr reads the spike now
 #     but ranks below the vanishing gradients that the dead ReLUs leave.
 KNOWN_GAPS = {"mha_key_padding_all_masked", "hf_token_labels_all_ignored", "onecycle_huge_peak"}
 

@@ -249,3 +249,52 @@ def test_replay_reads_a_config_file_and_refuses_a_bad_one(tmp_path):
     config.write_text("experimentz: {}\n")
     bad = run_cli("replay", err.bundle, "--model", model, "--config", config)
     assert bad.exit_code == 2 and "experimentz" in bad.stderr and "Traceback" not in bad.stderr
+
+
+DIVERGING_SOURCE = '''
+import torch
+from torch import nn
+
+
+def build_model():
+    return nn.Sequential(nn.Linear(8, 32), nn.Tanh(), nn.Linear(32, 1))
+
+
+def training_step(model, batch):
+    x, y = batch
+    return nn.functional.mse_loss(model(x), y)
+'''
+
+
+def test_a_run_diverging_at_a_far_too_high_lr_replays_as_high_lr_from_its_history(tmp_path):
+    """Regression: replay ignored the bundle's history window. nanoGPT at lr 10 was diagnosed
+    bad-init ("remove the custom initialisation") although the history showed the loss going
+    4.8 -> 1622 at lr 10; the replayed weights had simply taken steps at that lr."""
+    path = tmp_path / "model.py"
+    path.write_text(textwrap.dedent(DIVERGING_SOURCE))
+    user = load(path)
+    torch.manual_seed(0)
+    net = user.build_model()
+    opt = torch.optim.SGD(net.parameters(), lr=50.0)
+    with pytest.raises(nandoctor.NonFiniteError) as caught:
+        with nandoctor.watch(net, opt, out=tmp_path / "bundles") as watch:
+            for step in range(50):
+                x = torch.randn(16, 8, generator=torch.Generator().manual_seed(step))
+                batch = (x, 2.0 * x[:, :1])
+                with watch.step(batch):
+                    watch.loss(user.training_step(net, batch)).backward()
+                    opt.step()
+                    opt.zero_grad()
+    err = caught.value
+    manifest = json.loads((err.bundle / "manifest.json").read_text())
+    losses = [h["loss"] for h in manifest["history"]]
+    assert err.step > 2 and len(losses) == err.step and losses[-1] > 1e6 * losses[0]   # the rise is in the bundle
+
+    result, doc = replay_json(err.bundle, "--model", path)
+    assert result.exit_code == 1 and doc["first_nonfinite"]["step"] == err.step
+    top = doc["causes"][0]
+    assert top["id"] == "high-lr" and top["explains_origin"], [c["id"] for c in doc["causes"]]
+    assert "learning rate 50 is too high" in top["title"] and "from 50 to 5e+00" in top["fix"]
+    assert any("the watched run's loss rose from" in e and "at learning rate 50" in e for e in top["evidence"])
+    assert "bad-init" not in [c["id"] for c in doc["causes"]]
+    assert not any(e["id"] == "lower-lr" for e in doc["experiments"])   # the replayed step fails before its update

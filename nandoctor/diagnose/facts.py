@@ -40,7 +40,20 @@ def op_short(op: Optional[str]) -> str:
 
 
 def where(event: NonfiniteEvent) -> Optional[SourceLocation]:
-    return event.user_source or event.source
+    """The user's own line for this event: where a finding points and a fix applies. None when
+    the op ran only in library code (a Hugging Face model's loss called by nandoctor or a trainer):
+    `event.source` then names that library line, which is detail, never the place to fix."""
+    return user_line(event.user_source) or user_line(event.source)
+
+
+def user_line(loc: Optional[SourceLocation]) -> Optional[SourceLocation]:
+    """`loc` when it is in the user's files; None for a frame of an installed package."""
+    return loc if loc is not None and not loc.library else None
+
+
+def library_frame(event: NonfiniteEvent) -> Optional[SourceLocation]:
+    """The library line where the op ran, when it is not the user's own (the detail to show)."""
+    return event.source if event.source is not None and event.source.library else None
 
 
 def module_label(module: Optional[str], phase: Optional[str] = None) -> str:
@@ -86,6 +99,37 @@ MATMUL_OPS = {"addmm", "mm", "bmm", "matmul", "linear", "convolution", "cudnn_co
               "_scaled_dot_product_flash_attention_for_cpu", "_scaled_dot_product_efficient_attention"}
 
 
+IGNORE_INDEX = -100      # cross_entropy's and Hugging Face's default: a target that takes no part in the loss
+NLL_OPS = {"nll_loss_forward", "nll_loss2d_forward", "nll_loss", "cross_entropy_loss"}
+
+
+def ignored_labels(event: NonfiniteEvent, trace: Trace) -> Optional[tuple[str, int, int]]:
+    """(tensor, ignored, total) when every class target of the failing step equals ignore_index
+    (-100): from the step's label check, an integer batch tensor (`labels` of a Hugging Face
+    batch) whose every element is -100, or an integer input of the failing op that is."""
+    run = trace.run(event.precision)
+    step = next((s for s in (run.steps if run else []) if s.step == event.step), None)
+    if step is not None and step.labels is not None and step.labels.total and step.labels.ignored == step.labels.total:
+        return step.labels.tensor, step.labels.ignored, step.labels.total
+    batch = [b for b in (step.batch if step else []) if _is_integer(b.dtype) and b.numel
+             and b.min == IGNORE_INDEX and b.max == IGNORE_INDEX]
+    if batch:
+        b = min(batch, key=lambda b: "label" not in b.name.lower())      # a tensor named labels first
+        return b.name, b.numel, b.numel
+    for t in event.inputs:
+        if t.value is None and _is_integer(t.dtype) and t.min == IGNORE_INDEX and t.max == IGNORE_INDEX:
+            return t.name, _numel(t.shape), _numel(t.shape)
+    return None
+
+
+def _zero_over_zero(event: NonfiniteEvent) -> bool:
+    """Every input of the division is 0: a float 0 over a 0 (tensors wholly zero, scalars 0)."""
+    tensors = [t for t in event.inputs if t.value is None]
+    scalars = [t for t in event.inputs if t.value is not None]
+    zeros = [t for t in tensors if t.zeros and (t.shape == [] or t.zeros == _numel(t.shape))]
+    return len(zeros) + len([t for t in scalars if t.value == 0]) >= 2 and len(zeros) == len(tensors)
+
+
 def is_empty_reduction(event: NonfiniteEvent, trace: Trace) -> bool:
     """A NaN born from 0/0: a mean over nothing, a loss whose every target is ignored."""
     if event.kind != "nan" or event.phase not in ("forward", "loss"):
@@ -101,6 +145,12 @@ def is_empty_reduction(event: NonfiniteEvent, trace: Trace) -> bool:
     run = trace.run(event.precision)
     step = next((s for s in (run.steps if run else []) if s.step == event.step), None)
     if step and step.labels and step.labels.total and step.labels.ignored == step.labels.total:
+        return True
+    if name == "div" and _zero_over_zero(event) and (
+            ignored_labels(event, trace) is not None
+            or (event.producer is not None and op_short(event.producer.op) in NLL_OPS)):
+        # A summed loss over zero targets divided by their count: Hugging Face's
+        # `loss / num_items_in_batch` when every label of the batch is -100 (0.0 / 0.0, both float).
         return True
     if name == "div":
         # A mean written by hand divides a sum of values by how many there were: a float 0
@@ -133,11 +183,14 @@ def _numel(shape: list[int]) -> int:
     return total
 
 
-def batch_site(trace: Trace, precision: str, prefixes: tuple[str, ...]) -> Optional[SourceLocation]:
-    """The line in get_batch that made a batch tensor whose name starts with one of `prefixes`."""
+def batch_site(trace: Trace, precision: str, prefixes: tuple[str, ...],
+               step: Optional[int] = None) -> Optional[SourceLocation]:
+    """The line in get_batch that made a batch tensor whose name starts with one of `prefixes`
+    (`step`: that step's line first, when the replay of a failing step noted it)."""
     run = trace.run(precision)
-    for step in (run.steps if run else []):
-        for b in step.batch:
+    records = sorted(run.steps if run else [], key=lambda s: s.step != step)
+    for step_record in records:
+        for b in step_record.batch:
             if b.source is not None and any(b.name.startswith(p) or p in b.name for p in prefixes):
                 return b.source
     return None

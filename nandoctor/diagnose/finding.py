@@ -27,6 +27,9 @@ class Finding:
     # an experiment, symptom of another cause); filled by `rank`.
     rank_reason: str = ""
     mechanism: str = ""     # op-semantics class when one applies: pole, domain, overflow, indeterminate, ...
+    # The cause was already acting in the steps before the failing one (a watched run's history
+    # shows it): it explains the origin and everything after it, as an upstream cause does.
+    upstream: bool = False
 
 
 __all__ = ["Finding", "Severity", "ExperimentRequest"]

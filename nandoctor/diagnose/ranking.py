@@ -1,11 +1,14 @@
 """The order of findings, and the reason for each place, in words.
 
-Errors before warnings before info. Within a severity, causes that explain where the first
-non-finite value was born come before downstream symptoms; among those, upstream causes
-first (NaN data explains every NaN after it; bad labels, data scale or the init explain a
-divergence better than the learning rate), then causes an experiment confirmed (a confirmed
-`high-lr` outranks the `exploding-gradients` it produces), then specific mechanisms before
-symptoms and the fallback, then confidence.
+A finding that its own experiment refuted comes after every finding that was not refuted,
+whatever its severity: its fix was tried and the failure stayed. Then errors before warnings
+before info. Within a severity, causes that explain where the first non-finite value was born
+come before downstream symptoms; among those, upstream causes first (NaN data explains every
+NaN after it; bad labels, data scale or the init explain a divergence better than the learning
+rate; a divergence the watched run's history shows began before the failing step explains the
+op that finally overflowed), then causes an experiment confirmed (a confirmed `high-lr`
+outranks the `exploding-gradients` it produces), then specific mechanisms before symptoms and
+the fallback, then confidence.
 """
 from __future__ import annotations
 
@@ -21,14 +24,16 @@ UPSTREAM = 1      # tiers up to this one come before anything else that explains
 
 
 def _tier(finding: Finding) -> int:
-    return TIER.get(finding.id, 2)
+    tier = TIER.get(finding.id, 2)
+    return min(tier, UPSTREAM) if finding.upstream else tier
 
 
 def _key(finding: Finding) -> tuple:
     tier = _tier(finding)
     upstream = tier if finding.explains_origin and tier <= UPSTREAM else UPSTREAM + 1
     confirmed = {True: 0, None: 1, False: 2}[finding.confirmed]
-    return (Severity(finding.severity).rank, not finding.explains_origin, upstream, confirmed, tier, -finding.confidence)
+    return (finding.confirmed is False, Severity(finding.severity).rank, not finding.explains_origin, upstream,
+            confirmed, tier, -finding.confidence)
 
 
 def _reason(finding: Finding, first: Finding | None) -> str:

@@ -9,7 +9,8 @@ from rich.panel import Panel
 from rich.table import Table
 from rich.text import Text
 
-from .text import bundle_sentence, headline, loss_trend, middle, num, origin_sentence, ranks_sentence, worst_layers
+from .text import (bundle_sentence, headline, library_line, loss_trend, middle, num, origin_lines, origin_sentence,
+                   ranks_sentence, worst_layers)
 
 VERDICT_STYLE = {"pass": "bold green", "warn": "bold yellow", "fail": "bold red"}
 SHORT = {"precision", "status", "steps", "time", "NaN", "Inf", "dtype"}   # never split these cells
@@ -125,9 +126,13 @@ def print_report(doc: dict[str, Any], console: Console) -> None:
     if not event and doc["verdict"] == "fail":
         console.print(Text(headline(doc), style="red"))
     if event:
+        # The user's line with the user's code; a library frame where the op ran is its own line.
         lines = [Text(origin_sentence(event))]
-        if event.get("source_code"):
-            lines.append(Text(f"    {event['source_code']}", style="bold"))
+        _, user_code, _, _ = origin_lines(event)
+        if user_code:
+            lines.append(Text(f"    {user_code}", style="bold"))
+        if library_line(event):
+            lines.append(Text(library_line(event) or "", style="dim"))
         if event.get("forward_op"):
             lines.append(Text(f"gradient of forward call `{event['forward_op']}`"))
         for t in event.get("inputs", [])[:3]:

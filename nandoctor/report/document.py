@@ -47,6 +47,7 @@ def event_dict(event: Optional[NonfiniteEvent]) -> Optional[dict[str, Any]]:
     data["source"] = str(event.source) if event.source else None
     data["source_code"] = event.source.code if event.source else None
     data["user_source"] = str(event.user_source) if event.user_source else None
+    data["user_source_code"] = event.user_source.code if event.user_source else None
     if event.producer is not None:
         data["producer"]["source"] = str(event.producer.source) if event.producer.source else None
     return data

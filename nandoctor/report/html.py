@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 from .svg import DASHES, MARKERS, Series, e, empty, hbars, heatmap, kind, line_chart
-from .text import bundle_sentence, headline, loss_trend, num, origin_sentence, ranks_sentence
+from .text import bundle_sentence, headline, library_line, loss_trend, num, origin_lines, origin_sentence, ranks_sentence
 
 FP16_MAX = 65504.0
 COLORS = {"32-true": "#1f77b4", "16-mixed": "#d62728", "bf16-mixed": "#2ca02c", "16-true": "#ff7f0e",
@@ -48,9 +48,15 @@ def _same_as(runs: list[dict[str, Any]], key: str) -> dict[str, str]:
 # ----------------------------------------------------------------------------------- the story
 
 def _source_context(event: dict[str, Any], radius: int = 3) -> str:
-    """The lines around the failing line, read from the file when it exists, else the recorded line."""
-    where = event.get("user_source") or event.get("source")
-    code = event.get("source_code") or ""
+    """The lines around the user's failing line, read from the file when it exists, else the
+    recorded line; a library line where the op ran follows as a detail of its own."""
+    where, code, _, _ = origin_lines(event)
+    code = code or ""
+    detail = library_line(event)
+    return _user_context(where, code, radius) + (f'<p class="where">{e(detail)}</p>' if detail else "")
+
+
+def _user_context(where: Optional[str], code: str, radius: int) -> str:
     if where and ":" in where:
         file, _, line_text = where.rpartition(":")
         try:

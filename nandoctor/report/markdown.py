@@ -3,7 +3,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from .text import bundle_sentence, headline, loss_trend, nonfinite_tensors, num, ranks_sentence, subject, worst_layers
+from .text import (bundle_sentence, headline, library_line, loss_trend, nonfinite_tensors, num, origin_lines, ranks_sentence,
+                   subject, worst_layers)
 
 BADGE = {"pass": "✅ PASS", "warn": "⚠️ WARN", "fail": "❌ FAIL"}
 ICON = {"error": "❌", "warning": "⚠️", "info": "ℹ️"}
@@ -39,8 +40,12 @@ def _causes(doc: dict[str, Any]) -> list[str]:
 def _scan(doc: dict[str, Any]) -> list[str]:
     out = [f"**First non-finite value:** {_cell(headline(doc))}"]
     event = doc.get("first_nonfinite")
-    if event and event.get("source_code"):
-        out += ["", "```python", event["source_code"], "```"]
+    if event:
+        _, user_code, _, _ = origin_lines(event)
+        if user_code:
+            out += ["", "```python", user_code, "```"]
+        if library_line(event):
+            out += ["", _cell(library_line(event) or "")]
     out.append("")
     out += _causes(doc)
     out += ["### Runs", "", "| precision | status | steps | loss | loss scale | skipped |", "|---|---|---|---|---|---|"]

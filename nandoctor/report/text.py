@@ -11,11 +11,25 @@ def num(value: Any, digits: int = 2) -> str:
     return format_number(value, digits, missing="–")
 
 
+def origin_lines(event: dict[str, Any]) -> tuple[Optional[str], Optional[str], Optional[str], Optional[str]]:
+    """(the user's line, its code, the library line, its code) of an origin. The user's line is
+    the place to look and to fix; a line of an installed package where the op ran (a Hugging
+    Face model's loss) is detail, shown apart. A document from before `user_source_code` pairs a
+    source that is the user's line with `source_code`."""
+    user, source = event.get("user_source"), event.get("source")
+    user_code = event.get("user_source_code")
+    if user_code is None and user and user == source:
+        user_code = event.get("source_code")
+    library = source if source and source != user else None
+    return user, user_code, library, event.get("source_code") if library else None
+
+
 def origin_sentence(event: Optional[dict[str, Any]]) -> str:
+    """One sentence for an origin, placed at the user's line (a library line is `library_line`)."""
     if not event:
         return "no non-finite value in any run"
     kind = "NaN" if event["kind"] == "nan" else "Inf"
-    where = event.get("user_source") or event.get("source")
+    where, _, _, _ = origin_lines(event)
     parts = [f"{kind} born in {event['phase']} at step {event['step']} ({event['precision']})"]
     if event.get("op"):
         parts.append(f"op {event['op']}")
@@ -28,6 +42,14 @@ def origin_sentence(event: Optional[dict[str, Any]]) -> str:
     if where:
         parts.append(f"at {where}")
     return ", ".join(parts)
+
+
+def library_line(event: dict[str, Any]) -> Optional[str]:
+    """'inside library code at FILE:LINE: CODE' when the origin's op ran in an installed package."""
+    _, _, inside, inside_code = origin_lines(event)
+    if not inside:
+        return None
+    return f"inside library code at {inside}" + (f": {inside_code}" if inside_code else "")
 
 
 def loss_trend(run: dict[str, Any]) -> str:

@@ -46,7 +46,9 @@ _engine_boundary()
 
 
 def is_site_package(filename: str) -> bool:
-    return os.path.abspath(filename).startswith(_SITE_DIRS) or f"{os.sep}site-packages{os.sep}" in filename
+    # dist-packages: Debian's and Ubuntu's system Python install third-party packages there.
+    return os.path.abspath(filename).startswith(_SITE_DIRS) or any(
+        f"{os.sep}{name}{os.sep}" in filename for name in ("site-packages", "dist-packages"))
 
 
 def is_library(filename: str) -> bool:
@@ -66,7 +68,8 @@ def is_user_file(filename: str) -> bool:
 
 def location(filename: str, line: int, function: str = "") -> SourceLocation:
     code = linecache.getline(filename, line).strip()
-    return SourceLocation(file=display_path(filename), line=line, function=function, code=code)
+    return SourceLocation(file=display_path(filename), line=line, function=function, code=code,
+                          library=not is_user_file(filename))
 
 
 def stack_locations(start: Optional[FrameType] = None) -> tuple[Optional[SourceLocation], Optional[SourceLocation]]:

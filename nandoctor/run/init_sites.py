@@ -1,4 +1,5 @@
-"""Which line of the user's code last wrote each parameter while build_model() ran.
+"""Which line of the user's code last wrote each parameter while build_model() ran (and each
+batch tensor while get_batch() ran).
 
 That is the layer's constructor call (its reset_parameters) or the user's own init
 (`nn.init.normal_(layer.weight, std=5)`), so init and layer findings can point at user code.
@@ -23,7 +24,11 @@ class InitSites(TorchFunctionMode):
         out = func(*args, **(kwargs or {}))
         name = getattr(func, "__name__", "")
         target = args[0] if name.endswith("_") and args else out
-        if isinstance(target, torch.Tensor) and not name.startswith("__"):
+        # Indexed assignment (`labels[:] = -100`, `w[0, 0] = nan`) and augmented assignment
+        # (`x += 1`) write into their first argument: that line is the tensor's last writer.
+        writes = (name == "__setitem__" and not _selects_nothing(args[1] if len(args) > 1 else None)) \
+            or (name.startswith("__i") and name.endswith("__") and name != "__init__")
+        if isinstance(target, torch.Tensor) and (writes or not name.startswith("__")):
             _, user = stack_locations()
             if user is not None:
                 # Keyed by storage: nn.Parameter(t) and t share it, and the last writer wins.
@@ -32,6 +37,13 @@ class InitSites(TorchFunctionMode):
 
     def for_model(self, model: torch.nn.Module) -> dict[str, SourceLocation]:
         return {name: self.sites[_key(p)] for name, p in model.named_parameters() if _key(p) in self.sites}
+
+
+def _selects_nothing(index) -> bool:
+    """An index that selects no element (`labels[mask] = x` with an all-False mask) writes nothing."""
+    if isinstance(index, torch.Tensor):
+        return index.numel() == 0 or (index.dtype == torch.bool and not bool(index.any()))
+    return False
 
 
 def _key(t: torch.Tensor) -> int:

@@ -236,6 +236,11 @@ class OriginTracer(StepProbe):
     def on_phase(self, phase: Phase) -> None:
         self.set_phase(phase)
 
+    def wants_batch_sources(self) -> bool:
+        # Where the failing step's own batch tensors were made (the recorder notes only the
+        # first step's): a label tensor emptied at step 2 names that step's line.
+        return True
+
     def set_phase(self, phase: Phase) -> None:
         self.phase = phase.value
         # The function mode tags grad nodes while the forward graph is built and names the

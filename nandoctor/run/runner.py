@@ -18,7 +18,7 @@ from ..load.model_file import ModelFile
 from ..trace.vocab import Precision
 from .precision import spec_of
 from ..trace import (ErrorCategory, LAYER_FIELDS, PARAM_FIELDS, LayerSeries, ModelInfo, NonfiniteEvent, ParamSeries, Phase, RunStatus,
-                     RunTrace)
+                     RunTrace, StepRecord)
 from . import stats
 from .recorder import Recorder, StepStats
 from .frames import construction_site
@@ -219,6 +219,8 @@ def locate_origin(model_file: ModelFile, config: dict[str, Any], precision: Prec
         before = _snapshot(session)
         lr_bad = any(not math.isfinite(float(group["lr"])) for group in session.optimizer.param_groups)
         traced_step, result, tracer = _traced_replay(session, precision, step, seen)
+        if traced_step == step:
+            _adopt_batch_sources(seen.record, result.record)
         traced = _reproduces(session, result, seen) or traced_step != step
         untraced = _untraced_replay(session, before, step, seen)
     except UserCodeFailed:
@@ -262,6 +264,14 @@ def locate_origin(model_file: ModelFile, config: dict[str, Any], precision: Prec
     if event.phase == Phase.OPTIMIZER.value and event.user_source is None:
         event.user_source = _optimizer_site(model_file, session, lr_bad, step - start_step)
     return event
+
+
+def _adopt_batch_sources(recorded: StepRecord, traced: StepRecord) -> None:
+    """The traced replay notes where this step's batch tensors were made; the recorded step
+    (which the recorder only notes for the run's first step) keeps those lines."""
+    made = {b.name: b.source for b in traced.batch if b.source is not None}
+    for b in recorded.batch:
+        b.source = made.get(b.name, b.source)
 
 
 def _optimizer_site(model_file: ModelFile, session: TrainingSession, lr_bad: bool, steps_before: int):

@@ -19,6 +19,9 @@ class SourceLocation:
     line: int
     function: str = ""
     code: str = ""             # the text of that line
+    # A frame of an installed package (site-packages: transformers, lightning, ...): where an op
+    # ran, kept as detail, never the line a finding tells the user to change.
+    library: bool = False
 
     def __str__(self) -> str:
         return f"{self.file}:{self.line}"
@@ -262,6 +265,11 @@ class Trace:
     reference_runs: list[RunTrace] = field(default_factory=list)
     # `nandoctor run`: the user's own loop (None for a scan of a model file, or a replay).
     loop: Optional[LoopFacts] = None
+    # For a replay, how the crash bundle's run was built: "plain" (the user's own loop),
+    # "lightning" or "huggingface" (a trainer's callback wrote it: the settings the user changes
+    # are that trainer's, e.g. TrainingArguments(adam_epsilon=...)). None for a scan (and for
+    # `nandoctor run`, whose loop is `loop`).
+    framework: Optional[str] = None
     schema_version: int = SCHEMA_VERSION
 
     def run(self, precision: str) -> Optional[RunTrace]:

@@ -21,7 +21,9 @@ class BadInit(Rule):
 
     Evidence used: non-finite parameter counts and max |w| before step 0, where each parameter
     was last written in build_model(), and per-layer max |activation| at step 0; a re-run with
-    every module's default `reset_parameters()`.
+    every module's default `reset_parameters()`. Only weights at step 0 count: a run resumed
+    from a checkpoint or a crash bundle's replay at a later step (or one with a history of
+    steps) starts from weights the optimizer has already moved, which say nothing of the init.
 
     How to fix: remove the custom init at the reported line or use a scaled one
     (`nn.init.kaiming_normal_` for ReLU, `xavier_uniform_` for tanh, std ~ 1/sqrt(fan_in)).
@@ -46,7 +48,10 @@ class BadInit(Rule):
         limit_w = ctx.thresholds["init_weight_abs_max"]
         limit_growth = ctx.thresholds["init_growth"]
         findings: list[Finding] = []
-        runs = [r for r in ctx.trace.runs if r.params]
+        # Only step-0 weights are an initialisation. A run that starts later (scan --checkpoint,
+        # the replay of a crash bundle) or that has a history of steps holds weights the optimizer
+        # has already moved: a huge rms there is what training did, not what build_model() made.
+        runs = [r for r in ctx.trace.runs if r.params and r.start_step == 0 and not r.history]
         if not runs:
             return []
         # Values loaded from a checkpoint (scan --checkpoint) are not build_model()'s initialisation.

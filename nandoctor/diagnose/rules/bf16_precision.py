@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from ...trace import NonfiniteEvent
-from ..evidence import at, code, input_facts, precisions_of
+from ..evidence import at, at_origin, input_facts, precisions_of
 from ..facts import module_label, op_short, where
 from ..finding import Finding, Severity
 from ..op_semantics import classify
@@ -44,7 +44,7 @@ class Bf16Precision(OriginRule):
         reference = ", ".join(sorted({r.precision for r in wide_runs(ctx.trace)}))
         loc = where(event)
         mechanism = classify(event)
-        evidence = [f"{precisions_of(group)}: {event.call or event.op} in {module_label(module, event.phase)}{at(loc)}{code(loc)} "
+        evidence = [f"{precisions_of(group)}: {event.call or event.op} in {module_label(module, event.phase)}{at_origin(event)} "
                     f"produced {'NaN' if event.kind == 'nan' else 'Inf'} at step {event.step}"
                     + (f": {mechanism[1]}" if mechanism else ""),
                     f"{reference or 'float32'} ran step {event.step} finite: the value is in the op's domain "

@@ -2,8 +2,8 @@
 from __future__ import annotations
 
 from ...trace import NonfiniteEvent
-from ..evidence import at, code
-from ..facts import batch_site, op_short
+from ..evidence import at, at_origin
+from ..facts import IGNORE_INDEX, batch_site, ignored_labels, op_short, where
 from ..finding import Finding, Severity
 from .base import Context, OriginRule
 
@@ -16,11 +16,15 @@ class EmptyReduction(OriginRule):
     every target ignored returns NaN, and so do the gradients.
 
     Evidence used: the replay's first NaN born in a reduction (mean, nll_loss, a division by a
-    count) whose input was empty or whose targets were all ignored.
+    count) whose input was empty or whose targets were all ignored: the step's label check, a
+    batch tensor of labels that are all -100, or the op's own integer input. A library's loss
+    counts too (Hugging Face divides the summed loss by `num_items_in_batch`, 0.0 / 0.0 when
+    every label is -100); its line stays detail and the finding points at the user's batch.
 
     How to fix: skip the batch or the term when nothing is selected
     (`loss = x[mask].mean() if mask.any() else x.sum() * 0`), or divide by
-    `count.clamp_min(1)`.
+    `count.clamp_min(1)`. When the loss is a library's, drop the examples without a supervised
+    token before batching, or fix the truncation or collator that masked every label.
 
     Example: masked language modelling where a short batch has no masked token.
 
@@ -33,21 +37,32 @@ class EmptyReduction(OriginRule):
 
     def explain_event(self, ctx: Context, event: NonfiniteEvent, group: list[NonfiniteEvent]) -> Finding:
         module = event.module
-        # Inside a library's loss (a Hugging Face model), the user's line is where the labels are made.
-        loc = event.user_source or batch_site(ctx.trace, event.precision, ("targets", "labels")) or event.source
-        run = ctx.trace.run(event.precision)
-        step = next((s for s in (run.steps if run else []) if s.step == event.step), None)
-        evidence = [f"{event.op}{at(loc)}{code(loc)} produced NaN at step {event.step} "
+        user = where(event)
+        labels = ignored_labels(event, ctx.trace)
+        # The division of a library's loss (a Hugging Face model's `loss / num_items_in_batch`)
+        # is not the user's to guard: the user's line is where the batch's labels were made.
+        loc = user or batch_site(ctx.trace, event.precision, ("targets", "labels"), step=event.step)
+        evidence = [f"{event.call or event.op}{at_origin(event)} produced NaN at step {event.step} "
                     f"({', '.join(e.precision for e in group)})"]
-        if step and step.labels and step.labels.ignored:
-            evidence.append(f"{step.labels.ignored} of {step.labels.total} targets equal ignore_index (-100)")
+        if labels is not None:
+            name, ignored, total = labels
+            evidence.append(f"{ignored} of {total} labels in {name} equal ignore_index ({IGNORE_INDEX}): the loss "
+                            "averages over zero targets")
         empty = [t for t in event.inputs if 0 in t.shape]
         if empty:
             evidence.append(f"its input has shape {empty[0].shape} (no elements)")
         elif op_short(event.op) == "div":
-            evidence.append("a sum of 0 divided by an integer count of 0: the count of selected elements was 0")
-        fix = (f"guard the reduction{at(loc)} against selecting nothing: "
-               "`loss = x[mask].mean() if mask.any() else x.sum() * 0.0`, or divide by `count.clamp_min(1)`")
-        return Finding(self.id, Severity.ERROR.value, 0.9, f"mean over zero elements{at(loc)}",
-                                evidence, fix, module=module, source=loc, precisions=[e.precision for e in group],
-                                explains_origin=True, mechanism="empty-reduction")
+            evidence.append("a sum of 0 divided by a count of 0: the count of selected elements was 0")
+        if user is None and labels is not None:
+            made = f" (made at {loc})" if loc else ""
+            fix = (f"every label of this batch{made} is {IGNORE_INDEX}, so the loss is a mean over nothing: drop "
+                   "examples that have no supervised token before batching (e.g. `dataset.filter(lambda ex: "
+                   f"any(l != {IGNORE_INDEX} for l in ex['labels']))`), or fix the truncation or collator that masks "
+                   "every label")
+        else:
+            fix = (f"guard the reduction{at(loc)} against selecting nothing: "
+                   "`loss = x[mask].mean() if mask.any() else x.sum() * 0.0`, or divide by `count.clamp_min(1)`")
+        title = (f"every label of the batch is {IGNORE_INDEX} (ignored): the loss is a mean over zero elements"
+                 if user is None and labels is not None else f"mean over zero elements{at(loc)}")
+        return Finding(self.id, Severity.ERROR.value, 0.9, title, evidence, fix, module=module, source=loc,
+                       precisions=[e.precision for e in group], explains_origin=True, mechanism="empty-reduction")

@@ -5,7 +5,7 @@ import math
 
 from ...trace.numbers import num
 from ...trace import NonfiniteEvent
-from ..evidence import at
+from ..evidence import at, at_origin
 from ..facts import FP16_MAX, SIXTEEN_BIT, module_label, where
 from ..op_semantics import fix_for, max_abs
 from ..ownership import fails_only_in_16bit, owned_events, wide_runs
@@ -75,7 +75,7 @@ class Fp16Overflow(Rule):
         loc = where(event)
         only16 = fails_only_in_16bit(trace, event)
         ins = [t for t in event.inputs if t.value is None and t.name != "scalar"]
-        evidence = [f"{event.precision}: {event.call or event.op} in {module_label(event.module, event.phase)}{at(loc)} produced "
+        evidence = [f"{event.precision}: {event.call or event.op} in {module_label(event.module, event.phase)}{at_origin(event)} produced "
                     f"{'Inf' if event.kind == 'inf' else 'NaN'} at step {event.step} in {event.phase}"]
         if ins:
             evidence.append("its inputs were finite, max |x| " + ", ".join(num(max_abs(t)) for t in ins[:2])

@@ -4,7 +4,7 @@ from __future__ import annotations
 import math
 
 from ...trace.numbers import num
-from ..evidence import at
+from ..evidence import at, at_origin
 from ..facts import FP16_TINY, SIXTEEN_BIT, where
 from ..ownership import owned_events
 from ..finding import Finding, Severity
@@ -45,7 +45,7 @@ class Fp16Underflow(Rule):
             loc = where(event)
             tiny = [t for t in event.inputs if t.value and 0 < abs(t.value) < FP16_TINY]
             clean = f"; {fp32.precision} ran all {fp32.steps_run} steps clean" if fp32 is not None and fp32.status == "ok" else ""
-            evidence = [f"{event.precision}: {event.op}{at(loc)} produced {'NaN' if event.kind == 'nan' else 'Inf'} "
+            evidence = [f"{event.precision}: {event.op}{at_origin(event)} produced {'NaN' if event.kind == 'nan' else 'Inf'} "
                         f"at step {event.step}{clean}"]
             if tiny:
                 evidence.append(f"the constant {num(tiny[0].value)} is below float16's smallest normal value "

@@ -2,8 +2,8 @@
 from __future__ import annotations
 
 from ...trace import NonfiniteEvent
-from ..evidence import at, code, input_facts, precisions_of
-from ..facts import module_label, op_short, where
+from ..evidence import at, at_origin, input_facts, precisions_of
+from ..facts import module_label, op_short, user_line, where
 from ..finding import Finding, Severity
 from .base import Context, OriginRule
 
@@ -40,7 +40,7 @@ class GradSingularity(OriginRule):
         trap = phase != "backward" or "where" in line or forward == "where"
         guard = op_short(event.dropped_by.op) if event.dropped_by is not None else "where"
         if trap and guard != "where":
-            fix = (f"{guard}{at(event.dropped_by.source if event.dropped_by else loc)} drops the non-finite values "
+            fix = (f"{guard}{at(user_line(event.dropped_by.source) if event.dropped_by else loc)} drops the non-finite values "
                    f"of {forward or 'the op'}{at(loc)} in forward, but their gradient is still inf * 0 = NaN: "
                    "make the input safe before the op, e.g. `safe = torch.where(mask, x, torch.ones_like(x))`, "
                    f"then {forward or 'the op'}(safe)")
@@ -61,11 +61,11 @@ class GradSingularity(OriginRule):
             fix = f"keep the argument of {forward or 'the op'}{at(loc)} away from its singular point (add an epsilon, clamp)"
         kind = "NaN" if event.kind == "nan" else "Inf"
         if trap and phase != "backward":
-            evidence = [f"{event.call or event.op}{at(loc)}{code(loc)} made {kind} in {phase} at step {event.step} "
+            evidence = [f"{event.call or event.op}{at_origin(event)} made {kind} in {phase} at step {event.step} "
                         f"({precisions_of(group)}) that the forward value never used: the loss stayed finite and "
                         f"the failure surfaced in the {event.surfaced_in}"]
         else:
-            evidence = [f"backward of {forward or 'an op'} in {module_label(module, event.phase)}{at(loc)}{code(loc)} produced "
+            evidence = [f"backward of {forward or 'an op'} in {module_label(module, event.phase)}{at_origin(event)} produced "
                         f"{kind} at step {event.step} ({precisions_of(group)}) from finite gradients ({event.op})"]
         if trap and event.dropped_by is not None:
             evidence.append(f"{event.dropped_by.op}{at(event.dropped_by.source)} took those values in and gave only "

@@ -2,40 +2,72 @@
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from typing import Optional
 
-from ...trace import NonfiniteEvent, PostmortemTrace, RunTrace, SourceLocation
+from ...trace import NonfiniteEvent, PostmortemTrace, RunTrace, SourceLocation, StepRecord
 from ...trace.numbers import num
-from ..facts import finite, module_label
+from ..facts import finite, module_label, optimizer_site
 from ..finding import Finding, Severity
 from ..ownership import lr_at, owned_events
 from .base import Context, Rule
 
+# A loss this many times its lowest earlier value has risen by orders of magnitude: no noisy
+# batch does that, a run that overshoots does. Read over a watched run's history window.
+LOSS_ORDERS = 100.0
 
-def _max_update(run: RunTrace, until: Optional[int] = None) -> tuple[float, str, int]:
-    """Largest per-layer update ratio ||dw||/||w|| (finite) before step index `until`."""
+
+@dataclass
+class _Divergence:
+    """What one run shows of a too-high learning rate."""
+    run: RunTrace
+    ratio: float = 0.0                  # largest update ratio ||dw||/||w||
+    ratio_where: str = ""               # its module ("" for the whole model, from the history)
+    ratio_at: int = -1
+    growth: float = 1.0                 # largest rise of the loss over its lowest earlier value
+    low: Optional[StepRecord] = None
+    high: Optional[StepRecord] = None
+    in_history: bool = False            # the rise (or the large updates) happened before the replayed step
+
+
+def _max_update(run: RunTrace) -> tuple[float, str, int]:
+    """Largest finite update ratio: per layer over the run's steps, whole-model over its history."""
     best, where, at = 0.0, "", -1
     for layer in run.layers:
-        values = layer.series.get("update_ratio", [])[:until]
-        for i, v in enumerate(values):
+        for i, v in enumerate(layer.series.get("update_ratio", [])):
             if v is not None and math.isfinite(v) and v > best:
                 best, where, at = v, layer.module, run.start_step + i
+    for record in run.history:
+        v = record.update_ratio
+        if v is not None and math.isfinite(v) and v > best:
+            best, where, at = v, "", record.step
     return best, where, at
 
 
-def _loss_growth(run: RunTrace) -> tuple[float, Optional[float], Optional[float]]:
-    losses = finite(s.loss for s in run.steps)
-    if len(losses) < 2:
+def _loss_rise(records: list[StepRecord]) -> tuple[float, Optional[StepRecord], Optional[StepRecord]]:
+    """The largest rise over the lowest loss seen before it: a spike counts even when the run
+    settles afterwards (a too-high peak lr that killed every ReLU ends on a flat plateau)."""
+    points = [r for r in records if r.loss is not None and math.isfinite(r.loss)]
+    if len(points) < 2:
         return 1.0, None, None
-    # The largest rise over the lowest loss seen before it: a spike counts even when the run
-    # settles afterwards (a too-high peak lr that killed every ReLU ends on a flat plateau).
-    low, best = losses[0], (1.0, losses[0], losses[-1])
-    for loss in losses[1:]:
-        rise = (math.inf if loss > 0 else 1.0) if low <= 0 else loss / low
+    low, best = points[0], (1.0, points[0], points[-1])
+    for record in points[1:]:
+        assert low.loss is not None and record.loss is not None
+        rise = (math.inf if record.loss > 0 else 1.0) if low.loss <= 0 else record.loss / low.loss
         if rise > best[0]:
-            best = (rise, low, loss)
-        low = min(low, loss)
+            best = (rise, low, record)
+        if record.loss < low.loss:
+            low = record
     return best
+
+
+def _divergence(run: RunTrace, limit: float) -> _Divergence:
+    ratio, where, at = _max_update(run)
+    growth, low, high = _loss_rise(list(run.history) + list(run.steps))
+    before = run.start_step
+    in_history = ((low is not None and low.step < before and growth >= LOSS_ORDERS)
+                  or (ratio > limit and at < before))
+    return _Divergence(run, ratio, where, at, growth, low, high, in_history)
 
 
 def _infinite_lr(ctx: Context, event: NonfiniteEvent) -> Finding:
@@ -57,30 +89,82 @@ def _infinite_lr(ctx: Context, event: NonfiniteEvent) -> Finding:
 
 
 def _optimizer_location(ctx: Context) -> Optional[SourceLocation]:
-    fn = ctx.trace.functions.get("build_optimizer")
-    return fn
+    return optimizer_site(ctx.trace)
+
+
+def _lr_setting(ctx: Context, run: RunTrace) -> str:
+    """Where the user sets the learning rate, in words: a line, a trainer argument or a config key."""
+    loc = _optimizer_location(ctx)
+    if loc is not None:
+        return f"where the optimizer is built ({loc})" if ctx.trace.loop is not None else f"in build_optimizer ({loc})"
+    if ctx.trace.loop is not None:
+        return "where your script constructs the optimizer"
+    framework = ctx.trace.framework
+    if framework == "huggingface":
+        return "with `--learning_rate` (`TrainingArguments(learning_rate=...)`)"
+    if framework == "lightning":
+        return "in your LightningModule's `configure_optimizers()`"
+    if framework is not None:
+        name = run.optimizer.get("name") or "the optimizer"
+        return f"where your training script constructs {name}"
+    return "(config `optimizer.lr` or `--lr`)"
+
+
+def _lr_of(record: Optional[StepRecord]) -> Optional[float]:
+    if record is not None and record.lr is not None and math.isfinite(record.lr):
+        return record.lr
+    return None
+
+
+def _history_evidence(d: _Divergence) -> list[str]:
+    """The watched run's own numbers: the loss, gradient norm and parameter norm over the rise."""
+    run, low, high = d.run, d.low, d.high
+    evidence = []
+    if low is None or high is None or low.step >= run.start_step:
+        return evidence
+    window = [r for r in list(run.history) + list(run.steps) if low.step <= r.step <= high.step]
+    lrs = sorted({r.lr for r in window if r.lr is not None and math.isfinite(r.lr)})
+    at_lr = (f" at learning rate {num(lrs[0])}" if len(lrs) == 1 else
+             f" while the learning rate went from {num(_lr_of(low))} to {num(_lr_of(high))}" if lrs else "")
+    replayed = " (the replayed step)" if high.step == run.start_step else ""
+    evidence.append(f"the watched run's loss rose from {num(low.loss)} at step {low.step} to {num(high.loss)} at step "
+                    f"{high.step}{replayed} ({num(d.growth)}x){at_lr}, before step {run.start_step} turned non-finite")
+    if low.grad_norm is not None and high.grad_norm is not None and low.grad_norm > 0 \
+            and high.grad_norm > low.grad_norm:
+        evidence.append(f"its gradient norm grew from {num(low.grad_norm)} to {num(high.grad_norm)} over the same steps")
+    if low.param_norm is not None and high.param_norm is not None and high.param_norm > low.param_norm:
+        evidence.append(f"its parameter norm grew from {num(low.param_norm)} to {num(high.param_norm)}")
+    return evidence
 
 
 class HighLearningRate(Rule):
     """What it detects: a learning rate too high for the loss surface: parameter updates that
     are a large fraction of the weights (update ratio ||dw||/||w|| far above ~1e-3), a loss that
-    grows step after step, and a run that ends non-finite after a few healthy steps.
+    grows step after step (or by orders of magnitude over a watched run's recent history), and
+    a run that ends non-finite after a few healthy steps.
 
     Why it produces NaN or Inf: each overshooting step grows the weights; activations and
     gradients grow with them until a matmul, an exp or a softmax overflows.
 
     Evidence used: per-layer update ratios before the failing step, the loss trend, the step
-    at which the run failed, and re-runs with the learning rate divided by 10 and 100.
+    at which the run failed, and re-runs with the learning rate divided by 10 and 100. For a
+    crash bundle's replay, the watched run's history window: its loss, gradient norm, update
+    ratio and parameter norm step by step, and the learning rate each step used. A divergence
+    that the history shows before the replayed step ranks as an upstream cause: the op that
+    finally overflowed is its symptom. The lr experiments are not run for it: from weights
+    that have already diverged, the failing step fails whatever its own learning rate.
 
-    How to fix: divide the learning rate by the factor the experiment confirmed; add warmup
-    and gradient clipping for long runs.
+    How to fix: divide the learning rate by the factor the experiment confirmed (or by 10 from
+    the one the history quotes); add warmup and gradient clipping for long runs.
 
     Example: SGD with lr=5 on a small MLP: update ratio 0.9 at step 2, loss 1e3 at step 4, NaN at 6.
 
     Thresholds: `thresholds.update_ratio_high` (0.1): healthy training moves weights by ~1e-3 of
     their norm per step (Karpathy's rule of thumb); 100x that overshoots. A loss growth of 10x
-    counts as divergence. Confidence 0.5 + 0.15 (ratio 10x over the threshold) + 0.1 (diverging
-    loss), capped at 0.85; 0.9 for an infinite lr; +0.2 when lr/10 confirms.
+    counts as divergence; in a watched run's history, a loss 100x its lowest earlier value is
+    one on its own (orders of magnitude, not noise). Confidence 0.5 + 0.15 (ratio 10x over the
+    threshold) + 0.1 (diverging loss) + 0.1 (a rise of 100x in the history), capped at 0.85; 0.9
+    for an infinite lr; +0.2 when lr/10 confirms.
     """
 
     id = "high-lr"
@@ -92,59 +176,81 @@ class HighLearningRate(Rule):
         if owned:
             return [_infinite_lr(ctx, owned[0])]
         limit = ctx.thresholds["update_ratio_high"]
-        failing, warned = [], []
+        failing: list[_Divergence] = []
+        warned: list[_Divergence] = []
         for run in ctx.trace.runs:
-            if run.first_nonfinite is not None and run.first_nonfinite.phase in ("data", "init"):
+            event = run.first_nonfinite
+            if event is not None and (event.phase == "data" or (event.phase == "init" and not run.history)):
                 continue
-            ratio, where, at = _max_update(run)
-            growth, low, last = _loss_growth(run)
-            failed = run.first_nonfinite is not None and run.first_nonfinite.step > run.start_step
-            big_updates = ratio > limit
-            diverging = growth > 10
-            if failed and big_updates:
-                failing.append((run, ratio, where, at, growth, low, last))
-            elif run.status == "ok" and big_updates and diverging:
-                warned.append((run, ratio, where, at, growth, low, last))
+            d = _divergence(run, limit)
+            # Failing "after healthy steps": later than the run's first step, or at a replayed
+            # step that the watched run reached after its history window.
+            failed = event is not None and (event.step > run.start_step or bool(run.history))
+            big_updates = d.ratio > limit
+            if failed and (big_updates or (d.in_history and d.growth >= LOSS_ORDERS)):
+                failing.append(d)
+            elif run.status == "ok" and big_updates and d.growth > 10:
+                warned.append(d)
         chosen = failing or warned
         if not chosen:
             return []
-        run, ratio, where, at, growth, low, last = max(chosen, key=lambda c: c[1])
-        # The lr in force when the run diverged (a warm-up or schedule changes it step by step).
-        # A run that stayed finite diverged somewhere in its schedule: its peak lr is the suspect.
+        d = max(chosen, key=lambda c: (c.ratio, c.growth))
+        run = d.run
+        # The lr in force when the run diverged (a warm-up or schedule changes it step by step):
+        # the one the history recorded at the loss's peak; else the step before the failure. A
+        # run that stayed finite diverged somewhere in its schedule: its peak lr is the suspect.
         recorded = [s.lr for s in run.steps if s.lr is not None and math.isfinite(s.lr)]
-        lr = (lr_at(run, run.first_nonfinite.step - 1) if run.first_nonfinite
+        lr = (_lr_of(d.high) if d.in_history and _lr_of(d.high) is not None
+              else lr_at(run, run.first_nonfinite.step - 1) if run.first_nonfinite
               else max(recorded) if recorded else lr_at(run, run.start_step + run.steps_run - 1))
-        first_lr = lr_at(run, run.start_step)
+        first = run.history[0] if run.history else None
+        first_lr = _lr_of(first) if first is not None else lr_at(run, run.start_step)
+        first_step = first.step if first is not None else run.start_step
         evidence = []
         if lr is not None and first_lr is not None and lr != first_lr:
-            evidence.append(f"the schedule raised the learning rate from {num(first_lr)} at step {run.start_step} to "
+            evidence.append(f"the schedule raised the learning rate from {num(first_lr)} at step {first_step} to "
                             f"{num(lr)} before the divergence")
-        if ratio > limit:
-            evidence.append(f"update ratio {num(ratio)} at step {at} in {module_label(where)} "
+        if d.ratio > limit:
+            scope = module_label(d.ratio_where) if d.ratio_where else "the whole model"
+            evidence.append(f"update ratio {num(d.ratio)} at step {d.ratio_at} in {scope} "
                             f"(healthy runs stay near 1e-3; threshold {num(limit)})")
-        if low is not None and growth > 1:
-            evidence.append(f"loss rose from a minimum of {num(low)} to {num(last)} ({num(growth)}x) before "
+        history = _history_evidence(d)
+        evidence.extend(history)
+        if not history and d.low is not None and d.growth > 1:
+            evidence.append(f"loss rose from a minimum of {num(d.low.loss)} to {num(d.high.loss if d.high else None)} "
+                            f"({num(d.growth)}x) before "
                             + (f"turning non-finite at step {run.first_nonfinite.step}" if run.first_nonfinite else "the end"))
-        others = [f"{r.precision} at step {r.first_nonfinite.step}" for r, *_ in failing if r is not run and r.first_nonfinite]
+        others = [f"{c.run.precision} at step {c.run.first_nonfinite.step}" for c in failing
+                  if c.run is not run and c.run.first_nonfinite]
         if others:
             evidence.append("also failing: " + ", ".join(others))
+        shown = num(lr) if isinstance(lr, (int, float)) else str(lr)
         new_lr = f"{lr / 10:.0e}" if isinstance(lr, (int, float)) else "a tenth"
-        loc = _optimizer_location(ctx)
-        where_lr = f"in build_optimizer ({loc})" if loc else "(config `optimizer.lr` or `--lr`)"
-        fix = f"lower the learning rate from {num(lr) if isinstance(lr, (int, float)) else lr} to {new_lr} {where_lr}; add warmup and `grad_clip` for long runs"
+        fix = (f"lower the learning rate from {shown} to {new_lr} {_lr_setting(ctx, run)}; add warmup and "
+               "`grad_clip` for long runs")
         severity = Severity.ERROR if failing else Severity.WARNING
-        confidence = 0.5 + (0.15 if ratio > 10 * limit else 0) + (0.1 if growth > 10 else 0)
+        confidence = (0.5 + (0.15 if d.ratio > 10 * limit else 0) + (0.1 if d.growth > 10 else 0)
+                      + (0.1 if d.in_history and d.growth >= LOSS_ORDERS else 0))
         return [Finding(self.id, severity.value, min(confidence, 0.85),
-                        f"learning rate {num(lr) if isinstance(lr, (int, float)) else lr} is too high: the run diverges",
-                        evidence, fix, module=where or None, source=loc,
-                        precisions=[c[0].precision for c in chosen], explains_origin=bool(failing))]
+                        f"learning rate {shown} is too high: the run diverges", evidence, fix,
+                        module=d.ratio_where or None, source=_optimizer_location(ctx),
+                        precisions=[c.run.precision for c in chosen], explains_origin=bool(failing),
+                        upstream=bool(failing) and d.in_history)]
 
     def plan(self, ctx, finding):  # type: ignore[override]
-        requests = super().plan(ctx, finding)
-        return requests[:1]   # one precision is enough: the learning rate is precision-independent
+        # One precision is enough: the learning rate is precision-independent. A run whose own
+        # learning rate never acted before it failed (a replayed step that fails before its
+        # optimizer step, from weights the history already diverged) cannot answer the question.
+        requests = [r for r in super().plan(ctx, finding) if _lr_acted(ctx.trace.run(r.precision))]
+        return requests[:1]
 
     def check_checkpoint(self, trace: PostmortemTrace) -> list[Finding]:
         return _checkpoint_findings(trace)
+
+
+def _lr_acted(run: Optional[RunTrace]) -> bool:
+    event = run.first_nonfinite if run is not None else None
+    return event is not None and (event.step > run.start_step or event.phase == "optimizer")
 
 
 def _checkpoint_findings(trace: PostmortemTrace) -> list[Finding]:

@@ -4,7 +4,7 @@ from __future__ import annotations
 from typing import Optional
 
 from ...trace import NonfiniteEvent, OpRef
-from ..evidence import at, code, input_facts, precisions_of
+from ..evidence import at, at_origin, input_facts, precisions_of
 from ..facts import module_label, op_short, where
 from ..finding import Finding, Severity
 from ..op_semantics import CONSTANT_OPS, MASK
@@ -86,9 +86,9 @@ class MaskedInf(OriginRule):
             "apply the mask after the arithmetic (`masked_fill` on the result), or mask with "
             "`torch.finfo(x.dtype).min` instead of -inf"))
         masked_inputs = [t for t in event.inputs if t.inf]
-        evidence = [f"the -inf mask set{at(loc)}{code(loc)} reached the loss at step {event.step} "
+        evidence = [f"the -inf mask set{at_origin(event)} reached the loss at step {event.step} "
                     f"({precisions_of(group)}); likely consumer: {mechanism}" if at_mask else
-                    f"{event.call or event.op} in {module_label(module, event.phase)}{at(loc)}{code(loc)} produced "
+                    f"{event.call or event.op} in {module_label(module, event.phase)}{at_origin(event)} produced "
                     f"{kind} at step {event.step} ({precisions_of(group)}): {mechanism}"]
         if masked_inputs:
             evidence.append(f"{masked_inputs[0].name} held {masked_inputs[0].inf} deliberate infinities")

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from ...trace import NonfiniteEvent
-from ..evidence import at, code
+from ..evidence import at, at_origin
 from ..facts import module_label, where
 from ..finding import Finding, Severity
 from .base import Context, OriginRule
@@ -35,7 +35,7 @@ class MaskedSoftmax(OriginRule):
         module = event.module
         loc = where(event)
         inputs = [t for t in event.inputs if t.name != "scalar"]
-        evidence = [f"{event.op} in {module_label(module, event.phase)}{at(loc)}{code(loc)} produced NaN at step {event.step} "
+        evidence = [f"{event.op} in {module_label(module, event.phase)}{at_origin(event)} produced NaN at step {event.step} "
                     f"({', '.join(e.precision for e in group)}) from an input holding only -inf masks"
                     + (f" ({inputs[0].inf} of its values are -inf)" if inputs else "")]
         if event.producer:

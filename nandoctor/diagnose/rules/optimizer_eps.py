@@ -1,18 +1,21 @@
 """An optimizer eps that is 0 in the parameters' dtype."""
 from __future__ import annotations
 
+from typing import Optional
+
 from ...trace.numbers import num
-from ...trace import NonfiniteEvent
+from ...trace import NonfiniteEvent, SourceLocation
 from ..evidence import at
-from ..facts import FP16_TINY
+from ..facts import FP16_TINY, optimizer_site
 from ..ownership import owned_events
 from ..finding import Finding, Severity
 from .base import Context, Rule
 
 
 class OptimizerEps(Rule):
-    """What it detects: an optimizer eps that rounds to 0 in the parameters' dtype (Adam's
-    default 1e-8 is 0 in float16), so `exp_avg / (sqrt(exp_avg_sq) + eps)` divides by zero.
+    """What it detects: an optimizer eps that is 0, or that rounds to 0 in the parameters' dtype
+    (Adam's default 1e-8 is 0 in float16), so `exp_avg / (sqrt(exp_avg_sq) + eps)` divides by
+    zero. A Hugging Face run's eps is `--adam_epsilon` (`TrainingArguments(adam_epsilon=...)`).
 
     Why it produces NaN or Inf: any parameter whose gradient is 0 (an unused embedding row, a
     dead ReLU) has exp_avg_sq = 0; with eps = 0 the update is 0/0 = NaN and the weight is NaN.
@@ -20,13 +23,15 @@ class OptimizerEps(Rule):
     Evidence used: the replay's first non-finite value born in the optimizer step, the
     optimizer's eps, and the parameters' dtype; a re-run with eps raised to 1e-4.
 
-    How to fix: use `eps=1e-4` (or larger) for pure float16 weights, or train 16-mixed so the
-    optimizer works on float32 master weights.
+    How to fix: use `eps=1e-8` for float32 weights and `eps=1e-4` (or larger) for pure float16
+    weights, or train 16-mixed so the optimizer works on float32 master weights. The fix names
+    where eps is set: `--adam_epsilon` for a Hugging Face Trainer, else the optimizer's line.
 
     Example: `model.half()` with `torch.optim.Adam(model.parameters())`.
 
     Thresholds: float16's smallest subnormal 6e-8 (IEEE): an eps below half of it is 0. Confidence
-    0.85 for a failure, 0.6 for the warning.
+    0.85 for a failure, 0.6 for the warning (eps 0 in any dtype, or below float16's range with
+    float16 weights) on a run that did not fail in its optimizer step.
     """
 
     id = "optimizer-eps"
@@ -38,15 +43,17 @@ class OptimizerEps(Rule):
             return [self._failure(ctx, event)]
         for run in ctx.trace.runs:
             eps = run.optimizer.get("eps")
-            if run.param_dtype != "float16" or not isinstance(eps, (int, float)) or eps >= FP16_TINY:
+            if not isinstance(eps, (int, float)) or not (eps == 0 or (run.param_dtype == "float16" and eps < FP16_TINY)):
                 continue
-            loc = ctx.trace.functions.get("build_optimizer")
-            return [Finding(self.id, Severity.WARNING.value, 0.6, f"{run.optimizer.get('name')} eps {num(eps)} is 0 in float16",
-                            [f"{run.optimizer.get('name')} eps={num(eps)} is below float16's smallest value "
-                             f"{num(FP16_TINY)}: it is 0 in float16"],
-                            f"pass `eps=1e-4` to the optimizer{' at ' + str(loc) if loc else ' (config optimizer.eps)'}, "
-                            "or train 16-mixed so the optimizer keeps float32 master weights", source=loc,
-                            precisions=[run.precision])]
+            name = run.optimizer.get("name") or "the optimizer"
+            zero = "is 0" if eps == 0 else "is 0 in float16"
+            reason = ("" if eps == 0 else f" is below float16's smallest value {num(FP16_TINY)}: it")
+            fix = (f"{_set_eps(ctx, '1e-8' if eps == 0 else '1e-4')}"
+                   + ("" if eps == 0 else ", or train 16-mixed so the optimizer keeps float32 master weights"))
+            return [Finding(self.id, Severity.WARNING.value, 0.6, f"{name} eps {num(eps)} {zero}",
+                            [f"{name} eps={num(eps)}{reason} {zero}: any parameter whose gradient is 0 (an unused "
+                             "embedding row, a dead unit) has a second moment of 0, and its update divides 0 by 0"],
+                            fix, source=_eps_line(ctx), precisions=[run.precision])]
         return []
 
     def _failure(self, ctx: Context, event: NonfiniteEvent) -> Finding:
@@ -55,23 +62,46 @@ class OptimizerEps(Rule):
         name, eps = optimizer.get("name") or "the optimizer", optimizer.get("eps")
         dtype = run.param_dtype if run else "float32"
         user_line = event.user_source
-        loc = user_line or ctx.trace.functions.get("build_optimizer")
+        loc = user_line or _eps_line(ctx)
         kind = "NaN" if event.kind == "nan" else "Inf"
-        evidence = [f"step {event.step}: {event.op} made {event.parameter or 'a parameter'}"
-                    + (f" ({event.state})" if event.state else "") + f" {kind} in the optimizer step"
-                    + (f" at {user_line}" if user_line else "")]
+        evidence = [f"step {event.step}: " + (f"{event.op} made " if event.op else "the update made ")
+                    + f"{event.parameter or 'a parameter'}" + (f" ({event.state})" if event.state else "")
+                    + f" {kind} in the optimizer step" + (f" at {user_line}" if user_line else "")]
         zero = [t for t in event.inputs if t.value is None and t.zeros]
         if zero:
             evidence.append(f"{zero[-1].name} held {zero[-1].zeros} zeros of {zero[-1].shape or 'a scalar'}: a parameter "
                             "whose gradient (and so its moment or norm) is 0 divides 0 by 0")
         if isinstance(eps, (int, float)):
             evidence.append(f"{name} eps={num(eps)}" + (" is 0" if eps == 0 else f" is 0 in {dtype}"))
-            fix = (f"pass `eps=1e-8` (float32) or `eps=1e-4` (float16 weights) to {name}"
-                   + (f" at {loc}" if loc else " (config optimizer.eps)"))
-            title = f"{name} eps {num(eps)} is 0 in {dtype}: the update divides 0 by 0"
+            fix = _set_eps(ctx, "1e-8" if eps == 0 or dtype != "float16" else "1e-4", user_line)
+            if eps != 0 or dtype == "float16":
+                fix += " (1e-8 is enough for float32 weights; float16 weights need 1e-4)"
+            title = (f"{name} eps is 0" if eps == 0 else f"{name} eps {num(eps)} is 0 in {dtype}") \
+                + ": the update divides 0 by 0"
         else:
             fix = (f"add an epsilon to the division in the update{at(loc)}: `g / (g.norm() + 1e-8)`, "
                    "or skip parameters whose gradient is 0")
             title = f"the optimizer's update divides by a norm that is 0{at(loc)}"
         return Finding(self.id, Severity.ERROR.value, 0.85, title, evidence, fix, module=event.module or None,
                        source=loc, precisions=[event.precision], explains_origin=True, mechanism="indeterminate")
+
+
+def _eps_line(ctx: Context) -> Optional[SourceLocation]:
+    return optimizer_site(ctx.trace)
+
+
+def _set_eps(ctx: Context, value: str, user_line: Optional[SourceLocation] = None) -> str:
+    """How the user sets eps: the Hugging Face flag, their optimizer line, or the config key."""
+    if ctx.trace.framework == "huggingface":
+        return (f"set `--adam_epsilon {value}` (`TrainingArguments(adam_epsilon={value})`): the Trainer builds "
+                "its AdamW with that eps")
+    loc = user_line or _eps_line(ctx)
+    if loc is not None:
+        return f"pass `eps={value}` to the optimizer at {loc}"
+    if ctx.trace.loop is not None:
+        return f"pass `eps={value}` where your script constructs the optimizer"
+    if ctx.trace.framework == "lightning":
+        return f"pass `eps={value}` to the optimizer in your LightningModule's `configure_optimizers()`"
+    if ctx.trace.framework is not None:
+        return f"pass `eps={value}` where your training script constructs the optimizer"
+    return f"pass `eps={value}` to the optimizer (config `optimizer.eps`)"

@@ -3,6 +3,8 @@ from __future__ import annotations
 
 from ...trace import RunStatus, RunTrace
 from ...trace.numbers import num
+from ..evidence import inside, library_note
+from ..facts import user_line, where as user_place
 from ..finding import Finding, Severity
 from .base import Context, Rule
 
@@ -35,7 +37,9 @@ class UnexplainedNonfinite(Rule):
 
 
 def _explained(run: RunTrace, findings: list[Finding]) -> bool:
-    return any(f.severity == Severity.ERROR.value and run.precision in f.precisions for f in findings)
+    # A finding whose own experiment refuted it explains nothing: its fix left the failure.
+    return any(f.severity == Severity.ERROR.value and run.precision in f.precisions and f.confirmed is not False
+               for f in findings)
 
 
 def unexplained_findings(ctx: Context, findings: list[Finding]) -> list[Finding]:
@@ -48,7 +52,7 @@ def unexplained_findings(ctx: Context, findings: list[Finding]) -> list[Finding]
         event = run.first_nonfinite
         if event is None:
             err = run.error
-            where = (err.user_source or err.source) if err else None
+            where = (user_line(err.user_source) or user_line(err.source)) if err else None
             out.append(Finding(
                 "user-error", Severity.ERROR.value, 0.9,
                 f"{err.exc_type if err else 'an exception'} in {err.phase if err else 'the run'} ({run.precision})",
@@ -56,12 +60,12 @@ def unexplained_findings(ctx: Context, findings: list[Finding]) -> list[Finding]
                 f"fix the exception raised at {where}" if where else "fix the exception raised in the model's code",
                 source=where, precisions=[run.precision], explains_origin=True))
             continue
-        where = event.user_source or event.source
+        where = user_place(event)
         kind = "NaN" if event.kind == "nan" else "Inf"
         op = event.op or event.surfaced_in or "an op"
         evidence = [f"{kind} born in {event.phase} at step {event.step}"
                     + (f", op {event.op}" if event.op else "") + (f", module {event.module}" if event.module else "")
-                    + (f", at {where}" if where else "")]
+                    + (f", at {where}" if where else "") + inside(event)]
         for t in event.inputs[:3]:
             if t.value is not None:
                 evidence.append(f"{t.name} = {num(t.value)}")
@@ -77,7 +81,8 @@ def unexplained_findings(ctx: Context, findings: list[Finding]) -> list[Finding]
             evidence.append("the replay did not reproduce the failure, so the origin is where it surfaced")
         fix = (f"inspect {op} at {where}: keep its inputs inside the op's domain (clamp away from 0 and negatives), "
                "compute it in float32, or stop NaN/Inf entering it" if where else
-               f"inspect {op}: keep its inputs inside the op's domain, compute it in float32, or stop NaN/Inf entering it")
+               f"inspect {op}: keep its inputs inside the op's domain, compute it in float32, or stop NaN/Inf entering it"
+               + library_note(event))
         out.append(Finding(UnexplainedNonfinite.id, Severity.ERROR.value, 0.5,
                            f"{kind} in {event.phase} at step {event.step} ({run.precision}) that no rule explains",
                            evidence, fix, module=event.module or None, source=where, precisions=[run.precision],

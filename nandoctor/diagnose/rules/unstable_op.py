@@ -3,8 +3,8 @@ indeterminate form, or a composite op that hits one of them inside."""
 from __future__ import annotations
 
 from ...trace import NonfiniteEvent
-from ..evidence import at, code, input_facts, precisions_of
-from ..facts import SOFTMAX_OPS, module_label, op_short, where
+from ..evidence import at, at_origin, input_facts, library_note, precisions_of
+from ..facts import SOFTMAX_OPS, module_label, op_short, user_line, where
 from ..finding import Finding, Severity
 from ..op_semantics import arrived_as_number, classify, fix_for
 from ..ownership import is_16bit, wide_runs
@@ -24,9 +24,10 @@ def unstable_fix(event: NonfiniteEvent) -> str:
         return f"replace `torch.log(torch.sigmoid(x))`{here} with `F.logsigmoid(x)`, or use `nn.BCEWithLogitsLoss` on the logits"
     if event.scalar_source is not None and arrived_as_number(event):
         return (f"the NaN reached{here} as a Python number made by {event.scalar_source.op}"
-                f"{at(event.scalar_source.source)}: guard that computation (e.g. `a / b.clamp_min(1e-6)`) before "
+                f"{at(user_line(event.scalar_source.source))}: guard that computation (e.g. `a / b.clamp_min(1e-6)`) before "
                 "calling `.item()` / `float()` on it")
-    return fix_for(event, here) or f"guard the op{here} against its domain edge (clamp the input, add an epsilon)"
+    fix = fix_for(event, here) or f"guard the op{here} against its domain edge (clamp the input, add an epsilon)"
+    return fix + library_note(event)
 
 
 class UnstableOp(OriginRule):
@@ -71,7 +72,7 @@ class UnstableOp(OriginRule):
         klass, how = mechanism if mechanism else ("", "")
         kind = "NaN" if event.kind == "nan" else "Inf"
         shown = event.call or event.op
-        evidence = [f"{shown} in {module_label(module, event.phase)}{at(loc)}{code(loc)} produced {kind} at step "
+        evidence = [f"{shown} in {module_label(module, event.phase)}{at_origin(event)} produced {kind} at step "
                     f"{event.step} ({precisions_of(group)})" + (f" [aten op {event.op}]" if event.call else "")]
         if how:
             evidence.append(f"{klass}: {how}")

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from ...trace import ErrorCategory
+from ..facts import user_line
 from ..finding import Finding, Severity
 from .base import Context, Rule
 
@@ -39,7 +40,8 @@ class UserCodeError(Rule):
         findings = []
         for message, runs in by_message.items():
             err = runs[0].error
-            loc = err.user_source or err.source
+            loc = user_line(err.user_source) or user_line(err.source)
+            library = err.source if err.source is not None and err.source.library else None
             true_only = all(r.precision.endswith("-true") and r.precision != "32-true" for r in runs)
             dtype_clash = "dtype" in message or "scalar type" in message
             fix = f"fix the exception raised at {loc}" if loc else "fix the exception raised in the model file"
@@ -50,7 +52,8 @@ class UserCodeError(Rule):
             severity = Severity.WARNING if true_only else Severity.ERROR
             findings.append(Finding(self.id, severity.value, 0.9,
                                     f"{err.exc_type} in {err.phase} ({', '.join(r.precision for r in runs)})",
-                                    [message] + [f"called from {f} `{f.code}`" for f in err.frames[-3:]],
+                                    [message] + [f"called from {f} `{f.code}`" for f in err.frames[-3:]]
+                                    + ([f"raised inside library code at {library}"] if library else []),
                                     fix, source=loc, precisions=[r.precision for r in runs],
                                     explains_origin=not true_only))
         return findings

@@ -21,7 +21,7 @@ import torch
 from ...errors import InputError
 from ...load.bundle import Bundle, decode_value
 from ...load.model_file import ModelFile, load_model_file
-from ...trace import ModelInfo, NonfiniteEvent, Phase, RunStatus, RunTrace
+from ...trace import ModelInfo, NonfiniteEvent, Phase, RunStatus, RunTrace, StepRecord
 
 # Where in the step each check of the watch looks.
 CHECK_PHASE = {"batch": Phase.DATA, "loss": Phase.FORWARD, "gradients": Phase.BACKWARD,
@@ -353,6 +353,32 @@ def after_step_run(found: Bundle, precision: str) -> RunTrace:
         detail=f"{m.what}; the bundle was written after that optimizer step, so it cannot be re-run "
                f"({len(bad)} tensor(s) non-finite: {', '.join(bad[:5])})")
     return run
+
+
+def history_records(found: Bundle) -> list[StepRecord]:
+    """The watched run's steps before the bundled one, oldest first, as trace records (the
+    manifest's `history` window; `param_norm` and `update_ratio` when the watch recorded them).
+    A value that is not a number is left out, never guessed."""
+    m = found.manifest
+    records = []
+    for entry in m.history:
+        if not isinstance(entry, dict):
+            continue
+        step = entry.get("step")
+        if not isinstance(step, int) or isinstance(step, bool) or step >= m.step:
+            continue
+        values = {key: _number(decode_value(entry.get(key))) for key in
+                  ("loss", "grad_norm", "lr", "scale", "param_norm", "update_ratio")}
+        records.append(StepRecord(step=step, loss=values["loss"], grad_norm=values["grad_norm"], lr=values["lr"],
+                                  loss_scale=values["scale"], skipped=entry.get("skipped") is True,
+                                  param_norm=values["param_norm"], update_ratio=values["update_ratio"]))
+    return sorted(records, key=lambda r: r.step)
+
+
+def _number(value: Any) -> Optional[float]:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return None
+    return float(value)
 
 
 def differences(found: Bundle, device: torch.device) -> list[str]:
