@@ -234,3 +234,25 @@ def data_place(trace: Trace) -> str:
         return f"before the model sees it{' (' + call + ')' if call else ''}, in your dataset or collate function"
     return "in get_batch"
 
+
+def command_line_flag(trace: Trace, words: tuple[str, ...], value: Optional[float]) -> Optional[str]:
+    """The script's own command-line argument that set a value (`--learning_rate=10`, `--lr 20`,
+    `--adam_epsilon 0`): a flag whose name holds one of `words` and whose value equals `value`."""
+    argv = trace.loop.argv if trace.loop is not None else []
+    if value is None or not argv:
+        return None
+    for i, word in enumerate(argv):
+        if not word.startswith("-"):
+            continue
+        name, _, inline = word.partition("=")
+        text = inline if inline else (argv[i + 1] if i + 1 < len(argv) else "")
+        if not any(w in name.lower() for w in words):
+            continue
+        try:
+            given = float(text)
+        except ValueError:
+            continue
+        if given == value or (value and abs(given - value) <= 1e-9 * abs(value)):
+            return f"{name}={text}" if inline else f"{name} {text}"
+    return None
+

@@ -140,6 +140,8 @@ class ScriptGuard:
         # The user's lines where the loop first did each thing (LoopFacts); "built:<id>" per optimizer.
         self.sites: dict[str, Optional[tuple[str, int, str]]] = {}
         self.clip_norm: Optional[float] = None
+        self.framework: Optional[str] = None     # "huggingface" / "lightning": a trainer built the optimizer
+        self.argv: list[str] = []
         self.phase_now = Phase.DATA            # where the loop is, for an exception's finding
         self.phase_at_error: Optional[Phase] = None
         self.timed_out = False
@@ -147,6 +149,7 @@ class ScriptGuard:
 
     # ---- install / uninstall -----------------------------------------------------------------------
     def install(self) -> None:
+        self.argv = list(sys.argv[1:])       # the script's own arguments (set before install)
         import torch.optim.optimizer as optim
         self._handles.append(optim.register_optimizer_step_pre_hook(self._before_step))
         self._handles.append(optim.register_optimizer_step_post_hook(self._after_step))
@@ -158,6 +161,8 @@ class ScriptGuard:
             original_init(opt, *args, **kwargs)
             guard._optimizers.add(opt)
             guard.sites.setdefault(f"built:{id(opt)}", _user_caller())
+            if guard.framework is None:
+                guard.framework = _framework_of_caller()
         self._patch(torch.optim.Optimizer, "__init__", optimizer_init)
 
         original_backward = torch.autograd.backward
@@ -235,7 +240,8 @@ class ScriptGuard:
                          optimizer_built=at(f"built:{id(optimizer)}") if optimizer is not None else None,
                          clip_norm=self.clip_norm, clip_site=at("clip"),
                          grad_scaler=watch is not None and watch.scaler is not None,
-                         hand_written_update=watch is not None and watch.optimizer is None)
+                         hand_written_update=watch is not None and watch.optimizer is None,
+                         argv=list(self.argv))
 
     def uninstall(self) -> None:
         if self.rerun is not None:
@@ -680,6 +686,26 @@ def _common_parent(modules: list[torch.nn.Module]) -> Optional[torch.nn.Module]:
     if not candidates:
         return None
     return objects[next(iter(candidates))]
+
+
+_FRAMEWORKS = {"transformers": "huggingface", "lightning": "lightning", "pytorch_lightning": "lightning",
+               "accelerate": "accelerate"}
+
+
+def _framework_of_caller(depth: int = 24) -> Optional[str]:
+    """Which trainer library constructed an optimizer (the first frame outside torch), if any:
+    then the learning rate and eps are that trainer's settings, not a line of the user's."""
+    frame = sys._getframe(2)
+    while frame is not None and depth:
+        module = frame.f_globals.get("__name__", "")
+        top = module.split(".")[0]
+        if top in _FRAMEWORKS:
+            return _FRAMEWORKS[top]
+        if top not in ("torch", "nandoctor") and is_user_file(frame.f_code.co_filename):
+            return None
+        frame = frame.f_back
+        depth -= 1
+    return None
 
 
 def _holder(module: torch.nn.Module, depth: int = 24) -> Optional[torch.nn.Module]:

@@ -33,6 +33,7 @@ def script_trace(script: TrainingScript, guard: ScriptGuard, outcome: ScriptOutc
     run = _run(guard, watch, outcome, history)
     trace.runs.append(run)
     trace.loop = guard.loop_facts(watch)
+    trace.framework = guard.framework
     trace.seconds = outcome.seconds
     run.seconds = outcome.seconds
     trace.notes.extend(_notes(guard, outcome, watch))

@@ -7,7 +7,7 @@ from typing import Optional
 
 from ...trace import NonfiniteEvent, PostmortemTrace, RunTrace, SourceLocation, StepRecord
 from ...trace.numbers import num
-from ..facts import finite, module_label, optimizer_site
+from ..facts import command_line_flag, finite, module_label, optimizer_site
 from ..finding import Finding, Severity
 from ..ownership import lr_at, owned_events
 from .base import Context, Rule
@@ -31,13 +31,14 @@ class _Divergence:
 
 
 def _max_update(run: RunTrace) -> tuple[float, str, int]:
-    """Largest finite update ratio: per layer over the run's steps, whole-model over its history."""
+    """Largest finite update ratio: per layer over the run's steps, whole-model over its history
+    and over steps a watched run recorded (`nandoctor run`)."""
     best, where, at = 0.0, "", -1
     for layer in run.layers:
         for i, v in enumerate(layer.series.get("update_ratio", [])):
             if v is not None and math.isfinite(v) and v > best:
                 best, where, at = v, layer.module, run.start_step + i
-    for record in run.history:
+    for record in list(run.history) + list(run.steps):
         v = record.update_ratio
         if v is not None and math.isfinite(v) and v > best:
             best, where, at = v, "", record.step
@@ -94,6 +95,12 @@ def _optimizer_location(ctx: Context) -> Optional[SourceLocation]:
 
 def _lr_setting(ctx: Context, run: RunTrace) -> str:
     """Where the user sets the learning rate, in words: a line, a trainer argument or a config key."""
+    flag = command_line_flag(ctx.trace, ("lr", "learning"), _configured_lr(run))
+    if flag is not None:
+        return f"with the script's own argument (`{flag}` on the command line)"
+    framework = ctx.trace.framework
+    if framework == "huggingface":
+        return "with `--learning_rate` (`TrainingArguments(learning_rate=...)`)"
     loc = _optimizer_location(ctx)
     if loc is not None:
         return f"where the optimizer is built ({loc})" if ctx.trace.loop is not None else f"in build_optimizer ({loc})"
@@ -108,6 +115,14 @@ def _lr_setting(ctx: Context, run: RunTrace) -> str:
         name = run.optimizer.get("name") or "the optimizer"
         return f"where your training script constructs {name}"
     return "(config `optimizer.lr` or `--lr`)"
+
+
+def _configured_lr(run: RunTrace) -> Optional[float]:
+    """The lr the run was configured with: its peak (a warm-up climbs to the flag's value)."""
+    recorded = [r.lr for r in list(run.history) + list(run.steps) if r.lr is not None and math.isfinite(r.lr)]
+    configured = run.optimizer.get("lr")
+    candidates = recorded + ([configured] if isinstance(configured, (int, float)) else [])
+    return max(candidates) if candidates else None
 
 
 def _lr_of(record: Optional[StepRecord]) -> Optional[float]:
@@ -227,7 +242,7 @@ class HighLearningRate(Rule):
         shown = num(lr) if isinstance(lr, (int, float)) else str(lr)
         new_lr = f"{lr / 10:.0e}" if isinstance(lr, (int, float)) else "a tenth"
         fix = (f"lower the learning rate from {shown} to {new_lr} {_lr_setting(ctx, run)}; add warmup and "
-               "`grad_clip` for long runs")
+               + ("gradient clipping" if ctx.trace.loop is not None else "`grad_clip`") + " for long runs")
         severity = Severity.ERROR if failing else Severity.WARNING
         confidence = (0.5 + (0.15 if d.ratio > 10 * limit else 0) + (0.1 if d.growth > 10 else 0)
                       + (0.1 if d.in_history and d.growth >= LOSS_ORDERS else 0))

@@ -6,7 +6,7 @@ from typing import Optional
 from ...trace.numbers import num
 from ...trace import NonfiniteEvent, SourceLocation
 from ..evidence import at
-from ..facts import FP16_TINY, optimizer_site
+from ..facts import FP16_TINY, command_line_flag, optimizer_site
 from ..ownership import owned_events
 from ..finding import Finding, Severity
 from .base import Context, Rule
@@ -92,6 +92,11 @@ def _eps_line(ctx: Context) -> Optional[SourceLocation]:
 
 def _set_eps(ctx: Context, value: str, user_line: Optional[SourceLocation] = None) -> str:
     """How the user sets eps: the Hugging Face flag, their optimizer line, or the config key."""
+    run = ctx.trace.runs[0] if ctx.trace.runs else None
+    eps = run.optimizer.get("eps") if run is not None else None
+    flag = command_line_flag(ctx.trace, ("eps", "epsilon"), eps if isinstance(eps, (int, float)) else None)
+    if flag is not None:
+        return f"change the script's own argument `{flag}` to {value}"
     if ctx.trace.framework == "huggingface":
         return (f"set `--adam_epsilon {value}` (`TrainingArguments(adam_epsilon={value})`): the Trainer builds "
                 "its AdamW with that eps")
