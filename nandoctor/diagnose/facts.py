@@ -206,9 +206,12 @@ def clip_fix(trace: Trace) -> str:
     """How to add (or tighten) gradient clipping, in the user's own terms."""
     loop = trace.loop
     if loop is not None:
-        if loop.clip_norm:
+        if loop.clip_norm and loop.clip_norm < 1e3:
             return f"the loop already clips at max_norm {loop.clip_norm:g} ({_site(loop.clip_site)}); lower the " \
                    "learning rate or add normalisation"
+        if loop.clip_norm:
+            return (f"the loop's clipping at max_norm {loop.clip_norm:g} ({_site(loop.clip_site)}) never acts: clip "
+                    "at a norm the gradients really reach (0.25 to 1.0 is usual)")
         step = _site(loop.optimizer_step)
         return ("clip gradients: call `torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)` right before "
                 f"{'the optimizer step at ' + step if step else '`optimizer.step()`'}"
@@ -223,7 +226,7 @@ def optimizer_site(trace: Trace) -> Optional[SourceLocation]:
     """Where the optimizer's hyperparameters are written: build_optimizer's line, or the
     constructor call in the user's script."""
     if trace.loop is not None:
-        return trace.loop.optimizer_built
+        return trace.loop.optimizer_built or trace.loop.update_site
     return trace.functions.get("build_optimizer")
 
 

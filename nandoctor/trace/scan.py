@@ -242,6 +242,7 @@ class LoopFacts:
     clip_site: Optional[SourceLocation] = None
     grad_scaler: bool = False                          # an enabled GradScaler drives the optimizer
     hand_written_update: bool = False                  # no torch optimizer: the loop updates weights itself
+    update_site: Optional[SourceLocation] = None       # that update's line (`p.data.add_(p.grad, alpha=-lr)`)
     argv: list[str] = field(default_factory=list)      # the script's command line (a setting may be a flag)
 
 

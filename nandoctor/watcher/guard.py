@@ -379,8 +379,12 @@ class Watch:
         self._end_of_backward_queued = False
         self.end_backward_step()
 
-    def _optimizer_pre_hook(self, optimizer: Any, args: Any, kwargs: Any) -> None:
-        self.check_gradients()
+    def _optimizer_pre_hook(self, optimizer: Any, args: Any, kwargs: Any) -> Optional[tuple]:
+        # With a closure (LBFGS) the gradients exist only once the closure has run.
+        wrapped = with_checked_closure(args, kwargs, self.check_gradients)
+        if wrapped is None:
+            self.check_gradients()
+        return wrapped
 
     def check_gradients(self) -> None:
         """The step's one host sync: batch, loss, gradients, and the previous step's parameters.
@@ -780,6 +784,25 @@ def callback_options(**options: Any) -> dict[str, Any]:
 
 
 # ---- helpers ------------------------------------------------------------------------------------
+
+def with_checked_closure(args: tuple, kwargs: dict, check: Callable[[], None]) -> Optional[tuple[tuple, dict]]:
+    """`optimizer.step(closure)`: the step's (args, kwargs) with the closure replaced by one that
+    runs `check` after it (gradients final, weights not yet updated); None without a closure.
+    An optimizer step pre-hook may return new arguments; torch then passes those to step()."""
+    # torch passes the hook step()'s own args: (optimizer, closure?, ...).
+    closure = kwargs.get("closure") if "closure" in kwargs else (args[1] if len(args) > 1 and callable(args[1]) else None)
+    if closure is None or getattr(closure, "_nandoctor_checked", False):
+        return None
+
+    def checked_closure() -> Any:
+        result = closure()
+        check()
+        return result
+    checked_closure._nandoctor_checked = True
+    if "closure" in kwargs:
+        return args, {**kwargs, "closure": checked_closure}
+    return (args[0], checked_closure, *args[2:]), kwargs
+
 
 def unwrap_optimizer(optimizer: Any) -> Optional[torch.optim.Optimizer]:
     """The torch optimizer inside a wrapper (Accelerate's AcceleratedOptimizer, Lightning's

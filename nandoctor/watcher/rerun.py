@@ -42,6 +42,7 @@ class TopCall:
     owns_parameters: bool          # the model (forward) or another module, e.g. a loss module
     site: Optional[tuple[str, int, str]] = None    # the user's line that made the call
     holder: Optional[torch.nn.Module] = None       # the module whose method made the call (discovery only)
+    carried: frozenset = frozenset()               # input paths that are the model's own output of the last step
 
 
 @dataclass

@@ -37,8 +37,8 @@ import torch
 
 from ..run.frames import is_user_file, location
 from ..trace import LoopFacts, NonfiniteEvent, Phase, SourceLocation
-from .guard import Watch, active_scaler, plain_rebuild
-from .rerun import Rerun, RerunOutcome, TopCall, data_event
+from .guard import Watch, active_scaler, plain_rebuild, with_checked_closure
+from .rerun import Rerun, RerunOutcome, TopCall, batch_name, data_event, nonfinite_rows
 
 
 class ScriptStop(BaseException):
@@ -75,6 +75,9 @@ class _Window:
     rng: Optional[dict[str, Any]] = None
     # (id of the DataLoader, batch, the dataset indices of its samples or None) drawn this step
     batches: list[tuple[int, Any, Optional[list]]] = field(default_factory=list)
+    # Storages of the model's outputs this step: a detached RNN state handed back in next step is
+    # the model's own carried state, not data.
+    outputs: set[int] = field(default_factory=set)
 
 
 _INDICES = "_nandoctor_sample_indices"
@@ -137,6 +140,7 @@ class ScriptGuard:
         self._autocast: Optional[str] = None
         self._batches_again: list[tuple[int, Any]] = []   # the failing step's batches, for its re-run
         self.failing_batches: list[tuple[int, Any, Optional[list]]] = []   # what the failing step drew
+        self.failing_calls: list[TopCall] = []
         # The user's lines where the loop first did each thing (LoopFacts); "built:<id>" per optimizer.
         self.sites: dict[str, Optional[tuple[str, int, str]]] = {}
         self.clip_norm: Optional[float] = None
@@ -236,7 +240,8 @@ class ScriptGuard:
         calls = [c.site for c in self._window.calls + self._previous_window.calls if c.owns_parameters and c.site]
         model_call = location(*calls[0]) if calls else None
         optimizer = watch.optimizer if watch is not None else None
-        return LoopFacts(model_call=model_call, backward=at("backward"), optimizer_step=at("step"),
+        hand_written = watch is not None and watch.optimizer is None
+        return LoopFacts(update_site=_update_line(self.sites.get("backward")) if hand_written else None,model_call=model_call, backward=at("backward"), optimizer_step=at("step"),
                          optimizer_built=at(f"built:{id(optimizer)}") if optimizer is not None else None,
                          clip_norm=self.clip_norm, clip_site=at("clip"),
                          grad_scaler=watch is not None and watch.scaler is not None,
@@ -323,6 +328,8 @@ class ScriptGuard:
         self._local.depth = max(0, self._depth() - 1)
         if self._depth() == 0:
             self.phase_now = Phase.LOSS
+            if output is not None and not self._tracing():
+                self._window.outputs.update(_storages(output))
             if self.rerun is not None:
                 self.rerun.on_top_return(module)
 
@@ -338,8 +345,10 @@ class ScriptGuard:
             window.rng = capture_rng()
             self._note_autocast()
         owns = any(True for _ in module.parameters())
+        carried = self._previous_window.outputs | window.outputs
         window.calls.append(TopCall(module=module, args=args, kwargs=kwargs, owns_parameters=owns,
-                                    site=_user_caller(), holder=_holder(module) if self._discovering else None))
+                                    site=_user_caller(), holder=_holder(module) if self._discovering else None,
+                                    carried=_carried_paths(args, kwargs, carried) if carried else frozenset()))
         if not self._tracing():       # the watches' own reductions must not enter the traced re-run
             for watch in self.all_watches():
                 if owns and _same_module(watch.model, module):
@@ -421,7 +430,16 @@ class ScriptGuard:
         if watch is not None:
             watch.attach_scaler(scaler)
 
-    def _before_step(self, optimizer: torch.optim.Optimizer, args: Any, kwargs: Any) -> None:
+    def _before_step(self, optimizer: torch.optim.Optimizer, args: Any, kwargs: Any) -> Optional[tuple]:
+        # `optimizer.step(closure)` (LBFGS, Lightning's automatic optimization) runs the forward and
+        # backward inside the step: the check belongs after the closure, before the update.
+        wrapped = with_checked_closure(args, kwargs, lambda: self._at_step(optimizer))
+        if wrapped is not None:
+            return wrapped
+        self._at_step(optimizer)
+        return None
+
+    def _at_step(self, optimizer: torch.optim.Optimizer) -> None:
         self.phase_now = Phase.OPTIMIZER
         if "step" not in self.sites:
             self.sites["step"] = _user_caller()
@@ -542,6 +560,7 @@ class ScriptGuard:
         self.stop = Stop(step=event["step"], check=event["check"], what=event["what"], watch=watch,
                          bundle=Path(event["bundle"]) if event.get("bundle") else None, raised=event.get("raised"))
         self.failing_batches = list(self._window.batches)
+        self.failing_calls = list(self._window.calls)
         if watch.distributed is not None and getattr(watch.distributed, "table", None) is not None:
             try:
                 self.stop.ranks = watch.distributed.verdict()
@@ -581,12 +600,20 @@ class ScriptGuard:
         exception is the symptom, BCE's range check on a NaN row)."""
         if self.stop is not None:
             return
-        for watch in self.all_watches():
-            try:
+        try:
+            if not self.all_watches():
+                # It raised before the first optimizer step (a first batch holding NaN): a watch
+                # for the model that was called, fed this step's calls, judges the batch.
+                model = self._model_for(None) or next((c.module for c in self._window.calls if c.owns_parameters), None)
+                if model is None:
+                    return
+                self.plain = self._new_watch(model, None)
+                self._replay_window_into(self.plain)
+            for watch in self.all_watches():
                 if watch.raised_on_nonfinite_batch(error):
                     return
-            except Exception:  # noqa: BLE001 - a failing check must not hide the script's own exception
-                return
+        except Exception:  # noqa: BLE001 - a failing check must not hide the script's own exception
+            return
 
     def _maybe_stop(self) -> None:
         """After a firing: stop now unless a re-run of the step is on its way."""
@@ -601,10 +628,37 @@ class ScriptGuard:
             self.stop.rerun = outcome
             if outcome.event is not None:
                 self.stop.event = outcome.event
+                if outcome.entered is not None:
+                    self._name_entered_input(outcome)
                 samples = _indices_in(self.rerun.batches, outcome.entered, outcome.entered_rows)
                 if samples:
                     outcome.event.detail += f"; dataset indices {', '.join(str(i) for i in samples[:8])}" + (
                         f" and {len(samples) - 8} more" if len(samples) > 8 else "")
+
+    def _name_entered_input(self, outcome: RerunOutcome) -> None:
+        """Data that entered the step non-finite, found inside the model (a `split` of its input):
+        when it is (a view of) a tensor the loop handed a top-level call, name that input and
+        place the finding at the user's call, where the data reached the model."""
+        from ..run.stats import iter_tensors
+        entered = outcome.entered
+        base = entered._base if entered._base is not None else entered
+        for call in self.rerun.calls if self.rerun is not None else []:
+            for path, t in iter_tensors({"args": list(call.args), "kwargs": call.kwargs}):
+                if t is entered or t is base or (t.data_ptr() == base.data_ptr() and t.numel() >= base.numel()):
+                    event = outcome.event
+                    op_line = event.user_source
+                    event.tensor = f"{batch_name(path)} of the model call" if call.owns_parameters else batch_name(path)
+                    if call.site is not None:
+                        event.user_source = location(*call.site)
+                    rows = nonfinite_rows(t)
+                    bad = int((~torch.isfinite(t.detach())).sum())
+                    event.count = bad
+                    event.detail = (f"{event.tensor}: {bad} of {t.numel()} values non-finite"
+                                    + (f", sample rows {', '.join(map(str, rows[:8]))}" if rows else "")
+                                    + " (already non-finite when the loop passed it in)"
+                                    + (f"; first used by {event.op} at {op_line}" if op_line is not None else ""))
+                    outcome.entered_rows, outcome.entered = rows, t
+                    return
 
     def finish(self) -> None:
         """The script ended (or was stopped): close a re-run that never came."""
@@ -633,6 +687,47 @@ def _user_caller(depth: int = 24) -> Optional[tuple[str, int, str]]:
         frame = frame.f_back
         depth -= 1
     return None
+
+
+def _update_line(backward: Optional[tuple[str, int, str]], window: int = 40) -> Optional[SourceLocation]:
+    """A loop with no optimizer updates its weights by hand right after its backward pass: the
+    first line after `loss.backward()` that writes a parameter from its `.grad`
+    (`p.data.add_(p.grad, alpha=-lr)`, `p -= lr * p.grad`). None when there is no such line."""
+    if backward is None:
+        return None
+    import linecache
+    path, line, function = backward
+    for number in range(line + 1, line + 1 + window):
+        text = linecache.getline(path, number)
+        if ".grad" in text and any(op in text for op in ("add_(", "sub_(", "-=", "copy_(")):
+            return location(path, number, function)
+    return None
+
+
+def _carried_paths(args: tuple, kwargs: dict, storages: set[int]) -> frozenset:
+    from ..run.stats import iter_tensors
+    return frozenset(path for path, t in iter_tensors({"args": list(args), "kwargs": kwargs})
+                     if t.is_floating_point() and _storage_of(t) in storages)
+
+
+def _storage_of(t: torch.Tensor) -> int:
+    try:
+        return t.untyped_storage().data_ptr()
+    except (RuntimeError, NotImplementedError):
+        return -1
+
+
+def _storages(output: Any, limit: int = 16) -> list[int]:
+    from ..run.stats import iter_tensors
+    out = []
+    for _, t in iter_tensors(output):
+        if len(out) >= limit:
+            break
+        try:
+            out.append(t.untyped_storage().data_ptr())
+        except (RuntimeError, NotImplementedError):     # tensors without storage (fake, sparse)
+            continue
+    return out
 
 
 def _indices_in(drawn: list[tuple[int, Any, Optional[list]]], tensor: Optional[torch.Tensor],

@@ -11,12 +11,14 @@ import torch
 from .._version import __version__
 from ..load.script import TrainingScript
 from ..run.batch import batch_stats
+from ..run.stats import iter_tensors
 from ..run.runner import describe_model
 from ..run.session import optimizer_facts
 from ..run.user_code import user_error
-from ..trace import (ErrorCategory, ModelInfo, NonfiniteEvent, Phase, RunStatus, RunTrace, StepRecord, Trace)
+from ..trace import (ErrorCategory, LoopFacts, ModelInfo, NonfiniteEvent, Phase, RunStatus, RunTrace, StepRecord, Trace)
 from .guard import Watch
 from .script import ScriptOutcome
+from .rerun import batch_name
 from .script_guard import ScriptGuard, Stop, phase_of
 
 
@@ -79,7 +81,7 @@ def _run(guard: ScriptGuard, watch: Optional[Watch], outcome: ScriptOutcome,
         run.history, run.steps, run.start_step = before, [at], stop.step
         run.steps_requested = stop.step + 1
         run.status = RunStatus.NONFINITE.value
-        run.first_nonfinite = _event(stop, precision)
+        run.first_nonfinite = _event(stop, precision, guard.loop_facts(watch))
         if stop.raised:
             run.note = f"the model's forward raised {stop.raised} on this batch"
         return run
@@ -103,9 +105,13 @@ def _batch_facts(guard: ScriptGuard, stop: Stop) -> list:
     drawn = [batch for _, batch, _ in guard.failing_batches]
     if drawn:
         return batch_stats(drawn[0] if len(drawn) == 1 else drawn, None)
-    capture = stop.watch.fired_capture
-    if capture is not None and capture.batches:
-        return batch_stats(capture.batches[0], None)
+    call = next((c for c in guard.failing_calls if c.owns_parameters), None)
+    if call is not None:
+        # What the model was called with, less its own state carried from the last step (an
+        # RNN's hidden state is the model's, not data).
+        data = {batch_name(path): t for path, t in iter_tensors({"args": list(call.args), "kwargs": call.kwargs})
+                if path not in call.carried}
+        return batch_stats(data, None)
     return []
 
 
@@ -113,16 +119,21 @@ def _phase_of_error(guard: ScriptGuard) -> Phase:
     return guard.phase_at_error or Phase.FORWARD
 
 
-def _event(stop: Stop, precision: str) -> NonfiniteEvent:
+def _event(stop: Stop, precision: str, loop: Optional[LoopFacts] = None) -> NonfiniteEvent:
     if stop.event is not None:
         return stop.event
     rerun = stop.rerun
     detail = stop.what
     if rerun is not None and rerun.note:
         detail += f"; {rerun.note}"
-    return NonfiniteEvent(precision=precision, step=stop.step, phase=phase_of(stop.check).value, kind="nan",
-                          surfaced_in=stop.check, reproduced=rerun.reproduced if rerun is not None else None,
-                          replay_traced=rerun.reproduced if rerun is not None else None, detail=detail)
+    event = NonfiniteEvent(precision=precision, step=stop.step, phase=phase_of(stop.check).value, kind="nan",
+                           surfaced_in=stop.check, reproduced=rerun.reproduced if rerun is not None else None,
+                           replay_traced=rerun.reproduced if rerun is not None else None, detail=detail)
+    if stop.check == "parameters" and loop is not None:
+        # Born inside the optimizer step: the user's line that ran it (their loop's, or the
+        # trainer call that ran it for them).
+        event.user_source = event.source = loop.optimizer_step or loop.optimizer_built
+    return event
 
 
 def _notes(guard: ScriptGuard, outcome: ScriptOutcome, watch: Optional[Watch]) -> list[str]:

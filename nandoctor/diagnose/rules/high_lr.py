@@ -239,15 +239,26 @@ class HighLearningRate(Rule):
                   if c.run is not run and c.run.first_nonfinite]
         if others:
             evidence.append("also failing: " + ", ".join(others))
-        shown = num(lr) if isinstance(lr, (int, float)) else str(lr)
-        new_lr = f"{lr / 10:.0e}" if isinstance(lr, (int, float)) else "a tenth"
-        fix = (f"lower the learning rate from {shown} to {new_lr} {_lr_setting(ctx, run)}; add warmup and "
-               + ("gradient clipping" if ctx.trace.loop is not None else "`grad_clip`") + " for long runs")
+        known = isinstance(lr, (int, float))
+        shown = num(lr) if known else "of the update"
+        new_lr = f"{lr / 10:.0e}" if known else "a tenth"
+        loop = ctx.trace.loop
+        if not known and loop is not None and loop.hand_written_update:
+            # No optimizer to read the lr from: the step size lives in the loop's own update.
+            update = loop.update_site
+            fix = ("divide the step size of the loop's hand-written update by 10 ("
+                   + (f"{update}: `{update.code}`" if update is not None and update.code else
+                      "the `lr` in `p.data.add_(p.grad, alpha=-lr)`") + ")")
+        else:
+            fix = (f"lower the learning rate from {shown} to {new_lr} {_lr_setting(ctx, run)}" if known else
+                   f"lower the learning rate to a tenth {_lr_setting(ctx, run)}")
+        fix += "; add warmup and " + ("gradient clipping" if loop is not None else "`grad_clip`") + " for long runs"
         severity = Severity.ERROR if failing else Severity.WARNING
         confidence = (0.5 + (0.15 if d.ratio > 10 * limit else 0) + (0.1 if d.growth > 10 else 0)
                       + (0.1 if d.in_history and d.growth >= LOSS_ORDERS else 0))
         return [Finding(self.id, severity.value, min(confidence, 0.85),
-                        f"learning rate {shown} is too high: the run diverges", evidence, fix,
+                        (f"learning rate {shown} is too high: the run diverges" if known else
+                         "the learning rate is too high: the run diverges"), evidence, fix,
                         module=d.ratio_where or None, source=_optimizer_location(ctx),
                         precisions=[c.run.precision for c in chosen], explains_origin=bool(failing),
                         upstream=bool(failing) and d.in_history)]
