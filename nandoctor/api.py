@@ -416,7 +416,7 @@ class RunReport(ScanReport):
 def run_script(script: str | Path | None = None, args: Optional[list[str]] = None, *, module: Optional[str] = None,
         config: str | Path | None = None, out: str | Path = "nandoctor-bundles", fail_on: Optional[str] = None,
         max_seconds: Optional[float] = None, experiments: Optional[bool] = None, stats_every: int = 50,
-        check_every: int = 1, script_stdout_to_stderr: bool = False) -> RunReport:
+        check_every: int = 1, snapshot_every: int = 100, script_stdout_to_stderr: bool = False) -> RunReport:
     """Run an unmodified training script (`python SCRIPT ARGS`, or `-m MODULE` with `module=`)
     under nandoctor's guard. On the first NaN/Inf the script is stopped, the failing step is run
     once more by the script's own loop and traced op by op, a crash bundle is written to `out`,
@@ -431,11 +431,30 @@ def run_script(script: str | Path | None = None, args: Optional[list[str]] = Non
     resolved = resolve_config(config, overrides, cwd=None)
     cfg = dict(resolved.values)
     target = resolve_script(str(script) if script is not None else None, module, list(args or []))
-    guard = ScriptGuard(out=out, stats_every=stats_every, check_every=check_every, max_seconds=cfg["max_seconds"])
+
+    def plan_rewinds(live: ScriptGuard) -> list[float]:
+        """Asked inside the script, once its failing step is traced: which lr factors to re-train with."""
+        from .watcher.rewind import lr_scales
+        from .watcher.script import ScriptOutcome
+        provisional = script_trace(target, live, ScriptOutcome(stopped=True), cfg)
+        requests = plan_experiments(provisional, diagnose(provisional))
+        if not any(r.id == "lower-lr" for r in requests):
+            return []
+        ratios = [s.update_ratio for r in provisional.runs for s in list(r.history) + list(r.steps)
+                  if s.update_ratio is not None]
+        return lr_scales(max(ratios) if ratios else None)
+
+    guard = ScriptGuard(out=out, stats_every=stats_every, check_every=check_every, max_seconds=cfg["max_seconds"],
+                        snapshot_every=snapshot_every, experiments_seconds=cfg["experiments"]["max_seconds"],
+                        plan_rewinds=plan_rewinds if cfg["experiments"]["enabled"] else None)
     output = capture_user_output() if script_stdout_to_stderr else contextlib.nullcontext()
     with output:
         outcome = execute_script(target, guard)
     trace = script_trace(target, guard, outcome, cfg)
+    trace.experiments = list(guard.experiments)
+    trace.experiments_seconds = sum(e.seconds for e in guard.experiments)
+    if guard.snapshot_note:
+        trace.notes.append(guard.snapshot_note)
     findings = diagnose(trace)
     stop = guard.stop
     facts: dict[str, Any] = {"path": str(target.path) if target.path else None, "module": target.module,

@@ -244,6 +244,8 @@ class LoopFacts:
     hand_written_update: bool = False                  # no torch optimizer: the loop updates weights itself
     update_site: Optional[SourceLocation] = None       # that update's line (`p.data.add_(p.grad, alpha=-lr)`)
     argv: list[str] = field(default_factory=list)      # the script's command line (a setting may be a flag)
+    # The earliest step a confirming experiment can re-train from (a rolling snapshot); None: none kept.
+    rewind_from: Optional[int] = None
 
 
 @dataclass

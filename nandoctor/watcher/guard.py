@@ -381,7 +381,7 @@ class Watch:
 
     def _optimizer_pre_hook(self, optimizer: Any, args: Any, kwargs: Any) -> Optional[tuple]:
         # With a closure (LBFGS) the gradients exist only once the closure has run.
-        wrapped = with_checked_closure(args, kwargs, self.check_gradients)
+        wrapped = with_checked_closure(args, kwargs, lambda closure: self.check_gradients())
         if wrapped is None:
             self.check_gradients()
         return wrapped
@@ -785,10 +785,10 @@ def callback_options(**options: Any) -> dict[str, Any]:
 
 # ---- helpers ------------------------------------------------------------------------------------
 
-def with_checked_closure(args: tuple, kwargs: dict, check: Callable[[], None]) -> Optional[tuple[tuple, dict]]:
+def with_checked_closure(args: tuple, kwargs: dict, check: Callable[[Callable[[], Any]], None]) -> Optional[tuple[tuple, dict]]:
     """`optimizer.step(closure)`: the step's (args, kwargs) with the closure replaced by one that
-    runs `check` after it (gradients final, weights not yet updated); None without a closure.
-    An optimizer step pre-hook may return new arguments; torch then passes those to step()."""
+    runs `check(closure)` after it (gradients final, weights not yet updated); None without a
+    closure. An optimizer step pre-hook may return new arguments; torch then passes those to step()."""
     # torch passes the hook step()'s own args: (optimizer, closure?, ...).
     closure = kwargs.get("closure") if "closure" in kwargs else (args[1] if len(args) > 1 and callable(args[1]) else None)
     if closure is None or getattr(closure, "_nandoctor_checked", False):
@@ -796,7 +796,7 @@ def with_checked_closure(args: tuple, kwargs: dict, check: Callable[[], None]) -
 
     def checked_closure() -> Any:
         result = closure()
-        check()
+        check(closure)
         return result
     checked_closure._nandoctor_checked = True
     if "closure" in kwargs:

@@ -148,6 +148,11 @@ class Rerun:
     def _is_model(self, module: torch.nn.Module) -> bool:
         return module is self.model or any(True for _ in module.parameters())
 
+    def begin(self) -> None:
+        """Start tracing now (a closure re-run), rather than at the loop's next training forward."""
+        if self.state == "armed":
+            self._begin()
+
     def _begin(self) -> None:
         if self.rng is not None:
             bundle_writer.restore_rng(self.rng)

@@ -36,9 +36,10 @@ from typing import Any, Callable, Optional
 import torch
 
 from ..run.frames import is_user_file, location
-from ..trace import LoopFacts, NonfiniteEvent, Phase, SourceLocation
+from ..trace import ExperimentResult, LoopFacts, NonfiniteEvent, Phase, SourceLocation
 from .guard import Watch, active_scaler, plain_rebuild, with_checked_closure
 from .rerun import Rerun, RerunOutcome, TopCall, batch_name, data_event, nonfinite_rows
+from .rewind import EXTRA_STEPS, LrRewind, Snapshot, new_result, restore, step_is_finite, take_snapshot
 
 
 class ScriptStop(BaseException):
@@ -60,6 +61,9 @@ class Stop:
     # Under torchrun: who flagged what at the failing step's exchange (watcher/distributed.py's
     # verdict: origin_ranks, contaminated_ranks, rank, world_size); None in a single process.
     ranks: Optional[dict[str, Any]] = None
+    # The watch's history as it stood when the re-run ended (experiments that re-train afterwards
+    # add steps of their own to the live watch).
+    history: Optional[list[dict[str, Any]]] = None
 
     @property
     def origin_elsewhere(self) -> bool:
@@ -115,11 +119,25 @@ class _ReplayableIterator:
 class ScriptGuard:
     def __init__(self, out: str | Path = "nandoctor-bundles", stats_every: int = 50, check_every: int = 1,
                  window: int = 64, rerun: bool = True, distributed: Any = "auto", max_seconds: Optional[float] = None,
-                 max_bundles: int = 1):
+                 max_bundles: int = 1, snapshot_every: int = 100, snapshot_max_bytes: int = 2 << 30,
+                 experiments_seconds: float = 60.0,
+                 plan_rewinds: Optional[Callable[["ScriptGuard"], list[float]]] = None):
         self.out = Path(out)
         self.options = dict(stats_every=stats_every, check_every=check_every, window=window, distributed=distributed)
         self.do_rerun = rerun
         self.max_bundles = max_bundles
+        # Rolling CPU copies (the first and the latest, every `snapshot_every` steps) from which a
+        # confirming experiment re-trains through the user's own loop (watcher/rewind.py).
+        self.snapshot_every = max(0, int(snapshot_every or 0))
+        self.snapshot_max_bytes = snapshot_max_bytes
+        self.snapshots: list[Snapshot] = []
+        self.snapshot_note = ""
+        self.plan_rewinds = plan_rewinds
+        self.experiments_seconds = experiments_seconds
+        self.experiments: list[ExperimentResult] = []
+        self._rewinds: list[LrRewind] = []
+        self._rewind: Optional[LrRewind] = None
+        self._experiments_began = 0.0
         self.watches: dict[int, Watch] = {}          # id(optimizer) -> its watch
         self.plain: Optional[Watch] = None            # the loop updates weights by hand
         self.stop: Optional[Stop] = None
@@ -246,7 +264,8 @@ class ScriptGuard:
                          clip_norm=self.clip_norm, clip_site=at("clip"),
                          grad_scaler=watch is not None and watch.scaler is not None,
                          hand_written_update=watch is not None and watch.optimizer is None,
-                         argv=list(self.argv))
+                         argv=list(self.argv),
+                         rewind_from=self.snapshots[0].step if self.snapshots else None)
 
     def uninstall(self) -> None:
         if self.rerun is not None:
@@ -433,19 +452,34 @@ class ScriptGuard:
     def _before_step(self, optimizer: torch.optim.Optimizer, args: Any, kwargs: Any) -> Optional[tuple]:
         # `optimizer.step(closure)` (LBFGS, Lightning's automatic optimization) runs the forward and
         # backward inside the step: the check belongs after the closure, before the update.
-        wrapped = with_checked_closure(args, kwargs, lambda: self._at_step(optimizer))
+        wrapped = with_checked_closure(args, kwargs, lambda closure: self._at_closure_end(optimizer, closure))
         if wrapped is not None:
             return wrapped
         self._at_step(optimizer)
         return None
 
+    def _at_closure_end(self, optimizer: torch.optim.Optimizer, closure: Callable[[], Any]) -> None:
+        """The step's closure ran. When that fired, re-run the step right here: the closure is
+        the step's own forward and backward, and an optimizer that takes one (LBFGS) calls it
+        several times anyway; the loop need not come round again."""
+        self._at_step(optimizer)
+        if self.rerun is not None and self.rerun.state == "armed":
+            self.rerun.begin()
+            closure()
+            self._finish_rerun()
+            self._after_rerun(optimizer)
+
     def _at_step(self, optimizer: torch.optim.Optimizer) -> None:
         self.phase_now = Phase.OPTIMIZER
         if "step" not in self.sites:
             self.sites["step"] = _user_caller()
+        if self._rewind is not None:
+            self._rewind_step(optimizer)
+            return
         if self.rerun is not None and self.rerun.state == "tracing":
             self._finish_rerun()
-            raise ScriptStop()
+            self._after_rerun(optimizer)
+            return
         watch = self.watches.get(id(optimizer))
         if watch is None:
             model = self._model_for(optimizer)
@@ -462,11 +496,82 @@ class ScriptGuard:
             return
         watch.check_gradients()
         self._maybe_stop()
+        self._maybe_snapshot(watch)
 
     def _after_step(self, optimizer: torch.optim.Optimizer, args: Any, kwargs: Any) -> None:
+        if self._rewind is not None:
+            self._rewind_stepped(optimizer)
         if id(optimizer) in self.watches:
             self._step_boundary()
             self._check_deadline()
+
+    # ---- confirming experiments in the user's loop (watcher/rewind.py) ----------------------------------
+    def _maybe_snapshot(self, watch: Watch) -> None:
+        if not self.snapshot_every or watch.optimizer is None or self.stop is not None:
+            return
+        step = watch.step_index
+        if step % self.snapshot_every:
+            return
+        snapshot = take_snapshot(step, watch.model, watch.optimizer)
+        if snapshot.nbytes > self.snapshot_max_bytes:
+            self.snapshot_every = 0
+            self.snapshot_note = (f"the weights and optimizer state take {snapshot.nbytes / 2**20:.0f} MiB, over the "
+                                  "snapshot limit: no rolling snapshot, so no lr experiment")
+            return
+        # Keep the first copy (before any divergence) and the latest.
+        self.snapshots = self.snapshots[:1] + [snapshot] if self.snapshots else [snapshot]
+
+    def _after_rerun(self, optimizer: torch.optim.Optimizer) -> None:
+        """The traced re-run is done: re-train from a snapshot with lower learning rates when the
+        diagnosis asks for it (and a snapshot from before the failing step exists); else stop."""
+        stop = self.stop
+        if stop is not None:
+            stop.history = list(stop.watch.history)
+        earlier = [s for s in self.snapshots if stop is not None and s.step < stop.step]
+        watch = stop.watch if stop is not None else None
+        if not earlier or watch is None or watch.optimizer is None or self.plan_rewinds is None:
+            raise ScriptStop()
+        scales = self.plan_rewinds(self)
+        if not scales:
+            raise ScriptStop()
+        start = earlier[0] if len(earlier) == 1 or earlier[-1].step > stop.step - 3 else earlier[-1]
+        lr = watch.optimizer.param_groups[0].get("lr")
+        lr = float(lr) if isinstance(lr, (int, float)) else None
+        self._rewinds = [LrRewind(scale, start.step, stop.step + EXTRA_STEPS,
+                                  new_result(scale, lr, start.step, stop.step + EXTRA_STEPS, watch.precision))
+                         for scale in scales]
+        self._rewind_snapshot = start
+        self._experiments_began = time.perf_counter()
+        self._next_rewind(watch.optimizer)
+
+    def _next_rewind(self, optimizer: torch.optim.Optimizer) -> None:
+        if not self._rewinds or time.perf_counter() - self._experiments_began > self.experiments_seconds:
+            for pending in self._rewinds:
+                self.experiments.append(pending.finish("skipped", note="the experiments' time budget ran out"))
+            self._rewinds, self._rewind = [], None
+            raise ScriptStop()
+        self._rewind = self._rewinds.pop(0)
+        restore(self._rewind_snapshot, self.stop.watch.model, optimizer)
+        self._rewind.begin()
+
+    def _rewind_step(self, optimizer: torch.optim.Optimizer) -> None:
+        rewind = self._rewind
+        if not step_is_finite(self._window.losses, [p for g in optimizer.param_groups for p in g["params"]]):
+            self.experiments.append(rewind.finish("nonfinite", first_bad=rewind.step))
+            self._next_rewind(optimizer)
+            for group in optimizer.param_groups:      # this step's gradients belong to the last experiment
+                for p in group["params"]:
+                    p.grad = None
+            return
+        rewind.scale_lr(optimizer)
+
+    def _rewind_stepped(self, optimizer: torch.optim.Optimizer) -> None:
+        rewind = self._rewind
+        rewind.restore_lr(optimizer)
+        rewind.step += 1
+        if rewind.step > rewind.until:
+            self.experiments.append(rewind.finish("finite"))
+            self._next_rewind(optimizer)
 
     def _check_deadline(self) -> None:
         if self._deadline is not None and self.stop is None and time.monotonic() > self._deadline:
@@ -661,7 +766,12 @@ class ScriptGuard:
                     return
 
     def finish(self) -> None:
-        """The script ended (or was stopped): close a re-run that never came."""
+        """The script ended (or was stopped): close a re-run that never came, and experiments the
+        loop did not run to their end."""
+        failing = self.stop.step if self.stop is not None else 0
+        for pending in ([self._rewind] if self._rewind is not None else []) + self._rewinds:
+            self.experiments.append(pending.ended_early(failing))
+        self._rewind, self._rewinds = None, []
         if self.rerun is not None and self.rerun.state == "armed" and self.stop is not None:
             self.stop.rerun = RerunOutcome(note="the script ended before the loop ran the failing step again")
         if self.rerun is not None:

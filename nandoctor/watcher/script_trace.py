@@ -69,7 +69,10 @@ def _run(guard: ScriptGuard, watch: Optional[Watch], outcome: ScriptOutcome,
         first = next((p for p in watch.model.parameters()), None)
         if first is not None:
             run.param_dtype = str(first.dtype).replace("torch.", "")
-    entries = history_override if history_override is not None else (list(watch.history) if watch is not None else [])
+    stop = guard.stop
+    entries = (history_override if history_override is not None else
+               stop.history if stop is not None and stop.history is not None else
+               list(watch.history) if watch is not None else [])
     history = [_record(h) for h in entries]
     stop = guard.stop
     if stop is not None:

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Optional
+from typing import Any, Optional
 
 from ...trace import NonfiniteEvent, PostmortemTrace, RunTrace, SourceLocation, StepRecord
 from ...trace.numbers import num
@@ -138,7 +138,7 @@ def _history_evidence(d: _Divergence) -> list[str]:
     if low is None or high is None or low.step >= run.start_step:
         return evidence
     window = [r for r in list(run.history) + list(run.steps) if low.step <= r.step <= high.step]
-    lrs = sorted({r.lr for r in window if r.lr is not None and math.isfinite(r.lr)})
+    lrs = sorted({float(num(r.lr)) for r in window if r.lr is not None and math.isfinite(r.lr)})
     at_lr = (f" at learning rate {num(lrs[0])}" if len(lrs) == 1 else
              f" while the learning rate went from {num(_lr_of(low))} to {num(_lr_of(high))}" if lrs else "")
     replayed = " (the replayed step)" if high.step == run.start_step else ""
@@ -222,7 +222,7 @@ class HighLearningRate(Rule):
         first_lr = _lr_of(first) if first is not None else lr_at(run, run.start_step)
         first_step = first.step if first is not None else run.start_step
         evidence = []
-        if lr is not None and first_lr is not None and lr != first_lr:
+        if lr is not None and first_lr is not None and num(lr) != num(first_lr):
             evidence.append(f"the schedule raised the learning rate from {num(first_lr)} at step {first_step} to "
                             f"{num(lr)} before the divergence")
         if d.ratio > limit:
@@ -242,6 +242,16 @@ class HighLearningRate(Rule):
         known = isinstance(lr, (int, float))
         shown = num(lr) if known else "of the update"
         new_lr = f"{lr / 10:.0e}" if known else "a tenth"
+        # Propose an lr an experiment confirmed (the largest that stayed finite), never one refuted.
+        tried = [e for e in ctx.trace.experiments if e.id == "lower-lr" and e.outcome in ("finite", "nonfinite")
+                 and isinstance(e.change.get("lr_scale"), (int, float))]
+        finite_scales = [e.change["lr_scale"] for e in tried if e.outcome == "finite"]
+        if known and finite_scales:
+            new_lr = f"{lr * max(finite_scales):.0e} (re-trained with it, the run stayed finite)"
+        elif known and tried:
+            smallest = min(e.change["lr_scale"] for e in tried)
+            new_lr = (f"well below {lr * smallest:.0e} (re-trained at {lr * smallest:.0e}, the run still "
+                      "failed: check the data and the model too)")
         loop = ctx.trace.loop
         if not known and loop is not None and loop.hand_written_update:
             # No optimizer to read the lr from: the step size lives in the loop's own update.
@@ -267,16 +277,22 @@ class HighLearningRate(Rule):
         # One precision is enough: the learning rate is precision-independent. A run whose own
         # learning rate never acted before it failed (a replayed step that fails before its
         # optimizer step, from weights the history already diverged) cannot answer the question.
-        requests = [r for r in super().plan(ctx, finding) if _lr_acted(ctx.trace.run(r.precision))]
+        requests = [r for r in super().plan(ctx, finding) if _lr_acted(ctx.trace.run(r.precision), ctx.trace)]
         return requests[:1]
 
     def check_checkpoint(self, trace: PostmortemTrace) -> list[Finding]:
         return _checkpoint_findings(trace)
 
 
-def _lr_acted(run: Optional[RunTrace]) -> bool:
+def _lr_acted(run: Optional[RunTrace], trace: Optional[Any] = None) -> bool:
+    """Can a lower lr change this run's failure? Only if the run (or an experiment) trains from a
+    state before the failing step: `nandoctor run` re-trains from a rolling snapshot."""
     event = run.first_nonfinite if run is not None else None
-    return event is not None and (event.step > run.start_step or event.phase == "optimizer")
+    if event is None:
+        return False
+    loop = getattr(trace, "loop", None)
+    rewind = loop is not None and loop.rewind_from is not None and loop.rewind_from < event.step
+    return event.step > run.start_step or event.phase == "optimizer" or rewind
 
 
 def _checkpoint_findings(trace: PostmortemTrace) -> list[Finding]:
