@@ -161,3 +161,21 @@ def test_under_torchrun_the_origin_rank_reports_and_every_rank_stops(scripts):
     assert doc["first_nonfinite"]["module"] in ("", "body")         # the user's names, not DDP's `module.`
     assert sorted(p.name for p in (scripts / doc["script"]["bundle"]).iterdir() if p.name.startswith("rank-")) == \
         ["rank-0", "rank-1"]
+
+
+def test_high_lr_is_confirmed_by_re_training_through_the_scripts_own_loop(scripts):
+    """The guard keeps a CPU copy of the first step's state; asked whether a lower lr would have
+    kept the run finite, it puts that copy back and lets the script's loop re-train past the
+    failing step with the lr scaled. The fix proposes the lr that stayed finite."""
+    result, doc = run_json(scripts, "sgd_lr_too_high.py", "--lr", "3")
+    assert result.returncode == 1
+    top = doc["causes"][0]
+    assert top["id"] == "high-lr" and top["confirmed"] is True and top["file"] == "sgd_lr_too_high.py"
+    tried = [e for e in doc["experiments"] if e["id"] == "lower-lr"]
+    assert tried and all(e["change"]["from_step"] == 0 for e in tried)
+    assert any(e["outcome"] == "finite" for e in tried)
+    assert "--lr 3" in top["fix"]                        # the script's own flag is where the lr is set
+    assert "stayed finite" in top["fix"]
+
+    quick = nandoctor("run", "--no-experiments", "--format", "json", "sgd_lr_too_high.py", "--lr", "3", cwd=scripts)
+    assert json.loads(quick.stdout)["experiments"] == []
