@@ -382,6 +382,7 @@ def run(
     no_experiments: Annotated[bool, typer.Option("--no-experiments", help="Skip the confirming experiments.")] = False,
     check_every: Annotated[int, typer.Option("--check-every", help="Check every N optimizer steps (a failure is then seen up to N-1 steps late).")] = 1,
     stats_every: Annotated[int, typer.Option("--stats-every", help="Per-layer statistics every N steps (0: off).")] = 50,
+    snapshot_every: Annotated[int, typer.Option("--snapshot-every", help="Keep a CPU copy of the weights and optimizer state every N steps (the first and the latest), from which the lr experiments re-train (0: off).")] = 100,
     verbose: VerboseOpt = False,
     trace_file: TraceOpt = None,
 ) -> None:
@@ -416,7 +417,7 @@ def run(
         machine_on_stdout = fmt != "rich" and output is None
         report = run_script(script, args, module=module, config=config, out=out, fail_on=fail_on,
                             max_seconds=max_seconds, experiments=False if no_experiments else None,
-                            stats_every=stats_every, check_every=check_every,
+                            stats_every=stats_every, check_every=check_every, snapshot_every=snapshot_every,
                             script_stdout_to_stderr=machine_on_stdout)
         if report.origin_elsewhere:
             # torchrun: the rank where the NaN was born writes the report; this one only received it.

@@ -53,8 +53,8 @@ def lightning_data(bad_index=None, n=64):
     return torch.utils.data.DataLoader(torch.utils.data.TensorDataset(x, y), batch_size=4, shuffle=False)
 
 
-def lit_module(tmp_path, name):
-    (tmp_path / f"{name}.py").write_text(textwrap.dedent(LIT_SOURCE))
+def lit_module(tmp_path, name, source=LIT_SOURCE):
+    (tmp_path / f"{name}.py").write_text(textwrap.dedent(source))
     sys.path.insert(0, str(tmp_path))
     try:
         return importlib.import_module(name)
@@ -257,12 +257,7 @@ def test_a_lightning_module_without_save_hyperparameters_replays_or_says_what_to
     kept = LIT_SOURCE.replace("        self.save_hyperparameters()\n",
                               "        self.hidden, self.lr = hidden, lr\n").replace("self.hparams.lr", "self.lr") \
                      .replace("def __init__(self, hidden=16, lr=0.01):", "def __init__(self, hidden, lr=0.01):")
-    (tmp_path / "lit_kept.py").write_text(textwrap.dedent(kept))
-    sys.path.insert(0, str(tmp_path))
-    try:
-        module = importlib.import_module("lit_kept")
-    finally:
-        sys.path.remove(str(tmp_path))
+    module = lit_module(tmp_path, "lit_kept", kept)
     with pytest.raises(nandoctor.NonFiniteError) as caught:
         fit(tmp_path, module, lightning_data(bad_index=4 * 6 + 1))
     manifest = json.loads((caught.value.bundle / "manifest.json").read_text())
@@ -271,12 +266,7 @@ def test_a_lightning_module_without_save_hyperparameters_replays_or_says_what_to
     assert doc["first_nonfinite"]["op"] == "aten.sqrt.default" and result.exit_code == 1
 
     lost = kept.replace("        self.hidden, self.lr = hidden, lr\n", "        self.lr = lr\n")
-    (tmp_path / "lit_lost.py").write_text(textwrap.dedent(lost))
-    sys.path.insert(0, str(tmp_path))
-    try:
-        module = importlib.import_module("lit_lost")
-    finally:
-        sys.path.remove(str(tmp_path))
+    module = lit_module(tmp_path, "lit_lost", lost)
     with pytest.raises(nandoctor.NonFiniteError) as caught:
         fit(tmp_path / "lost", module, lightning_data(bad_index=4 * 6 + 1))
     refused = run_cli("replay", caught.value.bundle, "--trust")
