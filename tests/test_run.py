@@ -179,3 +179,10 @@ def test_high_lr_is_confirmed_by_re_training_through_the_scripts_own_loop(script
 
     quick = nandoctor("run", "--no-experiments", "--format", "json", "sgd_lr_too_high.py", "--lr", "3", cwd=scripts)
     assert json.loads(quick.stdout)["experiments"] == []
+
+
+def test_a_run_that_ends_non_finite_never_passes_even_when_no_watch_attached(scripts):
+    result, doc = run_json(scripts, "no_module.py")
+    assert result.returncode == 1 and doc["verdict"] == "fail"
+    assert doc["runs"][0]["status"] == "nonfinite"
+    assert "ended non-finite" in doc["first_nonfinite"]["detail"]

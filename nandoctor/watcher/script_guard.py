@@ -156,6 +156,7 @@ class ScriptGuard:
         self._logged_by_call: Optional[torch.nn.Module] = None
         self._installed = False
         self._autocast: Optional[str] = None
+        self.final_nonfinite: Optional[str] = None   # what a last look found when nothing fired
         self._batches_again: list[tuple[int, Any]] = []   # the failing step's batches, for its re-run
         self.failing_batches: list[tuple[int, Any, Optional[list]]] = []   # what the failing step drew
         self.failing_calls: list[TopCall] = []
@@ -740,6 +741,21 @@ class ScriptGuard:
                     outcome.event.detail += f"; dataset indices {', '.join(str(i) for i in samples[:8])}" + (
                         f" and {len(samples) - 8} more" if len(samples) > 8 else "")
 
+    def _nonfinite_at_end(self) -> Optional[str]:
+        """A last look when nothing fired (the promise that a non-finite run never passes, also
+        when no watch could attach): the weights of every optimizer the script built, and the
+        last losses it backpropagated."""
+        bad = []
+        for optimizer in list(self._optimizers):
+            params = [p.detach() for g in optimizer.param_groups for p in g["params"]]
+            if params and not bool(torch.isfinite(torch.stack([t.abs().amax().float() for t in params if t.numel()]
+                                                              or [torch.zeros(())])).all()):
+                bad.append(f"the weights of its {type(optimizer).__name__} hold NaN/Inf at the end")
+        losses = self._window.losses + self._previous_window.losses
+        if losses and not bool(torch.isfinite(torch.stack([l.float().reshape(()) for l in losses])).all()):
+            bad.append("its last backpropagated loss is NaN/Inf")
+        return "; ".join(bad) or None
+
     def _name_entered_input(self, outcome: RerunOutcome) -> None:
         """Data that entered the step non-finite, found inside the model (a `split` of its input):
         when it is (a view of) a tensor the loop handed a top-level call, name that input and
@@ -768,6 +784,8 @@ class ScriptGuard:
     def finish(self) -> None:
         """The script ended (or was stopped): close a re-run that never came, and experiments the
         loop did not run to their end."""
+        if self.stop is None:
+            self.final_nonfinite = self._nonfinite_at_end()
         failing = self.stop.step if self.stop is not None else 0
         for pending in ([self._rewind] if self._rewind is not None else []) + self._rewinds:
             self.experiments.append(pending.ended_early(failing))

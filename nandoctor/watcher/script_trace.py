@@ -96,6 +96,13 @@ def _run(guard: ScriptGuard, watch: Optional[Watch], outcome: ScriptOutcome,
     elif outcome.error is not None:
         run.status = RunStatus.ERROR.value
         run.error = user_error(_phase_of_error(guard), outcome.error)
+    elif guard.final_nonfinite is not None:
+        # Nothing fired during the run, yet it ended non-finite: it never passes.
+        run.status = RunStatus.NONFINITE.value
+        last = run.steps[-1].step if run.steps else 0
+        run.first_nonfinite = NonfiniteEvent(precision=precision, step=last, phase=Phase.OPTIMIZER.value, kind="nan",
+                                             surfaced_in="parameters", reproduced=None,
+                                             detail=f"the script ended non-finite: {guard.final_nonfinite}")
     elif guard.timed_out:
         run.status, run.stopped_by = RunStatus.TIMEOUT.value, ErrorCategory.TIME_BUDGET.value
         run.note = "--max-seconds stopped the script; every step before it stayed finite"
