@@ -1,11 +1,10 @@
-"""The Python API: `scan()`, `postmortem()` and `replay()`, each the whole pipeline
+"""The Python API: `scan()`, `postmortem()`, `replay()` and `run_script()`, each the whole pipeline
 load -> run -> trace -> diagnose -> report document. The CLI is a thin shell over these."""
 from __future__ import annotations
 
 import ast
 import contextlib
 import os
-import platform
 import random
 import sys
 import time
@@ -16,6 +15,7 @@ from typing import Any, Callable, Optional
 import torch
 
 from ._version import __version__
+from .errors import InputError
 from .diagnose import Finding, diagnose, diagnose_checkpoint, plan_experiments, rank
 from .diagnose.verdict import checkpoint_failed, exit_code_for, scan_failed, verdict as verdict_of
 from .load.checkpoint import read_checkpoint

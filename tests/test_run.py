@@ -161,6 +161,10 @@ def test_under_torchrun_the_origin_rank_reports_and_every_rank_stops(scripts):
     assert doc["first_nonfinite"]["module"] in ("", "body")         # the user's names, not DDP's `module.`
     assert sorted(p.name for p in (scripts / doc["script"]["bundle"]).iterdir() if p.name.startswith("rank-")) == \
         ["rank-0", "rank-1"]
+    # Its replay runs the script again, which needs the ranks: outside torchrun it says how.
+    refused = nandoctor("replay", doc["script"]["bundle"], "--trust", cwd=scripts)
+    assert refused.returncode == 2 and "torchrun --nproc-per-node 2 -m nandoctor replay" in refused.stderr
+    assert "Traceback" not in refused.stderr
 
 
 def test_high_lr_is_confirmed_by_re_training_through_the_scripts_own_loop(scripts):

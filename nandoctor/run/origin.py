@@ -408,9 +408,8 @@ class OriginTracer(StepProbe):
         root.entered_from = "state" if id(t) in self._state_ids or id(base) in self._state_ids else "data"
         root.entered_input = next((i for i, a in enumerate(tensor_args) if a is t), None)
         root.entered_ref = weakref.ref(t)
-        if root.entered_from == "data" and t.dim() > 0 and t.shape[0] > 0:
-            bad = ~torch.isfinite(t.detach())
-            root.entered_rows = bad.reshape(t.shape[0], -1).any(dim=1).nonzero().flatten()[:64].tolist()
+        if root.entered_from == "data":
+            root.entered_rows = stats.nonfinite_rows(t)
 
     def _note_dropped(self, bad_inputs: list, out_tensors: list[torch.Tensor], op_name: str, where: tuple) -> None:
         """A floating output made finite from non-finite inputs: this op dropped the non-finite

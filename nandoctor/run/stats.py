@@ -194,3 +194,12 @@ def summarise_values(t: torch.Tensor) -> dict[str, Any]:
     if finite.numel():
         info.update(min=float(finite.min()), max=float(finite.max()), min_abs=float(finite.abs().min()))
     return info
+
+
+def nonfinite_rows(t: torch.Tensor, limit: int = 64) -> list[int]:
+    """Indices along dim 0 (the samples of a batch) of the rows holding NaN/Inf (slow path)."""
+    if t.dim() == 0 or t.shape[0] == 0:
+        return []
+    bad = ~torch.isfinite(t.detach())
+    return bad.reshape(t.shape[0], -1).any(dim=1).nonzero().flatten()[:limit].tolist()
+

@@ -876,12 +876,20 @@ def describe_nonfinite_rows(batch: Any, limit: int = 8) -> str:
         bad = ~torch.isfinite(t.detach())
         if not bool(bad.any()):
             continue
-        rows = bad.reshape(bad.shape[0], -1).any(dim=1).nonzero().flatten().tolist() if t.dim() else []
-        count = int(bad.sum())
-        shown = ", ".join(str(r) for r in rows[:limit]) + (f" and {len(rows) - limit} more" if len(rows) > limit else "")
-        label = (name or "input").replace("['args']", "args").replace("['kwargs']", "kwargs")
-        parts.append(f"{label}: {count} of {t.numel()} values" + (f", sample rows {shown}" if rows else ""))
+        rows = stats.nonfinite_rows(t, limit=t.shape[0] if t.dim() else 0)
+        parts.append(f"{batch_name(name)}: {int(bad.sum())} of {t.numel()} values"
+                     + (f", sample rows {shown_list(rows, limit)}" if rows else ""))
     return "; ".join(parts) or "non-finite values"
+
+
+def batch_name(path: str) -> str:
+    """"['args'][0]" -> "args[0]": a micro-batch path as the model was called with it."""
+    text = path.replace("['args']", "args").replace("['kwargs']", "kwargs")
+    return text or "inputs"
+
+
+def shown_list(values: list, limit: int = 8) -> str:
+    return ", ".join(str(v) for v in values[:limit]) + (f" and {len(values) - limit} more" if len(values) > limit else "")
 
 
 def _infer_precision(model: torch.nn.Module, scaler: Any) -> str:

@@ -20,7 +20,6 @@ every location is a line the user wrote.
 """
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 from typing import Any, Callable, Optional
 
@@ -30,7 +29,8 @@ from ..run import stats
 from ..run.origin import OriginTracer
 from ..trace import NonfiniteEvent, Phase
 from . import bundle_writer
-from .guard import describe_nonfinite_rows
+from ..run.stats import nonfinite_rows
+from .guard import batch_name, describe_nonfinite_rows, shown_list as _shown
 
 
 @dataclass
@@ -256,24 +256,3 @@ def entered_data_event(event: NonfiniteEvent, input_index: Optional[int], rows: 
                     + (f", sample rows {_shown(rows)}" if rows else "")
                     + " (already non-finite when the loop passed it in)")
     return event
-
-
-def nonfinite_rows(t: torch.Tensor) -> list[int]:
-    if t.dim() == 0 or t.shape[0] == 0:
-        return []
-    bad = ~torch.isfinite(t.detach())
-    return bad.reshape(t.shape[0], -1).any(dim=1).nonzero().flatten()[:64].tolist()
-
-
-def _shown(values: list, limit: int = 8) -> str:
-    return ", ".join(str(v) for v in values[:limit]) + (f" and {len(values) - limit} more" if len(values) > limit else "")
-
-
-def batch_name(path: str) -> str:
-    """"['args'][0]" -> "args[0]": how the model was called with it."""
-    text = path.replace("['args']", "args").replace("['kwargs']", "kwargs")
-    return text or "inputs"
-
-
-def finite(value: Optional[float]) -> bool:
-    return value is not None and math.isfinite(value)

@@ -38,7 +38,9 @@ import torch
 from ..run.frames import is_user_file, location
 from ..trace import ExperimentResult, LoopFacts, NonfiniteEvent, Phase, SourceLocation
 from .guard import Watch, active_scaler, plain_rebuild, with_checked_closure
-from .rerun import Rerun, RerunOutcome, TopCall, batch_name, data_event, nonfinite_rows
+from ..run.stats import nonfinite_rows
+from .guard import batch_name, shown_list
+from .rerun import Rerun, RerunOutcome, TopCall, data_event
 from .rewind import EXTRA_STEPS, LrRewind, Snapshot, new_result, restore, step_is_finite, take_snapshot
 
 
@@ -738,8 +740,7 @@ class ScriptGuard:
                     self._name_entered_input(outcome)
                 samples = _indices_in(self.rerun.batches, outcome.entered, outcome.entered_rows)
                 if samples:
-                    outcome.event.detail += f"; dataset indices {', '.join(str(i) for i in samples[:8])}" + (
-                        f" and {len(samples) - 8} more" if len(samples) > 8 else "")
+                    outcome.event.detail += f"; dataset indices {shown_list(samples)}"
 
     def _nonfinite_at_end(self) -> Optional[str]:
         """A last look when nothing fired (the promise that a non-finite run never passes, also
@@ -841,21 +842,13 @@ def _carried_paths(args: tuple, kwargs: dict, storages: set[int]) -> frozenset:
 def _storage_of(t: torch.Tensor) -> int:
     try:
         return t.untyped_storage().data_ptr()
-    except (RuntimeError, NotImplementedError):
+    except (RuntimeError, NotImplementedError):     # tensors without storage (fake, sparse)
         return -1
 
 
 def _storages(output: Any, limit: int = 16) -> list[int]:
     from ..run.stats import iter_tensors
-    out = []
-    for _, t in iter_tensors(output):
-        if len(out) >= limit:
-            break
-        try:
-            out.append(t.untyped_storage().data_ptr())
-        except (RuntimeError, NotImplementedError):     # tensors without storage (fake, sparse)
-            continue
-    return out
+    return [ptr for ptr in (_storage_of(t) for _, t in list(iter_tensors(output))[:limit]) if ptr != -1]
 
 
 def _indices_in(drawn: list[tuple[int, Any, Optional[list]]], tensor: Optional[torch.Tensor],
@@ -947,13 +940,6 @@ def _holder(module: torch.nn.Module, depth: int = 24) -> Optional[torch.nn.Modul
     return None
 
 
-def describe_stop(stop: Stop) -> str:
-    return f"step {stop.step}: {stop.what}"
-
-
 def phase_of(check: str) -> Phase:
     return {"batch": Phase.DATA, "loss": Phase.FORWARD, "gradients": Phase.BACKWARD,
             "parameters": Phase.OPTIMIZER}.get(check, Phase.BACKWARD)
-
-
-Callback = Callable[[dict[str, Any]], None]

@@ -18,7 +18,7 @@ from ..run.user_code import user_error
 from ..trace import (ErrorCategory, LoopFacts, ModelInfo, NonfiniteEvent, Phase, RunStatus, RunTrace, StepRecord, Trace)
 from .guard import Watch
 from .script import ScriptOutcome
-from .rerun import batch_name
+from .guard import batch_name
 from .script_guard import ScriptGuard, Stop, phase_of
 
 

@@ -7,7 +7,7 @@ from typing import Any, Optional
 
 from ...trace import NonfiniteEvent, PostmortemTrace, RunTrace, SourceLocation, StepRecord
 from ...trace.numbers import num
-from ..facts import command_line_flag, finite, module_label, optimizer_site
+from ..facts import command_line_flag, module_label, optimizer_site
 from ..finding import Finding, Severity
 from ..ownership import lr_at, owned_events
 from .base import Context, Rule
