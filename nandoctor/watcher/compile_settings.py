@@ -65,12 +65,17 @@ def compile_settings(model: Any) -> Optional[dict[str, Any]]:
     return None
 
 
-def compiled_in_process() -> Optional[dict[str, Any]]:
-    """A compiled training step the watch cannot see (torch.compile(train_step)): Dynamo has
-    compiled graphs in this process. Backend unknown (torch.compile's default is inductor)."""
+def compiled_graphs() -> int:
+    """How many graphs Dynamo has compiled in this process so far (0 before any torch.compile)."""
     if "torch._dynamo" not in sys.modules:
-        return None
+        return 0
     from torch._dynamo.utils import counters
-    if not counters["stats"].get("unique_graphs"):
+    return int(counters["stats"].get("unique_graphs", 0))
+
+
+def compiled_since(graphs_before: int) -> Optional[dict[str, Any]]:
+    """A compiled training step the watch cannot see (torch.compile(train_step)): Dynamo compiled
+    graphs since the watch began. Backend unknown (null; torch.compile's default is inductor)."""
+    if compiled_graphs() <= graphs_before:
         return None
     return {"backend": None, "mode": None, "options": {}, "module": None}

@@ -58,8 +58,10 @@ class CompileNumerics(Rule):
             evidence += ["  " + row for row in replay.table()]
             evidence.append(f"first non-finite stage: {replay.first_failing}"
                             + (f" (last finite: {replay.last_finite})" if replay.last_finite else ""))
-            title = f"{run.precision}: step {run.first_nonfinite.step} goes non-finite only when compiled, " \
-                    f"from the {replay.first_failing} stage"
+            failing = replay.stage(replay.first_failing)
+            label = (f"under the run's own backend {failing.backend}" if failing is not None
+                     and failing.name.startswith("recorded:") else f"from the {replay.first_failing} stage on")
+            title = f"{run.precision}: step {run.first_nonfinite.step} goes non-finite only when compiled, {label}"
             if culprit is not None:
                 where = f" at {culprit.location}" if culprit.location else ""
                 evidence.append(f"op made non-finite by {replay.first_failing}: {culprit.op} ({culprit.phase}, "
@@ -73,7 +75,7 @@ class CompileNumerics(Rule):
             if replay.repro:
                 evidence.append(f"standalone repro for a PyTorch bug report: {replay.repro}"
                                 + (f" (inputs: {replay.repro_inputs})" if replay.repro_inputs else ""))
-            fix = (f"set {replay.avoid}" if replay.avoid else
+            fix = (f"{'set' if replay.avoid.startswith('torch._inductor') else 'use'} `{replay.avoid}`" if replay.avoid else
                    "keep the named code out of the compiled graph with `torch.compiler.disable`")
             fix += "; report it to PyTorch" + (f" with {replay.repro}" if replay.repro else "")
             findings.append(Finding(self.id, Severity.ERROR.value, 0.9 if culprit is not None else 0.8, title, evidence,
