@@ -1,5 +1,6 @@
 """A torch.compile backend for tests: AOTAutograd with one aten op's output replaced by NaN in the
-compiled forward graph only, as a miscompiling pass would. Importing this module registers it."""
+compiled forward graph only (or, for NAME_BACKWARD, the backward graph only), as a miscompiling pass
+would. Importing this module registers them."""
 from __future__ import annotations
 
 import torch
@@ -8,6 +9,7 @@ from torch._dynamo.backends.common import aot_autograd
 from torch._functorch.aot_autograd import make_boxed_func
 
 NAME = "nandoctor_test_nan_mul"
+NAME_BACKWARD = "nandoctor_test_nan_mul_backward"   # the same corruption in the backward graph only
 CORRUPTED = torch.ops.aten.mul.Tensor
 
 
@@ -27,3 +29,4 @@ def _backward(gm: torch.fx.GraphModule, example_inputs):
 
 if NAME not in torch._dynamo.list_backends(exclude_tags=()):
     register_backend(aot_autograd(fw_compiler=_corrupt_first, bw_compiler=_backward), name=NAME)
+    register_backend(aot_autograd(fw_compiler=_backward, bw_compiler=_corrupt_first), name=NAME_BACKWARD)

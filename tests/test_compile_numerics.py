@@ -151,7 +151,23 @@ def test_a_backend_that_corrupts_one_op_is_named_with_the_op_the_line_the_settin
     ran = subprocess.run([sys.executable, "-c", f"import sys, runpy; sys.path.insert(0, {str(TESTS)!r}); "
                           f"import compile_nan_backend; runpy.run_path({str(repro)!r}, run_name='__main__')"],
                          capture_output=True, text=True, timeout=120)
-    assert ran.returncode == 1 and "eager: finite" in ran.stdout and "non-finite outputs [0]" in ran.stdout, ran.stderr
+    assert ran.returncode == 1 and "eager: finite" in ran.stdout and "non-finite output 0" in ran.stdout, ran.stderr
+
+
+def test_a_nan_born_in_the_compiled_backward_is_located_op_by_op(tmp_path):
+    bundle = _watched_compiled_run(tmp_path, lambda net: net.compile(backend=compile_nan_backend.NAME_BACKWARD))
+    assert json.loads((bundle / "manifest.json").read_text())["check"] == "gradients"
+    (tmp_path / "ladder.yaml").write_text("compile_ladder:\n  stages: [eager]\nexperiments:\n  enabled: false\n")
+    report = nandoctor.replay(bundle, tmp_path / "model.py", config=tmp_path / "ladder.yaml")
+    ladder = report.trace.runs[0].compile_replay
+    assert [(s.name, s.finite) for s in ladder.stages] == [
+        ("eager", True), (f"recorded: {compile_nan_backend.NAME_BACKWARD}", False)]
+    assert ladder.stages[1].where.startswith("gradients")
+    culprit = ladder.culprit
+    assert (culprit.phase, culprit.op, culprit.found_by) == ("backward", "operator.mul", "single-op backward")
+    assert (Path(culprit.location.file).name, culprit.location.line) == ("model.py", MUL_LINE)
+    assert report.causes[0].id == "compile-numerics"
+    assert "alone, whose compiled backward goes non-finite" in Path(ladder.repro).read_text()
 
 
 def test_a_failing_inductor_stage_is_followed_by_its_numerics_flags_and_the_flag_that_helps_is_the_fix(tmp_path, monkeypatch):

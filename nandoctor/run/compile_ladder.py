@@ -157,13 +157,13 @@ def compile_ladder(spec: ModelFile, cfg: dict[str, Any], precision: Precision, d
         replay.seconds = time.perf_counter() - began
         return replay
     replay.avoid, replay.avoid_stage = _avoidance(replay, failing, spec, cfg, precision, device, step, initial_state)
-    located = locate_culprit(failing)
+    located = locate_culprit(failing) or locate_backward_culprit(failing)
     if located is not None:
         replay.culprit, graph = located
     else:
         graph = None
-        replay.note = (f"every forward graph stays finite under {failing.name}: the non-finite values are born in "
-                       "the compiled backward or between graphs")
+        replay.note = (f"no op of the captured graphs goes non-finite alone under {failing.name} (forward, or "
+                       "backward with unit gradients): the repro holds the first whole graph")
     if repro_at is not None:
         from .compile_repro import write_repro
         target = graph or _first_nonfinite_graph(failing)
@@ -281,6 +281,68 @@ def locate_culprit(stage: _Stage) -> Optional[tuple[CompileCulprit, CapturedGrap
         culprit = CompileCulprit(graph=index, node=node.name, op=_op_name(node), phase="forward",
                                  location=user_line(node), found_by="graph prefix bisection")
         return culprit, CapturedGraph(prefix_graph(graph.gm, node), graph.inputs)
+    return None
+
+
+def single_op_graph(node: torch.fx.Node, eager: dict[str, Any]) -> tuple[torch.fx.GraphModule, list[Any]]:
+    """`node` alone: each tensor it reads becomes an input holding its eager value."""
+    graph = torch.fx.Graph()
+    inputs: list[Any] = []
+    placeholders: dict[torch.fx.Node, torch.fx.Node] = {}
+
+    def as_input(arg: torch.fx.Node) -> Any:
+        value = eager.get(arg.name)
+        if not isinstance(value, torch.Tensor):
+            return value
+        if arg not in placeholders:
+            placeholders[arg] = graph.placeholder(f"in_{arg.name}")
+            leaf = value.detach().clone()
+            inputs.append(leaf.requires_grad_(leaf.is_floating_point()))
+        return placeholders[arg]
+    args = torch.fx.map_arg(node.args, as_input)
+    kwargs = torch.fx.map_arg(node.kwargs, as_input)
+    graph.output((graph.create_node(node.op, node.target, args, kwargs, name=node.name),))
+    return torch.fx.GraphModule(torch.nn.Module(), graph), inputs
+
+
+def _backward_nonfinite(fn: Callable[..., Any], inputs: list[Any]) -> Optional[bool]:
+    """Whether the gradients of `fn`'s output (cotangent ones) reaching its inputs are non-finite."""
+    args = [_copy_input(v) for v in inputs]
+    leaves = [a for a in args if isinstance(a, torch.Tensor) and a.requires_grad]
+    with torch.enable_grad():
+        out = fn(*args)
+        out = out[0] if isinstance(out, (tuple, list)) else out
+        if not leaves or not isinstance(out, torch.Tensor) or not out.requires_grad:
+            return None
+        grads = torch.autograd.grad(out, leaves, torch.ones_like(out), allow_unused=True)
+    return _nonfinite([g for g in grads if g is not None])
+
+
+def locate_backward_culprit(stage: _Stage, budget_s: float = 60.0) -> Optional[tuple[CompileCulprit, CapturedGraph]]:
+    """The forward stays finite: each op of the captured graphs alone, compiled by the stage's
+    backend, differentiated with unit cotangents; the first whose compiled backward is non-finite
+    while eager's is finite (ops in order, within `budget_s`)."""
+    began = time.perf_counter()
+    for index, graph in enumerate(stage.graphs):
+        try:
+            eager = _eager_values(graph.gm, graph.inputs)
+        except Exception:
+            continue
+        for node in _candidates(graph.gm, eager):
+            if time.perf_counter() - began > budget_s:
+                return None
+            try:
+                single, inputs = single_op_graph(node, eager)
+                if _backward_nonfinite(single, inputs) is not False:
+                    continue        # eager's backward is non-finite too, or there is none
+                compiled = stage_backend(stage.backend, stage.config)(single, [_copy_input(v) for v in inputs])
+                if not _backward_nonfinite(compiled, inputs):
+                    continue
+            except Exception:
+                continue
+            culprit = CompileCulprit(graph=index, node=node.name, op=_op_name(node), phase="backward",
+                                     location=user_line(node), found_by="single-op backward")
+            return culprit, CapturedGraph(single, inputs)
     return None
 
 

@@ -42,10 +42,20 @@ class Repro(torch.nn.Module):
 {body}
 
 
-def nonfinite(value):
-    values = value if isinstance(value, (tuple, list)) else [value]
-    return [i for i, v in enumerate(values) if isinstance(v, torch.Tensor) and v.is_floating_point()
-            and not bool(torch.isfinite(v).all())]
+def nonfinite(module, args):
+    """What is non-finite: the outputs, then the inputs' gradients (unit output gradients)."""
+    out = module(*args)
+    outs = [o for o in (out if isinstance(out, (tuple, list)) else [out])
+            if isinstance(o, torch.Tensor) and o.is_floating_point()]
+    bad = ["output %d" % i for i, o in enumerate(outs) if not bool(torch.isfinite(o).all())]
+    leaves = [a for a in args if isinstance(a, torch.Tensor) and a.requires_grad]
+    differentiable = [o for o in outs if o.requires_grad]
+    if leaves and differentiable:
+        grads = torch.autograd.grad(differentiable, leaves, [torch.ones_like(o) for o in differentiable],
+                                    allow_unused=True)
+        bad += ["gradient of input %d" % i for i, g in enumerate(grads)
+                if g is not None and not bool(torch.isfinite(g).all())]
+    return bad
 
 
 def inputs():
@@ -55,17 +65,25 @@ def inputs():
 
 def main():
     print("torch", torch.__version__)
-    eager = nonfinite(Repro()(*inputs()))
+    eager = nonfinite(Repro(), inputs())
     with torch._inductor.config.patch(INDUCTOR_CONFIG):
-        compiled = nonfinite(torch.compile(Repro(), backend=BACKEND, fullgraph=True)(*inputs()))
-    print("eager: " + ("non-finite outputs %s" % eager if eager else "finite"))
-    print("compiled (%s): " % BACKEND + ("non-finite outputs %s" % compiled if compiled else "finite"))
+        compiled = nonfinite(torch.compile(Repro(), backend=BACKEND, fullgraph=True), inputs())
+    print("eager: " + ("non-finite " + ", ".join(eager) if eager else "finite"))
+    print("compiled (%s): " % BACKEND + ("non-finite " + ", ".join(compiled) if compiled else "finite"))
     return 1 if compiled and not eager else 0
 
 
 if __name__ == "__main__":
     sys.exit(main())
 '''
+
+
+def _cut(culprit: Optional[CompileCulprit]) -> str:
+    if culprit is None:
+        return ""
+    if culprit.phase == "backward":
+        return f", reduced to node {culprit.node} ({culprit.op}) alone, whose compiled backward goes non-finite"
+    return f", cut after node {culprit.node} ({culprit.op})"
 
 
 def write_repro(prefix: Any, graph: Any, backend: str, config: dict[str, Any],
@@ -85,7 +103,7 @@ def write_repro(prefix: Any, graph: Any, backend: str, config: dict[str, Any],
                 else culprit.op if culprit is not None else "a captured graph")
     flags = "".join(f", torch._inductor.config.{k}={v!r}" for k, v in config.items())
     text = _TEMPLATE.format(headline=headline, source=prefix.name, backend=backend, config=dict(config), flags=flags,
-                            cut=f", cut after node {culprit.node} ({culprit.op})" if culprit is not None else "",
+                            cut=_cut(culprit),
                             inputs_name=saved.name, script_name=script.name, imports=imports, body=body,
                             requires_grad=[bool(getattr(v, "requires_grad", False)) for v in graph.inputs])
     tensors = [v.detach().cpu().contiguous() if isinstance(v, torch.Tensor) else v for v in graph.inputs]
