@@ -211,3 +211,12 @@ def test_the_watch_reads_how_the_model_was_compiled_without_compiling_it():
     net[0] = torch.compile(net[0], options={"emulate_precision_casts": True})
     assert compile_settings(net) == {"backend": "inductor", "mode": None, "options": {"emulate_precision_casts": True},
                                      "module": "0"}
+
+
+def test_an_inductor_culprit_is_named_by_its_generated_kernel_and_its_code_is_saved(tmp_path):
+    from nandoctor.run.compile_ladder import CapturedGraph, _Stage, inductor_kernel
+    gm = torch.fx.symbolic_trace(lambda x: torch.tanh(x) * 2.0)
+    kernel = inductor_kernel(_Stage("inductor", "inductor"), CapturedGraph(gm, [torch.randn(8)]), tmp_path / "step-000001")
+    saved = tmp_path / "step-000001-compile-repro-inductor-code.py"
+    assert kernel.startswith("generated kernel cpp_fused_mul_tanh") and str(saved) in kernel
+    assert kernel.split()[2] in saved.read_text()

@@ -12,7 +12,9 @@ module, its inputs saved beside it) is written for a PyTorch bug report (run/com
 """
 from __future__ import annotations
 
+import re
 import time
+from pathlib import Path
 from dataclasses import dataclass, field
 from typing import Any, Callable, Optional
 
@@ -164,6 +166,8 @@ def compile_ladder(spec: ModelFile, cfg: dict[str, Any], precision: Precision, d
         graph = None
         replay.note = (f"no op of the captured graphs goes non-finite alone under {failing.name} (forward, or "
                        "backward with unit gradients): the repro holds the first whole graph")
+    if replay.culprit is not None and graph is not None and failing.backend == INDUCTOR:
+        replay.culprit.kernel = inductor_kernel(failing, graph, repro_at)
     if repro_at is not None:
         from .compile_repro import write_repro
         target = graph or _first_nonfinite_graph(failing)
@@ -344,6 +348,33 @@ def locate_backward_culprit(stage: _Stage, budget_s: float = 60.0) -> Optional[t
                                      location=user_line(node), found_by="single-op backward")
             return culprit, CapturedGraph(single, inputs)
     return None
+
+
+_KERNEL = re.compile(r"^(\w+) = async_compile\.(?:cpp_pybinding|cpp|triton)\(", re.MULTILINE)
+
+
+def inductor_kernel(stage: _Stage, graph: CapturedGraph, save_at: Optional[Any]) -> str:
+    """The generated kernel that computes the culprit's value (the last one of the reduced graph's
+    code) and where that code was saved (`<bundle>-compile-repro-inductor-code.py`)."""
+    from torch._inductor.utils import run_and_get_code
+    import torch._inductor.config as inductor_config
+    try:
+        with inductor_config.patch(fx_graph_cache=False):      # a cache hit would generate no code
+            _, codes = run_and_get_code(lambda: _compiled_value(stage, graph.gm, graph.inputs))
+    except Exception:
+        return ""
+    names = [name for code in codes for name in _KERNEL.findall(code)]
+    if not names:
+        return ""
+    where = ""
+    if save_at is not None:
+        path = Path(save_at).with_name(Path(save_at).name + "-compile-repro-inductor-code.py")
+        try:
+            path.write_text("\n\n".join(codes), encoding="utf-8")
+            where = f" (generated code: {path})"
+        except OSError:
+            pass
+    return f"generated kernel {names[-1]}{where}"
 
 
 def _first_nonfinite_graph(stage: _Stage) -> Optional[CapturedGraph]:
