@@ -80,7 +80,9 @@ def run_dict(run: RunTrace) -> dict[str, Any]:
                                                   "source": str(run.error.source) if run.error.source else None,
                                                   "user_source": str(run.error.user_source) if run.error.user_source else None},
         "optimizer": run.optimizer, "param_dtype": run.param_dtype, "seconds": round(run.seconds, 3),
-        "note": run.note, "compile_replay": compile_replay_dict(run),
+        "note": run.note,
+        # Present only for a compiled run whose failing step stayed finite in eager (compile-numerics).
+        **({"compile_replay": compile_replay_dict(run)} if run.compile_replay is not None else {}),
     }
 
 

@@ -83,8 +83,18 @@ def _nonfinite(value: Any) -> bool:
 
 # ---- running the step under one stage -----------------------------------------------------------------
 
+def _compile_in_place(model: torch.nn.Module, module_path: Optional[str], backend: Callable[..., Any]) -> None:
+    """Compile what the run compiled: the submodule at `module_path` ("" or None: the whole model),
+    in place, so the session's model, names and optimizer stay as they are."""
+    try:
+        target = model.get_submodule(module_path) if module_path else model
+    except AttributeError:
+        target = model
+    target.compile(backend=backend)
+
+
 def _run_stage(stage: _Stage, spec: ModelFile, cfg: dict[str, Any], precision: Precision, device: torch.device,
-               step: int, initial_state: Optional[Callable[[Any], None]]) -> CompileStage:
+               step: int, initial_state: Optional[Callable[[Any], None]], module_path: Optional[str] = None) -> CompileStage:
     from .session import TrainingSession
     import torch._dynamo
     began = time.perf_counter()
@@ -92,7 +102,7 @@ def _run_stage(stage: _Stage, spec: ModelFile, cfg: dict[str, Any], precision: P
     out = CompileStage(name=stage.name, backend=stage.backend, config=dict(stage.config))
     try:
         session = TrainingSession(spec, cfg, precision, device, initial_state=initial_state)
-        session.model = torch.compile(session.model, backend=_capturing(stage))
+        _compile_in_place(session.model, module_path, _capturing(stage))
         result = session.run_step(step)
     except Exception as err:     # a backend that cannot compile this model: the stage could not run
         out.finite, out.where = None, f"{type(err).__name__}: {str(err).splitlines()[0][:200] if str(err) else ''}"
@@ -145,7 +155,7 @@ def compile_ladder(spec: ModelFile, cfg: dict[str, Any], precision: Precision, d
         if deadline is not None and deadline.expired:
             replay.note = "--max-seconds ran out before every stage ran"
             break
-        outcome = _run_stage(stage, spec, cfg, precision, device, step, initial_state)
+        outcome = _run_stage(stage, spec, cfg, precision, device, step, initial_state, recorded.get("module"))
         replay.stages.append(outcome)
         if outcome.finite is False:
             failing = stage
@@ -158,7 +168,8 @@ def compile_ladder(spec: ModelFile, cfg: dict[str, Any], precision: Precision, d
         replay.note = replay.note or "every compiler stage kept the step finite: the compiler does not explain it"
         replay.seconds = time.perf_counter() - began
         return replay
-    replay.avoid, replay.avoid_stage = _avoidance(replay, failing, spec, cfg, precision, device, step, initial_state)
+    replay.avoid, replay.avoid_stage = _avoidance(replay, failing, spec, cfg, precision, device, step, initial_state,
+                                                  recorded.get("module"))
     located = locate_culprit(failing) or locate_backward_culprit(failing)
     if located is not None:
         replay.culprit, graph = located
@@ -182,7 +193,8 @@ def compile_ladder(spec: ModelFile, cfg: dict[str, Any], precision: Precision, d
 
 
 def _avoidance(replay: CompileReplay, failing: _Stage, spec: ModelFile, cfg: dict[str, Any], precision: Precision,
-               device: torch.device, step: int, initial_state: Any) -> tuple[str, Optional[str]]:
+               device: torch.device, step: int, initial_state: Any,
+               module_path: Optional[str]) -> tuple[str, Optional[str]]:
     """The smallest setting that keeps the step finite: one Inductor flag when inductor is the
     first failing stage and the flag helps; else the last finite stage's backend."""
     if failing.backend == INDUCTOR:
@@ -190,7 +202,7 @@ def _avoidance(replay: CompileReplay, failing: _Stage, spec: ModelFile, cfg: dic
             if failing.config.get(flag):
                 continue
             stage = _Stage(f"{INDUCTOR}+{flag}", INDUCTOR, {**failing.config, flag: True})
-            outcome = _run_stage(stage, spec, cfg, precision, device, step, initial_state)
+            outcome = _run_stage(stage, spec, cfg, precision, device, step, initial_state, module_path)
             replay.stages.append(outcome)
             if outcome.finite:
                 return f"torch._inductor.config.{flag} = True", stage.name
@@ -378,6 +390,13 @@ def inductor_kernel(stage: _Stage, graph: CapturedGraph, save_at: Optional[Any])
 
 
 def _first_nonfinite_graph(stage: _Stage) -> Optional[CapturedGraph]:
+    """The repro's graph when no op was located: the first graph whose compiled forward is non-finite."""
+    for graph in stage.graphs:
+        try:
+            if _nonfinite(_compiled_value(stage, graph.gm, graph.inputs)):
+                return graph
+        except Exception:
+            continue
     return stage.graphs[0] if stage.graphs else None
 
 
