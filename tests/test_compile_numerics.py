@@ -188,7 +188,8 @@ def test_a_failing_inductor_stage_is_followed_by_its_numerics_flags_and_the_flag
     monkeypatch.setattr(compile_fx_module, "compile_fx", miscompiling_inductor)
     bundle = _watched_compiled_run(tmp_path, lambda net: net.compile(options={"max_autotune": False}))
     assert json.loads((bundle / "manifest.json").read_text())["compile"]["backend"] == "inductor"
-    (tmp_path / "ladder.yaml").write_text("compile_ladder:\n  stages: [aot_eager, inductor]\nexperiments:\n  enabled: false\n")
+    (tmp_path / "ladder.yaml").write_text("compile_ladder:\n  stages: [aot_eager, inductor]\n  bisect: false\n"
+                                          "experiments:\n  enabled: false\n")
     report = nandoctor.replay(bundle, tmp_path / "model.py", config=tmp_path / "ladder.yaml")
     ladder = report.trace.runs[0].compile_replay
     assert [(s.name, s.finite) for s in ladder.stages] == [
@@ -215,10 +216,36 @@ def test_the_watch_reads_how_the_model_was_compiled_without_compiling_it():
                                      "module": "0"}
 
 
-def test_an_inductor_culprit_is_named_by_its_generated_kernel_and_its_code_is_saved(tmp_path):
-    from nandoctor.run.compile_ladder import CapturedGraph, _Stage, inductor_kernel
+class _PoisonFirstMul:
+    """A buggy Inductor post-grad pass, the mechanism of pattern-replacement bugs that made
+    compiled models return NaN (pytorch/pytorch#105190, `sfdp_replacement_1`): it rewrites the
+    first forward aten.mul into one that yields NaN. Only Inductor runs post-grad passes."""
+
+    def __call__(self, graph):
+        target = next((n for n in graph.nodes if n.op == "call_function" and n.target is torch.ops.aten.mul.Tensor),
+                      None)
+        if target is None or any(n.op == "placeholder" and "tangents" in n.name for n in graph.nodes):
+            return
+        with graph.inserting_after(target):
+            poisoned = graph.call_function(torch.ops.aten.mul.Tensor, (target, float("nan")))
+        target.replace_all_uses_with(poisoned, delete_user_cb=lambda user: user is not poisoned)
+
+    def uuid(self):
+        return "nandoctor-test-poison-first-mul"
+
+
+def test_a_real_inductor_culprit_is_named_by_its_kernel_and_by_the_compiler_bisector(tmp_path):
+    import torch._inductor.config as inductor_config
+    from torch._inductor.custom_graph_pass import CustomGraphPass
+    from nandoctor.run.compile_ladder import CapturedGraph, _Stage, bisect_component, inductor_kernel
+    bad_pass = type("PoisonFirstMul", (_PoisonFirstMul, CustomGraphPass), {})()
     gm = torch.fx.symbolic_trace(lambda x: torch.tanh(x) * 2.0)
-    kernel = inductor_kernel(_Stage("inductor", "inductor"), CapturedGraph(gm, [torch.randn(8)]), tmp_path / "step-000001")
+    graph, stage = CapturedGraph(gm, [torch.randn(8)]), _Stage("inductor", "inductor")
+    with inductor_config.patch(post_grad_custom_post_pass=bad_pass):
+        kernel = inductor_kernel(stage, graph, tmp_path / "step-000001")
+        component = bisect_component(stage, graph, "forward")
     saved = tmp_path / "step-000001-compile-repro-inductor-code.py"
     assert kernel.startswith("generated kernel cpp_fused_mul_tanh") and str(saved) in kernel
     assert kernel.split()[2] in saved.read_text()
+    assert component.startswith("compiler bisector: inductor, post_grad_passes application #")
+    assert component.endswith("(post_grad_custom_post_pass)")

@@ -37,7 +37,7 @@ DEFAULTS: dict[str, Any] = {
     "max_seconds": None,
     "experiments": {"enabled": True, "max_seconds": 60.0},
     # replay of a compiled run whose failing step stays finite in eager (cause compile-numerics)
-    "compile_ladder": {"enabled": True, "stages": list(LADDER_STAGES)},
+    "compile_ladder": {"enabled": True, "stages": list(LADDER_STAGES), "bisect": True},
     "thresholds": dict(DEFAULT_THRESHOLDS),
 }
 
@@ -191,7 +191,7 @@ TOP_LEVEL: dict[str, Callable[[str, Any], Any]] = {
     "fail_on": _choice(FAIL_ON),
     "max_seconds": _optional_number,
     "experiments": _section({"enabled": _bool, "max_seconds": _number}),
-    "compile_ladder": _section({"enabled": _bool, "stages": _ladder_stages}),
+    "compile_ladder": _section({"enabled": _bool, "stages": _ladder_stages, "bisect": _bool}),
     "thresholds": _section({name: _number for name in DEFAULT_THRESHOLDS}),
 }
 

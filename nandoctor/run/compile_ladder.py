@@ -144,7 +144,7 @@ def ladder_stages(recorded: dict[str, Any], names: Optional[list[str]] = None) -
 def compile_ladder(spec: ModelFile, cfg: dict[str, Any], precision: Precision, device: torch.device, step: int,
                    recorded: dict[str, Any], initial_state: Optional[Callable[[Any], None]] = None,
                    repro_at: Optional[Any] = None, deadline: Any = None,
-                   stage_names: Optional[list[str]] = None) -> CompileReplay:
+                   stage_names: Optional[list[str]] = None, bisect: bool = True) -> CompileReplay:
     """Replay `step` under each stage until one goes non-finite, then the Inductor flags after a
     failing inductor stage; locate the op and write the repro (`repro_at`: the path prefix)."""
     began = time.perf_counter()
@@ -179,6 +179,8 @@ def compile_ladder(spec: ModelFile, cfg: dict[str, Any], precision: Precision, d
                        "backward with unit gradients): the repro holds the first whole graph")
     if replay.culprit is not None and graph is not None and failing.backend == INDUCTOR:
         replay.culprit.kernel = inductor_kernel(failing, graph, repro_at)
+        if bisect and (deadline is None or not deadline.expired):
+            replay.culprit.component = bisect_component(failing, graph, replay.culprit.phase)
     if repro_at is not None:
         from .compile_repro import write_repro
         target = graph or _first_nonfinite_graph(failing)
@@ -387,6 +389,41 @@ def inductor_kernel(stage: _Stage, graph: CapturedGraph, save_at: Optional[Any])
         except OSError:
             pass
     return f"generated kernel {names[-1]}{where}"
+
+
+def bisect_component(stage: _Stage, graph: CapturedGraph, phase: str) -> str:
+    """PyTorch's own CompilerBisector on the reduced graph: which Inductor subsystem (a graph pass,
+    a lowering, a config) and which application of it makes the value non-finite."""
+    import io
+    import contextlib
+    import torch._inductor.config as inductor_config
+    from torch._inductor.compiler_bisector import CompilerBisector
+
+    def finite() -> bool:
+        torch._dynamo.reset()
+        with inductor_config.patch(stage.config):
+            # torch.compile asks the bisector which backend and subsystems to use.
+            compiled = torch.compile(graph.gm)
+            if phase == "backward":
+                return _backward_nonfinite(compiled, graph.inputs) is not True
+            return not _nonfinite(compiled(*[_copy_input(v) for v in graph.inputs]))
+    try:
+        with contextlib.redirect_stdout(io.StringIO()):      # the bisector narrates on stdout
+            result = CompilerBisector.do_bisect(finite)
+    except Exception:
+        return ""
+    finally:
+        torch._dynamo.reset()
+    if result is None:
+        return ""
+    text = f"compiler bisector: {result.backend}"
+    if result.subsystem:
+        text += f", {result.subsystem}"
+        if result.bisect_number:
+            text += f" application #{result.bisect_number}"
+        if result.debug_info and result.debug_info != result.subsystem:
+            text += f" ({result.debug_info})"
+    return text
 
 
 def _first_nonfinite_graph(stage: _Stage) -> Optional[CapturedGraph]:

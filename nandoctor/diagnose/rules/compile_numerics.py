@@ -24,8 +24,9 @@ class CompileNumerics(Rule):
 
     Evidence used: the ladder (each stage: finite or non-finite, and where), the first failing
     stage and the last finite one, the op the failing stage made non-finite with the user's line
-    that wrote it (from the FX graph's stack traces) and, for Inductor, the generated kernel or
-    compiler component, and the standalone repro script written next to the bundle.
+    that wrote it (from the FX graph's stack traces) and, for Inductor, the generated kernel and the
+    subsystem PyTorch's CompilerBisector blames (a graph pass, a lowering), and the standalone repro
+    script written next to the bundle.
 
     How to fix: apply the smallest setting that kept the step finite (an Inductor config flag
     such as `torch._inductor.config.emulate_precision_casts = True`, or a less transforming
@@ -67,7 +68,9 @@ class CompileNumerics(Rule):
                 evidence.append(f"op made non-finite by {replay.first_failing}: {culprit.op} ({culprit.phase}, "
                                 f"graph {culprit.graph}, node {culprit.node}){where}; found by {culprit.found_by}")
                 if culprit.kernel:
-                    evidence.append(f"compiler component: {culprit.kernel}")
+                    evidence.append(f"Inductor's code for it: {culprit.kernel}")
+                if culprit.component:
+                    evidence.append(culprit.component)
                 title += f", at {culprit.op}" + (f" ({culprit.location.file.rsplit('/', 1)[-1]}:"
                                                   f"{culprit.location.line})" if culprit.location else "")
             if replay.avoid:
