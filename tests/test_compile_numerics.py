@@ -249,3 +249,11 @@ def test_a_real_inductor_culprit_is_named_by_its_kernel_and_by_the_compiler_bise
     assert kernel.split()[2] in saved.read_text()
     assert component.startswith("compiler bisector: inductor, post_grad_passes application #")
     assert component.endswith("(post_grad_custom_post_pass)")
+
+
+def test_a_compiled_run_not_replayed_under_the_compiler_is_told_to_suspect_it():
+    replay = CompileReplay(recorded={"backend": "inductor"}, note="the step was re-run by the script's own loop in "
+                           "eager mode; not replayed under the compiler")
+    finding = next(f for f in diagnose(_trace(replay)) if f.id == "nonreproducible")
+    assert "the run was compiled (inductor); the step was re-run" in finding.evidence[1]
+    assert "TORCHDYNAMO_DISABLE=1" in finding.fix

@@ -616,6 +616,10 @@ class Watch:
         where = "optimizer.step()" if self.optimizer is not None else "the update after the backward pass"
         return f"parameters became non-finite in {where}: {shown or 'a parameter'}"
 
+    def compile_settings(self) -> Optional[dict[str, Any]]:
+        """How the watched run was compiled (the bundle's `compile`); None when it was not."""
+        return self.compiled_as or compiled_since(self._graphs_before)
+
     # ---- firing ------------------------------------------------------------------------------
     def _fire(self, check: str, what: str, capture: Optional[_Capture], state: str = STATE_BEFORE_STEP,
               closing: bool = False) -> None:
@@ -689,7 +693,7 @@ class Watch:
             layer_stats=[bundle_writer.encode_value({k: v for k, v in s.items() if k != "modules"})
                          for s in self.layer_stats],
             rebuild=bundle_writer.encode_value(self.rebuild),
-            compile=self.compiled_as or compiled_since(self._graphs_before),
+            compile=self.compile_settings(),
             detail={"truncated_micro_batches": bool(capture and capture.truncated),
                     "layer_modules": self._module_names if self.layer_stats else []})
         manifest.micro_step = _first_bad_micro_batch(check, capture)

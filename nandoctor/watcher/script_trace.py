@@ -15,7 +15,7 @@ from ..run.stats import iter_tensors
 from ..run.runner import describe_model
 from ..run.session import optimizer_facts
 from ..run.user_code import user_error
-from ..trace import (ErrorCategory, LoopFacts, ModelInfo, NonfiniteEvent, Phase, RunStatus, RunTrace, StepRecord, Trace)
+from ..trace import (CompileReplay, ErrorCategory, LoopFacts, ModelInfo, NonfiniteEvent, Phase, RunStatus, RunTrace, StepRecord, Trace)
 from .guard import Watch
 from .script import ScriptOutcome
 from .guard import batch_name
@@ -33,6 +33,11 @@ def script_trace(script: TrainingScript, guard: ScriptGuard, outcome: ScriptOutc
         describe_model(watch.model, info)
         trace.model = info
     run = _run(guard, watch, outcome, history)
+    settings = watch.compile_settings() if watch is not None else None
+    if settings is not None and run.first_nonfinite is not None and run.first_nonfinite.reproduced is False:
+        # The loop's own re-run of the step is eager; the compiler ladder needs a model file.
+        run.compile_replay = CompileReplay(recorded=dict(settings), note="the step was re-run by the script's own "
+                                           "loop in eager mode; not replayed under the compiler")
     trace.runs.append(run)
     trace.loop = guard.loop_facts(watch)
     trace.framework = guard.framework
