@@ -257,3 +257,34 @@ def test_a_compiled_run_not_replayed_under_the_compiler_is_told_to_suspect_it():
     finding = next(f for f in diagnose(_trace(replay)) if f.id == "nonreproducible")
     assert "the run was compiled (inductor); the step was re-run" in finding.evidence[1]
     assert "TORCHDYNAMO_DISABLE=1" in finding.fix
+
+
+def test_a_culprit_node_is_named_by_the_module_path_the_user_wrote():
+    from nandoctor.run.compile_ladder import module_path
+    graphs = []
+
+    class Block(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.lin = torch.nn.Linear(4, 4)
+
+        def forward(self, x):
+            return torch.exp(self.lin(x))
+
+    class Net(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.blocks = torch.nn.ModuleList([Block(), Block()])
+
+        def forward(self, x):
+            for block in self.blocks:
+                x = block(x)
+            return x * 2
+
+    torch._dynamo.reset()
+    torch.compile(Net(), backend=lambda gm, inputs: graphs.append(gm) or gm.forward)(torch.randn(2, 4))
+    by_op = {str(n.target): n for n in graphs[0].graph.nodes if n.op == "call_function"}
+    exps = [n for n in graphs[0].graph.nodes if n.op == "call_function" and "exp" in str(n.target)]
+    assert module_path(exps[1]) == "blocks.1" and module_path(exps[0], "encoder") == "encoder.blocks.0"
+    assert module_path(next(n for t, n in by_op.items() if "mul" in t)) == ""
+    torch._dynamo.reset()

@@ -41,6 +41,7 @@ class _Stage:
     backend: str
     config: dict[str, Any] = field(default_factory=dict)
     graphs: list[CapturedGraph] = field(default_factory=list)
+    module_prefix: str = ""         # path of the compiled submodule: Dynamo's paths start below it
 
 
 def recorded_stage_name(backend: str) -> str:
@@ -152,6 +153,7 @@ def compile_ladder(spec: ModelFile, cfg: dict[str, Any], precision: Precision, d
     failing: Optional[_Stage] = None
     stages = ladder_stages(recorded, stage_names)
     for stage in stages:
+        stage.module_prefix = str(recorded.get("module") or "")
         if deadline is not None and deadline.expired:
             replay.note = "--max-seconds ran out before every stage ran"
             break
@@ -297,7 +299,8 @@ def locate_culprit(stage: _Stage) -> Optional[tuple[CompileCulprit, CapturedGrap
                 lo = mid + 1
         node = nodes[hi]
         culprit = CompileCulprit(graph=index, node=node.name, op=_op_name(node), phase="forward",
-                                 location=user_line(node), found_by="graph prefix bisection")
+                                 location=user_line(node), found_by="graph prefix bisection",
+                                 module=module_path(node, stage.module_prefix))
         return culprit, CapturedGraph(prefix_graph(graph.gm, node), graph.inputs)
     return None
 
@@ -359,7 +362,8 @@ def locate_backward_culprit(stage: _Stage, budget_s: float = 60.0) -> Optional[t
             except Exception:
                 continue
             culprit = CompileCulprit(graph=index, node=node.name, op=_op_name(node), phase="backward",
-                                     location=user_line(node), found_by="single-op backward")
+                                     location=user_line(node), found_by="single-op backward",
+                                     module=module_path(node, stage.module_prefix))
             return culprit, CapturedGraph(single, inputs)
     return None
 
@@ -452,6 +456,21 @@ def _op_name(node: torch.fx.Node) -> str:
     if isinstance(target, torch._ops.OpOverload):
         return f"aten.{target.__name__}"
     return f"{module}.{name}" if module else name
+
+
+_ROOT = re.compile(r"^L\['[^']+'\]\.?")
+_INDEXED = re.compile(r"\._modules\['([^']+)'\]|\[(\d+)\]")
+
+
+def module_path(node: torch.fx.Node, prefix: str = "") -> str:
+    """The innermost module that ran the node, as a path in the model ("blocks.0.lin"): Dynamo's
+    `nn_module_stack` meta names it from the compiled frame's `self` (L['self'].blocks.0.lin)."""
+    stack = list((node.meta.get("nn_module_stack") or {}).values())
+    if not stack:
+        return prefix
+    raw = str(stack[-1][0])
+    path = _INDEXED.sub(lambda m: f".{m.group(1) or m.group(2)}", _ROOT.sub("", raw)).strip(".")
+    return ".".join(p for p in (prefix, path) if p)
 
 
 def user_line(node: torch.fx.Node) -> Optional[SourceLocation]:

@@ -65,7 +65,8 @@ class CompileNumerics(Rule):
             title = f"{run.precision}: step {run.first_nonfinite.step} goes non-finite only when compiled, {label}"
             if culprit is not None:
                 where = f" at {culprit.location}" if culprit.location else ""
-                evidence.append(f"op made non-finite by {replay.first_failing}: {culprit.op} ({culprit.phase}, "
+                inside = f" in {culprit.module}" if culprit.module else ""
+                evidence.append(f"op made non-finite by {replay.first_failing}: {culprit.op}{inside} ({culprit.phase}, "
                                 f"graph {culprit.graph}, node {culprit.node}){where}; found by {culprit.found_by}")
                 if culprit.kernel:
                     evidence.append(f"Inductor's code for it: {culprit.kernel}")
@@ -82,6 +83,7 @@ class CompileNumerics(Rule):
                    "keep the named code out of the compiled graph with `torch.compiler.disable`")
             fix += "; report it to PyTorch" + (f" with {replay.repro}" if replay.repro else "")
             findings.append(Finding(self.id, Severity.ERROR.value, 0.9 if culprit is not None else 0.8, title, evidence,
-                                    fix, module=None, source=culprit.location if culprit is not None else None,
+                                    fix, module=(culprit.module or None) if culprit is not None else None,
+                                    source=culprit.location if culprit is not None else None,
                                     precisions=[run.precision], explains_origin=True))
         return findings
