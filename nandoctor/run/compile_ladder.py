@@ -190,7 +190,7 @@ def compile_ladder(spec: ModelFile, cfg: dict[str, Any], precision: Precision, d
             try:
                 replay.repro, replay.repro_inputs = write_repro(repro_at, target, failing.backend, failing.config,
                                                                 replay.culprit)
-            except OSError as err:
+            except (OSError, RuntimeError) as err:     # torch.save reports an unwritable folder as either
                 replay.note = f"the repro could not be written next to the bundle ({err})"
     replay.seconds = time.perf_counter() - began
     return replay
