@@ -288,3 +288,35 @@ def test_a_culprit_node_is_named_by_the_module_path_the_user_wrote():
     assert module_path(exps[1]) == "blocks.1" and module_path(exps[0], "encoder") == "encoder.blocks.0"
     assert module_path(next(n for t, n in by_op.items() if "mul" in t)) == ""
     torch._dynamo.reset()
+
+
+def test_nandoctor_run_of_a_compiled_script_records_how_it_was_compiled_and_suspects_the_compiler(tmp_path):
+    (tmp_path / "model.py").write_text(MODEL_SOURCE)
+    (tmp_path / "train.py").write_text(textwrap.dedent('''
+        import torch
+        import compile_nan_backend
+        import model as user
+
+        net = user.build_model()
+        net.compile(backend=compile_nan_backend.NAME)
+        optimizer = torch.optim.SGD(net.parameters(), lr=0.1)
+        for step in range(3):
+            batch = (torch.randn(4, 8), torch.randn(4, 1))
+            user.training_step(net, batch).backward()
+            optimizer.step()
+            optimizer.zero_grad()
+    '''))
+    import sys
+    sys.path.insert(0, str(tmp_path))
+    try:
+        report = nandoctor.run_script(tmp_path / "train.py", out=tmp_path / "bundles", experiments=False)
+    finally:
+        sys.path.remove(str(tmp_path))
+        sys.modules.pop("model", None)
+        torch._dynamo.reset()
+    run = report.trace.runs[0]
+    assert run.compile_replay is not None and run.compile_replay.recorded["backend"] == compile_nan_backend.NAME
+    assert run.compile_replay.stages == [] and "eager mode" in run.compile_replay.note
+    finding = next(f for f in report.causes if f.id == "nonreproducible")
+    assert "TORCHDYNAMO_DISABLE=1" in finding.fix
+    assert report.to_dict()["runs"][0]["compile_replay"]["recorded"]["backend"] == compile_nan_backend.NAME
