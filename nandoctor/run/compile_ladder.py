@@ -167,7 +167,10 @@ def compile_ladder(spec: ModelFile, cfg: dict[str, Any], precision: Precision, d
             break
         stage.graphs.clear()
     if failing is None:
-        replay.note = replay.note or "every compiler stage kept the step finite: the compiler does not explain it"
+        broken = [f"{s.name} ({s.where})" for s in replay.stages if s.finite is None]
+        replay.note = replay.note or ("every stage that ran kept the step finite; could not run: " + "; ".join(broken)
+                                      if broken else "every compiler stage kept the step finite: the compiler does "
+                                      "not explain it")
         replay.seconds = time.perf_counter() - began
         return replay
     replay.avoid, replay.avoid_stage = _avoidance(replay, failing, spec, cfg, precision, device, step, initial_state,
