@@ -176,6 +176,7 @@ class Recorder(FinitenessCheck):
             self._reset()          # a step that stopped early left its rows: start afresh
         elif phase is not Phase.FORWARD:
             self._acts.reduce()    # the forward is over: its outputs need not wait longer
+            self._eager_act |= self._acts.changed_since_hook()
 
     # ---- hooks ------------------------------------------------------------------------------
     def _on_forward(self, index: int, module: torch.nn.Module, args: Any, output: Any) -> None:
@@ -196,7 +197,7 @@ class Recorder(FinitenessCheck):
                 owners = [index]
                 if i == 0:
                     self._last_owners = owners
-                t = t.detach()
+                # Not detached (one more op per module): the batch is reduced under no_grad.
                 self._acts.add(t, owners, eager and i == len(tensors) - 1)
                 if self._probing:
                     self._acts.watch_changes(t, owners)
@@ -216,13 +217,14 @@ class Recorder(FinitenessCheck):
 
     def _on_grad(self, owners: list[int], grad: torch.Tensor) -> None:
         eager = self._probing or any(i in self._eager_grad for i in owners)
-        self._grads.add(grad.detach(), owners, eager)
+        self._grads.add(grad, owners, eager)
         if self._probing:
             self._grads.watch_changes(grad, owners)
 
     # ---- parameters -------------------------------------------------------------------------
     def after_backward(self) -> None:
         self._grads.reduce()       # the backward is over: its gradients need not wait longer
+        self._eager_grad |= self._grads.changed_since_hook()
         super().after_backward()
         # Zero shares feed only the underflow rule: sampled every ZERO_EVERY steps to keep the
         # per-parameter kernel count down on models with thousands of parameters.

@@ -71,7 +71,7 @@ def batch_rows(tensors: list[torch.Tensor], full: bool = True) -> torch.Tensor:
     with a fixed handful of fused foreach kernels however many tensors there are (per-module
     reductions cost one kernel launch, and one parallel region, per module and step otherwise)."""
     with torch.no_grad():
-        tensors = [t.detach().abs() if t.is_complex() else t for t in tensors]
+        tensors = [t.abs() if t.is_complex() else t for t in tensors]
         columns = [foreach_max_abs(tensors)]
         if full:
             columns += [foreach_norms(tensors, 2.0).to(columns[0].device, torch.float32),
@@ -155,8 +155,7 @@ def foreach_max_abs(tensors: list[torch.Tensor]) -> torch.Tensor:
             chunk, size = [], 0
 
     with torch.no_grad():
-        for t in tensors:
-            t = t.detach()
+        for t in tensors:        # under no_grad: no per-tensor detach needed
             nbytes = t.numel() * t.element_size()
             alone = t.numel() == 0 or t.is_complex() or nbytes > BATCH_BYTES
             if chunk and (alone or t.device != chunk[0].device or size + nbytes > BATCH_BYTES):
@@ -179,7 +178,8 @@ def zero_counts(tensors: list[torch.Tensor]) -> torch.Tensor:
     if not tensors:
         return torch.zeros(0)
     # The 0-"norm" counts non-zero elements (NaN included, -0.0 not), in one fused call.
-    nonzero = foreach_norms([t.detach() for t in tensors], 0.0).to(torch.float32)
+    with torch.no_grad():
+        nonzero = foreach_norms(tensors, 0.0).to(torch.float32)
     return torch.tensor([float(t.numel()) for t in tensors], device=nonzero.device).sub_(nonzero)
 
 
