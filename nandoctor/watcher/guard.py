@@ -146,7 +146,13 @@ class Watch:
         self._closed = False
         self._handles: list[Any] = []
         self._stats_handles: list[Any] = []
-        self._act_max: dict[int, torch.Tensor] = {}
+        # A stats step's module outputs wait here for one fused max |x| (stats.foreach_max_abs)
+        # when they reach stats.BATCH_BYTES or the step syncs: (module index, tensor, version).
+        self._act_pending: list[tuple[int, torch.Tensor, int]] = []
+        self._act_pending_bytes = 0
+        self._act_reduced: list[tuple[list[int], torch.Tensor]] = []
+        self._act_eager: set[int] = set()     # modules whose outputs change in place after their hook
+        self._act_owners: list[int] = []      # module of each reduced value, in transfer order
         self._module_names = [name for name, _ in model.named_modules()]
         self._modules = [m for _, m in model.named_modules()]
         self._param_names = {id(p): n for n, p in model.named_parameters()}
@@ -554,8 +560,10 @@ class Watch:
             flags = self.flag_hook(flags)
         parts = [flags]
         if stats_step:
-            acts = [self._act_max.get(i, torch.full((), -1.0, device=dev)).to(dev) for i in range(len(self._modules))]
-            parts.append(torch.stack(acts).float())
+            self._reduce_acts()
+            self._act_owners = [i for owners, _ in self._act_reduced for i in owners]
+            parts += [values.to(dev, torch.float32) for _, values in self._act_reduced]
+            self._act_reduced = []
             if norms is not None:
                 parts.append(norms.to(dev).float())
         values = torch.cat(parts).tolist() if len(parts) > 1 else flags.tolist()   # the one host transfer
@@ -705,34 +713,49 @@ class Watch:
         return self.stats_every > 0 and step % self.stats_every == 0
 
     def _add_stats_hooks(self) -> None:
-        self._act_max = {}
+        self._act_pending, self._act_pending_bytes, self._act_reduced = [], 0, []
         for index, module in enumerate(self._modules):
             self._stats_handles.append(module.register_forward_hook(self._stats_hook(index)))
 
     def _stats_hook(self, index: int) -> Callable:
         def hook(module: Any, args: Any, output: Any) -> None:
-            tensors = stats.floating_tensors(output)
-            if not tensors:
-                return
-            with torch.no_grad():
-                value = stats.foreach_norms([t.detach() for t in tensors], math.inf).amax()
-            previous = self._act_max.get(index)
-            self._act_max[index] = value if previous is None else torch.maximum(previous, value)
+            if isinstance(output, torch.Tensor):
+                tensors = [output] if (output.is_floating_point() or output.is_complex()) and output.numel() else []
+            else:
+                tensors = stats.floating_tensors(output)
+            for t in tensors:
+                self._act_pending.append((index, t, t._version))
+                self._act_pending_bytes += t.numel() * t.element_size()
+            if tensors and (self._act_pending_bytes >= stats.BATCH_BYTES or index in self._act_eager):
+                self._reduce_acts()
         return hook
+
+    def _reduce_acts(self) -> None:
+        """One fused max |x| over the waiting outputs. An output changed in place since its hook
+        is not measured this time; that module's outputs are reduced in its hook from then on."""
+        pending, self._act_pending, self._act_pending_bytes = self._act_pending, [], 0
+        keep = [(i, t) for i, t, version in pending if t._version == version]
+        self._act_eager.update(i for i, t, version in pending if t._version != version)
+        if keep:
+            self._act_reduced.append(([i for i, _ in keep], stats.foreach_max_abs([t for _, t in keep])))
 
     def _remove_stats_hooks(self) -> None:
         for handle in self._stats_handles:
             handle.remove()
         self._stats_handles.clear()
-        self._act_max = {}
+        self._act_pending, self._act_pending_bytes, self._act_reduced = [], 0, []
 
     def _remove_stats_hooks_if_done(self) -> None:
         if self._capture is None:
             self._remove_stats_hooks()
 
     def _record_layer_stats(self, step: int, extra: list[float], grads: list[torch.Tensor]) -> None:
-        count = len(self._modules)
-        acts = [v if v >= 0 else None for v in extra[:count]]
+        count = len(self._act_owners)
+        acts: list[Optional[float]] = [None] * len(self._modules)
+        for index, value in zip(self._act_owners, extra[:count]):
+            # The largest over the step's micro-batches and over a module's output tensors; NaN wins.
+            previous = acts[index]
+            acts[index] = value if previous is None or math.isnan(value) or (not math.isnan(previous) and value > previous) else previous
         norms = extra[count:]
         owner: dict[str, float] = {}
         grad_params = [p for p in self.params() if p.grad is not None]
