@@ -31,6 +31,7 @@ from .run.checkpoints.inspect import inspect
 from .run.precision import parse_precision
 from .run.bundles.ranks import describe_ranks, open_rank_bundle   # one rank of a torchrun bundle
 from .run.runner import Deadline, Progress, ScanTimeout, resolve_device, run_precision, watchdog
+from .run.threads import fit_threads
 from .run.user_code import ScanInterrupted, capture_user_output, interrupt_guard
 from .trace import (ErrorCategory, NonfiniteEvent, PostmortemTrace, Precision, RunStatus, RunTrace, SourceLocation, Trace,
                     to_plain)
@@ -72,16 +73,28 @@ def scan(model_file: str | Path, config: str | Path | None = None, *, steps: Opt
          precisions: Optional[list[str]] = None, lr: Optional[float] = None, seed: Optional[int] = None,
          device: Optional[str] = None, experiments: Optional[bool] = None, max_seconds: Optional[float] = None,
          fail_on: Optional[str] = None, checkpoint: str | Path | None = None, trust: bool = False,
-         progress: Optional[Progress] = None, cwd: str | Path | None = None) -> ScanReport:
+         progress: Optional[Progress] = None, cwd: str | Path | None = None,
+         threads: str | int | None = None) -> ScanReport:
     """Scan a model file: run real training steps per precision, locate the first NaN/Inf,
     diagnose causes, and test the leading ones with confirming experiments.
 
     Raises nandoctor.errors.InputError for input that cannot be used (exit code 2 in the CLI).
     """
-    with preserved_rng_states(), capture_user_output(), interrupt_guard():
+    with preserved_rng_states(), preserved_threads(), capture_user_output(), interrupt_guard():
         return _scan(model_file, config, steps=steps, precisions=precisions, lr=lr, seed=seed, device=device,
                      experiments=experiments, max_seconds=max_seconds, fail_on=fail_on, checkpoint=checkpoint,
-                     trust=trust, progress=progress, cwd=cwd)
+                     trust=trust, progress=progress, cwd=cwd, threads=threads)
+
+
+@contextlib.contextmanager
+def preserved_threads():
+    """The scan may lower torch's thread count (config key threads); the caller's comes back after."""
+    before = torch.get_num_threads()
+    try:
+        yield
+    finally:
+        if torch.get_num_threads() != before:
+            torch.set_num_threads(before)
 
 
 @contextlib.contextmanager
@@ -106,9 +119,9 @@ def preserved_rng_states():
 def _scan(model_file: str | Path, config: str | Path | None, *, steps: Optional[int], precisions: Optional[list[str]],
           lr: Optional[float], seed: Optional[int], device: Optional[str], experiments: Optional[bool],
           max_seconds: Optional[float], fail_on: Optional[str], checkpoint: str | Path | None, trust: bool,
-          progress: Optional[Progress], cwd: str | Path | None) -> ScanReport:
+          progress: Optional[Progress], cwd: str | Path | None, threads: str | int | None = None) -> ScanReport:
     overrides: dict[str, Any] = {"steps": steps, "precisions": precisions, "seed": seed, "device": device,
-                                 "max_seconds": max_seconds, "fail_on": fail_on, "lr": lr}
+                                 "max_seconds": max_seconds, "fail_on": fail_on, "lr": lr, "threads": threads}
     if experiments is not None:
         overrides["experiments"] = {"enabled": experiments}
     resolved = resolve_config(config, overrides, cwd=cwd)
@@ -127,7 +140,7 @@ def _scan(model_file: str | Path, config: str | Path | None, *, steps: Optional[
 
     trace = Trace(model_file=spec.display, config=cfg, device=str(dev), torch_version=torch.__version__,
                   tool_version=__version__, checkpoint=str(checkpoint) if checkpoint else None,
-                  functions=_function_locations(spec))
+                  functions=_function_locations(spec), threads=fit_threads(cfg["threads"]))
     with watchdog(cfg["max_seconds"]):
         interrupted = _run_all(trace, spec, cfg, dev, deadline, start_step, initial_state, progress)
     findings = diagnose(trace)

@@ -121,3 +121,29 @@ def test_outputs_changed_in_place_are_measured_as_output(tmp_path):
     for row, expected in zip(rows, seen):
         assert row is not None and abs(row[0] - expected) < 1e-5 * max(1.0, expected), (rows, seen)
         assert row[0] < 50
+
+
+def test_threads_fit_the_free_cores():
+    from nandoctor.run.threads import free_cores
+    # This process counts for one runnable thread of the load it measures.
+    assert free_cores(2, 0.3) == 2 and free_cores(2, 1.0) == 2
+    assert free_cores(2, 2.1) == 1 and free_cores(2, 10.0) == 1      # one busy neighbour, or a crowd
+    assert free_cores(16, 3.0) == 14
+
+
+def test_scan_threads_are_recorded_and_given_back(tmp_path, monkeypatch):
+    import pytest
+    from nandoctor.api import scan
+    from nandoctor.errors import InputError
+    path = tmp_path / "model.py"
+    path.write_text(textwrap.dedent(BLOCKS.format(blocks=1)))
+    before = torch.get_num_threads()
+    report = scan(path, steps=2, precisions=["32-true"], experiments=False, threads=1, cwd=tmp_path)
+    threads = report.to_dict()["environment"]["threads"]
+    assert threads["threads"] == 1 and threads["reason"] == "set by the threads key"
+    assert torch.get_num_threads() == before
+    monkeypatch.setenv("OMP_NUM_THREADS", str(before))      # the user's choice stands under auto
+    auto = scan(path, steps=1, precisions=["32-true"], experiments=False, cwd=tmp_path).to_dict()
+    assert auto["environment"]["threads"]["threads"] == before and "OMP_NUM_THREADS" in auto["environment"]["threads"]["reason"]
+    with pytest.raises(InputError, match="threads"):
+        scan(path, steps=1, precisions=["32-true"], experiments=False, threads="0", cwd=tmp_path)

@@ -34,6 +34,7 @@ DEFAULTS: dict[str, Any] = {
     "init_scale": 65536.0,
     "fail_on": "error",
     "max_seconds": None,
+    "threads": "auto",
     "experiments": {"enabled": True, "max_seconds": 60.0},
     "thresholds": dict(DEFAULT_THRESHOLDS),
 }
@@ -100,6 +101,16 @@ def _device(key: str, value: Any) -> str:
     if text in ("auto", "cpu", "cuda") or (text.startswith("cuda:") and text[5:].isdigit()):
         return text
     raise InputError(f"config key '{key}' must be auto, cpu, cuda or cuda:N, got {_show(value)}.")
+
+
+def _threads(key: str, value: Any) -> Any:
+    if isinstance(value, str) and value.strip().lower() == "auto":
+        return "auto"
+    if isinstance(value, str) and value.strip().isdigit():
+        value = int(value)
+    if isinstance(value, int) and not isinstance(value, bool) and value >= 1:
+        return value
+    raise InputError(f"config key '{key}' must be auto or a whole number of threads >= 1, got {_show(value)}.")
 
 
 def _precisions(key: str, value: Any) -> list[str]:
@@ -180,6 +191,7 @@ TOP_LEVEL: dict[str, Callable[[str, Any], Any]] = {
     "init_scale": _number,
     "fail_on": _choice(FAIL_ON),
     "max_seconds": _optional_number,
+    "threads": _threads,
     "experiments": _section({"enabled": _bool, "max_seconds": _number}),
     "thresholds": _section({name: _number for name in DEFAULT_THRESHOLDS}),
 }

@@ -269,6 +269,8 @@ class Trace:
     reference_runs: list[RunTrace] = field(default_factory=list)
     # `nandoctor run`: the user's own loop (None for a scan of a model file, or a replay).
     loop: Optional[LoopFacts] = None
+    # The scan's torch CPU threads and why (config key threads): {threads, cores, load, reason}.
+    threads: Optional[dict[str, Any]] = None
     # For a replay, how the crash bundle's run was built: "plain" (the user's own loop),
     # "lightning" or "huggingface" (a trainer's callback wrote it: the settings the user changes
     # are that trainer's, e.g. TrainingArguments(adam_epsilon=...)). None for a scan (and for
