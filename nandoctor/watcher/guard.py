@@ -806,15 +806,33 @@ def with_checked_closure(args: tuple, kwargs: dict, check: Callable[[Callable[[]
 
 def unwrap_optimizer(optimizer: Any) -> Optional[torch.optim.Optimizer]:
     """The torch optimizer inside a wrapper (Accelerate's AcceleratedOptimizer, Lightning's
-    LightningOptimizer, DeepSpeed-style `.optimizer` chains): hooks belong on the torch one."""
+    LightningOptimizer, DeepSpeed-style `.optimizer` chains): hooks belong on the torch one.
+    AcceleratedOptimizer subclasses torch.optim.Optimizer without running its __init__ (it has no
+    hook dictionaries), so a subclass that holds another optimizer is a wrapper too."""
     seen = 0
-    while optimizer is not None and not isinstance(optimizer, torch.optim.Optimizer) and seen < 8:
-        optimizer = getattr(optimizer, "optimizer", None) or getattr(optimizer, "_optimizer", None)
+    while optimizer is not None and seen < 8:
+        inner = _inner_optimizer(optimizer)
+        if inner is None:
+            break
+        optimizer = inner
         seen += 1
     if optimizer is not None and not isinstance(optimizer, torch.optim.Optimizer):
         raise TypeError(f"nandoctor.watch: optimizer must be a torch.optim.Optimizer (or wrap one in "
                         f"`.optimizer`), got {type(optimizer).__name__}")
     return optimizer
+
+
+def _inner_optimizer(optimizer: Any) -> Any:
+    """What `optimizer` wraps (`.optimizer`, `._optimizer`), or None when it wraps nothing."""
+    for name in ("optimizer", "_optimizer"):
+        try:
+            inner = getattr(optimizer, name, None)
+        except Exception:  # noqa: BLE001 - a property that raises: not a wrapper attribute
+            inner = None
+        if inner is not None and inner is not optimizer and (isinstance(inner, torch.optim.Optimizer)
+                                                             or _inner_optimizer(inner) is not None):
+            return inner
+    return None
 
 
 def active_scaler(scaler: Any) -> Any:
