@@ -3,6 +3,13 @@ that no other test file backs. Wrapped optimizers, torch.func transforms, autoca
 the user's own loop, fused attention paths, reentrant checkpointing, GANs, BatchNorm buffers."""
 from __future__ import annotations
 
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
 import pytest
 import torch
 from torch import nn
@@ -67,3 +74,61 @@ def test_lightning_and_deepspeed_style_chains_are_unwrapped(tmp_path):
     watch.close()
     with pytest.raises(TypeError, match="torch.optim.Optimizer"):
         nandoctor.watch(model, object(), out=tmp_path)
+
+
+# ---- torch.func transforms ---------------------------------------------------------------------
+
+COMPAT = Path(__file__).parent / "compat"
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def nandoctor_cli(*args: str, cwd: Path, timeout: float = 120) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    return subprocess.run([sys.executable, "-m", "nandoctor", *args], cwd=cwd, capture_output=True, text=True,
+                          timeout=timeout, env=env)
+
+
+def per_sample_step(model, opt, x, y):
+    from torch.func import functional_call, grad, vmap
+
+    def loss_fn(params, xi, yi):
+        return ((functional_call(model, params, (xi.unsqueeze(0),)).squeeze() - yi) ** 2) * torch.sqrt(yi + 4.0)
+    params = {k: v.detach() for k, v in model.named_parameters()}
+    per_sample = vmap(grad(loss_fn), in_dims=(None, 0, 0))(params, x, y)
+    for name, p in model.named_parameters():
+        p.grad = per_sample[name].mean(0)
+    opt.step()
+    opt.zero_grad()
+
+
+def test_watch_survives_vmap_per_sample_gradients_and_checks_what_they_leave(tmp_path):
+    # Regression (issue 18): the watch's hooks ran _foreach_norm on batched tensors inside vmap
+    # ("Batching rule not implemented for aten::_foreach_norm.Scalar") and crashed the loop at step 0.
+    model, opt = tiny()
+    watch = nandoctor.watch(model, opt, out=tmp_path, stats_every=1, warn=False)
+    with pytest.raises(nandoctor.NonFiniteError) as caught:
+        for step in range(4):
+            x, y = torch.randn(8, 4), torch.randn(8)
+            if step == 2:
+                y[1] = -6.0
+            per_sample_step(model, opt, x, y)
+    assert caught.value.step == 2 and caught.value.what.startswith("non-finite gradients")
+    assert [h["step"] for h in watch.history] == [0, 1]
+
+
+def test_scan_of_a_vmap_training_step_names_the_users_line():
+    # Regression (issue 18): the recorder stacked rows made inside vmap after it returned
+    # ("maybe_level.has_value() INTERNAL ASSERT FAILED", exit 3).
+    report = nandoctor.scan(COMPAT / "vmap_model.py", steps=5, precisions=["32-true"], experiments=False)
+    event = report.trace.runs[0].first_nonfinite
+    assert event.step == 3 and event.op == "aten.sqrt.default"
+    assert event.user_source.file.endswith("vmap_model.py") and "torch.sqrt" in event.user_source.code
+
+
+def test_run_of_a_per_sample_gradient_script_stops_at_the_failing_step(tmp_path):
+    shutil.copy(COMPAT / "per_sample_grads.py", tmp_path)
+    result = nandoctor_cli("run", "--format", "json", "-o", "r.json", "per_sample_grads.py", cwd=tmp_path)
+    assert result.returncode == 1, result.stderr[-2000:]
+    doc = json.loads((tmp_path / "r.json").read_text())
+    run = doc["runs"][0]
+    assert run["first_nonfinite"]["step"] == 2 and run["first_nonfinite"]["phase"] == "backward"

@@ -85,6 +85,8 @@ class Recorder(FinitenessCheck):
 
     # ---- hooks ------------------------------------------------------------------------------
     def _on_forward(self, index: int, module: torch.nn.Module, args: Any, output: Any) -> None:
+        if stats.in_functorch_transform():     # per-sample rows cannot leave the transform
+            return
         if isinstance(output, torch.Tensor):      # the common case, without walking a structure
             tensors = [output] if (output.is_floating_point() or output.is_complex()) and output.numel() else []
         else:

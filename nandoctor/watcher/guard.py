@@ -192,7 +192,7 @@ class Watch:
 
     def loss(self, loss: torch.Tensor) -> torch.Tensor:
         """Check this loss (no host sync here: it joins the step's flag vector). Returns it."""
-        if isinstance(loss, torch.Tensor) and self._capture is not None:
+        if isinstance(loss, torch.Tensor) and self._capture is not None and not stats.is_transform_wrapped(loss):
             self._capture.explicit_losses.append(loss.detach())
         return loss
 
@@ -307,6 +307,10 @@ class Watch:
         # the batch (unless the user marks micro-batches with watch.step(batch) themselves).
         if self._explicit_batches or not module.training or not torch.is_grad_enabled():
             return
+        if stats.in_functorch_transform():
+            # functional_call inside torch.func.vmap/grad: a per-sample view, not the step's batch.
+            # The gradients the transform produces are still checked at optimizer.step().
+            return
         self._begin(forward_inputs(args, kwargs))
 
     def _model_output_hook(self, module: Any, args: Any, output: Any) -> None:
@@ -316,7 +320,7 @@ class Watch:
             if raised is not None and not isinstance(raised, NonFiniteError):
                 self.raised_on_nonfinite_batch(raised)
             return
-        if self._capture is None or not torch.is_grad_enabled():
+        if self._capture is None or not torch.is_grad_enabled() or stats.in_functorch_transform():
             return
         if self.gradient_check == "backward":
             self._arm_end_of_backward(output)
@@ -711,6 +715,8 @@ class Watch:
 
     def _stats_hook(self, index: int) -> Callable:
         def hook(module: Any, args: Any, output: Any) -> None:
+            if stats.in_functorch_transform():
+                return
             tensors = stats.floating_tensors(output)
             if not tensors:
                 return
