@@ -132,3 +132,46 @@ def test_run_of_a_per_sample_gradient_script_stops_at_the_failing_step(tmp_path)
     doc = json.loads((tmp_path / "r.json").read_text())
     run = doc["runs"][0]
     assert run["first_nonfinite"]["step"] == 2 and run["first_nonfinite"]["phase"] == "backward"
+
+
+# ---- autocast and GradScaler in the user's own loop ---------------------------------------------
+
+def autocast_loop(watch, model, opt, dtype, steps=4, bad_at=2, scaler=None):
+    from tests.compat.autocast_model import training_step
+    for step in range(steps):
+        x, y = torch.randn(8, 4), torch.randn(8)
+        if step == bad_at:
+            x = x * 3e4                       # past float16's range in `a`; nothing for float32
+        with watch.step((x, y)):
+            with torch.autocast("cpu", dtype=dtype):
+                loss = watch.loss(training_step(model, (x, y)))
+            (scaler.scale(loss) if scaler else loss).backward()
+            if scaler:
+                scaler.step(opt)
+                scaler.update()
+            else:
+                opt.step()
+            opt.zero_grad()
+
+
+def test_the_loops_own_autocast_is_the_bundles_precision_and_the_replay_reproduces(tmp_path):
+    # Regression (issue 18): the watch could not see autocast: a bundle said 32-true, the replay
+    # ran in float32, stayed finite and said `nonreproducible`.
+    from tests.compat.autocast_model import build_model
+    for dtype, name in ((torch.bfloat16, "bf16-mixed"), (torch.float16, "16-mixed")):
+        model = build_model()
+        opt = torch.optim.SGD(model.parameters(), lr=0.01)
+        watch = nandoctor.watch(model, opt, out=tmp_path / name, warn=False)
+        bad_at = 2 if dtype == torch.float16 else None
+        if bad_at is None:
+            autocast_loop(watch, model, opt, dtype, steps=2, bad_at=None)
+            assert watch.precision == name
+            watch.close()
+            continue
+        with pytest.raises(nandoctor.NonFiniteError) as caught:
+            autocast_loop(watch, model, opt, dtype)
+        assert read_bundle(caught.value.bundle).manifest.precision == name
+        report = nandoctor.replay(caught.value.bundle, COMPAT / "autocast_model.py", experiments=False)
+        event = report.trace.runs[0].first_nonfinite
+        assert report.trace.runs[0].precision == name and event.reproduced is not False
+        assert event.module == "a"

@@ -27,6 +27,7 @@ import torch
 
 from ..load.bundle import STATE_AFTER_STEP, STATE_BEFORE_STEP, BundleManifest
 from ..run import stats
+from ..run.precision import autocast_precision
 from . import bundle_writer
 from .distributed import attach_if_distributed, local_tensor
 from .flags import BAD_SLOTS, FLAGS, SLOT as _SLOT
@@ -110,6 +111,7 @@ class Watch:
         self.skip_streak = skip_streak
         self.max_bundles = max_bundles
         self.precision = precision or _infer_precision(model, scaler)
+        self._precision_given = precision is not None
         self.rebuild = rebuild or plain_rebuild(model)
         self.flag_hook: Optional[Callable[[torch.Tensor], torch.Tensor]] = None
         self.write_hook: Optional[Callable[..., Path]] = None   # under torchrun: writes this rank's part
@@ -168,6 +170,10 @@ class Watch:
         if self._inputs_from_forward:
             self._input_hook = model.register_forward_pre_hook(self._model_input_hook, with_kwargs=True)
             self._handles.append(self._input_hook)
+        if not self._precision_given:
+            # The loop's own `with torch.autocast(...)`: only a forward sees it (bundles and replays
+            # then run under the same autocast, not in float32).
+            self._handles.append(model.register_forward_pre_hook(self._autocast_hook))
         # always_call: the hook also runs when forward raises, so a batch that made the model's own
         # checks raise (BCE's range check on NaN) still leaves a bundle.
         self._handles.append(model.register_forward_hook(self._model_output_hook, always_call=True))
@@ -312,6 +318,13 @@ class Watch:
             # The gradients the transform produces are still checked at optimizer.step().
             return
         self._begin(forward_inputs(args, kwargs))
+
+    def _autocast_hook(self, module: Any, args: Any) -> None:
+        if not module.training or not torch.is_grad_enabled():
+            return
+        mixed = autocast_precision((self._device.type, "cpu") if self._device.type != "cpu" else ("cpu",))
+        if mixed is not None and self.precision != mixed:
+            self.precision = mixed
 
     def _model_output_hook(self, module: Any, args: Any, output: Any) -> None:
         if output is None:

@@ -390,14 +390,8 @@ class ScriptGuard:
         return self.rerun is not None and self.rerun.state == "tracing"
 
     def _note_autocast(self) -> None:
-        for device in ("cuda", "cpu"):
-            try:
-                if torch.is_autocast_enabled(device):
-                    dtype = torch.get_autocast_dtype(device)
-                    self._autocast = "bf16-mixed" if dtype == torch.bfloat16 else "16-mixed"
-                    return
-            except (TypeError, RuntimeError, AttributeError):   # older torch: no per-device query
-                continue
+        from ..run.precision import autocast_precision
+        self._autocast = autocast_precision() or self._autocast
 
     # ---- losses and backward passes --------------------------------------------------------------
     def _note_loss(self, loss: torch.Tensor) -> None:
