@@ -170,10 +170,6 @@ class Watch:
         if self._inputs_from_forward:
             self._input_hook = model.register_forward_pre_hook(self._model_input_hook, with_kwargs=True)
             self._handles.append(self._input_hook)
-        if not self._precision_given:
-            # The loop's own `with torch.autocast(...)`: only a forward sees it (bundles and replays
-            # then run under the same autocast, not in float32).
-            self._handles.append(model.register_forward_pre_hook(self._autocast_hook))
         # always_call: the hook also runs when forward raises, so a batch that made the model's own
         # checks raise (BCE's range check on NaN) still leaves a bundle.
         self._handles.append(model.register_forward_hook(self._model_output_hook, always_call=True))
@@ -319,9 +315,9 @@ class Watch:
             return
         self._begin(forward_inputs(args, kwargs))
 
-    def _autocast_hook(self, module: Any, args: Any) -> None:
-        if not module.training or not torch.is_grad_enabled():
-            return
+    def _note_autocast(self) -> None:
+        # The loop's own `with torch.autocast(...)`: only a forward sees it (forward hooks run
+        # inside it). Bundles and replays then run under the same autocast, not in float32.
         mixed = autocast_precision((self._device.type, "cpu") if self._device.type != "cpu" else ("cpu",))
         if mixed is not None and self.precision != mixed:
             self.precision = mixed
@@ -335,6 +331,8 @@ class Watch:
             return
         if self._capture is None or not torch.is_grad_enabled() or stats.in_functorch_transform():
             return
+        if not self._precision_given and module.training:
+            self._note_autocast()
         if self.gradient_check == "backward":
             self._arm_end_of_backward(output)
         # Hugging Face style outputs carry their loss: check it without asking the user.
