@@ -175,3 +175,33 @@ def test_the_loops_own_autocast_is_the_bundles_precision_and_the_replay_reproduc
         event = report.trace.runs[0].first_nonfinite
         assert report.trace.runs[0].precision == name and event.reproduced is not False
         assert event.module == "a"
+
+
+def test_a_grad_scaler_calibrating_from_65536_is_not_stopped(tmp_path):
+    # Regression (issue 18): any 5 skips in a row counted as collapse, so a scaler that needs 11
+    # halvings (65536 -> 32) before its first update stopped a healthy run at step 4.
+    model, opt = tiny()
+    scaler = torch.amp.GradScaler("cpu")
+    watch = nandoctor.watch(model, opt, scaler, out=tmp_path, warn=False)
+    for step in range(14):
+        with watch.step(None):
+            loss = watch.loss(model(torch.randn(8, 4)).pow(2).mean())
+            # |grad| ~ 1e3 * scale: past float16 until the scale is ~32
+            with torch.autocast("cpu", dtype=torch.float16):
+                scaled = scaler.scale(model(torch.randn(8, 4)).sum() * 1e3 + loss)
+            scaled.backward()
+            scaler.step(opt)
+            scaler.update()
+            opt.zero_grad()
+    watch.close()
+    assert watch.skipped_steps >= 8 and not watch.events and not watch.bundles
+    # Below the floor it is a collapse even before any update.
+    model, opt = tiny()
+    scaler = torch.amp.GradScaler("cpu", init_scale=4.0)
+    watch = nandoctor.watch(model, opt, scaler, out=tmp_path / "floor", warn=False)
+    with pytest.raises(nandoctor.NonFiniteError, match="below the floor of 1"):
+        for step in range(4):
+            scaler.scale(model(torch.randn(8, 4)).sum() * float("inf")).backward()
+            scaler.step(opt)
+            scaler.update()
+            opt.zero_grad()

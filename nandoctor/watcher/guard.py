@@ -27,6 +27,7 @@ import torch
 
 from ..load.bundle import STATE_AFTER_STEP, STATE_BEFORE_STEP, BundleManifest
 from ..run import stats
+from ..trace.thresholds import DEFAULT_THRESHOLDS
 from ..run.precision import autocast_precision
 from . import bundle_writer
 from .distributed import attach_if_distributed, local_tensor
@@ -81,7 +82,7 @@ class Watch:
                  out: str | Path = "nandoctor-bundles", on_nonfinite: str = "raise", stats_every: int = 50,
                  window: int = 64, check_every: int = 1, sink: Any = None, *, scheduler: Any = None,
                  snapshot: bool = False, precision: Optional[str] = None, grad_clip: Optional[float] = None,
-                 skip_streak: int = 5, rebuild: Optional[dict[str, Any]] = None, max_bundles: int = 1,
+                 skip_streak: int = 5, scale_floor: float = DEFAULT_THRESHOLDS["scale_floor"], rebuild: Optional[dict[str, Any]] = None, max_bundles: int = 1,
                  gradient_check: str = "auto", notify: Optional[Callable[[dict[str, Any]], None]] = None,
                  distributed: Any = "auto", inputs: str = "forward", warn: bool = True, batch_check: bool = True):
         if on_nonfinite not in POLICIES:
@@ -109,6 +110,9 @@ class Watch:
         self.sink = sink
         self.grad_clip = grad_clip
         self.skip_streak = skip_streak
+        self.scale_floor = scale_floor
+        self._scale_settled = False     # the scaler made an update: its calibration from init_scale is over
+        self._streak_fired = False
         self.max_bundles = max_bundles
         self.precision = precision or _infer_precision(model, scaler)
         self._precision_given = precision is not None
@@ -492,14 +496,32 @@ class Watch:
             self._skip_run += 1
             self.skipped_steps += 1
             self._finish_step(skipped=True)
-            if self._skip_run == self.skip_streak:
+            what = self._collapse_what()
+            if what is not None:
                 # Skipped steps leave the weights as they were: the last one replays from them.
-                self._fire("loss-scale", f"GradScaler skipped {self._skip_run} steps in a row (the loss scale "
-                           "collapsed; the model is not updating)", self._previous)
+                self._streak_fired = True
+                self._fire("loss-scale", what, self._previous)
         else:
             self._skip_run = 0
+            self._scale_settled = True
+            self._streak_fired = False
         self._post_ran = False
         return result
+
+    def _collapse_what(self) -> Optional[str]:
+        """A streak of skips that is a collapse, said in words; None while it is not (yet) one.
+        Before the scaler's first update it is calibrating from init_scale (65536 halving down to
+        what the model needs: 8 skips for 256): only a scale below `scale_floor` is collapse then."""
+        if self._streak_fired:
+            return None
+        scale = self.scaler.get_scale() if hasattr(self.scaler, "get_scale") else math.nan   # skips only: rare
+        if scale < self.scale_floor:
+            return (f"GradScaler skipped {self._skip_run} steps in a row and its scale fell to {_fmt(scale)}, below "
+                    f"the floor of {_fmt(self.scale_floor)} (the loss scale collapsed; the model is not updating)")
+        if self._scale_settled and self._skip_run >= self.skip_streak:
+            return (f"GradScaler skipped {self._skip_run} steps in a row after it had settled (the loss scale "
+                    "collapsed; the model is not updating)")
+        return None
 
     def _complete_previous_history(self, host: list[float]) -> None:
         """The previous step's weights are known only now, from this step's one transfer."""
@@ -773,7 +795,7 @@ def watch(model: torch.nn.Module, optimizer: Optional[torch.optim.Optimizer] = N
     records per-layer max |activation| and gradient norms into a window of `window` entries;
     `sink(step, metrics)` or a TensorBoard SummaryWriter receives per-step numbers.
     Options: scheduler=, snapshot=True (keep the pre-step state so a NaN born inside
-    optimizer.step() replays exactly), precision=, grad_clip=, skip_streak=, rebuild=,
+    optimizer.step() replays exactly), precision=, grad_clip=, skip_streak=, scale_floor=, rebuild=,
     distributed= (under torchrun: "auto", False, or {"timeout": seconds}; README, "Distributed runs").
     """
     return Watch(model, optimizer, scaler, out=out, on_nonfinite=on_nonfinite, stats_every=stats_every,
