@@ -205,3 +205,28 @@ def test_a_grad_scaler_calibrating_from_65536_is_not_stopped(tmp_path):
             scaler.step(opt)
             scaler.update()
             opt.zero_grad()
+
+
+# ---- buffers --------------------------------------------------------------------------------------
+
+def test_a_before_step_bundle_holds_batchnorm_buffers_from_before_the_failing_forward(tmp_path):
+    # Regression (issue 18): the bundle was written after the failing forward had already folded
+    # the NaN batch into running_mean / running_var.
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(4, 6), nn.BatchNorm1d(6), nn.Tanh(), nn.Linear(6, 1))
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    watch = nandoctor.watch(model, opt, out=tmp_path, warn=False)
+    before = {}
+    with pytest.raises(nandoctor.NonFiniteError) as caught:
+        for step in range(4):
+            before = {k: v.clone() for k, v in model[1].state_dict().items()}
+            x = torch.randn(8, 4)
+            if step == 2:
+                x[3, 1] = float("nan")
+            model(x).pow(2).mean().backward()
+            opt.step()
+            opt.zero_grad()
+    assert not torch.isfinite(model[1].running_mean).all()          # the live model took the NaN in
+    saved = read_bundle(caught.value.bundle).model_state()
+    for key in ("running_mean", "running_var", "num_batches_tracked"):
+        assert torch.equal(saved[f"1.{key}"], before[key]), key

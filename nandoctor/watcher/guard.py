@@ -165,6 +165,12 @@ class Watch:
         self._update_before: Optional[list[torch.Tensor]] = None   # stats steps: weights before the step
         self._update_norm: Optional[torch.Tensor] = None
         self._end_of_backward_queued = False
+        # BatchNorm-style running statistics change in the forward itself: a before-step bundle
+        # must hold them as the failing step's first forward found them (one fused copy per step
+        # into buffers kept across steps; a few numbers per normalisation layer).
+        self._running_stats = _running_stat_buffers(model)
+        self._running_copy: Optional[list[torch.Tensor]] = None
+        self._running_copy_step: Optional[int] = None
 
         if gradient_check == "optimizer-hook":
             self._handles.append(optimizer.register_step_pre_hook(self._optimizer_pre_hook))
@@ -293,6 +299,7 @@ class Watch:
                 self._params_norm = norms.double().square().sum().sqrt() if params else None
                 self._params_flag = (~torch.isfinite(norms)).any().float() if params else None
             self._capture = _Capture(self.step_index, bundle_writer.capture_rng())
+            self._save_running_stats(self.step_index)
             self._host = None
             if self._stats_step(self.step_index):
                 self._add_stats_hooks()
@@ -307,6 +314,31 @@ class Watch:
             capture.batch_flags.append((~torch.isfinite(norm.sum())).float())
         else:       # integer-only batches (token ids) cannot hold NaN; keep flags aligned with batches
             capture.batch_flags.append(torch.zeros(()))
+
+    def _save_running_stats(self, step: int) -> None:
+        if not self._running_stats:
+            return
+        live = [t for _, t in self._running_stats]
+        with torch.no_grad():
+            if self._running_copy is None or any(c.shape != t.shape or c.dtype != t.dtype or c.device != t.device
+                                                 for c, t in zip(self._running_copy, live)):
+                self._running_copy = [t.detach().clone() for t in live]
+            else:
+                torch._foreach_copy_(self._running_copy, [t.detach() for t in live])
+        self._running_copy_step = step
+
+    def _state_dict_for(self, capture: Optional[_Capture], state: str) -> dict[str, Any]:
+        """The model's state for a bundle: before the step, its running statistics as they were
+        before the step's first forward updated them."""
+        state_dict = self.model.state_dict()
+        if (state != STATE_BEFORE_STEP or capture is None or self._running_copy is None
+                or capture.step != self._running_copy_step):
+            return state_dict
+        state_dict = type(state_dict)(state_dict)
+        for (name, _), saved in zip(self._running_stats, self._running_copy):
+            if name in state_dict:
+                state_dict[name] = saved
+        return state_dict
 
     def _model_input_hook(self, module: Any, args: Any, kwargs: Any) -> None:
         # Hooks alone are enough: each training forward of the model is a micro-batch, its inputs
@@ -728,7 +760,7 @@ class Watch:
         manifest.micro_step = _first_bad_micro_batch(check, capture)
         names = [self._param_names.get(id(p)) for p in self.params()]
         write = self.write_hook or bundle_writer.write_bundle     # per-rank parts under torchrun
-        return write(self.out, manifest, self.model.state_dict(), self.optimizer,
+        return write(self.out, manifest, self._state_dict_for(capture, state), self.optimizer,
                                           self._bundle_batches(capture), capture.rng if capture else None,
                                           param_names=names)
 
@@ -947,6 +979,18 @@ def batch_name(path: str) -> str:
 
 def shown_list(values: list, limit: int = 8) -> str:
     return ", ".join(str(v) for v in values[:limit]) + (f" and {len(values) - limit} more" if len(values) > limit else "")
+
+
+def _running_stat_buffers(model: torch.nn.Module) -> list[tuple[str, torch.Tensor]]:
+    """(state_dict key, buffer) of every running statistic a training forward updates in place:
+    BatchNorm / InstanceNorm / SyncBatchNorm with track_running_stats."""
+    found = []
+    for module_name, module in model.named_modules():
+        if isinstance(module, torch.nn.modules.batchnorm._NormBase) and module.track_running_stats:
+            for name, buf in module.named_buffers(recurse=False):
+                if buf is not None:
+                    found.append((f"{module_name}.{name}" if module_name else name, buf))
+    return found
 
 
 def _infer_precision(model: torch.nn.Module, scaler: Any) -> str:
