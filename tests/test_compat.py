@@ -230,3 +230,19 @@ def test_a_before_step_bundle_holds_batchnorm_buffers_from_before_the_failing_fo
     saved = read_bundle(caught.value.bundle).model_state()
     for key in ("running_mean", "running_var", "num_batches_tracked"):
         assert torch.equal(saved[f"1.{key}"], before[key]), key
+
+
+# ---- activation checkpointing ------------------------------------------------------------------
+
+@pytest.mark.parametrize("reentrant", [True, False])
+def test_a_backward_nan_inside_activation_checkpointing_carries_module_and_line(tmp_path, reentrant):
+    # Regression (issue 18): with use_reentrant=True the backward recomputes the forward, whose
+    # graph was never tagged: the origin read "gradient of SqrtBackward0", no module, no line.
+    source = (COMPAT / "checkpoint_model.py").read_text()
+    model_file = tmp_path / "checkpoint_model.py"
+    model_file.write_text(source.replace("REENTRANT = True", f"REENTRANT = {reentrant}"))
+    report = nandoctor.scan(model_file, steps=3, precisions=["32-true"], experiments=False)
+    event = report.trace.runs[0].first_nonfinite
+    assert event.step == 2 and event.phase == "backward"
+    assert event.module == "block" and event.forward_op == "sqrt"
+    assert event.user_source.line == 15 and "torch.sqrt" in event.user_source.code

@@ -200,6 +200,7 @@ class OriginTracer(StepProbe):
         self._dispatch = _DispatchShim(self)
         self._function = _FunctionShim(self)
         self._function_active = False
+        self._recompute_depth = 0              # module calls open in a backward-time recompute
         self._suspended = 0
         self._calls: list[str] = []            # public torch calls being run (outermost first)
         # Non-finite 0-dim tensors converted to Python numbers (`.item()`, `float(t)`):
@@ -266,10 +267,23 @@ class OriginTracer(StepProbe):
 
     def _push(self, module: torch.nn.Module, args: Any) -> None:
         self._module_stack.append(self._names.get(id(module), type(module).__name__))
+        if self._recompute_depth or (self.phase == Phase.BACKWARD.value and torch.is_grad_enabled()):
+            # A module called with gradients on during backward: activation checkpointing
+            # recomputing its forward. Reentrant checkpointing backpropagates through this new
+            # graph, so its nodes need the tags (module, user line) the first forward's got.
+            if self._recompute_depth == 0 and not self._function_active:
+                self._function.__enter__()
+                self._recompute_depth = 1
+            elif self._recompute_depth:
+                self._recompute_depth += 1
 
     def _pop(self, module: torch.nn.Module, args: Any, output: Any) -> None:
         if self._module_stack:
             self._module_stack.pop()
+        if self._recompute_depth:
+            self._recompute_depth -= 1
+            if self._recompute_depth == 0:
+                self._function.__exit__(None, None, None)
 
     # ---- forward: tag autograd nodes ----------------------------------------------------------
     def tag_nodes(self, func: Any, out: Any) -> None:
