@@ -246,3 +246,25 @@ def test_a_backward_nan_inside_activation_checkpointing_carries_module_and_line(
     assert event.step == 2 and event.phase == "backward"
     assert event.module == "block" and event.forward_op == "sqrt"
     assert event.user_source.line == 15 and "torch.sqrt" in event.user_source.code
+
+
+# ---- fused attention paths -----------------------------------------------------------------------
+
+def test_multihead_attention_keeps_its_fast_path_in_the_traced_replay():
+    # Regression (issue 18): the tracer's function mode made nn.MultiheadAttention leave its fused
+    # fast path, whose NaN on a fully padded sample the slow path does not make: the traced
+    # replay stayed finite and the report said `unexplained-nonfinite`, with no op.
+    report = nandoctor.scan(COMPAT / "mha_teacher.py", steps=3, precisions=["32-true"], experiments=False)
+    event = report.trace.runs[0].first_nonfinite
+    assert event.step == 2 and event.op == "aten._native_multi_head_attention.default"
+    assert event.module == "teacher" and event.replay_traced is True
+    assert "self.teacher(" in event.user_source.code
+    assert report.causes[0].id == "masked-inf"
+
+
+def test_sdpa_runs_the_recorded_backend_and_names_it():
+    # Backend selection happens below nandoctor's modes: the traced replay runs the same kernel.
+    report = nandoctor.scan(COMPAT / "sdpa_model.py", steps=3, precisions=["32-true"], experiments=False)
+    event = report.trace.runs[0].first_nonfinite
+    assert event.step == 2 and "scaled_dot_product" in event.op and event.replay_traced is True
+    assert "scaled_dot_product_attention" in event.user_source.code

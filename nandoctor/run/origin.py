@@ -201,6 +201,8 @@ class OriginTracer(StepProbe):
         self._function = _FunctionShim(self)
         self._function_active = False
         self._recompute_depth = 0              # module calls open in a backward-time recompute
+        self._fast_path: Optional[torch.nn.Module] = None   # the module running with the function mode off
+        self.fast_path_modules: list[str] = []   # modules let onto their fused fast path, in call order
         self._suspended = 0
         self._calls: list[str] = []            # public torch calls being run (outermost first)
         # Non-finite 0-dim tensors converted to Python numbers (`.item()`, `float(t)`):
@@ -267,6 +269,16 @@ class OriginTracer(StepProbe):
 
     def _push(self, module: torch.nn.Module, args: Any) -> None:
         self._module_stack.append(self._names.get(id(module), type(module).__name__))
+        if self._fast_path is None and self._function_active and _may_take_fast_path(module):
+            # nn.MultiheadAttention / TransformerEncoderLayer leave their fused fast path when any
+            # torch function mode is active ("some Tensor argument has_torch_function"), and the
+            # fast path is what the recorded run took (it makes NaN of a fully padded row where
+            # the slow path makes zeros). Step the function mode aside for this call: the
+            # dispatch mode still sees the fused op; no autograd node is made here to tag.
+            self._fast_path = module
+            self.fast_path_modules.append(self._module_stack[-1])
+            self._function.__exit__(None, None, None)
+            return
         if self._recompute_depth or (self.phase == Phase.BACKWARD.value and torch.is_grad_enabled()):
             # A module called with gradients on during backward: activation checkpointing
             # recomputing its forward. Reentrant checkpointing backpropagates through this new
@@ -280,6 +292,10 @@ class OriginTracer(StepProbe):
     def _pop(self, module: torch.nn.Module, args: Any, output: Any) -> None:
         if self._module_stack:
             self._module_stack.pop()
+        if self._fast_path is module:
+            self._fast_path = None
+            self._function.__enter__()
+            return
         if self._recompute_depth:
             self._recompute_depth -= 1
             if self._recompute_depth == 0:
@@ -608,6 +624,17 @@ class _DispatchShim(TorchDispatchMode):
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         return self.tracer.on_op(func, args, kwargs or {})
+
+
+_FAST_PATH_TYPES = (torch.nn.MultiheadAttention, torch.nn.TransformerEncoderLayer, torch.nn.TransformerEncoder)
+
+
+def _may_take_fast_path(module: torch.nn.Module) -> bool:
+    """Whether this call may run a fused inference fast path (torch's own checks decide the
+    rest): an attention or encoder module in eval mode with nothing to differentiate."""
+    if not isinstance(module, _FAST_PATH_TYPES) or module.training:
+        return False
+    return not torch.is_grad_enabled() or not any(p.requires_grad for p in module.parameters())
 
 
 class _FunctionShim(TorchFunctionMode):
