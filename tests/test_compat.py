@@ -268,3 +268,20 @@ def test_sdpa_runs_the_recorded_backend_and_names_it():
     event = report.trace.runs[0].first_nonfinite
     assert event.step == 2 and "scaled_dot_product" in event.op and event.replay_traced is True
     assert "scaled_dot_product_attention" in event.user_source.code
+
+
+# ---- GANs ----------------------------------------------------------------------------------------
+
+def test_a_gan_discriminator_step_inside_training_step_is_traced_at_the_users_line():
+    # Regression (issue 18): the backward run inside training_step was taken for forward ops of
+    # `loss_d.backward()`, with no line; its float64 experiment failed on the step's own float32
+    # noise ("mat1 and mat2 must have the same dtype").
+    report = nandoctor.scan(COMPAT / "gan_model.py", steps=3, precisions=["32-true", "16-mixed"])
+    runs = {r.precision: r for r in report.trace.runs}
+    event = runs["32-true"].first_nonfinite
+    assert event.step == 2 and event.phase == "backward" and event.module == "discriminator"
+    assert event.forward_op == "sqrt" and event.user_source.line == 16 and event.call is None
+    assert report.causes[0].id == "grad-singularity"
+    outcomes = [e.outcome for e in report.trace.experiments if e.id == "step-fp64"]
+    assert outcomes and "error" not in outcomes
+    assert all(c.severity == "error" for c in report.causes)        # no 16-mixed warning beside it

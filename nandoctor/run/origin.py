@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import sys
 import weakref
 from dataclasses import dataclass, field
 from typing import Any, Optional
@@ -42,7 +43,7 @@ from torch.utils._pytree import tree_flatten
 
 from ..trace import NonfiniteEvent, OpRef, Phase, SourceLocation, TensorSummary
 from . import stats
-from .frames import stack_locations
+from .frames import is_library, stack_locations
 from .probes import StepProbe
 
 _TAG = "nandoctor"
@@ -361,7 +362,9 @@ class OriginTracer(StepProbe):
                 self._note_dropped(bad_inputs, out_tensors, op_name, where)
             return out
         self._count += 1
-        call = self._calls[0] if self._calls else None
+        # In a backward pass (where[3]: the forward call that made the node) the public call on
+        # the stack is the `.backward()` that launched it, not the op's own.
+        call = self._calls[0] if self._calls and where[3] is None else None
         new = dict(func=func, op_name=op_name, args=args, kwargs=kwargs, tensor_args=tensor_args, before=before,
                    bad_outputs=bad_outputs, where=where, call=call)
         out_nan = any(n for _, n, _ in bad_outputs)
@@ -502,8 +505,10 @@ class OriginTracer(StepProbe):
 
     def _where(self) -> tuple[str, Optional[SourceLocation], Optional[SourceLocation], Optional[str]]:
         """(module, source, user_source, forward_op) of the op being dispatched."""
-        if self.phase == Phase.BACKWARD.value:
-            node = torch._C._current_autograd_node()
+        # A backward pass run inside the forward phase (a GAN's discriminator step inside
+        # training_step) is a backward all the same: the engine is running a node.
+        node = torch._C._current_autograd_node()
+        if self.phase == Phase.BACKWARD.value or node is not None:
             if node is not None:
                 try:
                     tag = node.metadata.get(_TAG)
@@ -513,6 +518,10 @@ class OriginTracer(StepProbe):
                 # the node is the place to show. Python code running in backward (a custom
                 # autograd.Function's backward, a tensor hook) is the user's own: its line wins.
                 here, here_user = stack_locations()
+                if here_user is not None and _from_builtin_derivative():
+                    # The user frame is the one that called .backward() (inside training_step):
+                    # the launcher of the pass, not code running in it.
+                    here, here_user = None, None
                 if tag is not None:
                     module, name, source, user = tag
                     if here_user is not None:
@@ -558,7 +567,7 @@ class OriginTracer(StepProbe):
         mask_source = None
         if masked and mask_roots:
             mask_source = min(mask_roots, key=lambda r: r.index).ref()
-        root = _Root(index=self._count, phase=self.phase, op=op_name, kind=kind, module=module, source=source,
+        root = _Root(index=self._count, phase=Phase.BACKWARD.value if where[3] is not None else self.phase, op=op_name, kind=kind, module=module, source=source,
                      user_source=user, forward_op=forward_op, intentional=intentional, masked_input=masked,
                      inputs=inputs, output=None if intentional else _summary("output", first_out),
                      producer=producer, target_id=id(target),
@@ -627,6 +636,21 @@ class _DispatchShim(TorchDispatchMode):
 
 
 _FAST_PATH_TYPES = (torch.nn.MultiheadAttention, torch.nn.TransformerEncoderLayer, torch.nn.TransformerEncoder)
+
+
+def _from_builtin_derivative() -> bool:
+    """Whether the op being dispatched comes from a built-in derivative formula run by the autograd
+    engine (no Python between the engine and the op) rather than from Python running in backward
+    (a hook, a custom Function's backward)."""
+    frame = sys._getframe(2)
+    while frame is not None:
+        code = frame.f_code
+        if code.co_name == "_engine_run_backward":
+            return True
+        if not is_library(code.co_filename):
+            return False
+        frame = frame.f_back
+    return False
 
 
 def _may_take_fast_path(module: torch.nn.Module) -> bool:

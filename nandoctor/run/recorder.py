@@ -17,6 +17,7 @@ from typing import Any, Optional
 import torch
 
 from . import stats
+from ..trace import Phase
 from .probes import FinitenessCheck, StepFacts
 
 
@@ -47,6 +48,7 @@ class Recorder(FinitenessCheck):
         self.param_names = [name for name, p in model.named_parameters() if p.requires_grad]
         super().__init__([p for p in model.parameters() if p.requires_grad])
         self._steps_seen = 0
+        self._in_backward = False
         self._prev: Optional[list[torch.Tensor]] = None      # parameters before the step, reused buffers
         self._last_norm: Optional[torch.Tensor] = None
         self._handles: list[Any] = []
@@ -62,6 +64,9 @@ class Recorder(FinitenessCheck):
         for handle in self._handles:
             handle.remove()
         self._handles.clear()
+
+    def on_phase(self, phase: Phase) -> None:
+        self._in_backward = phase == Phase.BACKWARD
 
     def wants_batch_sources(self) -> bool:
         return self._steps_seen == 0     # where batch tensors are made, once per run
@@ -117,6 +122,10 @@ class Recorder(FinitenessCheck):
         target.register_hook(partial(self._on_grad, owners))
 
     def _on_grad(self, owners: list[int], grad: torch.Tensor) -> None:
+        if not self._in_backward:
+            # A backward the user's own step runs (a GAN's discriminator update inside
+            # training_step): not the step's scaled backward, so `grad_scale` does not apply.
+            return
         row = stats.tensor_row(grad, self._full)
         for index in owners:
             self._grad_rows.append(row)
