@@ -27,6 +27,8 @@ import torch
 
 from ..load.bundle import STATE_AFTER_STEP, STATE_BEFORE_STEP, BundleManifest
 from ..run import stats
+from ..trace.thresholds import DEFAULT_THRESHOLDS
+from ..run.precision import autocast_precision
 from . import bundle_writer
 from .distributed import attach_if_distributed, local_tensor
 from .flags import BAD_SLOTS, FLAGS, SLOT as _SLOT
@@ -80,7 +82,7 @@ class Watch:
                  out: str | Path = "nandoctor-bundles", on_nonfinite: str = "raise", stats_every: int = 50,
                  window: int = 64, check_every: int = 1, sink: Any = None, *, scheduler: Any = None,
                  snapshot: bool = False, precision: Optional[str] = None, grad_clip: Optional[float] = None,
-                 skip_streak: int = 5, rebuild: Optional[dict[str, Any]] = None, max_bundles: int = 1,
+                 skip_streak: int = 5, scale_floor: float = DEFAULT_THRESHOLDS["scale_floor"], rebuild: Optional[dict[str, Any]] = None, max_bundles: int = 1,
                  gradient_check: str = "auto", notify: Optional[Callable[[dict[str, Any]], None]] = None,
                  distributed: Any = "auto", inputs: str = "forward", warn: bool = True, batch_check: bool = True):
         if on_nonfinite not in POLICIES:
@@ -108,8 +110,12 @@ class Watch:
         self.sink = sink
         self.grad_clip = grad_clip
         self.skip_streak = skip_streak
+        self.scale_floor = scale_floor
+        self._scale_settled = False     # the scaler made an update: its calibration from init_scale is over
+        self._streak_fired = False
         self.max_bundles = max_bundles
         self.precision = precision or _infer_precision(model, scaler)
+        self._precision_given = precision is not None
         self.rebuild = rebuild or plain_rebuild(model)
         self.flag_hook: Optional[Callable[[torch.Tensor], torch.Tensor]] = None
         self.write_hook: Optional[Callable[..., Path]] = None   # under torchrun: writes this rank's part
@@ -165,6 +171,12 @@ class Watch:
         self._update_before: Optional[list[torch.Tensor]] = None   # stats steps: weights before the step
         self._update_norm: Optional[torch.Tensor] = None
         self._end_of_backward_queued = False
+        # BatchNorm-style running statistics change in the forward itself: a before-step bundle
+        # must hold them as the failing step's first forward found them (one fused copy per step
+        # into buffers kept across steps; a few numbers per normalisation layer).
+        self._running_stats = _running_stat_buffers(model)
+        self._running_copy: Optional[list[torch.Tensor]] = None
+        self._running_copy_step: Optional[int] = None
 
         if gradient_check == "optimizer-hook":
             self._handles.append(optimizer.register_step_pre_hook(self._optimizer_pre_hook))
@@ -198,7 +210,7 @@ class Watch:
 
     def loss(self, loss: torch.Tensor) -> torch.Tensor:
         """Check this loss (no host sync here: it joins the step's flag vector). Returns it."""
-        if isinstance(loss, torch.Tensor) and self._capture is not None:
+        if isinstance(loss, torch.Tensor) and self._capture is not None and not stats.is_transform_wrapped(loss):
             self._capture.explicit_losses.append(loss.detach())
         return loss
 
@@ -293,6 +305,7 @@ class Watch:
                 self._params_norm = norms.double().square().sum().sqrt() if params else None
                 self._params_flag = (~torch.isfinite(norms)).any().float() if params else None
             self._capture = _Capture(self.step_index, bundle_writer.capture_rng())
+            self._save_running_stats(self.step_index)
             self._host = None
             if self._stats_step(self.step_index):
                 self._add_stats_hooks()
@@ -308,12 +321,48 @@ class Watch:
         else:       # integer-only batches (token ids) cannot hold NaN; keep flags aligned with batches
             capture.batch_flags.append(torch.zeros(()))
 
+    def _save_running_stats(self, step: int) -> None:
+        if not self._running_stats:
+            return
+        live = [t for _, t in self._running_stats]
+        with torch.no_grad():
+            if self._running_copy is None or any(c.shape != t.shape or c.dtype != t.dtype or c.device != t.device
+                                                 for c, t in zip(self._running_copy, live)):
+                self._running_copy = [t.detach().clone() for t in live]
+            else:
+                torch._foreach_copy_(self._running_copy, [t.detach() for t in live])
+        self._running_copy_step = step
+
+    def _state_dict_for(self, capture: Optional[_Capture], state: str) -> dict[str, Any]:
+        """The model's state for a bundle: before the step, its running statistics as they were
+        before the step's first forward updated them."""
+        state_dict = self.model.state_dict()
+        if (state != STATE_BEFORE_STEP or capture is None or self._running_copy is None
+                or capture.step != self._running_copy_step):
+            return state_dict
+        state_dict = type(state_dict)(state_dict)
+        for (name, _), saved in zip(self._running_stats, self._running_copy):
+            if name in state_dict:
+                state_dict[name] = saved
+        return state_dict
+
     def _model_input_hook(self, module: Any, args: Any, kwargs: Any) -> None:
         # Hooks alone are enough: each training forward of the model is a micro-batch, its inputs
         # the batch (unless the user marks micro-batches with watch.step(batch) themselves).
         if self._explicit_batches or not module.training or not torch.is_grad_enabled():
             return
+        if stats.in_functorch_transform():
+            # functional_call inside torch.func.vmap/grad: a per-sample view, not the step's batch.
+            # The gradients the transform produces are still checked at optimizer.step().
+            return
         self._begin(forward_inputs(args, kwargs))
+
+    def _note_autocast(self) -> None:
+        # The loop's own `with torch.autocast(...)`: only a forward sees it (forward hooks run
+        # inside it). Bundles and replays then run under the same autocast, not in float32.
+        mixed = autocast_precision((self._device.type, "cpu") if self._device.type != "cpu" else ("cpu",))
+        if mixed is not None and self.precision != mixed:
+            self.precision = mixed
 
     def _model_output_hook(self, module: Any, args: Any, output: Any) -> None:
         if output is None:
@@ -322,8 +371,10 @@ class Watch:
             if raised is not None and not isinstance(raised, NonFiniteError):
                 self.raised_on_nonfinite_batch(raised)
             return
-        if self._capture is None or not torch.is_grad_enabled():
+        if self._capture is None or not torch.is_grad_enabled() or stats.in_functorch_transform():
             return
+        if not self._precision_given and module.training:
+            self._note_autocast()
         if self.gradient_check == "backward":
             self._arm_end_of_backward(output)
         # Hugging Face style outputs carry their loss: check it without asking the user.
@@ -483,14 +534,32 @@ class Watch:
             self._skip_run += 1
             self.skipped_steps += 1
             self._finish_step(skipped=True)
-            if self._skip_run == self.skip_streak:
+            what = self._collapse_what()
+            if what is not None:
                 # Skipped steps leave the weights as they were: the last one replays from them.
-                self._fire("loss-scale", f"GradScaler skipped {self._skip_run} steps in a row (the loss scale "
-                           "collapsed; the model is not updating)", self._previous)
+                self._streak_fired = True
+                self._fire("loss-scale", what, self._previous)
         else:
             self._skip_run = 0
+            self._scale_settled = True
+            self._streak_fired = False
         self._post_ran = False
         return result
+
+    def _collapse_what(self) -> Optional[str]:
+        """A streak of skips that is a collapse, said in words; None while it is not (yet) one.
+        Before the scaler's first update it is calibrating from init_scale (65536 halving down to
+        what the model needs: 8 skips for 256): only a scale below `scale_floor` is collapse then."""
+        if self._streak_fired:
+            return None
+        scale = self.scaler.get_scale() if hasattr(self.scaler, "get_scale") else math.nan   # skips only: rare
+        if scale < self.scale_floor:
+            return (f"GradScaler skipped {self._skip_run} steps in a row and its scale fell to {_fmt(scale)}, below "
+                    f"the floor of {_fmt(self.scale_floor)} (the loss scale collapsed; the model is not updating)")
+        if self._scale_settled and self._skip_run >= self.skip_streak:
+            return (f"GradScaler skipped {self._skip_run} steps in a row after it had settled (the loss scale "
+                    "collapsed; the model is not updating)")
+        return None
 
     def _complete_previous_history(self, host: list[float]) -> None:
         """The previous step's weights are known only now, from this step's one transfer."""
@@ -699,7 +768,7 @@ class Watch:
         manifest.micro_step = _first_bad_micro_batch(check, capture)
         names = [self._param_names.get(id(p)) for p in self.params()]
         write = self.write_hook or bundle_writer.write_bundle     # per-rank parts under torchrun
-        return write(self.out, manifest, self.model.state_dict(), self.optimizer,
+        return write(self.out, manifest, self._state_dict_for(capture, state), self.optimizer,
                                           self._bundle_batches(capture), capture.rng if capture else None,
                                           param_names=names)
 
@@ -719,6 +788,8 @@ class Watch:
 
     def _stats_hook(self, index: int) -> Callable:
         def hook(module: Any, args: Any, output: Any) -> None:
+            if stats.in_functorch_transform():
+                return
             if isinstance(output, torch.Tensor):
                 tensors = [output] if (output.is_floating_point() or output.is_complex()) and output.numel() else []
             else:
@@ -779,7 +850,7 @@ def watch(model: torch.nn.Module, optimizer: Optional[torch.optim.Optimizer] = N
     records per-layer max |activation| and gradient norms into a window of `window` entries;
     `sink(step, metrics)` or a TensorBoard SummaryWriter receives per-step numbers.
     Options: scheduler=, snapshot=True (keep the pre-step state so a NaN born inside
-    optimizer.step() replays exactly), precision=, grad_clip=, skip_streak=, rebuild=,
+    optimizer.step() replays exactly), precision=, grad_clip=, skip_streak=, scale_floor=, rebuild=,
     distributed= (under torchrun: "auto", False, or {"timeout": seconds}; README, "Distributed runs").
     """
     return Watch(model, optimizer, scaler, out=out, on_nonfinite=on_nonfinite, stats_every=stats_every,
@@ -829,15 +900,33 @@ def with_checked_closure(args: tuple, kwargs: dict, check: Callable[[Callable[[]
 
 def unwrap_optimizer(optimizer: Any) -> Optional[torch.optim.Optimizer]:
     """The torch optimizer inside a wrapper (Accelerate's AcceleratedOptimizer, Lightning's
-    LightningOptimizer, DeepSpeed-style `.optimizer` chains): hooks belong on the torch one."""
+    LightningOptimizer, DeepSpeed-style `.optimizer` chains): hooks belong on the torch one.
+    AcceleratedOptimizer subclasses torch.optim.Optimizer without running its __init__ (it has no
+    hook dictionaries), so a subclass that holds another optimizer is a wrapper too."""
     seen = 0
-    while optimizer is not None and not isinstance(optimizer, torch.optim.Optimizer) and seen < 8:
-        optimizer = getattr(optimizer, "optimizer", None) or getattr(optimizer, "_optimizer", None)
+    while optimizer is not None and seen < 8:
+        inner = _inner_optimizer(optimizer)
+        if inner is None:
+            break
+        optimizer = inner
         seen += 1
     if optimizer is not None and not isinstance(optimizer, torch.optim.Optimizer):
         raise TypeError(f"nandoctor.watch: optimizer must be a torch.optim.Optimizer (or wrap one in "
                         f"`.optimizer`), got {type(optimizer).__name__}")
     return optimizer
+
+
+def _inner_optimizer(optimizer: Any) -> Any:
+    """What `optimizer` wraps (`.optimizer`, `._optimizer`), or None when it wraps nothing."""
+    for name in ("optimizer", "_optimizer"):
+        try:
+            inner = getattr(optimizer, name, None)
+        except Exception:  # noqa: BLE001 - a property that raises: not a wrapper attribute
+            inner = None
+        if inner is not None and inner is not optimizer and (isinstance(inner, torch.optim.Optimizer)
+                                                             or _inner_optimizer(inner) is not None):
+            return inner
+    return None
 
 
 def active_scaler(scaler: Any) -> Any:
@@ -913,6 +1002,18 @@ def batch_name(path: str) -> str:
 
 def shown_list(values: list, limit: int = 8) -> str:
     return ", ".join(str(v) for v in values[:limit]) + (f" and {len(values) - limit} more" if len(values) > limit else "")
+
+
+def _running_stat_buffers(model: torch.nn.Module) -> list[tuple[str, torch.Tensor]]:
+    """(state_dict key, buffer) of every running statistic a training forward updates in place:
+    BatchNorm / InstanceNorm / SyncBatchNorm with track_running_stats."""
+    found = []
+    for module_name, module in model.named_modules():
+        if isinstance(module, torch.nn.modules.batchnorm._NormBase) and module.track_running_stats:
+            for name, buf in module.named_buffers(recurse=False):
+                if buf is not None:
+                    found.append((f"{module_name}.{name}" if module_name else name, buf))
+    return found
 
 
 def _infer_precision(model: torch.nn.Module, scaler: Any) -> str:

@@ -38,6 +38,7 @@ import torch
 from ..run.frames import is_user_file, location
 from ..trace import ExperimentResult, LoopFacts, NonfiniteEvent, Phase, SourceLocation
 from .guard import Watch, active_scaler, plain_rebuild, with_checked_closure
+from ..run import stats
 from ..run.stats import nonfinite_rows
 from .guard import batch_name, shown_list
 from .rerun import Rerun, RerunOutcome, TopCall, data_event
@@ -356,6 +357,14 @@ class ScriptGuard:
                 self.rerun.on_top_return(module)
 
     def _log_call(self, module: torch.nn.Module, args: tuple, kwargs: dict) -> Optional[tuple[tuple, dict]]:
+        if stats.in_functorch_transform():
+            # functional_call under torch.func.vmap/grad: its inputs are per-sample views that cannot
+            # leave the transform. The call still names the model (its optimizer's watch attaches);
+            # the gradients the transform leaves are checked at optimizer.step() as usual.
+            self._window.calls.append(TopCall(module=module, args=(), kwargs={},
+                                              owns_parameters=any(True for _ in module.parameters()),
+                                              site=_user_caller()))
+            return None
         replaced = None
         if self.rerun is not None and self.rerun.state != "done":
             replaced = self.rerun.on_top_call(module, args, kwargs)
@@ -381,14 +390,8 @@ class ScriptGuard:
         return self.rerun is not None and self.rerun.state == "tracing"
 
     def _note_autocast(self) -> None:
-        for device in ("cuda", "cpu"):
-            try:
-                if torch.is_autocast_enabled(device):
-                    dtype = torch.get_autocast_dtype(device)
-                    self._autocast = "bf16-mixed" if dtype == torch.bfloat16 else "16-mixed"
-                    return
-            except (TypeError, RuntimeError, AttributeError):   # older torch: no per-device query
-                continue
+        from ..run.precision import autocast_precision
+        self._autocast = autocast_precision() or self._autocast
 
     # ---- losses and backward passes --------------------------------------------------------------
     def _note_loss(self, loss: torch.Tensor) -> None:
