@@ -26,7 +26,7 @@ from typing import Any, Callable, Optional
 import torch
 
 from ..load.bundle import STATE_AFTER_STEP, STATE_BEFORE_STEP, BundleManifest
-from ..run import stats
+from ..run import compiled, stats
 from . import bundle_writer
 from .distributed import attach_if_distributed, local_tensor
 from .flags import BAD_SLOTS, FLAGS, SLOT as _SLOT
@@ -110,7 +110,7 @@ class Watch:
         self.skip_streak = skip_streak
         self.max_bundles = max_bundles
         self.precision = precision or _infer_precision(model, scaler)
-        self.rebuild = rebuild or plain_rebuild(model)
+        self.rebuild = rebuild or plain_rebuild(compiled.uncompiled(model))
         self.flag_hook: Optional[Callable[[torch.Tensor], torch.Tensor]] = None
         self.write_hook: Optional[Callable[..., Path]] = None   # under torchrun: writes this rank's part
         self.notify = notify                    # called with each firing's event before the policy acts
@@ -147,9 +147,15 @@ class Watch:
         self._handles: list[Any] = []
         self._stats_handles: list[Any] = []
         self._act_max: dict[int, torch.Tensor] = {}
-        self._module_names = [name for name, _ in model.named_modules()]
-        self._modules = [m for _, m in model.named_modules()]
-        self._param_names = {id(p): n for n, p in model.named_parameters()}
+        # Names as the user wrote them (torch.compile's `_orig_mod.` left out). Per-layer
+        # activation hooks go only on a model none of whose modules runs compiled.
+        self._module_names = [name for name, _ in compiled.user_named_modules(model)]
+        self._modules = [m for _, m in compiled.user_named_modules(model)]
+        self._param_names = {id(p): n for n, p in compiled.user_named_parameters(model)}
+        self._layer_hooks = not compiled.has_compiled_parts(model)
+        self._versions: Optional[int] = None    # parameters' version counters when watch.step() began
+        self._after_compiled_step = False       # the optimizer stepped inside a compiled train step
+        self._stats_pending = False             # a statistics step's layer hooks wait for an eager forward
         self._snapshot = Snapshot(optimizer) if snapshot and optimizer is not None else None
         self._snapshot_scheduler: Any = None
         self._device = next((p.device for p in model.parameters()), torch.device("cpu"))
@@ -184,6 +190,7 @@ class Watch:
         self.begin_micro_batch(batch)
         try:
             yield self
+            self._close_compiled_step()
         except Exception as err:
             self.raised_on_nonfinite_batch(err)
             raise
@@ -192,6 +199,8 @@ class Watch:
 
     def loss(self, loss: torch.Tensor) -> torch.Tensor:
         """Check this loss (no host sync here: it joins the step's flag vector). Returns it."""
+        if compiled.compiling():    # inside a compiled step: the loss it returns is checked outside
+            return loss
         if isinstance(loss, torch.Tensor) and self._capture is not None:
             self._capture.explicit_losses.append(loss.detach())
         return loss
@@ -267,12 +276,9 @@ class Watch:
     # ---- step boundaries --------------------------------------------------------------------
     def begin_micro_batch(self, batch: Any) -> None:
         """A micro-batch enters the step (framework callbacks call this; `step()` does in a plain loop)."""
-        if not self._explicit_batches:
-            self._explicit_batches = True
-            if self._input_hook is not None:      # the user's batches win; the forward hook has no job left
-                self._input_hook.remove()
-                self._handles.remove(self._input_hook)
-                self._input_hook = None
+        # The user's batches win; the forward pre-hook stays (removing it would recompile a train
+        # step compiled around the model) but only adds a statistics step's layer hooks.
+        self._explicit_batches = True
         self._begin(batch)
 
     def _begin(self, batch: Any) -> None:
@@ -288,8 +294,15 @@ class Watch:
                 self._params_flag = (~torch.isfinite(norms)).any().float() if params else None
             self._capture = _Capture(self.step_index, bundle_writer.capture_rng())
             self._host = None
-            if self._stats_step(self.step_index):
-                self._add_stats_hooks()
+            if self._explicit_batches:
+                self._versions = _version_sum(self.params())
+            if self._stats_step(self.step_index) and self._layer_hooks:
+                if self._explicit_batches and self._input_hook is not None:
+                    # Added by the forward pre-hook once the forward runs, and only if it runs
+                    # eagerly: inside a compiled train step they would change the graph's guards.
+                    self._stats_pending = True
+                else:
+                    self._add_stats_hooks()
         capture = self._capture
         if len(capture.batches) >= MAX_MICRO_BATCHES:
             capture.truncated = True
@@ -305,11 +318,18 @@ class Watch:
     def _model_input_hook(self, module: Any, args: Any, kwargs: Any) -> None:
         # Hooks alone are enough: each training forward of the model is a micro-batch, its inputs
         # the batch (unless the user marks micro-batches with watch.step(batch) themselves).
+        if compiled.compiling():
+            return
+        if self._stats_pending:
+            self._stats_pending = False
+            self._add_stats_hooks()
         if self._explicit_batches or not module.training or not torch.is_grad_enabled():
             return
         self._begin(forward_inputs(args, kwargs))
 
     def _model_output_hook(self, module: Any, args: Any, output: Any) -> None:
+        if compiled.compiling():
+            return
         if output is None:
             # torch calls an always_call hook with no output when forward raised.
             raised = sys.exc_info()[1]
@@ -380,6 +400,8 @@ class Watch:
         self.end_backward_step()
 
     def _optimizer_pre_hook(self, optimizer: Any, args: Any, kwargs: Any) -> Optional[tuple]:
+        if compiled.compiling():     # a compiled train step: checked when watch.step() ends
+            return None
         # With a closure (LBFGS) the gradients exist only once the closure has run.
         wrapped = with_checked_closure(args, kwargs, lambda closure: self.check_gradients())
         if wrapped is None:
@@ -444,8 +466,27 @@ class Watch:
                 self._update_before = [local_tensor(p.detach()).clone() for p in params]
 
     def _optimizer_post_hook(self, optimizer: Any, args: Any, kwargs: Any) -> None:
-        if self._closed:
+        if self._closed or compiled.compiling():
             return
+        self._after_optimizer_step(optimizer)
+
+    def _close_compiled_step(self) -> None:
+        """The end of `watch.step()`, outside any compiled code. When the optimizer stepped inside
+        a compiled train step (the parameters' version counters moved, no hook of ours ran), the
+        step's checks run here: batch, loss, the gradients still held, then the new weights."""
+        if self._closed or self._capture is None or self._versions is None or self.optimizer is None:
+            return
+        if _version_sum(self.params()) == self._versions:
+            return          # no optimizer step yet (gradient accumulation) or an eager one already closed it
+        self._after_compiled_step = True
+        try:
+            self.check_gradients()
+            if not self._closed and self._capture is not None:
+                self._after_optimizer_step(self.optimizer)
+        finally:
+            self._after_compiled_step = False
+
+    def _after_optimizer_step(self, optimizer: Any) -> None:
         params = [local_tensor(p.detach()) for g in optimizer.param_groups for p in g["params"]]
         # Checked at the next step's sync (or at close): no second host sync per step. The same
         # norm is the history's param_norm, so it costs nothing more.
@@ -465,6 +506,8 @@ class Watch:
 
     def _scaler_update_hook(self, *args: Any, **kwargs: Any) -> Any:
         result = self._scaler_update(*args, **kwargs)
+        if compiled.compiling():
+            return result
         if not self._post_ran and not self._closed:
             # The scaler found inf/NaN gradients and skipped optimizer.step().
             capture = self._capture or _Capture(self.step_index, bundle_writer.capture_rng())
@@ -526,6 +569,7 @@ class Watch:
         self._capture = None
         self._local_grads_flag = None
         self._dropped = False
+        self._versions = None
         self._remove_stats_hooks()
         self.step_index += 1
 
@@ -603,7 +647,7 @@ class Watch:
 
     def _nonfinite_parameters(self) -> list[str]:
         """Names of the parameters holding NaN/Inf values (slow path: only when a flag fired)."""
-        names = {id(p): n for n, p in self.model.named_parameters()}
+        names = self._param_names
         return [names.get(id(p), "?") for p in self.params()
                 if not bool(torch.isfinite(local_tensor(p.detach())).all())]
 
@@ -660,6 +704,8 @@ class Watch:
         self._dropped = True
 
     def _write(self, check: str, what: str, capture: Optional[_Capture], step: int, state: str) -> Path:
+        if self._after_compiled_step:
+            state = STATE_AFTER_STEP      # checked after the compiled step had updated the weights
         use_snapshot = state == STATE_BEFORE_STEP and check == "parameters" and self._snapshot is not None
         if use_snapshot:
             with self._snapshot.restored_view():
@@ -691,7 +737,7 @@ class Watch:
         manifest.micro_step = _first_bad_micro_batch(check, capture)
         names = [self._param_names.get(id(p)) for p in self.params()]
         write = self.write_hook or bundle_writer.write_bundle     # per-rank parts under torchrun
-        return write(self.out, manifest, self.model.state_dict(), self.optimizer,
+        return write(self.out, manifest, compiled.user_state_dict(self.model), self.optimizer,
                                           self._bundle_batches(capture), capture.rng if capture else None,
                                           param_names=names)
 
@@ -711,6 +757,8 @@ class Watch:
 
     def _stats_hook(self, index: int) -> Callable:
         def hook(module: Any, args: Any, output: Any) -> None:
+            if compiled.compiling():
+                return
             tensors = stats.floating_tensors(output)
             if not tensors:
                 return
@@ -721,6 +769,7 @@ class Watch:
         return hook
 
     def _remove_stats_hooks(self) -> None:
+        self._stats_pending = False
         for handle in self._stats_handles:
             handle.remove()
         self._stats_handles.clear()
@@ -890,6 +939,12 @@ def batch_name(path: str) -> str:
 
 def shown_list(values: list, limit: int = 8) -> str:
     return ", ".join(str(v) for v in values[:limit]) + (f" and {len(values) - limit} more" if len(values) > limit else "")
+
+
+def _version_sum(params: list[torch.Tensor]) -> int:
+    """Sum of the parameters' in-place version counters: it moves when an optimizer step (even
+    one inside compiled code, which runs none of our hooks) updates them."""
+    return sum(p._version for p in params)
 
 
 def _infer_precision(model: torch.nn.Module, scaler: Any) -> str:

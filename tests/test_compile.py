@@ -1,0 +1,135 @@
+"""torch.compile as a first-class setting: nandoctor's hooks never enter the user's compiled
+graphs (counted with the compiler's own counters, with and without nandoctor), bundles carry
+the names the user wrote, and a plain build_model() replays a bundle from a compiled model.
+
+CompileCounter is dynamo's counting backend: it runs each captured graph as it is, so the
+tests pay for tracing, not for code generation."""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from torch._dynamo.testing import CompileCounter
+from torch._dynamo.utils import counters
+
+import nandoctor
+from nandoctor.load.bundle import STATE_AFTER_STEP, read_bundle
+
+ROOT = Path(__file__).resolve().parents[1]
+SCRIPTS = Path(__file__).parent / "scripts"
+
+
+class Net(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.body = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.Tanh())
+        self.head = torch.nn.Linear(8, 1)
+
+    def forward(self, x):
+        return self.head(self.body(x))
+
+
+def _fresh():
+    torch._dynamo.reset()
+    counters.clear()
+    torch.manual_seed(0)
+    net = Net()
+    return net, torch.optim.SGD(net.parameters(), lr=0.01), torch.randn(16, 4), torch.randn(16, 1)
+
+
+def _compiler_counts(backend: CompileCounter) -> tuple[int, int, int]:
+    """(graphs compiled, graph breaks, ops captured): a recompile is one more graph."""
+    return backend.frame_count, sum(counters["graph_break"].values()), backend.op_count
+
+
+def _compiled_model_loop(watched: bool, tmp_path: Path, steps: int = 6):
+    net, opt, x, y = _fresh()
+    backend = CompileCounter()
+    model = torch.compile(net, backend=backend)
+    watch = nandoctor.watch(model, opt, out=tmp_path, stats_every=2) if watched else None
+    for _ in range(steps):
+        opt.zero_grad()
+        loss = torch.nn.functional.mse_loss(model(x), y)
+        loss.backward()
+        opt.step()
+    if watch is not None:
+        watch.close()
+    return _compiler_counts(backend), watch
+
+
+def test_watch_on_a_compiled_model_adds_no_graph_break_or_recompile(tmp_path):
+    plain, _ = _compiled_model_loop(False, tmp_path)
+    watched, watch = _compiled_model_loop(True, tmp_path)
+    assert watched == plain == (1, 0, plain[2])
+    assert watch.step_index == 6 and all(h["grad_norm"] > 0 for h in watch.history)
+    # Per-layer gradient norms still come from the parameters, under the names the user wrote;
+    # activations inside the compiled graph are not measured.
+    stat = watch.layer_stats[-1]
+    assert stat["modules"] == ["", "body", "body.0", "body.1", "head"]
+    assert stat["grad_norm"][2] > 0 and stat["grad_norm"][4] > 0
+    assert stat["act_max_abs"] == [None] * 5
+
+
+def _compiled_step_loop(watched: bool, tmp_path: Path, steps: int = 6, lr_at: dict | None = None):
+    net, opt, x, y = _fresh()
+    backend = CompileCounter()
+    watch = nandoctor.watch(net, opt, out=tmp_path, stats_every=2) if watched else None
+
+    @torch.compile(backend=backend)
+    def train_step(x, y):
+        opt.zero_grad()
+        loss = torch.nn.functional.mse_loss(net(x), y)
+        loss.backward()
+        opt.step()
+        return loss
+
+    for step in range(steps):
+        batch = x * float("nan") if lr_at and step == lr_at.get("nan_batch") else x
+        if watch is None:
+            train_step(batch, y)
+            continue
+        with watch.step((batch, y)):
+            watch.loss(train_step(batch, y))
+    if watch is not None:
+        watch.close()
+    return _compiler_counts(backend), watch
+
+
+def test_watch_on_a_compiled_whole_train_step_adds_no_graph_break_or_recompile(tmp_path):
+    plain, _ = _compiled_step_loop(False, tmp_path)
+    watched, watch = _compiled_step_loop(True, tmp_path)
+    assert watched == plain
+    # The step ran inside compiled code: the checks ran when watch.step() ended, once per step.
+    assert watch.step_index == 6 and [h["step"] for h in watch.history] == list(range(6))
+    assert all(h["loss"] > 0 and h["grad_norm"] > 0 for h in watch.history)
+
+
+def test_a_nan_inside_a_compiled_train_step_is_caught_at_the_step_boundary(tmp_path):
+    with pytest.raises(nandoctor.NonFiniteError) as caught:
+        _compiled_step_loop(True, tmp_path, lr_at={"nan_batch": 3})
+    assert caught.value.step == 3 and caught.value.what.startswith("the batch holds NaN")
+    bundle = read_bundle(caught.value.bundle)
+    # Checked after the compiled step had already updated the weights.
+    assert bundle.manifest.state == STATE_AFTER_STEP
+    assert set(bundle.model_state()) == {"body.0.weight", "body.0.bias", "head.weight", "head.bias"}
+
+
+def _script(*args: str, cwd: Path, module: bool = False) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    command = [sys.executable, *(["-m", "nandoctor", "run"] if module else []), *args]
+    return subprocess.run(command, cwd=cwd, capture_output=True, text=True, timeout=180, env=env)
+
+
+def test_nandoctor_run_of_a_script_that_compiles_its_model_adds_no_graph_or_break(tmp_path):
+    plain = _script(str(SCRIPTS / "compiled_model.py"), cwd=tmp_path)
+    guarded = _script(str(SCRIPTS / "compiled_model.py"), cwd=tmp_path, module=True)
+    assert plain.returncode == 0 and guarded.returncode == 0, guarded.stderr[-2000:]
+    counted = [line for line in plain.stdout.splitlines() if line.startswith("COMPILED")]
+    assert counted == ["COMPILED graphs=1 breaks=0"]
+    assert [line for line in guarded.stdout.splitlines() if line.startswith("COMPILED")] == counted
+    assert "nandoctor run PASS" in guarded.stderr
+    assert "_orig_mod" not in guarded.stderr and "recompile" not in guarded.stderr.lower()
