@@ -133,3 +133,58 @@ def test_nandoctor_run_of_a_script_that_compiles_its_model_adds_no_graph_or_brea
     assert [line for line in guarded.stdout.splitlines() if line.startswith("COMPILED")] == counted
     assert "nandoctor run PASS" in guarded.stderr
     assert "_orig_mod" not in guarded.stderr and "recompile" not in guarded.stderr.lower()
+
+
+MODEL_FILE = '''
+import torch
+
+
+class Net(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.body = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.Tanh())
+        self.head = torch.nn.Linear(8, 1)
+
+    def forward(self, x):
+        return self.head(torch.log(self.body(x) + 0.5))
+
+
+def build_model():
+    return {build}
+
+
+def training_step(model, batch):
+    x, y = batch
+    return torch.nn.functional.mse_loss(model(x), y)
+'''
+
+
+def test_a_bundle_from_a_compiled_model_replays_with_a_plain_or_a_compiled_build_model(tmp_path):
+    from tests.conftest import run_cli
+    torch._dynamo.reset()
+    namespace: dict = {}
+    exec(MODEL_FILE.format(build="Net()"), namespace)
+    torch.manual_seed(0)
+    net = namespace["Net"]()
+    model = torch.compile(net, backend="eager")
+    opt = torch.optim.SGD(model.parameters(), lr=0.01)
+    x, y = torch.rand(8, 4), torch.randn(8, 1)
+    with pytest.raises(nandoctor.NonFiniteError) as caught:
+        with nandoctor.watch(model, opt, out=tmp_path / "bundles") as watch:
+            for step in range(3):
+                batch = (x - 3.0 if step == 2 else x, y)     # tanh(x W - 3) + 0.5 < 0: log NaN at step 2
+                with watch.step(batch):
+                    opt.zero_grad()
+                    loss = torch.nn.functional.mse_loss(model(batch[0]), batch[1])
+                    loss.backward()
+                    opt.step()
+    bundle = read_bundle(caught.value.bundle)
+    assert "_orig_mod" not in str(bundle.manifest.to_json())
+    assert set(bundle.model_state()) == {"body.0.weight", "body.0.bias", "head.weight", "head.bias"}
+    assert bundle.manifest.rebuild["model_class"].endswith(":Net")
+    for build in ("Net()", "torch.compile(Net(), backend='eager')"):
+        path = tmp_path / f"model_{len(build)}.py"
+        path.write_text(MODEL_FILE.format(build=build))
+        result = run_cli("replay", caught.value.bundle, "--model", path, "--no-experiments", "--format", "json")
+        assert result.exit_code == 1, result.output[-2000:]
+        assert '"aten.log.default"' in result.output and "_orig_mod" not in result.output

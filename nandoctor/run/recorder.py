@@ -17,6 +17,7 @@ from typing import Any, Optional
 import torch
 
 from . import stats
+from .compiled import compiling
 from .probes import FinitenessCheck, StepFacts
 
 
@@ -85,6 +86,8 @@ class Recorder(FinitenessCheck):
 
     # ---- hooks ------------------------------------------------------------------------------
     def _on_forward(self, index: int, module: torch.nn.Module, args: Any, output: Any) -> None:
+        if compiling():      # a compiled forward (scan `compile`): no row, nothing added to its graph
+            return
         if isinstance(output, torch.Tensor):      # the common case, without walking a structure
             tensors = [output] if (output.is_floating_point() or output.is_complex()) and output.numel() else []
         else:
