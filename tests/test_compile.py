@@ -146,7 +146,7 @@ class Net(torch.nn.Module):
         self.head = torch.nn.Linear(8, 1)
 
     def forward(self, x):
-        return self.head(torch.log(self.body(x) + 0.5))
+        return self.head(self.body(x)) * torch.log(x.mean(-1, keepdim=True))
 
 
 def build_model():
@@ -172,7 +172,7 @@ def test_a_bundle_from_a_compiled_model_replays_with_a_plain_or_a_compiled_build
     with pytest.raises(nandoctor.NonFiniteError) as caught:
         with nandoctor.watch(model, opt, out=tmp_path / "bundles") as watch:
             for step in range(3):
-                batch = (x - 3.0 if step == 2 else x, y)     # tanh(x W - 3) + 0.5 < 0: log NaN at step 2
+                batch = (x - 3.0 if step == 2 else x, y)     # log of a negative mean: NaN at step 2
                 with watch.step(batch):
                     opt.zero_grad()
                     loss = torch.nn.functional.mse_loss(model(batch[0]), batch[1])
@@ -188,3 +188,58 @@ def test_a_bundle_from_a_compiled_model_replays_with_a_plain_or_a_compiled_build
         result = run_cli("replay", caught.value.bundle, "--model", path, "--no-experiments", "--format", "json")
         assert result.exit_code == 1, result.output[-2000:]
         assert '"aten.log.default"' in result.output and "_orig_mod" not in result.output
+
+
+SCAN_FILE = '''
+import torch
+
+
+class Net(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.body = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.Tanh())
+        self.head = torch.nn.Linear(8, 1)
+
+    def forward(self, x):
+        return self.head(self.body(x)) * torch.log(x.mean(-1, keepdim=True))
+
+
+def build_model():
+    return Net()
+
+
+def get_batch(step):
+    g = torch.Generator().manual_seed(step)
+    x = torch.rand(8, 4, generator=g)
+    return (x - 3.0 if step == 3 else x), torch.randn(8, 1, generator=g)
+
+
+def loss_fn(outputs, targets):
+    return torch.nn.functional.mse_loss(outputs, targets)
+'''
+
+
+def test_scan_with_compile_trains_the_compiled_model_and_replays_eagerly(tmp_path):
+    path = tmp_path / "model.py"
+    path.write_text(SCAN_FILE)
+    torch._dynamo.reset()
+    counters.clear()
+    report = nandoctor.scan(path, steps=5, precisions=["32-true"], experiments=False, compile="eager")
+    doc = report.to_dict()
+    assert doc["config"]["compile"] == "eager"
+    # The recorded steps went through dynamo, and nandoctor's recorder hooks broke nothing.
+    assert counters["stats"]["unique_graphs"] >= 1 and sum(counters["graph_break"].values()) == 0
+    event = doc["first_nonfinite"]
+    assert event["step"] == 3 and event["op"] == "aten.log.default"
+    assert event["user_source"].endswith("model.py:12") and "_orig_mod" not in str(doc)
+    assert report.exit_code == 1
+
+
+def test_the_compile_key_and_flag_are_checked(tmp_path):
+    from tests.conftest import run_cli
+    config = tmp_path / "bad.yaml"
+    config.write_text("compile: [inductor]\n")
+    path = tmp_path / "model.py"
+    path.write_text(SCAN_FILE)
+    result = run_cli("scan", path, "--config", config, "--compile")
+    assert result.exit_code == 2 and "compile" in result.output and "Traceback" not in result.output
