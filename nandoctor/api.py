@@ -74,7 +74,7 @@ def scan(model_file: str | Path, config: str | Path | None = None, *, steps: Opt
          device: Optional[str] = None, experiments: Optional[bool] = None, max_seconds: Optional[float] = None,
          fail_on: Optional[str] = None, checkpoint: str | Path | None = None, trust: bool = False,
          progress: Optional[Progress] = None, cwd: str | Path | None = None,
-         threads: str | int | None = None) -> ScanReport:
+         threads: str | int | None = None, compile: bool | str | None = None) -> ScanReport:
     """Scan a model file: run real training steps per precision, locate the first NaN/Inf,
     diagnose causes, and test the leading ones with confirming experiments.
 
@@ -83,7 +83,7 @@ def scan(model_file: str | Path, config: str | Path | None = None, *, steps: Opt
     with preserved_rng_states(), preserved_threads(), capture_user_output(), interrupt_guard():
         return _scan(model_file, config, steps=steps, precisions=precisions, lr=lr, seed=seed, device=device,
                      experiments=experiments, max_seconds=max_seconds, fail_on=fail_on, checkpoint=checkpoint,
-                     trust=trust, progress=progress, cwd=cwd, threads=threads)
+                     trust=trust, progress=progress, cwd=cwd, threads=threads, compile=compile)
 
 
 @contextlib.contextmanager
@@ -119,14 +119,19 @@ def preserved_rng_states():
 def _scan(model_file: str | Path, config: str | Path | None, *, steps: Optional[int], precisions: Optional[list[str]],
           lr: Optional[float], seed: Optional[int], device: Optional[str], experiments: Optional[bool],
           max_seconds: Optional[float], fail_on: Optional[str], checkpoint: str | Path | None, trust: bool,
-          progress: Optional[Progress], cwd: str | Path | None, threads: str | int | None = None) -> ScanReport:
+          progress: Optional[Progress], cwd: str | Path | None, threads: str | int | None = None,
+          compile: bool | str | None = None) -> ScanReport:
     overrides: dict[str, Any] = {"steps": steps, "precisions": precisions, "seed": seed, "device": device,
-                                 "max_seconds": max_seconds, "fail_on": fail_on, "lr": lr, "threads": threads}
+                                 "max_seconds": max_seconds, "fail_on": fail_on, "lr": lr, "threads": threads,
+                                 # --compile (True) keeps a backend the config names; a name or False wins
+                                 "compile": None if compile is True else compile}
     if experiments is not None:
         overrides["experiments"] = {"enabled": experiments}
     resolved = resolve_config(config, overrides, cwd=cwd)
     cfg = dict(resolved.values)
     cfg["lr_override"] = lr
+    if compile is True and not cfg["compile"]:
+        cfg["compile"] = True
     spec = load_model_file(model_file)
     dev = resolve_device(cfg["device"])
     began = time.perf_counter()

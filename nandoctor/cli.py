@@ -172,6 +172,7 @@ def scan(
     fail_on: FailOnOpt = None,
     max_seconds: Annotated[Optional[float], typer.Option("--max-seconds", help="Time budget for the whole scan; unfinished work is reported.")] = None,
     no_experiments: Annotated[bool, typer.Option("--no-experiments", help="Skip the confirming experiments.")] = False,
+    compile_model: Annotated[bool, typer.Option("--compile", help="Train the recorded runs through torch.compile (config key `compile` names a backend); the replay of the failing step stays eager.")] = False,
     checkpoint: Annotated[Optional[Path], typer.Option("--checkpoint", help="Resume from this checkpoint and scan from its step.")] = None,
     trust: Annotated[bool, typer.Option("--trust", help="Allow arbitrary unpickling of --checkpoint (only for files you trust).")] = False,
     verbose: VerboseOpt = False,
@@ -200,7 +201,7 @@ def scan(
                 report = run_scan(model, config, steps=steps, precisions=precision, lr=lr, seed=seed, device=device,
                                   experiments=False if no_experiments else None, max_seconds=max_seconds,
                                   fail_on=fail_on, checkpoint=checkpoint, trust=trust, progress=progress_cb,
-                                  threads=threads)
+                                  threads=threads, compile=True if compile_model else None)
         finally:
             stop()
         if verbose:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import copy
 import math
 import os
+import re
 import reprlib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -32,6 +33,7 @@ DEFAULTS: dict[str, Any] = {
     "grad_clip": None,
     "loss_scale": "dynamic",
     "init_scale": 65536.0,
+    "compile": False,
     "fail_on": "error",
     "max_seconds": None,
     "threads": "auto",
@@ -157,6 +159,18 @@ def _betas(key: str, value: Any) -> list[float]:
     return [_number(key, v, positive=False) for v in value]
 
 
+def _compile(key: str, value: Any) -> bool | str:
+    """false, true (torch.compile's default backend, inductor) or a backend's name."""
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, str) and value.strip().lower() in ("true", "false"):
+        return value.strip().lower() == "true"
+    if isinstance(value, str) and re.fullmatch(r"[A-Za-z_][A-Za-z0-9_.]*", value.strip()):
+        return value.strip()
+    raise InputError(f"config key '{key}' must be false, true or a torch.compile backend name "
+                     f"(inductor, aot_eager, eager, ...), got {_show(value)}.")
+
+
 def _bool(key: str, value: Any) -> bool:
     if not isinstance(value, bool):
         raise InputError(f"config key '{key}' must be true or false, got {_show(value)}.")
@@ -189,6 +203,7 @@ TOP_LEVEL: dict[str, Callable[[str, Any], Any]] = {
     "grad_clip": _optional_number,
     "loss_scale": _loss_scale,
     "init_scale": _number,
+    "compile": _compile,
     "fail_on": _choice(FAIL_ON),
     "max_seconds": _optional_number,
     "threads": _threads,

@@ -134,6 +134,9 @@ def run_precision(model_file: ModelFile, config: dict[str, Any], precision: Prec
         run.seconds = time.perf_counter() - began
         return run
 
+    # The recorded run trains the compiled model when there is one (config `compile`, or a
+    # build_model() that compiles); the replays that locate the origin run eagerly.
+    session.compile_forward()
     recorder = Recorder(session.model).attach()
     collected: list[StepStats] = []
     try:

@@ -26,7 +26,7 @@ from typing import Any, Callable, Optional
 import torch
 
 from ..load.bundle import STATE_AFTER_STEP, STATE_BEFORE_STEP, BundleManifest
-from ..run import stats
+from ..run import compiled, stats
 from ..trace.thresholds import DEFAULT_THRESHOLDS
 from ..run.precision import autocast_precision
 from . import bundle_writer
@@ -116,7 +116,7 @@ class Watch:
         self.max_bundles = max_bundles
         self.precision = precision or _infer_precision(model, scaler)
         self._precision_given = precision is not None
-        self.rebuild = rebuild or plain_rebuild(model)
+        self.rebuild = rebuild or plain_rebuild(compiled.uncompiled(model))
         self.flag_hook: Optional[Callable[[torch.Tensor], torch.Tensor]] = None
         self.write_hook: Optional[Callable[..., Path]] = None   # under torchrun: writes this rank's part
         self.notify = notify                    # called with each firing's event before the policy acts
@@ -159,9 +159,15 @@ class Watch:
         self._act_reduced: list[tuple[list[int], torch.Tensor]] = []
         self._act_eager: set[int] = set()     # modules whose outputs change in place after their hook
         self._act_owners: list[int] = []      # module of each reduced value, in transfer order
-        self._module_names = [name for name, _ in model.named_modules()]
-        self._modules = [m for _, m in model.named_modules()]
-        self._param_names = {id(p): n for n, p in model.named_parameters()}
+        # Names as the user wrote them (torch.compile's `_orig_mod.` left out). Per-layer
+        # activation hooks go only on a model none of whose modules runs compiled.
+        self._module_names = [name for name, _ in compiled.user_named_modules(model)]
+        self._modules = [m for _, m in compiled.user_named_modules(model)]
+        self._param_names = {id(p): n for n, p in compiled.user_named_parameters(model)}
+        self._layer_hooks = not compiled.has_compiled_parts(model)
+        self._versions: Optional[int] = None    # parameters' version counters when watch.step() began
+        self._after_compiled_step = False       # the optimizer stepped inside a compiled train step
+        self._stats_pending = False             # a statistics step's layer hooks wait for an eager forward
         self._snapshot = Snapshot(optimizer) if snapshot and optimizer is not None else None
         self._snapshot_scheduler: Any = None
         self._device = next((p.device for p in model.parameters()), torch.device("cpu"))
@@ -202,6 +208,7 @@ class Watch:
         self.begin_micro_batch(batch)
         try:
             yield self
+            self._close_compiled_step()
         except Exception as err:
             self.raised_on_nonfinite_batch(err)
             raise
@@ -210,6 +217,8 @@ class Watch:
 
     def loss(self, loss: torch.Tensor) -> torch.Tensor:
         """Check this loss (no host sync here: it joins the step's flag vector). Returns it."""
+        if compiled.compiling():    # inside a compiled step: the loss it returns is checked outside
+            return loss
         if isinstance(loss, torch.Tensor) and self._capture is not None and not stats.is_transform_wrapped(loss):
             self._capture.explicit_losses.append(loss.detach())
         return loss
@@ -285,12 +294,9 @@ class Watch:
     # ---- step boundaries --------------------------------------------------------------------
     def begin_micro_batch(self, batch: Any) -> None:
         """A micro-batch enters the step (framework callbacks call this; `step()` does in a plain loop)."""
-        if not self._explicit_batches:
-            self._explicit_batches = True
-            if self._input_hook is not None:      # the user's batches win; the forward hook has no job left
-                self._input_hook.remove()
-                self._handles.remove(self._input_hook)
-                self._input_hook = None
+        # The user's batches win; the forward pre-hook stays (removing it would recompile a train
+        # step compiled around the model) but only adds a statistics step's layer hooks.
+        self._explicit_batches = True
         self._begin(batch)
 
     def _begin(self, batch: Any) -> None:
@@ -307,8 +313,15 @@ class Watch:
             self._capture = _Capture(self.step_index, bundle_writer.capture_rng())
             self._save_running_stats(self.step_index)
             self._host = None
-            if self._stats_step(self.step_index):
-                self._add_stats_hooks()
+            if self._explicit_batches:
+                self._versions = _version_sum(self.params())
+            if self._stats_step(self.step_index) and self._layer_hooks:
+                if self._explicit_batches and self._input_hook is not None:
+                    # Added by the forward pre-hook once the forward runs, and only if it runs
+                    # eagerly: inside a compiled train step they would change the graph's guards.
+                    self._stats_pending = True
+                else:
+                    self._add_stats_hooks()
         capture = self._capture
         if len(capture.batches) >= MAX_MICRO_BATCHES:
             capture.truncated = True
@@ -336,11 +349,10 @@ class Watch:
     def _state_dict_for(self, capture: Optional[_Capture], state: str) -> dict[str, Any]:
         """The model's state for a bundle: before the step, its running statistics as they were
         before the step's first forward updated them."""
-        state_dict = self.model.state_dict()
+        state_dict = compiled.user_state_dict(self.model)
         if (state != STATE_BEFORE_STEP or capture is None or self._running_copy is None
                 or capture.step != self._running_copy_step):
             return state_dict
-        state_dict = type(state_dict)(state_dict)
         for (name, _), saved in zip(self._running_stats, self._running_copy):
             if name in state_dict:
                 state_dict[name] = saved
@@ -349,6 +361,11 @@ class Watch:
     def _model_input_hook(self, module: Any, args: Any, kwargs: Any) -> None:
         # Hooks alone are enough: each training forward of the model is a micro-batch, its inputs
         # the batch (unless the user marks micro-batches with watch.step(batch) themselves).
+        if compiled.compiling():
+            return
+        if self._stats_pending:
+            self._stats_pending = False
+            self._add_stats_hooks()
         if self._explicit_batches or not module.training or not torch.is_grad_enabled():
             return
         if stats.in_functorch_transform():
@@ -365,6 +382,8 @@ class Watch:
             self.precision = mixed
 
     def _model_output_hook(self, module: Any, args: Any, output: Any) -> None:
+        if compiled.compiling():
+            return
         if output is None:
             # torch calls an always_call hook with no output when forward raised.
             raised = sys.exc_info()[1]
@@ -437,6 +456,8 @@ class Watch:
         self.end_backward_step()
 
     def _optimizer_pre_hook(self, optimizer: Any, args: Any, kwargs: Any) -> Optional[tuple]:
+        if compiled.compiling():     # a compiled train step: checked when watch.step() ends
+            return None
         # With a closure (LBFGS) the gradients exist only once the closure has run.
         wrapped = with_checked_closure(args, kwargs, lambda closure: self.check_gradients())
         if wrapped is None:
@@ -501,8 +522,27 @@ class Watch:
                 self._update_before = [local_tensor(p.detach()).clone() for p in params]
 
     def _optimizer_post_hook(self, optimizer: Any, args: Any, kwargs: Any) -> None:
-        if self._closed:
+        if self._closed or compiled.compiling():
             return
+        self._after_optimizer_step(optimizer)
+
+    def _close_compiled_step(self) -> None:
+        """The end of `watch.step()`, outside any compiled code. When the optimizer stepped inside
+        a compiled train step (the parameters' version counters moved, no hook of ours ran), the
+        step's checks run here: batch, loss, the gradients still held, then the new weights."""
+        if self._closed or self._capture is None or self._versions is None or self.optimizer is None:
+            return
+        if _version_sum(self.params()) == self._versions:
+            return          # no optimizer step yet (gradient accumulation) or an eager one already closed it
+        self._after_compiled_step = True
+        try:
+            self.check_gradients()
+            if not self._closed and self._capture is not None:
+                self._after_optimizer_step(self.optimizer)
+        finally:
+            self._after_compiled_step = False
+
+    def _after_optimizer_step(self, optimizer: Any) -> None:
         params = [local_tensor(p.detach()) for g in optimizer.param_groups for p in g["params"]]
         # Checked at the next step's sync (or at close): no second host sync per step. The same
         # norm is the history's param_norm, so it costs nothing more.
@@ -522,6 +562,8 @@ class Watch:
 
     def _scaler_update_hook(self, *args: Any, **kwargs: Any) -> Any:
         result = self._scaler_update(*args, **kwargs)
+        if compiled.compiling():
+            return result
         if not self._post_ran and not self._closed:
             # The scaler found inf/NaN gradients and skipped optimizer.step().
             capture = self._capture or _Capture(self.step_index, bundle_writer.capture_rng())
@@ -601,6 +643,7 @@ class Watch:
         self._capture = None
         self._local_grads_flag = None
         self._dropped = False
+        self._versions = None
         self._remove_stats_hooks()
         self.step_index += 1
 
@@ -680,7 +723,7 @@ class Watch:
 
     def _nonfinite_parameters(self) -> list[str]:
         """Names of the parameters holding NaN/Inf values (slow path: only when a flag fired)."""
-        names = {id(p): n for n, p in self.model.named_parameters()}
+        names = self._param_names
         return [names.get(id(p), "?") for p in self.params()
                 if not bool(torch.isfinite(local_tensor(p.detach())).all())]
 
@@ -737,6 +780,8 @@ class Watch:
         self._dropped = True
 
     def _write(self, check: str, what: str, capture: Optional[_Capture], step: int, state: str) -> Path:
+        if self._after_compiled_step:
+            state = STATE_AFTER_STEP      # checked after the compiled step had updated the weights
         use_snapshot = state == STATE_BEFORE_STEP and check == "parameters" and self._snapshot is not None
         if use_snapshot:
             with self._snapshot.restored_view():
@@ -788,7 +833,7 @@ class Watch:
 
     def _stats_hook(self, index: int) -> Callable:
         def hook(module: Any, args: Any, output: Any) -> None:
-            if stats.in_functorch_transform():
+            if stats.in_functorch_transform() or compiled.compiling():
                 return
             if isinstance(output, torch.Tensor):
                 tensors = [output] if (output.is_floating_point() or output.is_complex()) and output.numel() else []
@@ -811,6 +856,7 @@ class Watch:
             self._act_reduced.append(([i for i, _ in keep], stats.foreach_max_abs([t for _, t in keep])))
 
     def _remove_stats_hooks(self) -> None:
+        self._stats_pending = False
         for handle in self._stats_handles:
             handle.remove()
         self._stats_handles.clear()
@@ -1008,12 +1054,18 @@ def _running_stat_buffers(model: torch.nn.Module) -> list[tuple[str, torch.Tenso
     """(state_dict key, buffer) of every running statistic a training forward updates in place:
     BatchNorm / InstanceNorm / SyncBatchNorm with track_running_stats."""
     found = []
-    for module_name, module in model.named_modules():
+    for module_name, module in compiled.user_named_modules(model):
         if isinstance(module, torch.nn.modules.batchnorm._NormBase) and module.track_running_stats:
             for name, buf in module.named_buffers(recurse=False):
                 if buf is not None:
                     found.append((f"{module_name}.{name}" if module_name else name, buf))
     return found
+
+
+def _version_sum(params: list[torch.Tensor]) -> int:
+    """Sum of the parameters' in-place version counters: it moves when an optimizer step (even
+    one inside compiled code, which runs none of our hooks) updates them."""
+    return sum(p._version for p in params)
 
 
 def _infer_precision(model: torch.nn.Module, scaler: Any) -> str:

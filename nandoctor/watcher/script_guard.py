@@ -35,6 +35,7 @@ from typing import Any, Callable, Optional
 
 import torch
 
+from ..run.compiled import compiling
 from ..run.frames import is_user_file, location
 from ..trace import ExperimentResult, LoopFacts, NonfiniteEvent, Phase, SourceLocation
 from .guard import Watch, active_scaler, plain_rebuild, with_checked_closure
@@ -208,6 +209,8 @@ class ScriptGuard:
 
         def scale(scaler: Any, outputs: Any) -> Any:
             scaled = original_scale(scaler, outputs)
+            if compiling():
+                return scaled
             if active_scaler(scaler) is not None and isinstance(outputs, torch.Tensor):
                 guard._note_loss(outputs)
                 if isinstance(scaled, torch.Tensor):
@@ -215,7 +218,8 @@ class ScriptGuard:
             return scaled
 
         def step(scaler: Any, optimizer: Any, *args: Any, **kwargs: Any) -> Any:
-            guard._note_scaler(scaler, optimizer)
+            if not compiling():
+                guard._note_scaler(scaler, optimizer)
             return original_step(scaler, optimizer, *args, **kwargs)
         self._patch(scaler_cls, "scale", scale)
         self._patch(scaler_cls, "step", step)
@@ -231,7 +235,7 @@ class ScriptGuard:
         original_clip = clip_module.clip_grad_norm_
 
         def clip_grad_norm_(parameters: Any, max_norm: float, *args: Any, **kwargs: Any) -> Any:
-            if "clip" not in guard.sites:
+            if "clip" not in guard.sites and not compiling():
                 guard.sites["clip"] = _user_caller()
                 guard.clip_norm = float(max_norm)
             return original_clip(parameters, max_norm, *args, **kwargs)
@@ -297,7 +301,8 @@ class ScriptGuard:
         guard = self
 
         def call(module: torch.nn.Module, *args: Any, **kwargs: Any) -> Any:
-            if id(module) in guard._known:
+            # Inside a compiled model: dynamo inlines this call; it must add nothing to the graph.
+            if compiling() or id(module) in guard._known:
                 return original_call(module, *args, **kwargs)     # its own pre-hook reports it
             depth = guard._depth()
             if depth == 0 and module.training and torch.is_grad_enabled():
@@ -337,6 +342,8 @@ class ScriptGuard:
         self._module_handles.append(module.register_forward_hook(self._top_post_hook, always_call=True))
 
     def _top_pre_hook(self, module: torch.nn.Module, args: tuple, kwargs: dict) -> Optional[tuple[tuple, dict]]:
+        if compiling():
+            return None
         depth = self._depth()
         self._local.depth = depth + 1
         if self._logged_by_call is module:
@@ -348,6 +355,8 @@ class ScriptGuard:
         return self._log_call(module, args, kwargs)
 
     def _top_post_hook(self, module: torch.nn.Module, args: tuple, output: Any) -> None:
+        if compiling():
+            return
         self._local.depth = max(0, self._depth() - 1)
         if self._depth() == 0:
             self.phase_now = Phase.LOSS
@@ -458,6 +467,8 @@ class ScriptGuard:
     def _before_step(self, optimizer: torch.optim.Optimizer, args: Any, kwargs: Any) -> Optional[tuple]:
         # `optimizer.step(closure)` (LBFGS, Lightning's automatic optimization) runs the forward and
         # backward inside the step: the check belongs after the closure, before the update.
+        if compiling():
+            return None
         wrapped = with_checked_closure(args, kwargs, lambda closure: self._at_closure_end(optimizer, closure))
         if wrapped is not None:
             return wrapped
@@ -505,6 +516,8 @@ class ScriptGuard:
         self._maybe_snapshot(watch)
 
     def _after_step(self, optimizer: torch.optim.Optimizer, args: Any, kwargs: Any) -> None:
+        if compiling():
+            return
         if self._rewind is not None:
             self._rewind_stepped(optimizer)
         if id(optimizer) in self.watches:
