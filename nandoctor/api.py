@@ -352,6 +352,8 @@ def _replay(bundle: str | Path, model: str | Path | None, *, trust: bool, experi
                            start_step=m.step, note="--max-seconds ran out while the step was replayed")
         if run.status == RunStatus.OK.value:
             mark_not_reproduced(run, found)
+            if m.compile is not None and cfg["compile_ladder"]["enabled"] and not deadline.expired:
+                run.compile_replay = _compile_replay(found, spec, cfg, precision, dev, initial_state, deadline)
     # What the watched run saw before this step: the loss, gradient norm and lr that led here.
     run.history = history_records(found)
     trace.runs.append(run)
@@ -364,12 +366,29 @@ def _replay(bundle: str | Path, model: str | Path | None, *, trust: bool, experi
                         bundle=_bundle_facts(found, ranks), history=[{k: decode_value(v) for k, v in h.items()} for h in m.history])
 
 
+def _compile_replay(found: Any, spec: ModelFile, cfg: dict[str, Any], precision: Any, dev: torch.device,
+                    initial_state: Any, deadline: Deadline) -> Any:
+    """A compiled run whose step stayed finite in eager: the step down torch.compile's ladder, the
+    repro written beside the bundle (`<bundle>-compile-repro.py`)."""
+    from .run.compile_ladder import compile_ladder
+    try:
+        with watchdog(None if cfg["max_seconds"] is None else deadline.left()):
+            return compile_ladder(spec, cfg, precision, dev, found.manifest.step, found.manifest.compile or {},
+                                  initial_state=initial_state, repro_at=found.path, deadline=deadline,
+                                  stage_names=cfg["compile_ladder"]["stages"])
+    except ScanTimeout:
+        from .trace import CompileReplay
+        return CompileReplay(recorded=dict(found.manifest.compile or {}),
+                             note="--max-seconds ran out while the step was replayed under the compiler")
+
+
 def _bundle_facts(found: Any, ranks: Optional[dict[str, Any]]) -> dict[str, Any]:
     m = found.manifest
     facts = {"path": str(found.path), "step": m.step, "check": m.check, "what": m.what, "state": m.state,
              "precision": m.precision, "micro_batches": m.micro_batches, "policy": m.policy,
              "rebuild": (m.rebuild or {}).get("kind"), "device": m.device, "versions": m.versions,
-             "size_bytes": m.size_bytes, "write_seconds": m.write_seconds, "created": m.created}
+             "size_bytes": m.size_bytes, "write_seconds": m.write_seconds, "created": m.created,
+             "compile": m.compile}
     if ranks is not None:
         facts["distributed"] = ranks
     return facts

@@ -6,6 +6,7 @@ from typing import Optional
 from .rules.bad_init import BadInit
 from .rules.bf16_precision import Bf16Precision
 from .rules.base import Rule
+from .rules.compile_numerics import CompileNumerics
 from .rules.data_nonfinite import DataNonfinite
 from .rules.data_scale import DataScale
 from .rules.empty_reduction import EmptyReduction
@@ -34,7 +35,7 @@ RULES: list[Rule] = [
     DataNonfinite(), DataScale(), LabelRange(), HighLearningRate(), BadInit(), UnstableOp(), GradSingularity(),
     MaskedSoftmax(), MaskedInf(), EmptyReduction(), Fp16Overflow(), Fp16Underflow(), Bf16Precision(), LossScaleCollapse(),
     ExplodingActivations(), ExplodingGradients(), VanishingGradients(), OptimizerEps(), PoisonedOptimizerState(), ParamNonfinite(), WeightBlowup(),
-    UserCodeError(), Nonreproducible(), ScanIncomplete(), UnexplainedNonfinite(),
+    UserCodeError(), CompileNumerics(), Nonreproducible(), ScanIncomplete(), UnexplainedNonfinite(),
 ]
 _BY_ID = {rule.id: rule for rule in RULES}
 assert len(_BY_ID) == len(RULES), "two rules claim one cause id"

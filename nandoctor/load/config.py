@@ -19,6 +19,7 @@ from typing import Any, Callable
 import yaml
 
 from ..errors import InputError
+from ..trace.compile import LADDER_STAGES
 from ..trace.thresholds import DEFAULT_THRESHOLDS
 from ..trace.vocab import ACCEPTED_PRECISION_NAMES as ACCEPTED_NAMES, FAIL_ON, precision_from_name
 
@@ -38,6 +39,8 @@ DEFAULTS: dict[str, Any] = {
     "max_seconds": None,
     "threads": "auto",
     "experiments": {"enabled": True, "max_seconds": 60.0},
+    # replay of a compiled run whose failing step stays finite in eager (cause compile-numerics)
+    "compile_ladder": {"enabled": True, "stages": list(LADDER_STAGES)},
     "thresholds": dict(DEFAULT_THRESHOLDS),
 }
 
@@ -177,6 +180,13 @@ def _bool(key: str, value: Any) -> bool:
     return value
 
 
+def _ladder_stages(key: str, value: Any) -> list[str]:
+    if not isinstance(value, list) or not all(isinstance(v, str) and v in LADDER_STAGES for v in value):
+        raise InputError(f"config key '{key}' must be a list of compiler stages out of {', '.join(LADDER_STAGES)} "
+                         f"(in that order), got {_show(value)}.")
+    return [s for s in LADDER_STAGES if s in value]
+
+
 def _section(keys: dict[str, Callable[[str, Any], Any]], required: tuple[str, ...] = ()):
     def check(key: str, value: Any) -> dict[str, Any]:
         if not isinstance(value, dict):
@@ -208,6 +218,7 @@ TOP_LEVEL: dict[str, Callable[[str, Any], Any]] = {
     "max_seconds": _optional_number,
     "threads": _threads,
     "experiments": _section({"enabled": _bool, "max_seconds": _number}),
+    "compile_ladder": _section({"enabled": _bool, "stages": _ladder_stages}),
     "thresholds": _section({name: _number for name in DEFAULT_THRESHOLDS}),
 }
 

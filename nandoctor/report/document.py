@@ -80,8 +80,19 @@ def run_dict(run: RunTrace) -> dict[str, Any]:
                                                   "source": str(run.error.source) if run.error.source else None,
                                                   "user_source": str(run.error.user_source) if run.error.user_source else None},
         "optimizer": run.optimizer, "param_dtype": run.param_dtype, "seconds": round(run.seconds, 3),
-        "note": run.note,
+        "note": run.note, "compile_replay": compile_replay_dict(run),
     }
+
+
+def compile_replay_dict(run: RunTrace) -> Optional[dict[str, Any]]:
+    """The ladder of a compiled run's failing step (null when it was not replayed under the compiler)."""
+    replay = run.compile_replay
+    if replay is None:
+        return None
+    data = to_plain(replay)
+    if replay.culprit is not None:
+        data["culprit"]["location"] = str(replay.culprit.location) if replay.culprit.location else None
+    return data
 
 
 def layer_rows(run: RunTrace) -> list[dict[str, Any]]:

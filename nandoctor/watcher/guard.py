@@ -25,6 +25,7 @@ from typing import Any, Callable, Optional
 
 import torch
 
+from .compile_settings import compile_settings, compiled_graphs, compiled_since
 from ..load.bundle import STATE_AFTER_STEP, STATE_BEFORE_STEP, BundleManifest
 from ..run import compiled, stats
 from ..trace.thresholds import DEFAULT_THRESHOLDS
@@ -93,6 +94,8 @@ class Watch:
             raise ValueError(f"inputs must be 'forward' or 'manual', got {inputs!r}")
         if not isinstance(model, torch.nn.Module):
             raise TypeError(f"nandoctor.watch: model must be a torch.nn.Module, got {type(model).__name__}")
+        self.compiled_as = compile_settings(model)      # read before anything unwraps the model
+        self._graphs_before = compiled_graphs()
         optimizer = unwrap_optimizer(optimizer)
         if gradient_check == "auto":
             # No optimizer (a hand-written update): a step ends when a backward pass ends.
@@ -808,6 +811,7 @@ class Watch:
             layer_stats=[bundle_writer.encode_value({k: v for k, v in s.items() if k != "modules"})
                          for s in self.layer_stats],
             rebuild=bundle_writer.encode_value(self.rebuild),
+            compile=self.compiled_as or compiled_since(self._graphs_before),
             detail={"truncated_micro_batches": bool(capture and capture.truncated),
                     "layer_modules": self._module_names if self.layer_stats else []})
         manifest.micro_step = _first_bad_micro_batch(check, capture)
