@@ -220,7 +220,7 @@ def locate_origin(model_file: ModelFile, config: dict[str, Any], precision: Prec
                 fallback.detail = f"the replay failed earlier, at step {earlier}: the run is not deterministic"
                 return fallback
         before = _snapshot(session)
-        lr_bad = any(not math.isfinite(float(group["lr"])) for group in session.optimizer.param_groups)
+        lr_bad = any(not math.isfinite(float(group["lr"])) or float(group["lr"]) < 0 for group in session.optimizer.param_groups)
         last_step = max(start_step + int(config.get("steps") or 0) - 1, step + MIN_SEARCH_STEPS)
         traced_step, result, tracer = _traced_replay(session, precision, step, last_step, deadline or Deadline(None))
         if traced_step == step:
