@@ -223,7 +223,8 @@ def _confirm(trace: Trace, findings: list[Finding], spec: ModelFile, cfg: dict[s
 
 
 def _function_locations(spec: ModelFile) -> dict[str, SourceLocation]:
-    """Def lines of the contract functions; for build_optimizer, its `lr=` line when present."""
+    """Def lines of the contract functions; for build_optimizer, its `lr=` line when present; for
+    build_scheduler, the line that returns the schedule."""
     out: dict[str, SourceLocation] = {}
     try:
         tree = ast.parse(spec.path.read_text(encoding="utf-8"))
@@ -231,8 +232,12 @@ def _function_locations(spec: ModelFile) -> dict[str, SourceLocation]:
         return out
     path = str(spec.path)
     for node in tree.body:
-        if isinstance(node, ast.FunctionDef) and node.name in ("build_model", "get_batch", "loss_fn", "build_optimizer"):
+        if isinstance(node, ast.FunctionDef) and node.name in ("build_model", "get_batch", "loss_fn", "build_optimizer",
+                                                               "build_scheduler"):
             line = node.lineno
+            if node.name == "build_scheduler":     # the schedule itself: the line that returns it
+                returns = [sub for sub in ast.walk(node) if isinstance(sub, ast.Return) and sub.value is not None]
+                line = returns[-1].lineno if returns else line
             if node.name == "build_optimizer":
                 for sub in ast.walk(node):
                     if isinstance(sub, ast.keyword) and sub.arg in ("lr", "eps"):
