@@ -6,11 +6,15 @@ from __future__ import annotations
 import json
 import math
 import warnings
+from pathlib import Path
 
+import jsonschema
 import pytest
 import torch
 
 import nandoctor
+from conftest import run_cli
+from test_formats import SCHEMA
 
 BAD = (21, 22)          # the injected samples: one NaN row, one row scaled by 1e30 (its gradients overflow)
 
@@ -196,3 +200,39 @@ def test_options_are_checked(tmp_path):
     (tmp_path / "skip_list.json").write_text("[1, 2]")
     with pytest.raises(ValueError, match="not a skip list"):
         nandoctor.SkipListSampler(range(3), tmp_path)
+
+
+STREAM_SCRIPT = Path(__file__).parent / "scripts" / "stream_with_bad_batch.py"
+
+
+def test_nandoctor_run_rollback_survives_the_bad_batch_and_reports_the_samples(tmp_path):
+    out = tmp_path / "bundles"
+    result = run_cli("run", "--on-nonfinite", "rollback", "--rollback-every", "2", "--out", out, "--format", "json",
+                     "--no-experiments", STREAM_SCRIPT)
+    doc = json.loads(result.stdout)
+    jsonschema.validate(json.loads(json.dumps(doc, allow_nan=False)), SCHEMA)
+    run = doc["runs"][0]
+    assert run["status"] == "ok" and math.isfinite(run["loss"]["last"]) and result.exit_code == 0
+    assert [(i["step"], i["policy"], i["from_step"], i["samples"]) for i in run["interventions"]] == \
+        [(2, "rollback", 0, [21, 22]), (14, "rollback", 12, [21, 22])]       # both epochs meet the bad batch
+    [cause] = [c for c in doc["causes"] if c["id"] == "data-outlier-samples"]
+    assert "dataset indices 21, 22" in cause["title"]
+    assert [e["samples"] for e in entries(out)] == [[21, 22], [21, 22]]
+
+    bad = run_cli("run", "--on-nonfinite", "retry", STREAM_SCRIPT)
+    assert bad.exit_code == 2 and "stop, skip, rollback" in bad.stderr
+
+
+def test_data_outlier_samples_rule_on_a_hand_made_trace():
+    from nandoctor.diagnose import diagnose
+    from nandoctor.trace import BlamedSample, RunTrace, SampleBlame, Trace
+    run = RunTrace(precision="32-true", sample_blame=[SampleBlame(
+        step=7, check="spike", statistic="loss", method="sample_loss", samples=32, median=2.1, mad=0.2, share=0.93,
+        dominant=[BlamedSample(index=901, micro_batch=0, row=5, score=48.0)])])
+    trace = Trace(model_file="train.py", config={}, device="cpu", torch_version="x", tool_version="x")
+    trace.runs.append(run)
+    [finding] = [f for f in diagnose(trace) if f.id == "data-outlier-samples"]
+    assert "dataset index 901" in finding.title and "loss 48" in finding.evidence[0] and "93%" in finding.evidence[0]
+    # Many samples standing out is a batch-wide effect, not a few samples: no finding.
+    run.sample_blame[0].dominant = [BlamedSample(index=i, micro_batch=0, row=i, score=48.0) for i in range(12)]
+    assert not [f for f in diagnose(trace) if f.id == "data-outlier-samples"]

@@ -11,6 +11,7 @@ from typing import Any, Optional
 
 from .experiments import ExperimentResult
 from .plain import from_plain, to_plain
+from .samples import BlamedSample, Intervention, SampleBlame  # noqa: F401 - RunTrace's field types
 from .vocab import SCHEMA_VERSION, RunStatus
 
 @dataclass
@@ -212,6 +213,9 @@ class RunTrace:
     # `nandoctor run`'s own): loss, grad_norm, lr, loss_scale, skipped, param_norm, update_ratio.
     # Oldest first. Rules read it as the run's past; `steps` stay the steps this run executed.
     history: list[StepRecord] = field(default_factory=list)
+    # A watched run's policies (skip, rollback) and the samples its fired steps were blamed on.
+    interventions: list[Intervention] = field(default_factory=list)
+    sample_blame: list[SampleBlame] = field(default_factory=list)
 
     @property
     def steps_run(self) -> int:

@@ -9,6 +9,7 @@ list (watcher/skip_list.py).
 """
 from __future__ import annotations
 
+import contextlib
 import math
 from pathlib import Path
 from typing import Any, Callable, Optional
@@ -40,6 +41,7 @@ class KeepAlive:
         self.resume_skip = skipped_samples(skip_list)      # samples an earlier run listed
         self.sample_loss = sample_loss
         self.enabled = True          # `nandoctor run` turns it off unless the user chose a policy
+        self.aside: Callable[[], Any] = contextlib.nullcontext   # `nandoctor run`: keeps the re-run out of its window
         self.records: list[dict[str, Any]] = []     # every intervention (as in the skip list)
         self.blames: list[dict[str, Any]] = []      # per-sample re-runs: step, check, blame
         self.resume_skipped: list[int] = []         # steps skipped because an earlier list named their samples
@@ -69,14 +71,25 @@ class KeepAlive:
         else:
             watch._blaming = True
             try:
-                found = blame_samples(watch.model, list(capture.calls), list(capture.batches), indices, self.sample_loss, gradients="grad" in statistic,
-                                      params=watch.params())
+                with self.aside():
+                    found = blame_samples(watch.model, list(capture.calls), list(capture.batches), indices,
+                                          self.sample_loss, gradients="grad" in statistic, params=watch.params())
             finally:
                 watch._blaming = False
         if found is not None:
             self.blames.append({"step": capture.step, "check": check, **_summary(found)})
             del self.blames[:-MAX_RECORDS]
         return found
+
+    def can_continue(self, check: str, step: int) -> bool:
+        """Whether the policy for non-finite values will keep the run going after this firing."""
+        if self.on_nonfinite == "skip":
+            return check != "loss-scale"
+        if self.on_nonfinite != "rollback" or self.keeper is None or check == "loss-scale":
+            return False
+        if self.keeper.used >= self.settings.budget:
+            return False
+        return check != "parameters" or self.keeper.choose(step) is not None
 
     def act(self, watch: Any, policy: str, check: str, reason: str, capture: Any,
             statistic: str = "") -> str:

@@ -69,6 +69,7 @@ class LoaderIndices:
                 indices = pending.popleft() if pending else None
                 cls.recent.append((_storages(batch), indices))
                 return batch
+            patched_next_index._nandoctor_blame = patched_next._nandoctor_blame = True
             _BaseDataLoaderIter._next_index = patched_next_index
             _BaseDataLoaderIter.__next__ = patched_next
 
@@ -79,7 +80,11 @@ class LoaderIndices:
             cls._users = max(0, cls._users - 1)
             if cls._users or cls._originals is None:
                 return
-            _BaseDataLoaderIter._next_index, _BaseDataLoaderIter.__next__ = cls._originals
+            # Put back what was there only where nothing patched over us since (`nandoctor run`
+            # patches _next_index too; whoever patched last restores first).
+            for name, original in zip(("_next_index", "__next__"), cls._originals):
+                if getattr(_BaseDataLoaderIter.__dict__.get(name), "_nandoctor_blame", False):
+                    setattr(_BaseDataLoaderIter, name, original)
             cls._originals = None
             cls.recent.clear()
 
