@@ -236,3 +236,57 @@ def test_data_outlier_samples_rule_on_a_hand_made_trace():
     # Many samples standing out is a batch-wide effect, not a few samples: no finding.
     run.sample_blame[0].dominant = [BlamedSample(index=i, micro_batch=0, row=i, score=48.0) for i in range(12)]
     assert not [f for f in diagnose(trace) if f.id == "data-outlier-samples"]
+
+
+def lightning_fit(tmp_path, **callback_options):
+    import lightning as L
+    from nandoctor.integrations.lightning import NanDoctorCallback
+
+    class Classifier(L.LightningModule):
+        def __init__(self):
+            super().__init__()
+            self.net = torch.nn.Sequential(torch.nn.Linear(4, 16), torch.nn.ReLU(), torch.nn.Linear(16, 3))
+
+        def training_step(self, batch, batch_idx):
+            x, y = batch
+            loss = torch.nn.functional.cross_entropy(self.net(x), y)
+            self.log("loss", loss)
+            self.last_loss = loss.detach()
+            return loss
+
+        def configure_optimizers(self):
+            return torch.optim.Adam(self.parameters(), lr=1e-2)
+
+    callback = NanDoctorCallback(out=tmp_path, **callback_options)
+    trainer = L.Trainer(max_epochs=1, accelerator="cpu", logger=False, enable_checkpointing=False,
+                        enable_progress_bar=False, enable_model_summary=False, callbacks=[callback],
+                        default_root_dir=tmp_path)
+    torch.manual_seed(0)
+    module = Classifier()
+    with quiet():
+        trainer.fit(module, loader(Stream(bad=(BAD[0], -1))))
+    return callback, module
+
+
+def test_lightning_callback_rolls_back_and_resumes_without_the_listed_samples(tmp_path):
+    callback, module = lightning_fit(tmp_path, on_nonfinite="rollback", rollback={"every": 1})
+    assert math.isfinite(float(module.last_loss)) and callback.watch.step_index == 8
+    [entry] = entries(tmp_path)
+    assert (entry["step"], entry["policy"], entry["samples"]) == (2, "rollback", [BAD[0]])
+    # The resume path: the callback honours the skip list (a step drawing a listed sample makes no update).
+    callback, module = lightning_fit(tmp_path / "resumed", skip_list=tmp_path)
+    assert callback.watch.nonfinite_steps == 0 and callback.watch.keep_alive.resume_skipped == [2]
+    assert all(torch.isfinite(p).all() for p in module.parameters())
+
+
+def test_transformers_callback_skips_the_bad_batch_and_names_its_sample(tmp_path):
+    from test_integrations import EmbedsDataset, hf_train
+    from nandoctor.integrations.transformers import NanDoctorCallback
+    callback = NanDoctorCallback(out=tmp_path / "bundles", on_nonfinite="rollback", rollback={"every": 2})
+    with quiet():
+        hf_train(tmp_path, EmbedsDataset(bad_index=4 * 5 + 2), callback, max_steps=8)
+    assert callback.watch.step_index == 8 and callback.watch.skipped_steps == 1
+    [entry] = entries(tmp_path / "bundles")
+    assert (entry["step"], entry["policy"], entry["samples"]) == (5, "rollback", [22])
+    assert entry["window"] == {"from_step": 4, "to_step": 5}
+    assert all(torch.isfinite(p).all() for p in callback.watch.model.parameters())

@@ -449,6 +449,12 @@ class Watch:
             if self.policy in ("skip", "rollback"):
                 self._drop_gradients()
                 return
+        if host[_SLOT["listed_bad"]]:
+            # A sample that an earlier run's skip list names is in this step (on some rank): no update.
+            self.keep_alive.resume_skipped.append(capture.step)
+            self.skipped_steps += 1
+            self._drop_gradients()
+            return
         if what is not None:
             check, text = what
             # With a GradScaler, non-finite gradients are an overflow the scaler skips by design:
@@ -458,12 +464,6 @@ class Watch:
                 if self.policy in ("skip", "rollback"):
                     self._drop_gradients()
                     return
-        if host[_SLOT["listed_bad"]]:
-            # A sample that an earlier run's skip list names is in this step (on some rank): no update.
-            self.keep_alive.resume_skipped.append(capture.step)
-            self.skipped_steps += 1
-            self._drop_gradients()
-            return
         self.keep_alive.healthy(self, capture.step)
         if self._snapshot is not None:
             self._snapshot.save()
