@@ -96,8 +96,13 @@ class KeepAlive:
         """Apply `policy` ("skip" or "rollback") to the fired step; returns what to add to the
         message. Raises RollbackBudgetSpent when no rollback is left."""
         step = capture.step if capture is not None else max(watch.step_index - 1, 0)
-        found = self.blame(watch, check, capture, statistic)
-        samples, rows = _named(found, capture)
+        if _only_received(watch, check):
+            # Under torchrun a rank whose own batch, loss and local gradients stayed finite only
+            # received the NaN through the collective: its samples are innocent.
+            found, samples, rows = None, [], []
+        else:
+            found = self.blame(watch, check, capture, statistic)
+            samples, rows = _named(found, capture)
         entry: dict[str, Any] = {"step": step, "policy": policy, "check": check, "reason": reason}
         note = ""
         if policy == "rollback":
@@ -147,6 +152,17 @@ class KeepAlive:
         self.freeze.release()
         if self.keeper is not None:
             self.keeper.close()
+
+
+def _only_received(watch: Any, check: str) -> bool:
+    guard = watch.distributed
+    if guard is None or check == "spike" or getattr(guard, "table", None) is None:
+        return False
+    try:
+        origin = guard.verdict().get("origin_ranks") or []
+    except Exception:  # noqa: BLE001 - a verdict that cannot be read blames every rank's samples
+        return False
+    return bool(origin) and guard.rank not in origin
 
 
 def _nonfinite_samples(capture: Any, indices: list[Optional[list[int]]]) -> Optional[dict[str, Any]]:
