@@ -458,11 +458,13 @@ class RunReport(ScanReport):
 def run_script(script: str | Path | None = None, args: Optional[list[str]] = None, *, module: Optional[str] = None,
         config: str | Path | None = None, out: str | Path = "nandoctor-bundles", fail_on: Optional[str] = None,
         max_seconds: Optional[float] = None, experiments: Optional[bool] = None, stats_every: int = 50,
-        check_every: int = 1, snapshot_every: int = 100, script_stdout_to_stderr: bool = False) -> RunReport:
+        check_every: int = 1, snapshot_every: int = 100, script_stdout_to_stderr: bool = False,
+        on_nonfinite: str = "stop", on_spike: str = "warn", rollback: Optional[dict[str, Any]] = None) -> RunReport:
     """Run an unmodified training script (`python SCRIPT ARGS`, or `-m MODULE` with `module=`)
     under nandoctor's guard. On the first NaN/Inf the script is stopped, the failing step is run
     once more by the script's own loop and traced op by op, a crash bundle is written to `out`,
-    and the causes are diagnosed. Raises InputError when the script cannot be found."""
+    and the causes are diagnosed. `on_nonfinite="skip"` or `"rollback"` (and `on_spike`, `rollback`
+    as for `watch`) keep the run going instead. Raises InputError when the script cannot be found."""
     from .load.script import resolve_script
     from .watcher.script import execute_script
     from .watcher.script_guard import ScriptGuard
@@ -488,7 +490,8 @@ def run_script(script: str | Path | None = None, args: Optional[list[str]] = Non
 
     guard = ScriptGuard(out=out, stats_every=stats_every, check_every=check_every, max_seconds=cfg["max_seconds"],
                         snapshot_every=snapshot_every, experiments_seconds=cfg["experiments"]["max_seconds"],
-                        plan_rewinds=plan_rewinds if cfg["experiments"]["enabled"] else None)
+                        plan_rewinds=plan_rewinds if cfg["experiments"]["enabled"] else None,
+                        on_nonfinite=on_nonfinite, on_spike=on_spike, rollback=rollback)
     output = capture_user_output() if script_stdout_to_stderr else contextlib.nullcontext()
     with output:
         outcome = execute_script(target, guard)

@@ -128,7 +128,8 @@ def test_skip_policy_keeps_training_with_finite_weights(tmp_path):
     assert all(torch.isfinite(p).all() for p in model.parameters())
     assert watch.step_index == 12 and [e["step"] for e in watch.events] == [3]
     assert [h["step"] for h in watch.history if h["skipped"]] == [3]
-    assert len(list(tmp_path.iterdir())) == 1
+    # One bundle, and the skip list that names the skipped step (issue 21).
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["skip_list.json", "step-000003"]
 
 
 def test_warn_policy_writes_one_bundle_and_continues(tmp_path):

@@ -8,6 +8,7 @@ from .rules.bf16_precision import Bf16Precision
 from .rules.base import Rule
 from .rules.compile_numerics import CompileNumerics
 from .rules.data_nonfinite import DataNonfinite
+from .rules.data_outlier_samples import DataOutlierSamples
 from .rules.data_scale import DataScale
 from .rules.empty_reduction import EmptyReduction
 from .rules.exploding_activations import ExplodingActivations
@@ -32,7 +33,7 @@ from .rules.vanishing_gradients import VanishingGradients
 from .rules.weight_blowup import WeightBlowup
 
 RULES: list[Rule] = [
-    DataNonfinite(), DataScale(), LabelRange(), HighLearningRate(), BadInit(), UnstableOp(), GradSingularity(),
+    DataNonfinite(), DataOutlierSamples(), DataScale(), LabelRange(), HighLearningRate(), BadInit(), UnstableOp(), GradSingularity(),
     MaskedSoftmax(), MaskedInf(), EmptyReduction(), Fp16Overflow(), Fp16Underflow(), Bf16Precision(), LossScaleCollapse(),
     ExplodingActivations(), ExplodingGradients(), VanishingGradients(), OptimizerEps(), PoisonedOptimizerState(), ParamNonfinite(), WeightBlowup(),
     UserCodeError(), CompileNumerics(), Nonreproducible(), ScanIncomplete(), UnexplainedNonfinite(),

@@ -66,6 +66,9 @@ def run_dict(run: RunTrace) -> dict[str, Any]:
     losses = [s.loss for s in run.steps]
     finite_losses = _finite(losses)
     scales = [s.loss_scale for s in run.steps]
+    # Present only when a watch policy acted (`nandoctor run --on-nonfinite/--on-spike`).
+    kept_alive = {key: [to_plain(v) for v in values] for key, values in
+                  (("interventions", run.interventions), ("sample_blame", run.sample_blame)) if values}
     return {
         "precision": run.precision, "status": run.status, "steps_requested": run.steps_requested,
         "steps_run": run.steps_run, "start_step": run.start_step,
@@ -80,7 +83,7 @@ def run_dict(run: RunTrace) -> dict[str, Any]:
                                                   "source": str(run.error.source) if run.error.source else None,
                                                   "user_source": str(run.error.user_source) if run.error.user_source else None},
         "optimizer": run.optimizer, "param_dtype": run.param_dtype, "seconds": round(run.seconds, 3),
-        "note": run.note, "compile_replay": compile_replay_dict(run),
+        "note": run.note, "compile_replay": compile_replay_dict(run), **kept_alive,
     }
 
 

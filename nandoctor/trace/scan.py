@@ -13,6 +13,7 @@ from .compile import CompileReplay
 from .experiments import ExperimentResult
 from .location import SourceLocation
 from .plain import from_plain, to_plain
+from .samples import BlamedSample, Intervention, SampleBlame  # noqa: F401 - RunTrace's field types
 from .vocab import SCHEMA_VERSION, RunStatus
 
 @dataclass
@@ -203,6 +204,9 @@ class RunTrace:
     # A compiled run whose failing step stayed finite in eager: the step replayed down
     # torch.compile's ladder (trace/compile.py); None when not compiled or not replayed.
     compile_replay: Optional[CompileReplay] = None
+    # A watched run's policies (skip, rollback) and the samples its fired steps were blamed on.
+    interventions: list[Intervention] = field(default_factory=list)
+    sample_blame: list[SampleBlame] = field(default_factory=list)
 
     @property
     def steps_run(self) -> int:

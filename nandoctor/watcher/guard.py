@@ -33,9 +33,12 @@ from ..run.precision import autocast_precision
 from . import bundle_writer
 from .distributed import attach_if_distributed, local_tensor
 from .flags import BAD_SLOTS, FLAGS, SLOT as _SLOT
+from .keep_alive import KeepAlive, RollbackBudgetSpent
+from .policies import NONFINITE_POLICIES, SPIKE_POLICIES
+from .sample_blame import LoaderIndices
 from .snapshot import Snapshot
 
-POLICIES = ("raise", "skip", "warn")
+POLICIES = NONFINITE_POLICIES     # "stop" is "raise" by another name
 # Where a step's gradients are checked: the optimizer's step pre-hook, the end of each backward
 # pass (a loop that updates weights by hand), or wherever a framework callback calls
 # check_gradients() ("manual"). "auto" picks the first two by whether there is an optimizer.
@@ -66,6 +69,8 @@ class _Capture:
         self.rng = rng
         self.batches: list[Any] = []
         self.batch_flags: list[torch.Tensor] = []
+        self.calls: list[dict[str, Any]] = []          # the model's training forwards: {"args", "kwargs"}
+        self.sample_indices: list[Optional[list[int]]] = []   # per micro-batch: its dataset indices
         self.output_losses: list[torch.Tensor] = []    # a model output's .loss (Hugging Face style)
         self.explicit_losses: list[torch.Tensor] = []  # watch.loss(t), or what `nandoctor run` saw backward() on
         self.truncated = False
@@ -85,9 +90,14 @@ class Watch:
                  snapshot: bool = False, precision: Optional[str] = None, grad_clip: Optional[float] = None,
                  skip_streak: int = 5, scale_floor: float = DEFAULT_THRESHOLDS["scale_floor"], rebuild: Optional[dict[str, Any]] = None, max_bundles: int = 1,
                  gradient_check: str = "auto", notify: Optional[Callable[[dict[str, Any]], None]] = None,
-                 distributed: Any = "auto", inputs: str = "forward", warn: bool = True, batch_check: bool = True):
+                 distributed: Any = "auto", inputs: str = "forward", warn: bool = True, batch_check: bool = True,
+                 on_spike: str = "warn", rollback: Optional[dict[str, Any]] = None, skip_list: Any = None,
+                 sample_loss: Optional[Callable[..., torch.Tensor]] = None):
         if on_nonfinite not in POLICIES:
             raise ValueError(f"on_nonfinite must be one of {', '.join(POLICIES)}, got {on_nonfinite!r}")
+        if on_spike not in SPIKE_POLICIES:
+            raise ValueError(f"on_spike must be one of {', '.join(SPIKE_POLICIES)}, got {on_spike!r}")
+        on_nonfinite = "raise" if on_nonfinite == "stop" else on_nonfinite
         if gradient_check not in GRADIENT_CHECKS:
             raise ValueError(f"gradient_check must be one of {', '.join(GRADIENT_CHECKS)}, got {gradient_check!r}")
         if inputs not in ("forward", "manual"):
@@ -107,6 +117,10 @@ class Watch:
         self.gradient_check = gradient_check
         self.out = Path(out)
         self.policy = on_nonfinite
+        self.spike_policy = on_spike
+        # Skip lists, rolling copies for rollback, the samples of a fired step (watcher/keep_alive.py).
+        self.keep_alive = KeepAlive(self.out, on_nonfinite, on_spike, rollback, skip_list, sample_loss)
+        self._blaming = False                   # the per-sample re-run is running: the hooks stand aside
         self.stats_every = max(0, int(stats_every or 0))
         self.check_every = max(1, int(check_every))
         self.window = max(1, int(window))
@@ -197,7 +211,8 @@ class Watch:
             self._handles.append(self._input_hook)
         # always_call: the hook also runs when forward raises, so a batch that made the model's own
         # checks raise (BCE's range check on NaN) still leaves a bundle.
-        self._handles.append(model.register_forward_hook(self._model_output_hook, always_call=True))
+        self._handles.append(model.register_forward_hook(self._model_output_hook, always_call=True, with_kwargs=True))
+        LoaderIndices.install()
         self._scaler_update = None
         self.attach_scaler(scaler)
         # Under torchrun a rank-aware layer sets flag_hook and write_hook (watcher/distributed.py).
@@ -238,6 +253,8 @@ class Watch:
             self._stats_handles.clear()
             if self.distributed is not None:
                 self.distributed.close()
+            LoaderIndices.uninstall()
+            self.keep_alive.close()
             if self._scaler_update is not None:
                 if self.scaler.__dict__.get("update") == self._scaler_update_hook:
                     del self.scaler.update
@@ -330,6 +347,7 @@ class Watch:
             capture.truncated = True
             return
         capture.batches.append(batch)
+        capture.sample_indices.append(LoaderIndices.of(batch))
         floating = stats.floating_tensors(batch)
         if floating:
             norm = stats.foreach_norms(floating, math.inf)
@@ -369,7 +387,7 @@ class Watch:
         if self._stats_pending:
             self._stats_pending = False
             self._add_stats_hooks()
-        if self._explicit_batches or not module.training or not torch.is_grad_enabled():
+        if self._explicit_batches or self._blaming or not module.training or not torch.is_grad_enabled():
             return
         if stats.in_functorch_transform():
             # functional_call inside torch.func.vmap/grad: a per-sample view, not the step's batch.
@@ -384,7 +402,7 @@ class Watch:
         if mixed is not None and self.precision != mixed:
             self.precision = mixed
 
-    def _model_output_hook(self, module: Any, args: Any, output: Any) -> None:
+    def _model_output_hook(self, module: Any, args: Any, kwargs: Any, output: Any) -> None:
         if compiled.compiling():
             return
         if output is None:
@@ -393,10 +411,13 @@ class Watch:
             if raised is not None and not isinstance(raised, NonFiniteError):
                 self.raised_on_nonfinite_batch(raised)
             return
-        if self._capture is None or not torch.is_grad_enabled() or stats.in_functorch_transform():
+        if self._capture is None or self._blaming or not torch.is_grad_enabled() or stats.in_functorch_transform():
             return
         if not self._precision_given and module.training:
             self._note_autocast()
+        if module.training and len(self._capture.calls) < MAX_MICRO_BATCHES:
+            # What the per-sample re-run calls the model with (references only: no copy, no sync).
+            self._capture.calls.append(forward_inputs(args, kwargs))
         if self.gradient_check == "backward":
             self._arm_end_of_backward(output)
         # Hugging Face style outputs carry their loss: check it without asking the user.
@@ -482,6 +503,7 @@ class Watch:
             self._defer(capture, norms)
             return
         since = self._deferred_from
+        self.keep_alive.begin_check(capture.step)
         host, extra = self._sync(capture, norms, stats_step)
         self._host = host
         self._complete_previous_history(host)
@@ -499,24 +521,31 @@ class Watch:
             self._fire(what[0] if what is not None else "parameters",
                        f"{text} (seen at the check of step {capture.step}; check_every={self.check_every} covers "
                        f"steps {since}..{capture.step})", capture)
-            if self.policy == "skip":
+            if self.policy in ("skip", "rollback"):
                 self._drop_gradients()
             return
         if host[_SLOT["params_bad"]]:
             previous, self._previous = self._previous, None
             self._fire("parameters", self._parameters_what(), previous)
-            if self.policy == "skip":
+            if self.policy in ("skip", "rollback"):
                 self._drop_gradients()
                 return
+        if host[_SLOT["listed_bad"]]:
+            # A sample that an earlier run's skip list names is in this step (on some rank): no update.
+            self.keep_alive.resume_skipped.append(capture.step)
+            self.skipped_steps += 1
+            self._drop_gradients()
+            return
         if what is not None:
             check, text = what
             # With a GradScaler, non-finite gradients are an overflow the scaler skips by design:
             # recorded as a skip when scaler.update() runs, not fired.
             if not (check == "gradients" and self.scaler is not None):
                 self._fire(check, text, capture)
-                if self.policy == "skip":
+                if self.policy in ("skip", "rollback"):
                     self._drop_gradients()
                     return
+        self.keep_alive.healthy(self, capture.step)
         if self._snapshot is not None:
             self._snapshot.save()
             self._snapshot_scheduler = _scheduler_state(self.scheduler)
@@ -564,7 +593,7 @@ class Watch:
         self._finish_step(skipped=self._dropped)
 
     def _scaler_update_hook(self, *args: Any, **kwargs: Any) -> Any:
-        result = self._scaler_update(*args, **kwargs)
+        result = self.keep_alive.freeze.scaler_update(self.scaler, self._scaler_update, args, kwargs)
         if compiled.compiling():
             return result
         if not self._post_ran and not self._closed:
@@ -709,8 +738,9 @@ class Watch:
         scale = scale.reshape(()).float().to(dev) if isinstance(scale, torch.Tensor) else (
             torch.full((), float(self.scaler.get_scale()), device=dev) if self.scaler is not None and
             hasattr(self.scaler, "get_scale") else zero)
-        return torch.stack([batch_bad, loss_bad, grads_bad, params_bad, local, loss.float(), grad_norm.float(), scale,
-                            params_norm, update_ratio])
+        listed = torch.full((), float(self.keep_alive.listed(capture)), device=dev) if self.keep_alive.resume_skip else zero
+        return torch.stack([batch_bad, loss_bad, grads_bad, params_bad, local, listed, loss.float(), grad_norm.float(),
+                            scale, params_norm, update_ratio])
 
     def _what(self, host: list[float], capture: _Capture, grads: list[torch.Tensor]) -> Optional[tuple[str, str]]:
         if host[_SLOT["batch_bad"]] and self.batch_check:
@@ -754,6 +784,18 @@ class Watch:
         if self.notify is not None:
             self.notify(self.events[-1])
         message = f"nandoctor.watch: step {step}: {what}." + (" " + replay_hint(bundle, self.rebuild) if bundle else "")
+        if self.policy in ("skip", "rollback") and self.keep_alive.enabled and check != "loss-scale" and not closing:
+            try:
+                message += self.keep_alive.act(self, self.policy, check, what, capture)
+            except RollbackBudgetSpent as spent:
+                self._stop(f"{message} Stopped: {spent}; skip list: {self.keep_alive.skip_list.path}.",
+                           bundle, step, what)
+            if self.policy == "rollback":
+                self.skipped_steps += 1
+        elif self.policy == "raise" and not closing and self.keep_alive.enabled:
+            found = self.keep_alive.blame(self, check, capture)
+            if found is not None and found["dominant"]:
+                message += " Samples that carry it: " + _blamed_text(found) + "."
         if self.policy == "raise" and not closing:
             self.close()
             raise NonFiniteError(message, bundle, step, what)
@@ -766,7 +808,8 @@ class Watch:
             else:
                 message += " It cannot be skipped after the fact without watch(snapshot=True)."
         elif self.policy == "skip" and check != "loss-scale":
-            message += " The optimizer step was skipped."
+            if not self.keep_alive.enabled:
+                message += " The optimizer step was skipped."
             self.skipped_steps += 1
         if self.warn and check not in self._warned:   # once per kind of check: a run left going must not flood the log
             self._warned.add(check)
@@ -825,6 +868,33 @@ class Watch:
         if capture is None:
             return []
         return self.batch_provider(capture) if self.batch_provider is not None else capture.batches
+
+    def _stop(self, message: str, bundle: Optional[Path], step: int, what: str) -> None:
+        self.close()
+        raise NonFiniteError(message, bundle, step, what)
+
+    # ---- spikes (the detector calls this) --------------------------------------------------------
+    def handle_spike(self, statistic: str, reason: str, capture: Any = None) -> bool:
+        """Apply the on_spike policy to the step being checked (call it before the optimizer
+        applies the update: inside the step's check). True when the step was skipped or rolled
+        back; "warn" returns False. Every rank must call it on the same step."""
+        capture = capture if capture is not None else self._capture
+        if self.spike_policy == "warn" or self._closed or not self.keep_alive.enabled:
+            return False
+        step = capture.step if capture is not None else self.step_index
+        message = f"nandoctor.watch: step {step}: {reason}."
+        try:
+            message += self.keep_alive.act(self, self.spike_policy, "spike", reason, capture, statistic=statistic)
+        except RollbackBudgetSpent as spent:
+            self._stop(f"{message} Stopped: {spent}; skip list: {self.keep_alive.skip_list.path}.", None, step, reason)
+        self._drop_gradients()
+        self.skipped_steps += 1
+        self.events.append({"step": step, "check": "spike", "what": reason, "bundle": None,
+                            "policy": self.spike_policy})
+        if self.warn and "spike-policy" not in self._warned:
+            self._warned.add("spike-policy")
+            warnings.warn(message, NonFiniteWarning, stacklevel=2)
+        return True
 
     # ---- per-layer statistics ----------------------------------------------------------------
     def _stats_step(self, step: int) -> bool:
@@ -1104,6 +1174,14 @@ def _first_bad_micro_batch(check: str, capture: Optional[_Capture]) -> Optional[
     if check == "loss" and len(capture.losses) == len(capture.batches):
         return next((i for i, loss in enumerate(capture.losses) if not bool(torch.isfinite(loss).all())), None)
     return None
+
+
+def _blamed_text(found: dict[str, Any]) -> str:
+    parts = []
+    for s in found["dominant"][:8]:
+        where = f"dataset index {s['index']}" if s["index"] is not None else f"row {s['row']}"
+        parts.append(f"{where} ({found['statistic']} {_fmt(s['score'])})")
+    return ", ".join(parts)
 
 
 def _fmt(value: float) -> str:
