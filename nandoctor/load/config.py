@@ -19,6 +19,7 @@ import yaml
 
 from ..errors import InputError
 from ..trace.thresholds import DEFAULT_THRESHOLDS
+from ..trace.warnings import EARLY_WARNING_DEFAULTS, SPIKE_DEFAULTS
 from ..trace.vocab import ACCEPTED_PRECISION_NAMES as ACCEPTED_NAMES, FAIL_ON, precision_from_name
 
 OPTIMIZER_NAMES = ("adamw", "adam", "sgd", "rmsprop", "adagrad")
@@ -36,6 +37,8 @@ DEFAULTS: dict[str, Any] = {
     "max_seconds": None,
     "experiments": {"enabled": True, "max_seconds": 60.0},
     "thresholds": dict(DEFAULT_THRESHOLDS),
+    "spikes": dict(SPIKE_DEFAULTS),
+    "early_warnings": dict(EARLY_WARNING_DEFAULTS),
 }
 
 
@@ -182,6 +185,13 @@ TOP_LEVEL: dict[str, Callable[[str, Any], Any]] = {
     "max_seconds": _optional_number,
     "experiments": _section({"enabled": _bool, "max_seconds": _number}),
     "thresholds": _section({name: _number for name in DEFAULT_THRESHOLDS}),
+    "spikes": _section({"enabled": lambda k, v: _bool(k, v), "window": lambda k, v: _int(k, v, minimum=4),
+                        "warmup": lambda k, v: _int(k, v, minimum=1), "threshold_sigma": _number,
+                        "min_ratio": _number}),
+    "early_warnings": _section({"enabled": lambda k, v: _bool(k, v), "every": lambda k, v: _int(k, v, minimum=1),
+                                "samples": lambda k, v: _int(k, v, minimum=2),
+                                **{name: _number for name in EARLY_WARNING_DEFAULTS
+                                   if name not in ("enabled", "every", "samples")}}),
 }
 
 

@@ -9,6 +9,7 @@ from .experiments import ExperimentRequest, ExperimentResult
 from .plain import decode_float, encode_float, from_plain, to_plain
 from .scan import (LAYER_FIELDS, PARAM_FIELDS, BatchTensorStats, LabelCheck, LayerSeries, LoopFacts, ModelInfo, NonfiniteEvent,
                    OpRef, ParamSeries, RunTrace, SourceLocation, StepRecord, TensorSummary, Trace, UserError)
+from .warnings import EARLY_WARNING_DEFAULTS, SPIKE_DEFAULTS, EarlyWarning, LayerMove
 from .vocab import (SCHEMA_VERSION, ErrorCategory, ExperimentId, Phase, Precision, RunStatus, Severity)
 
 __all__ = [
@@ -16,5 +17,5 @@ __all__ = [
     "encode_float", "from_plain", "to_plain", "LAYER_FIELDS", "PARAM_FIELDS", "BatchTensorStats", "LabelCheck",
     "LayerSeries", "LoopFacts", "ModelInfo", "NonfiniteEvent", "OpRef", "ParamSeries", "RunTrace", "SourceLocation", "StepRecord",
     "TensorSummary", "Trace", "UserError", "SCHEMA_VERSION", "ErrorCategory", "ExperimentId", "Phase", "Precision",
-    "RunStatus", "Severity",
+    "RunStatus", "Severity", "EARLY_WARNING_DEFAULTS", "SPIKE_DEFAULTS", "EarlyWarning", "LayerMove",
 ]

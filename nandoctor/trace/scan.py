@@ -12,6 +12,7 @@ from typing import Any, Optional
 from .experiments import ExperimentResult
 from .plain import from_plain, to_plain
 from .vocab import SCHEMA_VERSION, RunStatus
+from .warnings import EarlyWarning
 
 @dataclass
 class SourceLocation:
@@ -212,6 +213,9 @@ class RunTrace:
     # `nandoctor run`'s own): loss, grad_norm, lr, loss_scale, skipped, param_norm, update_ratio.
     # Oldest first. Rules read it as the run's past; `steps` stay the steps this run executed.
     history: list[StepRecord] = field(default_factory=list)
+    # What the watch warned of before (or without) a NaN: loss/gradient spikes and the sampled
+    # early warnings (attention logits, output logits, Adam updates, activation outliers).
+    early_warnings: list[EarlyWarning] = field(default_factory=list)
 
     @property
     def steps_run(self) -> int:
