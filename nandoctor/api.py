@@ -23,7 +23,7 @@ from .load.config import ResolvedConfig, resolve_config
 from .load.model_file import ModelFile, load_model_file
 from .report.document import build_document, build_postmortem_document, first_nonfinite
 from .load.bundle import STATE_AFTER_STEP, decode_value
-from .run.bundles.rebuild import (after_step_run, bundle_model_file, differences, history_records, mark_not_reproduced,
+from .run.bundles.rebuild import (after_step_run, bundle_model_file, differences, early_warning_records, history_records, mark_not_reproduced,
                                   scaler_loader)
 from .run.experiments import run_experiments
 from .run.frames import location
@@ -361,6 +361,7 @@ def _replay(bundle: str | Path, model: str | Path | None, *, trust: bool, experi
                 run.compile_replay = _compile_replay(found, spec, cfg, precision, dev, initial_state, deadline)
     # What the watched run saw before this step: the loss, gradient norm and lr that led here.
     run.history = history_records(found)
+    run.early_warnings = early_warning_records(found)
     trace.runs.append(run)
     trace.model = model_info()
     findings = diagnose(trace)
@@ -490,6 +491,7 @@ def run_script(script: str | Path | None = None, args: Optional[list[str]] = Non
 
     guard = ScriptGuard(out=out, stats_every=stats_every, check_every=check_every, max_seconds=cfg["max_seconds"],
                         snapshot_every=snapshot_every, experiments_seconds=cfg["experiments"]["max_seconds"],
+                        spikes=cfg["spikes"], early_warnings=cfg["early_warnings"],
                         plan_rewinds=plan_rewinds if cfg["experiments"]["enabled"] else None,
                         on_nonfinite=on_nonfinite, on_spike=on_spike, rollback=rollback)
     output = capture_user_output() if script_stdout_to_stderr else contextlib.nullcontext()

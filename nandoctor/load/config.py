@@ -21,6 +21,7 @@ import yaml
 from ..errors import InputError
 from ..trace.compile import LADDER_STAGES
 from ..trace.thresholds import DEFAULT_THRESHOLDS
+from ..trace.warnings import EARLY_WARNING_DEFAULTS, SPIKE_DEFAULTS
 from ..trace.vocab import ACCEPTED_PRECISION_NAMES as ACCEPTED_NAMES, FAIL_ON, precision_from_name
 
 OPTIMIZER_NAMES = ("adamw", "adam", "sgd", "rmsprop", "adagrad")
@@ -42,6 +43,8 @@ DEFAULTS: dict[str, Any] = {
     # replay of a compiled run whose failing step stays finite in eager (cause compile-numerics)
     "compile_ladder": {"enabled": True, "stages": list(LADDER_STAGES)},
     "thresholds": dict(DEFAULT_THRESHOLDS),
+    "spikes": dict(SPIKE_DEFAULTS),
+    "early_warnings": dict(EARLY_WARNING_DEFAULTS),
 }
 
 
@@ -220,6 +223,13 @@ TOP_LEVEL: dict[str, Callable[[str, Any], Any]] = {
     "experiments": _section({"enabled": _bool, "max_seconds": _number}),
     "compile_ladder": _section({"enabled": _bool, "stages": _ladder_stages}),
     "thresholds": _section({name: _number for name in DEFAULT_THRESHOLDS}),
+    "spikes": _section({"enabled": lambda k, v: _bool(k, v), "window": lambda k, v: _int(k, v, minimum=4),
+                        "warmup": lambda k, v: _int(k, v, minimum=1), "threshold_sigma": _number,
+                        "min_ratio": _number}),
+    "early_warnings": _section({"enabled": lambda k, v: _bool(k, v), "every": lambda k, v: _int(k, v, minimum=1),
+                                "samples": lambda k, v: _int(k, v, minimum=2),
+                                **{name: _number for name in EARLY_WARNING_DEFAULTS
+                                   if name not in ("enabled", "every", "samples")}}),
 }
 
 

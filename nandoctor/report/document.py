@@ -150,6 +150,9 @@ def build_document(trace: Trace, findings: list[Finding], fail_on: str = "error"
         "notes": list(trace.notes),
         "seconds": round(trace.seconds, 3),
     }
+    warned = [{"precision": r.precision, **to_plain(w)} for r in trace.runs for w in r.early_warnings]
+    if warned:
+        doc["early_warnings"] = warned
     if trace.loop is not None:
         loop = to_plain(trace.loop)
         for key, value in vars(trace.loop).items():

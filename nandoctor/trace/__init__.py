@@ -11,6 +11,7 @@ from .scan import (LAYER_FIELDS, PARAM_FIELDS, BatchTensorStats, LabelCheck, Lay
                    OpRef, ParamSeries, RunTrace, SourceLocation, StepRecord, TensorSummary, Trace, UserError)
 from .compile import CompileCulprit, CompileReplay, CompileStage
 from .samples import BlamedSample, Intervention, SampleBlame
+from .warnings import EARLY_WARNING_DEFAULTS, SPIKE_DEFAULTS, EarlyWarning, LayerMove
 from .vocab import (SCHEMA_VERSION, ErrorCategory, ExperimentId, Phase, Precision, RunStatus, Severity)
 
 __all__ = [
@@ -20,4 +21,5 @@ __all__ = [
     "LayerSeries", "LoopFacts", "ModelInfo", "NonfiniteEvent", "OpRef", "ParamSeries", "RunTrace", "SourceLocation", "StepRecord",
     "TensorSummary", "Trace", "UserError", "SCHEMA_VERSION", "ErrorCategory", "ExperimentId", "Phase", "Precision",
     "RunStatus", "Severity", "BlamedSample", "Intervention", "SampleBlame",
+    "EARLY_WARNING_DEFAULTS", "SPIKE_DEFAULTS", "EarlyWarning", "LayerMove",
 ]

@@ -15,6 +15,7 @@ from .location import SourceLocation
 from .plain import from_plain, to_plain
 from .samples import BlamedSample, Intervention, SampleBlame  # noqa: F401 - RunTrace's field types
 from .vocab import SCHEMA_VERSION, RunStatus
+from .warnings import EarlyWarning
 
 @dataclass
 class TensorSummary:
@@ -207,6 +208,9 @@ class RunTrace:
     # A watched run's policies (skip, rollback) and the samples its fired steps were blamed on.
     interventions: list[Intervention] = field(default_factory=list)
     sample_blame: list[SampleBlame] = field(default_factory=list)
+    # What the watch warned of before (or without) a NaN: loss/gradient spikes and the sampled
+    # early warnings (attention logits, output logits, Adam updates, activation outliers).
+    early_warnings: list[EarlyWarning] = field(default_factory=list)
 
     @property
     def steps_run(self) -> int:

@@ -30,8 +30,11 @@ from ..load.bundle import STATE_AFTER_STEP, STATE_BEFORE_STEP, BundleManifest
 from ..run import compiled, stats
 from ..trace.thresholds import DEFAULT_THRESHOLDS
 from ..run.precision import autocast_precision
+from ..trace.plain import to_plain
 from . import bundle_writer
 from .distributed import attach_if_distributed, local_tensor
+from .early_warnings import EarlyWarningSampler, InstabilityWarning, early_warning_options
+from .spikes import GradientRing, SpikeDetector, explain_spike, spike_options, spike_warning
 from .flags import BAD_SLOTS, FLAGS, SLOT as _SLOT
 from .keep_alive import KeepAlive, RollbackBudgetSpent
 from .policies import NONFINITE_POLICIES, SPIKE_POLICIES
@@ -92,7 +95,8 @@ class Watch:
                  gradient_check: str = "auto", notify: Optional[Callable[[dict[str, Any]], None]] = None,
                  distributed: Any = "auto", inputs: str = "forward", warn: bool = True, batch_check: bool = True,
                  on_spike: str = "warn", rollback: Optional[dict[str, Any]] = None, skip_list: Any = None,
-                 sample_loss: Optional[Callable[..., torch.Tensor]] = None):
+                 sample_loss: Optional[Callable[..., torch.Tensor]] = None, spikes: Any = None,
+                 early_warnings: Any = None):
         if on_nonfinite not in POLICIES:
             raise ValueError(f"on_nonfinite must be one of {', '.join(POLICIES)}, got {on_nonfinite!r}")
         if on_spike not in SPIKE_POLICIES:
@@ -200,6 +204,14 @@ class Watch:
         self._running_stats = _running_stat_buffers(model)
         self._running_copy: Optional[list[torch.Tensor]] = None
         self._running_copy_step: Optional[int] = None
+        # Spikes (watcher/spikes.py) and sampled early warnings (watcher/early_warnings.py): both
+        # append to early_warnings; a spike goes to handle_spike() (skip/rollback) when one exists.
+        self.early_warnings: list[Any] = []
+        spike_opts = spike_options(spikes)
+        self.spike_detector = SpikeDetector(**spike_opts) if spike_opts else None
+        self._grad_ring = GradientRing() if spike_opts else None
+        early_opts = early_warning_options(early_warnings)
+        self.early = EarlyWarningSampler(model, early_opts, self._record_warning) if early_opts else None
 
         if gradient_check == "optimizer-hook":
             self._handles.append(optimizer.register_step_pre_hook(self._optimizer_pre_hook))
@@ -251,6 +263,8 @@ class Watch:
                 handle.remove()
             self._handles.clear()
             self._stats_handles.clear()
+            if self.early is not None:
+                self.early.close()
             if self.distributed is not None:
                 self.distributed.close()
             LoaderIndices.uninstall()
@@ -342,6 +356,8 @@ class Watch:
                     self._stats_pending = True
                 else:
                     self._add_stats_hooks()
+            if self.early is not None:
+                self.early.begin_step(self.step_index)
         capture = self._capture
         if len(capture.batches) >= MAX_MICRO_BATCHES:
             capture.truncated = True
@@ -545,10 +561,14 @@ class Watch:
                 if self.policy in ("skip", "rollback"):
                     self._drop_gradients()
                     return
+        if what is None and self.spike_detector is not None and self._check_spike(capture, host, norms):
+            return
         self.keep_alive.healthy(self, capture.step)
         if self._snapshot is not None:
             self._snapshot.save()
             self._snapshot_scheduler = _scheduler_state(self.scheduler)
+        if self.early is not None and self.optimizer is not None:
+            self.early.before_update([local_tensor(p.detach()) for p in params])
         if stats_step and self.optimizer is not None:
             with torch.no_grad():
                 self._update_before = [local_tensor(p.detach()).clone() for p in params]
@@ -589,6 +609,8 @@ class Watch:
             update = stats.foreach_norms(delta).square().sum().sqrt()
             self._update_norm = update / stats.foreach_norms(before).square().sum().sqrt().clamp_min(1e-30)
         self._update_before = None
+        if self.early is not None and self.early.active:
+            self.early.after_update(optimizer, params, self._owners(optimizer))
         self._post_ran = True
         self._finish_step(skipped=self._dropped)
 
@@ -671,6 +693,8 @@ class Watch:
                     if a:
                         metrics[f"fp16_headroom/{name or 'model'}"] = FP16_MAX / a
             _emit(self.sink, self.step_index, metrics)
+        if self.early is not None:
+            self.early.finish()
         self._previous = capture
         self._capture = None
         self._local_grads_flag = None
@@ -856,7 +880,8 @@ class Watch:
             rebuild=bundle_writer.encode_value(self.rebuild),
             compile=self.compiled_as or compiled_since(self._graphs_before),
             detail={"truncated_micro_batches": bool(capture and capture.truncated),
-                    "layer_modules": self._module_names if self.layer_stats else []})
+                    "layer_modules": self._module_names if self.layer_stats else [],
+                    "early_warnings": [bundle_writer.encode_value(to_plain(w)) for w in self.early_warnings]})
         manifest.micro_step = _first_bad_micro_batch(check, capture)
         names = [self._param_names.get(id(p)) for p in self.params()]
         write = self.write_hook or bundle_writer.write_bundle     # per-rank parts under torchrun
@@ -895,6 +920,47 @@ class Watch:
             self._warned.add("spike-policy")
             warnings.warn(message, NonFiniteWarning, stacklevel=2)
         return True
+
+    def _check_spike(self, capture: _Capture, host: list[float], norms: Optional[torch.Tensor]) -> bool:
+        """A loss or gradient-norm spike, from this step's synced numbers. True when a policy
+        (`handle_spike`) skipped or rolled back the step."""
+        self._grad_ring.add(capture.step, norms)
+        spike = self.spike_detector.observe(capture.step, host[_SLOT["loss"]] if capture.losses else None,
+                                            host[_SLOT["grad_norm"]])
+        if spike is None:
+            return False
+        # The slow path, on a spike only: which layer statistic moved first.
+        owners = [self._param_names.get(id(p), "").rpartition(".")[0] for p in self.params() if p.grad is not None]
+        sampled = {key: list(points) for key, points in self.early.series.items()} if self.early is not None else None
+        moved = explain_spike(spike, self._grad_ring, owners, sampled)
+        reason = spike.reason()
+        if moved:
+            first = moved[0]
+            reason += (f"; moved first: {first.statistic} of {first.module or 'the model'} "
+                       f"({first.ratio:.3g}x its median, from step {first.first_step})")
+        handler = getattr(self, "handle_spike", None)
+        acted = bool(handler(spike.statistic, reason, capture)) if handler is not None else False
+        action = self.spike_policy if acted else "warn"
+        self._record_warning(spike_warning(spike, moved, action), text=f"step {spike.step}: {reason}")
+        return acted
+
+    def _record_warning(self, warning: Any, text: Optional[str] = None) -> None:
+        self.early_warnings.append(warning)
+        if len(self.early_warnings) > 4 * self.window:       # a long run must not grow without bound
+            del self.early_warnings[: self.window]
+        if self.sink is not None:
+            _emit(self.sink, warning.step, {f"early_warning/{warning.cause}": warning.value})
+        if self.warn and warning.cause not in self._warned:
+            self._warned.add(warning.cause)
+            where = f" in {warning.module}" if warning.module else ""
+            text = text or (f"step {warning.step}: {warning.statistic}{where} is {warning.value:.4g}"
+                            + (f", {warning.ratio:.3g}x its value at step {warning.since_step}"
+                               if warning.ratio and warning.since_step is not None and warning.since_step < warning.step else ""))
+            warnings.warn(f"nandoctor.watch: {warning.cause}: {text} (`nandoctor explain {warning.cause}`).",
+                          InstabilityWarning, stacklevel=4)
+
+    def _owners(self, optimizer: Any) -> list[str]:
+        return [self._param_names.get(id(p), "").rpartition(".")[0] for g in optimizer.param_groups for p in g["params"]]
 
     # ---- per-layer statistics ----------------------------------------------------------------
     def _stats_step(self, step: int) -> bool:
@@ -971,7 +1037,10 @@ def watch(model: torch.nn.Module, optimizer: Optional[torch.optim.Optimizer] = N
     `sink(step, metrics)` or a TensorBoard SummaryWriter receives per-step numbers.
     Options: scheduler=, snapshot=True (keep the pre-step state so a NaN born inside
     optimizer.step() replays exactly), precision=, grad_clip=, skip_streak=, scale_floor=, rebuild=,
-    distributed= (under torchrun: "auto", False, or {"timeout": seconds}; README, "Distributed runs").
+    distributed= (under torchrun: "auto", False, or {"timeout": seconds}; README, "Distributed runs"),
+    spikes= (loss/gradient-norm spike detection: True, False or a dict of the `spikes` config keys),
+    early_warnings= (sampled instability warnings: True, False or a dict of the `early_warnings` keys);
+    both land in `watch.early_warnings` and in the crash bundle.
     """
     return Watch(model, optimizer, scaler, out=out, on_nonfinite=on_nonfinite, stats_every=stats_every,
                  window=window, check_every=check_every, sink=sink, **options)

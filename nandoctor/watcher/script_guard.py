@@ -125,7 +125,7 @@ class ScriptGuard:
     def __init__(self, out: str | Path = "nandoctor-bundles", stats_every: int = 50, check_every: int = 1,
                  window: int = 64, rerun: bool = True, distributed: Any = "auto", max_seconds: Optional[float] = None,
                  max_bundles: int = 1, snapshot_every: int = 100, snapshot_max_bytes: int = 2 << 30,
-                 experiments_seconds: float = 60.0,
+                 experiments_seconds: float = 60.0, spikes: Any = None, early_warnings: Any = None,
                  plan_rewinds: Optional[Callable[["ScriptGuard"], list[float]]] = None,
                  on_nonfinite: str = "stop", on_spike: str = "warn", rollback: Optional[dict[str, Any]] = None):
         self.out = Path(out)
@@ -134,7 +134,8 @@ class ScriptGuard:
         self.on_nonfinite, self.on_spike, self.rollback = on_nonfinite, on_spike, rollback
         self.keeps_alive = on_nonfinite in ("skip", "rollback") or on_spike != "warn"
         self._schedulers: dict[int, Any] = {}         # id(optimizer) -> the LR scheduler built for it
-        self.options = dict(stats_every=stats_every, check_every=check_every, window=window, distributed=distributed)
+        self.options = dict(stats_every=stats_every, check_every=check_every, window=window, distributed=distributed,
+                            spikes=spikes, early_warnings=early_warnings)
         self.do_rerun = rerun
         self.max_bundles = max_bundles
         # Rolling CPU copies (the first and the latest, every `snapshot_every` steps) from which a
