@@ -45,6 +45,15 @@ STATE_AFTER_STEP = "after-step"
 REBUILD_KINDS = ("plain", "lightning", "huggingface", "script")
 
 _SAFE_NAME = re.compile(r"^[a-z_]+\.safetensors$")
+# torch.compile's wrapper (OptimizedModule) holds the user's module as `_orig_mod`: names read as
+# the user wrote them without that segment (older bundles may still carry it).
+COMPILE_WRAPPER_ATTR = "_orig_mod"
+
+
+def user_name(name: str) -> str:
+    """"_orig_mod.body.0.weight" -> "body.0.weight": a parameter or module path without the
+    segments torch.compile's wrapper adds."""
+    return ".".join(part for part in name.split(".") if part != COMPILE_WRAPPER_ATTR)
 
 
 @dataclass
@@ -109,7 +118,7 @@ class Bundle:
         for alias, canonical in self.manifest.tied.items():
             if canonical in state:
                 state[alias] = state[canonical]
-        return state
+        return {user_name(key): value for key, value in state.items()}
 
     def optimizer_state_dict(self) -> dict[str, Any]:
         """The optimizer's state_dict() as torch's load_state_dict expects it."""

@@ -103,7 +103,12 @@ def _run_stage(stage: _Stage, spec: ModelFile, cfg: dict[str, Any], precision: P
     out = CompileStage(name=stage.name, backend=stage.backend, config=dict(stage.config))
     try:
         session = TrainingSession(spec, cfg, precision, device, initial_state=initial_state)
-        _compile_in_place(session.model, module_path, _capturing(stage))
+        if module_path:             # the run compiled one submodule: compile that one, in place
+            _compile_in_place(session.model, module_path, _capturing(stage))
+        else:
+            # The session keeps its eager module for names and hooks; the forward goes through this.
+            session.compiled_model = torch.compile(session.model, backend=_capturing(stage))
+            session.compile_forward()
         result = session.run_step(step)
     except Exception as err:     # a backend that cannot compile this model: the stage could not run
         out.finite, out.where = None, f"{type(err).__name__}: {str(err).splitlines()[0][:200] if str(err) else ''}"

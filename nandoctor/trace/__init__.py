@@ -10,6 +10,8 @@ from .plain import decode_float, encode_float, from_plain, to_plain
 from .scan import (LAYER_FIELDS, PARAM_FIELDS, BatchTensorStats, LabelCheck, LayerSeries, LoopFacts, ModelInfo, NonfiniteEvent,
                    OpRef, ParamSeries, RunTrace, SourceLocation, StepRecord, TensorSummary, Trace, UserError)
 from .compile import CompileCulprit, CompileReplay, CompileStage
+from .samples import BlamedSample, Intervention, SampleBlame
+from .warnings import EARLY_WARNING_DEFAULTS, SPIKE_DEFAULTS, EarlyWarning, LayerMove
 from .vocab import (SCHEMA_VERSION, ErrorCategory, ExperimentId, Phase, Precision, RunStatus, Severity)
 
 __all__ = [
@@ -18,5 +20,6 @@ __all__ = [
     "encode_float", "from_plain", "to_plain", "LAYER_FIELDS", "PARAM_FIELDS", "BatchTensorStats", "LabelCheck",
     "LayerSeries", "LoopFacts", "ModelInfo", "NonfiniteEvent", "OpRef", "ParamSeries", "RunTrace", "SourceLocation", "StepRecord",
     "TensorSummary", "Trace", "UserError", "SCHEMA_VERSION", "ErrorCategory", "ExperimentId", "Phase", "Precision",
-    "RunStatus", "Severity",
+    "RunStatus", "Severity", "BlamedSample", "Intervention", "SampleBlame",
+    "EARLY_WARNING_DEFAULTS", "SPIKE_DEFAULTS", "EarlyWarning", "LayerMove",
 ]

@@ -13,7 +13,9 @@ from .compile import CompileReplay
 from .experiments import ExperimentResult
 from .location import SourceLocation
 from .plain import from_plain, to_plain
+from .samples import BlamedSample, Intervention, SampleBlame  # noqa: F401 - RunTrace's field types
 from .vocab import SCHEMA_VERSION, RunStatus
+from .warnings import EarlyWarning
 
 @dataclass
 class TensorSummary:
@@ -203,6 +205,12 @@ class RunTrace:
     # A compiled run whose failing step stayed finite in eager: the step replayed down
     # torch.compile's ladder (trace/compile.py); None when not compiled or not replayed.
     compile_replay: Optional[CompileReplay] = None
+    # A watched run's policies (skip, rollback) and the samples its fired steps were blamed on.
+    interventions: list[Intervention] = field(default_factory=list)
+    sample_blame: list[SampleBlame] = field(default_factory=list)
+    # What the watch warned of before (or without) a NaN: loss/gradient spikes and the sampled
+    # early warnings (attention logits, output logits, Adam updates, activation outliers).
+    early_warnings: list[EarlyWarning] = field(default_factory=list)
 
     @property
     def steps_run(self) -> int:
@@ -260,6 +268,8 @@ class Trace:
     reference_runs: list[RunTrace] = field(default_factory=list)
     # `nandoctor run`: the user's own loop (None for a scan of a model file, or a replay).
     loop: Optional[LoopFacts] = None
+    # The scan's torch CPU threads and why (config key threads): {threads, cores, load, reason}.
+    threads: Optional[dict[str, Any]] = None
     # For a replay, how the crash bundle's run was built: "plain" (the user's own loop),
     # "lightning" or "huggingface" (a trainer's callback wrote it: the settings the user changes
     # are that trainer's, e.g. TrainingArguments(adam_epsilon=...)). None for a scan (and for
