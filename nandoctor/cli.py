@@ -164,6 +164,7 @@ def scan(
     lr: Annotated[Optional[float], typer.Option(help="Learning rate; overrides the config optimizer and every param group of build_optimizer().")] = None,
     seed: Annotated[Optional[int], typer.Option(help="Random seed.")] = None,
     device: Annotated[Optional[str], typer.Option(help="auto|cpu|cuda|cuda:N.")] = None,
+    threads: Annotated[Optional[str], typer.Option("--threads", help="torch CPU threads: auto (the free cores) or a number.")] = None,
     fmt: FormatOpt = "rich",
     output: OutputOpt = None,
     html: Annotated[Optional[Path], typer.Option("--html", help="Also write a self-contained HTML report with plots.")] = None,
@@ -171,6 +172,7 @@ def scan(
     fail_on: FailOnOpt = None,
     max_seconds: Annotated[Optional[float], typer.Option("--max-seconds", help="Time budget for the whole scan; unfinished work is reported.")] = None,
     no_experiments: Annotated[bool, typer.Option("--no-experiments", help="Skip the confirming experiments.")] = False,
+    compile_model: Annotated[bool, typer.Option("--compile", help="Train the recorded runs through torch.compile (config key `compile` names a backend); the replay of the failing step stays eager.")] = False,
     checkpoint: Annotated[Optional[Path], typer.Option("--checkpoint", help="Resume from this checkpoint and scan from its step.")] = None,
     trust: Annotated[bool, typer.Option("--trust", help="Allow arbitrary unpickling of --checkpoint (only for files you trust).")] = False,
     verbose: VerboseOpt = False,
@@ -198,7 +200,8 @@ def scan(
             with model_file_argv(model):
                 report = run_scan(model, config, steps=steps, precisions=precision, lr=lr, seed=seed, device=device,
                                   experiments=False if no_experiments else None, max_seconds=max_seconds,
-                                  fail_on=fail_on, checkpoint=checkpoint, trust=trust, progress=progress_cb)
+                                  fail_on=fail_on, checkpoint=checkpoint, trust=trust, progress=progress_cb,
+                                  threads=threads, compile=True if compile_model else None)
         finally:
             stop()
         if verbose:

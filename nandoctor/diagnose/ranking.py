@@ -19,7 +19,7 @@ from .finding import Finding, Severity
 # 4: what is left when nothing specific applies.
 TIER = {"data-nonfinite": 0, "data-outlier-samples": 0, "label-range": 0, "user-error": 0, "data-scale": 1, "bad-init": 1,
         "exploding-gradients": 3, "exploding-activations": 3, "weight-blowup": 3, "loss-scale-collapse": 3,
-        "fp16-underflow": 3, "nonreproducible": 4, "unexplained-nonfinite": 4, "scan-incomplete": 4}
+        "fp16-underflow": 3, "nonreproducible": 4, "compile-numerics": 2, "unexplained-nonfinite": 4, "scan-incomplete": 4}
 UPSTREAM = 1      # tiers up to this one come before anything else that explains the origin
 
 

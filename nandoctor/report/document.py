@@ -83,8 +83,19 @@ def run_dict(run: RunTrace) -> dict[str, Any]:
                                                   "source": str(run.error.source) if run.error.source else None,
                                                   "user_source": str(run.error.user_source) if run.error.user_source else None},
         "optimizer": run.optimizer, "param_dtype": run.param_dtype, "seconds": round(run.seconds, 3),
-        "note": run.note, **kept_alive,
+        "note": run.note, "compile_replay": compile_replay_dict(run), **kept_alive,
     }
+
+
+def compile_replay_dict(run: RunTrace) -> Optional[dict[str, Any]]:
+    """The ladder of a compiled run's failing step (null when it was not replayed under the compiler)."""
+    replay = run.compile_replay
+    if replay is None:
+        return None
+    data = to_plain(replay)
+    if replay.culprit is not None:
+        data["culprit"]["location"] = str(replay.culprit.location) if replay.culprit.location else None
+    return data
 
 
 def layer_rows(run: RunTrace) -> list[dict[str, Any]]:
@@ -133,11 +144,15 @@ def build_document(trace: Trace, findings: list[Finding], fail_on: str = "error"
         "experiments": [to_plain(e) for e in trace.experiments],
         "experiments_seconds": round(trace.experiments_seconds, 3),
         "model": to_plain(trace.model),
-        "environment": {"torch": trace.torch_version, "device": trace.device, "python": platform.python_version()},
+        "environment": {"torch": trace.torch_version, "device": trace.device, "python": platform.python_version(),
+                        **({"threads": trace.threads} if trace.threads else {})},
         "config": trace.config,
         "notes": list(trace.notes),
         "seconds": round(trace.seconds, 3),
     }
+    warned = [{"precision": r.precision, **to_plain(w)} for r in trace.runs for w in r.early_warnings]
+    if warned:
+        doc["early_warnings"] = warned
     if trace.loop is not None:
         loop = to_plain(trace.loop)
         for key, value in vars(trace.loop).items():

@@ -36,9 +36,11 @@ from typing import Any, Callable, Optional
 
 import torch
 
+from ..run.compiled import compiling
 from ..run.frames import is_user_file, location
 from ..trace import ExperimentResult, LoopFacts, NonfiniteEvent, Phase, SourceLocation
 from .guard import Watch, active_scaler, plain_rebuild, with_checked_closure
+from ..run import stats
 from ..run.stats import nonfinite_rows
 from .guard import batch_name, shown_list
 from .rerun import Rerun, RerunOutcome, TopCall, data_event
@@ -123,7 +125,7 @@ class ScriptGuard:
     def __init__(self, out: str | Path = "nandoctor-bundles", stats_every: int = 50, check_every: int = 1,
                  window: int = 64, rerun: bool = True, distributed: Any = "auto", max_seconds: Optional[float] = None,
                  max_bundles: int = 1, snapshot_every: int = 100, snapshot_max_bytes: int = 2 << 30,
-                 experiments_seconds: float = 60.0,
+                 experiments_seconds: float = 60.0, spikes: Any = None, early_warnings: Any = None,
                  plan_rewinds: Optional[Callable[["ScriptGuard"], list[float]]] = None,
                  on_nonfinite: str = "stop", on_spike: str = "warn", rollback: Optional[dict[str, Any]] = None):
         self.out = Path(out)
@@ -132,7 +134,8 @@ class ScriptGuard:
         self.on_nonfinite, self.on_spike, self.rollback = on_nonfinite, on_spike, rollback
         self.keeps_alive = on_nonfinite in ("skip", "rollback") or on_spike != "warn"
         self._schedulers: dict[int, Any] = {}         # id(optimizer) -> the LR scheduler built for it
-        self.options = dict(stats_every=stats_every, check_every=check_every, window=window, distributed=distributed)
+        self.options = dict(stats_every=stats_every, check_every=check_every, window=window, distributed=distributed,
+                            spikes=spikes, early_warnings=early_warnings)
         self.do_rerun = rerun
         self.max_bundles = max_bundles
         # Rolling CPU copies (the first and the latest, every `snapshot_every` steps) from which a
@@ -214,6 +217,8 @@ class ScriptGuard:
 
         def scale(scaler: Any, outputs: Any) -> Any:
             scaled = original_scale(scaler, outputs)
+            if compiling():
+                return scaled
             if active_scaler(scaler) is not None and isinstance(outputs, torch.Tensor):
                 guard._note_loss(outputs)
                 if isinstance(scaled, torch.Tensor):
@@ -221,7 +226,8 @@ class ScriptGuard:
             return scaled
 
         def step(scaler: Any, optimizer: Any, *args: Any, **kwargs: Any) -> Any:
-            guard._note_scaler(scaler, optimizer)
+            if not compiling():
+                guard._note_scaler(scaler, optimizer)
             return original_step(scaler, optimizer, *args, **kwargs)
         self._patch(scaler_cls, "scale", scale)
         self._patch(scaler_cls, "step", step)
@@ -246,7 +252,7 @@ class ScriptGuard:
         original_clip = clip_module.clip_grad_norm_
 
         def clip_grad_norm_(parameters: Any, max_norm: float, *args: Any, **kwargs: Any) -> Any:
-            if "clip" not in guard.sites:
+            if "clip" not in guard.sites and not compiling():
                 guard.sites["clip"] = _user_caller()
                 guard.clip_norm = float(max_norm)
             return original_clip(parameters, max_norm, *args, **kwargs)
@@ -312,7 +318,8 @@ class ScriptGuard:
         guard = self
 
         def call(module: torch.nn.Module, *args: Any, **kwargs: Any) -> Any:
-            if id(module) in guard._known:
+            # Inside a compiled model: dynamo inlines this call; it must add nothing to the graph.
+            if compiling() or id(module) in guard._known:
                 return original_call(module, *args, **kwargs)     # its own pre-hook reports it
             depth = guard._depth()
             if depth == 0 and module.training and torch.is_grad_enabled():
@@ -352,6 +359,8 @@ class ScriptGuard:
         self._module_handles.append(module.register_forward_hook(self._top_post_hook, always_call=True))
 
     def _top_pre_hook(self, module: torch.nn.Module, args: tuple, kwargs: dict) -> Optional[tuple[tuple, dict]]:
+        if compiling():
+            return None
         depth = self._depth()
         self._local.depth = depth + 1
         if self._logged_by_call is module:
@@ -363,6 +372,8 @@ class ScriptGuard:
         return self._log_call(module, args, kwargs)
 
     def _top_post_hook(self, module: torch.nn.Module, args: tuple, output: Any) -> None:
+        if compiling():
+            return
         self._local.depth = max(0, self._depth() - 1)
         if self._depth() == 0:
             self.phase_now = Phase.LOSS
@@ -372,6 +383,14 @@ class ScriptGuard:
                 self.rerun.on_top_return(module)
 
     def _log_call(self, module: torch.nn.Module, args: tuple, kwargs: dict) -> Optional[tuple[tuple, dict]]:
+        if stats.in_functorch_transform():
+            # functional_call under torch.func.vmap/grad: its inputs are per-sample views that cannot
+            # leave the transform. The call still names the model (its optimizer's watch attaches);
+            # the gradients the transform leaves are checked at optimizer.step() as usual.
+            self._window.calls.append(TopCall(module=module, args=(), kwargs={},
+                                              owns_parameters=any(True for _ in module.parameters()),
+                                              site=_user_caller()))
+            return None
         replaced = None
         if self.rerun is not None and self.rerun.state != "done":
             replaced = self.rerun.on_top_call(module, args, kwargs)
@@ -397,14 +416,8 @@ class ScriptGuard:
         return self.rerun is not None and self.rerun.state == "tracing"
 
     def _note_autocast(self) -> None:
-        for device in ("cuda", "cpu"):
-            try:
-                if torch.is_autocast_enabled(device):
-                    dtype = torch.get_autocast_dtype(device)
-                    self._autocast = "bf16-mixed" if dtype == torch.bfloat16 else "16-mixed"
-                    return
-            except (TypeError, RuntimeError, AttributeError):   # older torch: no per-device query
-                continue
+        from ..run.precision import autocast_precision
+        self._autocast = autocast_precision() or self._autocast
 
     # ---- losses and backward passes --------------------------------------------------------------
     def _note_loss(self, loss: torch.Tensor) -> None:
@@ -471,6 +484,8 @@ class ScriptGuard:
     def _before_step(self, optimizer: torch.optim.Optimizer, args: Any, kwargs: Any) -> Optional[tuple]:
         # `optimizer.step(closure)` (LBFGS, Lightning's automatic optimization) runs the forward and
         # backward inside the step: the check belongs after the closure, before the update.
+        if compiling():
+            return None
         wrapped = with_checked_closure(args, kwargs, lambda closure: self._at_closure_end(optimizer, closure))
         if wrapped is not None:
             return wrapped
@@ -518,6 +533,8 @@ class ScriptGuard:
         self._maybe_snapshot(watch)
 
     def _after_step(self, optimizer: torch.optim.Optimizer, args: Any, kwargs: Any) -> None:
+        if compiling():
+            return
         if self._rewind is not None:
             self._rewind_stepped(optimizer)
         if id(optimizer) in self.watches:

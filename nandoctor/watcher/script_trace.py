@@ -77,6 +77,8 @@ def _run(guard: ScriptGuard, watch: Optional[Watch], outcome: ScriptOutcome,
                stop.history if stop is not None and stop.history is not None else
                list(watch.history) if watch is not None else [])
     history = [_record(h) for h in entries]
+    if watch is not None:
+        run.early_warnings = [w for w in watch.early_warnings if stop is None or w.step <= stop.step]
     stop = guard.stop
     if stop is not None:
         before = [h for h in history if h.step < stop.step]
