@@ -37,7 +37,7 @@ from .early_warnings import EarlyWarningSampler, InstabilityWarning, early_warni
 from .spikes import GradientRing, SpikeDetector, explain_spike, spike_options, spike_warning
 from .flags import BAD_SLOTS, FLAGS, SLOT as _SLOT
 from .keep_alive import KeepAlive, RollbackBudgetSpent
-from .policies import NONFINITE_POLICIES, SPIKE_POLICIES
+from .policies import NONFINITE_POLICIES, SPIKE_POLICIES, rank_agreed
 from .sample_blame import LoaderIndices
 from .snapshot import Snapshot
 
@@ -925,8 +925,9 @@ class Watch:
         """A loss or gradient-norm spike, from this step's synced numbers. True when a policy
         (`handle_spike`) skipped or rolled back the step."""
         self._grad_ring.add(capture.step, norms)
-        spike = self.spike_detector.observe(capture.step, host[_SLOT["loss"]] if capture.losses else None,
-                                            host[_SLOT["grad_norm"]])
+        # Under torchrun every rank must see the same numbers, or one rank would skip alone.
+        loss, grad_norm = rank_agreed(self, host)
+        spike = self.spike_detector.observe(capture.step, loss if capture.losses else None, grad_norm)
         if spike is None:
             return False
         # The slow path, on a spike only: which layer statistic moved first.
