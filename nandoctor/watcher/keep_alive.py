@@ -72,7 +72,10 @@ class KeepAlive:
             watch._blaming = True
             try:
                 with self.aside():
-                    found = blame_samples(watch.model, list(capture.calls), list(capture.batches), indices,
+                    # DDP's own forward would expect a backward that never comes: its module runs alone.
+                    model = watch.model.module if type(watch.model).__name__ == "DistributedDataParallel" \
+                        else watch.model
+                    found = blame_samples(model, list(capture.calls), list(capture.batches), indices,
                                           self.sample_loss, gradients="grad" in statistic, params=watch.params())
             finally:
                 watch._blaming = False

@@ -241,7 +241,8 @@ class StepFreeze:
         if scheduler is not None and self._scheduler is None and hasattr(scheduler, "step"):
             self._scheduler = scheduler
             original = scheduler.step
-            self._scheduler_step = original
+            # Someone else's instance-level wrapper (a framework's) is put back as it was.
+            self._scheduler_step = scheduler.__dict__.get("step")
             freeze = self
 
             def step(*args: Any, **kwargs: Any) -> Any:
@@ -253,7 +254,9 @@ class StepFreeze:
 
     def _release_scheduler(self) -> None:
         if self._scheduler is not None:
-            if self._scheduler.__dict__.get("step") is not None:
+            if self._scheduler_step is not None:
+                self._scheduler.step = self._scheduler_step
+            elif "step" in self._scheduler.__dict__:
                 del self._scheduler.step
             self._scheduler = None
             self._scheduler_step = None
