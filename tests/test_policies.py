@@ -221,6 +221,12 @@ def test_nandoctor_run_rollback_survives_the_bad_batch_and_reports_the_samples(t
 
     bad = run_cli("run", "--on-nonfinite", "retry", STREAM_SCRIPT)
     assert bad.exit_code == 2 and "stop, skip, rollback" in bad.stderr
+    # A spike policy alone keeps the default for NaN/Inf: the script is stopped and reported.
+    stopped = run_cli("run", "--on-spike", "skip", "--out", tmp_path / "spike", "--format", "json", "--no-experiments",
+                      STREAM_SCRIPT)
+    doc = json.loads(stopped.stdout)
+    assert stopped.exit_code == 1 and doc["runs"][0]["status"] == "nonfinite" and doc["first_nonfinite"]["step"] == 2
+    assert not (tmp_path / "spike" / "skip_list.json").exists()
 
 
 def test_data_outlier_samples_rule_on_a_hand_made_trace():

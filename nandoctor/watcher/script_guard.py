@@ -670,6 +670,9 @@ class ScriptGuard:
                       precision=self._autocast, max_bundles=self.max_bundles, **extra, **self.options)
         watch.batch_provider = lambda capture: self._bundle_batches(watch, capture)
         watch.keep_alive.enabled = self.keeps_alive
+        if policy != self.on_nonfinite:
+            # "skip" above is the stop path's own no-op step; it must not keep a NaN run going.
+            watch.keep_alive.on_nonfinite = "raise"
         watch.keep_alive.aside = self._aside
         return watch
 
