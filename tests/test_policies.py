@@ -94,10 +94,13 @@ def test_rollback_survives_an_injected_bad_batch_and_the_skip_list_names_its_sam
 
     # The 1e30 row alone: its gradients overflow; the per-sample re-run names it among the 8.
     model, opt = build()
-    watch = nandoctor.watch(model, opt, out=tmp_path / "overflow", on_nonfinite="rollback", rollback={"every": 1})
+    watch = nandoctor.watch(model, opt, out=tmp_path / "overflow", on_nonfinite="rollback",
+                            rollback={"every": 1, "keep": 2, "to": "disk"})
     with quiet():
         losses = train(watch, model, opt, loader(Stream(bad=(-1, BAD[1]))))
+    assert len(list((tmp_path / "overflow" / "rollback").iterdir())) == 2       # bounded: keep=2 copies on disk
     watch.close()
+    assert not list((tmp_path / "overflow" / "rollback").iterdir())
     [entry] = entries(tmp_path / "overflow")
     assert entry["samples"] == [BAD[1]] and entry["blame"]["method"] == "per-sample output magnitude"
     assert math.isfinite(losses[-1])
