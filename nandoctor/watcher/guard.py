@@ -1040,7 +1040,11 @@ def watch(model: torch.nn.Module, optimizer: Optional[torch.optim.Optimizer] = N
     `with watch.step(batch):` marks each micro-batch; `watch.loss(loss)` adds the loss to the
     check (a model output's `.loss` is picked up by itself). On the first non-finite batch,
     loss, gradient or parameter a crash bundle is written to `out`, then `on_nonfinite`
-    decides: "raise" NonFiniteError, "skip" the optimizer step, or "warn". `stats_every`
+    decides: "raise" (or "stop") NonFiniteError, "skip" the optimizer step, "warn", or "rollback"
+    to a copy kept every `rollback={"every": K, "keep": N, "budget": B}` steps; `on_spike`
+    ("warn", "skip", "rollback") does the same for spikes. Skips and rollbacks, with the samples
+    that carried them (`sample_loss=` names them better), go to `out/skip_list.json`;
+    `skip_list=` honours an earlier run's list (docs/guides/keep-the-run-alive.md). `stats_every`
     records per-layer max |activation| and gradient norms into a window of `window` entries;
     `sink(step, metrics)` or a TensorBoard SummaryWriter receives per-step numbers.
     Options: scheduler=, snapshot=True (keep the pre-step state so a NaN born inside
