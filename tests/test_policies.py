@@ -299,3 +299,14 @@ def test_transformers_callback_skips_the_bad_batch_and_names_its_sample(tmp_path
     assert (entry["step"], entry["policy"], entry["samples"]) == (5, "rollback", [22])
     assert entry["window"] == {"from_step": 4, "to_step": 5}
     assert all(torch.isfinite(p).all() for p in callback.watch.model.parameters())
+
+
+def test_nandoctor_run_takes_the_loss_module_per_sample(tmp_path):
+    """The step called `nn.CrossEntropyLoss()`: the per-sample re-run uses it with reduction='none'."""
+    script = Path(__file__).parent / "scripts" / "loss_module_nan_row.py"
+    result = run_cli("run", "--on-nonfinite", "skip", "--out", tmp_path, "--format", "json", "--no-experiments", script)
+    run = json.loads(result.stdout)["runs"][0]
+    assert result.exit_code == 0 and run["status"] == "ok"
+    [blame] = run["sample_blame"]
+    assert blame["method"] == "CrossEntropyLoss(reduction='none')" and blame["statistic"] == "loss"
+    assert [d["index"] for d in blame["dominant"]] == [21] and entries(tmp_path)[0]["samples"] == [21]
