@@ -285,3 +285,34 @@ def test_a_gan_discriminator_step_inside_training_step_is_traced_at_the_users_li
     outcomes = [e.outcome for e in report.trace.experiments if e.id == "step-fp64"]
     assert outcomes and "error" not in outcomes
     assert all(c.severity == "error" for c in report.causes)        # no 16-mixed warning beside it
+
+
+# ---- parametrizations, DataLoader workers --------------------------------------------------------
+
+def test_parametrized_layers_are_watched_bundled_and_replayed(tmp_path):
+    from tests.compat.parametrized_model import build_model, get_batch, training_step
+    model = build_model()
+    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+    watch = nandoctor.watch(model, opt, out=tmp_path, warn=False)
+    with pytest.raises(nandoctor.NonFiniteError) as caught:
+        for step in range(4):
+            batch = get_batch(step)
+            with watch.step(batch):
+                watch.loss(training_step(model, batch)).backward()
+                opt.step()
+                opt.zero_grad()
+    assert caught.value.step == 2
+    assert "inp.parametrizations.weight.original0" in read_bundle(caught.value.bundle).model_state()
+    report = nandoctor.replay(caught.value.bundle, COMPAT / "parametrized_model.py", experiments=False)
+    event = report.trace.runs[0].first_nonfinite
+    assert event.op == "aten.log.default" and "torch.log" in event.user_source.code and event.reproduced is not False
+
+
+def test_dataloader_workers_under_nandoctor_run_name_the_dataset_index(tmp_path):
+    source = (ROOT / "tests" / "scripts" / "nan_targets.py").read_text()
+    assert "batch_size=64)" in source
+    (tmp_path / "nan_targets_workers.py").write_text(source.replace("batch_size=64)", "batch_size=64, num_workers=1)"))
+    result = nandoctor_cli("run", "--format", "json", "-o", "r.json", "nan_targets_workers.py", cwd=tmp_path)
+    assert result.returncode == 1, result.stderr[-2000:]
+    doc = json.loads((tmp_path / "r.json").read_text())
+    assert doc["causes"][0]["id"] == "data-nonfinite" and "dataset indices 200" in doc["first_nonfinite"]["detail"]
