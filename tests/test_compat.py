@@ -316,3 +316,14 @@ def test_dataloader_workers_under_nandoctor_run_name_the_dataset_index(tmp_path)
     assert result.returncode == 1, result.stderr[-2000:]
     doc = json.loads((tmp_path / "r.json").read_text())
     assert doc["causes"][0]["id"] == "data-nonfinite" and "dataset indices 200" in doc["first_nonfinite"]["detail"]
+
+
+# ---- the matrix page ---------------------------------------------------------------------------
+
+def test_every_test_the_compatibility_page_names_exists():
+    import re
+    page = (ROOT / "docs" / "guides" / "compatibility.md").read_text()
+    named = re.findall(r"`(test_[a-z_]+\.py)::(test_\w+)(?:\[[^\]]*\])?`", page)
+    assert len(named) >= 20
+    for file, test in named:
+        assert f"def {test}(" in (ROOT / "tests" / file).read_text(), f"{file}::{test}"
