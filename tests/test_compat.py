@@ -327,3 +327,29 @@ def test_every_test_the_compatibility_page_names_exists():
     assert len(named) >= 20
     for file, test in named:
         assert f"def {test}(" in (ROOT / "tests" / file).read_text(), f"{file}::{test}"
+
+
+@pytest.mark.parametrize("model_file", ["checkpoint_model.py", "mha_teacher.py"])
+def test_watch_bundles_of_checkpointed_and_fast_path_models_replay_to_the_origin(tmp_path, model_file):
+    import importlib.util
+    spec = importlib.util.spec_from_file_location(model_file[:-3], COMPAT / model_file)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    torch.manual_seed(0)
+    model = module.build_model()
+    opt = torch.optim.SGD(model.parameters(), lr=0.01)
+    watch = nandoctor.watch(model, opt, out=tmp_path, warn=False)
+    step_of = getattr(module, "training_step", None)
+    with pytest.raises(nandoctor.NonFiniteError) as caught:
+        for step in range(4):
+            batch = module.get_batch(step)
+            with watch.step(batch):
+                loss = step_of(model, batch) if step_of else nn.functional.mse_loss(model(batch[0]), batch[1])
+                watch.loss(loss).backward()
+                opt.step()
+                opt.zero_grad()
+    assert caught.value.step == 2
+    report = nandoctor.replay(caught.value.bundle, COMPAT / model_file, experiments=False)
+    event = report.trace.runs[0].first_nonfinite
+    expected = {"checkpoint_model.py": ("block", "torch.sqrt"), "mha_teacher.py": ("teacher", "self.teacher(")}
+    assert (event.module, expected[model_file][1] in event.user_source.code) == (expected[model_file][0], True)
