@@ -10,7 +10,8 @@ top-3 right (the expected id among the first three and the listed top3 ids prese
 (phase, aten op when stated, and the marked source line), verdict right, and false alarms on
 healthy models (a healthy model that did not get verdict pass). Entries that state `fail_step` (runs that go
 non-finite late) are also checked for the step of the first non-finite value the tool reports. Uses only
-the public API.
+the public API. Two more lines count how the findings read (issue 19): failing entries with more than one
+`[error]` finding, and entries where a refuted finding ranks above an unrefuted one.
 """
 from __future__ import annotations
 
@@ -109,6 +110,10 @@ def score_entry(entry: dict[str, Any], doc: dict[str, Any]) -> dict[str, Any]:
             "origin": origin, "top1": top1, "top3": top3, "origin_ok": origin_ok,
             "verdict_ok": doc["verdict"] == entry["verdict"], "false_alarm": healthy and doc["verdict"] != "pass",
             "pass_despite_failure": bool(broken) and doc["verdict"] == "pass", "seconds": doc.get("seconds"),
+            # issue 19: one error per root cause; a refuted finding never above an unrefuted one
+            "errors": sum(c["severity"] == "error" for c in doc["causes"]),
+            "refuted_above_unrefuted": any(a.get("confirmed") is False and b.get("confirmed") is not False
+                                           for i, a in enumerate(doc["causes"]) for b in doc["causes"][i + 1:]),
             "findings": [{k: c.get(k) for k in ("id", "severity", "confidence", "title", "fix", "experiments",
                                                  "confirmed", "precisions")} for c in doc["causes"][:3]]}
 
@@ -141,6 +146,17 @@ def step_lines(results: list[dict[str, Any]]) -> list[str]:
                     f"{' (' + r['fail_precision'] + ')' if r['fail_precision'] else ''}, tool: step {o['step']}"
                     f" ({o['precision']})")
     return rows
+
+
+def finding_lines(results: list[dict[str, Any]]) -> list[str]:
+    """How the findings read: several [error]s for one failing model, a refuted finding ranked high."""
+    failing = [r for r in results if r["expected_verdict"] == "fail"]
+    several = [r["file"] for r in failing if r["errors"] > 1]
+    refuted = [r["file"] for r in results if r["refuted_above_unrefuted"]]
+    return [f"failing entries with more than one [error] finding: {len(several)}/{len(failing)}"
+            + (f" ({', '.join(several)})" if several else ""),
+            f"entries with a refuted finding ranked above an unrefuted one: {len(refuted)}"
+            + (f" ({', '.join(refuted)})" if refuted else "")]
 
 
 def gaps_markdown(results: list[dict[str, Any]]) -> str:
@@ -192,7 +208,7 @@ def main(argv: Optional[list[str]] = None) -> int:
         mark = "ok " if result["top1"] and result["origin_ok"] and result["verdict_ok"] else "BAD"
         print(f"{mark} {entry['file']:<34} {result['verdict']:<5} {(result['causes'] or ['-'])[0]:<22} "
               f"{result['wall_seconds']:.1f}s", file=sys.stderr)
-    rows = table(results) + step_lines(results)
+    rows = table(results) + step_lines(results) + finding_lines(results)
     print("\n".join(rows))
     print(f"({len(results)} entries, {time.perf_counter() - began:.0f} s)")
     if args.json:

@@ -189,6 +189,7 @@ class Watch:
         self._versions: Optional[int] = None    # parameters' version counters when watch.step() began
         self._after_compiled_step = False       # the optimizer stepped inside a compiled train step
         self._stats_pending = False             # a statistics step's layer hooks wait for an eager forward
+        self._early_pending = False             # so does an early-warning sampled step's
         self._snapshot = Snapshot(optimizer) if snapshot and optimizer is not None else None
         self._snapshot_scheduler: Any = None
         self._device = next((p.device for p in model.parameters()), torch.device("cpu"))
@@ -357,7 +358,10 @@ class Watch:
                 else:
                     self._add_stats_hooks()
             if self.early is not None:
-                self.early.begin_step(self.step_index)
+                if self._explicit_batches and self._input_hook is not None:
+                    self._early_pending = True     # like the stats hooks: only for an eager forward
+                else:
+                    self.early.begin_step(self.step_index)
         capture = self._capture
         if len(capture.batches) >= MAX_MICRO_BATCHES:
             capture.truncated = True
@@ -403,6 +407,9 @@ class Watch:
         if self._stats_pending:
             self._stats_pending = False
             self._add_stats_hooks()
+        if self._early_pending:
+            self._early_pending = False
+            self.early.begin_step(self.step_index)
         if self._explicit_batches or self._blaming or not module.training or not torch.is_grad_enabled():
             return
         if stats.in_functorch_transform():
@@ -996,7 +1003,7 @@ class Watch:
             self._act_reduced.append(([i for i, _ in keep], stats.foreach_max_abs([t for _, t in keep])))
 
     def _remove_stats_hooks(self) -> None:
-        self._stats_pending = False
+        self._stats_pending = self._early_pending = False
         for handle in self._stats_handles:
             handle.remove()
         self._stats_handles.clear()
