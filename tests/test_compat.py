@@ -353,3 +353,14 @@ def test_watch_bundles_of_checkpointed_and_fast_path_models_replay_to_the_origin
     event = report.trace.runs[0].first_nonfinite
     expected = {"checkpoint_model.py": ("block", "torch.sqrt"), "mha_teacher.py": ("teacher", "self.teacher(")}
     assert (event.module, expected[model_file][1] in event.user_source.code) == (expected[model_file][0], True)
+
+
+def test_run_of_a_script_with_its_own_autocast_runs_and_bundles_in_that_precision(tmp_path):
+    shutil.copy(COMPAT / "autocast_script.py", tmp_path)
+    result = nandoctor_cli("run", "--format", "json", "-o", "r.json", "autocast_script.py", cwd=tmp_path)
+    assert result.returncode == 1, result.stderr[-2000:]
+    doc = json.loads((tmp_path / "r.json").read_text())
+    assert doc["runs"][0]["precision"] == "bf16-mixed"
+    assert doc["first_nonfinite"]["op"] == "aten.log.default" and doc["first_nonfinite"]["step"] == 2
+    bundle = next((tmp_path / "nandoctor-bundles").iterdir())
+    assert read_bundle(bundle).manifest.precision == "bf16-mixed"
