@@ -364,3 +364,23 @@ def test_run_of_a_script_with_its_own_autocast_runs_and_bundles_in_that_precisio
     assert doc["first_nonfinite"]["op"] == "aten.log.default" and doc["first_nonfinite"]["step"] == 2
     bundle = next((tmp_path / "nandoctor-bundles").iterdir())
     assert read_bundle(bundle).manifest.precision == "bf16-mixed"
+
+
+def test_a_watch_bundle_of_a_vmap_step_replays_to_the_line_inside_the_transform(tmp_path):
+    from tests.compat.vmap_model import build_model, get_batch, training_step
+    torch.manual_seed(0)
+    model = build_model()
+    opt = torch.optim.SGD(model.parameters(), lr=0.01)
+    watch = nandoctor.watch(model, opt, out=tmp_path, warn=False, stats_every=1)
+    with pytest.raises(nandoctor.NonFiniteError) as caught:
+        for step in range(5):
+            batch = get_batch(step)
+            with watch.step(batch):
+                watch.loss(training_step(model, batch)).backward()
+                opt.step()
+                opt.zero_grad()
+    assert caught.value.step == 3
+    report = nandoctor.replay(caught.value.bundle, COMPAT / "vmap_model.py", experiments=False)
+    assert report.exit_code == 1
+    event = report.trace.runs[0].first_nonfinite
+    assert event.op == "aten.sqrt.default" and "torch.sqrt" in event.user_source.code
