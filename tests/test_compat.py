@@ -329,10 +329,14 @@ def test_every_test_the_compatibility_page_names_exists():
         assert f"def {test}(" in (ROOT / "tests" / file).read_text(), f"{file}::{test}"
 
 
-@pytest.mark.parametrize("model_file", ["checkpoint_model.py", "mha_teacher.py"])
+@pytest.mark.parametrize("model_file", ["checkpoint_model.py", "checkpoint_nonreentrant.py", "mha_teacher.py"])
 def test_watch_bundles_of_checkpointed_and_fast_path_models_replay_to_the_origin(tmp_path, model_file):
     import importlib.util
-    spec = importlib.util.spec_from_file_location(model_file[:-3], COMPAT / model_file)
+    path = COMPAT / model_file
+    if model_file == "checkpoint_nonreentrant.py":
+        path = tmp_path / model_file
+        path.write_text((COMPAT / "checkpoint_model.py").read_text().replace("REENTRANT = True", "REENTRANT = False"))
+    spec = importlib.util.spec_from_file_location(model_file[:-3], path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     torch.manual_seed(0)
@@ -349,9 +353,10 @@ def test_watch_bundles_of_checkpointed_and_fast_path_models_replay_to_the_origin
                 opt.step()
                 opt.zero_grad()
     assert caught.value.step == 2
-    report = nandoctor.replay(caught.value.bundle, COMPAT / model_file, experiments=False)
+    report = nandoctor.replay(caught.value.bundle, path, experiments=False)
     event = report.trace.runs[0].first_nonfinite
-    expected = {"checkpoint_model.py": ("block", "torch.sqrt"), "mha_teacher.py": ("teacher", "self.teacher(")}
+    expected = {"checkpoint_model.py": ("block", "torch.sqrt"), "checkpoint_nonreentrant.py": ("block", "torch.sqrt"),
+                "mha_teacher.py": ("teacher", "self.teacher(")}
     assert (event.module, expected[model_file][1] in event.user_source.code) == (expected[model_file][0], True)
 
 
