@@ -389,3 +389,26 @@ def test_a_watch_bundle_of_a_vmap_step_replays_to_the_line_inside_the_transform(
     assert report.exit_code == 1
     event = report.trace.runs[0].first_nonfinite
     assert event.op == "aten.sqrt.default" and "torch.sqrt" in event.user_source.code
+
+
+def test_a_grad_scaler_loops_bundle_replays_in_16_mixed_with_the_scalers_state(tmp_path):
+    from tests.compat.parametrized_model import build_model, get_batch, training_step
+    model = build_model()
+    opt = torch.optim.SGD(model.parameters(), lr=1e-3)
+    scaler = torch.amp.GradScaler("cpu", init_scale=1024.0)
+    watch = nandoctor.watch(model, opt, scaler, out=tmp_path, warn=False)
+    with pytest.raises(nandoctor.NonFiniteError) as caught:
+        for step in range(4):
+            batch = get_batch(step)
+            with watch.step(batch):
+                with torch.autocast("cpu", dtype=torch.float16):
+                    loss = watch.loss(training_step(model, batch))
+                scaler.scale(loss).backward()
+                scaler.step(opt)
+                scaler.update()
+                opt.zero_grad()
+    manifest = read_bundle(caught.value.bundle).manifest
+    assert caught.value.step == 2 and manifest.precision == "16-mixed" and 0 < manifest.scaler["scale"] <= 1024.0
+    report = nandoctor.replay(caught.value.bundle, COMPAT / "parametrized_model.py", experiments=False)
+    event = report.trace.runs[0].first_nonfinite
+    assert report.trace.runs[0].precision == "16-mixed" and event.op == "aten.log.default"
