@@ -92,7 +92,9 @@ def _run_stage(stage: _Stage, spec: ModelFile, cfg: dict[str, Any], precision: P
     out = CompileStage(name=stage.name, backend=stage.backend, config=dict(stage.config))
     try:
         session = TrainingSession(spec, cfg, precision, device, initial_state=initial_state)
-        session.model = torch.compile(session.model, backend=_capturing(stage))
+        # The session keeps its eager module for names and hooks; the forward goes through this.
+        session.compiled_model = torch.compile(session.model, backend=_capturing(stage))
+        session.compile_forward()
         result = session.run_step(step)
     except Exception as err:     # a backend that cannot compile this model: the stage could not run
         out.finite, out.where = None, f"{type(err).__name__}: {str(err).splitlines()[0][:200] if str(err) else ''}"
