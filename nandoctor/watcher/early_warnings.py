@@ -81,7 +81,9 @@ class _AttentionMode(TorchFunctionMode):
         kwargs = kwargs or {}
         sampler = self.sampler
         # A softmax outside every submodule is the model's output distribution, not attention.
-        if torch.is_grad_enabled() and not sampler.in_mha and len(sampler.stack) > 1:
+        # Inside torch.func.vmap/grad a reduction cannot leave the transform (stats.in_functorch_transform).
+        if (torch.is_grad_enabled() and not sampler.in_mha and len(sampler.stack) > 1
+                and not stats.in_functorch_transform()):
             try:
                 value = None
                 if func is _SDPA:
@@ -198,7 +200,7 @@ class EarlyWarningSampler:
                 self.stack.pop()
             if isinstance(module, torch.nn.MultiheadAttention):
                 self.in_mha = False
-            if output is None or not torch.is_grad_enabled():
+            if output is None or not torch.is_grad_enabled() or stats.in_functorch_transform():
                 return
             tensors = [t for t in stats.floating_tensors(output) if t.numel() > 1]
             if not tensors:
@@ -217,7 +219,7 @@ class EarlyWarningSampler:
 
     def _mha_hook(self, name: str) -> Callable:
         def hook(module: Any, args: tuple, kwargs: dict) -> None:
-            if not torch.is_grad_enabled():
+            if not torch.is_grad_enabled() or stats.in_functorch_transform():
                 return
             try:
                 value = _mha_logit_max(module, args, kwargs)
