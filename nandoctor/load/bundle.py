@@ -84,6 +84,8 @@ class BundleManifest:
     layer_stats: list[dict[str, Any]] = field(default_factory=list)  # recent stats steps: per-module numbers
     rebuild: dict[str, Any] = field(default_factory=dict)       # kind + what that kind needs (see README)
     tied: dict[str, str] = field(default_factory=dict)          # state-dict key -> key it shares storage with
+    # torch.compile settings of the run: backend, mode, options, module (null: not compiled)
+    compile: Optional[dict[str, Any]] = None
     files: dict[str, dict[str, Any]] = field(default_factory=dict)  # file name -> {bytes, tensors}
     size_bytes: int = 0
     write_seconds: float = 0.0

@@ -19,7 +19,9 @@ from typing import Any, Callable
 import yaml
 
 from ..errors import InputError
+from ..trace.compile import LADDER_STAGES
 from ..trace.thresholds import DEFAULT_THRESHOLDS
+from ..trace.warnings import EARLY_WARNING_DEFAULTS, SPIKE_DEFAULTS
 from ..trace.vocab import ACCEPTED_PRECISION_NAMES as ACCEPTED_NAMES, FAIL_ON, precision_from_name
 
 OPTIMIZER_NAMES = ("adamw", "adam", "sgd", "rmsprop", "adagrad")
@@ -36,8 +38,13 @@ DEFAULTS: dict[str, Any] = {
     "compile": False,
     "fail_on": "error",
     "max_seconds": None,
+    "threads": "auto",
     "experiments": {"enabled": True, "max_seconds": 60.0},
+    # replay of a compiled run whose failing step stays finite in eager (cause compile-numerics)
+    "compile_ladder": {"enabled": True, "stages": list(LADDER_STAGES)},
     "thresholds": dict(DEFAULT_THRESHOLDS),
+    "spikes": dict(SPIKE_DEFAULTS),
+    "early_warnings": dict(EARLY_WARNING_DEFAULTS),
 }
 
 
@@ -104,6 +111,16 @@ def _device(key: str, value: Any) -> str:
     raise InputError(f"config key '{key}' must be auto, cpu, cuda or cuda:N, got {_show(value)}.")
 
 
+def _threads(key: str, value: Any) -> Any:
+    if isinstance(value, str) and value.strip().lower() == "auto":
+        return "auto"
+    if isinstance(value, str) and value.strip().isdigit():
+        value = int(value)
+    if isinstance(value, int) and not isinstance(value, bool) and value >= 1:
+        return value
+    raise InputError(f"config key '{key}' must be auto or a whole number of threads >= 1, got {_show(value)}.")
+
+
 def _precisions(key: str, value: Any) -> list[str]:
     if isinstance(value, str):
         value = [value]
@@ -166,6 +183,13 @@ def _bool(key: str, value: Any) -> bool:
     return value
 
 
+def _ladder_stages(key: str, value: Any) -> list[str]:
+    if not isinstance(value, list) or not all(isinstance(v, str) and v in LADDER_STAGES for v in value):
+        raise InputError(f"config key '{key}' must be a list of compiler stages out of {', '.join(LADDER_STAGES)} "
+                         f"(in that order), got {_show(value)}.")
+    return [s for s in LADDER_STAGES if s in value]
+
+
 def _section(keys: dict[str, Callable[[str, Any], Any]], required: tuple[str, ...] = ()):
     def check(key: str, value: Any) -> dict[str, Any]:
         if not isinstance(value, dict):
@@ -195,8 +219,17 @@ TOP_LEVEL: dict[str, Callable[[str, Any], Any]] = {
     "compile": _compile,
     "fail_on": _choice(FAIL_ON),
     "max_seconds": _optional_number,
+    "threads": _threads,
     "experiments": _section({"enabled": _bool, "max_seconds": _number}),
+    "compile_ladder": _section({"enabled": _bool, "stages": _ladder_stages}),
     "thresholds": _section({name: _number for name in DEFAULT_THRESHOLDS}),
+    "spikes": _section({"enabled": lambda k, v: _bool(k, v), "window": lambda k, v: _int(k, v, minimum=4),
+                        "warmup": lambda k, v: _int(k, v, minimum=1), "threshold_sigma": _number,
+                        "min_ratio": _number}),
+    "early_warnings": _section({"enabled": lambda k, v: _bool(k, v), "every": lambda k, v: _int(k, v, minimum=1),
+                                "samples": lambda k, v: _int(k, v, minimum=2),
+                                **{name: _number for name in EARLY_WARNING_DEFAULTS
+                                   if name not in ("enabled", "every", "samples")}}),
 }
 
 

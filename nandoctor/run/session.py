@@ -188,6 +188,10 @@ class TrainingSession:
     def _context(self) -> contextlib.AbstractContextManager:
         if self.autocast:
             return torch.autocast(device_type=self.device.type, dtype=self.compute_dtype)
+        if self.overrides.switch_dtype_at and self.compute_dtype in (torch.float32, torch.float64):
+            # A dtype experiment casts the model and the batch; tensors the user's step makes
+            # itself (a GAN's noise, torch.randn in forward) follow the default dtype.
+            return _default_dtype(self.compute_dtype)
         return contextlib.nullcontext()
 
     def _switch_dtype(self, dtype: torch.dtype) -> None:
@@ -382,3 +386,13 @@ class TrainingSession:
         elif not facts.params_finite:
             result.failure, result.surfaces = "parameters", list(self.params)
         return result
+
+
+@contextlib.contextmanager
+def _default_dtype(dtype: torch.dtype):
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(dtype)
+    try:
+        yield
+    finally:
+        torch.set_default_dtype(previous)

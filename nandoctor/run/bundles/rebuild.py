@@ -22,7 +22,7 @@ from ...errors import InputError
 from ...load.bundle import Bundle, decode_value, user_name
 from ..compiled import uncompiled, user_named_parameters
 from ...load.model_file import ModelFile, load_model_file
-from ...trace import ModelInfo, NonfiniteEvent, Phase, RunStatus, RunTrace, StepRecord
+from ...trace import EarlyWarning, ModelInfo, NonfiniteEvent, Phase, RunStatus, RunTrace, StepRecord, from_plain
 
 # Where in the step each check of the watch looks.
 CHECK_PHASE = {"batch": Phase.DATA, "loss": Phase.FORWARD, "gradients": Phase.BACKWARD,
@@ -396,3 +396,17 @@ def differences(found: Bundle, device: torch.device) -> list[str]:
     if m.detail.get("truncated_micro_batches"):
         notes.append("the watch kept only the first micro-batches of this step")
     return notes
+
+
+def early_warning_records(found: Bundle) -> list[EarlyWarning]:
+    """The warnings the watch recorded before the bundled step (manifest detail
+    `early_warnings`); an entry that does not read as one is left out."""
+    records = []
+    for entry in found.manifest.detail.get("early_warnings") or []:
+        try:
+            record = from_plain(EarlyWarning, decode_value(entry))
+        except (TypeError, ValueError, KeyError, AttributeError):
+            continue
+        if isinstance(record, EarlyWarning) and isinstance(record.step, int) and record.step <= found.manifest.step:
+            records.append(record)
+    return records
