@@ -3,9 +3,11 @@ and a compiled whole train step (`torch.compile(train_step)` inside `with watch.
 against the same loop without the watch. Goal: <= 1.05x.
 
 In-step: the plain and the watched loop run in one process, each with its own model and compiled
-code, taking turns step by step (the load of a shared machine hits both alike); the median step of
-each after warm-up (compilation). Whole-process: each variant alone in a fresh process, from
-`python` start to its last step (imports, compilation and all steps). The compiler's graph and
+code, taking turns step by step; the median step of each after warm-up (compilation), in CPU
+time of this process (single-threaded: OMP_NUM_THREADS=1), which the load of a shared machine
+distorts far less than wall time. Whole-process: each variant alone in a fresh process, from
+`python` start to its last step (imports, compilation and all steps), CPU time of the child, run
+twice in the order plain, watched, watched, plain (the compiler's on-disk cache warms alike). The compiler's graph and
 graph-break counts of both variants are printed too: they must be equal.
 
     python bench/bench_compile.py                                   # everything (slow: inductor)
@@ -16,6 +18,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
 import statistics
 import subprocess
 import sys
@@ -103,9 +106,9 @@ def in_step(name: str, setting: str, backend: str, steps: int, warmup: int) -> d
     times: dict[bool, list[float]] = {False: [], True: []}
     for i in range(steps):
         for watched in ((False, True) if i % 2 == 0 else (True, False)):
-            t0 = time.perf_counter()
+            t0 = time.process_time()
             loops[watched][0]()
-            times[watched].append(time.perf_counter() - t0)
+            times[watched].append(time.process_time() - t0)
     plain, guarded = statistics.median(times[False]), statistics.median(times[True])
     watch = loops[True][1]
     assert watch is not None and watch.step_index == warmup + steps, (watch.step_index, warmup + steps)
@@ -115,14 +118,15 @@ def in_step(name: str, setting: str, backend: str, steps: int, warmup: int) -> d
 def whole_process(name: str, setting: str, backend: str, steps: int) -> dict:
     """Each variant in a fresh process (same command line, --child), wall time start to end, and
     the compiler's counts there (graphs compiled, graph breaks): a fresh process compiles from scratch."""
-    out, counts = {}, {}
-    for watched in (False, True):
+    out, counts = {False: 0.0, True: 0.0}, {}
+    for watched in (False, True, True, False):
         env = {**os.environ, "PYTHONPATH": os.path.dirname(os.path.dirname(os.path.abspath(__file__)))}
         command = [sys.executable, os.path.abspath(__file__), "--child", name, setting, backend, str(steps),
                    "1" if watched else "0"]
-        t0 = time.perf_counter()
+        before = resource.getrusage(resource.RUSAGE_CHILDREN)
         done = subprocess.run(command, check=True, env=env, stdout=subprocess.PIPE, text=True)
-        out[watched] = time.perf_counter() - t0
+        after = resource.getrusage(resource.RUSAGE_CHILDREN)
+        out[watched] += (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
         counts[watched] = done.stdout.strip().splitlines()[-1]
     return {"plain_s": out[False], "watch_s": out[True], "ratio": out[True] / out[False],
             "counts": f"{counts[False]} {counts[True]}"}
@@ -154,14 +158,14 @@ def main() -> None:
           f"load average at start {os.getloadavg()[0]:.1f}; median of {args.steps} interleaved steps after "
           f"{args.warmup} warm-up steps; whole process: {args.process_steps} steps")
     print(f"{'model':12} {'setting':8} {'backend':10} {'plain ms':>9} {'watch ms':>9} {'ratio':>6}  "
-          f"{'process s p/w':>14} {'ratio':>6}  graphs/breaks p w  load")
+          f"{'process CPU s p/w':>17} {'ratio':>6}  graphs/breaks p w  load")
     for name in args.models:
         for setting in args.settings:
             for backend in args.backends:
                 row = in_step(name, setting, backend, args.steps, args.warmup)
                 whole = whole_process(name, setting, backend, args.process_steps) if args.process_steps else None
-                proc = (f"{whole['plain_s']:6.1f}/{whole['watch_s']:<6.1f} {whole['ratio']:6.3f}  {whole['counts']:17}"
-                        if whole else f"{'-':>14} {'-':>6}  {'-':17}")
+                proc = (f"{whole['plain_s']:8.1f}/{whole['watch_s']:<8.1f} {whole['ratio']:6.3f}  {whole['counts']:17}"
+                        if whole else f"{'-':>17} {'-':>6}  {'-':17}")
                 print(f"{name:12} {setting:8} {backend:10} {row['plain_ms']:9.2f} {row['watch_ms']:9.2f} "
                       f"{row['ratio']:6.3f}  {proc}  {os.getloadavg()[0]:.1f}", flush=True)
 
