@@ -124,12 +124,20 @@ def _script(*args: str, cwd: Path, module: bool = False) -> subprocess.Completed
     return subprocess.run(command, cwd=cwd, capture_output=True, text=True, timeout=180, env=env)
 
 
-def test_nandoctor_run_of_a_script_that_compiles_its_model_adds_no_graph_or_break(tmp_path):
-    plain = _script(str(SCRIPTS / "compiled_model.py"), cwd=tmp_path)
-    guarded = _script(str(SCRIPTS / "compiled_model.py"), cwd=tmp_path, module=True)
-    assert plain.returncode == 0 and guarded.returncode == 0, guarded.stderr[-2000:]
-    counted = [line for line in plain.stdout.splitlines() if line.startswith("COMPILED")]
-    assert counted == ["COMPILED graphs=1 breaks=0"]
+@pytest.mark.parametrize("whole_step", [False, True], ids=["compiled-model", "compiled-whole-step"])
+def test_nandoctor_run_of_a_script_that_compiles_adds_no_graph_or_break(tmp_path, whole_step, capsys, monkeypatch):
+    import runpy
+    args = [str(SCRIPTS / "compiled_model.py"), *(["--whole-step"] if whole_step else [])]
+    torch._dynamo.reset()
+    counters.clear()
+    monkeypatch.setattr(sys, "argv", args)
+    runpy.run_path(args[0], run_name="__main__")      # as `python SCRIPT` runs it (in this process: faster)
+    plain = capsys.readouterr()
+    guarded = _script(*args, cwd=tmp_path, module=True)
+    assert guarded.returncode == 0, guarded.stderr[-2000:]
+    counted = [line for line in plain.out.splitlines() if line.startswith("COMPILED")]
+    # The whole step breaks where the user's code does (zero_grad, backward): nandoctor adds none.
+    assert counted == ["COMPILED graphs=2 breaks=4" if whole_step else "COMPILED graphs=1 breaks=0"]
     assert [line for line in guarded.stdout.splitlines() if line.startswith("COMPILED")] == counted
     assert "nandoctor run PASS" in guarded.stderr
     assert "_orig_mod" not in guarded.stderr and "recompile" not in guarded.stderr.lower()

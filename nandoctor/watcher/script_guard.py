@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import functools
 import gc
 import sys
 import threading
@@ -184,6 +185,7 @@ class ScriptGuard:
 
     # ---- install / uninstall -----------------------------------------------------------------------
     def install(self) -> None:
+        self._frames_skipped = False
         self.argv = list(sys.argv[1:])       # the script's own arguments (set before install)
         import torch.optim.optimizer as optim
         self._handles.append(optim.register_optimizer_step_pre_hook(self._before_step))
@@ -203,6 +205,8 @@ class ScriptGuard:
         original_backward = torch.autograd.backward
 
         def backward(tensors: Any, *args: Any, **kwargs: Any) -> Any:
+            if compiling():      # inside a compiled train step: nothing of ours enters its graph
+                return original_backward(tensors, *args, **kwargs)
             if "backward" not in guard.sites:
                 guard.sites["backward"] = _user_caller()
             guard._before_backward(tensors)
@@ -211,6 +215,20 @@ class ScriptGuard:
             finally:
                 guard._after_backward()
         self._patch(torch.autograd, "backward", backward)
+
+        # torch.autograd.backward is a function dynamo never traces (the user's own graph break);
+        # ours in its place must not be a frame it tries to compile either. Marked once the script
+        # compiles something (importing the compiler up front would cost every run seconds).
+        original_compile = torch.compile
+
+        @functools.wraps(original_compile)
+        def compile_(*args: Any, **kwargs: Any) -> Any:
+            if not guard._frames_skipped:
+                guard._frames_skipped = True
+                if torch.autograd.backward is backward:     # uninstall puts the original back
+                    torch.autograd.backward = torch.compiler.disable(backward, recursive=False)
+            return original_compile(*args, **kwargs)
+        self._patch(torch, "compile", compile_)
 
         scaler_cls = torch.amp.GradScaler
         original_scale, original_step = scaler_cls.scale, scaler_cls.step

@@ -1,7 +1,8 @@
 """A training loop that compiles its model (tests/test_compile.py). It counts what the compiler
 did with its own CompileCounter backend and prints it last, so the same script run with plain
 `python` and under `nandoctor run` can be compared: nandoctor must add no graph and no break.
-`--nan-at K` makes step K's forward take the log of a negative number."""
+`--nan-at K` makes step K's forward take the log of a negative number; `--whole-step` compiles
+the whole train step (forward, backward, optimizer step) instead of the model."""
 import argparse
 
 import torch
@@ -11,6 +12,7 @@ from torch._dynamo.utils import counters
 parser = argparse.ArgumentParser()
 parser.add_argument("--steps", type=int, default=6)
 parser.add_argument("--nan-at", type=int, default=-1)
+parser.add_argument("--whole-step", action="store_true")
 args = parser.parse_args()
 
 
@@ -28,13 +30,21 @@ class Net(torch.nn.Module):
 torch.manual_seed(0)
 net = Net()
 backend = CompileCounter()
-model = torch.compile(net, backend=backend)
+model = net if args.whole_step else torch.compile(net, backend=backend)
 optimizer = torch.optim.SGD(model.parameters(), lr=0.01)
 x, y = torch.randn(16, 4), torch.randn(16, 1)
-for step in range(args.steps):
-    shift = torch.tensor(-2.0 if step == args.nan_at else 2.0)
+
+
+def train_step(x, y, shift):
     optimizer.zero_grad()
     loss = torch.nn.functional.mse_loss(model(x, shift), y)
     loss.backward()
     optimizer.step()
+    return loss
+
+
+if args.whole_step:
+    train_step = torch.compile(train_step, backend=backend)
+for step in range(args.steps):
+    train_step(x, y, torch.tensor(-2.0 if step == args.nan_at else 2.0))
 print(f"COMPILED graphs={backend.frame_count} breaks={sum(counters['graph_break'].values())}", flush=True)
