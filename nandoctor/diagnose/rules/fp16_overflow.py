@@ -8,7 +8,7 @@ from ...trace import NonfiniteEvent
 from ..evidence import at, at_origin
 from ..facts import FP16_MAX, SIXTEEN_BIT, module_label, where
 from ..op_semantics import fix_for, max_abs
-from ..ownership import fails_only_in_16bit, owned_events, wide_runs
+from ..ownership import fails_only_in_16bit, owned_events, wide_runs, wide_step_finite
 from ..finding import Finding, Severity
 from .base import Context, Rule
 
@@ -55,11 +55,13 @@ class Fp16Overflow(Rule):
             return [self._failure(ctx, events)]
         # No failure: warn about headroom in any run that used float16.
         limit = ctx.thresholds["headroom_warn"]
-        if not any(r.precision in SIXTEEN_BIT for r in trace.runs):
+        # A failed scan has its causes; a run whose activations passed float16's max says nothing
+        # about headroom (it is a divergence, not a margin).
+        if not any(r.precision in SIXTEEN_BIT for r in trace.runs) or any(r.first_nonfinite for r in trace.runs):
             return []
         for run in trace.runs:
             peak, module = _peak_activation(run)
-            if peak and FP16_MAX / peak < limit:
+            if peak and 1 <= FP16_MAX / peak < limit:
                 layer = run.layer(module)
                 return [Finding(self.id, Severity.WARNING.value, 0.5,
                                 f"{module_label(module)} comes within {num(FP16_MAX / peak)}x of float16's max",
@@ -89,7 +91,10 @@ class Fp16Overflow(Rule):
                             f"{'clean' if run.first_nonfinite is None else 'failed'}"
                             + (f", largest activation {num(peak)} in {module_label(module)}" if peak else "")
                             + (f" ({num(peak / FP16_MAX)}x the float16 max)" if peak > FP16_MAX else ""))
-        if only16 is None:
+        rerun = wide_step_finite(trace, event)
+        if rerun is not None and not any(r.first_nonfinite is None for r in wide):
+            evidence.append(f"the {rerun.label} ({rerun.precision}) stayed finite: the failure is float16's")
+        elif only16 is None:
             evidence.append(f"only {event.precision} was scanned: the float32 re-run of step {event.step} tells an "
                             "overflow (finite in float32) from a domain error (still non-finite)")
         module = event.module
