@@ -220,3 +220,21 @@ def test_one_root_cause_is_one_error_annotation_with_its_symptoms_nested(tmp_pat
     assert [c["id"] for c in doc["causes"]] == ["high-lr"], [c["id"] for c in doc["causes"]]
     assert {s["id"] for s in doc["causes"][0]["symptoms"]} >= {"exploding-activations"}
     assert all("symptom of the leading cause (high-lr)" in s["rank_reason"] for s in doc["causes"][0]["symptoms"])
+
+
+# ---- item 6: a library frame is never the place to fix ------------------------------------------------
+
+def test_a_zero_over_zero_inside_a_library_loss_names_the_users_call_and_the_empty_batch():
+    library = SourceLocation("/venv/lib/python3.11/site-packages/transformers/loss/loss_utils.py", 48, "fixed_cross_entropy",
+                             "loss = loss / num_items_in_batch", library=True)
+    event = NonfiniteEvent(precision="32-true", step=2, phase="loss", kind="nan", op="aten.div.Tensor", source=library,
+                           inputs=[TensorSummary(name="input0", shape=[], dtype="float32", min=0.0, max=0.0, zeros=1),
+                                   TensorSummary(name="input1", shape=[], dtype="float32", min=0.0, max=0.0, zeros=1)])
+    run = RunTrace(precision="32-true", status="nonfinite", steps=[StepRecord(step=i, loss=2.0) for i in range(2)],
+                   first_nonfinite=event)
+    trace = trace_of(run)
+    trace.functions["loss_fn"] = SourceLocation("model.py", 30, "loss_fn", "return model(**batch).loss")
+    top = diagnose(trace)[0]
+    assert top.id == "empty-reduction", top
+    assert top.source is not None and not top.source.library and top.source.file == "model.py"
+    assert "model.py:30" in top.fix and "-100" in top.fix and "loss_utils.py" not in str(top.source)

@@ -6,7 +6,7 @@ import math
 from ...trace.numbers import num
 from ...trace import NonfiniteEvent
 from ..evidence import at, at_origin
-from ..facts import FP16_MAX, SIXTEEN_BIT, module_label, where
+from ..facts import FP16_MAX, SIXTEEN_BIT, module_label, refuted, where
 from ..op_semantics import fix_for, max_abs
 from ..ownership import fails_only_in_16bit, owned_events, wide_runs, wide_step_finite
 from ..finding import Finding, Severity
@@ -98,14 +98,18 @@ class Fp16Overflow(Rule):
             evidence.append(f"only {event.precision} was scanned: the float32 re-run of step {event.step} tells an "
                             "overflow (finite in float32) from a domain error (still non-finite)")
         module = event.module
-        op_fix = fix_for(event, at(loc))
+        op_fix = fix_for(event, at(loc), loc.code if loc else "")
+        no_bf16 = refuted(trace, "step-bf16", [event.precision]) is not None
+        no_fp32 = refuted(trace, "step-fp32", [event.precision]) is not None
         if event.precision == "16-true":
             fix = (f"{op_fix}; or train in 16-mixed / bf16-mixed so the op computes in float32 or with float32's range"
                    if op_fix else "train in 16-mixed or bf16-mixed instead of pure float16 weights")
         else:
-            fix = ("train in bf16-mixed, or keep " + module_label(module) + " in float32: "
-                   "`with torch.autocast(device_type, enabled=False): y = block(x.float())`; or reduce its scale "
-                   "(normalise its input, scale attention logits by 1/sqrt(d))")
+            fix = ("" if no_bf16 else "train in bf16-mixed, or ") + ("" if no_fp32 else (
+                "keep " + module_label(module) + " in float32: "
+                "`with torch.autocast(device_type, enabled=False): y = block(x.float())`; or ")) + \
+                "reduce its scale (normalise its input" + ("" if "sqrt(" in (loc.code if loc else "") else
+                                                          ", scale attention logits by 1/sqrt(d)") + ")"
         clean = ", ".join(r.precision for r in wide if r.first_nonfinite is None)
         return Finding(self.id, Severity.ERROR.value, 0.8 if only16 else 0.6,
                        f"float16 overflow in {module_label(module)}" + (f" (clean in {clean})" if clean else ""),

@@ -7,7 +7,7 @@ from typing import Any, Optional
 
 from ...trace import NonfiniteEvent, PostmortemTrace, RunTrace, SourceLocation, StepRecord
 from ...trace.numbers import num
-from ..facts import command_line_flag, module_label, optimizer_site
+from ..facts import command_line_flag, module_label, optimizer_site, refuted
 from ..finding import Finding, Severity
 from ..ownership import lr_at, owned_events
 from .base import Context, Rule
@@ -293,7 +293,8 @@ class HighLearningRate(Rule):
             evidence.append("also failing: " + ", ".join(others))
         known = isinstance(lr, (int, float))
         shown = num(lr) if known else "of the update"
-        new_lr = f"{lr / 10:.0e}" if known else "a tenth"
+        new_lr = (f"{lr / 10:.0e} (untested: no re-run of this report confirmed a learning rate)" if known
+                  else "a tenth")
         # Propose an lr an experiment confirmed (the largest that stayed finite), never one refuted.
         tried = [e for e in ctx.trace.experiments if e.id == "lower-lr" and e.outcome in ("finite", "nonfinite")
                  and isinstance(e.change.get("lr_scale"), (int, float))]
@@ -314,7 +315,9 @@ class HighLearningRate(Rule):
         else:
             fix = (f"lower the learning rate from {shown} to {new_lr} {_lr_setting(ctx, run)}" if known else
                    f"lower the learning rate to a tenth {_lr_setting(ctx, run)}")
-        fix += "; add warmup and " + ("gradient clipping" if loop is not None else "`grad_clip`") + " for long runs"
+        clipped = refuted(ctx.trace, "clip-grad")
+        fix += "; add warmup" + ("" if clipped is not None else
+                                 " and " + ("gradient clipping" if loop is not None else "`grad_clip`")) + " for long runs"
         severity = Severity.ERROR if failing else Severity.WARNING
         confidence = (0.5 + (0.15 if d.ratio > 10 * limit else 0) + (0.1 if d.growth > 10 else 0)
                       + (0.1 if d.in_history and d.growth >= LOSS_ORDERS else 0))
