@@ -238,3 +238,42 @@ def test_a_zero_over_zero_inside_a_library_loss_names_the_users_call_and_the_emp
     assert top.id == "empty-reduction", top
     assert top.source is not None and not top.source.library and top.source.file == "model.py"
     assert "model.py:30" in top.fix and "-100" in top.fix and "loss_utils.py" not in str(top.source)
+
+
+# ---- item 3: no fix contradicts its own report's experiments ----------------------------------------
+
+def test_no_corpus_fix_contradicts_its_own_experiments():
+    """A representative subset of the corpus, scanned with the confirming experiments on (the
+    corpus test runs most entries without them): a refuted clipping, eps, lr, float32 or bf16
+    change is never what a fix proposes."""
+    import sys
+    import yaml
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
+    from corpus_score import CORPUS, fix_contradictions, scan_kwargs
+    entries = {e["file"]: e for e in yaml.safe_load((CORPUS / "expected.yaml").read_text())}
+    subset = ["fp16_true_sum_loss", "adam_eps_zero", "normalized_sgd_zero_grad", "vae_logvar_exp",
+              "uncertainty_weight_collapse", "kl_div_masked"]
+    tried = 0
+    for name in subset:
+        entry = entries[name + ".py"]
+        doc = nandoctor.scan(CORPUS / entry["file"], **scan_kwargs(entry, experiments=True)).to_dict()
+        tried += sum(1 for e in doc["experiments"] if e["outcome"] == "nonfinite")
+        assert not fix_contradictions(doc), (name, fix_contradictions(doc))
+    assert tried, "the subset must hold at least one experiment that still failed"
+
+
+def test_a_refuted_lower_lr_and_clipping_are_not_what_the_fix_proposes():
+    runs = diverging("32-true", 6)
+    experiments = [ExperimentResult(id="lower-lr", label="lr 1e+01 -> 1e+00", precision="32-true", steps_run=6,
+                                    outcome="nonfinite", first_bad_step=8, change={"lr_scale": 0.1}),
+                   ExperimentResult(id="lower-lr", label="lr 1e+01 -> 1e-01", precision="32-true", steps_run=20,
+                                    outcome="finite", change={"lr_scale": 0.01}),
+                   ExperimentResult(id="clip-grad", label="gradients clipped at norm 1.0", precision="32-true",
+                                    steps_run=6, outcome="nonfinite", first_bad_step=7, change={"grad_clip": 1.0})]
+    findings = diagnose(trace_of(runs, experiments=experiments))
+    top = findings[0]
+    assert top.id == "high-lr" and "to 1e-01 (re-trained with it, the run stayed finite)" in top.fix, top.fix
+    assert all("clip_grad_norm_" not in f.fix and "clip gradients" not in f.fix for f in findings), \
+        [(f.id, f.fix) for f in findings]
+    untested = diagnose(trace_of(diverging("32-true", 6)))[0]
+    assert "untested" in untested.fix

@@ -15,6 +15,9 @@ from .base import Context, Rule
 # A loss this many times its lowest earlier value has risen by orders of magnitude: no noisy
 # batch does that, a run that overshoots does. Read over a watched run's history window.
 LOSS_ORDERS = 100.0
+# A schedule that hands the optimizer a non-finite or negative rate: scaling that rate by 1/10
+# (the lower-lr experiment) leaves it non-finite or negative, so the experiment cannot answer.
+SCHEDULE = "schedule"
 
 
 @dataclass
@@ -90,10 +93,12 @@ def _optimizer_lr(ctx: Context, event: NonfiniteEvent) -> Finding:
                 + (f" and made {event.parameter} non-finite" if event.parameter else " and made the parameters non-finite"),
                 "the gradients of this step were finite: the update itself is " + ("infinite" if event.kind == "inf" else "NaN")]
     negative = _first_negative_lr(run)
+    mechanism = "overflow"
     if shown is not None and not math.isfinite(shown):
         fix = (f"the learning-rate schedule{where} returns a non-finite factor at step {event.step}: guard its "
                "division (e.g. `1 / math.sqrt(max(step, 1))`, warm-up from step 1)")
         title = f"the learning rate is {num(shown)} at step {event.step}"
+        mechanism = SCHEDULE
     elif negative is not None:
         return _negative_lr(ctx, run, negative, event)
     else:
@@ -101,7 +106,7 @@ def _optimizer_lr(ctx: Context, event: NonfiniteEvent) -> Finding:
                f"factor) and lower the learning rate {_lr_setting(ctx, run) if run else ''}".rstrip())
         title = f"the learning rate is {num(shown)} at step {event.step}: the update overflows"
     return Finding("high-lr", Severity.ERROR.value, 0.9, title, evidence, fix, source=loc, precisions=[event.precision],
-                   explains_origin=True, mechanism="overflow")
+                   explains_origin=True, mechanism=mechanism)
 
 
 def _first_negative_lr(run: Optional[RunTrace]) -> Optional[StepRecord]:
@@ -127,7 +132,7 @@ def _negative_lr(ctx: Context, run: RunTrace, first: StepRecord, event: Optional
            "or make the schedule's length match the number of training steps")
     return Finding("high-lr", Severity.ERROR.value, 0.9,
                    f"the learning-rate schedule goes negative ({num(first.lr)} at step {first.step})", evidence, fix,
-                   source=loc, precisions=[run.precision], explains_origin=True, mechanism="schedule")
+                   source=loc, precisions=[run.precision], explains_origin=True, mechanism=SCHEDULE)
 
 
 def _optimizer_location(ctx: Context) -> Optional[SourceLocation]:
@@ -329,6 +334,8 @@ class HighLearningRate(Rule):
                         upstream=bool(failing) and d.in_history)]
 
     def plan(self, ctx, finding):  # type: ignore[override]
+        if finding.mechanism == SCHEDULE:
+            return []
         # One precision is enough: the learning rate is precision-independent. A run whose own
         # learning rate never acted before it failed (a replayed step that fails before its
         # optimizer step, from weights the history already diverged) cannot answer the question.
