@@ -277,3 +277,16 @@ def test_a_refuted_lower_lr_and_clipping_are_not_what_the_fix_proposes():
         [(f.id, f.fix) for f in findings]
     untested = diagnose(trace_of(diverging("32-true", 6)))[0]
     assert "untested" in untested.fix
+
+
+def test_one_origin_in_several_precisions_is_one_finding_naming_them():
+    def run(precision, step):
+        return RunTrace(precision=precision, status="nonfinite", steps=[StepRecord(step=i, loss=1.0) for i in range(step)],
+                        first_nonfinite=NonfiniteEvent(precision=precision, step=step, phase="forward", kind="nan",
+                                                       op="aten.my_custom_op.default", module="block",
+                                                       user_source=SourceLocation("m.py", 7, "forward", "y = op(x)")))
+    findings = diagnose(trace_of(run("32-true", 4), run("bf16-mixed", 3)))
+    unexplained = [f for f in findings if f.id == "unexplained-nonfinite"]
+    assert len(unexplained) == 1 and unexplained[0].precisions == ["32-true", "bf16-mixed"], [f.title for f in findings]
+    assert "bf16-mixed at step 3" in unexplained[0].title
+    assert not any("None" in line for f in findings for line in [f.title, f.fix, *f.evidence])

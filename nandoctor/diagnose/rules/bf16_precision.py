@@ -47,7 +47,7 @@ class Bf16Precision(OriginRule):
             reference = f"the {rerun.label} ({rerun.id})"
         loc = where(event)
         mechanism = classify(event)
-        evidence = [f"{precisions_of(group)}: {event.call or event.op} in {module_label(module, event.phase)}{at_origin(event)} "
+        evidence = [f"{precisions_of(group)}: {event.call or event.op or 'an op'} in {module_label(module, event.phase)}{at_origin(event)} "
                     f"produced {'NaN' if event.kind == 'nan' else 'Inf'} at step {event.step}"
                     + (f": {mechanism[1]}" if mechanism else ""),
                     f"{reference or 'float32'} ran step {event.step} finite: the value is in the op's domain "

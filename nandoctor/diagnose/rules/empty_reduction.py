@@ -42,7 +42,7 @@ class EmptyReduction(OriginRule):
         # The division of a library's loss (a Hugging Face model's `loss / num_items_in_batch`)
         # is not the user's to guard: the user's line is where the batch's labels were made.
         loc = user or batch_site(ctx.trace, event.precision, ("targets", "labels"), step=event.step)
-        evidence = [f"{event.call or event.op}{at_origin(event)} produced NaN at step {event.step} "
+        evidence = [f"{event.call or event.op or 'an op'}{at_origin(event)} produced NaN at step {event.step} "
                     f"({', '.join(e.precision for e in group)})"]
         if labels is not None:
             name, ignored, total = labels

@@ -77,7 +77,7 @@ class Fp16Overflow(Rule):
         loc = where(event)
         only16 = fails_only_in_16bit(trace, event)
         ins = [t for t in event.inputs if t.value is None and t.name != "scalar"]
-        evidence = [f"{event.precision}: {event.call or event.op} in {module_label(event.module, event.phase)}{at_origin(event)} produced "
+        evidence = [f"{event.precision}: {event.call or event.op or 'an op'} in {module_label(event.module, event.phase)}{at_origin(event)} produced "
                     f"{'Inf' if event.kind == 'inf' else 'NaN'} at step {event.step} in {event.phase}"]
         if ins:
             evidence.append("its inputs were finite, max |x| " + ", ".join(num(max_abs(t)) for t in ins[:2])

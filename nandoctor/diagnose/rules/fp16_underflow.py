@@ -48,7 +48,7 @@ class Fp16Underflow(Rule):
             rerun = wide_step_finite(trace, event)
             if not clean and rerun is not None:
                 clean = f"; the {rerun.label} stayed finite"
-            evidence = [f"{event.precision}: {event.op}{at_origin(event)} produced {'NaN' if event.kind == 'nan' else 'Inf'} "
+            evidence = [f"{event.precision}: {event.call or event.op or 'an op'}{at_origin(event)} produced {'NaN' if event.kind == 'nan' else 'Inf'} "
                         f"at step {event.step}{clean}"]
             if tiny:
                 evidence.append(f"the constant {num(tiny[0].value)} is below float16's smallest normal value "

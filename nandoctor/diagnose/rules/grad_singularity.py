@@ -74,7 +74,7 @@ class GradSingularity(OriginRule):
             fix = f"keep the argument of {forward or 'the op'}{at(loc)} away from its singular point (add an epsilon, clamp)"
         kind = "NaN" if event.kind == "nan" else "Inf"
         if trap and phase != "backward":
-            evidence = [f"{event.call or event.op}{at_origin(event)} made {kind} in {phase} at step {event.step} "
+            evidence = [f"{event.call or event.op or 'an op'}{at_origin(event)} made {kind} in {phase} at step {event.step} "
                         f"({precisions_of(group)}) that the forward value never used: the loss stayed finite and "
                         f"the failure surfaced in the {event.surfaced_in}"]
         else:

@@ -126,7 +126,7 @@ def _negative_lr(ctx: Context, run: RunTrace, first: StepRecord, event: Optional
                 + ": a negative step size climbs the loss instead of descending it"]
     if event is not None:
         evidence.append(f"{run.precision} went non-finite at step {event.step} in {event.phase}"
-                        + (f" ({event.call or event.op})" if event.op else ""))
+                        + (f" ({event.call or event.op or 'an op'})" if event.op else ""))
     fix = (f"the learning-rate schedule{' at ' + str(loc) + (' (`' + loc.code + '`)' if loc.code else '') if loc else ''} "
            f"returns a negative factor from step {first.step}: clamp it at 0 (`max(0.0, 1 - step / total)`), "
            "or make the schedule's length match the number of training steps")
