@@ -11,7 +11,7 @@ from rich.panel import Panel
 from rich.table import Table
 from rich.text import Text
 
-from .text import (bundle_sentence, headline, library_line, loss_trend, middle, num, origin_lines, origin_sentence,
+from .text import (symptom_lines, bundle_sentence, headline, library_line, loss_trend, middle, num, origin_lines, origin_sentence,
                    ranks_sentence, worst_layers)
 
 VERDICT_STYLE = {"pass": "bold green", "warn": "bold yellow", "fail": "bold red"}
@@ -80,6 +80,8 @@ def _print_causes(causes: list[dict[str, Any]], console: Console) -> None:
             console.print(f"   • {line}", highlight=False, markup=False)
         for line in cause.get("experiments", []):
             console.print(f"   ⚗ {line}", highlight=False, markup=False)
+        for line in symptom_lines(cause):
+            console.print(f"   ↳ {line}", highlight=False, markup=False, style="dim")
         console.print(Text("   fix: ", style="bold green") + Text(cause["fix"]))
 
 
