@@ -13,6 +13,7 @@ Runs alternate so a shared machine's load hits all variants alike; the table giv
 each variant's ratio to `guard` (what spikes and early warnings add) and to plain.
 
     python bench/bench_spikes.py                 # transformer, 200 steps, 3 rounds
+    python bench/bench_spikes.py --micro         # per-step cost of the spike check alone, in-process
 """
 from __future__ import annotations
 
@@ -34,12 +35,37 @@ CONFIGS = {
 }
 
 
+def micro(steps: int = 5000, params: int = 100) -> None:
+    """The spike check's own per-step cost: the robust statistics over the window (host floats)
+    and the device copy of the per-parameter gradient norms into the ring."""
+    import random
+    import time
+
+    import torch
+    sys.path.insert(0, str(HERE.parent))
+    from nandoctor.watcher.spikes import GradientRing, SpikeDetector
+    detector, ring = SpikeDetector(), GradientRing()
+    norms = torch.rand(params)
+    values = [(1.0 + random.random(), 1.0 + random.random()) for _ in range(steps)]
+    t0 = time.perf_counter()
+    for step, (loss, grad) in enumerate(values):
+        ring.add(step, norms)
+        detector.observe(step, loss, grad)
+    per_step = (time.perf_counter() - t0) / steps
+    print(f"# spike check alone: {per_step * 1e6:.1f} us per step (window 64, {params} parameters in the ring), "
+          f"loadavg {os.getloadavg()[0]:.1f}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="transformer")
     parser.add_argument("--steps", type=int, default=200)
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--micro", action="store_true", help="only the in-process per-step cost of the spike check")
     args = parser.parse_args()
+    if args.micro:
+        micro()
+        return
     folder = tempfile.mkdtemp()
     script = Path(folder) / "train.py"
     script.write_text(SCRIPT.format(bench=str(HERE), model=args.model, steps=args.steps))
