@@ -15,10 +15,11 @@ from typing import Any
 
 from ._version import __version__
 
-__all__ = ["scan", "postmortem", "replay", "run_script", "watch", "NonFiniteError", "NonFiniteWarning", "__version__"]
+__all__ = ["scan", "postmortem", "replay", "run_script", "watch", "NonFiniteError", "NonFiniteWarning", "InstabilityWarning",
+           "__version__"]
 
 _API = ("scan", "postmortem", "replay", "run_script")
-_WATCH = ("watch", "NonFiniteError", "NonFiniteWarning")
+_WATCH = ("watch", "NonFiniteError", "NonFiniteWarning", "InstabilityWarning")
 
 
 def __getattr__(name: str) -> Any:

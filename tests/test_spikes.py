@@ -36,8 +36,7 @@ def test_watch_warns_of_attention_logit_growth_20_steps_before_the_first_nan(tmp
     optimizer = torch.optim.AdamW(model.parameters(), lr=0.5)
     watch = nandoctor.watch(model, optimizer, out=tmp_path, early_warnings={"every": EVERY})
     data = demo.batches()
-    with pytest.raises(nandoctor.NonFiniteError) as caught, pytest.warns(nandoctor.watcher.early_warnings.InstabilityWarning,
-                                                                          match="attention-logit-growth"):
+    with pytest.raises(nandoctor.NonFiniteError) as caught, pytest.warns(nandoctor.InstabilityWarning, match="attention-logit-growth"):
         for _ in range(200):
             x, y = next(data)
             with watch.step((x, y)):
