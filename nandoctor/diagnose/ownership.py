@@ -13,7 +13,7 @@ from typing import Optional
 
 from ..trace import NonfiniteEvent, RunTrace, Trace
 from ..trace.vocab import DTYPE_SUBNORMAL, DTYPE_TINY, Phase, precision_from_name
-from .facts import is_empty_reduction, op_short
+from .facts import compile_explains, is_empty_reduction, op_short
 from .op_semantics import DOMAIN, INDETERMINATE, MASK, OVERFLOW, POLE, classify, generic_arithmetic
 
 SOFTMAX = {"softmax", "log_softmax", "safe_softmax"}
@@ -66,8 +66,8 @@ def _optimizer_owner(event: NonfiniteEvent, run: Optional[RunTrace]) -> Optional
     if isinstance(configured, (int, float)) and not math.isfinite(configured):
         lr = configured
     scalars = [t.value for t in event.inputs if t.value is not None]
-    if (lr is not None and not math.isfinite(lr)) or any(not math.isfinite(v) for v in scalars):
-        return "high-lr"                 # a schedule or a group that hands the optimizer an infinite lr
+    if (lr is not None and (not math.isfinite(lr) or lr < 0)) or any(not math.isfinite(v) for v in scalars):
+        return "high-lr"                 # a schedule or a group that hands the optimizer an infinite or negative lr
     if any(t.nan or t.inf for t in event.inputs if t.value is None):
         return "poisoned-optimizer-state"
     eps = run.optimizer.get("eps") if run else None
@@ -75,9 +75,19 @@ def _optimizer_owner(event: NonfiniteEvent, run: Optional[RunTrace]) -> Optional
     if isinstance(eps, (int, float)) and (eps == 0 or abs(eps) < DTYPE_SUBNORMAL.get(dtype, 0.0) / 2):
         return "optimizer-eps"
     mechanism = classify(event)
-    if mechanism is not None and mechanism[0] == INDETERMINATE or op_short(event.op) in ("div", "addcdiv", "reciprocal"):
+    klass = mechanism[0] if mechanism is not None else None
+    divides = klass == INDETERMINATE or op_short(event.op) in ("div", "addcdiv", "reciprocal")
+    zeros = any(t.zeros for t in event.inputs if t.value is None)
+    if divides and zeros:
+        # With an eps that the weights' dtype keeps, `sqrt(v) + eps` is never 0: the 0 the update
+        # divides by is another quantity (a bias correction 1 - beta**0 at step 0, a norm of
+        # zeros), the op's own edge as in any other phase. Without an eps, the missing eps is the cause.
+        return "unstable-op" if isinstance(eps, (int, float)) else "optimizer-eps"
+    if event.kind == "inf" and not zeros and scalars:
+        return "high-lr"                 # finite inputs, no 0 to divide by: the step size made the update infinite
+    if divides and not isinstance(eps, (int, float)):
         return "optimizer-eps"           # an update divided by a norm or moment that was 0, with no eps to stop it
-    return None
+    return "unstable-op" if klass is not None else None
 
 
 # Ops through which the user's code guards a value by selecting it: torch.where's other branch,
@@ -105,7 +115,7 @@ def owner(event: NonfiniteEvent, trace: Trace) -> Optional[str]:
     run = trace.run(event.precision)
     phase = event.phase
     if event.reproduced is False:
-        return "nonreproducible"
+        return "compile-numerics" if compile_explains(run) else "nonreproducible"
     if phase == Phase.DATA.value:
         return "data-nonfinite"
     if phase == Phase.INIT.value:

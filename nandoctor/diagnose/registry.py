@@ -9,7 +9,9 @@ from .rules.attention_logit_growth import AttentionLogitGrowth
 from .rules.bad_init import BadInit
 from .rules.bf16_precision import Bf16Precision
 from .rules.base import Rule
+from .rules.compile_numerics import CompileNumerics
 from .rules.data_nonfinite import DataNonfinite
+from .rules.data_outlier_samples import DataOutlierSamples
 from .rules.data_scale import DataScale
 from .rules.empty_reduction import EmptyReduction
 from .rules.exploding_activations import ExplodingActivations
@@ -37,11 +39,11 @@ from .rules.vanishing_gradients import VanishingGradients
 from .rules.weight_blowup import WeightBlowup
 
 RULES: list[Rule] = [
-    DataNonfinite(), DataScale(), LabelRange(), HighLearningRate(), BadInit(), UnstableOp(), GradSingularity(),
+    DataNonfinite(), DataOutlierSamples(), DataScale(), LabelRange(), HighLearningRate(), BadInit(), UnstableOp(), GradSingularity(),
     MaskedSoftmax(), MaskedInf(), EmptyReduction(), Fp16Overflow(), Fp16Underflow(), Bf16Precision(), LossScaleCollapse(),
     ExplodingActivations(), ExplodingGradients(), VanishingGradients(), OptimizerEps(), PoisonedOptimizerState(), ParamNonfinite(), WeightBlowup(),
     AttentionLogitGrowth(), OutputLogitDrift(), AdamUpdateAnomaly(), ActivationOutliers(), LossSpike(), GradSpike(),
-    UserCodeError(), Nonreproducible(), ScanIncomplete(), UnexplainedNonfinite(),
+    UserCodeError(), CompileNumerics(), Nonreproducible(), ScanIncomplete(), UnexplainedNonfinite(),
 ]
 _BY_ID = {rule.id: rule for rule in RULES}
 assert len(_BY_ID) == len(RULES), "two rules claim one cause id"

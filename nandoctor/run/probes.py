@@ -89,6 +89,7 @@ class FinitenessCheck(StepProbe):
         self._reduced: dict[str, torch.Tensor] = {}
         self._grad_present: list[int] = []
 
+    @torch.no_grad()
     def after_backward(self) -> None:
         present = [(i, p.grad) for i, p in enumerate(self.params) if p.grad is not None]
         self._grad_present = [i for i, _ in present]
@@ -96,8 +97,9 @@ class FinitenessCheck(StepProbe):
         self._reduced["grad_norm"] = stats.foreach_norms(grads, 2.0)
         self._reduced["grad_max"] = stats.foreach_max_abs(grads)
 
+    @torch.no_grad()          # foreach on the parameters themselves: no per-parameter detach
     def after_optimizer_step(self) -> None:
-        self._reduced["norm"] = stats.foreach_norms([p.detach() for p in self.params], 2.0)
+        self._reduced["norm"] = stats.foreach_norms(self.params, 2.0)
 
     # Reductions a subclass adds to the same transfer: (name, per-gradient?) in transfer order.
     _EXTRA: tuple[tuple[str, bool], ...] = ()

@@ -29,7 +29,7 @@ from typing import Any, Callable, Optional
 import torch
 from torch.overrides import TorchFunctionMode
 
-from ..run import stats
+from ..run import compiled, stats
 from .distributed import local_tensor
 from ..trace.warnings import EARLY_WARNING_DEFAULTS, EarlyWarning
 
@@ -153,8 +153,11 @@ class EarlyWarningSampler:
         self.options = options
         self.every = int(options["every"])
         self.emit = emit
-        self.names = [name for name, _ in model.named_modules()]
-        self.modules = [m for _, m in model.named_modules()]
+        self.names = [name for name, _ in compiled.user_named_modules(model)]
+        self.modules = [m for _, m in compiled.user_named_modules(model)]
+        # A compiled model's modules run inside its graph: hooks there would break or recompile
+        # it, so only the optimizer-side statistics (Adam update RMS, second moments) are sampled.
+        self.layer_hooks = not compiled.has_compiled_parts(model)
         self.series: dict[tuple[str, str], deque[tuple[int, float]]] = {}
         self.warned: set[tuple[str, str, str]] = set()
         self.stack: list[str] = []              # modules whose forward is running, outermost first
@@ -174,6 +177,8 @@ class EarlyWarningSampler:
             return
         self._step = step
         self._values, self.stack = [], []
+        if not self.layer_hooks:
+            return
         for index, module in enumerate(self.modules):
             self._handles.append(module.register_forward_pre_hook(self._enter_hook(self.names[index])))
             self._handles.append(module.register_forward_hook(self._module_hook(self.names[index]), always_call=True))

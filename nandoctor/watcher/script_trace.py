@@ -16,6 +16,7 @@ from ..run.runner import describe_model
 from ..run.session import optimizer_facts
 from ..run.user_code import user_error
 from ..trace import (ErrorCategory, LoopFacts, ModelInfo, NonfiniteEvent, Phase, RunStatus, RunTrace, StepRecord, Trace)
+from ..trace import BlamedSample, Intervention, SampleBlame
 from .guard import Watch
 from .script import ScriptOutcome
 from .guard import batch_name
@@ -59,6 +60,8 @@ def _run(guard: ScriptGuard, watch: Optional[Watch], outcome: ScriptOutcome,
          history_override: Optional[list[dict[str, Any]]]) -> RunTrace:
     precision = watch.precision if watch is not None else "32-true"
     run = RunTrace(precision=precision)
+    if watch is not None:
+        run.interventions, run.sample_blame = kept_alive(watch)
     if watch is None:
         run.note = "no training step was seen: the script never ran a forward and an optimizer step (or backward) in training mode"
     else:
@@ -171,3 +174,18 @@ def _differ(a: float, b: float) -> bool:
     if not (math.isfinite(a) and math.isfinite(b)):
         return math.isfinite(a) != math.isfinite(b)
     return abs(a - b) > 1e-3 * max(1.0, abs(a))
+
+
+def kept_alive(watch: Watch) -> tuple[list[Intervention], list[SampleBlame]]:
+    """The watch's skips and rollbacks, and the per-sample re-runs of its fired steps, as trace records."""
+    keep = watch.keep_alive
+    interventions = [Intervention(step=int(e["step"]), policy=e["policy"], check=e.get("check", ""),
+                                  reason=e.get("reason", ""), samples=[int(i) for i in e.get("samples") or []],
+                                  from_step=(e.get("window") or {}).get("from_step"), note=e.get("note", ""))
+                     for e in keep.records]
+    blames = [SampleBlame(step=int(b["step"]), check=b["check"], statistic=b["statistic"], method=b["method"] or "",
+                          samples=int(b["samples"]), median=b["median"], mad=b["mad"], share=b["share"],
+                          dominant=[BlamedSample(index=d["index"], micro_batch=d["micro_batch"], row=d["row"],
+                                                 score=d["score"], nonfinite=d["nonfinite"]) for d in b["dominant"]])
+              for b in keep.blames]
+    return interventions, blames

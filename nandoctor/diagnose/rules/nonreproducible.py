@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from ..finding import Finding, Severity
 from .base import Context, Rule
+from ..facts import compile_explains
 
 
 class Nonreproducible(Rule):
@@ -19,6 +20,9 @@ class Nonreproducible(Rule):
 
     Example: a NaN at step 812 that a replay of step 812 does not show.
 
+    A compiled run whose failing step a compiler stage makes non-finite again is
+    `compile-numerics` instead.
+
     Thresholds: none; claimed only when both replays (untraced and traced) stayed finite. Confidence
     0.6. Severity error: the recorded run went non-finite, so the run fails whatever the replay
     showed; this finding is the explanation the report leads with.
@@ -28,7 +32,8 @@ class Nonreproducible(Rule):
     title = "the failure did not reproduce"
 
     def check(self, ctx: Context) -> list[Finding]:
-        runs = [r for r in ctx.trace.runs if r.first_nonfinite is not None and r.first_nonfinite.reproduced is False]
+        runs = [r for r in ctx.trace.runs if r.first_nonfinite is not None and r.first_nonfinite.reproduced is False
+                and not compile_explains(r)]   # a compiler stage reproduced it: compile-numerics
         return [Finding(self.id, Severity.ERROR.value, 0.6, f"{r.precision}: step {r.first_nonfinite.step} did not "
                         "reproduce on replay", [r.first_nonfinite.detail], "make data order and kernels deterministic "
                         "(`torch.use_deterministic_algorithms(True)`) and scan again", precisions=[r.precision])

@@ -19,7 +19,8 @@ from typing import Any, Callable, Optional
 import torch
 
 from ...errors import InputError
-from ...load.bundle import Bundle, decode_value
+from ...load.bundle import Bundle, decode_value, user_name
+from ..compiled import uncompiled, user_named_parameters
 from ...load.model_file import ModelFile, load_model_file
 from ...trace import EarlyWarning, ModelInfo, NonfiniteEvent, Phase, RunStatus, RunTrace, StepRecord, from_plain
 
@@ -67,7 +68,9 @@ def bundle_model_file(found: Bundle, model: str | Path | None, trust: bool) -> t
         if not isinstance(net, torch.nn.Module):
             return net          # TrainingSession reports it
         try:
-            missing, unexpected = net.load_state_dict(state, strict=False)
+            # A build_model() that compiles its model: the weights go into the module inside
+            # torch.compile's wrapper (the bundle's names are the user's, without `_orig_mod.`).
+            missing, unexpected = uncompiled(net).load_state_dict(state, strict=False)
         except RuntimeError as err:
             raise InputError(f"crash bundle {found.path}: its weights do not fit the model built for the replay "
                              f"({str(err).splitlines()[0][:300]}).") from None
@@ -100,6 +103,7 @@ def bundle_model_file(found: Bundle, model: str | Path | None, trust: bool) -> t
         if net is None:
             return ModelInfo()
         types: dict[str, int] = {}
+        net = uncompiled(net)
         for module in net.modules():
             types[type(module).__name__] = types.get(type(module).__name__, 0) + 1
         params = list(net.parameters())
@@ -156,8 +160,8 @@ def _restore_optimizer(found: Bundle, model: torch.nn.Module, user: Optional[Mod
             cls = _import_attr(module_name, qualname)
         except (ImportError, AttributeError) as err:
             raise InputError(f"crash bundle {found.path}: cannot import its optimizer class {spec.get('class')} ({err}).") from None
-        names = spec.get("param_names") or []
-        by_name = dict(model.named_parameters())
+        names = [user_name(n) if isinstance(n, str) else n for n in spec.get("param_names") or []]
+        by_name = dict(user_named_parameters(model))
         groups = []
         for group in state["param_groups"]:
             try:
