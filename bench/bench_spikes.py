@@ -1,7 +1,9 @@
 """Whole-process cost of spike detection and sampled early warnings under `nandoctor run`.
 
-The script is bench_run.py's: an ordinary loop over bench_overhead.py's transformer (94 modules,
-nn.TransformerEncoderLayer, so nn.MultiheadAttention's logits are measured on sampled steps).
+The script is tests/scripts/tiny_transformer_high_lr.py at a healthy lr (1e-3): a 2-block causal
+Transformer whose hand-written attention's scores are measured through softmax on sampled steps
+(`--model transformer`: bench_run.py's loop over bench_overhead.py's 94-module transformer, whose
+nn.MultiheadAttention logits are measured; ~100x the step time).
 Variants, each a fresh process (start-up, imports and exit included):
 
     plain          python train.py
@@ -12,7 +14,7 @@ Variants, each a fresh process (start-up, imports and exit included):
 Runs alternate so a shared machine's load hits all variants alike; the table gives medians,
 each variant's ratio to `guard` (what spikes and early warnings add) and to plain.
 
-    python bench/bench_spikes.py                 # transformer, 200 steps, 3 rounds
+    python bench/bench_spikes.py                 # tiny transformer, 300 steps, 3 rounds
     python bench/bench_spikes.py --micro         # per-step cost of the spike check alone, in-process
 """
 from __future__ import annotations
@@ -58,8 +60,8 @@ def micro(steps: int = 5000, params: int = 100) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", default="transformer")
-    parser.add_argument("--steps", type=int, default=200)
+    parser.add_argument("--model", default="tiny", help="tiny (the test's Transformer) | transformer | deep")
+    parser.add_argument("--steps", type=int, default=300)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--micro", action="store_true", help="only the in-process per-step cost of the spike check")
     args = parser.parse_args()
@@ -68,13 +70,18 @@ def main() -> None:
         return
     folder = tempfile.mkdtemp()
     script = Path(folder) / "train.py"
-    script.write_text(SCRIPT.format(bench=str(HERE), model=args.model, steps=args.steps))
-    variants: dict[str, list[str]] = {"plain": [sys.executable, str(script)]}
+    if args.model == "tiny":
+        script.write_text((HERE.parent / "tests" / "scripts" / "tiny_transformer_high_lr.py").read_text())
+        script_args = ["--lr", "1e-3", "--steps", str(args.steps)]
+    else:
+        script.write_text(SCRIPT.format(bench=str(HERE), model=args.model, steps=args.steps))
+        script_args = []
+    variants: dict[str, list[str]] = {"plain": [sys.executable, str(script), *script_args]}
     for name, text in CONFIGS.items():
         config = Path(folder) / f"{name.strip('+/').replace('/', '')}.yaml"
         config.write_text(text)
         variants[name] = [sys.executable, "-m", "nandoctor", "run", "--stats-every", "0", "-q", "-c", str(config),
-                          str(script)]
+                          str(script), *script_args]
     results: dict[str, list[float]] = {name: [] for name in variants}
     before = os.getloadavg()
     timed(variants["plain"], folder)           # warm the file cache once
