@@ -16,6 +16,7 @@ each variant's ratio to `guard` (what spikes and early warnings add) and to plai
 
     python bench/bench_spikes.py                 # tiny transformer, 300 steps, 3 rounds
     python bench/bench_spikes.py --micro         # per-step cost of the spike check alone, in-process
+    python bench/bench_spikes.py --in-process    # the watch's step, three variants interleaved, CPU time
 """
 from __future__ import annotations
 
@@ -58,15 +59,58 @@ def micro(steps: int = 5000, params: int = 100) -> None:
           f"loadavg {os.getloadavg()[0]:.1f}")
 
 
+def in_process(steps: int = 300, block: int = 50) -> None:
+    """Three watches on three copies of the tiny Transformer (healthy lr), stepped in interleaved
+    blocks; each variant's CPU time of this process (time.process_time), which a busy machine's
+    other processes disturb less than wall time."""
+    import time
+    import warnings
+
+    import torch
+    sys.path.insert(0, str(HERE.parent))
+    sys.path.insert(0, str(HERE.parent / "tests" / "scripts"))
+    import nandoctor
+    import tiny_transformer_high_lr as demo
+    options = {"guard": dict(spikes=False, early_warnings=False), "+spikes": dict(early_warnings=False),
+               "+early/50": dict(early_warnings={"every": 50})}
+    runs = {}
+    for name, extra in options.items():
+        model = demo.build_model()
+        optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
+        runs[name] = (model, optimizer, nandoctor.watch(model, optimizer, stats_every=0, warn=False, **extra),
+                      demo.batches(), [])
+    warnings.simplefilter("ignore")
+    for _ in range(steps // block):
+        for name, (model, optimizer, watch, data, times) in runs.items():
+            t0 = time.process_time()
+            for _ in range(block):
+                x, y = next(data)
+                loss = watch.loss(demo.loss_of(model, x, y))
+                optimizer.zero_grad()
+                loss.backward()
+                optimizer.step()
+            times.append(time.process_time() - t0)
+    base = sum(runs["guard"][4])
+    print(f"# in-process, tiny transformer, {steps} steps per variant in blocks of {block}, CPU seconds, "
+          f"loadavg {os.getloadavg()[0]:.1f}")
+    for name, (*_, watch, _, times) in runs.items():
+        print(f"{name:10s} {sum(times):7.2f} s {sum(times) / base:6.3f}x guard  blocks {' '.join(f'{t:.2f}' for t in times)}"
+              f"  warnings {len(watch.early_warnings)}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="tiny", help="tiny (the test's Transformer) | transformer | deep")
     parser.add_argument("--steps", type=int, default=300)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--micro", action="store_true", help="only the in-process per-step cost of the spike check")
+    parser.add_argument("--in-process", action="store_true", help="the watch's step, variants interleaved, CPU time")
     args = parser.parse_args()
     if args.micro:
         micro()
+        return
+    if args.in_process:
+        in_process(args.steps)
         return
     folder = tempfile.mkdtemp()
     script = Path(folder) / "train.py"

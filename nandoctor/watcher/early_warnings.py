@@ -22,7 +22,6 @@ run no hook and no mode. A warning needs a level past its threshold and growth o
 from __future__ import annotations
 
 import math
-import warnings
 from collections import deque
 from typing import Any, Callable, Optional
 
@@ -391,7 +390,3 @@ def _slope(points: list[tuple[int, float]]) -> Optional[float]:
     if var == 0:
         return None
     return 100.0 * sum((s - ms) * (v - mv) for s, v in usable) / var
-
-
-def warn_once(warning: EarlyWarning, text: str) -> None:
-    warnings.warn(text, InstabilityWarning, stacklevel=4)
