@@ -22,7 +22,6 @@ run no hook and no mode. A warning needs a level past its threshold and growth o
 from __future__ import annotations
 
 import math
-import warnings
 from collections import deque
 from typing import Any, Callable, Optional
 
@@ -30,6 +29,7 @@ import torch
 from torch.overrides import TorchFunctionMode
 
 from ..run import compiled, stats
+from .distributed import local_tensor
 from ..trace.warnings import EARLY_WARNING_DEFAULTS, EarlyWarning
 
 _SOFTMAX = {torch.softmax, torch.nn.functional.softmax, torch.Tensor.softmax}
@@ -251,17 +251,18 @@ class EarlyWarningSampler:
             weight = torch.maximum(stats.foreach_norms(before), floor)
             for module, d, w in _per_module(owners, delta, weight):
                 self._values.append((module, "update_ratio", d / w))
-            self._adam_values(optimizer, params, owners)
+            self._adam_values(optimizer, owners)
 
-    def _adam_values(self, optimizer: Any, params: list[torch.Tensor], owners: list[str]) -> None:
-        group_of = {id(p): g for g in optimizer.param_groups for p in g["params"]}
+    def _adam_values(self, optimizer: Any, owners: list[str]) -> None:
+        # The optimizer's own parameter objects: its state is keyed by them, not by views of them.
+        pairs = [(p, g) for g in optimizer.param_groups for p in g["params"]]
         sums: dict[str, list[torch.Tensor]] = {}
-        for p, owner in zip(params, owners):
+        for (p, group), owner in zip(pairs, owners):
             state = optimizer.state.get(p, {})
             v, m, step = state.get("exp_avg_sq"), state.get("exp_avg"), state.get("step")
-            group = group_of.get(id(p))
-            if not isinstance(v, torch.Tensor) or not isinstance(m, torch.Tensor) or step is None or group is None:
+            if not isinstance(v, torch.Tensor) or not isinstance(m, torch.Tensor) or step is None:
                 continue
+            v, m = local_tensor(v), local_tensor(m)
             beta1, beta2 = group.get("betas", (0.9, 0.999))
             eps = float(group.get("eps", 1e-8))
             t = float(step)
@@ -391,7 +392,3 @@ def _slope(points: list[tuple[int, float]]) -> Optional[float]:
     if var == 0:
         return None
     return 100.0 * sum((s - ms) * (v - mv) for s, v in usable) / var
-
-
-def warn_once(warning: EarlyWarning, text: str) -> None:
-    warnings.warn(text, InstabilityWarning, stacklevel=4)
