@@ -132,6 +132,41 @@ def test_a_finite_loss_spike_is_detected_and_the_layer_that_moved_first_is_named
     assert any("loss-spike" in str(w.message) and "moved first" in str(w.message) for w in caught)
 
 
+def test_an_isolated_spike_the_run_recovers_from_is_info_and_the_run_passes():
+    watch, _ = _mlp_with_a_spike(spike_step=30, steps=50)
+    spike = next(w for w in watch.early_warnings if w.cause == "loss-spike")
+    assert spike.recovered_after is not None and 1 <= spike.recovered_after <= 20
+    from nandoctor.diagnose import diagnose
+    from nandoctor.diagnose.verdict import scan_failed, verdict
+    run = RunTrace(precision="32-true", early_warnings=list(watch.early_warnings))
+    trace = Trace(model_file="m.py", config={}, device="cpu", torch_version="", tool_version="", runs=[run])
+    found = {f.id: f for f in diagnose(trace)}
+    assert found["loss-spike"].severity == "info"
+    assert any("step(s) later" in line for line in found["loss-spike"].evidence)
+    assert verdict(found.values(), failed=scan_failed(trace)) == "pass"
+
+
+@pytest.mark.parametrize("change", ["recurring", "not_recovered", "nonfinite_later", "skipped"])
+def test_a_spike_warns_when_it_stays_up_precedes_a_nan_or_a_policy_acted(change):
+    from nandoctor.diagnose import diagnose
+    from nandoctor.trace import NonfiniteEvent
+    spikes = [EarlyWarning(cause="loss-spike", step=s, statistic="loss", value=9.0, baseline=1.0, ratio=9.0, sigma=8.0,
+                           recovered_after=2) for s in ((10, 40, 70) if change == "recurring" else (40,))]
+    run = RunTrace(precision="32-true", early_warnings=spikes)
+    if change == "not_recovered":
+        spikes[0].recovered_after = None
+    elif change == "skipped":
+        spikes[0].action = "skip"
+    elif change == "nonfinite_later":
+        run.first_nonfinite = NonfiniteEvent(precision="32-true", step=60, phase="forward", kind="nan")
+    trace = Trace(model_file="m.py", config={}, device="cpu", torch_version="", tool_version="", runs=[run])
+    finding = {f.id: f for f in diagnose(trace)}["loss-spike"]
+    if change == "recurring":     # noisy but always back within steps: reported, counted, not a warning
+        assert finding.severity == "info" and "3 spikes of loss in this run (steps 10-70), 3 back within 2 step(s)" in finding.evidence
+    else:
+        assert finding.severity == "warning"
+
+
 def test_no_spike_and_no_warning_in_a_healthy_run():
     watch, _ = _mlp_with_a_spike(spike_step=-1, steps=60)
     assert watch.early_warnings == []

@@ -70,5 +70,9 @@ class EarlyWarning:
     since_step: Optional[int] = None    # the first step of the window the trend is read over
     finite: bool = True                 # the spike's value stayed finite
     action: str = "warn"                # what the watch did: warn, skip, rollback
+    # Spikes: steps until the statistic fell back under min_ratio x its window median; None when it
+    # had not within RECOVERY_STEPS (or the run ended first). An isolated spike the run recovered
+    # from is reported as info, not as a warning.
+    recovered_after: Optional[int] = None
     # Spikes: the layer statistics that moved, the first mover first (item "which moved first").
     moved: list[LayerMove] = field(default_factory=list)

@@ -953,7 +953,9 @@ class Watch:
         handler = getattr(self, "handle_spike", None)
         acted = bool(handler(spike.statistic, reason, capture)) if handler is not None else False
         action = self.spike_policy if acted else "warn"
-        self._record_warning(spike_warning(spike, moved, action), text=f"step {spike.step}: {reason}")
+        warning = spike_warning(spike, moved, action)
+        self.spike_detector.track(warning)
+        self._record_warning(warning, text=f"step {spike.step}: {reason}")
         return acted
 
     def _record_warning(self, warning: Any, text: Optional[str] = None) -> None:

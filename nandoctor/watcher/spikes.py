@@ -22,6 +22,8 @@ from ..trace.warnings import SPIKE_DEFAULTS, EarlyWarning, LayerMove
 
 MAD_TO_SIGMA = 1.4826
 MOVE_RATIO = 2.0        # a layer statistic at twice its window median has moved
+# A spike whose statistic is back under min_ratio x its median within this many steps recovered.
+RECOVERY_STEPS = 20
 RING_STEPS = 16         # steps of per-parameter gradient norms kept for the explanation
 # The median and MAD of a 64-step window barely move in a few steps: they are recomputed every
 # REFRESH values, and a value under the cached limit needs no sort (most steps). A value at or
@@ -76,11 +78,32 @@ class SpikeDetector:
                                                 "grad_norm": deque(maxlen=self.window)}
         self.seen = 0
         self._limit: dict[str, tuple[float, int]] = {}     # statistic -> (cached spike limit, values since)
+        self._open: list[Any] = []         # spike warnings still waiting for their statistic to fall back
+
+    def track(self, warning: Any) -> None:
+        """Follow a spike's warning until its statistic is back near the median it spiked from
+        (`warning.recovered_after`) or RECOVERY_STEPS pass."""
+        if warning.finite and warning.baseline is not None:
+            self._open.append(warning)
+
+    def _settle(self, step: int, values: dict[str, Optional[float]]) -> None:
+        still = []
+        for warning in self._open:
+            value = values.get(warning.statistic)
+            if step <= warning.step:
+                still.append(warning)
+            elif value is not None and math.isfinite(value) and value < self.min_ratio * warning.baseline:
+                warning.recovered_after = step - warning.step
+            elif step - warning.step < RECOVERY_STEPS:
+                still.append(warning)
+        self._open = still
 
     def observe(self, step: int, loss: float, grad_norm: float) -> Optional[Spike]:
         """The first spike of this step (the loss before the gradient norm), or None. A spike's
         value does not enter the window: the next steps are judged against the run's normal."""
         self.seen += 1
+        if self._open:
+            self._settle(step, {"loss": loss, "grad_norm": grad_norm})
         found = None
         for name, value in (("loss", loss), ("grad_norm", grad_norm)):
             if value is None or math.isnan(value):

@@ -81,7 +81,8 @@ class EarlyWarningRule(Rule):
                 if key in findings:
                     findings[key].precisions = sorted(set(findings[key].precisions) | {run.precision})
                     continue
-                findings[key] = Finding(id=self.id, severity=Severity.WARNING.value, confidence=self.confidence(warning),
+                same = [w for w in run.early_warnings if w.cause == self.id and (w.module, w.statistic) == key]
+                findings[key] = Finding(id=self.id, severity=self.severity(run, same).value, confidence=self.confidence(warning),
                                         title=self.title, evidence=self.evidence(run, warning),
                                         fix=self.fix_text, module=warning.module or None, precisions=[run.precision],
                                         mechanism=self.mechanism_text, upstream=self.before_failure(run, warning))
@@ -89,6 +90,9 @@ class EarlyWarningRule(Rule):
 
     def confidence(self, warning: "EarlyWarning") -> float:
         return 0.6
+
+    def severity(self, run: Any, warnings: list["EarlyWarning"]) -> Severity:
+        return Severity.WARNING
 
     def before_failure(self, run: Any, warning: "EarlyWarning") -> bool:
         event = run.first_nonfinite
@@ -109,6 +113,8 @@ class EarlyWarningRule(Rule):
         for move in warning.moved[:3]:
             lines.append(f"moved: {move.statistic} of `{move.module or 'the model'}` {_fmt(move.value)} vs window median "
                          f"{_fmt(move.median)} ({move.ratio:.3g}x), above 2x since step {move.first_step}")
+        if warning.recovered_after is not None:
+            lines.append(f"back under the window's level {warning.recovered_after} step(s) later")
         if warning.action != "warn":
             lines.append(f"the watch's policy: {warning.action}")
         return lines
@@ -116,3 +122,25 @@ class EarlyWarningRule(Rule):
 
 def _fmt(value: float) -> str:
     return f"{value:.4g}" if isinstance(value, (int, float)) else str(value)
+
+
+class SpikeRule(EarlyWarningRule):
+    """Loss and gradient-norm spikes. Noisy losses (small batches, heavy-tailed targets) have
+    spikes the run shrugs off within a few steps; those are reported as info so that a healthy
+    run passes. A spike warns when the run later went non-finite, a policy acted on it, it was
+    itself non-finite, or the statistic did not come back within RECOVERY_STEPS."""
+
+    def severity(self, run: Any, warnings: list["EarlyWarning"]) -> Severity:
+        if run.first_nonfinite is not None or any(w.action != "warn" or not w.finite or w.recovered_after is None
+                                                  for w in warnings):
+            return Severity.WARNING
+        return Severity.INFO
+
+    def evidence(self, run: Any, warning: "EarlyWarning") -> list[str]:
+        lines = super().evidence(run, warning)
+        same = [w for w in run.early_warnings if w.cause == self.id and w.statistic == warning.statistic]
+        if len(same) > 1:
+            back = [w.recovered_after for w in same if w.recovered_after is not None]
+            lines.append(f"{len(same)} spikes of {warning.statistic} in this run (steps {same[0].step}-{same[-1].step})"
+                         + (f", {len(back)} back within {max(back)} step(s)" if back else ""))
+        return lines

@@ -1,10 +1,10 @@
 """A gradient-norm spike the watch saw: far above the run's recent gradient norms."""
 from __future__ import annotations
 
-from .base import EarlyWarningRule
+from .base import SpikeRule
 
 
-class GradSpike(EarlyWarningRule):
+class GradSpike(SpikeRule):
     """What it detects: a step whose total gradient norm stands far above the norms of the steps
     before it: at least `spikes.threshold_sigma` robust sigmas above the median of the last
     `spikes.window` steps and `spikes.min_ratio` times that median, after `spikes.warmup` steps.
@@ -28,7 +28,9 @@ class GradSpike(EarlyWarningRule):
     grad_norm of `embed` (35x its median, from step 233).
 
     Thresholds: as `loss-spike`: `spikes.threshold_sigma` 6, `spikes.min_ratio` 1.5, `spikes.window`
-    64, `spikes.warmup` 20; a layer has moved at 2x its window median. Confidence 0.6.
+    64, `spikes.warmup` 20; a layer has moved at 2x its window median. Confidence 0.6. Severity
+    warning; info for spikes that stayed finite, were left alone and came
+    back under `min_ratio` x its median within 20 steps, in a run that never went non-finite.
     """
 
     id = "grad-spike"

@@ -1,10 +1,10 @@
 """A loss spike the watch saw: far above the run's recent loss, finite or not."""
 from __future__ import annotations
 
-from .base import EarlyWarningRule
+from .base import SpikeRule
 
 
-class LossSpike(EarlyWarningRule):
+class LossSpike(SpikeRule):
     """What it detects: a step whose loss stands far above the loss of the steps before it: at
     least `spikes.threshold_sigma` robust sigmas above the median of the last `spikes.window`
     steps (sigma = 1.4826 x the median absolute deviation) and `spikes.min_ratio` times that
@@ -32,7 +32,9 @@ class LossSpike(EarlyWarningRule):
 
     Thresholds: `spikes.threshold_sigma` 6 robust sigmas (OLMo-core's default; a Gaussian step exceeds
     it once in ~1e9), `spikes.min_ratio` 1.5x the median, `spikes.window` 64, `spikes.warmup` 20 steps.
-    A layer has moved at 2x its window median. Confidence 0.6 (a warning: the run may recover).
+    A layer has moved at 2x its window median. Confidence 0.6. Severity warning; info for
+    spikes that stayed finite, were left alone and came back under
+    `min_ratio` x its median within 20 steps, in a run that never went non-finite.
     """
 
     id = "loss-spike"
