@@ -82,6 +82,42 @@ def origin_of(doc: dict[str, Any]) -> dict[str, Any]:
     return {"phase": None, "op": None, "step": None, "precision": None, "lines": []}
 
 
+# What a fix proposes, by the change an experiment can try: a fix whose text proposes a change
+# that an experiment of the same report tried without removing the failure contradicts it.
+PROPOSES = {
+    "clip-grad": re.compile(r"clip_grad_norm_|clip gradients|`grad_clip: ", re.I),
+    "raise-eps": re.compile(r"eps=|--adam_epsilon", re.I),
+    "step-fp32": re.compile(r"in float32|x\.float\(\)|enabled=False", re.I),
+    "step-bf16": re.compile(r"train in bf16|use bf16|bf16-mixed instead", re.I),
+}
+LOWER_LR = re.compile(r"lower the learning rate (?:from \S+ )?to ([0-9.]+(?:e[+-]?\d+)?)\b(?! \(untested)", re.I)
+
+
+def fix_contradictions(doc: dict[str, Any]) -> list[str]:
+    """Every fix (root causes and their symptoms) that proposes a change an experiment of the
+    same document tried and that still failed: a lower learning rate at or above one that still
+    went non-finite, clipping, a larger eps, float32 or bf16 that did not help."""
+    refuted = [e for e in doc.get("experiments") or [] if e.get("outcome") == "nonfinite"]
+    causes = [c for cause in doc["causes"] for c in [cause, *(cause.get("symptoms") or [])]]
+    found = []
+    for cause in causes:
+        if cause.get("confirmed") is False:
+            continue          # a refuted finding says its fix failed; its text is not advice
+        fix = cause["fix"]
+        for e in refuted:
+            pattern = PROPOSES.get(e["id"])
+            if pattern is not None and pattern.search(fix) and e.get("precision") in (cause.get("precisions") or [e.get("precision")]):
+                found.append(f"{cause['id']}: fix proposes what '{e['label']}' ({e['id']}) refuted: {fix}")
+        lowered = LOWER_LR.search(fix)
+        if lowered:
+            proposed = float(lowered.group(1))
+            failed = [e for e in refuted if e["id"] == "lower-lr"]
+            tried = [float(m.group(1)) for e in failed for m in [re.search(r"-> ([0-9.e+-]+)", e["label"])] if m]
+            if any(proposed >= lr for lr in tried):
+                found.append(f"{cause['id']}: proposes lr {proposed:g}, but lr {min(tried):g} still failed: {fix}")
+    return found
+
+
 def score_entry(entry: dict[str, Any], doc: dict[str, Any]) -> dict[str, Any]:
     causes = [c["id"] for c in doc["causes"]]
     healthy = entry["verdict"] == "pass"
@@ -115,7 +151,8 @@ def score_entry(entry: dict[str, Any], doc: dict[str, Any]) -> dict[str, Any]:
             "refuted_above_unrefuted": any(a.get("confirmed") is False and b.get("confirmed") is not False
                                            for i, a in enumerate(doc["causes"]) for b in doc["causes"][i + 1:]),
             "findings": [{k: c.get(k) for k in ("id", "severity", "confidence", "title", "fix", "experiments",
-                                                 "confirmed", "precisions")} for c in doc["causes"][:3]]}
+                                                 "confirmed", "precisions")} for c in doc["causes"][:3]],
+            "fix_contradictions": fix_contradictions(doc)}
 
 
 def table(results: list[dict[str, Any]]) -> list[str]:
@@ -209,6 +246,9 @@ def main(argv: Optional[list[str]] = None) -> int:
         print(f"{mark} {entry['file']:<34} {result['verdict']:<5} {(result['causes'] or ['-'])[0]:<22} "
               f"{result['wall_seconds']:.1f}s", file=sys.stderr)
     rows = table(results) + step_lines(results) + finding_lines(results)
+    contradictions = [f"{r['file']}: {c}" for r in results for c in r["fix_contradictions"]]
+    rows.append(f"fixes contradicting their own experiments: {len(contradictions)}")
+    rows += [f"  {c}" for c in contradictions]
     print("\n".join(rows))
     print(f"({len(results)} entries, {time.perf_counter() - began:.0f} s)")
     if args.json:

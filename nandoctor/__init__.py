@@ -17,10 +17,10 @@ from typing import Any
 from ._version import __version__
 
 __all__ = ["scan", "postmortem", "replay", "run_script", "watch", "NonFiniteError", "NonFiniteWarning",
-           "SkipListSampler", "__version__"]
+           "InstabilityWarning", "SkipListSampler", "__version__"]
 
 _API = ("scan", "postmortem", "replay", "run_script")
-_WATCH = ("watch", "NonFiniteError", "NonFiniteWarning")
+_WATCH = ("watch", "NonFiniteError", "NonFiniteWarning", "InstabilityWarning")
 
 
 def __getattr__(name: str) -> Any:

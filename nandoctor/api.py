@@ -381,7 +381,7 @@ def _compile_replay(found: Any, spec: ModelFile, cfg: dict[str, Any], precision:
         with watchdog(None if cfg["max_seconds"] is None else deadline.left()):
             return compile_ladder(spec, cfg, precision, dev, found.manifest.step, found.manifest.compile or {},
                                   initial_state=initial_state, repro_at=found.path, deadline=deadline,
-                                  stage_names=cfg["compile_ladder"]["stages"])
+                                  stage_names=cfg["compile_ladder"]["stages"], bisect=cfg["compile_ladder"]["bisect"])
     except ScanTimeout:
         from .trace import CompileReplay
         return CompileReplay(recorded=dict(found.manifest.compile or {}),

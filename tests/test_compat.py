@@ -285,3 +285,130 @@ def test_a_gan_discriminator_step_inside_training_step_is_traced_at_the_users_li
     outcomes = [e.outcome for e in report.trace.experiments if e.id == "step-fp64"]
     assert outcomes and "error" not in outcomes
     assert all(c.severity == "error" for c in report.causes)        # no 16-mixed warning beside it
+
+
+# ---- parametrizations, DataLoader workers --------------------------------------------------------
+
+def test_parametrized_layers_are_watched_bundled_and_replayed(tmp_path):
+    from tests.compat.parametrized_model import build_model, get_batch, training_step
+    model = build_model()
+    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+    watch = nandoctor.watch(model, opt, out=tmp_path, warn=False)
+    with pytest.raises(nandoctor.NonFiniteError) as caught:
+        for step in range(4):
+            batch = get_batch(step)
+            with watch.step(batch):
+                watch.loss(training_step(model, batch)).backward()
+                opt.step()
+                opt.zero_grad()
+    assert caught.value.step == 2
+    assert "inp.parametrizations.weight.original0" in read_bundle(caught.value.bundle).model_state()
+    report = nandoctor.replay(caught.value.bundle, COMPAT / "parametrized_model.py", experiments=False)
+    event = report.trace.runs[0].first_nonfinite
+    assert event.op == "aten.log.default" and "torch.log" in event.user_source.code and event.reproduced is not False
+
+
+def test_dataloader_workers_under_nandoctor_run_name_the_dataset_index(tmp_path):
+    source = (ROOT / "tests" / "scripts" / "nan_targets.py").read_text()
+    assert "batch_size=64)" in source
+    (tmp_path / "nan_targets_workers.py").write_text(source.replace("batch_size=64)", "batch_size=64, num_workers=1)"))
+    result = nandoctor_cli("run", "--format", "json", "-o", "r.json", "nan_targets_workers.py", cwd=tmp_path)
+    assert result.returncode == 1, result.stderr[-2000:]
+    doc = json.loads((tmp_path / "r.json").read_text())
+    assert doc["causes"][0]["id"] == "data-nonfinite" and "dataset indices 200" in doc["first_nonfinite"]["detail"]
+
+
+# ---- the matrix page ---------------------------------------------------------------------------
+
+def test_every_test_the_compatibility_page_names_exists():
+    import re
+    page = (ROOT / "docs" / "guides" / "compatibility.md").read_text()
+    named = re.findall(r"`(test_[a-z_]+\.py)::(test_\w+)(?:\[[^\]]*\])?`", page)
+    assert len(named) >= 20
+    for file, test in named:
+        assert f"def {test}(" in (ROOT / "tests" / file).read_text(), f"{file}::{test}"
+
+
+@pytest.mark.parametrize("model_file", ["checkpoint_model.py", "checkpoint_nonreentrant.py", "mha_teacher.py"])
+def test_watch_bundles_of_checkpointed_and_fast_path_models_replay_to_the_origin(tmp_path, model_file):
+    import importlib.util
+    path = COMPAT / model_file
+    if model_file == "checkpoint_nonreentrant.py":
+        path = tmp_path / model_file
+        path.write_text((COMPAT / "checkpoint_model.py").read_text().replace("REENTRANT = True", "REENTRANT = False"))
+    spec = importlib.util.spec_from_file_location(model_file[:-3], path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    torch.manual_seed(0)
+    model = module.build_model()
+    opt = torch.optim.SGD(model.parameters(), lr=0.01)
+    watch = nandoctor.watch(model, opt, out=tmp_path, warn=False)
+    step_of = getattr(module, "training_step", None)
+    with pytest.raises(nandoctor.NonFiniteError) as caught:
+        for step in range(4):
+            batch = module.get_batch(step)
+            with watch.step(batch):
+                loss = step_of(model, batch) if step_of else nn.functional.mse_loss(model(batch[0]), batch[1])
+                watch.loss(loss).backward()
+                opt.step()
+                opt.zero_grad()
+    assert caught.value.step == 2
+    report = nandoctor.replay(caught.value.bundle, path, experiments=False)
+    event = report.trace.runs[0].first_nonfinite
+    expected = {"checkpoint_model.py": ("block", "torch.sqrt"), "checkpoint_nonreentrant.py": ("block", "torch.sqrt"),
+                "mha_teacher.py": ("teacher", "self.teacher(")}
+    assert (event.module, expected[model_file][1] in event.user_source.code) == (expected[model_file][0], True)
+
+
+def test_run_of_a_script_with_its_own_autocast_runs_and_bundles_in_that_precision(tmp_path):
+    shutil.copy(COMPAT / "autocast_script.py", tmp_path)
+    result = nandoctor_cli("run", "--format", "json", "-o", "r.json", "autocast_script.py", cwd=tmp_path)
+    assert result.returncode == 1, result.stderr[-2000:]
+    doc = json.loads((tmp_path / "r.json").read_text())
+    assert doc["runs"][0]["precision"] == "bf16-mixed"
+    assert doc["first_nonfinite"]["op"] == "aten.log.default" and doc["first_nonfinite"]["step"] == 2
+    bundle = next((tmp_path / "nandoctor-bundles").iterdir())
+    assert read_bundle(bundle).manifest.precision == "bf16-mixed"
+
+
+def test_a_watch_bundle_of_a_vmap_step_replays_to_the_line_inside_the_transform(tmp_path):
+    from tests.compat.vmap_model import build_model, get_batch, training_step
+    torch.manual_seed(0)
+    model = build_model()
+    opt = torch.optim.SGD(model.parameters(), lr=0.01)
+    watch = nandoctor.watch(model, opt, out=tmp_path, warn=False, stats_every=1)
+    with pytest.raises(nandoctor.NonFiniteError) as caught:
+        for step in range(5):
+            batch = get_batch(step)
+            with watch.step(batch):
+                watch.loss(training_step(model, batch)).backward()
+                opt.step()
+                opt.zero_grad()
+    assert caught.value.step == 3
+    report = nandoctor.replay(caught.value.bundle, COMPAT / "vmap_model.py", experiments=False)
+    assert report.exit_code == 1
+    event = report.trace.runs[0].first_nonfinite
+    assert event.op == "aten.sqrt.default" and "torch.sqrt" in event.user_source.code
+
+
+def test_a_grad_scaler_loops_bundle_replays_in_16_mixed_with_the_scalers_state(tmp_path):
+    from tests.compat.parametrized_model import build_model, get_batch, training_step
+    model = build_model()
+    opt = torch.optim.SGD(model.parameters(), lr=1e-3)
+    scaler = torch.amp.GradScaler("cpu", init_scale=1024.0)
+    watch = nandoctor.watch(model, opt, scaler, out=tmp_path, warn=False)
+    with pytest.raises(nandoctor.NonFiniteError) as caught:
+        for step in range(4):
+            batch = get_batch(step)
+            with watch.step(batch):
+                with torch.autocast("cpu", dtype=torch.float16):
+                    loss = watch.loss(training_step(model, batch))
+                scaler.scale(loss).backward()
+                scaler.step(opt)
+                scaler.update()
+                opt.zero_grad()
+    manifest = read_bundle(caught.value.bundle).manifest
+    assert caught.value.step == 2 and manifest.precision == "16-mixed" and 0 < manifest.scaler["scale"] <= 1024.0
+    report = nandoctor.replay(caught.value.bundle, COMPAT / "parametrized_model.py", experiments=False)
+    event = report.trace.runs[0].first_nonfinite
+    assert report.trace.runs[0].precision == "16-mixed" and event.op == "aten.log.default"

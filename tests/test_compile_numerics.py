@@ -54,8 +54,7 @@ def test_a_ladder_that_stays_finite_leaves_nonreproducible():
 
 # ---- through a real watch, a real bundle and `nandoctor replay` ---------------------------------------
 
-import subprocess
-import sys
+import runpy
 import textwrap
 from pathlib import Path
 
@@ -67,7 +66,6 @@ from conftest import json_of, run_cli
 
 import compile_nan_backend
 
-TESTS = Path(__file__).resolve().parent
 MODEL_SOURCE = textwrap.dedent('''
     import torch
     from torch import nn
@@ -126,7 +124,7 @@ def _watched_compiled_run(tmp_path: Path, compile_model) -> Path:
     return Path(fired.value.bundle)
 
 
-def test_a_backend_that_corrupts_one_op_is_named_with_the_op_the_line_the_setting_and_a_runnable_repro(tmp_path):
+def test_a_backend_that_corrupts_one_op_is_named_with_the_op_the_line_the_setting_and_a_runnable_repro(tmp_path, capsys):
     bundle = _watched_compiled_run(tmp_path, lambda net: net.compile(backend=compile_nan_backend.NAME))
     manifest = json.loads((bundle / "manifest.json").read_text())
     assert manifest["compile"] == {"backend": compile_nan_backend.NAME, "mode": None, "options": {}, "module": ""}
@@ -148,10 +146,14 @@ def test_a_backend_that_corrupts_one_op_is_named_with_the_op_the_line_the_settin
     # The repro sits beside the bundle and reproduces the NaN wherever the backend is registered.
     repro = Path(ladder["repro"])
     assert repro == bundle.with_name(bundle.name + "-compile-repro.py") and Path(ladder["repro_inputs"]).is_file()
-    ran = subprocess.run([sys.executable, "-c", f"import sys, runpy; sys.path.insert(0, {str(TESTS)!r}); "
-                          f"import compile_nan_backend; runpy.run_path({str(repro)!r}, run_name='__main__')"],
-                         capture_output=True, text=True, timeout=120)
-    assert ran.returncode == 1 and "eager: finite" in ran.stdout and "non-finite output 0" in ran.stdout, ran.stderr
+    # It imports torch only; run as a script here, where the backend is registered (a subprocess
+    # would spend seconds importing torch again).
+    script = repro.read_text()
+    assert not [line for line in script.splitlines() if line.startswith(("import", "from")) and "nandoctor" in line]
+    with pytest.raises(SystemExit) as ran:
+        runpy.run_path(str(repro), run_name="__main__")
+    printed = capsys.readouterr().out
+    assert ran.value.code == 1 and "eager: finite" in printed and "non-finite output 0" in printed, printed
 
 
 def test_a_nan_born_in_the_compiled_backward_is_located_op_by_op(tmp_path):
@@ -186,7 +188,8 @@ def test_a_failing_inductor_stage_is_followed_by_its_numerics_flags_and_the_flag
     monkeypatch.setattr(compile_fx_module, "compile_fx", miscompiling_inductor)
     bundle = _watched_compiled_run(tmp_path, lambda net: net.compile(options={"max_autotune": False}))
     assert json.loads((bundle / "manifest.json").read_text())["compile"]["backend"] == "inductor"
-    (tmp_path / "ladder.yaml").write_text("compile_ladder:\n  stages: [aot_eager, inductor]\nexperiments:\n  enabled: false\n")
+    (tmp_path / "ladder.yaml").write_text("compile_ladder:\n  stages: [aot_eager, inductor]\n  bisect: false\n"
+                                          "experiments:\n  enabled: false\n")
     report = nandoctor.replay(bundle, tmp_path / "model.py", config=tmp_path / "ladder.yaml")
     ladder = report.trace.runs[0].compile_replay
     assert [(s.name, s.finite) for s in ladder.stages] == [
@@ -213,10 +216,108 @@ def test_the_watch_reads_how_the_model_was_compiled_without_compiling_it():
                                      "module": "0"}
 
 
-def test_an_inductor_culprit_is_named_by_its_generated_kernel_and_its_code_is_saved(tmp_path):
-    from nandoctor.run.compile_ladder import CapturedGraph, _Stage, inductor_kernel
+class _PoisonFirstMul:
+    """A buggy Inductor post-grad pass, the mechanism of pattern-replacement bugs that made
+    compiled models return NaN (pytorch/pytorch#105190, `sfdp_replacement_1`): it rewrites the
+    first forward aten.mul into one that yields NaN. Only Inductor runs post-grad passes."""
+
+    def __call__(self, graph):
+        target = next((n for n in graph.nodes if n.op == "call_function" and n.target is torch.ops.aten.mul.Tensor),
+                      None)
+        if target is None or any(n.op == "placeholder" and "tangents" in n.name for n in graph.nodes):
+            return
+        with graph.inserting_after(target):
+            poisoned = graph.call_function(torch.ops.aten.mul.Tensor, (target, float("nan")))
+        target.replace_all_uses_with(poisoned, delete_user_cb=lambda user: user is not poisoned)
+
+    def uuid(self):
+        return "nandoctor-test-poison-first-mul"
+
+
+def test_a_real_inductor_culprit_is_named_by_its_kernel_and_by_the_compiler_bisector(tmp_path):
+    import torch._inductor.config as inductor_config
+    from torch._inductor.custom_graph_pass import CustomGraphPass
+    from nandoctor.run.compile_ladder import CapturedGraph, _Stage, bisect_component, inductor_kernel
+    bad_pass = type("PoisonFirstMul", (_PoisonFirstMul, CustomGraphPass), {})()
     gm = torch.fx.symbolic_trace(lambda x: torch.tanh(x) * 2.0)
-    kernel = inductor_kernel(_Stage("inductor", "inductor"), CapturedGraph(gm, [torch.randn(8)]), tmp_path / "step-000001")
+    graph, stage = CapturedGraph(gm, [torch.randn(8)]), _Stage("inductor", "inductor")
+    with inductor_config.patch(post_grad_custom_post_pass=bad_pass):
+        kernel = inductor_kernel(stage, graph, tmp_path / "step-000001")
+        component = bisect_component(stage, graph, "forward")
     saved = tmp_path / "step-000001-compile-repro-inductor-code.py"
     assert kernel.startswith("generated kernel cpp_fused_mul_tanh") and str(saved) in kernel
     assert kernel.split()[2] in saved.read_text()
+    assert component.startswith("compiler bisector: inductor, post_grad_passes application #")
+    assert component.endswith("(post_grad_custom_post_pass)")
+
+
+def test_a_compiled_run_not_replayed_under_the_compiler_is_told_to_suspect_it():
+    replay = CompileReplay(recorded={"backend": "inductor"}, note="the step was re-run by the script's own loop in "
+                           "eager mode; not replayed under the compiler")
+    finding = next(f for f in diagnose(_trace(replay)) if f.id == "nonreproducible")
+    assert "the run was compiled (inductor); the step was re-run" in finding.evidence[1]
+    assert "TORCHDYNAMO_DISABLE=1" in finding.fix
+
+
+def test_a_culprit_node_is_named_by_the_module_path_the_user_wrote():
+    from nandoctor.run.compile_ladder import module_path
+    graphs = []
+
+    class Block(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.lin = torch.nn.Linear(4, 4)
+
+        def forward(self, x):
+            return torch.exp(self.lin(x))
+
+    class Net(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.blocks = torch.nn.ModuleList([Block(), Block()])
+
+        def forward(self, x):
+            for block in self.blocks:
+                x = block(x)
+            return x * 2
+
+    torch._dynamo.reset()
+    torch.compile(Net(), backend=lambda gm, inputs: graphs.append(gm) or gm.forward)(torch.randn(2, 4))
+    by_op = {str(n.target): n for n in graphs[0].graph.nodes if n.op == "call_function"}
+    exps = [n for n in graphs[0].graph.nodes if n.op == "call_function" and "exp" in str(n.target)]
+    assert module_path(exps[1]) == "blocks.1" and module_path(exps[0], "encoder") == "encoder.blocks.0"
+    assert module_path(next(n for t, n in by_op.items() if "mul" in t)) == ""
+    torch._dynamo.reset()
+
+
+def test_nandoctor_run_of_a_compiled_script_records_how_it_was_compiled_and_suspects_the_compiler(tmp_path):
+    (tmp_path / "model.py").write_text(MODEL_SOURCE)
+    (tmp_path / "train.py").write_text(textwrap.dedent('''
+        import torch
+        import compile_nan_backend
+        import model as user
+
+        net = user.build_model()
+        net.compile(backend=compile_nan_backend.NAME)
+        optimizer = torch.optim.SGD(net.parameters(), lr=0.1)
+        for step in range(3):
+            batch = (torch.randn(4, 8), torch.randn(4, 1))
+            user.training_step(net, batch).backward()
+            optimizer.step()
+            optimizer.zero_grad()
+    '''))
+    import sys
+    sys.path.insert(0, str(tmp_path))
+    try:
+        report = nandoctor.run_script(tmp_path / "train.py", out=tmp_path / "bundles", experiments=False)
+    finally:
+        sys.path.remove(str(tmp_path))
+        sys.modules.pop("model", None)
+        torch._dynamo.reset()
+    run = report.trace.runs[0]
+    assert run.compile_replay is not None and run.compile_replay.recorded["backend"] == compile_nan_backend.NAME
+    assert run.compile_replay.stages == [] and "not replayed under the compiler" in run.compile_replay.note
+    # When the loop's eager re-run stayed finite, the compiler is the first suspect.
+    for finding in (f for f in report.causes if f.id == "nonreproducible"):
+        assert "TORCHDYNAMO_DISABLE=1" in finding.fix
+    assert report.to_dict()["runs"][0]["compile_replay"]["recorded"]["backend"] == compile_nan_backend.NAME

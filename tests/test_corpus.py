@@ -91,13 +91,13 @@ def test_manifest_is_consistent():
 #   mha_key_padding_all_masked: origin at baddbmm (a -inf mask carried through its bias term),
 #     not at the softmax; hf_token_labels_all_ignored: the loss runs inside transformers, called
 #     by nandoctor, so the origin has no user line (the top cause does name the marked line, the
-#     in-place write that emptied the labels); onecycle_huge_peak: high-lr reads the spike now
-#     but ranks below the vanishing gradients that the dead ReLUs leave.
+#     in-place write that emptied the labels). (onecycle_huge_peak left the list with issue 19:
+#     the vanishing gradients the dead ReLUs leave are now a symptom nested under high-lr.)
 # Round 4 (issue 19), first contact (corpus4-gaps.md): adam_bias_correction_step0: a hand-written Adam's
 #   0 / 0 at step 0 is reported as optimizer-eps ("eps is 0 in float32"), unstable-op is not offered in the
 #   optimizer phase; fp16_regression_large_target: a 16-mixed-only overflow (float32 finite) leads with
 #   data-scale, fp16-overflow second.
-KNOWN_GAPS = {"mha_key_padding_all_masked", "hf_token_labels_all_ignored", "onecycle_huge_peak",
+KNOWN_GAPS = {"mha_key_padding_all_masked", "hf_token_labels_all_ignored",
               "adam_bias_correction_step0", "fp16_regression_large_target"}
 
 

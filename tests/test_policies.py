@@ -94,10 +94,13 @@ def test_rollback_survives_an_injected_bad_batch_and_the_skip_list_names_its_sam
 
     # The 1e30 row alone: its gradients overflow; the per-sample re-run names it among the 8.
     model, opt = build()
-    watch = nandoctor.watch(model, opt, out=tmp_path / "overflow", on_nonfinite="rollback", rollback={"every": 1})
+    watch = nandoctor.watch(model, opt, out=tmp_path / "overflow", on_nonfinite="rollback",
+                            rollback={"every": 1, "keep": 2, "to": "disk"})
     with quiet():
         losses = train(watch, model, opt, loader(Stream(bad=(-1, BAD[1]))))
+    assert len(list((tmp_path / "overflow" / "rollback").iterdir())) == 2       # bounded: keep=2 copies on disk
     watch.close()
+    assert not list((tmp_path / "overflow" / "rollback").iterdir())
     [entry] = entries(tmp_path / "overflow")
     assert entry["samples"] == [BAD[1]] and entry["blame"]["method"] == "per-sample output magnitude"
     assert math.isfinite(losses[-1])
@@ -221,6 +224,12 @@ def test_nandoctor_run_rollback_survives_the_bad_batch_and_reports_the_samples(t
 
     bad = run_cli("run", "--on-nonfinite", "retry", STREAM_SCRIPT)
     assert bad.exit_code == 2 and "stop, skip, rollback" in bad.stderr
+    # A spike policy alone keeps the default for NaN/Inf: the script is stopped and reported.
+    stopped = run_cli("run", "--on-spike", "skip", "--out", tmp_path / "spike", "--format", "json", "--no-experiments",
+                      STREAM_SCRIPT)
+    doc = json.loads(stopped.stdout)
+    assert stopped.exit_code == 1 and doc["runs"][0]["status"] == "nonfinite" and doc["first_nonfinite"]["step"] == 2
+    assert not (tmp_path / "spike" / "skip_list.json").exists()
 
 
 def test_data_outlier_samples_rule_on_a_hand_made_trace():
@@ -290,3 +299,14 @@ def test_transformers_callback_skips_the_bad_batch_and_names_its_sample(tmp_path
     assert (entry["step"], entry["policy"], entry["samples"]) == (5, "rollback", [22])
     assert entry["window"] == {"from_step": 4, "to_step": 5}
     assert all(torch.isfinite(p).all() for p in callback.watch.model.parameters())
+
+
+def test_nandoctor_run_takes_the_loss_module_per_sample(tmp_path):
+    """The step called `nn.CrossEntropyLoss()`: the per-sample re-run uses it with reduction='none'."""
+    script = Path(__file__).parent / "scripts" / "loss_module_nan_row.py"
+    result = run_cli("run", "--on-nonfinite", "skip", "--out", tmp_path, "--format", "json", "--no-experiments", script)
+    run = json.loads(result.stdout)["runs"][0]
+    assert result.exit_code == 0 and run["status"] == "ok"
+    [blame] = run["sample_blame"]
+    assert blame["method"] == "CrossEntropyLoss(reduction='none')" and blame["statistic"] == "loss"
+    assert [d["index"] for d in blame["dominant"]] == [21] and entries(tmp_path)[0]["samples"] == [21]

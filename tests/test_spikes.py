@@ -36,8 +36,7 @@ def test_watch_warns_of_attention_logit_growth_20_steps_before_the_first_nan(tmp
     optimizer = torch.optim.AdamW(model.parameters(), lr=0.5)
     watch = nandoctor.watch(model, optimizer, out=tmp_path, early_warnings={"every": EVERY})
     data = demo.batches()
-    with pytest.raises(nandoctor.NonFiniteError) as caught, pytest.warns(nandoctor.watcher.early_warnings.InstabilityWarning,
-                                                                          match="attention-logit-growth"):
+    with pytest.raises(nandoctor.NonFiniteError) as caught, pytest.warns(nandoctor.InstabilityWarning, match="attention-logit-growth"):
         for _ in range(200):
             x, y = next(data)
             with watch.step((x, y)):
@@ -265,3 +264,21 @@ def test_transformers_callback_warns_of_gpt2_attention_logit_growth_from_sdpa(tm
         transformers.Trainer(model=model, args=args, train_dataset=Tokens(), callbacks=[callback]).train()
     growth = [w for w in callback.watch.early_warnings if w.cause == "attention-logit-growth"]
     assert growth and all(w.module.endswith(".attn") for w in growth), callback.watch.early_warnings
+
+
+def test_adam_second_moment_collapse_is_warned():
+    """Gradients of 1e-10: Adam's exp_avg_sq (~1e-20) sits far below eps**2 (1e-16), so the
+    update is m / eps rather than m / sqrt(v): the update-size anomaly."""
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(8, 8), torch.nn.Linear(8, 1))
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
+    watch = nandoctor.watch(model, optimizer, early_warnings={"every": 2}, spikes=False, warn=False)
+    for _ in range(6):
+        x = torch.randn(16, 8)
+        loss = watch.loss(model(x).pow(2).mean() * 1e-10)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    watch.close()
+    collapse = [w for w in watch.early_warnings if w.statistic == "exp_avg_sq_collapse"]
+    assert len(collapse) == 1 and collapse[0].cause == "adam-update-anomaly" and collapse[0].value > 0.5

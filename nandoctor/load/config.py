@@ -41,7 +41,7 @@ DEFAULTS: dict[str, Any] = {
     "threads": "auto",
     "experiments": {"enabled": True, "max_seconds": 60.0},
     # replay of a compiled run whose failing step stays finite in eager (cause compile-numerics)
-    "compile_ladder": {"enabled": True, "stages": list(LADDER_STAGES)},
+    "compile_ladder": {"enabled": True, "stages": list(LADDER_STAGES), "bisect": True},
     "thresholds": dict(DEFAULT_THRESHOLDS),
     "spikes": dict(SPIKE_DEFAULTS),
     "early_warnings": dict(EARLY_WARNING_DEFAULTS),
@@ -221,7 +221,7 @@ TOP_LEVEL: dict[str, Callable[[str, Any], Any]] = {
     "max_seconds": _optional_number,
     "threads": _threads,
     "experiments": _section({"enabled": _bool, "max_seconds": _number}),
-    "compile_ladder": _section({"enabled": _bool, "stages": _ladder_stages}),
+    "compile_ladder": _section({"enabled": _bool, "stages": _ladder_stages, "bisect": _bool}),
     "thresholds": _section({name: _number for name in DEFAULT_THRESHOLDS}),
     "spikes": _section({"enabled": lambda k, v: _bool(k, v), "window": lambda k, v: _int(k, v, minimum=4),
                         "warmup": lambda k, v: _int(k, v, minimum=1), "threshold_sigma": _number,

@@ -62,6 +62,22 @@ def finding_dict(f: Finding) -> dict[str, Any]:
             "explains_origin": f.explains_origin, "rank_reason": f.rank_reason, "mechanism": f.mechanism}
 
 
+def causes_list(findings: list[Finding]) -> list[dict[str, Any]]:
+    """The root causes in rank order, each with the findings that are its consequences nested
+    as `symptoms` (one entry, one annotation, per root cause)."""
+    roots = [f for f in findings if f.symptom_of is None]
+    causes = [finding_dict(f) for f in roots]
+    for cause in causes:
+        cause["symptoms"] = []
+    for symptom in (f for f in findings if f.symptom_of is not None):
+        home = next((c for c in causes if c["id"] == symptom.symptom_of), None)
+        if home is None:            # no root with that id (never after `rank`): keep it visible
+            causes.append({**finding_dict(symptom), "symptoms": []})
+        else:
+            home["symptoms"].append(finding_dict(symptom))
+    return causes
+
+
 def run_dict(run: RunTrace) -> dict[str, Any]:
     losses = [s.loss for s in run.steps]
     finite_losses = _finite(losses)
@@ -138,7 +154,7 @@ def build_document(trace: Trace, findings: list[Finding], fail_on: str = "error"
         "fail_on": fail_on,
         "exit_code": header["exit_code"],
         "first_nonfinite": event_dict(first_nonfinite(trace)),
-        "causes": [finding_dict(f) for f in findings],
+        "causes": causes_list(findings),
         "runs": [run_dict(r) for r in trace.runs],
         "layers": {r.precision: layer_rows(r) for r in trace.runs if r.layers},
         "experiments": [to_plain(e) for e in trace.experiments],
@@ -168,7 +184,7 @@ def build_postmortem_document(trace: PostmortemTrace, findings: list[Finding], f
     worst = sorted(trace.tensors, key=lambda t: (-(t.nan + t.inf), -(t.max_abs or 0.0)))
     doc = {
         **header, "model_file": None, "checkpoint": trace.path,
-        "first_nonfinite": None, "causes": [finding_dict(f) for f in findings],
+        "first_nonfinite": None, "causes": causes_list(findings),
         "runs": [], "layers": {}, "experiments": [], "experiments_seconds": 0.0,
         "format": trace.format, "step": trace.step, "epoch": trace.epoch,
         "tensors": [to_plain(t) for t in worst],

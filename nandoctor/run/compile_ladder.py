@@ -41,6 +41,7 @@ class _Stage:
     backend: str
     config: dict[str, Any] = field(default_factory=dict)
     graphs: list[CapturedGraph] = field(default_factory=list)
+    module_prefix: str = ""         # path of the compiled submodule: Dynamo's paths start below it
 
 
 def recorded_stage_name(backend: str) -> str:
@@ -83,8 +84,18 @@ def _nonfinite(value: Any) -> bool:
 
 # ---- running the step under one stage -----------------------------------------------------------------
 
+def _compile_in_place(model: torch.nn.Module, module_path: Optional[str], backend: Callable[..., Any]) -> None:
+    """Compile what the run compiled: the submodule at `module_path` ("" or None: the whole model),
+    in place, so the session's model, names and optimizer stay as they are."""
+    try:
+        target = model.get_submodule(module_path) if module_path else model
+    except AttributeError:
+        target = model
+    target.compile(backend=backend)
+
+
 def _run_stage(stage: _Stage, spec: ModelFile, cfg: dict[str, Any], precision: Precision, device: torch.device,
-               step: int, initial_state: Optional[Callable[[Any], None]]) -> CompileStage:
+               step: int, initial_state: Optional[Callable[[Any], None]], module_path: Optional[str] = None) -> CompileStage:
     from .session import TrainingSession
     import torch._dynamo
     began = time.perf_counter()
@@ -92,7 +103,12 @@ def _run_stage(stage: _Stage, spec: ModelFile, cfg: dict[str, Any], precision: P
     out = CompileStage(name=stage.name, backend=stage.backend, config=dict(stage.config))
     try:
         session = TrainingSession(spec, cfg, precision, device, initial_state=initial_state)
-        session.model = torch.compile(session.model, backend=_capturing(stage))
+        if module_path:             # the run compiled one submodule: compile that one, in place
+            _compile_in_place(session.model, module_path, _capturing(stage))
+        else:
+            # The session keeps its eager module for names and hooks; the forward goes through this.
+            session.compiled_model = torch.compile(session.model, backend=_capturing(stage))
+            session.compile_forward()
         result = session.run_step(step)
     except Exception as err:     # a backend that cannot compile this model: the stage could not run
         out.finite, out.where = None, f"{type(err).__name__}: {str(err).splitlines()[0][:200] if str(err) else ''}"
@@ -134,7 +150,7 @@ def ladder_stages(recorded: dict[str, Any], names: Optional[list[str]] = None) -
 def compile_ladder(spec: ModelFile, cfg: dict[str, Any], precision: Precision, device: torch.device, step: int,
                    recorded: dict[str, Any], initial_state: Optional[Callable[[Any], None]] = None,
                    repro_at: Optional[Any] = None, deadline: Any = None,
-                   stage_names: Optional[list[str]] = None) -> CompileReplay:
+                   stage_names: Optional[list[str]] = None, bisect: bool = True) -> CompileReplay:
     """Replay `step` under each stage until one goes non-finite, then the Inductor flags after a
     failing inductor stage; locate the op and write the repro (`repro_at`: the path prefix)."""
     began = time.perf_counter()
@@ -142,10 +158,11 @@ def compile_ladder(spec: ModelFile, cfg: dict[str, Any], precision: Precision, d
     failing: Optional[_Stage] = None
     stages = ladder_stages(recorded, stage_names)
     for stage in stages:
+        stage.module_prefix = str(recorded.get("module") or "")
         if deadline is not None and deadline.expired:
             replay.note = "--max-seconds ran out before every stage ran"
             break
-        outcome = _run_stage(stage, spec, cfg, precision, device, step, initial_state)
+        outcome = _run_stage(stage, spec, cfg, precision, device, step, initial_state, recorded.get("module"))
         replay.stages.append(outcome)
         if outcome.finite is False:
             failing = stage
@@ -155,10 +172,14 @@ def compile_ladder(spec: ModelFile, cfg: dict[str, Any], precision: Precision, d
             break
         stage.graphs.clear()
     if failing is None:
-        replay.note = replay.note or "every compiler stage kept the step finite: the compiler does not explain it"
+        broken = [f"{s.name} ({s.where})" for s in replay.stages if s.finite is None]
+        replay.note = replay.note or ("every stage that ran kept the step finite; could not run: " + "; ".join(broken)
+                                      if broken else "every compiler stage kept the step finite: the compiler does "
+                                      "not explain it")
         replay.seconds = time.perf_counter() - began
         return replay
-    replay.avoid, replay.avoid_stage = _avoidance(replay, failing, spec, cfg, precision, device, step, initial_state)
+    replay.avoid, replay.avoid_stage = _avoidance(replay, failing, spec, cfg, precision, device, step, initial_state,
+                                                  recorded.get("module"))
     located = locate_culprit(failing) or locate_backward_culprit(failing)
     if located is not None:
         replay.culprit, graph = located
@@ -168,6 +189,8 @@ def compile_ladder(spec: ModelFile, cfg: dict[str, Any], precision: Precision, d
                        "backward with unit gradients): the repro holds the first whole graph")
     if replay.culprit is not None and graph is not None and failing.backend == INDUCTOR:
         replay.culprit.kernel = inductor_kernel(failing, graph, repro_at)
+        if bisect and (deadline is None or not deadline.expired):
+            replay.culprit.component = bisect_component(failing, graph, replay.culprit.phase)
     if repro_at is not None:
         from .compile_repro import write_repro
         target = graph or _first_nonfinite_graph(failing)
@@ -175,14 +198,15 @@ def compile_ladder(spec: ModelFile, cfg: dict[str, Any], precision: Precision, d
             try:
                 replay.repro, replay.repro_inputs = write_repro(repro_at, target, failing.backend, failing.config,
                                                                 replay.culprit)
-            except OSError as err:
+            except (OSError, RuntimeError) as err:     # torch.save reports an unwritable folder as either
                 replay.note = f"the repro could not be written next to the bundle ({err})"
     replay.seconds = time.perf_counter() - began
     return replay
 
 
 def _avoidance(replay: CompileReplay, failing: _Stage, spec: ModelFile, cfg: dict[str, Any], precision: Precision,
-               device: torch.device, step: int, initial_state: Any) -> tuple[str, Optional[str]]:
+               device: torch.device, step: int, initial_state: Any,
+               module_path: Optional[str]) -> tuple[str, Optional[str]]:
     """The smallest setting that keeps the step finite: one Inductor flag when inductor is the
     first failing stage and the flag helps; else the last finite stage's backend."""
     if failing.backend == INDUCTOR:
@@ -190,7 +214,7 @@ def _avoidance(replay: CompileReplay, failing: _Stage, spec: ModelFile, cfg: dic
             if failing.config.get(flag):
                 continue
             stage = _Stage(f"{INDUCTOR}+{flag}", INDUCTOR, {**failing.config, flag: True})
-            outcome = _run_stage(stage, spec, cfg, precision, device, step, initial_state)
+            outcome = _run_stage(stage, spec, cfg, precision, device, step, initial_state, module_path)
             replay.stages.append(outcome)
             if outcome.finite:
                 return f"torch._inductor.config.{flag} = True", stage.name
@@ -283,7 +307,8 @@ def locate_culprit(stage: _Stage) -> Optional[tuple[CompileCulprit, CapturedGrap
                 lo = mid + 1
         node = nodes[hi]
         culprit = CompileCulprit(graph=index, node=node.name, op=_op_name(node), phase="forward",
-                                 location=user_line(node), found_by="graph prefix bisection")
+                                 location=user_line(node), found_by="graph prefix bisection",
+                                 module=module_path(node, stage.module_prefix))
         return culprit, CapturedGraph(prefix_graph(graph.gm, node), graph.inputs)
     return None
 
@@ -345,7 +370,8 @@ def locate_backward_culprit(stage: _Stage, budget_s: float = 60.0) -> Optional[t
             except Exception:
                 continue
             culprit = CompileCulprit(graph=index, node=node.name, op=_op_name(node), phase="backward",
-                                     location=user_line(node), found_by="single-op backward")
+                                     location=user_line(node), found_by="single-op backward",
+                                     module=module_path(node, stage.module_prefix))
             return culprit, CapturedGraph(single, inputs)
     return None
 
@@ -377,7 +403,49 @@ def inductor_kernel(stage: _Stage, graph: CapturedGraph, save_at: Optional[Any])
     return f"generated kernel {names[-1]}{where}"
 
 
+def bisect_component(stage: _Stage, graph: CapturedGraph, phase: str) -> str:
+    """PyTorch's own CompilerBisector on the reduced graph: which Inductor subsystem (a graph pass,
+    a lowering, a config) and which application of it makes the value non-finite."""
+    import io
+    import contextlib
+    import torch._inductor.config as inductor_config
+    from torch._inductor.compiler_bisector import CompilerBisector
+
+    def finite() -> bool:
+        torch._dynamo.reset()
+        with inductor_config.patch(stage.config):
+            # torch.compile asks the bisector which backend and subsystems to use.
+            compiled = torch.compile(graph.gm)
+            if phase == "backward":
+                return _backward_nonfinite(compiled, graph.inputs) is not True
+            return not _nonfinite(compiled(*[_copy_input(v) for v in graph.inputs]))
+    try:
+        with contextlib.redirect_stdout(io.StringIO()):      # the bisector narrates on stdout
+            result = CompilerBisector.do_bisect(finite)
+    except Exception:
+        return ""
+    finally:
+        torch._dynamo.reset()
+    if result is None:
+        return ""
+    text = f"compiler bisector: {result.backend}"
+    if result.subsystem:
+        text += f", {result.subsystem}"
+        if result.bisect_number:
+            text += f" application #{result.bisect_number}"
+        if result.debug_info and result.debug_info != result.subsystem:
+            text += f" ({result.debug_info})"
+    return text
+
+
 def _first_nonfinite_graph(stage: _Stage) -> Optional[CapturedGraph]:
+    """The repro's graph when no op was located: the first graph whose compiled forward is non-finite."""
+    for graph in stage.graphs:
+        try:
+            if _nonfinite(_compiled_value(stage, graph.gm, graph.inputs)):
+                return graph
+        except Exception:
+            continue
     return stage.graphs[0] if stage.graphs else None
 
 
@@ -396,6 +464,21 @@ def _op_name(node: torch.fx.Node) -> str:
     if isinstance(target, torch._ops.OpOverload):
         return f"aten.{target.__name__}"
     return f"{module}.{name}" if module else name
+
+
+_ROOT = re.compile(r"^L\['[^']+'\]\.?")
+_INDEXED = re.compile(r"\._modules\['([^']+)'\]|\[(\d+)\]")
+
+
+def module_path(node: torch.fx.Node, prefix: str = "") -> str:
+    """The innermost module that ran the node, as a path in the model ("blocks.0.lin"): Dynamo's
+    `nn_module_stack` meta names it from the compiled frame's `self` (L['self'].blocks.0.lin)."""
+    stack = list((node.meta.get("nn_module_stack") or {}).values())
+    if not stack:
+        return prefix
+    raw = str(stack[-1][0])
+    path = _INDEXED.sub(lambda m: f".{m.group(1) or m.group(2)}", _ROOT.sub("", raw)).strip(".")
+    return ".".join(p for p in (prefix, path) if p)
 
 
 def user_line(node: torch.fx.Node) -> Optional[SourceLocation]:

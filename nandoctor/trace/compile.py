@@ -44,7 +44,9 @@ class CompileCulprit:
     op: str                                     # what the node calls, e.g. "torch.exp", "aten.mul.Tensor"
     phase: str = "forward"                      # forward | backward
     location: Optional[SourceLocation] = None   # the user's line (FX node meta stack_trace)
-    kernel: str = ""                            # generated kernel or compiler component, when the stage names one
+    module: str = ""                            # the module that ran it ("blocks.0.attn"; "" for the model itself)
+    kernel: str = ""                            # inductor: the generated kernel computing it (and its saved code)
+    component: str = ""                         # inductor: what PyTorch's CompilerBisector blames (pass, lowering)
     found_by: str = ""                          # how it was found ("graph prefix bisection", "compiler bisector")
 
 

@@ -22,7 +22,6 @@ run no hook and no mode. A warning needs a level past its threshold and growth o
 from __future__ import annotations
 
 import math
-import warnings
 from collections import deque
 from typing import Any, Callable, Optional
 
@@ -30,6 +29,7 @@ import torch
 from torch.overrides import TorchFunctionMode
 
 from ..run import compiled, stats
+from .distributed import local_tensor
 from ..trace.warnings import EARLY_WARNING_DEFAULTS, EarlyWarning
 
 _SOFTMAX = {torch.softmax, torch.nn.functional.softmax, torch.Tensor.softmax}
@@ -81,7 +81,9 @@ class _AttentionMode(TorchFunctionMode):
         kwargs = kwargs or {}
         sampler = self.sampler
         # A softmax outside every submodule is the model's output distribution, not attention.
-        if torch.is_grad_enabled() and not sampler.in_mha and len(sampler.stack) > 1:
+        # Inside torch.func.vmap/grad a reduction cannot leave the transform (stats.in_functorch_transform).
+        if (torch.is_grad_enabled() and not sampler.in_mha and len(sampler.stack) > 1
+                and not stats.in_functorch_transform()):
             try:
                 value = None
                 if func is _SDPA:
@@ -198,7 +200,7 @@ class EarlyWarningSampler:
                 self.stack.pop()
             if isinstance(module, torch.nn.MultiheadAttention):
                 self.in_mha = False
-            if output is None or not torch.is_grad_enabled():
+            if output is None or not torch.is_grad_enabled() or stats.in_functorch_transform():
                 return
             tensors = [t for t in stats.floating_tensors(output) if t.numel() > 1]
             if not tensors:
@@ -217,7 +219,7 @@ class EarlyWarningSampler:
 
     def _mha_hook(self, name: str) -> Callable:
         def hook(module: Any, args: tuple, kwargs: dict) -> None:
-            if not torch.is_grad_enabled():
+            if not torch.is_grad_enabled() or stats.in_functorch_transform():
                 return
             try:
                 value = _mha_logit_max(module, args, kwargs)
@@ -249,17 +251,18 @@ class EarlyWarningSampler:
             weight = torch.maximum(stats.foreach_norms(before), floor)
             for module, d, w in _per_module(owners, delta, weight):
                 self._values.append((module, "update_ratio", d / w))
-            self._adam_values(optimizer, params, owners)
+            self._adam_values(optimizer, owners)
 
-    def _adam_values(self, optimizer: Any, params: list[torch.Tensor], owners: list[str]) -> None:
-        group_of = {id(p): g for g in optimizer.param_groups for p in g["params"]}
+    def _adam_values(self, optimizer: Any, owners: list[str]) -> None:
+        # The optimizer's own parameter objects: its state is keyed by them, not by views of them.
+        pairs = [(p, g) for g in optimizer.param_groups for p in g["params"]]
         sums: dict[str, list[torch.Tensor]] = {}
-        for p, owner in zip(params, owners):
+        for (p, group), owner in zip(pairs, owners):
             state = optimizer.state.get(p, {})
             v, m, step = state.get("exp_avg_sq"), state.get("exp_avg"), state.get("step")
-            group = group_of.get(id(p))
-            if not isinstance(v, torch.Tensor) or not isinstance(m, torch.Tensor) or step is None or group is None:
+            if not isinstance(v, torch.Tensor) or not isinstance(m, torch.Tensor) or step is None:
                 continue
+            v, m = local_tensor(v), local_tensor(m)
             beta1, beta2 = group.get("betas", (0.9, 0.999))
             eps = float(group.get("eps", 1e-8))
             t = float(step)
@@ -389,7 +392,3 @@ def _slope(points: list[tuple[int, float]]) -> Optional[float]:
     if var == 0:
         return None
     return 100.0 * sum((s - ms) * (v - mv) for s, v in usable) / var
-
-
-def warn_once(warning: EarlyWarning, text: str) -> None:
-    warnings.warn(text, InstabilityWarning, stacklevel=4)

@@ -37,7 +37,7 @@ from .early_warnings import EarlyWarningSampler, InstabilityWarning, early_warni
 from .spikes import GradientRing, SpikeDetector, explain_spike, spike_options, spike_warning
 from .flags import BAD_SLOTS, FLAGS, SLOT as _SLOT
 from .keep_alive import KeepAlive, RollbackBudgetSpent
-from .policies import NONFINITE_POLICIES, SPIKE_POLICIES
+from .policies import NONFINITE_POLICIES, SPIKE_POLICIES, rank_agreed
 from .sample_blame import LoaderIndices
 from .snapshot import Snapshot
 
@@ -797,6 +797,10 @@ class Watch:
         where = "optimizer.step()" if self.optimizer is not None else "the update after the backward pass"
         return f"parameters became non-finite in {where}: {shown or 'a parameter'}"
 
+    def compile_settings(self) -> Optional[dict[str, Any]]:
+        """How the watched run was compiled (the bundle's `compile`); None when it was not."""
+        return self.compiled_as or compiled_since(self._graphs_before)
+
     # ---- firing ------------------------------------------------------------------------------
     def _fire(self, check: str, what: str, capture: Optional[_Capture], state: str = STATE_BEFORE_STEP,
               closing: bool = False) -> None:
@@ -885,7 +889,7 @@ class Watch:
             layer_stats=[bundle_writer.encode_value({k: v for k, v in s.items() if k != "modules"})
                          for s in self.layer_stats],
             rebuild=bundle_writer.encode_value(self.rebuild),
-            compile=self.compiled_as or compiled_since(self._graphs_before),
+            compile=self.compile_settings(),
             detail={"truncated_micro_batches": bool(capture and capture.truncated),
                     "layer_modules": self._module_names if self.layer_stats else [],
                     "early_warnings": [bundle_writer.encode_value(to_plain(w)) for w in self.early_warnings]})
@@ -932,8 +936,9 @@ class Watch:
         """A loss or gradient-norm spike, from this step's synced numbers. True when a policy
         (`handle_spike`) skipped or rolled back the step."""
         self._grad_ring.add(capture.step, norms)
-        spike = self.spike_detector.observe(capture.step, host[_SLOT["loss"]] if capture.losses else None,
-                                            host[_SLOT["grad_norm"]])
+        # Under torchrun every rank must see the same numbers, or one rank would skip alone.
+        loss, grad_norm = rank_agreed(self, host)
+        spike = self.spike_detector.observe(capture.step, loss if capture.losses else None, grad_norm)
         if spike is None:
             return False
         # The slow path, on a spike only: which layer statistic moved first.
@@ -1039,7 +1044,11 @@ def watch(model: torch.nn.Module, optimizer: Optional[torch.optim.Optimizer] = N
     `with watch.step(batch):` marks each micro-batch; `watch.loss(loss)` adds the loss to the
     check (a model output's `.loss` is picked up by itself). On the first non-finite batch,
     loss, gradient or parameter a crash bundle is written to `out`, then `on_nonfinite`
-    decides: "raise" NonFiniteError, "skip" the optimizer step, or "warn". `stats_every`
+    decides: "raise" (or "stop") NonFiniteError, "skip" the optimizer step, "warn", or "rollback"
+    to a copy kept every `rollback={"every": K, "keep": N, "budget": B}` steps; `on_spike`
+    ("warn", "skip", "rollback") does the same for spikes. Skips and rollbacks, with the samples
+    that carried them (`sample_loss=` names them better), go to `out/skip_list.json`;
+    `skip_list=` honours an earlier run's list (docs/guides/keep-the-run-alive.md). `stats_every`
     records per-layer max |activation| and gradient norms into a window of `window` entries;
     `sink(step, metrics)` or a TensorBoard SummaryWriter receives per-step numbers.
     Options: scheduler=, snapshot=True (keep the pre-step state so a NaN born inside

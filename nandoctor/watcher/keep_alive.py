@@ -42,6 +42,8 @@ class KeepAlive:
         self.sample_loss = sample_loss
         self.enabled = True          # `nandoctor run` turns it off unless the user chose a policy
         self.aside: Callable[[], Any] = contextlib.nullcontext   # `nandoctor run`: keeps the re-run out of its window
+        # `nandoctor run`: (sample_loss, batches) from the loss module the step called, or None.
+        self.loss_source: Optional[Callable[[Any], Optional[tuple[Callable[..., torch.Tensor], list[Any]]]]] = None
         self.records: list[dict[str, Any]] = []     # every intervention (as in the skip list)
         self.blames: list[dict[str, Any]] = []      # per-sample re-runs: step, check, blame
         self.resume_skipped: list[int] = []         # steps skipped because an earlier list named their samples
@@ -72,8 +74,15 @@ class KeepAlive:
             watch._blaming = True
             try:
                 with self.aside():
-                    found = blame_samples(watch.model, list(capture.calls), list(capture.batches), indices,
-                                          self.sample_loss, gradients="grad" in statistic, params=watch.params())
+                    # DDP's own forward would expect a backward that never comes: its module runs alone.
+                    model = watch.model.module if type(watch.model).__name__ == "DistributedDataParallel" \
+                        else watch.model
+                    sample_loss, batches = self.sample_loss, list(capture.batches)
+                    source = self.loss_source(capture) if self.loss_source is not None and sample_loss is None else None
+                    if source is not None:
+                        sample_loss, batches = source
+                    found = blame_samples(model, list(capture.calls), batches, indices, sample_loss,
+                                          gradients="grad" in statistic, params=watch.params())
             finally:
                 watch._blaming = False
         if found is not None:

@@ -241,7 +241,8 @@ class StepFreeze:
         if scheduler is not None and self._scheduler is None and hasattr(scheduler, "step"):
             self._scheduler = scheduler
             original = scheduler.step
-            self._scheduler_step = original
+            # Someone else's instance-level wrapper (a framework's) is put back as it was.
+            self._scheduler_step = scheduler.__dict__.get("step")
             freeze = self
 
             def step(*args: Any, **kwargs: Any) -> Any:
@@ -253,7 +254,9 @@ class StepFreeze:
 
     def _release_scheduler(self) -> None:
         if self._scheduler is not None:
-            if self._scheduler.__dict__.get("step") is not None:
+            if self._scheduler_step is not None:
+                self._scheduler.step = self._scheduler_step
+            elif "step" in self._scheduler.__dict__:
                 del self._scheduler.step
             self._scheduler = None
             self._scheduler_step = None
@@ -291,5 +294,15 @@ def gather_samples(watch: Any, samples: Optional[list[int]]) -> tuple[list[int],
     return merged, by_rank
 
 
-def finite(value: Optional[float]) -> Optional[float]:
-    return value if value is not None and math.isfinite(value) else None
+def rank_agreed(watch: Any, host: list[float]) -> tuple[float, float]:
+    """This step's loss and gradient norm as every rank sees them: the mean of the ranks' losses
+    and the largest of their gradient norms (equal under DDP; under FSDP each rank's shard), from
+    the flag table every rank already holds (no extra transfer). A single process: its own."""
+    from .flags import SLOT
+    loss, grad_norm = host[SLOT["loss"]], host[SLOT["grad_norm"]]
+    table = getattr(watch.distributed, "table", None) if watch.distributed is not None else None
+    if not table:
+        return loss, grad_norm
+    losses = [row[SLOT["loss"]] for row in table if math.isfinite(row[SLOT["loss"]])]
+    norms = [row[SLOT["grad_norm"]] for row in table if not math.isnan(row[SLOT["grad_norm"]])]
+    return (sum(losses) / len(losses) if losses else loss), (max(norms) if norms else grad_norm)

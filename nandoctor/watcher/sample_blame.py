@@ -222,12 +222,18 @@ def blame_samples(model: torch.nn.Module, calls: list[dict[str, Any]], batches: 
                 continue
             try:
                 kind, scores, norms = _scores(model, call, batch, size, sample_loss, gradients, params)
-            except Exception:  # noqa: BLE001 - a model that cannot run one sample at a time is not blamed
-                continue
+            except Exception:  # noqa: BLE001 - a loss that cannot be taken per sample: the output's own
+                try:
+                    kind, scores, norms = _scores(model, call, call, batch_size_of(call) or 0, None, gradients, params)
+                    method = None
+                except Exception:  # noqa: BLE001 - a model that cannot run one sample at a time is not blamed
+                    continue
             if kind == "none":
                 continue
             statistic = kind
             method = method or ("per-sample output loss" if kind == "loss" else "per-sample output magnitude")
+            if sample_loss is not None and getattr(sample_loss, "method", None):
+                method = sample_loss.method
             known = indices[micro] if micro < len(indices) else None
             for row, score in enumerate(scores):
                 entry = {"micro_batch": micro, "row": row,

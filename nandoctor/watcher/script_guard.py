@@ -688,7 +688,11 @@ class ScriptGuard:
                       precision=self._autocast, max_bundles=self.max_bundles, **extra, **self.options)
         watch.batch_provider = lambda capture: self._bundle_batches(watch, capture)
         watch.keep_alive.enabled = self.keeps_alive
+        if policy != self.on_nonfinite:
+            # "skip" above is the stop path's own no-op step; it must not keep a NaN run going.
+            watch.keep_alive.on_nonfinite = "raise"
         watch.keep_alive.aside = self._aside
+        watch.keep_alive.loss_source = lambda capture: self._loss_source(watch, capture)
         return watch
 
     def _bundle_batches(self, watch: Watch, capture: Any) -> list[Any]:
@@ -714,6 +718,30 @@ class ScriptGuard:
                 watch._capture.rng = self._window.rng
             for loss in self._window.losses:
                 watch.loss(loss)
+
+    def _loss_source(self, watch: Watch, capture: Any) -> Optional[tuple[Callable[..., torch.Tensor], list[Any]]]:
+        """The step's loss per sample, from the loss module it called (`nn.CrossEntropyLoss()(out,
+        target)`): the module again with reduction='none' on the model's re-run output. None when
+        the step called no such module (a functional loss, a loss inside the model)."""
+        window = self._window if capture is watch._capture else self._previous_window
+        loss_call = next((c for c in window.calls if not c.owns_parameters and c.module is not None
+                          and isinstance(getattr(c.module, "reduction", None), str) and len(c.args) >= 2
+                          and isinstance(c.args[1], torch.Tensor)), None)
+        if loss_call is None or len(capture.calls) != 1:
+            return None
+        module, target = loss_call.module, loss_call.args[1]
+
+        def per_sample(model: torch.nn.Module, pair: Any) -> torch.Tensor:
+            call, rows = pair
+            output = model(*call.get("args", []), **call.get("kwargs", {}))
+            saved = module.reduction
+            module.reduction = "none"
+            try:
+                return module(output, rows)
+            finally:
+                module.reduction = saved
+        per_sample.method = f"{type(module).__name__}(reduction='none')"
+        return per_sample, [(capture.calls[0], target)]
 
     @contextlib.contextmanager
     def _aside(self) -> Any:

@@ -15,7 +15,8 @@ from ..run.stats import iter_tensors
 from ..run.runner import describe_model
 from ..run.session import optimizer_facts
 from ..run.user_code import user_error
-from ..trace import (ErrorCategory, LoopFacts, ModelInfo, NonfiniteEvent, Phase, RunStatus, RunTrace, StepRecord, Trace)
+from ..trace import (CompileReplay, ErrorCategory, LoopFacts, ModelInfo, NonfiniteEvent, Phase, RunStatus, RunTrace, StepRecord,
+                     Trace)
 from ..trace import BlamedSample, Intervention, SampleBlame
 from .guard import Watch
 from .script import ScriptOutcome
@@ -34,6 +35,12 @@ def script_trace(script: TrainingScript, guard: ScriptGuard, outcome: ScriptOutc
         describe_model(watch.model, info)
         trace.model = info
     run = _run(guard, watch, outcome, history)
+    settings = watch.compile_settings() if watch is not None else None
+    if settings is not None and run.first_nonfinite is not None and run.first_nonfinite.reproduced is not True:
+        # The loop's own re-run of the step is eager; the compiler ladder needs a model file.
+        run.compile_replay = CompileReplay(recorded=dict(settings), note=(
+            "the step was re-run by the script's own loop in eager mode" if run.first_nonfinite.reproduced is False
+            else "the step was not run again") + "; not replayed under the compiler")
     trace.runs.append(run)
     trace.loop = guard.loop_facts(watch)
     trace.framework = guard.framework

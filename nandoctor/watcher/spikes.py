@@ -5,8 +5,9 @@ A spike is a value far above the robust centre of a rolling window: (value - med
 `min_ratio` times the median. Only host floats are read here: no tensor, no extra transfer.
 
 When a spike fires, `explain_spike` names the layer statistic that moved first: the watch
-keeps each step's per-parameter gradient norms on the device in a ring (a copy, no sync); only
-on a spike are they read, grouped per module and compared with their window medians.
+keeps references to the last steps' per-parameter gradient norms (tensors it computed anyway;
+no copy, no sync); only on a spike are they read, grouped per module and compared with their
+window medians.
 """
 from __future__ import annotations
 
@@ -22,6 +23,10 @@ from ..trace.warnings import SPIKE_DEFAULTS, EarlyWarning, LayerMove
 MAD_TO_SIGMA = 1.4826
 MOVE_RATIO = 2.0        # a layer statistic at twice its window median has moved
 RING_STEPS = 16         # steps of per-parameter gradient norms kept for the explanation
+# The median and MAD of a 64-step window barely move in a few steps: they are recomputed every
+# REFRESH values, and a value under the cached limit needs no sort (most steps). A value at or
+# over it is judged against fresh statistics.
+REFRESH = 8
 
 
 @dataclass
@@ -70,6 +75,7 @@ class SpikeDetector:
         self.series: dict[str, deque[float]] = {"loss": deque(maxlen=self.window),
                                                 "grad_norm": deque(maxlen=self.window)}
         self.seen = 0
+        self._limit: dict[str, tuple[float, int]] = {}     # statistic -> (cached spike limit, values since)
 
     def observe(self, step: int, loss: float, grad_norm: float) -> Optional[Spike]:
         """The first spike of this step (the loss before the gradient norm), or None. A spike's
@@ -91,11 +97,17 @@ class SpikeDetector:
         values = self.series[name]
         if len(values) < 4:
             return None
+        cached = self._limit.get(name)
+        if cached is not None and cached[1] < REFRESH and value < cached[0]:
+            self._limit[name] = (cached[0], cached[1] + 1)
+            return None
         ordered = sorted(values)
         median = _median(ordered)
         mad = _median(sorted(abs(v - median) for v in ordered))
         # A floor on the spread: a flat window (MAD 0) would make any change infinitely many sigmas.
         spread = max(MAD_TO_SIGMA * mad, 1e-3 * abs(median), 1e-12)
+        limit = median + self.threshold_sigma * spread
+        self._limit[name] = (max(limit, self.min_ratio * median) if median > 0 else limit, 0)
         sigma = (value - median) / spread if math.isfinite(value) else math.inf
         if sigma < self.threshold_sigma:
             return None
@@ -105,31 +117,24 @@ class SpikeDetector:
 
 
 class GradientRing:
-    """The last RING_STEPS steps' per-parameter gradient norms, kept on the device (no sync)."""
+    """The last RING_STEPS steps' per-parameter gradient norms: references to the tensors the
+    watch computed for its check (each step makes new ones), so keeping them costs no kernel."""
 
     def __init__(self, size: int = RING_STEPS):
-        self.size = size
-        self.norms: Optional[torch.Tensor] = None
-        self.steps: list[Optional[int]] = [None] * size
+        self.entries: deque[tuple[int, torch.Tensor]] = deque(maxlen=size)
 
     def add(self, step: int, norms: Optional[torch.Tensor]) -> None:
-        if norms is None:
-            return
-        flat = norms.detach().float().reshape(-1)
-        if self.norms is None or self.norms.shape[1] != flat.numel() or self.norms.device != flat.device:
-            self.norms = torch.full((self.size, flat.numel()), math.nan, device=flat.device)
-            self.steps = [None] * self.size
-        slot = step % self.size
-        self.norms[slot].copy_(flat)
-        self.steps[slot] = step
+        if norms is not None:
+            self.entries.append((step, norms))
 
     def host(self) -> tuple[list[int], list[list[float]]]:
         """(steps oldest first, their norms): the slow path, read only when a spike fires."""
-        if self.norms is None:
+        size = self.entries[-1][1].numel() if self.entries else 0
+        kept = [(s, t) for s, t in self.entries if t.numel() == size]   # the parameter set may have changed
+        if not kept:
             return [], []
-        rows = self.norms.tolist()
-        order = sorted((s, i) for i, s in enumerate(self.steps) if s is not None)
-        return [s for s, _ in order], [rows[i] for _, i in order]
+        rows = torch.stack([t.detach().float().reshape(-1).to(kept[-1][1].device) for _, t in kept]).tolist()
+        return [s for s, _ in kept], rows
 
 
 def explain_spike(spike: Spike, ring: GradientRing, owners: list[str],

@@ -24,8 +24,9 @@ class CompileNumerics(Rule):
 
     Evidence used: the ladder (each stage: finite or non-finite, and where), the first failing
     stage and the last finite one, the op the failing stage made non-finite with the user's line
-    that wrote it (from the FX graph's stack traces) and, for Inductor, the generated kernel or
-    compiler component, and the standalone repro script written next to the bundle.
+    that wrote it (from the FX graph's stack traces) and, for Inductor, the generated kernel and the
+    subsystem PyTorch's CompilerBisector blames (a graph pass, a lowering), and the standalone repro
+    script written next to the bundle.
 
     How to fix: apply the smallest setting that kept the step finite (an Inductor config flag
     such as `torch._inductor.config.emulate_precision_casts = True`, or a less transforming
@@ -64,10 +65,13 @@ class CompileNumerics(Rule):
             title = f"{run.precision}: step {run.first_nonfinite.step} goes non-finite only when compiled, {label}"
             if culprit is not None:
                 where = f" at {culprit.location}" if culprit.location else ""
-                evidence.append(f"op made non-finite by {replay.first_failing}: {culprit.op} ({culprit.phase}, "
+                inside = f" in {culprit.module}" if culprit.module else ""
+                evidence.append(f"op made non-finite by {replay.first_failing}: {culprit.op}{inside} ({culprit.phase}, "
                                 f"graph {culprit.graph}, node {culprit.node}){where}; found by {culprit.found_by}")
                 if culprit.kernel:
-                    evidence.append(f"compiler component: {culprit.kernel}")
+                    evidence.append(f"Inductor's code for it: {culprit.kernel}")
+                if culprit.component:
+                    evidence.append(culprit.component)
                 title += f", at {culprit.op}" + (f" ({culprit.location.file.rsplit('/', 1)[-1]}:"
                                                   f"{culprit.location.line})" if culprit.location else "")
             if replay.avoid:
@@ -79,6 +83,7 @@ class CompileNumerics(Rule):
                    "keep the named code out of the compiled graph with `torch.compiler.disable`")
             fix += "; report it to PyTorch" + (f" with {replay.repro}" if replay.repro else "")
             findings.append(Finding(self.id, Severity.ERROR.value, 0.9 if culprit is not None else 0.8, title, evidence,
-                                    fix, module=None, source=culprit.location if culprit is not None else None,
+                                    fix, module=(culprit.module or None) if culprit is not None else None,
+                                    source=culprit.location if culprit is not None else None,
                                     precisions=[run.precision], explains_origin=True))
         return findings

@@ -7,7 +7,7 @@ from typing import Any, Optional
 
 from ...trace import NonfiniteEvent, PostmortemTrace, RunTrace, SourceLocation, StepRecord
 from ...trace.numbers import num
-from ..facts import command_line_flag, module_label, optimizer_site
+from ..facts import command_line_flag, module_label, optimizer_site, refuted
 from ..finding import Finding, Severity
 from ..ownership import lr_at, owned_events
 from .base import Context, Rule
@@ -15,6 +15,9 @@ from .base import Context, Rule
 # A loss this many times its lowest earlier value has risen by orders of magnitude: no noisy
 # batch does that, a run that overshoots does. Read over a watched run's history window.
 LOSS_ORDERS = 100.0
+# A schedule that hands the optimizer a non-finite or negative rate: scaling that rate by 1/10
+# (the lower-lr experiment) leaves it non-finite or negative, so the experiment cannot answer.
+SCHEDULE = "schedule"
 
 
 @dataclass
@@ -90,10 +93,12 @@ def _optimizer_lr(ctx: Context, event: NonfiniteEvent) -> Finding:
                 + (f" and made {event.parameter} non-finite" if event.parameter else " and made the parameters non-finite"),
                 "the gradients of this step were finite: the update itself is " + ("infinite" if event.kind == "inf" else "NaN")]
     negative = _first_negative_lr(run)
+    mechanism = "overflow"
     if shown is not None and not math.isfinite(shown):
         fix = (f"the learning-rate schedule{where} returns a non-finite factor at step {event.step}: guard its "
                "division (e.g. `1 / math.sqrt(max(step, 1))`, warm-up from step 1)")
         title = f"the learning rate is {num(shown)} at step {event.step}"
+        mechanism = SCHEDULE
     elif negative is not None:
         return _negative_lr(ctx, run, negative, event)
     else:
@@ -101,7 +106,7 @@ def _optimizer_lr(ctx: Context, event: NonfiniteEvent) -> Finding:
                f"factor) and lower the learning rate {_lr_setting(ctx, run) if run else ''}".rstrip())
         title = f"the learning rate is {num(shown)} at step {event.step}: the update overflows"
     return Finding("high-lr", Severity.ERROR.value, 0.9, title, evidence, fix, source=loc, precisions=[event.precision],
-                   explains_origin=True, mechanism="overflow")
+                   explains_origin=True, mechanism=mechanism)
 
 
 def _first_negative_lr(run: Optional[RunTrace]) -> Optional[StepRecord]:
@@ -121,13 +126,13 @@ def _negative_lr(ctx: Context, run: RunTrace, first: StepRecord, event: Optional
                 + ": a negative step size climbs the loss instead of descending it"]
     if event is not None:
         evidence.append(f"{run.precision} went non-finite at step {event.step} in {event.phase}"
-                        + (f" ({event.call or event.op})" if event.op else ""))
+                        + (f" ({event.call or event.op or 'an op'})" if event.op else ""))
     fix = (f"the learning-rate schedule{' at ' + str(loc) + (' (`' + loc.code + '`)' if loc.code else '') if loc else ''} "
            f"returns a negative factor from step {first.step}: clamp it at 0 (`max(0.0, 1 - step / total)`), "
            "or make the schedule's length match the number of training steps")
     return Finding("high-lr", Severity.ERROR.value, 0.9,
                    f"the learning-rate schedule goes negative ({num(first.lr)} at step {first.step})", evidence, fix,
-                   source=loc, precisions=[run.precision], explains_origin=True, mechanism="schedule")
+                   source=loc, precisions=[run.precision], explains_origin=True, mechanism=SCHEDULE)
 
 
 def _optimizer_location(ctx: Context) -> Optional[SourceLocation]:
@@ -293,7 +298,8 @@ class HighLearningRate(Rule):
             evidence.append("also failing: " + ", ".join(others))
         known = isinstance(lr, (int, float))
         shown = num(lr) if known else "of the update"
-        new_lr = f"{lr / 10:.0e}" if known else "a tenth"
+        new_lr = (f"{lr / 10:.0e} (untested: no re-run of this report confirmed a learning rate)" if known
+                  else "a tenth")
         # Propose an lr an experiment confirmed (the largest that stayed finite), never one refuted.
         tried = [e for e in ctx.trace.experiments if e.id == "lower-lr" and e.outcome in ("finite", "nonfinite")
                  and isinstance(e.change.get("lr_scale"), (int, float))]
@@ -314,7 +320,9 @@ class HighLearningRate(Rule):
         else:
             fix = (f"lower the learning rate from {shown} to {new_lr} {_lr_setting(ctx, run)}" if known else
                    f"lower the learning rate to a tenth {_lr_setting(ctx, run)}")
-        fix += "; add warmup and " + ("gradient clipping" if loop is not None else "`grad_clip`") + " for long runs"
+        clipped = refuted(ctx.trace, "clip-grad")
+        fix += "; add warmup" + ("" if clipped is not None else
+                                 " and " + ("gradient clipping" if loop is not None else "`grad_clip`")) + " for long runs"
         severity = Severity.ERROR if failing else Severity.WARNING
         confidence = (0.5 + (0.15 if d.ratio > 10 * limit else 0) + (0.1 if d.growth > 10 else 0)
                       + (0.1 if d.in_history and d.growth >= LOSS_ORDERS else 0))
@@ -326,6 +334,8 @@ class HighLearningRate(Rule):
                         upstream=bool(failing) and d.in_history)]
 
     def plan(self, ctx, finding):  # type: ignore[override]
+        if finding.mechanism == SCHEDULE:
+            return []
         # One precision is enough: the learning rate is precision-independent. A run whose own
         # learning rate never acted before it failed (a replayed step that fails before its
         # optimizer step, from weights the history already diverged) cannot answer the question.

@@ -2,16 +2,18 @@
 indeterminate form, or a composite op that hits one of them inside."""
 from __future__ import annotations
 
-from ...trace import NonfiniteEvent
+from typing import Optional
+
+from ...trace import NonfiniteEvent, SourceLocation
 from ..evidence import at, at_origin, input_facts, library_note, precisions_of
-from ..facts import SOFTMAX_OPS, module_label, op_short, user_line, where
+from ..facts import SOFTMAX_OPS, library_frame, module_label, op_short, user_call_site, user_line, where
 from ..finding import Finding, Severity
 from ..op_semantics import arrived_as_number, classify, fix_for
 from ..ownership import is_16bit, wide_runs
 from .base import Context, OriginRule
 
 
-def unstable_fix(event: NonfiniteEvent) -> str:
+def unstable_fix(event: NonfiniteEvent, call: Optional[SourceLocation] = None) -> str:
     """The fix for this op, written for the user's line; the fused stable form when one exists."""
     name = op_short(event.op)
     loc = where(event)
@@ -30,8 +32,8 @@ def unstable_fix(event: NonfiniteEvent) -> str:
         return (f"the NaN reached{here} as a Python number made by {event.scalar_source.op}"
                 f"{at(user_line(event.scalar_source.source))}: guard that computation (e.g. `a / b.clamp_min(1e-6)`) before "
                 "calling `.item()` / `float()` on it")
-    fix = fix_for(event, here) or f"guard the op{here} against its domain edge (clamp the input, add an epsilon)"
-    return fix + library_note(event)
+    fix = fix_for(event, here, line) or f"guard the op{here} against its domain edge (clamp the input, add an epsilon)"
+    return fix + library_note(event, call)
 
 
 def _scalar_zero_divisor(event: NonfiniteEvent) -> bool:
@@ -112,7 +114,8 @@ class UnstableOp(OriginRule):
         untested16 = is_16bit(event.precision) and not wide_runs(ctx.trace)
         title = f"{op_short(event.call or event.op)} produced {kind} in {phase}{at(loc)}" + (f" ({klass})" if klass else "")
         return Finding(self.id, Severity.ERROR.value, 0.6 if untested16 else 0.8, title, evidence,
-                                unstable_fix(event), module=module or None, source=loc,
+                                unstable_fix(event, user_call_site(ctx.trace)), module=module or None,
+                                source=loc or (user_call_site(ctx.trace) if library_frame(event) else None),
                                 precisions=[e.precision for e in group], explains_origin=True, mechanism=klass)
 
     def plan(self, ctx, finding):  # type: ignore[override]
