@@ -79,12 +79,14 @@ def precisions_of(events: list[NonfiniteEvent]) -> str:
     return ", ".join(e.precision for e in events)
 
 
-def library_note(event: NonfiniteEvent) -> str:
+def library_note(event: NonfiniteEvent, call: Optional[SourceLocation] = None) -> str:
     """For a fix whose op ran only in a library's code (no line of the user's on the stack): that
-    file is not the user's to edit, so the fix is to what the user's code hands it."""
+    file is not the user's to edit, so the fix is to what the user's code (`call`, the line that
+    hands the library its batch) gives it."""
     lib = library_frame(event)
     if lib is None or where(event) is not None:
         return ""
     name = package(lib) or "an installed package"
-    return (f"; the op runs inside {name}, not in your files: change what your code hands it (the batch, the "
-            "model's config or inputs) rather than that file")
+    made = f" at {call}" + (f" (`{call.code}`)" if call.code else "") if call is not None else ""
+    return (f"; the op runs inside {name}, not in your files: change what your code{made} hands it (the batch, "
+            "the model's config or inputs, a trainer argument) rather than that file")

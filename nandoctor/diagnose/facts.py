@@ -39,6 +39,14 @@ def op_short(op: Optional[str]) -> str:
     return op_name(op)
 
 
+def user_call_site(trace: Trace) -> Optional[SourceLocation]:
+    """The user's own line that hands a batch to library code: the model call of the script's
+    loop (`nandoctor run`), else the model file's loss_fn or get_batch."""
+    if trace.loop is not None and trace.loop.model_call is not None:
+        return trace.loop.model_call
+    return trace.functions.get("loss_fn") or trace.functions.get("get_batch")
+
+
 def where(event: NonfiniteEvent) -> Optional[SourceLocation]:
     """The user's own line for this event: where a finding points and a fix applies. None when
     the op ran only in library code (a Hugging Face model's loss called by nandoctor or a trainer):
@@ -72,6 +80,14 @@ def leaf_param_layers(run: RunTrace) -> list[LayerSeries]:
 
 def experiments_for(trace: Trace, experiment_id: str, precision: Optional[str] = None) -> list[ExperimentResult]:
     return [e for e in trace.experiments if e.id == experiment_id and (precision is None or e.precision == precision)]
+
+
+def refuted(trace: Trace, experiment_id: str, precisions: Optional[Iterable[str]] = None) -> Optional[ExperimentResult]:
+    """An experiment of this report that made the change `experiment_id` names (clipping, a larger
+    eps, float32, bf16, a lower lr) and still went non-finite: a fix must not propose it again."""
+    wanted = set(precisions) if precisions is not None else None
+    return next((e for e in trace.experiments if e.id == experiment_id and e.outcome == "nonfinite"
+                 and (wanted is None or e.precision in wanted)), None)
 
 
 def median(values: list[float]) -> Optional[float]:
@@ -148,9 +164,13 @@ def is_empty_reduction(event: NonfiniteEvent, trace: Trace) -> bool:
         return True
     if name == "div" and _zero_over_zero(event) and (
             ignored_labels(event, trace) is not None
-            or (event.producer is not None and op_short(event.producer.op) in NLL_OPS)):
+            or (event.producer is not None and op_short(event.producer.op) in NLL_OPS)
+            or (library_frame(event) is not None and where(event) is None
+                and (event.producer is None or event.producer.source is None or event.producer.source.library))):
         # A summed loss over zero targets divided by their count: Hugging Face's
         # `loss / num_items_in_batch` when every label of the batch is -100 (0.0 / 0.0, both float).
+        # A library's 0.0 / 0.0 with no line of the user's on the stack, its numerator made in the
+        # library too, is the same reduction: a loss divides a sum by how many elements it counted.
         return True
     if name == "div":
         # A mean written by hand divides a sum of values by how many there were: a float 0
@@ -203,7 +223,12 @@ def _site(loc: Optional[SourceLocation]) -> str:
 
 
 def clip_fix(trace: Trace) -> str:
-    """How to add (or tighten) gradient clipping, in the user's own terms."""
+    """How to add (or tighten) gradient clipping, in the user's own terms; never clipping when
+    this report's clip-grad experiment clipped and still failed."""
+    tried = refuted(trace, "clip-grad")
+    if tried is not None:
+        return (f"clipping does not fix this run ({tried.label}: still non-finite at step {tried.first_bad_step}): "
+                "lower the learning rate or fix the layer that grows")
     loop = trace.loop
     if loop is not None:
         if loop.clip_norm and loop.clip_norm < 1e3:
@@ -259,3 +284,9 @@ def command_line_flag(trace: Trace, words: tuple[str, ...], value: Optional[floa
             return f"{name}={text}" if inline else f"{name} {text}"
     return None
 
+
+def compile_explains(run: Optional[RunTrace]) -> bool:
+    """The run's failing step stayed finite in eager and a compiler stage made it non-finite again
+    (compile-numerics owns it, not nonreproducible)."""
+    replay = run.compile_replay if run is not None else None
+    return replay is not None and replay.first_failing is not None

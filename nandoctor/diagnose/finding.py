@@ -30,6 +30,9 @@ class Finding:
     # The cause was already acting in the steps before the failing one (a watched run's history
     # shows it): it explains the origin and everything after it, as an upstream cause does.
     upstream: bool = False
+    # The root cause this finding is a consequence of (exploding activations from a too-high
+    # learning rate): set by `rank`; the report nests it under that cause as one of its `symptoms`.
+    symptom_of: Optional[str] = None
 
 
 __all__ = ["Finding", "Severity", "ExperimentRequest"]

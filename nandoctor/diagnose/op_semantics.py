@@ -235,6 +235,35 @@ def generic_arithmetic(event: NonfiniteEvent) -> bool:
     return semantics(event) in (_MUL, _SUM)
 
 
-def fix_for(event: NonfiniteEvent, here: str) -> Optional[str]:
+BUILTIN_NORMS = ("native_layer_norm", "native_batch_norm", "native_group_norm")
+
+
+def fix_for(event: NonfiniteEvent, here: str, code: str = "") -> Optional[str]:
+    """The table's fix for the op, adjusted to what the recorded facts show: an infinity carried
+    into a product or sum is the indeterminate form's fix (never "scale by 1/sqrt(d)"); a
+    built-in norm layer already has its eps; a line that already scales its operands is not
+    told to scale them; an exp of a product or of a quotient gets the bounded form."""
     entry = semantics(event)
-    return entry.fix.replace("{here}", here) if entry else None
+    if entry is None:
+        return None
+    mechanism = classify(event)
+    producer = op_name(event.producer.op) if event.producer is not None else ""
+    if entry in (_MUL, _SUM) and mechanism is not None and mechanism[0] == INDETERMINATE:
+        entry = _ARITH
+    elif op_name(event.op) in BUILTIN_NORMS:
+        return (f"the norm layer{here} already adds its eps, and its input still made it non-finite: raise the "
+                "layer's `eps` (e.g. `nn.LayerNorm(d, eps=1e-3)`) if the variance is ~0, run it in float32 "
+                "(`norm(x.float()).to(x.dtype)`) under 16-bit autocast, or move it before the values grow (pre-norm)")
+    elif entry is _MUL and ("sqrt(" in code or "scale" in code):
+        return (f"the line{here} already scales its operands, and the product still exceeds the dtype's max: compute "
+                "it in float32 (`torch.autocast(device_type, enabled=False)` and `.float()` operands), or normalise "
+                "the operands first (a LayerNorm on queries and keys)")
+    elif entry is _EXP and producer in ("mul", "bmm", "mm", "matmul", "einsum"):
+        return (f"the exponent{here} is a product (e.g. `exp(dt * A)` in a state-space layer): keep it non-positive "
+                "by construction, `A = -torch.exp(A_log)` with `dt = F.softplus(dt_raw)`, or clamp the product "
+                "(`(dt * A).clamp(max=0)`) before the exp")
+    elif entry is _EXP and producer in ("div", "true_divide"):
+        return (f"the exponent{here} is a quotient (a soft-cap or temperature `exp(x / c)`): cap with a bounded "
+                "function instead, `c * torch.tanh(x / c)`, or compute it as `torch.softmax`/`F.softplus`, "
+                "which never overflow")
+    return entry.fix.replace("{here}", here)

@@ -9,6 +9,13 @@ rate; a divergence the watched run's history shows began before the failing step
 op that finally overflowed), then causes an experiment confirmed (a confirmed `high-lr`
 outranks the `exploding-gradients` it produces), then specific mechanisms before symptoms and
 the fallback, then confidence.
+
+Then the symptoms hang under their root: how a divergence shows (exploding activations or
+gradients, weights that blow up, a collapsing loss scale, gradients that vanish on the dead
+plateau a spike leaves) is a consequence of the leading cause when that cause is one that makes
+a run diverge (the learning rate, the init, the data), or when it explains the first non-finite
+value and the symptom does not. A symptom is never more severe than its root, so nesting it
+changes no verdict; a refuted leader takes none.
 """
 from __future__ import annotations
 
@@ -17,10 +24,15 @@ from .finding import Finding, Severity
 # 0: the data or the code is wrong before any arithmetic; 1: the starting point is wrong;
 # 2: a mechanism (an op, a precision, a learning rate); 3: how a divergence shows (symptoms);
 # 4: what is left when nothing specific applies.
-TIER = {"data-nonfinite": 0, "label-range": 0, "user-error": 0, "data-scale": 1, "bad-init": 1,
+TIER = {"data-nonfinite": 0, "data-outlier-samples": 0, "label-range": 0, "user-error": 0, "data-scale": 1, "bad-init": 1,
         "exploding-gradients": 3, "exploding-activations": 3, "weight-blowup": 3, "loss-scale-collapse": 3,
-        "fp16-underflow": 3, "nonreproducible": 4, "unexplained-nonfinite": 4, "scan-incomplete": 4}
+        "vanishing-gradients": 3, "fp16-underflow": 3, "nonreproducible": 4, "compile-numerics": 2,
+        "unexplained-nonfinite": 4, "scan-incomplete": 4}
 UPSTREAM = 1      # tiers up to this one come before anything else that explains the origin
+# How a divergence shows; never a root while a cause leads that explains it.
+SYMPTOMS = {"exploding-gradients", "exploding-activations", "weight-blowup", "loss-scale-collapse", "vanishing-gradients"}
+# Causes that make a whole run diverge: every symptom above is theirs.
+DIVERGENCE_ROOTS = {"high-lr", "bad-init", "data-scale", "data-nonfinite", "label-range"}
 
 
 def _tier(finding: Finding) -> int:
@@ -40,6 +52,8 @@ def _reason(finding: Finding, first: Finding | None) -> str:
     tier = _tier(finding)
     if finding.confirmed is False:
         return "refuted by an experiment: its fix did not remove the failure"
+    if finding.symptom_of is not None:
+        return f"a symptom of the leading cause ({finding.symptom_of}), not a cause of its own"
     if finding.explains_origin and tier <= UPSTREAM:
         return "upstream cause: it explains the first non-finite value and everything after it"
     if finding.confirmed:
@@ -55,10 +69,26 @@ def _reason(finding: Finding, first: Finding | None) -> str:
     return f"{finding.severity}: a risk, not the failure's origin"
 
 
+def _is_symptom_of(finding: Finding, root: Finding) -> bool:
+    if finding is root or finding.id not in SYMPTOMS:
+        return False
+    if Severity(finding.severity).rank < Severity(root.severity).rank:
+        return False            # an error never hangs under a warning: the verdict stays what it was
+    return root.id in DIVERGENCE_ROOTS or (root.explains_origin and not finding.explains_origin)
+
+
 def rank(findings: list[Finding]) -> list[Finding]:
-    """Sort the findings and fill each one's `rank_reason`."""
+    """Sort the findings, mark the leading cause's symptoms (`symptom_of`, placed after every
+    root) and fill each one's `rank_reason`."""
     ordered = sorted(findings, key=_key)
     first = ordered[0] if ordered else None
+    for finding in ordered:
+        finding.symptom_of = None
+    if first is not None and first.id not in SYMPTOMS and first.confirmed is not False:
+        for finding in ordered:
+            if _is_symptom_of(finding, first):
+                finding.symptom_of = first.id
+        ordered = [f for f in ordered if f.symptom_of is None] + [f for f in ordered if f.symptom_of is not None]
     for finding in ordered:
         finding.rank_reason = _reason(finding, first)
     return ordered

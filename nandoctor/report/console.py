@@ -1,6 +1,8 @@
 """`--format rich`: the console report for people (stderr-friendly, colours when a TTY)."""
 from __future__ import annotations
 
+import collections
+
 import math
 from typing import Any, Optional
 
@@ -9,7 +11,7 @@ from rich.panel import Panel
 from rich.table import Table
 from rich.text import Text
 
-from .text import (bundle_sentence, headline, library_line, loss_trend, middle, num, origin_lines, origin_sentence,
+from .text import (symptom_lines, bundle_sentence, headline, library_line, loss_trend, middle, num, origin_lines, origin_sentence,
                    ranks_sentence, worst_layers)
 
 VERDICT_STYLE = {"pass": "bold green", "warn": "bold yellow", "fail": "bold red"}
@@ -78,6 +80,8 @@ def _print_causes(causes: list[dict[str, Any]], console: Console) -> None:
             console.print(f"   • {line}", highlight=False, markup=False)
         for line in cause.get("experiments", []):
             console.print(f"   ⚗ {line}", highlight=False, markup=False)
+        for line in symptom_lines(cause):
+            console.print(f"   ↳ {line}", highlight=False, markup=False, style="dim")
         console.print(Text("   fix: ", style="bold green") + Text(cause["fix"]))
 
 
@@ -158,6 +162,10 @@ def print_report(doc: dict[str, Any], console: Console) -> None:
         scale = ""
         if run["loss_scales"]:
             scale = f"{num(run['loss_scales'][0])} → {num(run['loss_scales'][-1])} / {len(run['skipped_steps'])} skipped"
+        elif run.get("interventions"):       # a watch policy kept the run alive
+            done = {"rollback": "rolled back", "skip": "skipped", "stop": "stopped"}
+            counts = collections.Counter(done.get(i["policy"], i["policy"]) for i in run["interventions"])
+            scale = ", ".join(f"{n} {what}" for what, n in counts.items())
         table.add_row(run["precision"], Text(run["status"], style=status_style),
                       f"{run['steps_run']}/{run['steps_requested']}", loss_trend(run), scale, f"{run['seconds']:.2f}s")
     console.print(table)

@@ -62,10 +62,29 @@ def finding_dict(f: Finding) -> dict[str, Any]:
             "explains_origin": f.explains_origin, "rank_reason": f.rank_reason, "mechanism": f.mechanism}
 
 
+def causes_list(findings: list[Finding]) -> list[dict[str, Any]]:
+    """The root causes in rank order, each with the findings that are its consequences nested
+    as `symptoms` (one entry, one annotation, per root cause)."""
+    roots = [f for f in findings if f.symptom_of is None]
+    causes = [finding_dict(f) for f in roots]
+    for cause in causes:
+        cause["symptoms"] = []
+    for symptom in (f for f in findings if f.symptom_of is not None):
+        home = next((c for c in causes if c["id"] == symptom.symptom_of), None)
+        if home is None:            # no root with that id (never after `rank`): keep it visible
+            causes.append({**finding_dict(symptom), "symptoms": []})
+        else:
+            home["symptoms"].append(finding_dict(symptom))
+    return causes
+
+
 def run_dict(run: RunTrace) -> dict[str, Any]:
     losses = [s.loss for s in run.steps]
     finite_losses = _finite(losses)
     scales = [s.loss_scale for s in run.steps]
+    # Present only when a watch policy acted (`nandoctor run --on-nonfinite/--on-spike`).
+    kept_alive = {key: [to_plain(v) for v in values] for key, values in
+                  (("interventions", run.interventions), ("sample_blame", run.sample_blame)) if values}
     return {
         "precision": run.precision, "status": run.status, "steps_requested": run.steps_requested,
         "steps_run": run.steps_run, "start_step": run.start_step,
@@ -80,8 +99,19 @@ def run_dict(run: RunTrace) -> dict[str, Any]:
                                                   "source": str(run.error.source) if run.error.source else None,
                                                   "user_source": str(run.error.user_source) if run.error.user_source else None},
         "optimizer": run.optimizer, "param_dtype": run.param_dtype, "seconds": round(run.seconds, 3),
-        "note": run.note,
+        "note": run.note, "compile_replay": compile_replay_dict(run), **kept_alive,
     }
+
+
+def compile_replay_dict(run: RunTrace) -> Optional[dict[str, Any]]:
+    """The ladder of a compiled run's failing step (null when it was not replayed under the compiler)."""
+    replay = run.compile_replay
+    if replay is None:
+        return None
+    data = to_plain(replay)
+    if replay.culprit is not None:
+        data["culprit"]["location"] = str(replay.culprit.location) if replay.culprit.location else None
+    return data
 
 
 def layer_rows(run: RunTrace) -> list[dict[str, Any]]:
@@ -124,7 +154,7 @@ def build_document(trace: Trace, findings: list[Finding], fail_on: str = "error"
         "fail_on": fail_on,
         "exit_code": header["exit_code"],
         "first_nonfinite": event_dict(first_nonfinite(trace)),
-        "causes": [finding_dict(f) for f in findings],
+        "causes": causes_list(findings),
         "runs": [run_dict(r) for r in trace.runs],
         "layers": {r.precision: layer_rows(r) for r in trace.runs if r.layers},
         "experiments": [to_plain(e) for e in trace.experiments],
@@ -136,6 +166,9 @@ def build_document(trace: Trace, findings: list[Finding], fail_on: str = "error"
         "notes": list(trace.notes),
         "seconds": round(trace.seconds, 3),
     }
+    warned = [{"precision": r.precision, **to_plain(w)} for r in trace.runs for w in r.early_warnings]
+    if warned:
+        doc["early_warnings"] = warned
     if trace.loop is not None:
         loop = to_plain(trace.loop)
         for key, value in vars(trace.loop).items():
@@ -151,7 +184,7 @@ def build_postmortem_document(trace: PostmortemTrace, findings: list[Finding], f
     worst = sorted(trace.tensors, key=lambda t: (-(t.nan + t.inf), -(t.max_abs or 0.0)))
     doc = {
         **header, "model_file": None, "checkpoint": trace.path,
-        "first_nonfinite": None, "causes": [finding_dict(f) for f in findings],
+        "first_nonfinite": None, "causes": causes_list(findings),
         "runs": [], "layers": {}, "experiments": [], "experiments_seconds": 0.0,
         "format": trace.format, "step": trace.step, "epoch": trace.epoch,
         "tensors": [to_plain(t) for t in worst],

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from .text import headline, subject
+from .text import headline, subject, symptom_lines
 
 LEVEL = {"error": "error", "warning": "warning", "info": "notice"}
 
@@ -30,7 +30,7 @@ def render(doc: dict[str, Any]) -> str:
                 props.append(f"line={int(cause['line'])}")
         title = "nandoctor " + cause["id"] + ": " + cause["title"]
         props.append(f"title={escape_property(title)}")
-        message = "\n".join(cause["evidence"] + [f"fix: {cause['fix']}"])
+        message = "\n".join(cause["evidence"] + symptom_lines(cause) + [f"fix: {cause['fix']}"])
         lines.append(f"::{LEVEL[cause['severity']]} {','.join(props)}::{escape_data(message)}")
     counts = {s: sum(1 for c in doc["causes"] if c["severity"] == s) for s in ("error", "warning", "info")}
     command = doc.get("command", "scan")

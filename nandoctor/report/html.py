@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 from .svg import DASHES, MARKERS, Series, e, empty, hbars, heatmap, kind, line_chart
-from .text import bundle_sentence, headline, library_line, loss_trend, num, origin_lines, origin_sentence, ranks_sentence
+from .text import bundle_sentence, headline, library_line, loss_trend, num, origin_lines, origin_sentence, ranks_sentence, symptom_lines
 
 FP16_MAX = 65504.0
 COLORS = {"32-true": "#1f77b4", "16-mixed": "#d62728", "bf16-mixed": "#2ca02c", "16-true": "#ff7f0e",
@@ -120,6 +120,7 @@ def _causes(doc: dict[str, Any]) -> str:
         where = f" <code>{e(c['source'])}</code>" if c.get("source") else ""
         evidence = "".join(f"<li>{e(x)}</li>" for x in c["evidence"])
         experiments = "".join(f"<li>⚗ {e(x)}</li>" for x in c.get("experiments", []))
+        evidence += "".join(f"<li>↳ {e(x)}</li>" for x in symptom_lines(c))
         out.append(f'<div class="cause {e(c["severity"])}"><h4>{i}. <code>{e(c["id"])}</code> {e(c["title"])}{where} '
                    f'<small>({e(c["severity"])}, confidence {c["confidence"]:.2f}{state})</small></h4>'
                    f'<ul>{evidence}</ul>' + (f'<p><b>Experiments</b></p><ul class="exp">{experiments}</ul>' if experiments else "")

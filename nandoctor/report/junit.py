@@ -11,7 +11,7 @@ from __future__ import annotations
 import xml.etree.ElementTree as ET
 from typing import Any
 
-from .text import cause_location, headline, nonfinite_tensors, subject
+from .text import cause_location, headline, nonfinite_tensors, subject, symptom_lines
 
 RANK = {"error": 0, "warning": 1, "info": 2, "never": -1}
 
@@ -68,7 +68,7 @@ def render(doc: dict[str, Any]) -> str:
         where = cause_location(cause)
         name = cause["id"] + (f" at {where}" if cause.get("source") else f" in {cause['module']}" if cause.get("module") else "")
         case = ET.SubElement(suite, "testcase", classname=f"nandoctor.{doc['command']}.causes", name=name)
-        body = "\n".join(cause["evidence"] + [f"fix: {cause['fix']}"] + cause.get("experiments", []))
+        body = "\n".join(cause["evidence"] + symptom_lines(cause) + [f"fix: {cause['fix']}"] + cause.get("experiments", []))
         message = f"{cause['severity']}: {cause['title']} (confidence {cause['confidence']:.2f})"
         if limit >= 0 and RANK[cause["severity"]] <= limit:
             failures += 1

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from .text import (bundle_sentence, headline, library_line, loss_trend, nonfinite_tensors, num, origin_lines, ranks_sentence,
+from .text import (symptom_lines, bundle_sentence, headline, library_line, loss_trend, nonfinite_tensors, num, origin_lines, ranks_sentence,
                    subject, worst_layers)
 
 BADGE = {"pass": "✅ PASS", "warn": "⚠️ WARN", "fail": "❌ FAIL"}
@@ -33,6 +33,7 @@ def _causes(doc: dict[str, Any]) -> list[str]:
         out.append("")
         out += [f"- {_cell(e)}" for e in c["evidence"]]
         out += [f"- experiment: {_cell(e)}" for e in c.get("experiments", [])]
+        out += [f"- {_cell(line)}" for line in symptom_lines(c)]
         out += ["", f"**Fix:** {_cell(c['fix'])}", "", "</details>", ""]
     return out
 

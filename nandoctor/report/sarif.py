@@ -4,6 +4,8 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from .text import symptom_lines
+
 LEVEL = {"error": "error", "warning": "warning", "info": "note"}
 SCHEMA = "https://json.schemastore.org/sarif-2.1.0.json"
 
@@ -29,7 +31,8 @@ def render(doc: dict[str, Any]) -> str:
     for cause in doc["causes"]:
         result: dict[str, Any] = {
             "ruleId": cause["id"], "ruleIndex": index[cause["id"]], "level": LEVEL[cause["severity"]],
-            "message": {"text": f"{cause['title']}. " + " ".join(cause["evidence"]) + f" Fix: {cause['fix']}"},
+            "message": {"text": f"{cause['title']}. " + " ".join(cause["evidence"] + symptom_lines(cause))
+                        + f" Fix: {cause['fix']}"},
             "properties": {"confidence": cause["confidence"], "precisions": cause["precisions"],
                            "confirmed": cause["confirmed"]},
         }

@@ -52,6 +52,12 @@ def library_line(event: dict[str, Any]) -> Optional[str]:
     return f"inside library code at {inside}" + (f": {inside_code}" if inside_code else "")
 
 
+def symptom_lines(cause: dict[str, Any]) -> list[str]:
+    """One line per consequence nested under a root cause: its id, title and first evidence."""
+    return [f"symptom {s['id']}: {s['title']}" + (f" ({s['evidence'][0]})" if s.get("evidence") else "")
+            for s in cause.get("symptoms") or []]
+
+
 def loss_trend(run: dict[str, Any]) -> str:
     loss = run["loss"]
     if loss["first"] is None:

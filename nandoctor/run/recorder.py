@@ -26,6 +26,8 @@ from typing import Any, Optional
 import torch
 
 from . import stats
+from ..trace import Phase
+from .compiled import compiling
 from .probes import FinitenessCheck, StepFacts
 
 
@@ -157,6 +159,7 @@ class Recorder(FinitenessCheck):
         self.param_names = [name for name, p in model.named_parameters() if p.requires_grad]
         super().__init__([p for p in model.parameters() if p.requires_grad])
         self._steps_seen = 0
+        self._in_backward = False
         self._prev: Optional[list[torch.Tensor]] = None      # parameters (or samples) before the step, reused buffers
         self._views: list[torch.Tensor] = []
         self._sampled: list[bool] = []
@@ -198,6 +201,7 @@ class Recorder(FinitenessCheck):
 
     def on_phase(self, phase: Any) -> None:
         from ..trace import Phase
+        self._in_backward = phase == Phase.BACKWARD
         if phase is Phase.DATA and (self._acts.rows or self._acts.pending):
             self._reset()          # a step that stopped early left its rows: start afresh
         elif phase is not Phase.FORWARD:
@@ -206,6 +210,9 @@ class Recorder(FinitenessCheck):
 
     # ---- hooks ------------------------------------------------------------------------------
     def _on_forward(self, index: int, module: torch.nn.Module, args: Any, output: Any) -> None:
+        if stats.in_functorch_transform() or compiling():   # per-sample rows cannot leave a transform;
+            return                                          # a compiled forward's graph gets nothing added
+            return
         if isinstance(output, torch.Tensor):      # the common case, without walking a structure
             if not ((output.is_floating_point() or output.is_complex()) and output.numel()):
                 return
@@ -253,6 +260,10 @@ class Recorder(FinitenessCheck):
             self._on_grad(owners, grad)
 
     def _on_grad(self, owners: list[int], grad: torch.Tensor) -> None:
+        if not self._in_backward:
+            # A backward the user's own step runs (a GAN's discriminator update inside
+            # training_step): not the step's scaled backward, so `grad_scale` does not apply.
+            return
         eager = self._probing or any(i in self._eager_grad for i in owners)
         self._grads.add(grad, owners, eager)
         if self._probing:

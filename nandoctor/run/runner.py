@@ -134,6 +134,9 @@ def run_precision(model_file: ModelFile, config: dict[str, Any], precision: Prec
         run.seconds = time.perf_counter() - began
         return run
 
+    # The recorded run trains the compiled model when there is one (config `compile`, or a
+    # build_model() that compiles); the replays that locate the origin run eagerly.
+    session.compile_forward()
     recorder = Recorder(session.model).attach()
     collected: list[StepStats] = []
     try:
@@ -175,7 +178,7 @@ def run_precision(model_file: ModelFile, config: dict[str, Any], precision: Prec
                 run.status = RunStatus.NONFINITE.value
                 recorder.detach()
                 run.first_nonfinite = (locate_origin(model_file, config, precision, device, step, start_step,
-                                                     result, initial_state) if replay
+                                                     result, initial_state, deadline) if replay
                                        else unreplayed_event(precision, step, result))
                 break
     finally:
@@ -186,9 +189,11 @@ def run_precision(model_file: ModelFile, config: dict[str, Any], precision: Prec
 
 
 # When the recorded run stopped on parameters that are finite but so large that their L2 norm
-# overflows (the recorder's test of "non-finite"), the first truly non-finite value is born a
-# step or two later: the replay traces up to this many further steps to find it.
-EXTRA_TRACED_STEPS = 3
+# overflows (the recorder's test of "non-finite"), the first truly non-finite value is born some
+# steps later: the replay runs on (untraced, from a snapshot per step) until a value really is
+# non-finite, until the end of the requested run, and at least this many steps past the failing
+# one, within the time budget; only that step is traced.
+MIN_SEARCH_STEPS = 3
 
 
 def unreplayed_event(precision: Precision, step: int, seen: StepResult) -> NonfiniteEvent:
@@ -199,7 +204,8 @@ def unreplayed_event(precision: Precision, step: int, seen: StepResult) -> Nonfi
 
 
 def locate_origin(model_file: ModelFile, config: dict[str, Any], precision: Precision, device: torch.device,
-                  step: int, start_step: int, seen: StepResult, initial_state: Optional[Callable] = None) -> NonfiniteEvent:
+                  step: int, start_step: int, seen: StepResult, initial_state: Optional[Callable] = None,
+                  deadline: Optional[Deadline] = None) -> NonfiniteEvent:
     """Re-run deterministically up to `step` (nothing recorded), then replay that step twice from
     the same state: traced op by op (the origin) and untraced (is tracing changing the numbers?).
 
@@ -217,8 +223,9 @@ def locate_origin(model_file: ModelFile, config: dict[str, Any], precision: Prec
                 fallback.detail = f"the replay failed earlier, at step {earlier}: the run is not deterministic"
                 return fallback
         before = _snapshot(session)
-        lr_bad = any(not math.isfinite(float(group["lr"])) for group in session.optimizer.param_groups)
-        traced_step, result, tracer = _traced_replay(session, precision, step, seen)
+        lr_bad = any(not math.isfinite(float(group["lr"])) or float(group["lr"]) < 0 for group in session.optimizer.param_groups)
+        last_step = max(start_step + int(config.get("steps") or 0) - 1, step + MIN_SEARCH_STEPS)
+        traced_step, result, tracer = _traced_replay(session, precision, step, last_step, deadline or Deadline(None))
         if traced_step == step:
             _adopt_batch_sources(seen.record, result.record)
         traced = _reproduces(session, result, seen) or traced_step != step
@@ -245,7 +252,7 @@ def locate_origin(model_file: ModelFile, config: dict[str, Any], precision: Prec
         if traced and result.failure is None:
             fallback.detail = (f"at step {step} the parameters grew so large that their L2 norm overflowed "
                                f"{str(session.params[0].dtype).replace('torch.', '')}, though every value stayed finite; "
-                               f"no non-finite value appeared within {EXTRA_TRACED_STEPS} more steps")
+                               f"no non-finite value appeared by step {last_step} (the end of the search)")
         elif not traced:
             fallback.detail = (f"step {step} failed again only without tracing: the traced replay stayed finite, "
                                "so no op could be named")
@@ -314,20 +321,61 @@ def _schedule_birth(model_file: ModelFile, optimizer: torch.optim.Optimizer, ste
     return site
 
 
-def _traced_replay(session: TrainingSession, precision: Precision, step: int,
-                   seen: StepResult) -> tuple[int, StepResult, OriginTracer]:
-    """Trace `step`; when it only reproduces as oversized-but-finite parameters, trace on until
-    the first step where a value really becomes non-finite."""
-    for current in range(step, step + 1 + EXTRA_TRACED_STEPS):
-        tracer = OriginTracer(session.model, precision.value, current)
-        with tracer:
-            result = session.run_step(current, tracer)
-        # The step's finiteness check judges parameters by their L2 norm (as the recorded run
-        # did); when every value is still finite, the real origin lies in a later step.
-        oversized_only = result.failure == "parameters" and _params_finite_elementwise(session)
-        if (result.failure is not None and not oversized_only) or not _params_overflow(session):
-            return current, result, tracer
-    return step, result, tracer
+def _traced_replay(session: TrainingSession, precision: Precision, step: int, last_step: int,
+                   deadline: Deadline) -> tuple[int, StepResult, OriginTracer]:
+    """Trace `step`; when it only reproduces as oversized-but-finite parameters, run on untraced
+    (a snapshot before each step) to the first step where a value really becomes non-finite, and
+    trace that step again from its snapshot. Gives up at `last_step` or when the budget ends."""
+    tracer = OriginTracer(session.model, precision.value, step)
+    with tracer:
+        result = session.run_step(step, tracer)
+    if not _oversized_only(session, result):
+        return step, result, tracer
+    first = (step, result, tracer)
+    for current in range(step + 1, last_step + 1):
+        if deadline.expired:
+            break
+        before = _snapshot(session)
+        probe: Optional[OriginTracer] = None
+        try:
+            if before is None:          # no snapshot: trace every step of the search
+                probe = OriginTracer(session.model, precision.value, current)
+                with probe:
+                    result = session.run_step(current, probe)
+            else:
+                result = session.run_step(current)
+        except UserCodeFailed:          # the oversized values broke the user's code: nothing to trace
+            break
+        if _oversized_only(session, result):
+            continue
+        if probe is None and before is not None and _restore(session, before):
+            probe = OriginTracer(session.model, precision.value, current)
+            with probe:
+                result = session.run_step(current, probe)
+        if probe is None:
+            break
+        return current, result, probe
+    return first
+
+
+def _oversized_only(session: TrainingSession, result: StepResult) -> bool:
+    """The step's finiteness check judges parameters by their L2 norm (as the recorded run did):
+    parameters whose norm overflows while every value is finite hold no origin yet."""
+    if result.failure is not None:
+        return result.failure == "parameters" and _params_finite_elementwise(session)
+    return _params_overflow(session)
+
+
+def _restore(session: TrainingSession, before: dict[str, Any]) -> bool:
+    try:
+        session.model.load_state_dict(before["model"])
+        session.optimizer.load_state_dict(before["optimizer"])
+        for key in ("scheduler", "scaler"):
+            if key in before:
+                getattr(session, key).load_state_dict(before[key])
+    except Exception:  # noqa: BLE001 - a user object that cannot be restored
+        return False
+    return True
 
 
 def _params_finite_elementwise(session: TrainingSession) -> bool:
@@ -366,15 +414,7 @@ def _untraced_replay(session: TrainingSession, before: Optional[dict[str, Any]],
                      seen: StepResult) -> Optional[bool]:
     """Restore the state before `step` and run it again without tracing; None when the state
     could not be restored."""
-    if before is None:
-        return None
-    try:
-        session.model.load_state_dict(before["model"])
-        session.optimizer.load_state_dict(before["optimizer"])
-        for key in ("scheduler", "scaler"):
-            if key in before:
-                getattr(session, key).load_state_dict(before[key])
-    except Exception:  # noqa: BLE001
+    if before is None or not _restore(session, before):
         return None
     try:
         return _reproduces(session, session.run_step(step), seen)

@@ -43,6 +43,26 @@ def iter_tensors(obj: Any, prefix: str = "", depth: int = 0) -> Iterator[tuple[s
             yield from iter_tensors(getattr(obj, f.name), f"{prefix}.{f.name}", depth + 1)
 
 
+def in_functorch_transform() -> bool:
+    """True inside torch.func.vmap / grad / jvp (per-sample gradients, ensembles). Tensors there
+    are wrapped per transform level: a reduction that outlives the transform (stacked after it
+    returns) hits "maybe_level.has_value() INTERNAL ASSERT FAILED", and the fused foreach kernels
+    have no batching rule. Recording degrades to what is possible: nothing inside the transform,
+    the gradients and parameters it produces are still checked outside it."""
+    try:
+        return torch._C._functorch.peek_interpreter_stack() is not None
+    except AttributeError:        # a torch without functorch's interpreter stack
+        return False
+
+
+def is_transform_wrapped(t: torch.Tensor) -> bool:
+    """A tensor made inside a functorch transform (batched or grad-tracking), escaped or not."""
+    try:
+        return bool(torch._C._functorch.is_functorch_wrapped_tensor(t))
+    except (AttributeError, TypeError):
+        return False
+
+
 def floating_tensors(obj: Any) -> list[torch.Tensor]:
     return [t for _, t in iter_tensors(obj) if (t.is_floating_point() or t.is_complex()) and t.numel() > 0]
 

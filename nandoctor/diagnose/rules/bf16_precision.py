@@ -6,7 +6,7 @@ from ..evidence import at, at_origin, input_facts, precisions_of
 from ..facts import module_label, op_short, where
 from ..finding import Finding, Severity
 from ..op_semantics import classify
-from ..ownership import wide_runs
+from ..ownership import wide_runs, wide_step_finite
 from .base import Context, OriginRule
 
 
@@ -42,9 +42,12 @@ class Bf16Precision(OriginRule):
     def explain_event(self, ctx: Context, event: NonfiniteEvent, group: list[NonfiniteEvent]) -> Finding:
         module = event.module
         reference = ", ".join(sorted({r.precision for r in wide_runs(ctx.trace)}))
+        rerun = wide_step_finite(ctx.trace, event)
+        if not reference and rerun is not None:
+            reference = f"the {rerun.label} ({rerun.id})"
         loc = where(event)
         mechanism = classify(event)
-        evidence = [f"{precisions_of(group)}: {event.call or event.op} in {module_label(module, event.phase)}{at_origin(event)} "
+        evidence = [f"{precisions_of(group)}: {event.call or event.op or 'an op'} in {module_label(module, event.phase)}{at_origin(event)} "
                     f"produced {'NaN' if event.kind == 'nan' else 'Inf'} at step {event.step}"
                     + (f": {mechanism[1]}" if mechanism else ""),
                     f"{reference or 'float32'} ran step {event.step} finite: the value is in the op's domain "

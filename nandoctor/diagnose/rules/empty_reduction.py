@@ -2,8 +2,8 @@
 from __future__ import annotations
 
 from ...trace import NonfiniteEvent
-from ..evidence import at, at_origin
-from ..facts import IGNORE_INDEX, batch_site, ignored_labels, op_short, where
+from ..evidence import at, at_origin, package
+from ..facts import IGNORE_INDEX, batch_site, ignored_labels, library_frame, op_short, user_call_site, where
 from ..finding import Finding, Severity
 from .base import Context, OriginRule
 
@@ -42,7 +42,7 @@ class EmptyReduction(OriginRule):
         # The division of a library's loss (a Hugging Face model's `loss / num_items_in_batch`)
         # is not the user's to guard: the user's line is where the batch's labels were made.
         loc = user or batch_site(ctx.trace, event.precision, ("targets", "labels"), step=event.step)
-        evidence = [f"{event.call or event.op}{at_origin(event)} produced NaN at step {event.step} "
+        evidence = [f"{event.call or event.op or 'an op'}{at_origin(event)} produced NaN at step {event.step} "
                     f"({', '.join(e.precision for e in group)})"]
         if labels is not None:
             name, ignored, total = labels
@@ -59,6 +59,19 @@ class EmptyReduction(OriginRule):
                    "examples that have no supervised token before batching (e.g. `dataset.filter(lambda ex: "
                    f"any(l != {IGNORE_INDEX} for l in ex['labels']))`), or fix the truncation or collator that masks "
                    "every label")
+        elif user is None:
+            # The reduction is a library's (its file is not the user's to edit): the fix is to the
+            # batch the user's call hands it.
+            call = user_call_site(ctx.trace)
+            lib = library_frame(event)
+            fix = (f"the loss inside {package(lib) or 'library code'}{' (' + str(lib) + ')' if lib else ''} averaged over "
+                   "zero elements (0 / 0): the batch your code hands it"
+                   + (f" at {call}{' (`' + call.code + '`)' if call.code else ''}" if call else "")
+                   + f" has nothing the loss counts (every label equal to ignore_index {IGNORE_INDEX}, an empty "
+                   "mask): skip such batches before that call, or fix the truncation or collator that masks every label")
+            if ctx.trace.framework == "huggingface":
+                fix += "; with the Trainer, filter the dataset (`dataset.filter(...)`) before passing it as `train_dataset`"
+            loc = loc or call
         else:
             fix = (f"guard the reduction{at(loc)} against selecting nothing: "
                    "`loss = x[mask].mean() if mask.any() else x.sum() * 0.0`, or divide by `count.clamp_min(1)`")

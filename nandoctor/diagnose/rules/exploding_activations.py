@@ -92,7 +92,7 @@ class ExplodingActivations(Rule):
         if huge_loss and loss is not None:
             evidence.append(f"loss {num(loss[0])} at step {loss[1]}")
         if owned and event is not None:
-            evidence.append(f"{event.call or event.op}{' at ' + str(event.user_source) if event.user_source else ''} "
+            evidence.append(f"{event.call or event.op or 'an op'}{' at ' + str(event.user_source) if event.user_source else ''} "
                             f"overflowed {run.precision}'s range in {event.phase} at step {event.step}")
         elif event is not None:
             evidence.append(f"{run.precision} went non-finite at step {event.step} in {event.phase}"

@@ -6,9 +6,9 @@ import math
 from ...trace.numbers import num
 from ...trace import NonfiniteEvent
 from ..evidence import at, at_origin
-from ..facts import FP16_MAX, SIXTEEN_BIT, module_label, where
+from ..facts import FP16_MAX, SIXTEEN_BIT, module_label, refuted, where
 from ..op_semantics import fix_for, max_abs
-from ..ownership import fails_only_in_16bit, owned_events, wide_runs
+from ..ownership import fails_only_in_16bit, owned_events, wide_runs, wide_step_finite
 from ..finding import Finding, Severity
 from .base import Context, Rule
 
@@ -55,11 +55,13 @@ class Fp16Overflow(Rule):
             return [self._failure(ctx, events)]
         # No failure: warn about headroom in any run that used float16.
         limit = ctx.thresholds["headroom_warn"]
-        if not any(r.precision in SIXTEEN_BIT for r in trace.runs):
+        # A failed scan has its causes; a run whose activations passed float16's max says nothing
+        # about headroom (it is a divergence, not a margin).
+        if not any(r.precision in SIXTEEN_BIT for r in trace.runs) or any(r.first_nonfinite for r in trace.runs):
             return []
         for run in trace.runs:
             peak, module = _peak_activation(run)
-            if peak and FP16_MAX / peak < limit:
+            if peak and 1 <= FP16_MAX / peak < limit:
                 layer = run.layer(module)
                 return [Finding(self.id, Severity.WARNING.value, 0.5,
                                 f"{module_label(module)} comes within {num(FP16_MAX / peak)}x of float16's max",
@@ -75,7 +77,7 @@ class Fp16Overflow(Rule):
         loc = where(event)
         only16 = fails_only_in_16bit(trace, event)
         ins = [t for t in event.inputs if t.value is None and t.name != "scalar"]
-        evidence = [f"{event.precision}: {event.call or event.op} in {module_label(event.module, event.phase)}{at_origin(event)} produced "
+        evidence = [f"{event.precision}: {event.call or event.op or 'an op'} in {module_label(event.module, event.phase)}{at_origin(event)} produced "
                     f"{'Inf' if event.kind == 'inf' else 'NaN'} at step {event.step} in {event.phase}"]
         if ins:
             evidence.append("its inputs were finite, max |x| " + ", ".join(num(max_abs(t)) for t in ins[:2])
@@ -89,18 +91,25 @@ class Fp16Overflow(Rule):
                             f"{'clean' if run.first_nonfinite is None else 'failed'}"
                             + (f", largest activation {num(peak)} in {module_label(module)}" if peak else "")
                             + (f" ({num(peak / FP16_MAX)}x the float16 max)" if peak > FP16_MAX else ""))
-        if only16 is None:
+        rerun = wide_step_finite(trace, event)
+        if rerun is not None and not any(r.first_nonfinite is None for r in wide):
+            evidence.append(f"the {rerun.label} ({rerun.precision}) stayed finite: the failure is float16's")
+        elif only16 is None:
             evidence.append(f"only {event.precision} was scanned: the float32 re-run of step {event.step} tells an "
                             "overflow (finite in float32) from a domain error (still non-finite)")
         module = event.module
-        op_fix = fix_for(event, at(loc))
+        op_fix = fix_for(event, at(loc), loc.code if loc else "")
+        no_bf16 = refuted(trace, "step-bf16", [event.precision]) is not None
+        no_fp32 = refuted(trace, "step-fp32", [event.precision]) is not None
         if event.precision == "16-true":
             fix = (f"{op_fix}; or train in 16-mixed / bf16-mixed so the op computes in float32 or with float32's range"
                    if op_fix else "train in 16-mixed or bf16-mixed instead of pure float16 weights")
         else:
-            fix = ("train in bf16-mixed, or keep " + module_label(module) + " in float32: "
-                   "`with torch.autocast(device_type, enabled=False): y = block(x.float())`; or reduce its scale "
-                   "(normalise its input, scale attention logits by 1/sqrt(d))")
+            fix = ("" if no_bf16 else "train in bf16-mixed, or ") + ("" if no_fp32 else (
+                "keep " + module_label(module) + " in float32: "
+                "`with torch.autocast(device_type, enabled=False): y = block(x.float())`; or ")) + \
+                "reduce its scale (normalise its input" + ("" if "sqrt(" in (loc.code if loc else "") else
+                                                          ", scale attention logits by 1/sqrt(d)") + ")"
         clean = ", ".join(r.precision for r in wide if r.first_nonfinite is None)
         return Finding(self.id, Severity.ERROR.value, 0.8 if only16 else 0.6,
                        f"float16 overflow in {module_label(module)}" + (f" (clean in {clean})" if clean else ""),

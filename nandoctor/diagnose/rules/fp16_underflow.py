@@ -5,8 +5,8 @@ import math
 
 from ...trace.numbers import num
 from ..evidence import at, at_origin
-from ..facts import FP16_TINY, SIXTEEN_BIT, where
-from ..ownership import owned_events
+from ..facts import FP16_TINY, SIXTEEN_BIT, op_short, where
+from ..ownership import owned_events, wide_step_finite
 from ..finding import Finding, Severity
 from .base import Context, Rule
 
@@ -45,7 +45,10 @@ class Fp16Underflow(Rule):
             loc = where(event)
             tiny = [t for t in event.inputs if t.value and 0 < abs(t.value) < FP16_TINY]
             clean = f"; {fp32.precision} ran all {fp32.steps_run} steps clean" if fp32 is not None and fp32.status == "ok" else ""
-            evidence = [f"{event.precision}: {event.op}{at_origin(event)} produced {'NaN' if event.kind == 'nan' else 'Inf'} "
+            rerun = wide_step_finite(trace, event)
+            if not clean and rerun is not None:
+                clean = f"; the {rerun.label} stayed finite"
+            evidence = [f"{event.precision}: {event.call or event.op or 'an op'}{at_origin(event)} produced {'NaN' if event.kind == 'nan' else 'Inf'} "
                         f"at step {event.step}{clean}"]
             if tiny:
                 evidence.append(f"the constant {num(tiny[0].value)} is below float16's smallest normal value "
@@ -53,12 +56,20 @@ class Fp16Underflow(Rule):
             zero_inputs = [t for t in event.inputs if t.value is None and t.zeros]
             if zero_inputs:
                 evidence.append(f"{zero_inputs[-1].name} had {zero_inputs[-1].zeros} exact zeros in {zero_inputs[-1].dtype}")
+            if tiny or event.call:      # a constant in the code, or a call's own eps argument
+                fix = (f"use an epsilon float16 can hold{at(loc)}: 1e-4 or `torch.finfo(x.dtype).eps` instead of "
+                       f"{num(tiny[0].value) if tiny else '1e-8'}" + (f" (when it is an argument of `{event.call}`, pass a larger one, e.g. "
+                                                  "`eps=1e-4`), or compute this op in float32" if event.call else ""))
+            else:
+                # No constant to enlarge: a value (a temperature, a norm, a count) that is small but
+                # not 0 in float32 rounds to 0 in float16 in front of the op.
+                fix = (f"the {op_short(event.call or event.op)}{at(loc)} receives a value that float16 rounds to 0: "
+                       "floor it at a value float16 holds (`d.clamp_min(1e-4)`, e.g. a temperature annealed towards "
+                       "0), or compute this op in float32 (`x.float()` before it, or "
+                       "`torch.autocast(device_type, enabled=False)`)")
             findings.append(Finding(self.id, Severity.ERROR.value, 0.75,
                                     f"a small constant or value flushes to zero in float16{at(loc)}",
-                                    evidence, f"use an epsilon float16 can hold{at(loc)}: 1e-4 or "
-                                    "`torch.finfo(x.dtype).eps` instead of 1e-8"
-                                    + (f" (when it is an argument of `{event.call}`, pass a larger one, e.g. "
-                                       "`eps=1e-4`), or compute this op in float32" if event.call else ""),
+                                    evidence, fix,
                                     module=event.module or None, source=loc,
                                     precisions=[event.precision], explains_origin=True, mechanism="pole"))
         if findings or fp32 is None:

@@ -8,6 +8,19 @@ from ..finding import Finding, Severity
 from .base import Context, OriginRule
 
 
+def _applied(forward: str) -> str:
+    """The guarded op written on the safe input, for the double-where example."""
+    if forward in ("div", "true_divide", "truediv"):
+        return "y / safe"
+    if forward == "reciprocal":
+        return "1 / safe"
+    if forward in ("log", "log2", "log10", "sqrt", "rsqrt", "acos", "asin", "atanh", "exp", "lgamma", "digamma"):
+        return f"torch.{forward}(safe)"
+    if forward == "pow":
+        return "safe ** p"
+    return f"{forward or 'op'}(safe)"
+
+
 class GradSingularity(OriginRule):
     """What it detects: the forward pass is finite but a derivative is infinite or undefined:
     sqrt/log/pow/acos/norm at a singular point (sqrt'(0) = inf, |x|' at 0 through norm), or the
@@ -47,7 +60,7 @@ class GradSingularity(OriginRule):
         elif trap:
             fix = (f"the unselected branch of torch.where{at(loc)} still computes {forward or 'the op'} on every "
                    "element, and its gradient there is inf * 0 = NaN: use the double where, e.g. "
-                   "`safe = torch.where(mask, x, torch.ones_like(x)); torch.where(mask, torch.log(safe), 0.0)`")
+                   f"`safe = torch.where(mask, x, torch.ones_like(x)); torch.where(mask, {_applied(forward)}, 0.0)`")
         elif forward in ("norm", "vector_norm", "linalg_vector_norm", "cdist", "pairwise_distance"):
             fix = (f"the norm{at(loc)} is 0 for some rows and its derivative is undefined there: "
                    "use `torch.sqrt((x * x).sum(-1) + 1e-12)` or `F.normalize(x, eps=1e-12)`")
@@ -61,7 +74,7 @@ class GradSingularity(OriginRule):
             fix = f"keep the argument of {forward or 'the op'}{at(loc)} away from its singular point (add an epsilon, clamp)"
         kind = "NaN" if event.kind == "nan" else "Inf"
         if trap and phase != "backward":
-            evidence = [f"{event.call or event.op}{at_origin(event)} made {kind} in {phase} at step {event.step} "
+            evidence = [f"{event.call or event.op or 'an op'}{at_origin(event)} made {kind} in {phase} at step {event.step} "
                         f"({precisions_of(group)}) that the forward value never used: the loss stayed finite and "
                         f"the failure surfaced in the {event.surfaced_in}"]
         else:

@@ -7,7 +7,7 @@ from typing import Any, Optional
 
 from ...trace import NonfiniteEvent, PostmortemTrace, RunTrace, SourceLocation, StepRecord
 from ...trace.numbers import num
-from ..facts import command_line_flag, module_label, optimizer_site
+from ..facts import command_line_flag, module_label, optimizer_site, refuted
 from ..finding import Finding, Severity
 from ..ownership import lr_at, owned_events
 from .base import Context, Rule
@@ -15,6 +15,9 @@ from .base import Context, Rule
 # A loss this many times its lowest earlier value has risen by orders of magnitude: no noisy
 # batch does that, a run that overshoots does. Read over a watched run's history window.
 LOSS_ORDERS = 100.0
+# A schedule that hands the optimizer a non-finite or negative rate: scaling that rate by 1/10
+# (the lower-lr experiment) leaves it non-finite or negative, so the experiment cannot answer.
+SCHEDULE = "schedule"
 
 
 @dataclass
@@ -71,22 +74,65 @@ def _divergence(run: RunTrace, limit: float) -> _Divergence:
     return _Divergence(run, ratio, where, at, growth, low, high, in_history)
 
 
-def _infinite_lr(ctx: Context, event: NonfiniteEvent) -> Finding:
-    """The optimizer was handed a non-finite learning rate (a schedule dividing by 0 at step 0)."""
+def _optimizer_lr(ctx: Context, event: NonfiniteEvent) -> Finding:
+    """The optimizer step itself made the non-finite value from finite gradients: the learning
+    rate it was handed is non-finite (a schedule dividing by 0 at step 0), negative (a decay
+    past its end), or so large that the update overflows."""
     run = ctx.trace.run(event.precision)
     lr = lr_at(run, event.step)
+    recorded = [r for r in (run.steps if run else []) if r.lr is not None]
+    if recorded and event.step > recorded[-1].step:
+        lr = recorded[-1].lr          # the replay went past the recorded steps: the last lr the run recorded
     configured = run.optimizer.get("lr") if run else None
     shown = configured if isinstance(configured, (int, float)) and not math.isfinite(configured) else lr
     # The replay names the user's line that made the non-finite value (the schedule's division),
     # else the line that built the scheduler or the optimizer.
     loc = event.user_source or ctx.trace.functions.get("build_scheduler") or _optimizer_location(ctx)
+    where = f" at {loc}" if loc else ""
     evidence = [f"step {event.step}: the optimizer step ran with learning rate {num(shown)}"
                 + (f" and made {event.parameter} non-finite" if event.parameter else " and made the parameters non-finite"),
-                "the gradients of this step were finite: the update itself is infinite"]
-    fix = (f"the learning-rate schedule{' at ' + str(loc) if loc else ''} returns a non-finite factor at step "
-           f"{event.step}: guard its division (e.g. `1 / math.sqrt(max(step, 1))`, warm-up from step 1)")
-    return Finding("high-lr", Severity.ERROR.value, 0.9, f"the learning rate is {num(shown)} at step {event.step}",
-                   evidence, fix, source=loc, precisions=[event.precision], explains_origin=True, mechanism="overflow")
+                "the gradients of this step were finite: the update itself is " + ("infinite" if event.kind == "inf" else "NaN")]
+    negative = _first_negative_lr(run)
+    mechanism = "overflow"
+    if shown is not None and not math.isfinite(shown):
+        fix = (f"the learning-rate schedule{where} returns a non-finite factor at step {event.step}: guard its "
+               "division (e.g. `1 / math.sqrt(max(step, 1))`, warm-up from step 1)")
+        title = f"the learning rate is {num(shown)} at step {event.step}"
+        mechanism = SCHEDULE
+    elif negative is not None:
+        return _negative_lr(ctx, run, negative, event)
+    else:
+        fix = (f"the learning rate reached {num(shown)} by step {event.step}: bound the schedule{where} (cap its "
+               f"factor) and lower the learning rate {_lr_setting(ctx, run) if run else ''}".rstrip())
+        title = f"the learning rate is {num(shown)} at step {event.step}: the update overflows"
+    return Finding("high-lr", Severity.ERROR.value, 0.9, title, evidence, fix, source=loc, precisions=[event.precision],
+                   explains_origin=True, mechanism=mechanism)
+
+
+def _first_negative_lr(run: Optional[RunTrace]) -> Optional[StepRecord]:
+    """The first recorded step whose learning rate is below 0: a schedule past its end."""
+    if run is None:
+        return None
+    return next((r for r in list(run.history) + list(run.steps) if r.lr is not None and r.lr < 0), None)
+
+
+def _negative_lr(ctx: Context, run: RunTrace, first: StepRecord, event: Optional[NonfiniteEvent]) -> Finding:
+    """A learning rate below 0 turns descent into ascent: a schedule bug, never 'too high'."""
+    loc = ctx.trace.functions.get("build_scheduler") or (event.user_source if event is not None else None) \
+        or _optimizer_location(ctx)
+    previous = [r for r in list(run.history) + list(run.steps) if r.step < first.step and r.lr is not None]
+    evidence = [f"the learning rate is {num(first.lr)} at step {first.step}"
+                + (f" (it was {num(previous[-1].lr)} at step {previous[-1].step})" if previous else "")
+                + ": a negative step size climbs the loss instead of descending it"]
+    if event is not None:
+        evidence.append(f"{run.precision} went non-finite at step {event.step} in {event.phase}"
+                        + (f" ({event.call or event.op or 'an op'})" if event.op else ""))
+    fix = (f"the learning-rate schedule{' at ' + str(loc) + (' (`' + loc.code + '`)' if loc.code else '') if loc else ''} "
+           f"returns a negative factor from step {first.step}: clamp it at 0 (`max(0.0, 1 - step / total)`), "
+           "or make the schedule's length match the number of training steps")
+    return Finding("high-lr", Severity.ERROR.value, 0.9,
+                   f"the learning-rate schedule goes negative ({num(first.lr)} at step {first.step})", evidence, fix,
+                   source=loc, precisions=[run.precision], explains_origin=True, mechanism=SCHEDULE)
 
 
 def _optimizer_location(ctx: Context) -> Optional[SourceLocation]:
@@ -169,8 +215,14 @@ class HighLearningRate(Rule):
     finally overflowed is its symptom. The lr experiments are not run for it: from weights
     that have already diverged, the failing step fails whatever its own learning rate.
 
+    A learning rate below 0 (a linear decay past its end) is a schedule bug, not a rate too
+    high: the finding names the schedule's line and the first step whose rate is negative. An
+    optimizer step that overflows from finite gradients, with no 0 to divide by, is the step
+    size's doing too.
+
     How to fix: divide the learning rate by the factor the experiment confirmed (or by 10 from
-    the one the history quotes); add warmup and gradient clipping for long runs.
+    the one the history quotes); add warmup and gradient clipping for long runs. A negative
+    rate: clamp the schedule's factor at 0, or match its length to the run's.
 
     Example: SGD with lr=5 on a small MLP: update ratio 0.9 at step 2, loss 1e3 at step 4, NaN at 6.
 
@@ -189,7 +241,7 @@ class HighLearningRate(Rule):
     def check(self, ctx: Context) -> list[Finding]:
         owned = owned_events(ctx.trace, self.id)
         if owned:
-            return [_infinite_lr(ctx, owned[0])]
+            return [_optimizer_lr(ctx, owned[0])]
         limit = ctx.thresholds["update_ratio_high"]
         failing: list[_Divergence] = []
         warned: list[_Divergence] = []
@@ -207,6 +259,11 @@ class HighLearningRate(Rule):
             elif run.status == "ok" and big_updates and d.growth > 10:
                 warned.append(d)
         chosen = failing or warned
+        negative = [(r, _first_negative_lr(r)) for r in ctx.trace.runs if r.first_nonfinite is not None]
+        negative = [(r, first) for r, first in negative if first is not None and first.step <= r.first_nonfinite.step]
+        if negative:
+            run, first = negative[0]
+            return [_negative_lr(ctx, run, first, run.first_nonfinite)]
         if not chosen:
             return []
         d = max(chosen, key=lambda c: (c.ratio, c.growth))
@@ -241,7 +298,8 @@ class HighLearningRate(Rule):
             evidence.append("also failing: " + ", ".join(others))
         known = isinstance(lr, (int, float))
         shown = num(lr) if known else "of the update"
-        new_lr = f"{lr / 10:.0e}" if known else "a tenth"
+        new_lr = (f"{lr / 10:.0e} (untested: no re-run of this report confirmed a learning rate)" if known
+                  else "a tenth")
         # Propose an lr an experiment confirmed (the largest that stayed finite), never one refuted.
         tried = [e for e in ctx.trace.experiments if e.id == "lower-lr" and e.outcome in ("finite", "nonfinite")
                  and isinstance(e.change.get("lr_scale"), (int, float))]
@@ -262,7 +320,9 @@ class HighLearningRate(Rule):
         else:
             fix = (f"lower the learning rate from {shown} to {new_lr} {_lr_setting(ctx, run)}" if known else
                    f"lower the learning rate to a tenth {_lr_setting(ctx, run)}")
-        fix += "; add warmup and " + ("gradient clipping" if loop is not None else "`grad_clip`") + " for long runs"
+        clipped = refuted(ctx.trace, "clip-grad")
+        fix += "; add warmup" + ("" if clipped is not None else
+                                 " and " + ("gradient clipping" if loop is not None else "`grad_clip`")) + " for long runs"
         severity = Severity.ERROR if failing else Severity.WARNING
         confidence = (0.5 + (0.15 if d.ratio > 10 * limit else 0) + (0.1 if d.growth > 10 else 0)
                       + (0.1 if d.in_history and d.growth >= LOSS_ORDERS else 0))
@@ -274,6 +334,8 @@ class HighLearningRate(Rule):
                         upstream=bool(failing) and d.in_history)]
 
     def plan(self, ctx, finding):  # type: ignore[override]
+        if finding.mechanism == SCHEDULE:
+            return []
         # One precision is enough: the learning rate is precision-independent. A run whose own
         # learning rate never acted before it failed (a replayed step that fails before its
         # optimizer step, from weights the history already diverged) cannot answer the question.

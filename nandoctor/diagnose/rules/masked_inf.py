@@ -88,7 +88,7 @@ class MaskedInf(OriginRule):
         masked_inputs = [t for t in event.inputs if t.inf]
         evidence = [f"the -inf mask set{at_origin(event)} reached the loss at step {event.step} "
                     f"({precisions_of(group)}); likely consumer: {mechanism}" if at_mask else
-                    f"{event.call or event.op} in {module_label(module, event.phase)}{at_origin(event)} produced "
+                    f"{event.call or event.op or 'an op'} in {module_label(module, event.phase)}{at_origin(event)} produced "
                     f"{kind} at step {event.step} ({precisions_of(group)}): {mechanism}"]
         if masked_inputs:
             evidence.append(f"{masked_inputs[0].name} held {masked_inputs[0].inf} deliberate infinities")

@@ -86,6 +86,14 @@ class OptimizerEps(Rule):
                        source=loc, precisions=[event.precision], explains_origin=True, mechanism="indeterminate")
 
 
+    def plan(self, ctx, finding):  # type: ignore[override]
+        # An optimizer without an eps hyperparameter (a hand-written update) has none to raise:
+        # the experiment would re-run the same failure and refute a fix it never applied.
+        return [r for r in super().plan(ctx, finding)
+                if isinstance((ctx.trace.run(r.precision).optimizer if ctx.trace.run(r.precision) else {}).get("eps"),
+                              (int, float))]
+
+
 def _eps_line(ctx: Context) -> Optional[SourceLocation]:
     return optimizer_site(ctx.trace)
 

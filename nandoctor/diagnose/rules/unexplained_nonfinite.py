@@ -45,6 +45,7 @@ def _explained(run: RunTrace, findings: list[Finding]) -> bool:
 def unexplained_findings(ctx: Context, findings: list[Finding]) -> list[Finding]:
     """One error per failed run that no error finding covers; the verdict never rests on this."""
     out = []
+    same_origin: dict[tuple, Finding] = {}      # one finding per origin, with every precision it appeared in
     for run in ctx.trace.runs:
         status = RunStatus(run.status)
         if not status.failed or _explained(run, findings):
@@ -62,6 +63,13 @@ def unexplained_findings(ctx: Context, findings: list[Finding]) -> list[Finding]
             continue
         where = user_place(event)
         kind = "NaN" if event.kind == "nan" else "Inf"
+        key = (event.op, event.module, str(where), event.phase, event.kind)
+        if key in same_origin:
+            seen = same_origin[key]
+            seen.precisions.append(run.precision)
+            seen.title = seen.title.replace(")", f", {run.precision} at step {event.step})", 1) \
+                if f"({seen.precisions[0]})" in seen.title else seen.title
+            continue
         op = event.op or event.surfaced_in or "an op"
         evidence = [f"{kind} born in {event.phase} at step {event.step}"
                     + (f", op {event.op}" if event.op else "") + (f", module {event.module}" if event.module else "")
@@ -83,8 +91,10 @@ def unexplained_findings(ctx: Context, findings: list[Finding]) -> list[Finding]
                "compute it in float32, or stop NaN/Inf entering it" if where else
                f"inspect {op}: keep its inputs inside the op's domain, compute it in float32, or stop NaN/Inf entering it"
                + library_note(event))
-        out.append(Finding(UnexplainedNonfinite.id, Severity.ERROR.value, 0.5,
-                           f"{kind} in {event.phase} at step {event.step} ({run.precision}) that no rule explains",
-                           evidence, fix, module=event.module or None, source=where, precisions=[run.precision],
-                           explains_origin=True))
+        finding = Finding(UnexplainedNonfinite.id, Severity.ERROR.value, 0.5,
+                          f"{kind} in {event.phase} at step {event.step} ({run.precision}) that no rule explains",
+                          evidence, fix, module=event.module or None, source=where, precisions=[run.precision],
+                          explains_origin=True)
+        same_origin[key] = finding
+        out.append(finding)
     return out
