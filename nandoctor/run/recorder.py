@@ -212,7 +212,6 @@ class Recorder(FinitenessCheck):
     def _on_forward(self, index: int, module: torch.nn.Module, args: Any, output: Any) -> None:
         if stats.in_functorch_transform() or compiling():   # per-sample rows cannot leave a transform;
             return                                          # a compiled forward's graph gets nothing added
-            return
         if isinstance(output, torch.Tensor):      # the common case, without walking a structure
             if not ((output.is_floating_point() or output.is_complex()) and output.numel()):
                 return
