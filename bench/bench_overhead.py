@@ -41,6 +41,14 @@ def build(name: str) -> tuple[nn.Module, callable]:
         layer = nn.TransformerEncoderLayer(64, 4, 128, batch_first=True)
         model = nn.Sequential(nn.TransformerEncoder(layer, 100, enable_nested_tensor=False), nn.Linear(64, 10))
         return _Pool(model), lambda: (torch.randn(8, 64, 64), torch.randint(0, 10, (8,)))
+    if name == "blocks":         # 1002 modules: 250 blocks of 64-wide Linear, LayerNorm, GELU (tiny ops)
+        blocks = [nn.Sequential(nn.Linear(64, 64), nn.LayerNorm(64), nn.GELU()) for _ in range(250)]
+        model = nn.Sequential(*blocks, nn.Linear(64, 10))
+        return model, lambda: (torch.randn(32, 64), torch.randint(0, 10, (32,)))
+    if name == "gpt2":           # GPT-2 small's shape: 12 pre-norm layers, 768 wide, 12 heads, 3072 FFN
+        layer = nn.TransformerEncoderLayer(768, 12, 3072, activation="gelu", batch_first=True, norm_first=True)
+        model = nn.Sequential(nn.TransformerEncoder(layer, 12, enable_nested_tensor=False), nn.Linear(768, 10))
+        return _Pool(model), lambda: (torch.randn(4, 128, 768), torch.randint(0, 10, (4,)))
     raise SystemExit(f"unknown model {name}")
 
 

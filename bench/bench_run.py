@@ -11,6 +11,8 @@ wait4). `--busy N` starts N busy single-threaded processes beside the measuremen
 
     python bench/bench_run.py                          # transformer, 300 steps, 5 rounds
     python bench/bench_run.py --model deep --steps 100 --busy 1
+    python bench/bench_run.py --model blocks --steps 100 --variants guard   # 1002 small modules
+    python bench/bench_run.py --model gpt2 --steps 5 --variants guard       # GPT-2 small's shape
 """
 from __future__ import annotations
 
@@ -64,20 +66,24 @@ def timed(argv: list[str], cwd: str) -> tuple[float, float]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", default="transformer", help="transformer | deep (bench_overhead.py's names)")
+    parser.add_argument("--model", default="transformer", help="transformer | deep | blocks | gpt2 (bench_overhead.py's names)")
     parser.add_argument("--steps", type=int, default=300)
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--busy", type=int, default=0, help="busy single-threaded processes running beside")
+    parser.add_argument("--variants", nargs="*", default=list(VARIANTS), choices=list(VARIANTS),
+                        help="which of plain, guard, stats/50 to time (plain always)")
     args = parser.parse_args()
+    chosen = {name: VARIANTS[name] for name in VARIANTS if name == "plain" or name in args.variants}
+    load_before = os.getloadavg()
     folder = tempfile.mkdtemp()
     script = Path(folder) / "train.py"
     script.write_text(SCRIPT.format(bench=str(HERE), model=args.model, steps=args.steps))
     busy = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(args.busy)]
-    results: dict[str, list[tuple[float, float]]] = {name: [] for name in VARIANTS}
+    results: dict[str, list[tuple[float, float]]] = {name: [] for name in chosen}
     try:
         timed([sys.executable, str(script)], folder)            # warm the file cache once
         for _ in range(args.rounds):
-            for name, prefix in VARIANTS.items():
+            for name, prefix in chosen.items():
                 results[name].append(timed([sys.executable, *prefix, str(script)], folder))
     finally:
         for process in busy:
@@ -86,7 +92,8 @@ def main() -> None:
     plain_rss = statistics.median(r for _, r in results["plain"])
     load = os.getloadavg()
     print(f"# {args.model}, {args.steps} steps, {args.rounds} alternating rounds, busy={args.busy}, "
-          f"load {load[0]:.1f}/{load[1]:.1f}, {os.cpu_count()} cores")
+          f"load {load_before[0]:.1f} -> {load[0]:.1f}, {os.cpu_count()} cores, "
+          f"OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', 'unset')}")
     print(f"{'variant':10s} {'median s':>9s} {'ratio':>6s} {'all runs (s)':40s} {'peak RSS MiB':>12s} {'RSS ratio':>9s}")
     for name, runs in results.items():
         median = statistics.median(s for s, _ in runs)

@@ -3,11 +3,15 @@
     python3 bench/corpus_score.py                      # the whole corpus
     python3 bench/corpus_score.py --only ctc --only pow   # entries whose file name contains a word
     python3 bench/corpus_score.py --family masked-inf --json score.json --gaps gaps.md
+    python3 bench/corpus_score.py --round 4            # one held-out round (entries with `round: 4`)
 
 Per family: how many entries, top-1 cause right (the expected id or an accepted alternative),
 top-3 right (the expected id among the first three and the listed top3 ids present), origin right
 (phase, aten op when stated, and the marked source line), verdict right, and false alarms on
-healthy models (a healthy model that did not get verdict pass). Uses only the public API.
+healthy models (a healthy model that did not get verdict pass). Entries that state `fail_step` (runs that go
+non-finite late) are also checked for the step of the first non-finite value the tool reports. Uses only
+the public API. Two more lines count how the findings read (issue 19): failing entries with more than one
+`[error]` finding, and entries where a refuted finding ranks above an unrefuted one.
 """
 from __future__ import annotations
 
@@ -133,12 +137,21 @@ def score_entry(entry: dict[str, Any], doc: dict[str, Any]) -> dict[str, Any]:
                      and (not expected_origin.get("op") or origin["op"] == expected_origin["op"])
                      and line in origin["lines"])
     broken = [r["precision"] for r in doc["runs"] if r["status"] in ("nonfinite", "error")]
-    return {"file": entry["file"], "family": entry["family"], "expected_verdict": entry["verdict"],
+    fail_step = entry.get("fail_step")
+    return {"round": entry.get("round"), "fail_step": fail_step, "fail_precision": entry.get("fail_precision"),
+            "step_ok": None if fail_step is None else origin["step"] == fail_step,
+            "file": entry["file"], "family": entry["family"], "expected_verdict": entry["verdict"],
             "expected_top": entry.get("top_cause"), "expected_origin": expected_origin,
             "expected_line": marked_line(entry["file"]), "verdict": doc["verdict"], "causes": causes[:5],
             "origin": origin, "top1": top1, "top3": top3, "origin_ok": origin_ok,
             "verdict_ok": doc["verdict"] == entry["verdict"], "false_alarm": healthy and doc["verdict"] != "pass",
             "pass_despite_failure": bool(broken) and doc["verdict"] == "pass", "seconds": doc.get("seconds"),
+            # issue 19: one error per root cause; a refuted finding never above an unrefuted one
+            "errors": sum(c["severity"] == "error" for c in doc["causes"]),
+            "refuted_above_unrefuted": any(a.get("confirmed") is False and b.get("confirmed") is not False
+                                           for i, a in enumerate(doc["causes"]) for b in doc["causes"][i + 1:]),
+            "findings": [{k: c.get(k) for k in ("id", "severity", "confidence", "title", "fix", "experiments",
+                                                 "confirmed", "precisions")} for c in doc["causes"][:3]],
             "fix_contradictions": fix_contradictions(doc)}
 
 
@@ -156,6 +169,31 @@ def table(results: list[dict[str, Any]]) -> list[str]:
         rows.append(row(name, families[name]))
     rows.append(row("TOTAL", results))
     return rows
+
+
+def step_lines(results: list[dict[str, Any]]) -> list[str]:
+    """Late failures: the step of the first non-finite value the tool reports vs the entry's fail_step."""
+    late = [r for r in results if r["fail_step"] is not None]
+    if not late:
+        return []
+    rows = [f"first non-finite step vs fail_step ({sum(bool(r['step_ok']) for r in late)}/{len(late)} right):"]
+    for r in late:
+        o = r["origin"]
+        rows.append(f"  {r['file']:<36} expected step {r['fail_step']:>3}"
+                    f"{' (' + r['fail_precision'] + ')' if r['fail_precision'] else ''}, tool: step {o['step']}"
+                    f" ({o['precision']})")
+    return rows
+
+
+def finding_lines(results: list[dict[str, Any]]) -> list[str]:
+    """How the findings read: several [error]s for one failing model, a refuted finding ranked high."""
+    failing = [r for r in results if r["expected_verdict"] == "fail"]
+    several = [r["file"] for r in failing if r["errors"] > 1]
+    refuted = [r["file"] for r in results if r["refuted_above_unrefuted"]]
+    return [f"failing entries with more than one [error] finding: {len(several)}/{len(failing)}"
+            + (f" ({', '.join(several)})" if several else ""),
+            f"entries with a refuted finding ranked above an unrefuted one: {len(refuted)}"
+            + (f" ({', '.join(refuted)})" if refuted else "")]
 
 
 def gaps_markdown(results: list[dict[str, Any]]) -> str:
@@ -179,6 +217,8 @@ def main(argv: Optional[list[str]] = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--only", action="append", default=[], help="run entries whose file name contains this (repeatable)")
     parser.add_argument("--family", action="append", default=[], help="run only this family (repeatable)")
+    parser.add_argument("--round", type=int, action="append", default=[],
+                        help="run only the entries of this held-out round (`round:` in expected.yaml; repeatable)")
     parser.add_argument("--experiments", choices=["manifest", "on", "off"], default="manifest",
                         help="confirming experiments: as each entry says (default), always, or never")
     parser.add_argument("--json", metavar="FILE", help="write per-entry results and the table as JSON")
@@ -188,7 +228,8 @@ def main(argv: Optional[list[str]] = None) -> int:
     entries = yaml.safe_load((CORPUS / "expected.yaml").read_text())
     entries = [e for e in entries
                if (not args.only or any(word in e["file"] for word in args.only))
-               and (not args.family or e["family"] in args.family)]
+               and (not args.family or e["family"] in args.family)
+               and (not args.round or e.get("round") in args.round)]
     if not entries:
         print("no corpus entry matches", file=sys.stderr)
         return 2
@@ -204,7 +245,7 @@ def main(argv: Optional[list[str]] = None) -> int:
         mark = "ok " if result["top1"] and result["origin_ok"] and result["verdict_ok"] else "BAD"
         print(f"{mark} {entry['file']:<34} {result['verdict']:<5} {(result['causes'] or ['-'])[0]:<22} "
               f"{result['wall_seconds']:.1f}s", file=sys.stderr)
-    rows = table(results)
+    rows = table(results) + step_lines(results) + finding_lines(results)
     contradictions = [f"{r['file']}: {c}" for r in results for c in r["fix_contradictions"]]
     rows.append(f"fixes contradicting their own experiments: {len(contradictions)}")
     rows += [f"  {c}" for c in contradictions]

@@ -9,16 +9,18 @@ Python API (the CLI is a thin shell over it):
 
     report = nandoctor.run_script("train.py", ["--lr", "3e-4"])   # `nandoctor run train.py --lr 3e-4`
     watch = nandoctor.watch(model, optimizer)      # guard the user's own loop (crash bundle on NaN)
+    sampler = nandoctor.SkipListSampler(sampler, "nandoctor-bundles")   # resume without the skipped samples
     report = nandoctor.replay("nandoctor-bundles/step-000123", model="model.py")
 """
 from typing import Any
 
 from ._version import __version__
 
-__all__ = ["scan", "postmortem", "replay", "run_script", "watch", "NonFiniteError", "NonFiniteWarning", "__version__"]
+__all__ = ["scan", "postmortem", "replay", "run_script", "watch", "NonFiniteError", "NonFiniteWarning",
+           "InstabilityWarning", "SkipListSampler", "__version__"]
 
 _API = ("scan", "postmortem", "replay", "run_script")
-_WATCH = ("watch", "NonFiniteError", "NonFiniteWarning")
+_WATCH = ("watch", "NonFiniteError", "NonFiniteWarning", "InstabilityWarning")
 
 
 def __getattr__(name: str) -> Any:
@@ -30,4 +32,7 @@ def __getattr__(name: str) -> Any:
     if name in _WATCH:
         from .watcher import guard
         return getattr(guard, name)
+    if name == "SkipListSampler":
+        from .watcher.skip_list import SkipListSampler
+        return SkipListSampler
     raise AttributeError(f"module 'nandoctor' has no attribute {name!r}")

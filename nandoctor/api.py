@@ -23,7 +23,7 @@ from .load.config import ResolvedConfig, resolve_config
 from .load.model_file import ModelFile, load_model_file
 from .report.document import build_document, build_postmortem_document, first_nonfinite
 from .load.bundle import STATE_AFTER_STEP, decode_value
-from .run.bundles.rebuild import (after_step_run, bundle_model_file, differences, history_records, mark_not_reproduced,
+from .run.bundles.rebuild import (after_step_run, bundle_model_file, differences, early_warning_records, history_records, mark_not_reproduced,
                                   scaler_loader)
 from .run.experiments import run_experiments
 from .run.frames import location
@@ -31,6 +31,7 @@ from .run.checkpoints.inspect import inspect
 from .run.precision import parse_precision
 from .run.bundles.ranks import describe_ranks, open_rank_bundle   # one rank of a torchrun bundle
 from .run.runner import Deadline, Progress, ScanTimeout, resolve_device, run_precision, watchdog
+from .run.threads import fit_threads
 from .run.user_code import ScanInterrupted, capture_user_output, interrupt_guard
 from .trace import (ErrorCategory, NonfiniteEvent, PostmortemTrace, Precision, RunStatus, RunTrace, SourceLocation, Trace,
                     to_plain)
@@ -72,16 +73,28 @@ def scan(model_file: str | Path, config: str | Path | None = None, *, steps: Opt
          precisions: Optional[list[str]] = None, lr: Optional[float] = None, seed: Optional[int] = None,
          device: Optional[str] = None, experiments: Optional[bool] = None, max_seconds: Optional[float] = None,
          fail_on: Optional[str] = None, checkpoint: str | Path | None = None, trust: bool = False,
-         progress: Optional[Progress] = None, cwd: str | Path | None = None) -> ScanReport:
+         progress: Optional[Progress] = None, cwd: str | Path | None = None,
+         threads: str | int | None = None, compile: bool | str | None = None) -> ScanReport:
     """Scan a model file: run real training steps per precision, locate the first NaN/Inf,
     diagnose causes, and test the leading ones with confirming experiments.
 
     Raises nandoctor.errors.InputError for input that cannot be used (exit code 2 in the CLI).
     """
-    with preserved_rng_states(), capture_user_output(), interrupt_guard():
+    with preserved_rng_states(), preserved_threads(), capture_user_output(), interrupt_guard():
         return _scan(model_file, config, steps=steps, precisions=precisions, lr=lr, seed=seed, device=device,
                      experiments=experiments, max_seconds=max_seconds, fail_on=fail_on, checkpoint=checkpoint,
-                     trust=trust, progress=progress, cwd=cwd)
+                     trust=trust, progress=progress, cwd=cwd, threads=threads, compile=compile)
+
+
+@contextlib.contextmanager
+def preserved_threads():
+    """The scan may lower torch's thread count (config key threads); the caller's comes back after."""
+    before = torch.get_num_threads()
+    try:
+        yield
+    finally:
+        if torch.get_num_threads() != before:
+            torch.set_num_threads(before)
 
 
 @contextlib.contextmanager
@@ -106,14 +119,19 @@ def preserved_rng_states():
 def _scan(model_file: str | Path, config: str | Path | None, *, steps: Optional[int], precisions: Optional[list[str]],
           lr: Optional[float], seed: Optional[int], device: Optional[str], experiments: Optional[bool],
           max_seconds: Optional[float], fail_on: Optional[str], checkpoint: str | Path | None, trust: bool,
-          progress: Optional[Progress], cwd: str | Path | None) -> ScanReport:
+          progress: Optional[Progress], cwd: str | Path | None, threads: str | int | None = None,
+          compile: bool | str | None = None) -> ScanReport:
     overrides: dict[str, Any] = {"steps": steps, "precisions": precisions, "seed": seed, "device": device,
-                                 "max_seconds": max_seconds, "fail_on": fail_on, "lr": lr}
+                                 "max_seconds": max_seconds, "fail_on": fail_on, "lr": lr, "threads": threads,
+                                 # --compile (True) keeps a backend the config names; a name or False wins
+                                 "compile": None if compile is True else compile}
     if experiments is not None:
         overrides["experiments"] = {"enabled": experiments}
     resolved = resolve_config(config, overrides, cwd=cwd)
     cfg = dict(resolved.values)
     cfg["lr_override"] = lr
+    if compile is True and not cfg["compile"]:
+        cfg["compile"] = True
     spec = load_model_file(model_file)
     dev = resolve_device(cfg["device"])
     began = time.perf_counter()
@@ -127,7 +145,7 @@ def _scan(model_file: str | Path, config: str | Path | None, *, steps: Optional[
 
     trace = Trace(model_file=spec.display, config=cfg, device=str(dev), torch_version=torch.__version__,
                   tool_version=__version__, checkpoint=str(checkpoint) if checkpoint else None,
-                  functions=_function_locations(spec))
+                  functions=_function_locations(spec), threads=fit_threads(cfg["threads"]))
     with watchdog(cfg["max_seconds"]):
         interrupted = _run_all(trace, spec, cfg, dev, deadline, start_step, initial_state, progress)
     findings = diagnose(trace)
@@ -339,8 +357,11 @@ def _replay(bundle: str | Path, model: str | Path | None, *, trust: bool, experi
                            start_step=m.step, note="--max-seconds ran out while the step was replayed")
         if run.status == RunStatus.OK.value:
             mark_not_reproduced(run, found)
+            if m.compile is not None and cfg["compile_ladder"]["enabled"] and not deadline.expired:
+                run.compile_replay = _compile_replay(found, spec, cfg, precision, dev, initial_state, deadline)
     # What the watched run saw before this step: the loss, gradient norm and lr that led here.
     run.history = history_records(found)
+    run.early_warnings = early_warning_records(found)
     trace.runs.append(run)
     trace.model = model_info()
     findings = diagnose(trace)
@@ -351,12 +372,29 @@ def _replay(bundle: str | Path, model: str | Path | None, *, trust: bool, experi
                         bundle=_bundle_facts(found, ranks), history=[{k: decode_value(v) for k, v in h.items()} for h in m.history])
 
 
+def _compile_replay(found: Any, spec: ModelFile, cfg: dict[str, Any], precision: Any, dev: torch.device,
+                    initial_state: Any, deadline: Deadline) -> Any:
+    """A compiled run whose step stayed finite in eager: the step down torch.compile's ladder, the
+    repro written beside the bundle (`<bundle>-compile-repro.py`)."""
+    from .run.compile_ladder import compile_ladder
+    try:
+        with watchdog(None if cfg["max_seconds"] is None else deadline.left()):
+            return compile_ladder(spec, cfg, precision, dev, found.manifest.step, found.manifest.compile or {},
+                                  initial_state=initial_state, repro_at=found.path, deadline=deadline,
+                                  stage_names=cfg["compile_ladder"]["stages"], bisect=cfg["compile_ladder"]["bisect"])
+    except ScanTimeout:
+        from .trace import CompileReplay
+        return CompileReplay(recorded=dict(found.manifest.compile or {}),
+                             note="--max-seconds ran out while the step was replayed under the compiler")
+
+
 def _bundle_facts(found: Any, ranks: Optional[dict[str, Any]]) -> dict[str, Any]:
     m = found.manifest
     facts = {"path": str(found.path), "step": m.step, "check": m.check, "what": m.what, "state": m.state,
              "precision": m.precision, "micro_batches": m.micro_batches, "policy": m.policy,
              "rebuild": (m.rebuild or {}).get("kind"), "device": m.device, "versions": m.versions,
-             "size_bytes": m.size_bytes, "write_seconds": m.write_seconds, "created": m.created}
+             "size_bytes": m.size_bytes, "write_seconds": m.write_seconds, "created": m.created,
+             "compile": m.compile}
     if ranks is not None:
         facts["distributed"] = ranks
     return facts
@@ -421,11 +459,13 @@ class RunReport(ScanReport):
 def run_script(script: str | Path | None = None, args: Optional[list[str]] = None, *, module: Optional[str] = None,
         config: str | Path | None = None, out: str | Path = "nandoctor-bundles", fail_on: Optional[str] = None,
         max_seconds: Optional[float] = None, experiments: Optional[bool] = None, stats_every: int = 50,
-        check_every: int = 1, snapshot_every: int = 100, script_stdout_to_stderr: bool = False) -> RunReport:
+        check_every: int = 1, snapshot_every: int = 100, script_stdout_to_stderr: bool = False,
+        on_nonfinite: str = "stop", on_spike: str = "warn", rollback: Optional[dict[str, Any]] = None) -> RunReport:
     """Run an unmodified training script (`python SCRIPT ARGS`, or `-m MODULE` with `module=`)
     under nandoctor's guard. On the first NaN/Inf the script is stopped, the failing step is run
     once more by the script's own loop and traced op by op, a crash bundle is written to `out`,
-    and the causes are diagnosed. Raises InputError when the script cannot be found."""
+    and the causes are diagnosed. `on_nonfinite="skip"` or `"rollback"` (and `on_spike`, `rollback`
+    as for `watch`) keep the run going instead. Raises InputError when the script cannot be found."""
     from .load.script import resolve_script
     from .watcher.script import execute_script
     from .watcher.script_guard import ScriptGuard
@@ -451,7 +491,9 @@ def run_script(script: str | Path | None = None, args: Optional[list[str]] = Non
 
     guard = ScriptGuard(out=out, stats_every=stats_every, check_every=check_every, max_seconds=cfg["max_seconds"],
                         snapshot_every=snapshot_every, experiments_seconds=cfg["experiments"]["max_seconds"],
-                        plan_rewinds=plan_rewinds if cfg["experiments"]["enabled"] else None)
+                        spikes=cfg["spikes"], early_warnings=cfg["early_warnings"],
+                        plan_rewinds=plan_rewinds if cfg["experiments"]["enabled"] else None,
+                        on_nonfinite=on_nonfinite, on_spike=on_spike, rollback=rollback)
     output = capture_user_output() if script_stdout_to_stderr else contextlib.nullcontext()
     with output:
         outcome = execute_script(target, guard)

@@ -164,6 +164,7 @@ def scan(
     lr: Annotated[Optional[float], typer.Option(help="Learning rate; overrides the config optimizer and every param group of build_optimizer().")] = None,
     seed: Annotated[Optional[int], typer.Option(help="Random seed.")] = None,
     device: Annotated[Optional[str], typer.Option(help="auto|cpu|cuda|cuda:N.")] = None,
+    threads: Annotated[Optional[str], typer.Option("--threads", help="torch CPU threads: auto (the free cores) or a number.")] = None,
     fmt: FormatOpt = "rich",
     output: OutputOpt = None,
     html: Annotated[Optional[Path], typer.Option("--html", help="Also write a self-contained HTML report with plots.")] = None,
@@ -171,6 +172,7 @@ def scan(
     fail_on: FailOnOpt = None,
     max_seconds: Annotated[Optional[float], typer.Option("--max-seconds", help="Time budget for the whole scan; unfinished work is reported.")] = None,
     no_experiments: Annotated[bool, typer.Option("--no-experiments", help="Skip the confirming experiments.")] = False,
+    compile_model: Annotated[bool, typer.Option("--compile", help="Train the recorded runs through torch.compile (config key `compile` names a backend); the replay of the failing step stays eager.")] = False,
     checkpoint: Annotated[Optional[Path], typer.Option("--checkpoint", help="Resume from this checkpoint and scan from its step.")] = None,
     trust: Annotated[bool, typer.Option("--trust", help="Allow arbitrary unpickling of --checkpoint (only for files you trust).")] = False,
     verbose: VerboseOpt = False,
@@ -198,7 +200,8 @@ def scan(
             with model_file_argv(model):
                 report = run_scan(model, config, steps=steps, precisions=precision, lr=lr, seed=seed, device=device,
                                   experiments=False if no_experiments else None, max_seconds=max_seconds,
-                                  fail_on=fail_on, checkpoint=checkpoint, trust=trust, progress=progress_cb)
+                                  fail_on=fail_on, checkpoint=checkpoint, trust=trust, progress=progress_cb,
+                                  threads=threads, compile=True if compile_model else None)
         finally:
             stop()
         if verbose:
@@ -383,6 +386,10 @@ def run(
     check_every: Annotated[int, typer.Option("--check-every", help="Check every N optimizer steps (a failure is then seen up to N-1 steps late).")] = 1,
     stats_every: Annotated[int, typer.Option("--stats-every", help="Per-layer statistics every N steps (0: off).")] = 50,
     snapshot_every: Annotated[int, typer.Option("--snapshot-every", help="Keep a CPU copy of the weights and optimizer state every N steps (the first and the latest), from which the lr experiments re-train (0: off).")] = 100,
+    on_nonfinite: Annotated[str, typer.Option("--on-nonfinite", help="What a NaN/Inf step does: stop (trace it and report), skip (no update; the run goes on) or rollback (restore a copy from before it, skip the batches since, retry within --rollback-budget). skip and rollback append to OUT/skip_list.json.")] = "stop",
+    on_spike: Annotated[str, typer.Option("--on-spike", help="What a loss or gradient-norm spike does: warn, skip or rollback.")] = "warn",
+    rollback_every: Annotated[int, typer.Option("--rollback-every", help="With rollback: keep a copy of the training state every N steps (the last two are kept).")] = 50,
+    rollback_budget: Annotated[int, typer.Option("--rollback-budget", help="With rollback: rollbacks before the run stops and is reported.")] = 3,
     verbose: VerboseOpt = False,
     trace_file: TraceOpt = None,
 ) -> None:
@@ -402,6 +409,8 @@ def run(
       nandoctor run --format json -o report.json train.py     (nandoctor's options come before SCRIPT)
 
       torchrun --nproc-per-node 2 -m nandoctor run train.py   (names the rank where the NaN was born)
+
+      nandoctor run --on-nonfinite rollback --rollback-every 20 train.py   (survive a bad batch)
     """
     def body() -> Any:
         _check_format(fmt)
@@ -412,13 +421,20 @@ def run(
             raise InputError("nandoctor run needs a training script: `nandoctor run train.py ARGS` (or "
                              "`nandoctor run -m package.train ARGS`).")
         script, args = (None, words) if module is not None else (words[0], words[1:])
+        if on_nonfinite not in ("stop", "skip", "rollback"):
+            raise InputError(f"unknown --on-nonfinite {on_nonfinite!r}; accepted values are stop, skip, rollback.")
+        if on_spike not in ("warn", "skip", "rollback"):
+            raise InputError(f"unknown --on-spike {on_spike!r}; accepted values are warn, skip, rollback.")
+        if rollback_every < 1 or rollback_budget < 0:
+            raise InputError("--rollback-every must be at least 1 and --rollback-budget at least 0.")
         from .api import run_script
         # A machine format on stdout must stay one valid document: the script's prints go to stderr then.
         machine_on_stdout = fmt != "rich" and output is None
         report = run_script(script, args, module=module, config=config, out=out, fail_on=fail_on,
                             max_seconds=max_seconds, experiments=False if no_experiments else None,
                             stats_every=stats_every, check_every=check_every, snapshot_every=snapshot_every,
-                            script_stdout_to_stderr=machine_on_stdout)
+                            script_stdout_to_stderr=machine_on_stdout, on_nonfinite=on_nonfinite, on_spike=on_spike,
+                            rollback={"every": rollback_every, "budget": rollback_budget})
         if report.origin_elsewhere:
             # torchrun: the rank where the NaN was born writes the report; this one only received it.
             ranks = report.script["ranks"]

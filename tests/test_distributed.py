@@ -43,6 +43,9 @@ JOBS = {
     # check at step 4; then rank 1 wedges after its backward: rank 0's flag exchange times out
     # after 5 s instead of hanging.
     "wedged": (TRAIN, {"RUNS": "ddp:batch:1:3:12:4;ddp:hang:1:2:8", "DIST_TIMEOUT": "5"}),
+    # Issue 21: on_nonfinite="rollback" survives a NaN sample (21: rank 1's batch of step 2); then
+    # on_spike="skip" with a loss spike on rank 1 alone.
+    "rollback": (SCRIPTS / "train_rollback.py", {"BAD": "21"}),
 }
 
 
@@ -260,3 +263,23 @@ def test_rank_of_a_single_process_bundle_is_bad_input(tmp_path: Path) -> None:
     result = run_cli("replay", bundle, "--model", MODEL, "--rank", "1")
     assert result.exit_code == 2
     assert "single process" in result.output
+
+
+def test_rollback_survives_a_bad_sample_and_every_rank_skips_the_same_steps(jobs: dict[str, Job]) -> None:
+    job = jobs["rollback"]
+    job.check_finished()
+    assert job.returncode == 0, job.output[-3000:]
+    ranks = [json.loads((job.out / f"rank-{r}.json").read_text()) for r in (0, 1)]
+    assert ranks[0]["rolled_back"] == ranks[1]["rolled_back"] == [2]
+    assert ranks[0]["skipped"] == ranks[1]["skipped"] == [2] and ranks[0]["steps"] == 8
+    assert ranks[0]["checksum"] == ranks[1]["checksum"]          # the ranks stayed one model
+    assert all(r["loss"] == r["loss"] and abs(r["loss"]) < 1e3 for r in ranks)
+    [entry] = json.loads((job.out / "skip_list.json").read_text())["entries"]
+    # Copies every 2 steps: the one from before step 0 is put back (step 2 failed before its copy).
+    assert (entry["step"], entry["policy"], entry["window"]) == (2, "rollback", {"from_step": 0, "to_step": 2})
+    assert entry["samples"] == [21] and entry["rank_samples"] == {"0": [], "1": [21]}
+    # A loss spike on rank 1 alone, on_spike="skip": judged on the ranks' mean loss, skipped on both.
+    spiked = [json.loads((job.out / f"spike-rank-{r}.json").read_text()) for r in (0, 1)]
+    assert spiked[0]["skipped"] == spiked[1]["skipped"] == [12] and spiked[0]["checksum"] == spiked[1]["checksum"]
+    [entry] = json.loads((job.out / "spike" / "skip_list.json").read_text())["entries"]
+    assert (entry["step"], entry["policy"], entry["check"]) == (12, "skip", "spike") and "loss" in entry["reason"]

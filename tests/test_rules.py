@@ -59,15 +59,27 @@ def test_fp16_overflow_only_when_wider_precisions_are_clean():
 
 
 def test_skipped_steps_that_keep_coming_are_a_collapse():
-    records = steps([1.0] * 8)
-    for r, scale in zip(records, [65536 / 2**i for i in range(8)]):
+    records = steps([1.0] * 9)
+    records[0].loss_scale = 65536.0            # one update: the scale had settled
+    for r, scale in zip(records[1:], [65536 / 2**i for i in range(8)]):
         r.skipped, r.loss_scale, r.nonfinite_grads = True, scale, ["head.weight"]
     run = RunTrace(precision="16-mixed", steps=records)
-    top = diagnose(trace_of(run, RunTrace(precision="32-true", steps=steps([1.0] * 8))))[0]
+    top = diagnose(trace_of(run, RunTrace(precision="32-true", steps=steps([1.0] * 9))))[0]
     assert top.id == "loss-scale-collapse" and top.severity == "error" and "head.weight" in top.evidence[1]
     healthy = steps([1.0] * 8)
     healthy[0].skipped = True
     assert diagnose(trace_of(RunTrace(precision="16-mixed", steps=healthy))) == []
+
+
+def test_a_scaler_calibrating_from_its_initial_scale_is_not_a_collapse_until_the_floor():
+    # Regression (issue 18): 8 skips from 65536 down to 256 before the first update are GradScaler
+    # calibrating, not a collapse; 18 (the scale down to 0.5, below the floor of 1) are.
+    for skips, collapsed in ((8, False), (18, True)):
+        records = steps([1.0] * (skips + 4))
+        for i, r in enumerate(records):
+            r.skipped, r.loss_scale = i < skips, 65536 / 2 ** min(i, skips)
+        ids = [f.id for f in diagnose(trace_of(RunTrace(precision="16-mixed", steps=records)))]
+        assert ("loss-scale-collapse" in ids) is collapsed
 
 
 def test_vanishing_gradients_is_a_warning_with_numbers():

@@ -284,3 +284,9 @@ def command_line_flag(trace: Trace, words: tuple[str, ...], value: Optional[floa
             return f"{name}={text}" if inline else f"{name} {text}"
     return None
 
+
+def compile_explains(run: Optional[RunTrace]) -> bool:
+    """The run's failing step stayed finite in eager and a compiler stage made it non-finite again
+    (compile-numerics owns it, not nonreproducible)."""
+    replay = run.compile_replay if run is not None else None
+    return replay is not None and replay.first_failing is not None

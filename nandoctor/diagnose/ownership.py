@@ -13,7 +13,7 @@ from typing import Optional
 
 from ..trace import ExperimentResult, NonfiniteEvent, RunTrace, Trace
 from ..trace.vocab import DTYPE_SUBNORMAL, DTYPE_TINY, Phase, RunStatus, precision_from_name
-from .facts import is_empty_reduction, op_short
+from .facts import compile_explains, is_empty_reduction, op_short
 from .op_semantics import INDETERMINATE, MASK, OVERFLOW, POLE, classify, generic_arithmetic
 
 SOFTMAX = {"softmax", "log_softmax", "safe_softmax"}
@@ -150,7 +150,7 @@ def owner(event: NonfiniteEvent, trace: Trace) -> Optional[str]:
     run = trace.run(event.precision)
     phase = event.phase
     if event.reproduced is False:
-        return "nonreproducible"
+        return "compile-numerics" if compile_explains(run) else "nonreproducible"
     if phase == Phase.DATA.value:
         return "data-nonfinite"
     if phase == Phase.INIT.value:

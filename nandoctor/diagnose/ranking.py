@@ -24,9 +24,10 @@ from .finding import Finding, Severity
 # 0: the data or the code is wrong before any arithmetic; 1: the starting point is wrong;
 # 2: a mechanism (an op, a precision, a learning rate); 3: how a divergence shows (symptoms);
 # 4: what is left when nothing specific applies.
-TIER = {"data-nonfinite": 0, "label-range": 0, "user-error": 0, "data-scale": 1, "bad-init": 1,
+TIER = {"data-nonfinite": 0, "data-outlier-samples": 0, "label-range": 0, "user-error": 0, "data-scale": 1, "bad-init": 1,
         "exploding-gradients": 3, "exploding-activations": 3, "weight-blowup": 3, "loss-scale-collapse": 3,
-        "vanishing-gradients": 3, "fp16-underflow": 3, "nonreproducible": 4, "unexplained-nonfinite": 4, "scan-incomplete": 4}
+        "vanishing-gradients": 3, "fp16-underflow": 3, "nonreproducible": 4, "compile-numerics": 2,
+        "unexplained-nonfinite": 4, "scan-incomplete": 4}
 UPSTREAM = 1      # tiers up to this one come before anything else that explains the origin
 # How a divergence shows; never a root while a cause leads that explains it.
 SYMPTOMS = {"exploding-gradients", "exploding-activations", "weight-blowup", "loss-scale-collapse", "vanishing-gradients"}

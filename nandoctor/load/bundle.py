@@ -45,6 +45,15 @@ STATE_AFTER_STEP = "after-step"
 REBUILD_KINDS = ("plain", "lightning", "huggingface", "script")
 
 _SAFE_NAME = re.compile(r"^[a-z_]+\.safetensors$")
+# torch.compile's wrapper (OptimizedModule) holds the user's module as `_orig_mod`: names read as
+# the user wrote them without that segment (older bundles may still carry it).
+COMPILE_WRAPPER_ATTR = "_orig_mod"
+
+
+def user_name(name: str) -> str:
+    """"_orig_mod.body.0.weight" -> "body.0.weight": a parameter or module path without the
+    segments torch.compile's wrapper adds."""
+    return ".".join(part for part in name.split(".") if part != COMPILE_WRAPPER_ATTR)
 
 
 @dataclass
@@ -75,6 +84,8 @@ class BundleManifest:
     layer_stats: list[dict[str, Any]] = field(default_factory=list)  # recent stats steps: per-module numbers
     rebuild: dict[str, Any] = field(default_factory=dict)       # kind + what that kind needs (see README)
     tied: dict[str, str] = field(default_factory=dict)          # state-dict key -> key it shares storage with
+    # torch.compile settings of the run: backend, mode, options, module (null: not compiled)
+    compile: Optional[dict[str, Any]] = None
     files: dict[str, dict[str, Any]] = field(default_factory=dict)  # file name -> {bytes, tensors}
     size_bytes: int = 0
     write_seconds: float = 0.0
@@ -107,7 +118,7 @@ class Bundle:
         for alias, canonical in self.manifest.tied.items():
             if canonical in state:
                 state[alias] = state[canonical]
-        return state
+        return {user_name(key): value for key, value in state.items()}
 
     def optimizer_state_dict(self) -> dict[str, Any]:
         """The optimizer's state_dict() as torch's load_state_dict expects it."""

@@ -10,6 +10,7 @@ from __future__ import annotations
 import copy
 import math
 import os
+import re
 import reprlib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,7 +19,9 @@ from typing import Any, Callable
 import yaml
 
 from ..errors import InputError
+from ..trace.compile import LADDER_STAGES
 from ..trace.thresholds import DEFAULT_THRESHOLDS
+from ..trace.warnings import EARLY_WARNING_DEFAULTS, SPIKE_DEFAULTS
 from ..trace.vocab import ACCEPTED_PRECISION_NAMES as ACCEPTED_NAMES, FAIL_ON, precision_from_name
 
 OPTIMIZER_NAMES = ("adamw", "adam", "sgd", "rmsprop", "adagrad")
@@ -32,10 +35,16 @@ DEFAULTS: dict[str, Any] = {
     "grad_clip": None,
     "loss_scale": "dynamic",
     "init_scale": 65536.0,
+    "compile": False,
     "fail_on": "error",
     "max_seconds": None,
+    "threads": "auto",
     "experiments": {"enabled": True, "max_seconds": 60.0},
+    # replay of a compiled run whose failing step stays finite in eager (cause compile-numerics)
+    "compile_ladder": {"enabled": True, "stages": list(LADDER_STAGES), "bisect": True},
     "thresholds": dict(DEFAULT_THRESHOLDS),
+    "spikes": dict(SPIKE_DEFAULTS),
+    "early_warnings": dict(EARLY_WARNING_DEFAULTS),
 }
 
 
@@ -102,6 +111,16 @@ def _device(key: str, value: Any) -> str:
     raise InputError(f"config key '{key}' must be auto, cpu, cuda or cuda:N, got {_show(value)}.")
 
 
+def _threads(key: str, value: Any) -> Any:
+    if isinstance(value, str) and value.strip().lower() == "auto":
+        return "auto"
+    if isinstance(value, str) and value.strip().isdigit():
+        value = int(value)
+    if isinstance(value, int) and not isinstance(value, bool) and value >= 1:
+        return value
+    raise InputError(f"config key '{key}' must be auto or a whole number of threads >= 1, got {_show(value)}.")
+
+
 def _precisions(key: str, value: Any) -> list[str]:
     if isinstance(value, str):
         value = [value]
@@ -146,10 +165,29 @@ def _betas(key: str, value: Any) -> list[float]:
     return [_number(key, v, positive=False) for v in value]
 
 
+def _compile(key: str, value: Any) -> bool | str:
+    """false, true (torch.compile's default backend, inductor) or a backend's name."""
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, str) and value.strip().lower() in ("true", "false"):
+        return value.strip().lower() == "true"
+    if isinstance(value, str) and re.fullmatch(r"[A-Za-z_][A-Za-z0-9_.]*", value.strip()):
+        return value.strip()
+    raise InputError(f"config key '{key}' must be false, true or a torch.compile backend name "
+                     f"(inductor, aot_eager, eager, ...), got {_show(value)}.")
+
+
 def _bool(key: str, value: Any) -> bool:
     if not isinstance(value, bool):
         raise InputError(f"config key '{key}' must be true or false, got {_show(value)}.")
     return value
+
+
+def _ladder_stages(key: str, value: Any) -> list[str]:
+    if not isinstance(value, list) or not all(isinstance(v, str) and v in LADDER_STAGES for v in value):
+        raise InputError(f"config key '{key}' must be a list of compiler stages out of {', '.join(LADDER_STAGES)} "
+                         f"(in that order), got {_show(value)}.")
+    return [s for s in LADDER_STAGES if s in value]
 
 
 def _section(keys: dict[str, Callable[[str, Any], Any]], required: tuple[str, ...] = ()):
@@ -178,10 +216,20 @@ TOP_LEVEL: dict[str, Callable[[str, Any], Any]] = {
     "grad_clip": _optional_number,
     "loss_scale": _loss_scale,
     "init_scale": _number,
+    "compile": _compile,
     "fail_on": _choice(FAIL_ON),
     "max_seconds": _optional_number,
+    "threads": _threads,
     "experiments": _section({"enabled": _bool, "max_seconds": _number}),
+    "compile_ladder": _section({"enabled": _bool, "stages": _ladder_stages, "bisect": _bool}),
     "thresholds": _section({name: _number for name in DEFAULT_THRESHOLDS}),
+    "spikes": _section({"enabled": lambda k, v: _bool(k, v), "window": lambda k, v: _int(k, v, minimum=4),
+                        "warmup": lambda k, v: _int(k, v, minimum=1), "threshold_sigma": _number,
+                        "min_ratio": _number}),
+    "early_warnings": _section({"enabled": lambda k, v: _bool(k, v), "every": lambda k, v: _int(k, v, minimum=1),
+                                "samples": lambda k, v: _int(k, v, minimum=2),
+                                **{name: _number for name in EARLY_WARNING_DEFAULTS
+                                   if name not in ("enabled", "every", "samples")}}),
 }
 
 

@@ -1,6 +1,8 @@
 """`--format rich`: the console report for people (stderr-friendly, colours when a TTY)."""
 from __future__ import annotations
 
+import collections
+
 import math
 from typing import Any, Optional
 
@@ -160,6 +162,10 @@ def print_report(doc: dict[str, Any], console: Console) -> None:
         scale = ""
         if run["loss_scales"]:
             scale = f"{num(run['loss_scales'][0])} → {num(run['loss_scales'][-1])} / {len(run['skipped_steps'])} skipped"
+        elif run.get("interventions"):       # a watch policy kept the run alive
+            done = {"rollback": "rolled back", "skip": "skipped", "stop": "stopped"}
+            counts = collections.Counter(done.get(i["policy"], i["policy"]) for i in run["interventions"])
+            scale = ", ".join(f"{n} {what}" for what, n in counts.items())
         table.add_row(run["precision"], Text(run["status"], style=status_style),
                       f"{run['steps_run']}/{run['steps_requested']}", loss_trend(run), scale, f"{run['seconds']:.2f}s")
     console.print(table)

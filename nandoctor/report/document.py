@@ -82,6 +82,9 @@ def run_dict(run: RunTrace) -> dict[str, Any]:
     losses = [s.loss for s in run.steps]
     finite_losses = _finite(losses)
     scales = [s.loss_scale for s in run.steps]
+    # Present only when a watch policy acted (`nandoctor run --on-nonfinite/--on-spike`).
+    kept_alive = {key: [to_plain(v) for v in values] for key, values in
+                  (("interventions", run.interventions), ("sample_blame", run.sample_blame)) if values}
     return {
         "precision": run.precision, "status": run.status, "steps_requested": run.steps_requested,
         "steps_run": run.steps_run, "start_step": run.start_step,
@@ -96,8 +99,19 @@ def run_dict(run: RunTrace) -> dict[str, Any]:
                                                   "source": str(run.error.source) if run.error.source else None,
                                                   "user_source": str(run.error.user_source) if run.error.user_source else None},
         "optimizer": run.optimizer, "param_dtype": run.param_dtype, "seconds": round(run.seconds, 3),
-        "note": run.note,
+        "note": run.note, "compile_replay": compile_replay_dict(run), **kept_alive,
     }
+
+
+def compile_replay_dict(run: RunTrace) -> Optional[dict[str, Any]]:
+    """The ladder of a compiled run's failing step (null when it was not replayed under the compiler)."""
+    replay = run.compile_replay
+    if replay is None:
+        return None
+    data = to_plain(replay)
+    if replay.culprit is not None:
+        data["culprit"]["location"] = str(replay.culprit.location) if replay.culprit.location else None
+    return data
 
 
 def layer_rows(run: RunTrace) -> list[dict[str, Any]]:
@@ -146,11 +160,15 @@ def build_document(trace: Trace, findings: list[Finding], fail_on: str = "error"
         "experiments": [to_plain(e) for e in trace.experiments],
         "experiments_seconds": round(trace.experiments_seconds, 3),
         "model": to_plain(trace.model),
-        "environment": {"torch": trace.torch_version, "device": trace.device, "python": platform.python_version()},
+        "environment": {"torch": trace.torch_version, "device": trace.device, "python": platform.python_version(),
+                        **({"threads": trace.threads} if trace.threads else {})},
         "config": trace.config,
         "notes": list(trace.notes),
         "seconds": round(trace.seconds, 3),
     }
+    warned = [{"precision": r.precision, **to_plain(w)} for r in trace.runs for w in r.early_warnings]
+    if warned:
+        doc["early_warnings"] = warned
     if trace.loop is not None:
         loop = to_plain(trace.loop)
         for key, value in vars(trace.loop).items():

@@ -1,6 +1,7 @@
 """Which Python frames are the user's: turns stacks and tracebacks into source locations."""
 from __future__ import annotations
 
+import functools
 import linecache
 import os
 import sys
@@ -45,12 +46,26 @@ def _engine_boundary() -> None:
 _engine_boundary()
 
 
+def _by_file(fn):
+    """Memoise a fact of a file name (asked once per frame per op while init sites are recorded:
+    thousands of times for a model with a thousand modules). Relative names depend on the
+    working directory, so it is part of the key."""
+    cached = functools.lru_cache(maxsize=4096)(lambda filename, cwd: fn(filename))
+
+    @functools.wraps(fn)
+    def wrapper(filename: str) -> bool:
+        return cached(filename, None if os.path.isabs(filename) else os.getcwd())
+    return wrapper
+
+
+@_by_file
 def is_site_package(filename: str) -> bool:
     # dist-packages: Debian's and Ubuntu's system Python install third-party packages there.
     return os.path.abspath(filename).startswith(_SITE_DIRS) or any(
         f"{os.sep}{name}{os.sep}" in filename for name in ("site-packages", "dist-packages"))
 
 
+@_by_file
 def is_library(filename: str) -> bool:
     """Frames in torch, nandoctor, or the standard library are never 'where the user's op is'."""
     if filename.startswith("<"):
@@ -61,6 +76,7 @@ def is_library(filename: str) -> bool:
     return full.startswith(_STDLIB_DIR) and not is_site_package(full)
 
 
+@_by_file
 def is_user_file(filename: str) -> bool:
     """The user's own code: neither a library above nor an installed third-party package."""
     return not is_library(filename) and not is_site_package(filename)

@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import sys
 import weakref
 from dataclasses import dataclass, field
 from typing import Any, Optional
@@ -42,7 +43,7 @@ from torch.utils._pytree import tree_flatten
 
 from ..trace import NonfiniteEvent, OpRef, Phase, SourceLocation, TensorSummary
 from . import stats
-from .frames import stack_locations
+from .frames import is_library, stack_locations
 from .probes import StepProbe
 
 _TAG = "nandoctor"
@@ -200,6 +201,9 @@ class OriginTracer(StepProbe):
         self._dispatch = _DispatchShim(self)
         self._function = _FunctionShim(self)
         self._function_active = False
+        self._recompute_depth = 0              # module calls open in a backward-time recompute
+        self._fast_path: Optional[torch.nn.Module] = None   # the module running with the function mode off
+        self.fast_path_modules: list[str] = []   # modules let onto their fused fast path, in call order
         self._suspended = 0
         self._calls: list[str] = []            # public torch calls being run (outermost first)
         # Non-finite 0-dim tensors converted to Python numbers (`.item()`, `float(t)`):
@@ -266,10 +270,37 @@ class OriginTracer(StepProbe):
 
     def _push(self, module: torch.nn.Module, args: Any) -> None:
         self._module_stack.append(self._names.get(id(module), type(module).__name__))
+        if self._fast_path is None and self._function_active and _may_take_fast_path(module):
+            # nn.MultiheadAttention / TransformerEncoderLayer leave their fused fast path when any
+            # torch function mode is active ("some Tensor argument has_torch_function"), and the
+            # fast path is what the recorded run took (it makes NaN of a fully padded row where
+            # the slow path makes zeros). Step the function mode aside for this call: the
+            # dispatch mode still sees the fused op; no autograd node is made here to tag.
+            self._fast_path = module
+            self.fast_path_modules.append(self._module_stack[-1])
+            self._function.__exit__(None, None, None)
+            return
+        if self._recompute_depth or (self.phase == Phase.BACKWARD.value and torch.is_grad_enabled()):
+            # A module called with gradients on during backward: activation checkpointing
+            # recomputing its forward. Reentrant checkpointing backpropagates through this new
+            # graph, so its nodes need the tags (module, user line) the first forward's got.
+            if self._recompute_depth == 0 and not self._function_active:
+                self._function.__enter__()
+                self._recompute_depth = 1
+            elif self._recompute_depth:
+                self._recompute_depth += 1
 
     def _pop(self, module: torch.nn.Module, args: Any, output: Any) -> None:
         if self._module_stack:
             self._module_stack.pop()
+        if self._fast_path is module:
+            self._fast_path = None
+            self._function.__enter__()
+            return
+        if self._recompute_depth:
+            self._recompute_depth -= 1
+            if self._recompute_depth == 0:
+                self._function.__exit__(None, None, None)
 
     # ---- forward: tag autograd nodes ----------------------------------------------------------
     def tag_nodes(self, func: Any, out: Any) -> None:
@@ -331,7 +362,9 @@ class OriginTracer(StepProbe):
                 self._note_dropped(bad_inputs, out_tensors, op_name, where)
             return out
         self._count += 1
-        call = self._calls[0] if self._calls else None
+        # In a backward pass (where[3]: the forward call that made the node) the public call on
+        # the stack is the `.backward()` that launched it, not the op's own.
+        call = self._calls[0] if self._calls and where[3] is None else None
         new = dict(func=func, op_name=op_name, args=args, kwargs=kwargs, tensor_args=tensor_args, before=before,
                    bad_outputs=bad_outputs, where=where, call=call)
         out_nan = any(n for _, n, _ in bad_outputs)
@@ -472,8 +505,10 @@ class OriginTracer(StepProbe):
 
     def _where(self) -> tuple[str, Optional[SourceLocation], Optional[SourceLocation], Optional[str]]:
         """(module, source, user_source, forward_op) of the op being dispatched."""
-        if self.phase == Phase.BACKWARD.value:
-            node = torch._C._current_autograd_node()
+        # A backward pass run inside the forward phase (a GAN's discriminator step inside
+        # training_step) is a backward all the same: the engine is running a node.
+        node = torch._C._current_autograd_node()
+        if self.phase == Phase.BACKWARD.value or node is not None:
             if node is not None:
                 try:
                     tag = node.metadata.get(_TAG)
@@ -483,6 +518,10 @@ class OriginTracer(StepProbe):
                 # the node is the place to show. Python code running in backward (a custom
                 # autograd.Function's backward, a tensor hook) is the user's own: its line wins.
                 here, here_user = stack_locations()
+                if here_user is not None and _from_builtin_derivative():
+                    # The user frame is the one that called .backward() (inside training_step):
+                    # the launcher of the pass, not code running in it.
+                    here, here_user = None, None
                 if tag is not None:
                     module, name, source, user = tag
                     if here_user is not None:
@@ -528,7 +567,7 @@ class OriginTracer(StepProbe):
         mask_source = None
         if masked and mask_roots:
             mask_source = min(mask_roots, key=lambda r: r.index).ref()
-        root = _Root(index=self._count, phase=self.phase, op=op_name, kind=kind, module=module, source=source,
+        root = _Root(index=self._count, phase=Phase.BACKWARD.value if where[3] is not None else self.phase, op=op_name, kind=kind, module=module, source=source,
                      user_source=user, forward_op=forward_op, intentional=intentional, masked_input=masked,
                      inputs=inputs, output=None if intentional else _summary("output", first_out),
                      producer=producer, target_id=id(target),
@@ -594,6 +633,32 @@ class _DispatchShim(TorchDispatchMode):
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         return self.tracer.on_op(func, args, kwargs or {})
+
+
+_FAST_PATH_TYPES = (torch.nn.MultiheadAttention, torch.nn.TransformerEncoderLayer, torch.nn.TransformerEncoder)
+
+
+def _from_builtin_derivative() -> bool:
+    """Whether the op being dispatched comes from a built-in derivative formula run by the autograd
+    engine (no Python between the engine and the op) rather than from Python running in backward
+    (a hook, a custom Function's backward)."""
+    frame = sys._getframe(2)
+    while frame is not None:
+        code = frame.f_code
+        if code.co_name == "_engine_run_backward":
+            return True
+        if not is_library(code.co_filename):
+            return False
+        frame = frame.f_back
+    return False
+
+
+def _may_take_fast_path(module: torch.nn.Module) -> bool:
+    """Whether this call may run a fused inference fast path (torch's own checks decide the
+    rest): an attention or encoder module in eval mode with nothing to differentiate."""
+    if not isinstance(module, _FAST_PATH_TYPES) or module.training:
+        return False
+    return not torch.is_grad_enabled() or not any(p.requires_grad for p in module.parameters())
 
 
 class _FunctionShim(TorchFunctionMode):

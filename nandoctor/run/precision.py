@@ -42,3 +42,17 @@ def parse_precision(name: object) -> Precision:
             f"unknown precision {name!r}; accepted values are {', '.join(ACCEPTED_PRECISION_NAMES)} "
             "(fp32, fp16 and bf16 are aliases of 32-true, 16-mixed and bf16-mixed).")
     return found
+
+
+def autocast_precision(device_types: tuple[str, ...] = ("cuda", "cpu")) -> str | None:
+    """The mixed precision of an autocast region the caller is inside ("bf16-mixed" or
+    "16-mixed"), or None outside one. A loop's own `with torch.autocast(...)` is invisible to the
+    model's parameters and to any scaler (bf16 uses none): only a forward can see it."""
+    for device in device_types:
+        try:
+            if torch.is_autocast_enabled(device):
+                dtype = torch.get_autocast_dtype(device)
+                return Precision.BF16_MIXED.value if dtype == torch.bfloat16 else Precision.FP16_MIXED.value
+        except (TypeError, RuntimeError, AttributeError):   # older torch: no per-device query
+            continue
+    return None

@@ -88,23 +88,28 @@ class FinitenessCheck(StepProbe):
         self.params = list(params)
         self._reduced: dict[str, torch.Tensor] = {}
         self._grad_present: list[int] = []
+        self._present_grads: list[torch.Tensor] = []
 
+    @torch.no_grad()
     def after_backward(self) -> None:
         present = [(i, p.grad) for i, p in enumerate(self.params) if p.grad is not None]
         self._grad_present = [i for i, _ in present]
         grads = [g for _, g in present]
         self._reduced["grad_norm"] = stats.foreach_norms(grads, 2.0)
-        self._reduced["grad_max"] = stats.foreach_max_abs(grads)
+        # max |g| is needed only where the norm is not finite (a NaN/Inf, or an L2 norm that
+        # overflowed): taken at `finish` for those gradients alone, not for every one every step.
+        self._present_grads = grads
 
+    @torch.no_grad()          # foreach on the parameters themselves: no per-parameter detach
     def after_optimizer_step(self) -> None:
-        self._reduced["norm"] = stats.foreach_norms([p.detach() for p in self.params], 2.0)
+        self._reduced["norm"] = stats.foreach_norms(self.params, 2.0)
 
     # Reductions a subclass adds to the same transfer: (name, per-gradient?) in transfer order.
     _EXTRA: tuple[tuple[str, bool], ...] = ()
 
     def finish(self, loss: torch.Tensor, grad_scale: float = 1.0) -> StepFacts:
         device = loss.device
-        names = (("grad_norm", True), ("grad_max", True), ("norm", False)) + self._EXTRA
+        names = (("grad_norm", True), ("norm", False)) + self._EXTRA
         parts = [loss.detach().reshape(1).to(torch.float32)] + self._leading_parts(device)
         parts += [self._reduced[name].to(device).reshape(-1) for name, _ in names if name in self._reduced]
         flat = torch.cat(parts).tolist()     # the step's only host synchronisation
@@ -125,6 +130,7 @@ class FinitenessCheck(StepProbe):
                 values[name] = full
             else:
                 values[name] = list(chunk)
+        values["grad_max"] = self._grad_max(values["grad_norm"])
         squares = [g * g for g in values["grad_norm"] if g is not None]
         facts = self._facts(flat[0], grad_scale, values)
         facts.total_grad_norm = math.sqrt(sum(squares)) if squares else math.nan
@@ -132,7 +138,20 @@ class FinitenessCheck(StepProbe):
         facts.param_norm = values["norm"]  # type: ignore[assignment]
         self._reduced = {}
         self._grad_present = []
+        self._present_grads = []
         return facts
+
+    def _grad_max(self, norms: list[Optional[float]]) -> list[Optional[float]]:
+        """Per-parameter max |g|: the norm stands in where it is finite (then so is every element);
+        the rest are measured (a second host transfer, only on a step whose norms say so)."""
+        out = list(norms)
+        bad = [i for i in self._grad_present if out[i] is not None and not math.isfinite(out[i])]
+        if bad:
+            position = {i: k for k, i in enumerate(self._grad_present)}
+            exact = stats.foreach_max_abs([self._present_grads[position[i]] for i in bad]).tolist()
+            for i, value in zip(bad, exact):
+                out[i] = value
+        return out
 
     # ---- what a subclass adds to the transfer ---------------------------------------------------
     def _leading_parts(self, device: torch.device) -> list[torch.Tensor]:

@@ -134,6 +134,9 @@ def run_precision(model_file: ModelFile, config: dict[str, Any], precision: Prec
         run.seconds = time.perf_counter() - began
         return run
 
+    # The recorded run trains the compiled model when there is one (config `compile`, or a
+    # build_model() that compiles); the replays that locate the origin run eagerly.
+    session.compile_forward()
     recorder = Recorder(session.model).attach()
     collected: list[StepStats] = []
     try:
@@ -433,8 +436,12 @@ def describe_model(model: torch.nn.Module, info: ModelInfo) -> None:
 def _init_params(session: TrainingSession) -> list[ParamSeries]:
     names = [n for n, p in session.model.named_parameters() if p.requires_grad]
     tensors = [p.detach() for p in session.params]
-    values = torch.stack([stats.foreach_max_abs(tensors).to(torch.float64), stats.foreach_norms(tensors, 2.0).to(torch.float64),
-                          stats.segment_counts(tensors, "nonfinite").to(torch.float64)]).tolist()
+    values = torch.stack([stats.foreach_max_abs(tensors).to(torch.float64),
+                          stats.foreach_norms(tensors, 2.0).to(torch.float64)]).tolist()
+    # Non-finite elements are counted only in the tensors whose max |x| says they hold some (no
+    # concatenated copy of every weight: that would be three times the model at its start).
+    values.append([float(int((~torch.isfinite(t)).sum())) if not math.isfinite(m) else 0.0
+                   for t, m in zip(tensors, values[0])])
     out = []
     for i, (name, t) in enumerate(zip(names, tensors)):
         out.append(ParamSeries(name=name, module=name.rpartition(".")[0], shape=list(t.shape),

@@ -17,6 +17,7 @@ from ..load.model_file import ModelFile
 from ..trace.vocab import Precision
 from .precision import spec_of
 from ..trace import ErrorCategory, NonfiniteEvent, Phase, StepRecord, UserError
+from .compiled import is_wrapper, uncompiled
 from .batch import _named_batch, _sanitise, _to_device, batch_stats, label_check
 from .seeding import seed_everything, step_seed
 from .training_defaults import StaticScaler, build_optimizer, default_loss
@@ -118,6 +119,11 @@ class TrainingSession:
         if not isinstance(model, torch.nn.Module):
             raise InputError(f"model file {model_file.display}: build_model() must return a torch.nn.Module, "
                              f"got {type(model).__name__}.")
+        # A build_model() that compiles: the session keeps the user's module (eager, for the
+        # traced replay and for names as the user wrote them) and the compiled wrapper beside it.
+        self.compiled_model: Any = model if is_wrapper(model) else None
+        model = uncompiled(model)
+        self._forward_module: Any = model
         if self.overrides.reinit:
             for module in model.modules():
                 if hasattr(module, "reset_parameters") and callable(module.reset_parameters):
@@ -182,6 +188,10 @@ class TrainingSession:
     def _context(self) -> contextlib.AbstractContextManager:
         if self.autocast:
             return torch.autocast(device_type=self.device.type, dtype=self.compute_dtype)
+        if self.overrides.switch_dtype_at and self.compute_dtype in (torch.float32, torch.float64):
+            # A dtype experiment casts the model and the batch; tensors the user's step makes
+            # itself (a GAN's noise, torch.randn in forward) follow the default dtype.
+            return _default_dtype(self.compute_dtype)
         return contextlib.nullcontext()
 
     def _switch_dtype(self, dtype: torch.dtype) -> None:
@@ -267,7 +277,7 @@ class TrainingSession:
             if self.model_file.training_step is not None:
                 # The user's own step computes the loss (a crash bundle's replay): no label
                 # guard, no separate loss phase.
-                return self._checked_loss(call_user(Phase.FORWARD, self.model_file.training_step, self.model, inputs))
+                return self._checked_loss(call_user(Phase.FORWARD, self.model_file.training_step, self._forward_module, inputs))
             outputs = self._forward(inputs)
             with watch.suspended():
                 result.record.labels = label_check(outputs, targets)
@@ -283,12 +293,24 @@ class TrainingSession:
                              f"got {type(loss).__name__}{' of shape ' + str(list(loss.shape)) if isinstance(loss, torch.Tensor) else ''}.")
         return loss
 
+    def compile_forward(self) -> bool:
+        """Run the forward through the compiled model from now on: the one build_model() returned,
+        or torch.compile(model) with the config's `compile` backend. True when it does. Only the
+        recorded run does this; replays stay eager (ops traced one by one, per-layer statistics)."""
+        backend = self.config.get("compile", False)
+        if self.compiled_model is None and backend:
+            self.compiled_model = torch.compile(self.model, backend="inductor" if backend is True else backend)
+        if self.compiled_model is not None:
+            self._forward_module = self.compiled_model
+        return self.compiled_model is not None
+
     def _forward(self, inputs: Any) -> Any:
+        model = self._forward_module
         if isinstance(inputs, dict):
-            return call_user(Phase.FORWARD, self.model, **inputs)
+            return call_user(Phase.FORWARD, model, **inputs)
         if isinstance(inputs, (tuple, list)):
-            return call_user(Phase.FORWARD, self.model, *inputs)
-        return call_user(Phase.FORWARD, self.model, inputs)
+            return call_user(Phase.FORWARD, model, *inputs)
+        return call_user(Phase.FORWARD, model, inputs)
 
     def _label_guard(self, result: StepResult) -> bool:
         """Without a user loss the default cross-entropy would index with out-of-range targets
@@ -364,3 +386,13 @@ class TrainingSession:
         elif not facts.params_finite:
             result.failure, result.surfaces = "parameters", list(self.params)
         return result
+
+
+@contextlib.contextmanager
+def _default_dtype(dtype: torch.dtype):
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(dtype)
+    try:
+        yield
+    finally:
+        torch.set_default_dtype(previous)

@@ -9,23 +9,13 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
+from .compile import CompileReplay
 from .experiments import ExperimentResult
+from .location import SourceLocation
 from .plain import from_plain, to_plain
+from .samples import BlamedSample, Intervention, SampleBlame  # noqa: F401 - RunTrace's field types
 from .vocab import SCHEMA_VERSION, RunStatus
-
-@dataclass
-class SourceLocation:
-    file: str                  # as shown to the user: relative to the working directory when inside it
-    line: int
-    function: str = ""
-    code: str = ""             # the text of that line
-    # A frame of an installed package (site-packages: transformers, lightning, ...): where an op
-    # ran, kept as detail, never the line a finding tells the user to change.
-    library: bool = False
-
-    def __str__(self) -> str:
-        return f"{self.file}:{self.line}"
-
+from .warnings import EarlyWarning
 
 @dataclass
 class TensorSummary:
@@ -212,6 +202,15 @@ class RunTrace:
     # `nandoctor run`'s own): loss, grad_norm, lr, loss_scale, skipped, param_norm, update_ratio.
     # Oldest first. Rules read it as the run's past; `steps` stay the steps this run executed.
     history: list[StepRecord] = field(default_factory=list)
+    # A compiled run whose failing step stayed finite in eager: the step replayed down
+    # torch.compile's ladder (trace/compile.py); None when not compiled or not replayed.
+    compile_replay: Optional[CompileReplay] = None
+    # A watched run's policies (skip, rollback) and the samples its fired steps were blamed on.
+    interventions: list[Intervention] = field(default_factory=list)
+    sample_blame: list[SampleBlame] = field(default_factory=list)
+    # What the watch warned of before (or without) a NaN: loss/gradient spikes and the sampled
+    # early warnings (attention logits, output logits, Adam updates, activation outliers).
+    early_warnings: list[EarlyWarning] = field(default_factory=list)
 
     @property
     def steps_run(self) -> int:
@@ -269,6 +268,8 @@ class Trace:
     reference_runs: list[RunTrace] = field(default_factory=list)
     # `nandoctor run`: the user's own loop (None for a scan of a model file, or a replay).
     loop: Optional[LoopFacts] = None
+    # The scan's torch CPU threads and why (config key threads): {threads, cores, load, reason}.
+    threads: Optional[dict[str, Any]] = None
     # For a replay, how the crash bundle's run was built: "plain" (the user's own loop),
     # "lightning" or "huggingface" (a trainer's callback wrote it: the settings the user changes
     # are that trainer's, e.g. TrainingArguments(adam_epsilon=...)). None for a scan (and for

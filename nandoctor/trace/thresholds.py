@@ -12,6 +12,11 @@ DEFAULT_THRESHOLDS: dict[str, float] = {
     "exploding_layer_ratio": 1e4,      # first-layer / last-layer gradient norm
     "exploding_grad_weight_ratio": 1e3,  # ||grad|| / ||w|| of a layer; healthy layers sit below ~1
     "skip_streak": 5,                  # consecutive GradScaler skips that mean collapse
+    # A GradScaler starts at 65536 and halves per skip: a model whose gradients need a scale of
+    # 256 skips 8 steps before its first update. Skips before the first update are calibration,
+    # not collapse, unless the scale falls below this floor (16+ halvings: even an unscaled loss
+    # overflows, so no scale will do).
+    "scale_floor": 1.0,
     "data_abs_max": 1e4,               # |input| beyond this is not a normalised range
     "init_growth": 1e3,                # activation growth from first to last layer at step 0
     "init_weight_abs_max": 1e3,        # |w| at init beyond this is a broken init

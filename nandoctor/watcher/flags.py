@@ -5,7 +5,9 @@ from __future__ import annotations
 
 # Slots, in order. *_bad slots are 0/1 and come first (a fold of several steps takes their
 # maximum); the rest are values.
-FLAGS = ("batch_bad", "loss_bad", "grads_bad", "params_bad", "local_grads_bad", "loss", "grad_norm", "scale",
+# listed_bad: the step's batch holds a sample an earlier run's skip list names (any rank's: all skip).
+FLAGS = ("batch_bad", "loss_bad", "grads_bad", "params_bad", "local_grads_bad", "listed_bad", "loss", "grad_norm",
+         "scale",
          # the previous step's: total parameter norm after it, and |update| / |weights| (statistics steps)
          "param_norm", "update_ratio")
 SLOT = {name: i for i, name in enumerate(FLAGS)}

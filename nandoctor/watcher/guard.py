@@ -25,14 +25,23 @@ from typing import Any, Callable, Optional
 
 import torch
 
+from .compile_settings import compile_settings, compiled_graphs, compiled_since
 from ..load.bundle import STATE_AFTER_STEP, STATE_BEFORE_STEP, BundleManifest
-from ..run import stats
+from ..run import compiled, stats
+from ..trace.thresholds import DEFAULT_THRESHOLDS
+from ..run.precision import autocast_precision
+from ..trace.plain import to_plain
 from . import bundle_writer
 from .distributed import attach_if_distributed, local_tensor
+from .early_warnings import EarlyWarningSampler, InstabilityWarning, early_warning_options
+from .spikes import GradientRing, SpikeDetector, explain_spike, spike_options, spike_warning
 from .flags import BAD_SLOTS, FLAGS, SLOT as _SLOT
+from .keep_alive import KeepAlive, RollbackBudgetSpent
+from .policies import NONFINITE_POLICIES, SPIKE_POLICIES, rank_agreed
+from .sample_blame import LoaderIndices
 from .snapshot import Snapshot
 
-POLICIES = ("raise", "skip", "warn")
+POLICIES = NONFINITE_POLICIES     # "stop" is "raise" by another name
 # Where a step's gradients are checked: the optimizer's step pre-hook, the end of each backward
 # pass (a loop that updates weights by hand), or wherever a framework callback calls
 # check_gradients() ("manual"). "auto" picks the first two by whether there is an optimizer.
@@ -63,6 +72,8 @@ class _Capture:
         self.rng = rng
         self.batches: list[Any] = []
         self.batch_flags: list[torch.Tensor] = []
+        self.calls: list[dict[str, Any]] = []          # the model's training forwards: {"args", "kwargs"}
+        self.sample_indices: list[Optional[list[int]]] = []   # per micro-batch: its dataset indices
         self.output_losses: list[torch.Tensor] = []    # a model output's .loss (Hugging Face style)
         self.explicit_losses: list[torch.Tensor] = []  # watch.loss(t), or what `nandoctor run` saw backward() on
         self.truncated = False
@@ -80,17 +91,25 @@ class Watch:
                  out: str | Path = "nandoctor-bundles", on_nonfinite: str = "raise", stats_every: int = 50,
                  window: int = 64, check_every: int = 1, sink: Any = None, *, scheduler: Any = None,
                  snapshot: bool = False, precision: Optional[str] = None, grad_clip: Optional[float] = None,
-                 skip_streak: int = 5, rebuild: Optional[dict[str, Any]] = None, max_bundles: int = 1,
+                 skip_streak: int = 5, scale_floor: float = DEFAULT_THRESHOLDS["scale_floor"], rebuild: Optional[dict[str, Any]] = None, max_bundles: int = 1,
                  gradient_check: str = "auto", notify: Optional[Callable[[dict[str, Any]], None]] = None,
-                 distributed: Any = "auto", inputs: str = "forward", warn: bool = True, batch_check: bool = True):
+                 distributed: Any = "auto", inputs: str = "forward", warn: bool = True, batch_check: bool = True,
+                 on_spike: str = "warn", rollback: Optional[dict[str, Any]] = None, skip_list: Any = None,
+                 sample_loss: Optional[Callable[..., torch.Tensor]] = None, spikes: Any = None,
+                 early_warnings: Any = None):
         if on_nonfinite not in POLICIES:
             raise ValueError(f"on_nonfinite must be one of {', '.join(POLICIES)}, got {on_nonfinite!r}")
+        if on_spike not in SPIKE_POLICIES:
+            raise ValueError(f"on_spike must be one of {', '.join(SPIKE_POLICIES)}, got {on_spike!r}")
+        on_nonfinite = "raise" if on_nonfinite == "stop" else on_nonfinite
         if gradient_check not in GRADIENT_CHECKS:
             raise ValueError(f"gradient_check must be one of {', '.join(GRADIENT_CHECKS)}, got {gradient_check!r}")
         if inputs not in ("forward", "manual"):
             raise ValueError(f"inputs must be 'forward' or 'manual', got {inputs!r}")
         if not isinstance(model, torch.nn.Module):
             raise TypeError(f"nandoctor.watch: model must be a torch.nn.Module, got {type(model).__name__}")
+        self.compiled_as = compile_settings(model)      # read before anything unwraps the model
+        self._graphs_before = compiled_graphs()
         optimizer = unwrap_optimizer(optimizer)
         if gradient_check == "auto":
             # No optimizer (a hand-written update): a step ends when a backward pass ends.
@@ -102,15 +121,23 @@ class Watch:
         self.gradient_check = gradient_check
         self.out = Path(out)
         self.policy = on_nonfinite
+        self.spike_policy = on_spike
+        # Skip lists, rolling copies for rollback, the samples of a fired step (watcher/keep_alive.py).
+        self.keep_alive = KeepAlive(self.out, on_nonfinite, on_spike, rollback, skip_list, sample_loss)
+        self._blaming = False                   # the per-sample re-run is running: the hooks stand aside
         self.stats_every = max(0, int(stats_every or 0))
         self.check_every = max(1, int(check_every))
         self.window = max(1, int(window))
         self.sink = sink
         self.grad_clip = grad_clip
         self.skip_streak = skip_streak
+        self.scale_floor = scale_floor
+        self._scale_settled = False     # the scaler made an update: its calibration from init_scale is over
+        self._streak_fired = False
         self.max_bundles = max_bundles
         self.precision = precision or _infer_precision(model, scaler)
-        self.rebuild = rebuild or plain_rebuild(model)
+        self._precision_given = precision is not None
+        self.rebuild = rebuild or plain_rebuild(compiled.uncompiled(model))
         self.flag_hook: Optional[Callable[[torch.Tensor], torch.Tensor]] = None
         self.write_hook: Optional[Callable[..., Path]] = None   # under torchrun: writes this rank's part
         self.notify = notify                    # called with each firing's event before the policy acts
@@ -146,10 +173,23 @@ class Watch:
         self._closed = False
         self._handles: list[Any] = []
         self._stats_handles: list[Any] = []
-        self._act_max: dict[int, torch.Tensor] = {}
-        self._module_names = [name for name, _ in model.named_modules()]
-        self._modules = [m for _, m in model.named_modules()]
-        self._param_names = {id(p): n for n, p in model.named_parameters()}
+        # A stats step's module outputs wait here for one fused max |x| (stats.foreach_max_abs)
+        # when they reach stats.BATCH_BYTES or the step syncs: (module index, tensor, version).
+        self._act_pending: list[tuple[int, torch.Tensor, int]] = []
+        self._act_pending_bytes = 0
+        self._act_reduced: list[tuple[list[int], torch.Tensor]] = []
+        self._act_eager: set[int] = set()     # modules whose outputs change in place after their hook
+        self._act_owners: list[int] = []      # module of each reduced value, in transfer order
+        # Names as the user wrote them (torch.compile's `_orig_mod.` left out). Per-layer
+        # activation hooks go only on a model none of whose modules runs compiled.
+        self._module_names = [name for name, _ in compiled.user_named_modules(model)]
+        self._modules = [m for _, m in compiled.user_named_modules(model)]
+        self._param_names = {id(p): n for n, p in compiled.user_named_parameters(model)}
+        self._layer_hooks = not compiled.has_compiled_parts(model)
+        self._versions: Optional[int] = None    # parameters' version counters when watch.step() began
+        self._after_compiled_step = False       # the optimizer stepped inside a compiled train step
+        self._stats_pending = False             # a statistics step's layer hooks wait for an eager forward
+        self._early_pending = False             # so does an early-warning sampled step's
         self._snapshot = Snapshot(optimizer) if snapshot and optimizer is not None else None
         self._snapshot_scheduler: Any = None
         self._device = next((p.device for p in model.parameters()), torch.device("cpu"))
@@ -159,6 +199,20 @@ class Watch:
         self._update_before: Optional[list[torch.Tensor]] = None   # stats steps: weights before the step
         self._update_norm: Optional[torch.Tensor] = None
         self._end_of_backward_queued = False
+        # BatchNorm-style running statistics change in the forward itself: a before-step bundle
+        # must hold them as the failing step's first forward found them (one fused copy per step
+        # into buffers kept across steps; a few numbers per normalisation layer).
+        self._running_stats = _running_stat_buffers(model)
+        self._running_copy: Optional[list[torch.Tensor]] = None
+        self._running_copy_step: Optional[int] = None
+        # Spikes (watcher/spikes.py) and sampled early warnings (watcher/early_warnings.py): both
+        # append to early_warnings; a spike goes to handle_spike() (skip/rollback) when one exists.
+        self.early_warnings: list[Any] = []
+        spike_opts = spike_options(spikes)
+        self.spike_detector = SpikeDetector(**spike_opts) if spike_opts else None
+        self._grad_ring = GradientRing() if spike_opts else None
+        early_opts = early_warning_options(early_warnings)
+        self.early = EarlyWarningSampler(model, early_opts, self._record_warning) if early_opts else None
 
         if gradient_check == "optimizer-hook":
             self._handles.append(optimizer.register_step_pre_hook(self._optimizer_pre_hook))
@@ -170,7 +224,8 @@ class Watch:
             self._handles.append(self._input_hook)
         # always_call: the hook also runs when forward raises, so a batch that made the model's own
         # checks raise (BCE's range check on NaN) still leaves a bundle.
-        self._handles.append(model.register_forward_hook(self._model_output_hook, always_call=True))
+        self._handles.append(model.register_forward_hook(self._model_output_hook, always_call=True, with_kwargs=True))
+        LoaderIndices.install()
         self._scaler_update = None
         self.attach_scaler(scaler)
         # Under torchrun a rank-aware layer sets flag_hook and write_hook (watcher/distributed.py).
@@ -184,6 +239,7 @@ class Watch:
         self.begin_micro_batch(batch)
         try:
             yield self
+            self._close_compiled_step()
         except Exception as err:
             self.raised_on_nonfinite_batch(err)
             raise
@@ -192,7 +248,9 @@ class Watch:
 
     def loss(self, loss: torch.Tensor) -> torch.Tensor:
         """Check this loss (no host sync here: it joins the step's flag vector). Returns it."""
-        if isinstance(loss, torch.Tensor) and self._capture is not None:
+        if compiled.compiling():    # inside a compiled step: the loss it returns is checked outside
+            return loss
+        if isinstance(loss, torch.Tensor) and self._capture is not None and not stats.is_transform_wrapped(loss):
             self._capture.explicit_losses.append(loss.detach())
         return loss
 
@@ -206,8 +264,12 @@ class Watch:
                 handle.remove()
             self._handles.clear()
             self._stats_handles.clear()
+            if self.early is not None:
+                self.early.close()
             if self.distributed is not None:
                 self.distributed.close()
+            LoaderIndices.uninstall()
+            self.keep_alive.close()
             if self._scaler_update is not None:
                 if self.scaler.__dict__.get("update") == self._scaler_update_hook:
                     del self.scaler.update
@@ -267,12 +329,9 @@ class Watch:
     # ---- step boundaries --------------------------------------------------------------------
     def begin_micro_batch(self, batch: Any) -> None:
         """A micro-batch enters the step (framework callbacks call this; `step()` does in a plain loop)."""
-        if not self._explicit_batches:
-            self._explicit_batches = True
-            if self._input_hook is not None:      # the user's batches win; the forward hook has no job left
-                self._input_hook.remove()
-                self._handles.remove(self._input_hook)
-                self._input_hook = None
+        # The user's batches win; the forward pre-hook stays (removing it would recompile a train
+        # step compiled around the model) but only adds a statistics step's layer hooks.
+        self._explicit_batches = True
         self._begin(batch)
 
     def _begin(self, batch: Any) -> None:
@@ -287,14 +346,28 @@ class Watch:
                 self._params_norm = norms.double().square().sum().sqrt() if params else None
                 self._params_flag = (~torch.isfinite(norms)).any().float() if params else None
             self._capture = _Capture(self.step_index, bundle_writer.capture_rng())
+            self._save_running_stats(self.step_index)
             self._host = None
-            if self._stats_step(self.step_index):
-                self._add_stats_hooks()
+            if self._explicit_batches:
+                self._versions = _version_sum(self.params())
+            if self._stats_step(self.step_index) and self._layer_hooks:
+                if self._explicit_batches and self._input_hook is not None:
+                    # Added by the forward pre-hook once the forward runs, and only if it runs
+                    # eagerly: inside a compiled train step they would change the graph's guards.
+                    self._stats_pending = True
+                else:
+                    self._add_stats_hooks()
+            if self.early is not None:
+                if self._explicit_batches and self._input_hook is not None:
+                    self._early_pending = True     # like the stats hooks: only for an eager forward
+                else:
+                    self.early.begin_step(self.step_index)
         capture = self._capture
         if len(capture.batches) >= MAX_MICRO_BATCHES:
             capture.truncated = True
             return
         capture.batches.append(batch)
+        capture.sample_indices.append(LoaderIndices.of(batch))
         floating = stats.floating_tensors(batch)
         if floating:
             norm = stats.foreach_norms(floating, math.inf)
@@ -302,22 +375,72 @@ class Watch:
         else:       # integer-only batches (token ids) cannot hold NaN; keep flags aligned with batches
             capture.batch_flags.append(torch.zeros(()))
 
+    def _save_running_stats(self, step: int) -> None:
+        if not self._running_stats:
+            return
+        live = [t for _, t in self._running_stats]
+        with torch.no_grad():
+            if self._running_copy is None or any(c.shape != t.shape or c.dtype != t.dtype or c.device != t.device
+                                                 for c, t in zip(self._running_copy, live)):
+                self._running_copy = [t.detach().clone() for t in live]
+            else:
+                torch._foreach_copy_(self._running_copy, [t.detach() for t in live])
+        self._running_copy_step = step
+
+    def _state_dict_for(self, capture: Optional[_Capture], state: str) -> dict[str, Any]:
+        """The model's state for a bundle: before the step, its running statistics as they were
+        before the step's first forward updated them."""
+        state_dict = compiled.user_state_dict(self.model)
+        if (state != STATE_BEFORE_STEP or capture is None or self._running_copy is None
+                or capture.step != self._running_copy_step):
+            return state_dict
+        for (name, _), saved in zip(self._running_stats, self._running_copy):
+            if name in state_dict:
+                state_dict[name] = saved
+        return state_dict
+
     def _model_input_hook(self, module: Any, args: Any, kwargs: Any) -> None:
         # Hooks alone are enough: each training forward of the model is a micro-batch, its inputs
         # the batch (unless the user marks micro-batches with watch.step(batch) themselves).
-        if self._explicit_batches or not module.training or not torch.is_grad_enabled():
+        if compiled.compiling():
+            return
+        if self._stats_pending:
+            self._stats_pending = False
+            self._add_stats_hooks()
+        if self._early_pending:
+            self._early_pending = False
+            self.early.begin_step(self.step_index)
+        if self._explicit_batches or self._blaming or not module.training or not torch.is_grad_enabled():
+            return
+        if stats.in_functorch_transform():
+            # functional_call inside torch.func.vmap/grad: a per-sample view, not the step's batch.
+            # The gradients the transform produces are still checked at optimizer.step().
             return
         self._begin(forward_inputs(args, kwargs))
 
-    def _model_output_hook(self, module: Any, args: Any, output: Any) -> None:
+    def _note_autocast(self) -> None:
+        # The loop's own `with torch.autocast(...)`: only a forward sees it (forward hooks run
+        # inside it). Bundles and replays then run under the same autocast, not in float32.
+        mixed = autocast_precision((self._device.type, "cpu") if self._device.type != "cpu" else ("cpu",))
+        if mixed is not None and self.precision != mixed:
+            self.precision = mixed
+
+    def _model_output_hook(self, module: Any, args: Any, kwargs: Any, output: Any) -> None:
+        if compiled.compiling():
+            return
         if output is None:
             # torch calls an always_call hook with no output when forward raised.
             raised = sys.exc_info()[1]
             if raised is not None and not isinstance(raised, NonFiniteError):
                 self.raised_on_nonfinite_batch(raised)
             return
-        if self._capture is None or not torch.is_grad_enabled():
+        if self._capture is None or self._blaming or not torch.is_grad_enabled() or stats.in_functorch_transform():
             return
+        if not self._precision_given and module.training:
+            self._note_autocast()
+        if module.training and len(self._capture.calls) < MAX_MICRO_BATCHES:
+            # What the per-sample re-run calls the model with (references only: no copy, no sync).
+            self._capture.calls.append(forward_inputs(args, kwargs))
         if self.gradient_check == "backward":
             self._arm_end_of_backward(output)
         # Hugging Face style outputs carry their loss: check it without asking the user.
@@ -380,6 +503,8 @@ class Watch:
         self.end_backward_step()
 
     def _optimizer_pre_hook(self, optimizer: Any, args: Any, kwargs: Any) -> Optional[tuple]:
+        if compiled.compiling():     # a compiled train step: checked when watch.step() ends
+            return None
         # With a closure (LBFGS) the gradients exist only once the closure has run.
         wrapped = with_checked_closure(args, kwargs, lambda closure: self.check_gradients())
         if wrapped is None:
@@ -401,6 +526,7 @@ class Watch:
             self._defer(capture, norms)
             return
         since = self._deferred_from
+        self.keep_alive.begin_check(capture.step)
         host, extra = self._sync(capture, norms, stats_step)
         self._host = host
         self._complete_previous_history(host)
@@ -418,34 +544,64 @@ class Watch:
             self._fire(what[0] if what is not None else "parameters",
                        f"{text} (seen at the check of step {capture.step}; check_every={self.check_every} covers "
                        f"steps {since}..{capture.step})", capture)
-            if self.policy == "skip":
+            if self.policy in ("skip", "rollback"):
                 self._drop_gradients()
             return
         if host[_SLOT["params_bad"]]:
             previous, self._previous = self._previous, None
             self._fire("parameters", self._parameters_what(), previous)
-            if self.policy == "skip":
+            if self.policy in ("skip", "rollback"):
                 self._drop_gradients()
                 return
+        if host[_SLOT["listed_bad"]]:
+            # A sample that an earlier run's skip list names is in this step (on some rank): no update.
+            self.keep_alive.resume_skipped.append(capture.step)
+            self.skipped_steps += 1
+            self._drop_gradients()
+            return
         if what is not None:
             check, text = what
             # With a GradScaler, non-finite gradients are an overflow the scaler skips by design:
             # recorded as a skip when scaler.update() runs, not fired.
             if not (check == "gradients" and self.scaler is not None):
                 self._fire(check, text, capture)
-                if self.policy == "skip":
+                if self.policy in ("skip", "rollback"):
                     self._drop_gradients()
                     return
+        if what is None and self.spike_detector is not None and self._check_spike(capture, host, norms):
+            return
+        self.keep_alive.healthy(self, capture.step)
         if self._snapshot is not None:
             self._snapshot.save()
             self._snapshot_scheduler = _scheduler_state(self.scheduler)
+        if self.early is not None and self.optimizer is not None:
+            self.early.before_update([local_tensor(p.detach()) for p in params])
         if stats_step and self.optimizer is not None:
             with torch.no_grad():
                 self._update_before = [local_tensor(p.detach()).clone() for p in params]
 
     def _optimizer_post_hook(self, optimizer: Any, args: Any, kwargs: Any) -> None:
-        if self._closed:
+        if self._closed or compiled.compiling():
             return
+        self._after_optimizer_step(optimizer)
+
+    def _close_compiled_step(self) -> None:
+        """The end of `watch.step()`, outside any compiled code. When the optimizer stepped inside
+        a compiled train step (the parameters' version counters moved, no hook of ours ran), the
+        step's checks run here: batch, loss, the gradients still held, then the new weights."""
+        if self._closed or self._capture is None or self._versions is None or self.optimizer is None:
+            return
+        if _version_sum(self.params()) == self._versions:
+            return          # no optimizer step yet (gradient accumulation) or an eager one already closed it
+        self._after_compiled_step = True
+        try:
+            self.check_gradients()
+            if not self._closed and self._capture is not None:
+                self._after_optimizer_step(self.optimizer)
+        finally:
+            self._after_compiled_step = False
+
+    def _after_optimizer_step(self, optimizer: Any) -> None:
         params = [local_tensor(p.detach()) for g in optimizer.param_groups for p in g["params"]]
         # Checked at the next step's sync (or at close): no second host sync per step. The same
         # norm is the history's param_norm, so it costs nothing more.
@@ -460,11 +616,15 @@ class Watch:
             update = stats.foreach_norms(delta).square().sum().sqrt()
             self._update_norm = update / stats.foreach_norms(before).square().sum().sqrt().clamp_min(1e-30)
         self._update_before = None
+        if self.early is not None and self.early.active:
+            self.early.after_update(optimizer, params, self._owners(optimizer))
         self._post_ran = True
         self._finish_step(skipped=self._dropped)
 
     def _scaler_update_hook(self, *args: Any, **kwargs: Any) -> Any:
-        result = self._scaler_update(*args, **kwargs)
+        result = self.keep_alive.freeze.scaler_update(self.scaler, self._scaler_update, args, kwargs)
+        if compiled.compiling():
+            return result
         if not self._post_ran and not self._closed:
             # The scaler found inf/NaN gradients and skipped optimizer.step().
             capture = self._capture or _Capture(self.step_index, bundle_writer.capture_rng())
@@ -477,14 +637,32 @@ class Watch:
             self._skip_run += 1
             self.skipped_steps += 1
             self._finish_step(skipped=True)
-            if self._skip_run == self.skip_streak:
+            what = self._collapse_what()
+            if what is not None:
                 # Skipped steps leave the weights as they were: the last one replays from them.
-                self._fire("loss-scale", f"GradScaler skipped {self._skip_run} steps in a row (the loss scale "
-                           "collapsed; the model is not updating)", self._previous)
+                self._streak_fired = True
+                self._fire("loss-scale", what, self._previous)
         else:
             self._skip_run = 0
+            self._scale_settled = True
+            self._streak_fired = False
         self._post_ran = False
         return result
+
+    def _collapse_what(self) -> Optional[str]:
+        """A streak of skips that is a collapse, said in words; None while it is not (yet) one.
+        Before the scaler's first update it is calibrating from init_scale (65536 halving down to
+        what the model needs: 8 skips for 256): only a scale below `scale_floor` is collapse then."""
+        if self._streak_fired:
+            return None
+        scale = self.scaler.get_scale() if hasattr(self.scaler, "get_scale") else math.nan   # skips only: rare
+        if scale < self.scale_floor:
+            return (f"GradScaler skipped {self._skip_run} steps in a row and its scale fell to {_fmt(scale)}, below "
+                    f"the floor of {_fmt(self.scale_floor)} (the loss scale collapsed; the model is not updating)")
+        if self._scale_settled and self._skip_run >= self.skip_streak:
+            return (f"GradScaler skipped {self._skip_run} steps in a row after it had settled (the loss scale "
+                    "collapsed; the model is not updating)")
+        return None
 
     def _complete_previous_history(self, host: list[float]) -> None:
         """The previous step's weights are known only now, from this step's one transfer."""
@@ -522,10 +700,13 @@ class Watch:
                     if a:
                         metrics[f"fp16_headroom/{name or 'model'}"] = FP16_MAX / a
             _emit(self.sink, self.step_index, metrics)
+        if self.early is not None:
+            self.early.finish()
         self._previous = capture
         self._capture = None
         self._local_grads_flag = None
         self._dropped = False
+        self._versions = None
         self._remove_stats_hooks()
         self.step_index += 1
 
@@ -554,8 +735,10 @@ class Watch:
             flags = self.flag_hook(flags)
         parts = [flags]
         if stats_step:
-            acts = [self._act_max.get(i, torch.full((), -1.0, device=dev)).to(dev) for i in range(len(self._modules))]
-            parts.append(torch.stack(acts).float())
+            self._reduce_acts()
+            self._act_owners = [i for owners, _ in self._act_reduced for i in owners]
+            parts += [values.to(dev, torch.float32) for _, values in self._act_reduced]
+            self._act_reduced = []
             if norms is not None:
                 parts.append(norms.to(dev).float())
         values = torch.cat(parts).tolist() if len(parts) > 1 else flags.tolist()   # the one host transfer
@@ -586,8 +769,9 @@ class Watch:
         scale = scale.reshape(()).float().to(dev) if isinstance(scale, torch.Tensor) else (
             torch.full((), float(self.scaler.get_scale()), device=dev) if self.scaler is not None and
             hasattr(self.scaler, "get_scale") else zero)
-        return torch.stack([batch_bad, loss_bad, grads_bad, params_bad, local, loss.float(), grad_norm.float(), scale,
-                            params_norm, update_ratio])
+        listed = torch.full((), float(self.keep_alive.listed(capture)), device=dev) if self.keep_alive.resume_skip else zero
+        return torch.stack([batch_bad, loss_bad, grads_bad, params_bad, local, listed, loss.float(), grad_norm.float(),
+                            scale, params_norm, update_ratio])
 
     def _what(self, host: list[float], capture: _Capture, grads: list[torch.Tensor]) -> Optional[tuple[str, str]]:
         if host[_SLOT["batch_bad"]] and self.batch_check:
@@ -603,7 +787,7 @@ class Watch:
 
     def _nonfinite_parameters(self) -> list[str]:
         """Names of the parameters holding NaN/Inf values (slow path: only when a flag fired)."""
-        names = {id(p): n for n, p in self.model.named_parameters()}
+        names = self._param_names
         return [names.get(id(p), "?") for p in self.params()
                 if not bool(torch.isfinite(local_tensor(p.detach())).all())]
 
@@ -612,6 +796,10 @@ class Watch:
         shown = ", ".join(names[:5]) + (f" and {len(names) - 5} more" if len(names) > 5 else "")
         where = "optimizer.step()" if self.optimizer is not None else "the update after the backward pass"
         return f"parameters became non-finite in {where}: {shown or 'a parameter'}"
+
+    def compile_settings(self) -> Optional[dict[str, Any]]:
+        """How the watched run was compiled (the bundle's `compile`); None when it was not."""
+        return self.compiled_as or compiled_since(self._graphs_before)
 
     # ---- firing ------------------------------------------------------------------------------
     def _fire(self, check: str, what: str, capture: Optional[_Capture], state: str = STATE_BEFORE_STEP,
@@ -631,6 +819,18 @@ class Watch:
         if self.notify is not None:
             self.notify(self.events[-1])
         message = f"nandoctor.watch: step {step}: {what}." + (" " + replay_hint(bundle, self.rebuild) if bundle else "")
+        if self.policy in ("skip", "rollback") and self.keep_alive.enabled and check != "loss-scale" and not closing:
+            try:
+                message += self.keep_alive.act(self, self.policy, check, what, capture)
+            except RollbackBudgetSpent as spent:
+                self._stop(f"{message} Stopped: {spent}; skip list: {self.keep_alive.skip_list.path}.",
+                           bundle, step, what)
+            if self.policy == "rollback":
+                self.skipped_steps += 1
+        elif self.policy == "raise" and not closing and self.keep_alive.enabled:
+            found = self.keep_alive.blame(self, check, capture)
+            if found is not None and found["dominant"]:
+                message += " Samples that carry it: " + _blamed_text(found) + "."
         if self.policy == "raise" and not closing:
             self.close()
             raise NonFiniteError(message, bundle, step, what)
@@ -643,7 +843,8 @@ class Watch:
             else:
                 message += " It cannot be skipped after the fact without watch(snapshot=True)."
         elif self.policy == "skip" and check != "loss-scale":
-            message += " The optimizer step was skipped."
+            if not self.keep_alive.enabled:
+                message += " The optimizer step was skipped."
             self.skipped_steps += 1
         if self.warn and check not in self._warned:   # once per kind of check: a run left going must not flood the log
             self._warned.add(check)
@@ -660,6 +861,8 @@ class Watch:
         self._dropped = True
 
     def _write(self, check: str, what: str, capture: Optional[_Capture], step: int, state: str) -> Path:
+        if self._after_compiled_step:
+            state = STATE_AFTER_STEP      # checked after the compiled step had updated the weights
         use_snapshot = state == STATE_BEFORE_STEP and check == "parameters" and self._snapshot is not None
         if use_snapshot:
             with self._snapshot.restored_view():
@@ -686,12 +889,14 @@ class Watch:
             layer_stats=[bundle_writer.encode_value({k: v for k, v in s.items() if k != "modules"})
                          for s in self.layer_stats],
             rebuild=bundle_writer.encode_value(self.rebuild),
+            compile=self.compile_settings(),
             detail={"truncated_micro_batches": bool(capture and capture.truncated),
-                    "layer_modules": self._module_names if self.layer_stats else []})
+                    "layer_modules": self._module_names if self.layer_stats else [],
+                    "early_warnings": [bundle_writer.encode_value(to_plain(w)) for w in self.early_warnings]})
         manifest.micro_step = _first_bad_micro_batch(check, capture)
         names = [self._param_names.get(id(p)) for p in self.params()]
         write = self.write_hook or bundle_writer.write_bundle     # per-rank parts under torchrun
-        return write(self.out, manifest, self.model.state_dict(), self.optimizer,
+        return write(self.out, manifest, self._state_dict_for(capture, state), self.optimizer,
                                           self._bundle_batches(capture), capture.rng if capture else None,
                                           param_names=names)
 
@@ -700,39 +905,128 @@ class Watch:
             return []
         return self.batch_provider(capture) if self.batch_provider is not None else capture.batches
 
+    def _stop(self, message: str, bundle: Optional[Path], step: int, what: str) -> None:
+        self.close()
+        raise NonFiniteError(message, bundle, step, what)
+
+    # ---- spikes (the detector calls this) --------------------------------------------------------
+    def handle_spike(self, statistic: str, reason: str, capture: Any = None) -> bool:
+        """Apply the on_spike policy to the step being checked (call it before the optimizer
+        applies the update: inside the step's check). True when the step was skipped or rolled
+        back; "warn" returns False. Every rank must call it on the same step."""
+        capture = capture if capture is not None else self._capture
+        if self.spike_policy == "warn" or self._closed or not self.keep_alive.enabled:
+            return False
+        step = capture.step if capture is not None else self.step_index
+        message = f"nandoctor.watch: step {step}: {reason}."
+        try:
+            message += self.keep_alive.act(self, self.spike_policy, "spike", reason, capture, statistic=statistic)
+        except RollbackBudgetSpent as spent:
+            self._stop(f"{message} Stopped: {spent}; skip list: {self.keep_alive.skip_list.path}.", None, step, reason)
+        self._drop_gradients()
+        self.skipped_steps += 1
+        self.events.append({"step": step, "check": "spike", "what": reason, "bundle": None,
+                            "policy": self.spike_policy})
+        if self.warn and "spike-policy" not in self._warned:
+            self._warned.add("spike-policy")
+            warnings.warn(message, NonFiniteWarning, stacklevel=2)
+        return True
+
+    def _check_spike(self, capture: _Capture, host: list[float], norms: Optional[torch.Tensor]) -> bool:
+        """A loss or gradient-norm spike, from this step's synced numbers. True when a policy
+        (`handle_spike`) skipped or rolled back the step."""
+        self._grad_ring.add(capture.step, norms)
+        # Under torchrun every rank must see the same numbers, or one rank would skip alone.
+        loss, grad_norm = rank_agreed(self, host)
+        spike = self.spike_detector.observe(capture.step, loss if capture.losses else None, grad_norm)
+        if spike is None:
+            return False
+        # The slow path, on a spike only: which layer statistic moved first.
+        owners = [self._param_names.get(id(p), "").rpartition(".")[0] for p in self.params() if p.grad is not None]
+        sampled = {key: list(points) for key, points in self.early.series.items()} if self.early is not None else None
+        moved = explain_spike(spike, self._grad_ring, owners, sampled)
+        reason = spike.reason()
+        if moved:
+            first = moved[0]
+            reason += (f"; moved first: {first.statistic} of {first.module or 'the model'} "
+                       f"({first.ratio:.3g}x its median, from step {first.first_step})")
+        handler = getattr(self, "handle_spike", None)
+        acted = bool(handler(spike.statistic, reason, capture)) if handler is not None else False
+        action = self.spike_policy if acted else "warn"
+        warning = spike_warning(spike, moved, action)
+        self.spike_detector.track(warning)
+        self._record_warning(warning, text=f"step {spike.step}: {reason}")
+        return acted
+
+    def _record_warning(self, warning: Any, text: Optional[str] = None) -> None:
+        self.early_warnings.append(warning)
+        if len(self.early_warnings) > 4 * self.window:       # a long run must not grow without bound
+            del self.early_warnings[: self.window]
+        if self.sink is not None:
+            _emit(self.sink, warning.step, {f"early_warning/{warning.cause}": warning.value})
+        if self.warn and warning.cause not in self._warned:
+            self._warned.add(warning.cause)
+            where = f" in {warning.module}" if warning.module else ""
+            text = text or (f"step {warning.step}: {warning.statistic}{where} is {warning.value:.4g}"
+                            + (f", {warning.ratio:.3g}x its value at step {warning.since_step}"
+                               if warning.ratio and warning.since_step is not None and warning.since_step < warning.step else ""))
+            warnings.warn(f"nandoctor.watch: {warning.cause}: {text} (`nandoctor explain {warning.cause}`).",
+                          InstabilityWarning, stacklevel=4)
+
+    def _owners(self, optimizer: Any) -> list[str]:
+        return [self._param_names.get(id(p), "").rpartition(".")[0] for g in optimizer.param_groups for p in g["params"]]
+
     # ---- per-layer statistics ----------------------------------------------------------------
     def _stats_step(self, step: int) -> bool:
         return self.stats_every > 0 and step % self.stats_every == 0
 
     def _add_stats_hooks(self) -> None:
-        self._act_max = {}
+        self._act_pending, self._act_pending_bytes, self._act_reduced = [], 0, []
         for index, module in enumerate(self._modules):
             self._stats_handles.append(module.register_forward_hook(self._stats_hook(index)))
 
     def _stats_hook(self, index: int) -> Callable:
         def hook(module: Any, args: Any, output: Any) -> None:
-            tensors = stats.floating_tensors(output)
-            if not tensors:
+            if stats.in_functorch_transform() or compiled.compiling():
                 return
-            with torch.no_grad():
-                value = stats.foreach_norms([t.detach() for t in tensors], math.inf).amax()
-            previous = self._act_max.get(index)
-            self._act_max[index] = value if previous is None else torch.maximum(previous, value)
+            if isinstance(output, torch.Tensor):
+                tensors = [output] if (output.is_floating_point() or output.is_complex()) and output.numel() else []
+            else:
+                tensors = stats.floating_tensors(output)
+            for t in tensors:
+                self._act_pending.append((index, t, t._version))
+                self._act_pending_bytes += t.numel() * t.element_size()
+            if tensors and (self._act_pending_bytes >= stats.BATCH_BYTES or index in self._act_eager):
+                self._reduce_acts()
         return hook
 
+    def _reduce_acts(self) -> None:
+        """One fused max |x| over the waiting outputs. An output changed in place since its hook
+        is not measured this time; that module's outputs are reduced in its hook from then on."""
+        pending, self._act_pending, self._act_pending_bytes = self._act_pending, [], 0
+        keep = [(i, t) for i, t, version in pending if t._version == version]
+        self._act_eager.update(i for i, t, version in pending if t._version != version)
+        if keep:
+            self._act_reduced.append(([i for i, _ in keep], stats.foreach_max_abs([t for _, t in keep])))
+
     def _remove_stats_hooks(self) -> None:
+        self._stats_pending = self._early_pending = False
         for handle in self._stats_handles:
             handle.remove()
         self._stats_handles.clear()
-        self._act_max = {}
+        self._act_pending, self._act_pending_bytes, self._act_reduced = [], 0, []
 
     def _remove_stats_hooks_if_done(self) -> None:
         if self._capture is None:
             self._remove_stats_hooks()
 
     def _record_layer_stats(self, step: int, extra: list[float], grads: list[torch.Tensor]) -> None:
-        count = len(self._modules)
-        acts = [v if v >= 0 else None for v in extra[:count]]
+        count = len(self._act_owners)
+        acts: list[Optional[float]] = [None] * len(self._modules)
+        for index, value in zip(self._act_owners, extra[:count]):
+            # The largest over the step's micro-batches and over a module's output tensors; NaN wins.
+            previous = acts[index]
+            acts[index] = value if previous is None or math.isnan(value) or (not math.isnan(previous) and value > previous) else previous
         norms = extra[count:]
         owner: dict[str, float] = {}
         grad_params = [p for p in self.params() if p.grad is not None]
@@ -752,12 +1046,19 @@ def watch(model: torch.nn.Module, optimizer: Optional[torch.optim.Optimizer] = N
     `with watch.step(batch):` marks each micro-batch; `watch.loss(loss)` adds the loss to the
     check (a model output's `.loss` is picked up by itself). On the first non-finite batch,
     loss, gradient or parameter a crash bundle is written to `out`, then `on_nonfinite`
-    decides: "raise" NonFiniteError, "skip" the optimizer step, or "warn". `stats_every`
+    decides: "raise" (or "stop") NonFiniteError, "skip" the optimizer step, "warn", or "rollback"
+    to a copy kept every `rollback={"every": K, "keep": N, "budget": B}` steps; `on_spike`
+    ("warn", "skip", "rollback") does the same for spikes. Skips and rollbacks, with the samples
+    that carried them (`sample_loss=` names them better), go to `out/skip_list.json`;
+    `skip_list=` honours an earlier run's list (docs/guides/keep-the-run-alive.md). `stats_every`
     records per-layer max |activation| and gradient norms into a window of `window` entries;
     `sink(step, metrics)` or a TensorBoard SummaryWriter receives per-step numbers.
     Options: scheduler=, snapshot=True (keep the pre-step state so a NaN born inside
-    optimizer.step() replays exactly), precision=, grad_clip=, skip_streak=, rebuild=,
-    distributed= (under torchrun: "auto", False, or {"timeout": seconds}; README, "Distributed runs").
+    optimizer.step() replays exactly), precision=, grad_clip=, skip_streak=, scale_floor=, rebuild=,
+    distributed= (under torchrun: "auto", False, or {"timeout": seconds}; README, "Distributed runs"),
+    spikes= (loss/gradient-norm spike detection: True, False or a dict of the `spikes` config keys),
+    early_warnings= (sampled instability warnings: True, False or a dict of the `early_warnings` keys);
+    both land in `watch.early_warnings` and in the crash bundle.
     """
     return Watch(model, optimizer, scaler, out=out, on_nonfinite=on_nonfinite, stats_every=stats_every,
                  window=window, check_every=check_every, sink=sink, **options)
@@ -806,15 +1107,33 @@ def with_checked_closure(args: tuple, kwargs: dict, check: Callable[[Callable[[]
 
 def unwrap_optimizer(optimizer: Any) -> Optional[torch.optim.Optimizer]:
     """The torch optimizer inside a wrapper (Accelerate's AcceleratedOptimizer, Lightning's
-    LightningOptimizer, DeepSpeed-style `.optimizer` chains): hooks belong on the torch one."""
+    LightningOptimizer, DeepSpeed-style `.optimizer` chains): hooks belong on the torch one.
+    AcceleratedOptimizer subclasses torch.optim.Optimizer without running its __init__ (it has no
+    hook dictionaries), so a subclass that holds another optimizer is a wrapper too."""
     seen = 0
-    while optimizer is not None and not isinstance(optimizer, torch.optim.Optimizer) and seen < 8:
-        optimizer = getattr(optimizer, "optimizer", None) or getattr(optimizer, "_optimizer", None)
+    while optimizer is not None and seen < 8:
+        inner = _inner_optimizer(optimizer)
+        if inner is None:
+            break
+        optimizer = inner
         seen += 1
     if optimizer is not None and not isinstance(optimizer, torch.optim.Optimizer):
         raise TypeError(f"nandoctor.watch: optimizer must be a torch.optim.Optimizer (or wrap one in "
                         f"`.optimizer`), got {type(optimizer).__name__}")
     return optimizer
+
+
+def _inner_optimizer(optimizer: Any) -> Any:
+    """What `optimizer` wraps (`.optimizer`, `._optimizer`), or None when it wraps nothing."""
+    for name in ("optimizer", "_optimizer"):
+        try:
+            inner = getattr(optimizer, name, None)
+        except Exception:  # noqa: BLE001 - a property that raises: not a wrapper attribute
+            inner = None
+        if inner is not None and inner is not optimizer and (isinstance(inner, torch.optim.Optimizer)
+                                                             or _inner_optimizer(inner) is not None):
+            return inner
+    return None
 
 
 def active_scaler(scaler: Any) -> Any:
@@ -892,6 +1211,24 @@ def shown_list(values: list, limit: int = 8) -> str:
     return ", ".join(str(v) for v in values[:limit]) + (f" and {len(values) - limit} more" if len(values) > limit else "")
 
 
+def _running_stat_buffers(model: torch.nn.Module) -> list[tuple[str, torch.Tensor]]:
+    """(state_dict key, buffer) of every running statistic a training forward updates in place:
+    BatchNorm / InstanceNorm / SyncBatchNorm with track_running_stats."""
+    found = []
+    for module_name, module in compiled.user_named_modules(model):
+        if isinstance(module, torch.nn.modules.batchnorm._NormBase) and module.track_running_stats:
+            for name, buf in module.named_buffers(recurse=False):
+                if buf is not None:
+                    found.append((f"{module_name}.{name}" if module_name else name, buf))
+    return found
+
+
+def _version_sum(params: list[torch.Tensor]) -> int:
+    """Sum of the parameters' in-place version counters: it moves when an optimizer step (even
+    one inside compiled code, which runs none of our hooks) updates them."""
+    return sum(p._version for p in params)
+
+
 def _infer_precision(model: torch.nn.Module, scaler: Any) -> str:
     if scaler is not None:
         return "16-mixed"
@@ -924,6 +1261,14 @@ def _first_bad_micro_batch(check: str, capture: Optional[_Capture]) -> Optional[
     if check == "loss" and len(capture.losses) == len(capture.batches):
         return next((i for i, loss in enumerate(capture.losses) if not bool(torch.isfinite(loss).all())), None)
     return None
+
+
+def _blamed_text(found: dict[str, Any]) -> str:
+    parts = []
+    for s in found["dominant"][:8]:
+        where = f"dataset index {s['index']}" if s["index"] is not None else f"row {s['row']}"
+        parts.append(f"{where} ({found['statistic']} {_fmt(s['score'])})")
+    return ", ".join(parts)
 
 
 def _fmt(value: float) -> str:

@@ -24,6 +24,8 @@ batch is reported at once; a non-finite loss or gradient is re-run by the user's
 from __future__ import annotations
 
 import collections
+import contextlib
+import functools
 import gc
 import sys
 import threading
@@ -35,9 +37,11 @@ from typing import Any, Callable, Optional
 
 import torch
 
+from ..run.compiled import compiling
 from ..run.frames import is_user_file, location
 from ..trace import ExperimentResult, LoopFacts, NonfiniteEvent, Phase, SourceLocation
 from .guard import Watch, active_scaler, plain_rebuild, with_checked_closure
+from ..run import stats
 from ..run.stats import nonfinite_rows
 from .guard import batch_name, shown_list
 from .rerun import Rerun, RerunOutcome, TopCall, data_event
@@ -122,10 +126,17 @@ class ScriptGuard:
     def __init__(self, out: str | Path = "nandoctor-bundles", stats_every: int = 50, check_every: int = 1,
                  window: int = 64, rerun: bool = True, distributed: Any = "auto", max_seconds: Optional[float] = None,
                  max_bundles: int = 1, snapshot_every: int = 100, snapshot_max_bytes: int = 2 << 30,
-                 experiments_seconds: float = 60.0,
-                 plan_rewinds: Optional[Callable[["ScriptGuard"], list[float]]] = None):
+                 experiments_seconds: float = 60.0, spikes: Any = None, early_warnings: Any = None,
+                 plan_rewinds: Optional[Callable[["ScriptGuard"], list[float]]] = None,
+                 on_nonfinite: str = "stop", on_spike: str = "warn", rollback: Optional[dict[str, Any]] = None):
         self.out = Path(out)
-        self.options = dict(stats_every=stats_every, check_every=check_every, window=window, distributed=distributed)
+        # --on-nonfinite skip|rollback, --on-spike: the watch's policies keep the script going
+        # (watcher/keep_alive.py); "stop" is the trace-and-report path below.
+        self.on_nonfinite, self.on_spike, self.rollback = on_nonfinite, on_spike, rollback
+        self.keeps_alive = on_nonfinite in ("skip", "rollback") or on_spike != "warn"
+        self._schedulers: dict[int, Any] = {}         # id(optimizer) -> the LR scheduler built for it
+        self.options = dict(stats_every=stats_every, check_every=check_every, window=window, distributed=distributed,
+                            spikes=spikes, early_warnings=early_warnings)
         self.do_rerun = rerun
         self.max_bundles = max_bundles
         # Rolling CPU copies (the first and the latest, every `snapshot_every` steps) from which a
@@ -174,6 +185,7 @@ class ScriptGuard:
 
     # ---- install / uninstall -----------------------------------------------------------------------
     def install(self) -> None:
+        self._frames_skipped = False
         self.argv = list(sys.argv[1:])       # the script's own arguments (set before install)
         import torch.optim.optimizer as optim
         self._handles.append(optim.register_optimizer_step_pre_hook(self._before_step))
@@ -193,6 +205,8 @@ class ScriptGuard:
         original_backward = torch.autograd.backward
 
         def backward(tensors: Any, *args: Any, **kwargs: Any) -> Any:
+            if compiling():      # inside a compiled train step: nothing of ours enters its graph
+                return original_backward(tensors, *args, **kwargs)
             if "backward" not in guard.sites:
                 guard.sites["backward"] = _user_caller()
             guard._before_backward(tensors)
@@ -202,11 +216,27 @@ class ScriptGuard:
                 guard._after_backward()
         self._patch(torch.autograd, "backward", backward)
 
+        # torch.autograd.backward is a function dynamo never traces (the user's own graph break);
+        # ours in its place must not be a frame it tries to compile either. Marked once the script
+        # compiles something (importing the compiler up front would cost every run seconds).
+        original_compile = torch.compile
+
+        @functools.wraps(original_compile)
+        def compile_(*args: Any, **kwargs: Any) -> Any:
+            if not guard._frames_skipped:
+                guard._frames_skipped = True
+                if torch.autograd.backward is backward:     # uninstall puts the original back
+                    torch.autograd.backward = torch.compiler.disable(backward, recursive=False)
+            return original_compile(*args, **kwargs)
+        self._patch(torch, "compile", compile_)
+
         scaler_cls = torch.amp.GradScaler
         original_scale, original_step = scaler_cls.scale, scaler_cls.step
 
         def scale(scaler: Any, outputs: Any) -> Any:
             scaled = original_scale(scaler, outputs)
+            if compiling():
+                return scaled
             if active_scaler(scaler) is not None and isinstance(outputs, torch.Tensor):
                 guard._note_loss(outputs)
                 if isinstance(scaled, torch.Tensor):
@@ -214,10 +244,20 @@ class ScriptGuard:
             return scaled
 
         def step(scaler: Any, optimizer: Any, *args: Any, **kwargs: Any) -> Any:
-            guard._note_scaler(scaler, optimizer)
+            if not compiling():
+                guard._note_scaler(scaler, optimizer)
             return original_step(scaler, optimizer, *args, **kwargs)
         self._patch(scaler_cls, "scale", scale)
         self._patch(scaler_cls, "step", step)
+
+        scheduler_cls = torch.optim.lr_scheduler.LRScheduler
+        original_scheduler_init = scheduler_cls.__init__
+
+        def scheduler_init(scheduler: Any, optimizer: Any, *args: Any, **kwargs: Any) -> None:
+            original_scheduler_init(scheduler, optimizer, *args, **kwargs)
+            guard._schedulers.setdefault(id(optimizer), scheduler)
+        if self.keeps_alive:      # a skip holds the scheduler; a rollback restores it
+            self._patch(scheduler_cls, "__init__", scheduler_init)
 
         loader_cls = torch.utils.data.DataLoader
         original_iter = loader_cls.__iter__
@@ -230,7 +270,7 @@ class ScriptGuard:
         original_clip = clip_module.clip_grad_norm_
 
         def clip_grad_norm_(parameters: Any, max_norm: float, *args: Any, **kwargs: Any) -> Any:
-            if "clip" not in guard.sites:
+            if "clip" not in guard.sites and not compiling():
                 guard.sites["clip"] = _user_caller()
                 guard.clip_norm = float(max_norm)
             return original_clip(parameters, max_norm, *args, **kwargs)
@@ -296,7 +336,8 @@ class ScriptGuard:
         guard = self
 
         def call(module: torch.nn.Module, *args: Any, **kwargs: Any) -> Any:
-            if id(module) in guard._known:
+            # Inside a compiled model: dynamo inlines this call; it must add nothing to the graph.
+            if compiling() or id(module) in guard._known:
                 return original_call(module, *args, **kwargs)     # its own pre-hook reports it
             depth = guard._depth()
             if depth == 0 and module.training and torch.is_grad_enabled():
@@ -336,6 +377,8 @@ class ScriptGuard:
         self._module_handles.append(module.register_forward_hook(self._top_post_hook, always_call=True))
 
     def _top_pre_hook(self, module: torch.nn.Module, args: tuple, kwargs: dict) -> Optional[tuple[tuple, dict]]:
+        if compiling():
+            return None
         depth = self._depth()
         self._local.depth = depth + 1
         if self._logged_by_call is module:
@@ -347,6 +390,8 @@ class ScriptGuard:
         return self._log_call(module, args, kwargs)
 
     def _top_post_hook(self, module: torch.nn.Module, args: tuple, output: Any) -> None:
+        if compiling():
+            return
         self._local.depth = max(0, self._depth() - 1)
         if self._depth() == 0:
             self.phase_now = Phase.LOSS
@@ -356,6 +401,14 @@ class ScriptGuard:
                 self.rerun.on_top_return(module)
 
     def _log_call(self, module: torch.nn.Module, args: tuple, kwargs: dict) -> Optional[tuple[tuple, dict]]:
+        if stats.in_functorch_transform():
+            # functional_call under torch.func.vmap/grad: its inputs are per-sample views that cannot
+            # leave the transform. The call still names the model (its optimizer's watch attaches);
+            # the gradients the transform leaves are checked at optimizer.step() as usual.
+            self._window.calls.append(TopCall(module=module, args=(), kwargs={},
+                                              owns_parameters=any(True for _ in module.parameters()),
+                                              site=_user_caller()))
+            return None
         replaced = None
         if self.rerun is not None and self.rerun.state != "done":
             replaced = self.rerun.on_top_call(module, args, kwargs)
@@ -381,14 +434,8 @@ class ScriptGuard:
         return self.rerun is not None and self.rerun.state == "tracing"
 
     def _note_autocast(self) -> None:
-        for device in ("cuda", "cpu"):
-            try:
-                if torch.is_autocast_enabled(device):
-                    dtype = torch.get_autocast_dtype(device)
-                    self._autocast = "bf16-mixed" if dtype == torch.bfloat16 else "16-mixed"
-                    return
-            except (TypeError, RuntimeError, AttributeError):   # older torch: no per-device query
-                continue
+        from ..run.precision import autocast_precision
+        self._autocast = autocast_precision() or self._autocast
 
     # ---- losses and backward passes --------------------------------------------------------------
     def _note_loss(self, loss: torch.Tensor) -> None:
@@ -455,6 +502,8 @@ class ScriptGuard:
     def _before_step(self, optimizer: torch.optim.Optimizer, args: Any, kwargs: Any) -> Optional[tuple]:
         # `optimizer.step(closure)` (LBFGS, Lightning's automatic optimization) runs the forward and
         # backward inside the step: the check belongs after the closure, before the update.
+        if compiling():
+            return None
         wrapped = with_checked_closure(args, kwargs, lambda closure: self._at_closure_end(optimizer, closure))
         if wrapped is not None:
             return wrapped
@@ -502,6 +551,8 @@ class ScriptGuard:
         self._maybe_snapshot(watch)
 
     def _after_step(self, optimizer: torch.optim.Optimizer, args: Any, kwargs: Any) -> None:
+        if compiling():
+            return
         if self._rewind is not None:
             self._rewind_stepped(optimizer)
         if id(optimizer) in self.watches:
@@ -627,10 +678,21 @@ class ScriptGuard:
     def _new_watch(self, model: torch.nn.Module, optimizer: Optional[torch.optim.Optimizer]) -> Watch:
         rebuild = plain_rebuild(model)
         rebuild["kind"] = "script" if "script" in rebuild else "plain"
-        watch = Watch(model, optimizer, None, out=self.out, on_nonfinite="skip", gradient_check="manual",
+        policy = self.on_nonfinite if self.on_nonfinite in ("skip", "rollback") else "skip"
+        extra: dict[str, Any] = {}
+        if self.keeps_alive:
+            extra = dict(on_spike=self.on_spike, rollback=self.rollback,
+                         scheduler=self._schedulers.get(id(optimizer)) if optimizer is not None else None)
+        watch = Watch(model, optimizer, None, out=self.out, on_nonfinite=policy, gradient_check="manual",
                       inputs="manual", notify=self._on_fire, warn=False, rebuild=rebuild, batch_check=False,
-                      precision=self._autocast, max_bundles=self.max_bundles, **self.options)
+                      precision=self._autocast, max_bundles=self.max_bundles, **extra, **self.options)
         watch.batch_provider = lambda capture: self._bundle_batches(watch, capture)
+        watch.keep_alive.enabled = self.keeps_alive
+        if policy != self.on_nonfinite:
+            # "skip" above is the stop path's own no-op step; it must not keep a NaN run going.
+            watch.keep_alive.on_nonfinite = "raise"
+        watch.keep_alive.aside = self._aside
+        watch.keep_alive.loss_source = lambda capture: self._loss_source(watch, capture)
         return watch
 
     def _bundle_batches(self, watch: Watch, capture: Any) -> list[Any]:
@@ -657,6 +719,39 @@ class ScriptGuard:
             for loss in self._window.losses:
                 watch.loss(loss)
 
+    def _loss_source(self, watch: Watch, capture: Any) -> Optional[tuple[Callable[..., torch.Tensor], list[Any]]]:
+        """The step's loss per sample, from the loss module it called (`nn.CrossEntropyLoss()(out,
+        target)`): the module again with reduction='none' on the model's re-run output. None when
+        the step called no such module (a functional loss, a loss inside the model)."""
+        window = self._window if capture is watch._capture else self._previous_window
+        loss_call = next((c for c in window.calls if not c.owns_parameters and c.module is not None
+                          and isinstance(getattr(c.module, "reduction", None), str) and len(c.args) >= 2
+                          and isinstance(c.args[1], torch.Tensor)), None)
+        if loss_call is None or len(capture.calls) != 1:
+            return None
+        module, target = loss_call.module, loss_call.args[1]
+
+        def per_sample(model: torch.nn.Module, pair: Any) -> torch.Tensor:
+            call, rows = pair
+            output = model(*call.get("args", []), **call.get("kwargs", {}))
+            saved = module.reduction
+            module.reduction = "none"
+            try:
+                return module(output, rows)
+            finally:
+                module.reduction = saved
+        per_sample.method = f"{type(module).__name__}(reduction='none')"
+        return per_sample, [(capture.calls[0], target)]
+
+    @contextlib.contextmanager
+    def _aside(self) -> Any:
+        """The watch's per-sample re-run calls the model: none of it belongs to the step's window."""
+        calls, losses, batches = list(self._window.calls), list(self._window.losses), list(self._window.batches)
+        try:
+            yield
+        finally:
+            self._window.calls[:], self._window.losses[:], self._window.batches[:] = calls, losses, batches
+
     # ---- firing -----------------------------------------------------------------------------------
     def _on_fire(self, event: dict[str, Any]) -> None:
         if self.stop is not None:
@@ -665,6 +760,9 @@ class ScriptGuard:
         if watch is None:
             return
         capture = watch.fired_capture
+        if watch.keep_alive.enabled and watch.keep_alive.can_continue(event["check"], event["step"]):
+            return          # the policy skips the step or rolls back; the script goes on
+        watch.keep_alive.enabled = False      # from here on the step is skipped, traced and reported
         self.stop = Stop(step=event["step"], check=event["check"], what=event["what"], watch=watch,
                          bundle=Path(event["bundle"]) if event.get("bundle") else None, raised=event.get("raised"))
         self.failing_batches = list(self._window.batches)

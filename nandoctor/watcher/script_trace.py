@@ -15,7 +15,9 @@ from ..run.stats import iter_tensors
 from ..run.runner import describe_model
 from ..run.session import optimizer_facts
 from ..run.user_code import user_error
-from ..trace import (ErrorCategory, LoopFacts, ModelInfo, NonfiniteEvent, Phase, RunStatus, RunTrace, StepRecord, Trace)
+from ..trace import (CompileReplay, ErrorCategory, LoopFacts, ModelInfo, NonfiniteEvent, Phase, RunStatus, RunTrace, StepRecord,
+                     Trace)
+from ..trace import BlamedSample, Intervention, SampleBlame
 from .guard import Watch
 from .script import ScriptOutcome
 from .guard import batch_name
@@ -33,6 +35,12 @@ def script_trace(script: TrainingScript, guard: ScriptGuard, outcome: ScriptOutc
         describe_model(watch.model, info)
         trace.model = info
     run = _run(guard, watch, outcome, history)
+    settings = watch.compile_settings() if watch is not None else None
+    if settings is not None and run.first_nonfinite is not None and run.first_nonfinite.reproduced is not True:
+        # The loop's own re-run of the step is eager; the compiler ladder needs a model file.
+        run.compile_replay = CompileReplay(recorded=dict(settings), note=(
+            "the step was re-run by the script's own loop in eager mode" if run.first_nonfinite.reproduced is False
+            else "the step was not run again") + "; not replayed under the compiler")
     trace.runs.append(run)
     trace.loop = guard.loop_facts(watch)
     trace.framework = guard.framework
@@ -59,6 +67,8 @@ def _run(guard: ScriptGuard, watch: Optional[Watch], outcome: ScriptOutcome,
          history_override: Optional[list[dict[str, Any]]]) -> RunTrace:
     precision = watch.precision if watch is not None else "32-true"
     run = RunTrace(precision=precision)
+    if watch is not None:
+        run.interventions, run.sample_blame = kept_alive(watch)
     if watch is None:
         run.note = "no training step was seen: the script never ran a forward and an optimizer step (or backward) in training mode"
     else:
@@ -74,6 +84,8 @@ def _run(guard: ScriptGuard, watch: Optional[Watch], outcome: ScriptOutcome,
                stop.history if stop is not None and stop.history is not None else
                list(watch.history) if watch is not None else [])
     history = [_record(h) for h in entries]
+    if watch is not None:
+        run.early_warnings = [w for w in watch.early_warnings if stop is None or w.step <= stop.step]
     stop = guard.stop
     if stop is not None:
         before = [h for h in history if h.step < stop.step]
@@ -169,3 +181,18 @@ def _differ(a: float, b: float) -> bool:
     if not (math.isfinite(a) and math.isfinite(b)):
         return math.isfinite(a) != math.isfinite(b)
     return abs(a - b) > 1e-3 * max(1.0, abs(a))
+
+
+def kept_alive(watch: Watch) -> tuple[list[Intervention], list[SampleBlame]]:
+    """The watch's skips and rollbacks, and the per-sample re-runs of its fired steps, as trace records."""
+    keep = watch.keep_alive
+    interventions = [Intervention(step=int(e["step"]), policy=e["policy"], check=e.get("check", ""),
+                                  reason=e.get("reason", ""), samples=[int(i) for i in e.get("samples") or []],
+                                  from_step=(e.get("window") or {}).get("from_step"), note=e.get("note", ""))
+                     for e in keep.records]
+    blames = [SampleBlame(step=int(b["step"]), check=b["check"], statistic=b["statistic"], method=b["method"] or "",
+                          samples=int(b["samples"]), median=b["median"], mad=b["mad"], share=b["share"],
+                          dominant=[BlamedSample(index=d["index"], micro_batch=d["micro_batch"], row=d["row"],
+                                                 score=d["score"], nonfinite=d["nonfinite"]) for d in b["dominant"]])
+              for b in keep.blames]
+    return interventions, blames

@@ -29,8 +29,9 @@ class LossScaleCollapse(Rule):
 
     Example: an unnormalised final projection whose gradients exceed 65504 on every step.
 
-    Thresholds: `thresholds.skip_streak` (5 skips in a row; GradScaler skips one or two steps at
-    start-up by design) and a saved scale below 1 (it starts at 65536 and halves per skip).
+    Thresholds: `thresholds.skip_streak` (5 skips in a row after the scaler's first update;
+    before it, GradScaler is calibrating from 65536 by design) and `thresholds.scale_floor`
+    (a scale below 1, saved or before any update: it halves per skip, so 16+ skips).
     Confidence 0.8 (scan), 0.85 (checkpoint).
     """
 
@@ -46,14 +47,15 @@ class LossScaleCollapse(Rule):
             skipped = [s for s in run.steps if s.skipped]
             if not skipped:
                 continue
+            counted = _collapse_candidates(run.steps, ctx.thresholds.get("scale_floor", COLLAPSED_SCALE))
             trailing = 0
-            for s in reversed(run.steps):
-                if not s.skipped:
+            for s, counts in zip(reversed(run.steps), reversed(counted)):
+                if not s.skipped or not counts:
                     break
                 trailing += 1
             longest = current = 0
-            for s in run.steps:
-                current = current + 1 if s.skipped else 0
+            for s, counts in zip(run.steps, counted):
+                current = current + 1 if s.skipped and counts else 0
                 longest = max(longest, current)
             if longest < streak_limit:
                 continue
@@ -82,6 +84,17 @@ class LossScaleCollapse(Rule):
 
     def check_checkpoint(self, trace: PostmortemTrace) -> list[Finding]:
         return _checkpoint_findings(trace)
+
+
+def _collapse_candidates(steps: list, floor: float) -> list[bool]:
+    """Per step: may its skip count toward a collapse? Skips before the scaler's first update are
+    its calibration from init_scale (65536 halving to what the model needs, 8 skips for 256),
+    unless the scale went below `floor`; every skip after the first update counts."""
+    first_update = next((i for i, s in enumerate(steps) if not s.skipped), len(steps))
+    leading = steps[:first_update]
+    scales = [s.loss_scale for s in leading if s.loss_scale is not None]
+    collapsed = bool(scales) and min(scales) < floor
+    return [collapsed] * first_update + [True] * (len(steps) - first_update)
 
 
 def _checkpoint_findings(trace: PostmortemTrace) -> list[Finding]:

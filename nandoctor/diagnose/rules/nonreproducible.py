@@ -1,8 +1,10 @@
 """A failure that did not come back on replay."""
 from __future__ import annotations
 
+from ...trace import RunTrace
 from ..finding import Finding, Severity
 from .base import Context, Rule
+from ..facts import compile_explains
 
 
 class Nonreproducible(Rule):
@@ -19,6 +21,10 @@ class Nonreproducible(Rule):
 
     Example: a NaN at step 812 that a replay of step 812 does not show.
 
+    A compiled run whose failing step a compiler stage makes non-finite again is
+    `compile-numerics` instead; a compiled run whose step was not replayed under the compiler
+    (`nandoctor run` re-runs it in eager) is told to confirm with compilation off.
+
     Thresholds: none; claimed only when both replays (untraced and traced) stayed finite. Confidence
     0.6. Severity error: the recorded run went non-finite, so the run fails whatever the replay
     showed; this finding is the explanation the report leads with.
@@ -28,8 +34,31 @@ class Nonreproducible(Rule):
     title = "the failure did not reproduce"
 
     def check(self, ctx: Context) -> list[Finding]:
-        runs = [r for r in ctx.trace.runs if r.first_nonfinite is not None and r.first_nonfinite.reproduced is False]
+        runs = [r for r in ctx.trace.runs if r.first_nonfinite is not None and r.first_nonfinite.reproduced is False
+                and not compile_explains(r)]   # a compiler stage reproduced it: compile-numerics
         return [Finding(self.id, Severity.ERROR.value, 0.6, f"{r.precision}: step {r.first_nonfinite.step} did not "
-                        "reproduce on replay", [r.first_nonfinite.detail], "make data order and kernels deterministic "
-                        "(`torch.use_deterministic_algorithms(True)`) and scan again", precisions=[r.precision])
+                        "reproduce on replay", [r.first_nonfinite.detail, *_compiled_evidence(r)], _fix(r),
+                        precisions=[r.precision])
                 for r in runs if r.first_nonfinite is not None]
+
+
+def _compiled_evidence(run: RunTrace) -> list[str]:
+    replay = run.compile_replay
+    if replay is None:
+        return []
+    backend = replay.recorded.get("backend") or "a compiled training step"
+    if replay.stages:
+        return [f"the run was compiled ({backend}); replayed down the compiler's ladder, the step stayed finite too:",
+                *("  " + row for row in replay.table())]
+    return [f"the run was compiled ({backend}); {replay.note}" if replay.note else f"the run was compiled ({backend})"]
+
+
+def _fix(run: RunTrace) -> str:
+    replay = run.compile_replay
+    if replay is not None and not replay.stages:
+        # Eager stayed finite and the compiler was not tried: the compiled program is the first suspect.
+        return ("the run was compiled and the eager re-run stayed finite, so the compiled program may have made the "
+                "NaN: confirm with compilation off (`TORCHDYNAMO_DISABLE=1`), and replay a `nandoctor.watch` bundle "
+                "with `nandoctor replay BUNDLE --model FILE` to find the compiler stage (compile-numerics); else make "
+                "data order and kernels deterministic (`torch.use_deterministic_algorithms(True)`)")
+    return "make data order and kernels deterministic (`torch.use_deterministic_algorithms(True)`) and scan again"

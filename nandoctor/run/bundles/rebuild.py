@@ -19,9 +19,10 @@ from typing import Any, Callable, Optional
 import torch
 
 from ...errors import InputError
-from ...load.bundle import Bundle, decode_value
+from ...load.bundle import Bundle, decode_value, user_name
+from ..compiled import uncompiled, user_named_parameters
 from ...load.model_file import ModelFile, load_model_file
-from ...trace import ModelInfo, NonfiniteEvent, Phase, RunStatus, RunTrace, StepRecord
+from ...trace import EarlyWarning, ModelInfo, NonfiniteEvent, Phase, RunStatus, RunTrace, StepRecord, from_plain
 
 # Where in the step each check of the watch looks.
 CHECK_PHASE = {"batch": Phase.DATA, "loss": Phase.FORWARD, "gradients": Phase.BACKWARD,
@@ -67,7 +68,9 @@ def bundle_model_file(found: Bundle, model: str | Path | None, trust: bool) -> t
         if not isinstance(net, torch.nn.Module):
             return net          # TrainingSession reports it
         try:
-            missing, unexpected = net.load_state_dict(state, strict=False)
+            # A build_model() that compiles its model: the weights go into the module inside
+            # torch.compile's wrapper (the bundle's names are the user's, without `_orig_mod.`).
+            missing, unexpected = uncompiled(net).load_state_dict(state, strict=False)
         except RuntimeError as err:
             raise InputError(f"crash bundle {found.path}: its weights do not fit the model built for the replay "
                              f"({str(err).splitlines()[0][:300]}).") from None
@@ -100,6 +103,7 @@ def bundle_model_file(found: Bundle, model: str | Path | None, trust: bool) -> t
         if net is None:
             return ModelInfo()
         types: dict[str, int] = {}
+        net = uncompiled(net)
         for module in net.modules():
             types[type(module).__name__] = types.get(type(module).__name__, 0) + 1
         params = list(net.parameters())
@@ -156,8 +160,8 @@ def _restore_optimizer(found: Bundle, model: torch.nn.Module, user: Optional[Mod
             cls = _import_attr(module_name, qualname)
         except (ImportError, AttributeError) as err:
             raise InputError(f"crash bundle {found.path}: cannot import its optimizer class {spec.get('class')} ({err}).") from None
-        names = spec.get("param_names") or []
-        by_name = dict(model.named_parameters())
+        names = [user_name(n) if isinstance(n, str) else n for n in spec.get("param_names") or []]
+        by_name = dict(user_named_parameters(model))
         groups = []
         for group in state["param_groups"]:
             try:
@@ -392,3 +396,17 @@ def differences(found: Bundle, device: torch.device) -> list[str]:
     if m.detail.get("truncated_micro_batches"):
         notes.append("the watch kept only the first micro-batches of this step")
     return notes
+
+
+def early_warning_records(found: Bundle) -> list[EarlyWarning]:
+    """The warnings the watch recorded before the bundled step (manifest detail
+    `early_warnings`); an entry that does not read as one is left out."""
+    records = []
+    for entry in found.manifest.detail.get("early_warnings") or []:
+        try:
+            record = from_plain(EarlyWarning, decode_value(entry))
+        except (TypeError, ValueError, KeyError, AttributeError):
+            continue
+        if isinstance(record, EarlyWarning) and isinstance(record.step, int) and record.step <= found.manifest.step:
+            records.append(record)
+    return records

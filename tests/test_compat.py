@@ -1,0 +1,414 @@
+"""The modern training stack (docs/guides/compatibility.md): each row of the compatibility matrix
+that no other test file backs. Wrapped optimizers, torch.func transforms, autocast and GradScaler in
+the user's own loop, fused attention paths, reentrant checkpointing, GANs, BatchNorm buffers."""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+
+import nandoctor
+from nandoctor.load.bundle import read_bundle
+
+
+def tiny():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(4, 8), nn.Tanh(), nn.Linear(8, 1))
+    return model, torch.optim.SGD(model.parameters(), lr=0.1)
+
+
+def steps(model, opt, count, bad_at=None):
+    for step in range(count):
+        x = torch.randn(8, 4)
+        if step == bad_at:
+            x[3, 1] = float("nan")
+        loss = model(x).pow(2).mean()
+        loss.backward()
+        opt.step()
+        opt.zero_grad()
+
+
+# ---- wrapped optimizers ------------------------------------------------------------------------
+
+def test_accelerate_prepared_optimizer_is_watched_on_the_torch_one(tmp_path):
+    # Regression (issue 18): AcceleratedOptimizer subclasses torch.optim.Optimizer without running
+    # its __init__, so hooking it raised "no attribute '_optimizer_step_pre_hooks'".
+    accelerate = pytest.importorskip("accelerate")
+    model, opt = tiny()
+    model, wrapped = accelerate.Accelerator(cpu=True).prepare(model, opt)
+    assert type(wrapped).__name__ == "AcceleratedOptimizer"
+    watch = nandoctor.watch(model, wrapped, out=tmp_path, warn=False)
+    assert watch.optimizer is opt
+    with pytest.raises(nandoctor.NonFiniteError) as caught:
+        steps(model, wrapped, 4, bad_at=2)
+    assert caught.value.step == 2 and caught.value.bundle is not None
+
+
+def test_lightning_and_deepspeed_style_chains_are_unwrapped(tmp_path):
+    lightning = pytest.importorskip("lightning.pytorch.core.optimizer")
+    model, opt = tiny()
+
+    class EngineOptimizer(torch.optim.Optimizer):     # DeepSpeed-style: a torch subclass around `.optimizer`
+        def __init__(self, optimizer):
+            self.optimizer = optimizer
+
+        @property
+        def param_groups(self):
+            return self.optimizer.param_groups
+
+        def step(self, closure=None):
+            return self.optimizer.step(closure)
+
+    chain = lightning.LightningOptimizer(EngineOptimizer(opt))
+    watch = nandoctor.watch(model, chain, out=tmp_path, warn=False)
+    assert watch.optimizer is opt
+    steps(model, opt, 3)
+    assert watch.step_index == 3
+    watch.close()
+    with pytest.raises(TypeError, match="torch.optim.Optimizer"):
+        nandoctor.watch(model, object(), out=tmp_path)
+
+
+# ---- torch.func transforms ---------------------------------------------------------------------
+
+COMPAT = Path(__file__).parent / "compat"
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def nandoctor_cli(*args: str, cwd: Path, timeout: float = 120) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    return subprocess.run([sys.executable, "-m", "nandoctor", *args], cwd=cwd, capture_output=True, text=True,
+                          timeout=timeout, env=env)
+
+
+def per_sample_step(model, opt, x, y):
+    from torch.func import functional_call, grad, vmap
+
+    def loss_fn(params, xi, yi):
+        return ((functional_call(model, params, (xi.unsqueeze(0),)).squeeze() - yi) ** 2) * torch.sqrt(yi + 4.0)
+    params = {k: v.detach() for k, v in model.named_parameters()}
+    per_sample = vmap(grad(loss_fn), in_dims=(None, 0, 0))(params, x, y)
+    for name, p in model.named_parameters():
+        p.grad = per_sample[name].mean(0)
+    opt.step()
+    opt.zero_grad()
+
+
+def test_watch_survives_vmap_per_sample_gradients_and_checks_what_they_leave(tmp_path):
+    # Regression (issue 18): the watch's hooks ran _foreach_norm on batched tensors inside vmap
+    # ("Batching rule not implemented for aten::_foreach_norm.Scalar") and crashed the loop at step 0.
+    model, opt = tiny()
+    watch = nandoctor.watch(model, opt, out=tmp_path, stats_every=1, warn=False)
+    with pytest.raises(nandoctor.NonFiniteError) as caught:
+        for step in range(4):
+            x, y = torch.randn(8, 4), torch.randn(8)
+            if step == 2:
+                y[1] = -6.0
+            per_sample_step(model, opt, x, y)
+    assert caught.value.step == 2 and caught.value.what.startswith("non-finite gradients")
+    assert [h["step"] for h in watch.history] == [0, 1]
+
+
+def test_scan_of_a_vmap_training_step_names_the_users_line():
+    # Regression (issue 18): the recorder stacked rows made inside vmap after it returned
+    # ("maybe_level.has_value() INTERNAL ASSERT FAILED", exit 3).
+    report = nandoctor.scan(COMPAT / "vmap_model.py", steps=5, precisions=["32-true"], experiments=False)
+    event = report.trace.runs[0].first_nonfinite
+    assert event.step == 3 and event.op == "aten.sqrt.default"
+    assert event.user_source.file.endswith("vmap_model.py") and "torch.sqrt" in event.user_source.code
+
+
+def test_run_of_a_per_sample_gradient_script_stops_at_the_failing_step(tmp_path):
+    shutil.copy(COMPAT / "per_sample_grads.py", tmp_path)
+    result = nandoctor_cli("run", "--format", "json", "-o", "r.json", "per_sample_grads.py", cwd=tmp_path)
+    assert result.returncode == 1, result.stderr[-2000:]
+    doc = json.loads((tmp_path / "r.json").read_text())
+    run = doc["runs"][0]
+    assert run["first_nonfinite"]["step"] == 2 and run["first_nonfinite"]["phase"] == "backward"
+
+
+# ---- autocast and GradScaler in the user's own loop ---------------------------------------------
+
+def autocast_loop(watch, model, opt, dtype, steps=4, bad_at=2, scaler=None):
+    from tests.compat.autocast_model import training_step
+    for step in range(steps):
+        x, y = torch.randn(8, 4), torch.randn(8)
+        if step == bad_at:
+            x = x * 3e4                       # past float16's range in `a`; nothing for float32
+        with watch.step((x, y)):
+            with torch.autocast("cpu", dtype=dtype):
+                loss = watch.loss(training_step(model, (x, y)))
+            (scaler.scale(loss) if scaler else loss).backward()
+            if scaler:
+                scaler.step(opt)
+                scaler.update()
+            else:
+                opt.step()
+            opt.zero_grad()
+
+
+def test_the_loops_own_autocast_is_the_bundles_precision_and_the_replay_reproduces(tmp_path):
+    # Regression (issue 18): the watch could not see autocast: a bundle said 32-true, the replay
+    # ran in float32, stayed finite and said `nonreproducible`.
+    from tests.compat.autocast_model import build_model
+    for dtype, name in ((torch.bfloat16, "bf16-mixed"), (torch.float16, "16-mixed")):
+        model = build_model()
+        opt = torch.optim.SGD(model.parameters(), lr=0.01)
+        watch = nandoctor.watch(model, opt, out=tmp_path / name, warn=False)
+        bad_at = 2 if dtype == torch.float16 else None
+        if bad_at is None:
+            autocast_loop(watch, model, opt, dtype, steps=2, bad_at=None)
+            assert watch.precision == name
+            watch.close()
+            continue
+        with pytest.raises(nandoctor.NonFiniteError) as caught:
+            autocast_loop(watch, model, opt, dtype)
+        assert read_bundle(caught.value.bundle).manifest.precision == name
+        report = nandoctor.replay(caught.value.bundle, COMPAT / "autocast_model.py", experiments=False)
+        event = report.trace.runs[0].first_nonfinite
+        assert report.trace.runs[0].precision == name and event.reproduced is not False
+        assert event.module == "a"
+
+
+def test_a_grad_scaler_calibrating_from_65536_is_not_stopped(tmp_path):
+    # Regression (issue 18): any 5 skips in a row counted as collapse, so a scaler that needs 11
+    # halvings (65536 -> 32) before its first update stopped a healthy run at step 4.
+    model, opt = tiny()
+    scaler = torch.amp.GradScaler("cpu")
+    watch = nandoctor.watch(model, opt, scaler, out=tmp_path, warn=False)
+    for step in range(14):
+        with watch.step(None):
+            loss = watch.loss(model(torch.randn(8, 4)).pow(2).mean())
+            # |grad| ~ 1e3 * scale: past float16 until the scale is ~32
+            with torch.autocast("cpu", dtype=torch.float16):
+                scaled = scaler.scale(model(torch.randn(8, 4)).sum() * 1e3 + loss)
+            scaled.backward()
+            scaler.step(opt)
+            scaler.update()
+            opt.zero_grad()
+    watch.close()
+    assert watch.skipped_steps >= 8 and not watch.events and not watch.bundles
+    # Below the floor it is a collapse even before any update.
+    model, opt = tiny()
+    scaler = torch.amp.GradScaler("cpu", init_scale=4.0)
+    watch = nandoctor.watch(model, opt, scaler, out=tmp_path / "floor", warn=False)
+    with pytest.raises(nandoctor.NonFiniteError, match="below the floor of 1"):
+        for step in range(4):
+            scaler.scale(model(torch.randn(8, 4)).sum() * float("inf")).backward()
+            scaler.step(opt)
+            scaler.update()
+            opt.zero_grad()
+
+
+# ---- buffers --------------------------------------------------------------------------------------
+
+def test_a_before_step_bundle_holds_batchnorm_buffers_from_before_the_failing_forward(tmp_path):
+    # Regression (issue 18): the bundle was written after the failing forward had already folded
+    # the NaN batch into running_mean / running_var.
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(4, 6), nn.BatchNorm1d(6), nn.Tanh(), nn.Linear(6, 1))
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    watch = nandoctor.watch(model, opt, out=tmp_path, warn=False)
+    before = {}
+    with pytest.raises(nandoctor.NonFiniteError) as caught:
+        for step in range(4):
+            before = {k: v.clone() for k, v in model[1].state_dict().items()}
+            x = torch.randn(8, 4)
+            if step == 2:
+                x[3, 1] = float("nan")
+            model(x).pow(2).mean().backward()
+            opt.step()
+            opt.zero_grad()
+    assert not torch.isfinite(model[1].running_mean).all()          # the live model took the NaN in
+    saved = read_bundle(caught.value.bundle).model_state()
+    for key in ("running_mean", "running_var", "num_batches_tracked"):
+        assert torch.equal(saved[f"1.{key}"], before[key]), key
+
+
+# ---- activation checkpointing ------------------------------------------------------------------
+
+@pytest.mark.parametrize("reentrant", [True, False])
+def test_a_backward_nan_inside_activation_checkpointing_carries_module_and_line(tmp_path, reentrant):
+    # Regression (issue 18): with use_reentrant=True the backward recomputes the forward, whose
+    # graph was never tagged: the origin read "gradient of SqrtBackward0", no module, no line.
+    source = (COMPAT / "checkpoint_model.py").read_text()
+    model_file = tmp_path / "checkpoint_model.py"
+    model_file.write_text(source.replace("REENTRANT = True", f"REENTRANT = {reentrant}"))
+    report = nandoctor.scan(model_file, steps=3, precisions=["32-true"], experiments=False)
+    event = report.trace.runs[0].first_nonfinite
+    assert event.step == 2 and event.phase == "backward"
+    assert event.module == "block" and event.forward_op == "sqrt"
+    assert event.user_source.line == 15 and "torch.sqrt" in event.user_source.code
+
+
+# ---- fused attention paths -----------------------------------------------------------------------
+
+def test_multihead_attention_keeps_its_fast_path_in_the_traced_replay():
+    # Regression (issue 18): the tracer's function mode made nn.MultiheadAttention leave its fused
+    # fast path, whose NaN on a fully padded sample the slow path does not make: the traced
+    # replay stayed finite and the report said `unexplained-nonfinite`, with no op.
+    report = nandoctor.scan(COMPAT / "mha_teacher.py", steps=3, precisions=["32-true"], experiments=False)
+    event = report.trace.runs[0].first_nonfinite
+    assert event.step == 2 and event.op == "aten._native_multi_head_attention.default"
+    assert event.module == "teacher" and event.replay_traced is True
+    assert "self.teacher(" in event.user_source.code
+    assert report.causes[0].id == "masked-inf"
+
+
+def test_sdpa_runs_the_recorded_backend_and_names_it():
+    # Backend selection happens below nandoctor's modes: the traced replay runs the same kernel.
+    report = nandoctor.scan(COMPAT / "sdpa_model.py", steps=3, precisions=["32-true"], experiments=False)
+    event = report.trace.runs[0].first_nonfinite
+    assert event.step == 2 and "scaled_dot_product" in event.op and event.replay_traced is True
+    assert "scaled_dot_product_attention" in event.user_source.code
+
+
+# ---- GANs ----------------------------------------------------------------------------------------
+
+def test_a_gan_discriminator_step_inside_training_step_is_traced_at_the_users_line():
+    # Regression (issue 18): the backward run inside training_step was taken for forward ops of
+    # `loss_d.backward()`, with no line; its float64 experiment failed on the step's own float32
+    # noise ("mat1 and mat2 must have the same dtype").
+    report = nandoctor.scan(COMPAT / "gan_model.py", steps=3, precisions=["32-true", "16-mixed"])
+    runs = {r.precision: r for r in report.trace.runs}
+    event = runs["32-true"].first_nonfinite
+    assert event.step == 2 and event.phase == "backward" and event.module == "discriminator"
+    assert event.forward_op == "sqrt" and event.user_source.line == 16 and event.call is None
+    assert report.causes[0].id == "grad-singularity"
+    outcomes = [e.outcome for e in report.trace.experiments if e.id == "step-fp64"]
+    assert outcomes and "error" not in outcomes
+    assert all(c.severity == "error" for c in report.causes)        # no 16-mixed warning beside it
+
+
+# ---- parametrizations, DataLoader workers --------------------------------------------------------
+
+def test_parametrized_layers_are_watched_bundled_and_replayed(tmp_path):
+    from tests.compat.parametrized_model import build_model, get_batch, training_step
+    model = build_model()
+    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+    watch = nandoctor.watch(model, opt, out=tmp_path, warn=False)
+    with pytest.raises(nandoctor.NonFiniteError) as caught:
+        for step in range(4):
+            batch = get_batch(step)
+            with watch.step(batch):
+                watch.loss(training_step(model, batch)).backward()
+                opt.step()
+                opt.zero_grad()
+    assert caught.value.step == 2
+    assert "inp.parametrizations.weight.original0" in read_bundle(caught.value.bundle).model_state()
+    report = nandoctor.replay(caught.value.bundle, COMPAT / "parametrized_model.py", experiments=False)
+    event = report.trace.runs[0].first_nonfinite
+    assert event.op == "aten.log.default" and "torch.log" in event.user_source.code and event.reproduced is not False
+
+
+def test_dataloader_workers_under_nandoctor_run_name_the_dataset_index(tmp_path):
+    source = (ROOT / "tests" / "scripts" / "nan_targets.py").read_text()
+    assert "batch_size=64)" in source
+    (tmp_path / "nan_targets_workers.py").write_text(source.replace("batch_size=64)", "batch_size=64, num_workers=1)"))
+    result = nandoctor_cli("run", "--format", "json", "-o", "r.json", "nan_targets_workers.py", cwd=tmp_path)
+    assert result.returncode == 1, result.stderr[-2000:]
+    doc = json.loads((tmp_path / "r.json").read_text())
+    assert doc["causes"][0]["id"] == "data-nonfinite" and "dataset indices 200" in doc["first_nonfinite"]["detail"]
+
+
+# ---- the matrix page ---------------------------------------------------------------------------
+
+def test_every_test_the_compatibility_page_names_exists():
+    import re
+    page = (ROOT / "docs" / "guides" / "compatibility.md").read_text()
+    named = re.findall(r"`(test_[a-z_]+\.py)::(test_\w+)(?:\[[^\]]*\])?`", page)
+    assert len(named) >= 20
+    for file, test in named:
+        assert f"def {test}(" in (ROOT / "tests" / file).read_text(), f"{file}::{test}"
+
+
+@pytest.mark.parametrize("model_file", ["checkpoint_model.py", "checkpoint_nonreentrant.py", "mha_teacher.py"])
+def test_watch_bundles_of_checkpointed_and_fast_path_models_replay_to_the_origin(tmp_path, model_file):
+    import importlib.util
+    path = COMPAT / model_file
+    if model_file == "checkpoint_nonreentrant.py":
+        path = tmp_path / model_file
+        path.write_text((COMPAT / "checkpoint_model.py").read_text().replace("REENTRANT = True", "REENTRANT = False"))
+    spec = importlib.util.spec_from_file_location(model_file[:-3], path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    torch.manual_seed(0)
+    model = module.build_model()
+    opt = torch.optim.SGD(model.parameters(), lr=0.01)
+    watch = nandoctor.watch(model, opt, out=tmp_path, warn=False)
+    step_of = getattr(module, "training_step", None)
+    with pytest.raises(nandoctor.NonFiniteError) as caught:
+        for step in range(4):
+            batch = module.get_batch(step)
+            with watch.step(batch):
+                loss = step_of(model, batch) if step_of else nn.functional.mse_loss(model(batch[0]), batch[1])
+                watch.loss(loss).backward()
+                opt.step()
+                opt.zero_grad()
+    assert caught.value.step == 2
+    report = nandoctor.replay(caught.value.bundle, path, experiments=False)
+    event = report.trace.runs[0].first_nonfinite
+    expected = {"checkpoint_model.py": ("block", "torch.sqrt"), "checkpoint_nonreentrant.py": ("block", "torch.sqrt"),
+                "mha_teacher.py": ("teacher", "self.teacher(")}
+    assert (event.module, expected[model_file][1] in event.user_source.code) == (expected[model_file][0], True)
+
+
+def test_run_of_a_script_with_its_own_autocast_runs_and_bundles_in_that_precision(tmp_path):
+    shutil.copy(COMPAT / "autocast_script.py", tmp_path)
+    result = nandoctor_cli("run", "--format", "json", "-o", "r.json", "autocast_script.py", cwd=tmp_path)
+    assert result.returncode == 1, result.stderr[-2000:]
+    doc = json.loads((tmp_path / "r.json").read_text())
+    assert doc["runs"][0]["precision"] == "bf16-mixed"
+    assert doc["first_nonfinite"]["op"] == "aten.log.default" and doc["first_nonfinite"]["step"] == 2
+    bundle = next((tmp_path / "nandoctor-bundles").iterdir())
+    assert read_bundle(bundle).manifest.precision == "bf16-mixed"
+
+
+def test_a_watch_bundle_of_a_vmap_step_replays_to_the_line_inside_the_transform(tmp_path):
+    from tests.compat.vmap_model import build_model, get_batch, training_step
+    torch.manual_seed(0)
+    model = build_model()
+    opt = torch.optim.SGD(model.parameters(), lr=0.01)
+    watch = nandoctor.watch(model, opt, out=tmp_path, warn=False, stats_every=1)
+    with pytest.raises(nandoctor.NonFiniteError) as caught:
+        for step in range(5):
+            batch = get_batch(step)
+            with watch.step(batch):
+                watch.loss(training_step(model, batch)).backward()
+                opt.step()
+                opt.zero_grad()
+    assert caught.value.step == 3
+    report = nandoctor.replay(caught.value.bundle, COMPAT / "vmap_model.py", experiments=False)
+    assert report.exit_code == 1
+    event = report.trace.runs[0].first_nonfinite
+    assert event.op == "aten.sqrt.default" and "torch.sqrt" in event.user_source.code
+
+
+def test_a_grad_scaler_loops_bundle_replays_in_16_mixed_with_the_scalers_state(tmp_path):
+    from tests.compat.parametrized_model import build_model, get_batch, training_step
+    model = build_model()
+    opt = torch.optim.SGD(model.parameters(), lr=1e-3)
+    scaler = torch.amp.GradScaler("cpu", init_scale=1024.0)
+    watch = nandoctor.watch(model, opt, scaler, out=tmp_path, warn=False)
+    with pytest.raises(nandoctor.NonFiniteError) as caught:
+        for step in range(4):
+            batch = get_batch(step)
+            with watch.step(batch):
+                with torch.autocast("cpu", dtype=torch.float16):
+                    loss = watch.loss(training_step(model, batch))
+                scaler.scale(loss).backward()
+                scaler.step(opt)
+                scaler.update()
+                opt.zero_grad()
+    manifest = read_bundle(caught.value.bundle).manifest
+    assert caught.value.step == 2 and manifest.precision == "16-mixed" and 0 < manifest.scaler["scale"] <= 1024.0
+    report = nandoctor.replay(caught.value.bundle, COMPAT / "parametrized_model.py", experiments=False)
+    event = report.trace.runs[0].first_nonfinite
+    assert report.trace.runs[0].precision == "16-mixed" and event.op == "aten.log.default"

@@ -1,0 +1,149 @@
+"""What recording costs, counted rather than timed: the ops a recorded step adds to the session's
+own step do not grow with the number of modules (issue 20: per-module reductions are a kernel
+launch, and a parallel region, per module and step; beside other multi-threaded jobs each one
+waits for descheduled threads). And batching never reports a value the module did not output.
+"""
+from __future__ import annotations
+
+import collections
+import textwrap
+
+import torch
+from torch.utils._python_dispatch import TorchDispatchMode
+
+from nandoctor.load.config import resolve_config
+from nandoctor.load.model_file import load_model_file
+from nandoctor.run.recorder import Recorder
+from nandoctor.run.session import TrainingSession
+from nandoctor.trace.vocab import Precision
+
+BLOCKS = """
+import torch
+from torch import nn
+
+def build_model():
+    layers = []
+    for _ in range({blocks}):
+        layers += [nn.Linear(8, 8), nn.LayerNorm(8), nn.Tanh()]
+    return nn.Sequential(*layers, nn.Linear(8, 3))
+
+def get_batch(step):
+    return torch.randn(4, 8), torch.randint(0, 3, (4,))
+"""
+
+
+class _OpCounter(TorchDispatchMode):
+    def __init__(self):
+        super().__init__()
+        self.ops: collections.Counter = collections.Counter()
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        self.ops[str(func.overloadpacket)] += 1
+        return func(*args, **(kwargs or {}))
+
+
+def _session(tmp_path, source: str) -> TrainingSession:
+    path = tmp_path / f"model_{abs(hash(source))}.py"
+    path.write_text(textwrap.dedent(source))
+    return TrainingSession(load_model_file(path), resolve_config(None, cwd=tmp_path).values, Precision.FP32,
+                           torch.device("cpu"))
+
+
+def _ops(session: TrainingSession, step: int, *probes) -> collections.Counter:
+    with _OpCounter() as counter:
+        session.run_step(step, *probes)
+    return counter.ops
+
+
+def _recording_cost(tmp_path, blocks: int) -> tuple[int, collections.Counter, int]:
+    """(modules, ops a recorded step adds to the session's own step, ops of the plain step)."""
+    session = _session(tmp_path, BLOCKS.format(blocks=blocks))
+    plain = _ops(session, 0)
+    recorder = Recorder(session.model).attach()
+    try:
+        for step in range(1, 5):               # past the first step, which reduces in the hooks
+            session.run_step(step, recorder)
+        full = _ops(session, 5, recorder)      # the 5th recorded step takes norms and zero counts
+        cheap = _ops(session, 6, recorder)     # the 6th max |x| only
+    finally:
+        recorder.detach()
+    added = (full - plain) + (cheap - plain)
+    return len(list(session.model.modules())), added, sum(plain.values())
+
+
+def test_recorded_step_adds_a_constant_number_of_ops(tmp_path):
+    small_modules, small, small_plain = _recording_cost(tmp_path, 3)
+    big_modules, big, big_plain = _recording_cost(tmp_path, 60)
+    assert big_modules >= 10 * small_modules and big_plain > 10 * small_plain
+    # Two steps (a cheap and a full one) of a 10-module and a 182-module model: the ops the
+    # recorder adds are the same handful of fused reductions; none is per module.
+    assert sum(big.values()) == sum(small.values()), (small, big)
+    assert sum(big.values()) <= 60, big
+    assert big["aten.aminmax"] == 0 and big["aten._foreach_max"] <= 4
+
+
+INPLACE = """
+import torch
+from torch import nn
+
+class Block(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.lin = nn.Linear(6, 6)
+        self.norm = nn.LayerNorm(6)
+
+    def forward(self, x):
+        out = self.norm(self.lin(x))
+        out += 100.0          # changes the LayerNorm's output after its hook saw it
+        return torch.relu_(out)
+
+def build_model():
+    return nn.Sequential(Block(), nn.Linear(6, 3))
+
+def get_batch(step):
+    return torch.randn(5, 6), torch.randint(0, 3, (5,))
+"""
+
+
+def test_outputs_changed_in_place_are_measured_as_output(tmp_path):
+    session = _session(tmp_path, INPLACE)
+    norm = session.model[0].norm
+    seen: list[float] = []
+    norm.register_forward_hook(lambda m, a, out: seen.append(out.detach().abs().max().item()))
+    index = [m for _, m in session.model.named_modules()].index(norm)
+    recorder = Recorder(session.model).attach()
+    try:
+        rows = [session.run_step(step, recorder).stats.act.get(index) for step in range(4)]
+    finally:
+        recorder.detach()
+    # The LayerNorm's output is ~N(0, 1) when it leaves the module, > 95 once changed: a row is
+    # the value the module output (reduced in the hook once the change was seen), never after.
+    for row, expected in zip(rows, seen):
+        assert row is not None and abs(row[0] - expected) < 1e-5 * max(1.0, expected), (rows, seen)
+        assert row[0] < 50
+
+
+def test_threads_fit_the_free_cores():
+    from nandoctor.run.threads import free_cores
+    # This process counts for one runnable thread of the load it measures.
+    assert free_cores(2, 0.3) == 2 and free_cores(2, 1.0) == 2
+    assert free_cores(2, 2.1) == 1 and free_cores(2, 10.0) == 1      # one busy neighbour, or a crowd
+    assert free_cores(16, 3.0) == 14
+
+
+def test_scan_threads_are_recorded_and_given_back(tmp_path, monkeypatch):
+    import pytest
+    from nandoctor.api import scan
+    from nandoctor.errors import InputError
+    path = tmp_path / "model.py"
+    path.write_text(textwrap.dedent(BLOCKS.format(blocks=1)))
+    before = torch.get_num_threads()
+    report = scan(path, steps=2, precisions=["32-true"], experiments=False, threads=1, cwd=tmp_path)
+    threads = report.to_dict()["environment"]["threads"]
+    assert threads["threads"] == 1 and threads["reason"] == "set by the threads key"
+    assert torch.get_num_threads() == before
+    monkeypatch.setenv("OMP_NUM_THREADS", str(before))      # the user's choice stands under auto
+    auto = scan(path, steps=1, precisions=["32-true"], experiments=False, cwd=tmp_path).to_dict()
+    assert auto["environment"]["threads"]["threads"] == before and "OMP_NUM_THREADS" in auto["environment"]["threads"]["reason"]
+    with pytest.raises(InputError, match="threads"):
+        scan(path, steps=1, precisions=["32-true"], experiments=False, threads="0", cwd=tmp_path)
