@@ -112,7 +112,8 @@ def _optimizer_owner(event: NonfiniteEvent, run: Optional[RunTrace]) -> Optional
     mechanism = classify(event)
     klass = mechanism[0] if mechanism is not None else None
     divides = klass == INDETERMINATE or op_short(event.op) in ("div", "addcdiv", "reciprocal")
-    zeros = any(t.zeros for t in event.inputs if t.value is None)
+    zeros = any(t.zeros for t in event.inputs if t.value is None) or any(t.value == 0 for t in event.inputs[1:]
+                                                                        if t.value is not None and divides)
     if divides and zeros:
         # With an eps that the weights' dtype keeps, `sqrt(v) + eps` is never 0: the 0 the update
         # divides by is another quantity (a bias correction 1 - beta**0 at step 0, a norm of

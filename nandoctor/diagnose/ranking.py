@@ -40,12 +40,18 @@ def _tier(finding: Finding) -> int:
     return min(tier, UPSTREAM) if finding.upstream else tier
 
 
+# Causes that only a 16-bit dtype has: when a wider precision ran the same data finite (the
+# rule then marks the finding `upstream`), nothing upstream of the arithmetic can explain it.
+PRECISION_CAUSES = {"fp16-overflow", "fp16-underflow", "bf16-precision"}
+
+
 def _key(finding: Finding) -> tuple:
     tier = _tier(finding)
     upstream = tier if finding.explains_origin and tier <= UPSTREAM else UPSTREAM + 1
     confirmed = {True: 0, None: 1, False: 2}[finding.confirmed]
-    return (finding.confirmed is False, Severity(finding.severity).rank, not finding.explains_origin, upstream,
-            confirmed, tier, -finding.confidence)
+    proven_precision = finding.id in PRECISION_CAUSES and finding.upstream and finding.explains_origin
+    return (finding.confirmed is False, Severity(finding.severity).rank, not finding.explains_origin,
+            not proven_precision, upstream, confirmed, tier, -finding.confidence)
 
 
 def _reason(finding: Finding, first: Finding | None) -> str:
@@ -54,6 +60,8 @@ def _reason(finding: Finding, first: Finding | None) -> str:
         return "refuted by an experiment: its fix did not remove the failure"
     if finding.symptom_of is not None:
         return f"a symptom of the leading cause ({finding.symptom_of}), not a cause of its own"
+    if finding.id in PRECISION_CAUSES and finding.upstream and finding.explains_origin:
+        return "the 16-bit precision's cause: a wider precision ran the same step finite"
     if finding.explains_origin and tier <= UPSTREAM:
         return "upstream cause: it explains the first non-finite value and everything after it"
     if finding.confirmed:

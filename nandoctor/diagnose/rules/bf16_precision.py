@@ -6,7 +6,7 @@ from ..evidence import at, at_origin, input_facts, precisions_of
 from ..facts import module_label, op_short, where
 from ..finding import Finding, Severity
 from ..op_semantics import classify
-from ..ownership import wide_runs, wide_step_finite
+from ..ownership import fails_only_in_16bit, wide_runs, wide_step_finite
 from .base import Context, OriginRule
 
 
@@ -64,4 +64,5 @@ class Bf16Precision(OriginRule):
         return Finding(self.id, Severity.ERROR.value, 0.8,
                                 f"bfloat16 rounding made {name}'s input leave its domain{at(loc)}", evidence, fix,
                                 module=module or None, source=loc, precisions=[e.precision for e in group],
-                                explains_origin=True, mechanism=mechanism[0] if mechanism else "")
+                                explains_origin=True, mechanism=mechanism[0] if mechanism else "",
+                                upstream=bool(fails_only_in_16bit(ctx.trace, event)))

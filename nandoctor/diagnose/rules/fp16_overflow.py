@@ -114,7 +114,7 @@ class Fp16Overflow(Rule):
         return Finding(self.id, Severity.ERROR.value, 0.8 if only16 else 0.6,
                        f"float16 overflow in {module_label(module)}" + (f" (clean in {clean})" if clean else ""),
                        evidence, fix, module=module or None, source=loc, precisions=[e.precision for e in events],
-                       explains_origin=True, mechanism="overflow")
+                       explains_origin=True, mechanism="overflow", upstream=bool(only16))
 
     def plan(self, ctx, finding):  # type: ignore[override]
         # With a clean float32 run the overflow is shown already; without one, step-fp32 decides.

@@ -6,7 +6,7 @@ import math
 from ...trace.numbers import num
 from ..evidence import at, at_origin
 from ..facts import FP16_TINY, SIXTEEN_BIT, op_short, where
-from ..ownership import owned_events, wide_step_finite
+from ..ownership import fails_only_in_16bit, owned_events, wide_step_finite
 from ..finding import Finding, Severity
 from .base import Context, Rule
 
@@ -71,7 +71,8 @@ class Fp16Underflow(Rule):
                                     f"a small constant or value flushes to zero in float16{at(loc)}",
                                     evidence, fix,
                                     module=event.module or None, source=loc,
-                                    precisions=[event.precision], explains_origin=True, mechanism="pole"))
+                                    precisions=[event.precision], explains_origin=True, mechanism="pole",
+                                    upstream=bool(fails_only_in_16bit(trace, event))))
         if findings or fp32 is None:
             return findings
         limit = ctx.thresholds["underflow_zero_share"]
