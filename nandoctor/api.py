@@ -88,13 +88,18 @@ def scan(model_file: str | Path, config: str | Path | None = None, *, steps: Opt
 
 @contextlib.contextmanager
 def preserved_threads():
-    """The scan may lower torch's thread count (config key threads); the caller's comes back after."""
+    """The scan may lower torch's thread count (config key threads); the caller's comes back after.
+    Torch.compile's first use turns off torch.distributions' argument checks for the whole process
+    (torch/_dynamo/eval_frame.py); a scan that compiles (`compile`, the compile ladder) gives the
+    caller's setting back too."""
     before = torch.get_num_threads()
+    validate = torch.distributions.Distribution._validate_args
     try:
         yield
     finally:
         if torch.get_num_threads() != before:
             torch.set_num_threads(before)
+        torch.distributions.Distribution.set_default_validate_args(validate)
 
 
 @contextlib.contextmanager
@@ -307,7 +312,7 @@ def replay(bundle: str | Path, model: str | Path | None = None, *, trust: bool =
     LightningModule class a Lightning bundle names. `rank`: which rank of a distributed bundle
     (default: the rank the value was born on). Raises InputError for unusable input.
     """
-    with preserved_rng_states(), capture_user_output(), interrupt_guard():
+    with preserved_rng_states(), preserved_threads(), capture_user_output(), interrupt_guard():
         return _replay(bundle, model, trust=trust, experiments=experiments, fail_on=fail_on,
                        max_seconds=max_seconds, device=device, config=config, rank=rank)
 

@@ -18,6 +18,15 @@ SAMPLES = ROOT / "sample_models"
 _scans: dict[tuple, Any] = {}
 
 
+@pytest.fixture(autouse=True)
+def fresh_distribution_checks():
+    """torch.compile's first use turns off torch.distributions' argument checks process-wide
+    (torch/_dynamo/eval_frame.py): each test starts as a fresh `python` would, with them on."""
+    import torch
+    torch.distributions.Distribution.set_default_validate_args(__debug__)
+    yield
+
+
 def scan_sample(name: str, precisions: tuple[str, ...] | None = None, **kwargs: Any):
     """Scan sample_models/<name>.py once per argument set (scans are deterministic)."""
     key = (name, precisions, tuple(sorted(kwargs.items())))
