@@ -8,7 +8,7 @@ import torch
 
 from ..trace import BatchTensorStats, LabelCheck
 from . import stats
-from .training_defaults import _primary_output
+from .training_defaults import primary_output
 
 
 def _named_batch(inputs: Any, targets: Any) -> list[tuple[str, torch.Tensor]]:
@@ -61,7 +61,7 @@ def _nonfinite_counts(t: torch.Tensor) -> tuple[int, int, float, float]:
 
 def label_check(outputs: Any, targets: Any) -> Optional[LabelCheck]:
     """Class targets against the logits' class count, before the loss indexes with them."""
-    logits = _primary_output(outputs)
+    logits = primary_output(outputs)
     if logits is None or not isinstance(targets, torch.Tensor) or targets.is_floating_point() \
             or targets.dtype == torch.bool or logits.dim() < 2 or targets.numel() == 0:
         return None

@@ -47,7 +47,7 @@ def default_loss(outputs: Any, targets: Any) -> torch.Tensor:
     hf_loss = outputs.get("loss") if isinstance(outputs, dict) else getattr(outputs, "loss", None)
     if isinstance(hf_loss, torch.Tensor):
         return hf_loss
-    logits = _primary_output(outputs)
+    logits = primary_output(outputs)
     if not isinstance(targets, torch.Tensor) or logits is None:
         raise InputError("the model file has no loss_fn(outputs, targets) and nandoctor cannot pick a default: "
                          "the default needs a tensor output (or a `loss` key/attribute) and tensor targets. "
@@ -60,7 +60,8 @@ def default_loss(outputs: Any, targets: Any) -> torch.Tensor:
     return F.mse_loss(logits.float(), targets.float())
 
 
-def _primary_output(outputs: Any) -> Optional[torch.Tensor]:
+def primary_output(outputs: Any) -> Optional[torch.Tensor]:
+    """The logits of a model's output: the tensor itself, `.logits` / ["logits"], or the first element."""
     if isinstance(outputs, torch.Tensor):
         return outputs
     logits = outputs.get("logits") if isinstance(outputs, dict) else getattr(outputs, "logits", None)

@@ -29,7 +29,9 @@ import torch
 from torch.overrides import TorchFunctionMode
 
 from ..run import compiled, stats
+from ..run.training_defaults import primary_output
 from .distributed import local_tensor
+from .spikes import watch_options
 from ..trace.warnings import EARLY_WARNING_DEFAULTS, EarlyWarning
 
 _SOFTMAX = {torch.softmax, torch.nn.functional.softmax, torch.Tensor.softmax}
@@ -55,18 +57,8 @@ class InstabilityWarning(RuntimeWarning):
 
 def early_warning_options(option: Any) -> Optional[dict[str, Any]]:
     """`watch(early_warnings=...)`: None/True (defaults), False (off), or a dict of EARLY_WARNING_DEFAULTS keys."""
-    if option is False:
-        return None
-    options = dict(EARLY_WARNING_DEFAULTS)
-    if isinstance(option, dict):
-        unknown = sorted(set(option) - set(EARLY_WARNING_DEFAULTS))
-        if unknown:
-            raise ValueError(f"early_warnings: unknown option(s) {', '.join(unknown)}; "
-                             f"accepted: {', '.join(EARLY_WARNING_DEFAULTS)}")
-        options.update(option)
-    elif option not in (None, True):
-        raise ValueError(f"early_warnings must be True, False or a dict of options, got {option!r}")
-    return options if options["enabled"] and int(options["every"]) > 0 else None
+    options = watch_options("early_warnings", option, EARLY_WARNING_DEFAULTS)
+    return options if options is not None and int(options["every"]) > 0 else None
 
 
 class _AttentionMode(TorchFunctionMode):
@@ -134,17 +126,6 @@ def _mha_logit_max(module: torch.nn.MultiheadAttention, args: tuple, kwargs: dic
         return (q @ k.transpose(-2, -1)).abs().amax().float() / math.sqrt(d)
 
 
-def _output_logits(output: Any) -> Optional[torch.Tensor]:
-    if isinstance(output, torch.Tensor):
-        return output
-    logits = output.get("logits") if isinstance(output, dict) else getattr(output, "logits", None)
-    if isinstance(logits, torch.Tensor):
-        return logits
-    if isinstance(output, (tuple, list)) and output and isinstance(output[0], torch.Tensor):
-        return output[0]
-    return None
-
-
 class EarlyWarningSampler:
     """One per watch. `begin_step`, `before_update`, `after_update`, `finish` are the watch's
     step boundaries; only sampled steps do anything."""
@@ -210,7 +191,7 @@ class EarlyWarningSampler:
                 rms = t.float().square().mean().sqrt()
                 self._values.append((name, "act_outlier_ratio", t.abs().amax().float() / rms.clamp_min(1e-30)))
                 if module is self.model:
-                    logits = _output_logits(output)
+                    logits = primary_output(output)
                     if logits is not None and logits.dim() >= 1 and logits.shape[-1] > 1:
                         logits = logits.detach().float()
                         self._values.append(("", "output_logit_max", logits.abs().amax()))

@@ -50,19 +50,25 @@ class Spike:
                 f"{self.median:.4g} ({self.ratio:.3g}x)")
 
 
-def spike_options(option: Any) -> Optional[dict[str, Any]]:
-    """`watch(spikes=...)`: None/True (defaults), False (off), or a dict of SPIKE_DEFAULTS keys."""
+def watch_options(name: str, option: Any, defaults: dict[str, Any]) -> Optional[dict[str, Any]]:
+    """A watch argument such as `spikes=` or `early_warnings=`: None/True (the defaults), False (off),
+    or a dict of the defaults' keys. None when off."""
     if option is False:
         return None
-    options = dict(SPIKE_DEFAULTS)
+    options = dict(defaults)
     if isinstance(option, dict):
-        unknown = sorted(set(option) - set(SPIKE_DEFAULTS))
+        unknown = sorted(set(option) - set(defaults))
         if unknown:
-            raise ValueError(f"spikes: unknown option(s) {', '.join(unknown)}; accepted: {', '.join(SPIKE_DEFAULTS)}")
+            raise ValueError(f"{name}: unknown option(s) {', '.join(unknown)}; accepted: {', '.join(defaults)}")
         options.update(option)
     elif option not in (None, True):
-        raise ValueError(f"spikes must be True, False or a dict of options, got {option!r}")
+        raise ValueError(f"{name} must be True, False or a dict of options, got {option!r}")
     return options if options["enabled"] else None
+
+
+def spike_options(option: Any) -> Optional[dict[str, Any]]:
+    """`watch(spikes=...)`: None/True (defaults), False (off), or a dict of SPIKE_DEFAULTS keys."""
+    return watch_options("spikes", option, SPIKE_DEFAULTS)
 
 
 class SpikeDetector:
