@@ -35,9 +35,12 @@ SYMPTOMS = {"exploding-gradients", "exploding-activations", "weight-blowup", "lo
 DIVERGENCE_ROOTS = {"high-lr", "bad-init", "data-scale", "data-nonfinite", "label-range"}
 
 
-def _tier(finding: Finding) -> int:
+def _tier(finding: Finding, wide_unhealthy: bool = False) -> int:
     tier = TIER.get(finding.id, 2)
-    return min(tier, UPSTREAM) if finding.upstream else tier
+    # A precision cause is upstream because a wider precision stayed finite; not when that wider
+    # run was itself diverging (see _wide_precision_unhealthy).
+    demoted = finding.id in PRECISION_CAUSES and wide_unhealthy
+    return min(tier, UPSTREAM) if finding.upstream and not demoted else tier
 
 
 # Causes that only a 16-bit dtype has: when a wider precision ran the same data finite (the
@@ -45,22 +48,34 @@ def _tier(finding: Finding) -> int:
 PRECISION_CAUSES = {"fp16-overflow", "fp16-underflow", "bf16-precision"}
 
 
-def _key(finding: Finding) -> tuple:
-    tier = _tier(finding)
+def _wide_precision_unhealthy(findings: list[Finding]) -> bool:
+    """A 32/64-bit run stayed finite only by its headroom: it shows a divergence's symptoms
+    (activations or gradients exploding) too. Then the 16-bit failure proves less than an upstream
+    cause (a bad init, a high lr) that breaks every precision given a few more steps."""
+    return any(f.id in SYMPTOMS and any(p.startswith(("32", "64")) for p in f.precisions) for f in findings)
+
+
+def _proven_precision(finding: Finding, wide_unhealthy: bool) -> bool:
+    return (finding.id in PRECISION_CAUSES and finding.upstream and finding.explains_origin
+            and not wide_unhealthy)
+
+
+def _key(finding: Finding, wide_unhealthy: bool = False) -> tuple:
+    tier = _tier(finding, wide_unhealthy)
     upstream = tier if finding.explains_origin and tier <= UPSTREAM else UPSTREAM + 1
     confirmed = {True: 0, None: 1, False: 2}[finding.confirmed]
-    proven_precision = finding.id in PRECISION_CAUSES and finding.upstream and finding.explains_origin
+    proven_precision = _proven_precision(finding, wide_unhealthy)
     return (finding.confirmed is False, Severity(finding.severity).rank, not finding.explains_origin,
             not proven_precision, upstream, confirmed, tier, -finding.confidence)
 
 
-def _reason(finding: Finding, first: Finding | None) -> str:
-    tier = _tier(finding)
+def _reason(finding: Finding, first: Finding | None, wide_unhealthy: bool = False) -> str:
+    tier = _tier(finding, wide_unhealthy)
     if finding.confirmed is False:
         return "refuted by an experiment: its fix did not remove the failure"
     if finding.symptom_of is not None:
         return f"a symptom of the leading cause ({finding.symptom_of}), not a cause of its own"
-    if finding.id in PRECISION_CAUSES and finding.upstream and finding.explains_origin:
+    if _proven_precision(finding, wide_unhealthy):
         return "the 16-bit precision's cause: a wider precision ran the same step finite"
     if finding.explains_origin and tier <= UPSTREAM:
         return "upstream cause: it explains the first non-finite value and everything after it"
@@ -88,7 +103,8 @@ def _is_symptom_of(finding: Finding, root: Finding) -> bool:
 def rank(findings: list[Finding]) -> list[Finding]:
     """Sort the findings, mark the leading cause's symptoms (`symptom_of`, placed after every
     root) and fill each one's `rank_reason`."""
-    ordered = sorted(findings, key=_key)
+    wide_unhealthy = _wide_precision_unhealthy(findings)
+    ordered = sorted(findings, key=lambda f: _key(f, wide_unhealthy))
     first = ordered[0] if ordered else None
     for finding in ordered:
         finding.symptom_of = None
@@ -98,5 +114,5 @@ def rank(findings: list[Finding]) -> list[Finding]:
                 finding.symptom_of = first.id
         ordered = [f for f in ordered if f.symptom_of is None] + [f for f in ordered if f.symptom_of is not None]
     for finding in ordered:
-        finding.rank_reason = _reason(finding, first)
+        finding.rank_reason = _reason(finding, first, wide_unhealthy)
     return ordered
