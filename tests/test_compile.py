@@ -143,7 +143,7 @@ def test_nandoctor_run_of_a_script_that_compiles_adds_no_graph_or_break(tmp_path
     assert "_orig_mod" not in guarded.stderr and "recompile" not in guarded.stderr.lower()
 
 
-MODEL_FILE = '''
+NET = '''
 import torch
 
 
@@ -155,7 +155,9 @@ class Net(torch.nn.Module):
 
     def forward(self, x):
         return self.head(self.body(x)) * torch.log(x.mean(-1, keepdim=True))
+'''
 
+MODEL_FILE = NET.replace("{", "{{").replace("}", "}}") + '''
 
 def build_model():
     return {build}
@@ -198,19 +200,7 @@ def test_a_bundle_from_a_compiled_model_replays_with_a_plain_or_a_compiled_build
         assert '"aten.log.default"' in result.output and "_orig_mod" not in result.output
 
 
-SCAN_FILE = '''
-import torch
-
-
-class Net(torch.nn.Module):
-    def __init__(self):
-        super().__init__()
-        self.body = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.Tanh())
-        self.head = torch.nn.Linear(8, 1)
-
-    def forward(self, x):
-        return self.head(self.body(x)) * torch.log(x.mean(-1, keepdim=True))
-
+SCAN_FILE = NET + '''
 
 def build_model():
     return Net()
