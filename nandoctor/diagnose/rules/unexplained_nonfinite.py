@@ -45,7 +45,8 @@ def _explained(run: RunTrace, findings: list[Finding]) -> bool:
 def unexplained_findings(ctx: Context, findings: list[Finding]) -> list[Finding]:
     """One error per failed run that no error finding covers; the verdict never rests on this."""
     out = []
-    same_origin: dict[tuple, Finding] = {}      # one finding per origin, with every precision it appeared in
+    # One finding per origin, with every (precision, step) it appeared in; titles are made at the end.
+    same_origin: dict[tuple, tuple[Finding, str, list[tuple[str, int]]]] = {}
     for run in ctx.trace.runs:
         status = RunStatus(run.status)
         if not status.failed or _explained(run, findings):
@@ -65,10 +66,9 @@ def unexplained_findings(ctx: Context, findings: list[Finding]) -> list[Finding]
         kind = "NaN" if event.kind == "nan" else "Inf"
         key = (event.op, event.module, str(where), event.phase, event.kind)
         if key in same_origin:
-            seen = same_origin[key]
+            seen, _, places = same_origin[key]
             seen.precisions.append(run.precision)
-            seen.title = seen.title.replace(")", f", {run.precision} at step {event.step})", 1) \
-                if f"({seen.precisions[0]})" in seen.title else seen.title
+            places.append((run.precision, event.step))
             continue
         op = event.op or event.surfaced_in or "an op"
         evidence = [f"{kind} born in {event.phase} at step {event.step}"
@@ -95,6 +95,10 @@ def unexplained_findings(ctx: Context, findings: list[Finding]) -> list[Finding]
                           f"{kind} in {event.phase} at step {event.step} ({run.precision}) that no rule explains",
                           evidence, fix, module=event.module or None, source=where, precisions=[run.precision],
                           explains_origin=True)
-        same_origin[key] = finding
+        same_origin[key] = (finding, f"{kind} in {event.phase}", [(run.precision, event.step)])
         out.append(finding)
+    for finding, what, places in same_origin.values():
+        (_, first_step), rest = places[0], places[1:]
+        shown = ", ".join([places[0][0]] + [f"{precision} at step {step}" for precision, step in rest])
+        finding.title = f"{what} at step {first_step} ({shown}) that no rule explains"
     return out
