@@ -149,6 +149,36 @@ def foreach_norms(tensors: list[torch.Tensor], ord: float = 2.0) -> torch.Tensor
     return out
 
 
+def nonfinite_witness(tensors: list[torch.Tensor]) -> Optional[torch.Tensor]:
+    """A float64 scalar on the first tensor's device that is non-finite exactly when some tensor
+    holds NaN or Inf (None for an empty list): one cheap reduction per tensor, not a max |x|.
+
+    A float64 sum of 16- or 32-bit values cannot overflow (|x| < 3.4e38, fewer than 2**63
+    elements), so it is non-finite only through a NaN or an Inf. A float64 tensor's own sum could
+    overflow: its `x - x` (0 where finite, NaN elsewhere) is summed instead."""
+    if not tensors:
+        return None
+    device = tensors[0].device
+    parts = []
+    with torch.no_grad():
+        for t in tensors:
+            if t.is_complex():
+                t = torch.view_as_real(t)
+            if t.numel() == 0:
+                continue
+            part = (t - t).sum(dtype=torch.float64) if t.dtype == torch.float64 else t.sum(dtype=torch.float64)
+            parts.append(part if part.device == device else part.to(device))
+    if not parts:
+        return torch.zeros((), dtype=torch.float64, device=device)
+    return parts[0] if len(parts) == 1 else torch.stack(parts).sum()
+
+
+def total_norm(norms: torch.Tensor) -> torch.Tensor:
+    """The L2 norm of a vector of per-tensor norms, in float64: squares of finite float32 norms
+    can overflow float32 themselves, so it is non-finite exactly when some norm is."""
+    return torch.linalg.vector_norm(norms, dtype=torch.float64)
+
+
 def foreach_max_abs(tensors: list[torch.Tensor]) -> torch.Tensor:
     """Per-tensor max |x| as a float32 (float64 if any tensor is) vector on the first tensor's device, NaN for a tensor
     holding NaN (empty list -> empty vector; an empty tensor -> 0).
