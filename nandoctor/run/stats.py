@@ -149,6 +149,68 @@ def foreach_norms(tensors: list[torch.Tensor], ord: float = 2.0) -> torch.Tensor
     return out
 
 
+class GroupedNorms:
+    """Per-tensor L2 norms of a list that keeps its layout from step to step (a model's gradients,
+    its weights), as `foreach_norms` returns them, in fewer kernels on the CPU.
+
+    On the CPU `_foreach_norm` is a loop of one norm kernel per tensor, ~1.5-4 us each: a model of
+    1000 small modules pays milliseconds per call for ~4 MB of data. Tensors of at most
+    STACK_NUMEL elements that share shape and dtype (the same layer repeated) are stacked and
+    reduced along one dimension instead, one copy and one kernel per shape (for MIN_GROUP or more
+    of them); larger tensors keep their own kernel, whose fixed cost their data outweighs. The
+    grouping is planned once per list length; a stale plan is still exact (a group whose shapes no longer match makes `stack`
+    raise, and the plan is made again). Other devices use `foreach_norms` (CUDA's is fused)."""
+
+    STACK_NUMEL = 4096
+    MIN_GROUP = 8        # a stack, a norm, a concatenation and an index cost ~8 per-tensor kernels
+
+    def __init__(self) -> None:
+        self._plans: dict[int, tuple[list[list[int]], list[int], Optional[torch.Tensor]]] = {}
+
+    def __call__(self, tensors: list[torch.Tensor]) -> torch.Tensor:
+        if not tensors or tensors[0].device.type != "cpu":
+            return foreach_norms(tensors)
+        plan = self._plans.get(len(tensors))
+        if plan is None:
+            plan = self._plans[len(tensors)] = self._plan(tensors)
+        try:
+            return self._norms(tensors, plan)
+        except RuntimeError:          # shapes or devices moved under a plan: plan again
+            plan = self._plans[len(tensors)] = self._plan(tensors)
+            return self._norms(tensors, plan)
+
+    def _plan(self, tensors: list[torch.Tensor]) -> tuple[list[list[int]], list[int], Optional[torch.Tensor]]:
+        groups: dict[Any, list[int]] = {}
+        rest: list[int] = []
+        for i, t in enumerate(tensors):
+            if 0 < t.numel() <= self.STACK_NUMEL and t.device.type == "cpu" and t.is_floating_point():
+                groups.setdefault((tuple(t.shape), t.dtype), []).append(i)
+            else:
+                rest.append(i)
+        stacked = [g for g in groups.values() if len(g) >= self.MIN_GROUP]
+        rest = sorted(rest + [i for g in groups.values() if len(g) < self.MIN_GROUP for i in g])
+        order = [i for g in stacked for i in g] + rest
+        inverse = None
+        if order != list(range(len(tensors))):
+            inverse = torch.empty(len(tensors), dtype=torch.long)
+            inverse[torch.tensor(order, dtype=torch.long)] = torch.arange(len(tensors))
+        return stacked, rest, inverse
+
+    @staticmethod
+    def _norms(tensors: list[torch.Tensor], plan: tuple[list[list[int]], list[int], Optional[torch.Tensor]]) -> torch.Tensor:
+        stacked, rest, inverse = plan
+        parts = []
+        with torch.no_grad():
+            for group in stacked:
+                rows = torch.stack([tensors[i] for i in group]).reshape(len(group), -1)
+                half = rows.dtype in (torch.float16, torch.bfloat16)
+                parts.append(torch.linalg.vector_norm(rows, dim=1, dtype=torch.float32 if half else None))
+            if rest:
+                parts.append(foreach_norms([tensors[i] for i in rest]))
+            out = torch.cat(parts) if len(parts) > 1 else parts[0]
+        return out if inverse is None else out[inverse]
+
+
 def nonfinite_witness(tensors: list[torch.Tensor]) -> Optional[torch.Tensor]:
     """A float64 scalar on the first tensor's device that is non-finite exactly when some tensor
     holds NaN or Inf (None for an empty list): one cheap reduction per tensor, not a max |x|.

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import operator
 import os
 import sys
 import threading
@@ -47,6 +48,8 @@ POLICIES = NONFINITE_POLICIES     # "stop" is "raise" by another name
 # check_gradients() ("manual"). "auto" picks the first two by whether there is an optimizer.
 GRADIENT_CHECKS = ("auto", "optimizer-hook", "backward", "manual")
 FP16_MAX = 65504.0
+# Attribute readers for the per-parameter loops of every step (a model may have thousands).
+_GRAD, _VERSION = operator.attrgetter("grad"), operator.attrgetter("_version")
 MAX_MICRO_BATCHES = 1024   # a loop that never calls optimizer.step() must not hold batches forever
 
 
@@ -208,6 +211,7 @@ class Watch:
         self._constants: Optional[tuple[torch.Tensor, torch.Tensor]] = None   # float64 0 and NaN on the device
         self._end_of_backward_queued = False
         self._has_dtensors: dict[int, bool] = {}   # list length (parameters, gradients) -> holds DTensors
+        self._grad_norms, self._weight_norms = stats.GroupedNorms(), stats.GroupedNorms()
         # BatchNorm-style running statistics change in the forward itself: a before-step bundle
         # must hold them as the failing step's first forward found them (one fused copy per step
         # into buffers kept across steps; a few numbers per normalisation layer).
@@ -522,10 +526,10 @@ class Watch:
         capture = self._capture or _Capture(self.step_index, bundle_writer.capture_rng())
         self._capture = capture
         params = self.params()
-        grads = self._local([p.grad for p in params if p.grad is not None])
+        grads = self._local([g for g in map(_GRAD, params) if g is not None])   # one .grad read per parameter
         stats_step = self._stats_step(capture.step)
         with torch.no_grad():
-            norms = stats.foreach_norms(grads) if grads else None
+            norms = self._grad_norms(grads) if grads else None
         if self.step_index % self.check_every and not stats_step and self.check_every > 1:
             self._defer(capture, norms)
             return
@@ -625,7 +629,7 @@ class Watch:
         """The weights after an update: their total norm is checked at the next step's sync (or
         at close), so a step has one host sync; it is also the history's param_norm."""
         with torch.no_grad():
-            self._params_norm = stats.total_norm(stats.foreach_norms(params)) if params else None
+            self._params_norm = stats.total_norm(self._weight_norms(params)) if params else None
         self._params_unchecked = params != []
 
     def _local(self, tensors: list[torch.Tensor]) -> list[torch.Tensor]:
@@ -1258,7 +1262,7 @@ def _running_stat_buffers(model: torch.nn.Module) -> list[tuple[str, torch.Tenso
 def _version_sum(params: list[torch.Tensor]) -> int:
     """Sum of the parameters' in-place version counters: it moves when an optimizer step (even
     one inside compiled code, which runs none of our hooks) updates them."""
-    return sum(p._version for p in params)
+    return sum(map(_VERSION, params))
 
 
 def _infer_precision(model: torch.nn.Module, scaler: Any) -> str:
