@@ -158,8 +158,9 @@ class GroupedNorms:
     STACK_NUMEL elements that share shape and dtype (the same layer repeated) are stacked and
     reduced along one dimension instead, one copy and one kernel per shape (for MIN_GROUP or more
     of them); larger tensors keep their own kernel, whose fixed cost their data outweighs. The
-    grouping is planned once per list length; a stale plan is still exact (a group whose shapes no longer match makes `stack`
-    raise, and the plan is made again). Other devices use `foreach_norms` (CUDA's is fused)."""
+    grouping is planned once per list length; a stale plan is still exact (a group whose shapes
+    no longer match makes `stack` raise, and the plan is made again). Other devices use
+    `foreach_norms` (CUDA's is fused)."""
 
     STACK_NUMEL = 4096
     MIN_GROUP = 8        # a stack, a norm, a concatenation and an index cost ~8 per-tensor kernels
