@@ -242,7 +242,7 @@ class EarlyWarningSampler:
         if keep:
             with torch.no_grad():
                 self._vectors.append(([name for name, _ in keep], "act_outlier_ratio",
-                                      _outlier_ratios([t.detach() for _, t in keep])))
+                                      _outlier_ratios([t for _, t in keep])))
 
     def before_update(self, params: list[torch.Tensor]) -> None:
         """Gradients final, weights not yet updated: keep a copy for the per-module update ratio."""
@@ -251,7 +251,7 @@ class EarlyWarningSampler:
         self._close_mode()
         self._reduce_outputs()
         with torch.no_grad():
-            self._before = [p.detach().clone() for p in params]
+            self._before = torch._foreach_mul(params, 1.0)      # a copy, in one op however many parameters
 
     def after_update(self, optimizer: Any, params: list[torch.Tensor], owners: list[str]) -> None:
         if self._step is None or self._before is None or len(self._before) != len(params):
@@ -259,7 +259,7 @@ class EarlyWarningSampler:
             return
         before, self._before = self._before, None
         with torch.no_grad():
-            delta = stats.foreach_norms(torch._foreach_sub([p.detach() for p in params], before))
+            delta = stats.foreach_norms(torch._foreach_sub(params, before))
             # The weights' norm, floored at an RMS of 0.05: weights that start at zero (a position
             # table, a zero-initialised projection) would otherwise show a huge ratio for a normal step.
             floor = torch.tensor([0.05 * math.sqrt(p.numel()) for p in before], device=delta.device)
@@ -275,15 +275,16 @@ class EarlyWarningSampler:
         each chunk at most stats.BATCH_BYTES so the temporaries stay small for a large model."""
         # The optimizer's own parameter objects: its state is keyed by them, not by views of them.
         pairs = [(p, g) for g in optimizer.param_groups for p in g["params"]]
-        chunks: dict[tuple, list[list[tuple[str, torch.Tensor, torch.Tensor]]]] = {}
+        found = []
         for (p, group), owner in zip(pairs, owners):
             state = optimizer.state.get(p, {})
             v, m, step = state.get("exp_avg_sq"), state.get("exp_avg"), state.get("step")
-            if not isinstance(v, torch.Tensor) or not isinstance(m, torch.Tensor) or step is None:
-                continue
-            v, m = local_tensor(v), local_tensor(m)
+            if isinstance(v, torch.Tensor) and isinstance(m, torch.Tensor) and step is not None:
+                found.append((owner, local_tensor(v), local_tensor(m), step, group))
+        chunks: dict[tuple, list[list[Any]]] = {}
+        for (owner, v, m, _, group), t in zip(found, _step_counts([step for *_, step, _ in found])):
             beta1, beta2 = group.get("betas", (0.9, 0.999))
-            key = (float(beta1), float(beta2), float(group.get("eps", 1e-8)), float(step), v.device)
+            key = (float(beta1), float(beta2), float(group.get("eps", 1e-8)), t, v.device)
             runs = chunks.setdefault(key, [[0]])
             if runs[-1][0] and runs[-1][0] + v.numel() * 4 > stats.BATCH_BYTES:
                 runs.append([0])
@@ -418,6 +419,14 @@ def _per_module(owners: list[str], delta: torch.Tensor, weight: torch.Tensor) ->
     d = torch.zeros(len(names), dtype=delta.dtype, device=delta.device).index_add_(0, index, delta.square())
     w = torch.zeros(len(names), dtype=weight.dtype, device=weight.device).index_add_(0, index, weight.square())
     return names, d.sqrt(), w.sqrt()
+
+
+def _step_counts(steps: list[Any]) -> list[float]:
+    """Adam's per-parameter step counters as floats: one transfer for tensors on one device
+    (torch keeps them as tensors; reading each is a sync per parameter)."""
+    if steps and all(isinstance(s, torch.Tensor) and s.numel() == 1 and s.device == steps[0].device for s in steps):
+        return torch.stack([s.reshape(()) if s.dim() else s for s in steps]).tolist()
+    return [float(s) for s in steps]
 
 
 def _owner_index(owners: list[str], device: torch.device) -> tuple[list[str], torch.Tensor]:
