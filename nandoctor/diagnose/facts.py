@@ -51,6 +51,8 @@ def where(event: NonfiniteEvent) -> Optional[SourceLocation]:
     """The user's own line for this event: where a finding points and a fix applies. None when
     the op ran only in library code (a Hugging Face model's loss called by nandoctor or a trainer):
     `event.source` then names that library line, which is detail, never the place to fix."""
+    if event.user_source_batch is not None:    # the line that made the batch, not where the op ran
+        return user_line(event.source)
     return user_line(event.user_source) or user_line(event.source)
 
 
