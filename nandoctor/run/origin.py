@@ -70,6 +70,14 @@ _ACCUMULATING = frozenset({
 # already held the same infinity was inherited from it (an attention mask used as the bias of the
 # scores), not made by the accumulation. Op base name -> positional index of that term.
 _ADDED_TERM = {"addmm": 0, "baddbmm": 0, "addbmm": 0, "addmv": 0, "linear": 2}
+# Ops that move, copy or rearrange values without computing new ones: their output is still the
+# batch tensor they read (a library's `pad(labels, ...)[..., 1:].contiguous()` is the user's labels).
+_DATA_MOVEMENT = frozenset({
+    "clone", "contiguous", "_to_copy", "copy_", "constant_pad_nd", "pad", "cat", "stack", "index", "index_select",
+    "gather", "masked_select", "roll", "flip", "repeat", "view", "_unsafe_view", "reshape", "slice", "select",
+    "expand", "permute", "transpose", "t", "squeeze", "unsqueeze", "flatten", "narrow", "alias", "detach",
+    "split", "split_with_sizes", "chunk", "unbind", "lift_fresh", "lift_fresh_copy",
+})
 # Dunder methods of Tensor and the aten op they dispatch to, for "did this op run inside a
 # decomposition of the call?".
 _DUNDER_OPS = {"__add__": "add", "__radd__": "add", "__iadd__": "add", "__sub__": "sub", "__rsub__": "rsub",
@@ -285,6 +293,16 @@ class OriginTracer(StepProbe):
             if source is not None and key is not None:
                 self._batch_sites[key] = (weakref.ref(t), name, source)
 
+    def _carry_batch_site(self, tensor_args: list[torch.Tensor], out_tensors: list[torch.Tensor]) -> None:
+        entry = next((e for e in (self._batch_sites.get(_storage_key(t)) for t in tensor_args)
+                      if e is not None and e[0]() is not None), None)
+        if entry is None:
+            return
+        for t in out_tensors:
+            key = _storage_key(t)
+            if key is not None and key not in self._batch_sites:
+                self._batch_sites[key] = (weakref.ref(t), entry[1], entry[2])
+
     def _batch_line(self, tensor_args: list[torch.Tensor]) -> tuple[Optional[str], Optional[SourceLocation]]:
         """(name, the user's line that made it) of a batch tensor this op read, itself or a view."""
         for t in tensor_args:
@@ -400,6 +418,8 @@ class OriginTracer(StepProbe):
             self._remember_conversion(tensor_args, out)
             return out
         out_tensors = [t for t in tree_flatten(out)[0] if isinstance(t, torch.Tensor)]
+        if self._batch_sites and base in _DATA_MOVEMENT:
+            self._carry_batch_site(tensor_args, out_tensors)
         where = self._where()
         for t in out_tensors:
             self._producers[id(t)] = (weakref.ref(t), OpRef(op=op_name, module=where[0], source=where[2] or where[1]))
