@@ -19,7 +19,7 @@ import nandoctor
 pytestmark = pytest.mark.corpus
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
-from corpus_score import CORPUS, MARKER, scan_kwargs  # noqa: E402  (one reading of expected.yaml's args)
+from corpus_score import CORPUS, MARKER, fix_contradictions, scan_kwargs  # noqa: E402  (one reading of expected.yaml's args)
 ENTRIES: list[dict[str, Any]] = yaml.safe_load((CORPUS / "expected.yaml").read_text())
 _scans: dict[str, dict[str, Any]] = {}
 
@@ -136,3 +136,12 @@ def test_nonfinite_or_crashed_run_never_passes(entry):
     if broken:
         assert doc["verdict"] == "fail", f"runs {broken} went non-finite or crashed, verdict {doc['verdict']}"
         assert doc["exit_code"] != 0
+
+
+@pytest.mark.parametrize("entry", ENTRIES, ids=ids(ENTRIES))
+def test_no_fix_contradicts_its_own_experiments(entry):
+    """Issue 19: no report carries a fix proposing what an experiment of the same report tried and
+    that still failed (see corpus_score.fix_contradictions). Every entry's scan runs the cheap
+    confirming experiments (a float64 re-run ...) and some run them all; the scan is the one above."""
+    doc = scanned(entry)
+    assert not fix_contradictions(doc), fix_contradictions(doc)
