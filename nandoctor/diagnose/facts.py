@@ -92,6 +92,16 @@ def refuted(trace: Trace, experiment_id: str, precisions: Optional[Iterable[str]
                  and (wanted is None or e.precision in wanted)), None)
 
 
+def failed_later(result: ExperimentResult, results: list[ExperimentResult]) -> Optional[ExperimentResult]:
+    """A variant of the same experiment that stayed finite through every step `result` ran and
+    went non-finite only after them (lr / 10 failing at step 330 beside lr / 100 finite for 40
+    steps): then `result`'s finite run is too short to tell a fix from a delayed failure."""
+    if result.outcome != "finite":
+        return None
+    return next((e for e in results if e is not result and e.id == result.id and e.precision == result.precision
+                 and e.outcome == "nonfinite" and e.steps_run > result.steps_run), None)
+
+
 def median(values: list[float]) -> Optional[float]:
     if not values:
         return None
