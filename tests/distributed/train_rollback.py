@@ -5,7 +5,9 @@ step BAD // 8 (batches of 4 per rank). The watch rolls every rank back on the sa
 all-reduce spreads the NaN to the other rank's gradients, and the exchanged flags make every
 rank take the same branch). Each rank writes OUT/rank-R.json: its skipped steps, the steps it
 rolled back, its last loss and a checksum of its weights (DDP ranks must stay identical).
-Then a loss spike on rank 1 alone with on_spike="skip": OUT/spike-rank-R.json.
+Then a loss spike on rank 1 alone with on_spike="skip": OUT/spike-rank-R.json. Then the first
+run again with the model sharded by FSDP2 (fully_shard): each rank keeps a copy of its own
+shards and optimizer state, and puts them back: OUT/fsdp2/rank-R.json.
 """
 import json
 import os
@@ -78,11 +80,33 @@ def main():
             step += 1
     watch.close()
     record(out, f"spike-rank-{rank}.json", model, watch, loss)
+
+    from torch.distributed.fsdp import fully_shard
+    torch.manual_seed(0)
+    model = build_model()
+    for layer in model.body:
+        if any(p.requires_grad for p in layer.parameters()):
+            fully_shard(layer)
+    fully_shard(model)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-2)
+    os.makedirs(os.path.join(out, "fsdp2"), exist_ok=True)
+    watch = nandoctor.watch(model, optimizer, out=os.path.join(out, "fsdp2"), on_nonfinite="rollback",
+                            rollback={"every": 2, "budget": 2})
+    for batch in loader:
+        loss = training_step(model, batch)
+        watch.loss(loss)
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad()
+    watch.close()
+    record(out, os.path.join("fsdp2", f"rank-{rank}.json"), model, watch, loss)
     dist.destroy_process_group()
 
 
 def record(out, name, model, watch, loss):
-    checksum = float(sum(p.detach().double().sum() for p in model.parameters()))
+    # A sharded (FSDP2) parameter is summed whole: the ranks must agree on the full model.
+    checksum = float(sum((p.full_tensor() if hasattr(p, "full_tensor") else p).detach().double().sum()
+                         for p in model.parameters()))
     with open(os.path.join(out, name), "w") as f:
         json.dump({"skipped": [h["step"] for h in watch.history if h["skipped"]],
                    "rolled_back": [e["step"] for e in watch.keep_alive.records if e["policy"] == "rollback"],
