@@ -50,16 +50,7 @@ def main():
     dataset = Stream()
     sampler = torch.utils.data.distributed.DistributedSampler(dataset, shuffle=False)
     loader = torch.utils.data.DataLoader(dataset, batch_size=4, sampler=sampler)
-    watch = nandoctor.watch(model, optimizer, out=out, on_nonfinite="rollback", rollback={"every": 2, "budget": 2})
-    loss = None
-    for batch in loader:
-        loss = training_step(model, batch)
-        watch.loss(loss)
-        loss.backward()
-        optimizer.step()
-        optimizer.zero_grad()
-    watch.close()
-    record(out, f"rank-{rank}.json", model, watch, loss)
+    rollback_run(model, optimizer, loader, out, f"rank-{rank}.json")
 
     # A loss spike on rank 1 alone (a constant added to its loss: its gradients, and so the
     # all-reduced gradient norm, do not move): on_spike="skip" must skip the step on every rank.
@@ -89,9 +80,14 @@ def main():
             fully_shard(layer)
     fully_shard(model)
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-2)
-    os.makedirs(os.path.join(out, "fsdp2"), exist_ok=True)
-    watch = nandoctor.watch(model, optimizer, out=os.path.join(out, "fsdp2"), on_nonfinite="rollback",
-                            rollback={"every": 2, "budget": 2})
+    rollback_run(model, optimizer, loader, os.path.join(out, "fsdp2"), f"rank-{rank}.json")
+    dist.destroy_process_group()
+
+
+def rollback_run(model, optimizer, loader, out, name):
+    os.makedirs(out, exist_ok=True)
+    watch = nandoctor.watch(model, optimizer, out=out, on_nonfinite="rollback", rollback={"every": 2, "budget": 2})
+    loss = None
     for batch in loader:
         loss = training_step(model, batch)
         watch.loss(loss)
@@ -99,8 +95,7 @@ def main():
         optimizer.step()
         optimizer.zero_grad()
     watch.close()
-    record(out, os.path.join("fsdp2", f"rank-{rank}.json"), model, watch, loss)
-    dist.destroy_process_group()
+    record(out, name, model, watch, loss)
 
 
 def record(out, name, model, watch, loss):
