@@ -356,3 +356,30 @@ def test_a_lower_lr_finite_over_the_longer_horizon_still_confirms_high_lr():
     top = diagnose(trace_of(runs, experiments=experiments))[0]
     assert top.id == "high-lr" and top.confirmed is True, (top.id, top.experiments)
     assert "to 1e+00 (re-trained with it, the run stayed finite)" in top.fix, top.fix
+
+
+def test_a_symptom_whose_clipping_was_confirmed_stays_under_the_divergence_that_shows_it():
+    """Bug (poly_lr_negative with experiments on): clipping kept a run ascending a negative lr finite
+    over the horizon, so the confirmed exploding-activations led over the schedule bug."""
+    experiments = [ExperimentResult(id="clip-grad", label="gradients clipped at norm 1.0", precision="32-true",
+                                    steps_run=12, outcome="finite", change={"grad_clip": 1.0})]
+    findings = diagnose(trace_of(diverging("32-true", 6), experiments=experiments))
+    clipped = [f for f in findings if f.id in ("exploding-gradients", "exploding-activations") and f.confirmed]
+    assert clipped, [(f.id, f.confirmed) for f in findings]
+    assert findings[0].id == "high-lr", [(f.id, f.confirmed, f.symptom_of) for f in findings]
+    assert all(f.symptom_of == "high-lr" for f in clipped)
+
+
+def test_a_dtype_experiment_of_a_mixed_run_leaves_the_batch_alone_before_its_step():
+    """Bug (fp16_regression_large_target with experiments on): the bf16 re-run of step 50 cast the batch
+    to the autocast float16 from step 0, made the 9e4 targets inf there, and refuted fp16-overflow."""
+    import sys
+    import yaml
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
+    from corpus_score import CORPUS, scan_kwargs
+    entry = next(e for e in yaml.safe_load((CORPUS / "expected.yaml").read_text())
+                 if e["file"] == "fp16_regression_large_target.py")
+    doc = nandoctor.scan(CORPUS / entry["file"], **scan_kwargs(entry, experiments=True)).to_dict()
+    rerun = [e for e in doc["experiments"] if e["id"] == "step-bf16"]
+    assert rerun and rerun[0]["outcome"] == "finite", rerun
+    assert doc["causes"][0]["id"] == "fp16-overflow", [(c["id"], c["confirmed"]) for c in doc["causes"]]

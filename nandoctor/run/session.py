@@ -267,7 +267,11 @@ class TrainingSession:
                 detail=", ".join(f"{b.name}: {b.nan} NaN, {b.inf} Inf of {b.numel}" for b in bad))
             result.surfaces = [t for name, t in _named_batch(inputs, targets) if name == first.name]
             return None
-        cast = self.compute_dtype if self.spec.cast_model or self.overrides.switch_dtype_at else None
+        # A dtype experiment casts the batch from its switch on; before it, a mixed precision's
+        # batch stays as the user made it (casting 9e4 targets to the autocast float16 would make
+        # them inf at step 0, a failure the run itself never had).
+        switch = self.overrides.switch_dtype_at
+        cast = self.compute_dtype if self.spec.cast_model or (switch is not None and step >= switch[0]) else None
         inputs, targets = _to_device(inputs, self.device, cast), _to_device(targets, self.device, cast)
         if sites is not None:
             watch.on_batch([(b.name, t, b.source) for b, (_, t) in zip(record.batch, _named_batch(inputs, targets))])
