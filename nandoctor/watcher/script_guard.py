@@ -773,7 +773,7 @@ class ScriptGuard:
             except Exception:  # noqa: BLE001 - a verdict that cannot be read leaves the rank unnamed
                 self.stop.ranks = None
         if event["check"] == "batch" and capture is not None and capture.batches:
-            index = next((i for i, f in enumerate(capture.batch_flags) if bool(f)), 0)
+            index = capture.first_bad_batch() or 0
             drawn = list(self._window.batches)
             self.stop.event = data_event(watch.precision, event["step"], capture.batches[index],
                                          lambda t, rows: _indices_in(drawn, t, rows))
