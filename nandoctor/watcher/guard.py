@@ -218,6 +218,15 @@ class Watch:
             self._handles.append(optimizer.register_step_pre_hook(self._optimizer_pre_hook))
         if optimizer is not None:
             self._handles.append(optimizer.register_step_post_hook(self._optimizer_post_hook))
+        # Parameters of the model that another optimizer updates inside the step (a GAN's
+        # discriminator, stepped in the middle of the generator's step): a before-step bundle
+        # needs them as the step found them. A global step pre-hook copies them just before that
+        # optimizer touches them; no copy at all for a loop with one optimizer.
+        self._other_copy: dict[str, torch.Tensor] = {}
+        self._other_copy_step: Optional[int] = None
+        if optimizer is not None:
+            from torch.optim.optimizer import register_optimizer_step_pre_hook
+            self._handles.append(register_optimizer_step_pre_hook(self._other_optimizer_pre_hook))
         self._input_hook = None
         if self._inputs_from_forward:
             self._input_hook = model.register_forward_pre_hook(self._model_input_hook, with_kwargs=True)
@@ -387,10 +396,27 @@ class Watch:
                 torch._foreach_copy_(self._running_copy, [t.detach() for t in live])
         self._running_copy_step = step
 
+    def _other_optimizer_pre_hook(self, optimizer: Any, args: Any, kwargs: Any) -> None:
+        if optimizer is self.optimizer or self._capture is None or compiled.compiling():
+            return
+        step = self._capture.step
+        if self._other_copy_step != step:
+            self._other_copy, self._other_copy_step = {}, step
+        held = {id(p) for p in self.params()}
+        with torch.no_grad():
+            for group in optimizer.param_groups:
+                for p in group["params"]:
+                    name = self._param_names.get(id(p))
+                    if name is not None and id(p) not in held and name not in self._other_copy:
+                        self._other_copy[name] = p.detach().clone()
+
     def _state_dict_for(self, capture: Optional[_Capture], state: str) -> dict[str, Any]:
         """The model's state for a bundle: before the step, its running statistics as they were
-        before the step's first forward updated them."""
+        before the step's first forward updated them, and the parameters another optimizer
+        updated during the step as they were before it did."""
         state_dict = compiled.user_state_dict(self.model)
+        if state == STATE_BEFORE_STEP and capture is not None and capture.step == self._other_copy_step:
+            state_dict.update({name: saved for name, saved in self._other_copy.items() if name in state_dict})
         if (state != STATE_BEFORE_STEP or capture is None or self._running_copy is None
                 or capture.step != self._running_copy_step):
             return state_dict
