@@ -568,3 +568,58 @@ def test_lightning_gan_in_manual_optimization_is_bundled_before_its_discriminato
     assert (event.step, event.phase, event.module, event.forward_op) == (2, "backward", "discriminator", "sqrt")
     assert event.user_source.line == line_of(COMPAT / "lit_gan.py", "torch.sqrt(") and event.reproduced is True
     assert report.causes[0].id == "grad-singularity"
+
+
+@pytest.mark.parametrize("script", ["lit_stack.py", "gan_script.py"])
+def test_run_of_a_lightning_fit_and_of_a_gan_loop_names_the_origin(tmp_path, script):
+    # lit_stack.py: Lightning's own loop (LightningOptimizer around the torch optimizer, the step
+    # in a closure) over the checkpointed stack. Regressions (issue 18): the watch's batch check
+    # on a block called straight from training_step added saved tensors to the non-reentrant
+    # checkpoint's forward (CheckpointError); a closure's re-run traced training_step's own ops
+    # as data. gan_script.py: the discriminator's optimizer steps inside the generator's step;
+    # the re-run used to begin at the discriminator's next call in the same iteration.
+    pytest.importorskip("lightning")
+    for name in (script, "gan_model.py"):
+        shutil.copy(COMPAT / name, tmp_path)
+    args = ("checkpoint",) if script == "lit_stack.py" else ()
+    result = nandoctor_cli("run", "--format", "json", "-o", "r.json", script, *args, cwd=tmp_path, timeout=240)
+    assert result.returncode == 1, result.stderr[-2000:]
+    doc = json.loads((tmp_path / "r.json").read_text())
+    event = doc["first_nonfinite"]
+    source = "lit_stack.py" if script == "lit_stack.py" else "gan_model.py"
+    assert (event["step"], event["phase"], event["forward_op"], event["reproduced"]) == (2, "backward", "sqrt", True)
+    assert event["user_source"] == f"{source}:{line_of(COMPAT / source, 'torch.sqrt(')}"
+    assert doc["causes"][0]["id"] == "grad-singularity"
+    if script == "lit_stack.py":
+        assert event["module"] == "block"
+
+
+@pytest.mark.parametrize("setting", ["vmap", "compile"])
+def test_lightning_callback_with_torch_func_or_a_compiled_module_replays_to_the_users_line(tmp_path, setting):
+    L = pytest.importorskip("lightning")
+    import warnings
+    from torch._dynamo.testing import CompileCounter
+    from torch._dynamo.utils import counters
+    from nandoctor.integrations.lightning import NanDoctorCallback
+    from tests.compat import lit_func
+    callback = NanDoctorCallback(out=tmp_path)
+    trainer = L.Trainer(max_steps=5, accelerator="cpu", logger=False, enable_checkpointing=False,
+                        enable_progress_bar=False, enable_model_summary=False, callbacks=[callback],
+                        default_root_dir=tmp_path)
+    torch.manual_seed(0)
+    backend = CompileCounter()
+    counters.clear()
+    module = lit_func.LitPerSample() if setting == "vmap" else torch.compile(lit_func.LitRegressor(), backend=backend)
+    with pytest.raises(nandoctor.NonFiniteError) as caught, warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        trainer.fit(module, lit_func.get_loader())
+    assert caught.value.step == 2
+    if setting == "compile":
+        assert backend.frame_count >= 1 and not counters["graph_break"]     # compiled, and nandoctor broke nothing
+        assert not any(k.startswith("_orig_mod") for k in read_bundle(caught.value.bundle).model_state())
+    report = nandoctor.replay(caught.value.bundle, trust=True, experiments=False)
+    event = report.trace.runs[0].first_nonfinite
+    assert (event.step, event.phase, event.op, event.reproduced) == (2, "forward", "aten.sqrt.default", True)
+    site = "torch.sqrt(yi" if setting == "vmap" else "torch.sqrt(x"
+    assert event.user_source.line == line_of(COMPAT / "lit_func.py", site)
+    assert report.causes[0].id == "unstable-op"

@@ -19,6 +19,7 @@ import os
 import sys
 import threading
 import warnings
+import weakref
 from collections import deque
 from pathlib import Path
 from typing import Any, Callable, Optional
@@ -225,8 +226,8 @@ class Watch:
         self._other_copy: dict[str, torch.Tensor] = {}
         self._other_copy_step: Optional[int] = None
         if optimizer is not None:
-            from torch.optim.optimizer import register_optimizer_step_pre_hook
-            self._handles.append(register_optimizer_step_pre_hook(self._other_optimizer_pre_hook))
+            install_other_optimizer_hook()
+            _LIVE_WATCHES.add(self)
         self._input_hook = None
         if self._inputs_from_forward:
             self._input_hook = model.register_forward_pre_hook(self._model_input_hook, with_kwargs=True)
@@ -269,6 +270,7 @@ class Watch:
             if self._closed:
                 return
             self._closed = True
+            _LIVE_WATCHES.discard(self)
             for handle in self._handles + self._stats_handles:
                 handle.remove()
             self._handles.clear()
@@ -379,8 +381,12 @@ class Watch:
         capture.sample_indices.append(LoaderIndices.of(batch))
         floating = stats.floating_tensors(batch)
         if floating:
-            norm = stats.foreach_norms(floating, math.inf)
-            capture.batch_flags.append((~torch.isfinite(norm.sum())).float())
+            # no_grad: inputs that need a gradient (a block's activations, called from a
+            # LightningModule's training_step) must not gain graph nodes, nor tensors saved for
+            # a backward (non-reentrant checkpointing counts those against its recomputation).
+            with torch.no_grad():
+                norm = stats.foreach_norms(floating, math.inf)
+                capture.batch_flags.append((~torch.isfinite(norm.sum())).float())
         else:       # integer-only batches (token ids) cannot hold NaN; keep flags aligned with batches
             capture.batch_flags.append(torch.zeros(()))
 
@@ -1231,6 +1237,26 @@ def batch_name(path: str) -> str:
     """"['args'][0]" -> "args[0]": a micro-batch path as the model was called with it."""
     text = path.replace("['args']", "args").replace("['kwargs']", "kwargs")
     return text or "inputs"
+
+
+_LIVE_WATCHES: "weakref.WeakSet[Watch]" = weakref.WeakSet()
+_OTHER_OPTIMIZER_HOOK: list[Any] = []
+
+
+def install_other_optimizer_hook() -> None:
+    """One process-wide optimizer step pre-hook that hands every optimizer's step to the live
+    watches (each copies the parameters that step is about to change and its own optimizer
+    does not hold). Registered once and never removed: torch iterates its global hooks while
+    calling them, and a watch is created (under `nandoctor run`) or closed (when it raises)
+    inside that iteration, where adding or removing a hook fails ("OrderedDict mutated")."""
+    if _OTHER_OPTIMIZER_HOOK:
+        return
+    from torch.optim.optimizer import register_optimizer_step_pre_hook
+
+    def pre_hook(optimizer: Any, args: Any, kwargs: Any) -> None:
+        for live in list(_LIVE_WATCHES):
+            live._other_optimizer_pre_hook(optimizer, args, kwargs)
+    _OTHER_OPTIMIZER_HOOK.append(register_optimizer_step_pre_hook(pre_hook))
 
 
 def shown_list(values: list, limit: int = 8) -> str:

@@ -198,6 +198,8 @@ class ScriptGuard:
         self._frames_skipped = False
         self.argv = list(sys.argv[1:])       # the script's own arguments (set before install)
         import torch.optim.optimizer as optim
+        from .guard import install_other_optimizer_hook
+        install_other_optimizer_hook()          # now: the watches are made inside the hooks' loop
         self._handles.append(optim.register_optimizer_step_pre_hook(self._before_step))
         self._handles.append(optim.register_optimizer_step_post_hook(self._after_step))
         guard = self

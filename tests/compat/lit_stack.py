@@ -66,3 +66,11 @@ def get_loader(site, workers=1):
         x[9] = x[9] * 3e4
     dataset = torch.utils.data.TensorDataset(x, padding)
     return torch.utils.data.DataLoader(dataset, batch_size=4, num_workers=workers)
+
+
+if __name__ == "__main__":         # `nandoctor run lit_stack.py SITE`: Lightning's own loop
+    import sys
+    torch.manual_seed(0)
+    trainer = L.Trainer(max_steps=5, accelerator="cpu", logger=False, enable_checkpointing=False,
+                        enable_progress_bar=False, enable_model_summary=False)
+    trainer.fit(StackRegressor(), get_loader(sys.argv[1], workers=0))
