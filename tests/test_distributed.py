@@ -244,7 +244,7 @@ def test_nandoctor_run_of_a_plain_fsdp2_loop_names_the_origin_rank_and_line(jobs
     assert doc["script"]["ranks"]["rank"] == 1 and doc["script"]["ranks"]["origin_ranks"] == [1]
     origin = doc["first_nonfinite"]
     assert (origin["step"], origin["phase"], origin["module"], origin["op"]) == (2, "forward", "head", "aten.log.default")
-    assert origin["user_source"] == f"model.py:{LOG_LINE}" and doc["causes"][0]["id"] == "unstable-op"
+    assert origin["user_source"].endswith(f"model.py:{LOG_LINE}") and doc["causes"][0]["id"] == "unstable-op"
     assert sorted(p.name for p in (job.out / doc["script"]["bundle"]).iterdir() if p.name.startswith("rank-")) == \
         ["rank-0", "rank-1"]
 

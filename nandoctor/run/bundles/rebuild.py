@@ -377,6 +377,11 @@ def _import_attr(module_name: str, qualname: str, file: Optional[str] = None) ->
             raise
         module = importlib.util.module_from_spec(spec)
         sys.modules[module_name] = module
+        # Its own imports of sibling files (`from model import Net`) resolve as they did when
+        # `python train.py` ran from that folder: the file's folder is on the path.
+        folder = str(Path(file).resolve().parent)
+        if folder not in sys.path:
+            sys.path.insert(0, folder)
         spec.loader.exec_module(module)
     obj: Any = module
     for part in qualname.split("."):
