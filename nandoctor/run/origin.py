@@ -242,6 +242,7 @@ class OriginTracer(StepProbe):
         self._function = _FunctionShim(self)
         self._function_active = False
         self._recompute_depth = 0              # module calls open in a backward-time recompute
+        self._recompute_entered = False        # the recompute put the function mode on the stack
         self._fast_path: Optional[torch.nn.Module] = None   # the module running with the function mode off
         self.fast_path_modules: list[str] = []   # modules let onto their fused fast path, in call order
         self._suspended = 0
@@ -350,11 +351,15 @@ class OriginTracer(StepProbe):
             # A module called with gradients on during backward: activation checkpointing
             # recomputing its forward. Reentrant checkpointing backpropagates through this new
             # graph, so its nodes need the tags (module, user line) the first forward's got.
-            if self._recompute_depth == 0 and not self._function_active:
-                self._function.__enter__()
-                self._recompute_depth = 1
-            elif self._recompute_depth:
-                self._recompute_depth += 1
+            # The mode may be off the stack while `_function_active` says on: a backward started
+            # from inside the mode's own handler (`loss.backward()` is a torch function, and
+            # `nandoctor run` switches the phase from within it) runs with torch holding the mode
+            # aside, so what counts is the stack.
+            if self._recompute_depth == 0:
+                self._recompute_entered = not self._function_on_stack()
+                if self._recompute_entered:
+                    self._function.__enter__()
+            self._recompute_depth += 1
 
     def _pop(self, module: torch.nn.Module, args: Any, output: Any) -> None:
         if self._module_stack:
@@ -365,7 +370,8 @@ class OriginTracer(StepProbe):
             return
         if self._recompute_depth:
             self._recompute_depth -= 1
-            if self._recompute_depth == 0:
+            if self._recompute_depth == 0 and self._recompute_entered:
+                self._recompute_entered = False
                 self._function.__exit__(None, None, None)
 
     # ---- forward: tag autograd nodes ----------------------------------------------------------
