@@ -350,6 +350,10 @@ class ScriptGuard:
                     # registered just now, count the depth; this call is logged already.
                     guard._logged_by_call = module
                     return original_call(module, *args, **kwargs)
+            if depth == 1 and guard._autocast is None and module.training and torch.is_grad_enabled():
+                # A child of the model runs inside an autocast that the model's forward applies
+                # itself (Accelerate's and the Trainer's `model.forward = autocast(forward)`).
+                guard._note_autocast()
             guard._local.depth = depth + 1
             try:
                 return original_call(module, *args, **kwargs)
