@@ -621,6 +621,9 @@ class ScriptGuard:
                 for p in group["params"]:
                     p.grad = None
             return
+        if self._window.losses:   # the experiment's own loss, against the watched run's (rewind.ended_early)
+            rewind.losses[rewind.step] = float(torch.stack([l.detach().float().reshape(()) for l in
+                                                            self._window.losses]).mean())
         rewind.scale_lr(optimizer)
 
     def _rewind_stepped(self, optimizer: torch.optim.Optimizer) -> None:
@@ -890,8 +893,9 @@ class ScriptGuard:
         if self.stop is None:
             self.final_nonfinite = self._nonfinite_at_end()
         failing = self.stop.step if self.stop is not None else 0
+        history = self.stop.history if self.stop is not None else None
         for pending in ([self._rewind] if self._rewind is not None else []) + self._rewinds:
-            self.experiments.append(pending.ended_early(failing))
+            self.experiments.append(pending.ended_early(failing, history))
         self._rewind, self._rewinds = None, []
         if self.rerun is not None and self.rerun.state == "armed" and self.stop is not None:
             self.stop.rerun = RerunOutcome(note="the script ended before the loop ran the failing step again")
