@@ -248,6 +248,14 @@ class Watch:
         # always_call: the hook also runs when forward raises, so a batch that made the model's own
         # checks raise (BCE's range check on NaN) still leaves a bundle.
         self._handles.append(model.register_forward_hook(self._model_output_hook, always_call=True, with_kwargs=True))
+        # Accelerate (and the Trainer through it) applies autocast inside the model's forward
+        # (`model.forward = autocast(forward)`): the model's own hooks run outside that region and
+        # see float32, its children's pre-hooks run inside it. Removed once a mixed precision is seen.
+        self._autocast_probes: list[Any] = []
+        if not self._precision_given:
+            self._autocast_probes = [child.register_forward_pre_hook(self._child_autocast_hook)
+                                     for child in compiled.uncompiled(model).children()]
+            self._handles.extend(self._autocast_probes)
         LoaderIndices.install()
         self._scaler_update = None
         self.attach_scaler(scaler)
@@ -462,6 +470,15 @@ class Watch:
         mixed = autocast_precision((self._device.type, "cpu") if self._device.type != "cpu" else ("cpu",))
         if mixed is not None and self.precision != mixed:
             self.precision = mixed
+
+    def _child_autocast_hook(self, module: Any, args: Any) -> None:
+        if compiled.compiling() or self._blaming or not module.training or not torch.is_grad_enabled():
+            return
+        self._note_autocast()
+        if self.precision.endswith("-mixed"):
+            for handle in self._autocast_probes:
+                handle.remove()
+            self._autocast_probes = []
 
     def _model_output_hook(self, module: Any, args: Any, kwargs: Any, output: Any) -> None:
         if compiled.compiling():
