@@ -19,10 +19,17 @@ import torch
 ROW = ("max_abs", "norm", "nonzero")
 ROW_WIDTH = len(ROW)
 
-# The most tensor memory one fused batch of reductions holds at once: tensors wait in a batch
-# until it reaches this size (then one handful of foreach kernels reduces them all), and the
-# batch's |x| copy is at most this large. A tensor larger than this is reduced on its own.
-BATCH_BYTES = 32 << 20
+# The most tensor memory one batch of reductions holds at once: tensors wait in a batch until it
+# reaches this size, then one handful of kernels per shape reduces them all. Output gradients
+# waiting in a batch outlive their backward op, so this is also what recording adds to the
+# peak memory of a backward.
+BATCH_BYTES = 2 << 20
+
+# The most memory one stacked copy of a batch's equally shaped tensors takes (`batch_rows`): a
+# batch is reduced a few megabytes at a time, so the copy stays small next to the activations
+# themselves and the allocator can reuse it from step to step (a copy as large as a whole batch
+# adds its size to the process's peak memory).
+STACK_BYTES = 2 << 20
 
 
 def iter_tensors(obj: Any, prefix: str = "", depth: int = 0) -> Iterator[tuple[str, torch.Tensor]]:
@@ -96,14 +103,12 @@ def batch_rows(tensors: list[torch.Tensor], full: bool = True) -> torch.Tensor:
 
 
 def _grouped_rows(tensors: list[torch.Tensor], full: bool) -> torch.Tensor:
-    """Tensors of one shape, dtype and device are stacked into a [k, numel] matrix, at
-    most BATCH_BYTES of it at a time, and reduced along its rows: max |x| (amax propagates NaN;
-    one |x| copy of the matrix, none of a tensor above BATCH_BYTES: `aminmax` along rows is ~20x
-    slower on CPU), and on full
-    rows the L2 norm and the non-zero count (the 0-"norm": NaN counts, -0.0 does not). On CPU a
-    `_foreach_*` reduction still runs one small kernel per tensor; one reduction over a matrix of
-    a repeated layer's outputs costs about as much as a few of them. A tensor above BATCH_BYTES
-    is reduced alone, as a view."""
+    """Tensors of one shape, dtype and device are stacked into a [k, numel] matrix, at most
+    STACK_BYTES of it at a time, and reduced along its rows: max |x|, and on full rows the L2
+    norm and the non-zero count (the 0-"norm": NaN counts, -0.0 does not). On CPU a `_foreach_*`
+    reduction still runs one small kernel per tensor; one reduction over a matrix of a repeated
+    layer's outputs costs about as much as a few of them. A tensor above STACK_BYTES is reduced
+    alone, as a view (no copy)."""
     device = tensors[0].device
     out_dtype = torch.float64 if any(t.dtype == torch.float64 for t in tensors) else torch.float32
     groups: dict[tuple, list[int]] = {}
@@ -118,20 +123,19 @@ def _grouped_rows(tensors: list[torch.Tensor], full: bool) -> torch.Tensor:
             for column in columns:
                 column.append(torch.zeros(len(members), dtype=out_dtype, device=device))
             continue
-        per_stack = max(1, BATCH_BYTES // (numel * tensors[members[0]].element_size()))
+        per_stack = max(1, STACK_BYTES // (numel * tensors[members[0]].element_size()))
         acc = torch.float32 if dtype in (torch.float16, torch.bfloat16) else None
         for begin in range(0, len(members), per_stack):
             chunk = members[begin:begin + per_stack]
             matrix = (torch.stack([tensors[i] for i in chunk]) if len(chunk) > 1 else tensors[chunk[0]]).reshape(len(chunk), numel)
-            dims = 1      # along rows: a reduction over several trailing dimensions is several times slower
-            if len(chunk) == 1 and numel * matrix.element_size() > BATCH_BYTES:   # no |x| copy of a large tensor
-                maxima = torch.maximum(matrix.amax(dim=dims), matrix.amin(dim=dims).neg())
-            else:
-                maxima = matrix.abs().amax(dim=dims)      # amax propagates NaN
+            # Along rows (a reduction over several trailing dimensions is several times slower),
+            # in two passes and no |x| copy (aminmax along rows is ~20x slower on CPU); amax,
+            # amin and maximum propagate NaN.
+            maxima = torch.maximum(matrix.amax(dim=1), matrix.amin(dim=1).neg())
             columns[0].append(maxima)
             if full:
-                columns[1].append(torch.linalg.vector_norm(matrix, 2.0, dim=dims, dtype=acc))
-                columns[2].append(torch.linalg.vector_norm(matrix, 0.0, dim=dims, dtype=acc))
+                columns[1].append(torch.linalg.vector_norm(matrix, 2.0, dim=1, dtype=acc))
+                columns[2].append(torch.linalg.vector_norm(matrix, 0.0, dim=1, dtype=acc))
             order += chunk
     joined = [(c[0] if len(c) == 1 else torch.cat([v.to(device) for v in c])).to(device, out_dtype) for c in columns]
     rows = torch.stack(joined, dim=1) if full else joined[0].unsqueeze(1)
