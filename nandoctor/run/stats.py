@@ -109,6 +109,8 @@ def _grouped_rows(tensors: list[torch.Tensor], full: bool) -> torch.Tensor:
     reduction still runs one small kernel per tensor; one reduction over a matrix of a repeated
     layer's outputs costs about as much as a few of them. A tensor above STACK_BYTES is reduced
     alone, as a view (no copy)."""
+    if len(tensors) == 1:
+        return _one_row(tensors[0], full)
     device = tensors[0].device
     out_dtype = torch.float64 if any(t.dtype == torch.float64 for t in tensors) else torch.float32
     groups: dict[tuple, list[int]] = {}
@@ -142,6 +144,40 @@ def _grouped_rows(tensors: list[torch.Tensor], full: bool) -> torch.Tensor:
     if order != list(range(len(order))):
         rows = torch.empty_like(rows).index_copy_(0, torch.tensor(order, device=device), rows)
     return rows
+
+
+def _one_row(t: torch.Tensor, full: bool) -> torch.Tensor:
+    """`_grouped_rows` of a single tensor."""
+    return parts_to_rows([row_parts(t, full)], full)
+
+
+def row_parts(t: torch.Tensor, full: bool) -> tuple[torch.Tensor, ...]:
+    """The reductions of one tensor that must happen now (before it can change in place), as
+    0-dim device tensors: max, min and, for a full row, the L2 norm and non-zero count. The
+    fewest ops per tensor; `parts_to_rows` turns many of them into rows at once."""
+    with torch.no_grad():
+        if t.is_complex():
+            t = t.abs()
+        if t.numel() == 0:
+            zero = torch.zeros((), dtype=t.dtype, device=t.device)
+            return (zero,) * (4 if full else 2)
+        if not full:
+            return t.amax(), t.amin()
+        acc = torch.float32 if t.dtype in (torch.float16, torch.bfloat16) else None
+        return (t.amax(), t.amin(), torch.linalg.vector_norm(t, 2.0, dtype=acc),
+                torch.linalg.vector_norm(t, 0.0, dtype=acc))
+
+
+def parts_to_rows(parts: list[tuple[torch.Tensor, ...]], full: bool) -> torch.Tensor:
+    """[n, row_width(full)] rows (float32, float64 if any part is) from n tensors' `row_parts`,
+    all on one device, in a fixed handful of ops."""
+    with torch.no_grad():
+        columns = [torch.stack(c) for c in zip(*parts)]      # stack promotes mixed dtypes
+        out_dtype = torch.float64 if any(c.dtype == torch.float64 for c in columns) else torch.float32
+        maxima = torch.maximum(columns[0], columns[1].neg())
+        if not full:
+            return maxima.to(out_dtype).unsqueeze(1)
+        return torch.stack([maxima.to(out_dtype), columns[2].to(out_dtype), columns[3].to(out_dtype)], dim=1)
 
 
 def combine_rows(rows: list[list[float]]) -> list[float]:
