@@ -27,6 +27,7 @@ from .run.bundles.rebuild import (after_step_run, bundle_model_file, differences
                                   scaler_loader)
 from .run.experiments import run_experiments
 from .run.frames import location
+from .run.heap import frozen_heap
 from .run.checkpoints.inspect import inspect
 from .run.precision import parse_precision
 from .run.bundles.ranks import describe_ranks, open_rank_bundle   # one rank of a torchrun bundle
@@ -80,7 +81,7 @@ def scan(model_file: str | Path, config: str | Path | None = None, *, steps: Opt
 
     Raises nandoctor.errors.InputError for input that cannot be used (exit code 2 in the CLI).
     """
-    with preserved_rng_states(), preserved_threads(), capture_user_output(), interrupt_guard():
+    with preserved_rng_states(), preserved_threads(), capture_user_output(), interrupt_guard(), frozen_heap():
         return _scan(model_file, config, steps=steps, precisions=precisions, lr=lr, seed=seed, device=device,
                      experiments=experiments, max_seconds=max_seconds, fail_on=fail_on, checkpoint=checkpoint,
                      trust=trust, progress=progress, cwd=cwd, threads=threads, compile=compile)
