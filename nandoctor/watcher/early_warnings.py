@@ -291,7 +291,8 @@ class EarlyWarningSampler:
             runs[-1][0] += v.numel() * 4
             runs[-1].append((owner, v, m))
         names: list[str] = []
-        rows: list[torch.Tensor] = []        # per parameter: [sum of update**2, count of v_hat < eps**2, numel]
+        # per parameter: [sum of update**2, count of v_hat < eps**2 among reached entries, numel, reached entries]
+        rows: list[torch.Tensor] = []
         with torch.no_grad():
             for (beta1, beta2, eps, t, device), runs in chunks.items():
                 for _, *run in runs:
@@ -302,16 +303,23 @@ class EarlyWarningSampler:
                     update = torch._foreach_div(torch._foreach_div(ms, 1 - beta1 ** t), denom)
                     # clamp_max(v_hat - eps**2, 0) is non-zero exactly where v_hat < eps**2: its 0-"norm" counts them.
                     below = stats.foreach_norms(torch._foreach_clamp_max(torch._foreach_sub(v_hat, eps * eps), 0.0), 0.0)
+                    # An entry no gradient has reached yet (the embedding row of a token, or a position,
+                    # that no batch used so far) has both moments exactly zero: its update is 0, not m / eps.
+                    # Only entries that had a gradient can have a second moment that collapsed; v >= 0,
+                    # so v + |m| is non-zero exactly where one of them is (its 0-"norm" counts those).
+                    reached = stats.foreach_norms(torch._foreach_add(vs, torch._foreach_abs(ms)), 0.0).to(device)
                     numel = torch.tensor([float(v.numel()) for _, v, _ in run], device=device)
-                    rows.append(torch.stack([stats.foreach_norms(update).to(device).square(), below.to(device), numel], 1))
+                    # every unreached entry has v_hat = 0 < eps**2: take them out of the count
+                    below = below.to(device) - (numel - reached)
+                    rows.append(torch.stack([stats.foreach_norms(update).to(device).square(), below, numel, reached], 1))
                     names += [owner for owner, _, _ in run]
             if not rows:
                 return
             table = torch.cat([r.to(rows[0].device) for r in rows])
             modules, index = _owner_index(names, table.device)
-            total = torch.zeros(len(modules), 3, dtype=table.dtype, device=table.device).index_add_(0, index, table)
+            total = torch.zeros(len(modules), 4, dtype=table.dtype, device=table.device).index_add_(0, index, table)
             self._vectors.append((modules, "update_rms", (total[:, 0] / total[:, 2]).sqrt()))
-            self._vectors.append((modules, "exp_avg_sq_collapse", total[:, 1] / total[:, 2]))
+            self._vectors.append((modules, "exp_avg_sq_collapse", total[:, 1] / total[:, 3].clamp(min=1)))
 
     def finish(self) -> None:
         """The end of the step: one host transfer, then the trends are read."""

@@ -20,6 +20,7 @@ import os
 import sys
 import threading
 import warnings
+import weakref
 from collections import deque
 from pathlib import Path
 from typing import Any, Callable, Optional
@@ -231,6 +232,15 @@ class Watch:
             self._handles.append(optimizer.register_step_pre_hook(self._optimizer_pre_hook))
         if optimizer is not None:
             self._handles.append(optimizer.register_step_post_hook(self._optimizer_post_hook))
+        # Parameters of the model that another optimizer updates inside the step (a GAN's
+        # discriminator, stepped in the middle of the generator's step): a before-step bundle
+        # needs them as the step found them. A global step pre-hook copies them just before that
+        # optimizer touches them; no copy at all for a loop with one optimizer.
+        self._other_copy: dict[str, torch.Tensor] = {}
+        self._other_copy_step: Optional[int] = None
+        if optimizer is not None:
+            install_other_optimizer_hook()
+            _LIVE_WATCHES.add(self)
         self._input_hook = None
         if self._inputs_from_forward:
             self._input_hook = model.register_forward_pre_hook(self._model_input_hook, with_kwargs=True)
@@ -238,6 +248,14 @@ class Watch:
         # always_call: the hook also runs when forward raises, so a batch that made the model's own
         # checks raise (BCE's range check on NaN) still leaves a bundle.
         self._handles.append(model.register_forward_hook(self._model_output_hook, always_call=True, with_kwargs=True))
+        # Accelerate (and the Trainer through it) applies autocast inside the model's forward
+        # (`model.forward = autocast(forward)`): the model's own hooks run outside that region and
+        # see float32, its children's pre-hooks run inside it. Removed once a mixed precision is seen.
+        self._autocast_probes: list[Any] = []
+        if not self._precision_given:
+            self._autocast_probes = [child.register_forward_pre_hook(self._child_autocast_hook)
+                                     for child in compiled.uncompiled(model).children()]
+            self._handles.extend(self._autocast_probes)
         LoaderIndices.install()
         self._scaler_update = None
         self.attach_scaler(scaler)
@@ -273,6 +291,7 @@ class Watch:
             if self._closed:
                 return
             self._closed = True
+            _LIVE_WATCHES.discard(self)
             for handle in self._handles + self._stats_handles:
                 handle.remove()
             self._handles.clear()
@@ -379,7 +398,10 @@ class Watch:
             return
         capture.batches.append(batch)
         capture.sample_indices.append(LoaderIndices.of(batch))
-        # Integer-only batches (token ids) cannot hold NaN: None keeps checks aligned with batches.
+        # Integer-only batches (token ids) cannot hold NaN: None keeps checks aligned with batches. The
+        # witness is taken under no_grad: inputs that need a gradient (a block's activations, from a
+        # LightningModule's training_step) must not gain graph nodes or saved tensors (non-reentrant
+        # checkpointing counts those against its recomputation).
         capture.batch_checks.append(stats.nonfinite_witness(stats.floating_tensors(batch)))
 
     def _save_running_stats(self, step: int) -> None:
@@ -394,10 +416,27 @@ class Watch:
                 torch._foreach_copy_(self._running_copy, [t.detach() for t in live])
         self._running_copy_step = step
 
+    def _other_optimizer_pre_hook(self, optimizer: Any, args: Any, kwargs: Any) -> None:
+        if optimizer is self.optimizer or self._capture is None or compiled.compiling():
+            return
+        step = self._capture.step
+        if self._other_copy_step != step:
+            self._other_copy, self._other_copy_step = {}, step
+        held = {id(p) for p in self.params()}
+        with torch.no_grad():
+            for group in optimizer.param_groups:
+                for p in group["params"]:
+                    name = self._param_names.get(id(p))
+                    if name is not None and id(p) not in held and name not in self._other_copy:
+                        self._other_copy[name] = p.detach().clone()
+
     def _state_dict_for(self, capture: Optional[_Capture], state: str) -> dict[str, Any]:
         """The model's state for a bundle: before the step, its running statistics as they were
-        before the step's first forward updated them."""
+        before the step's first forward updated them, and the parameters another optimizer
+        updated during the step as they were before it did."""
         state_dict = compiled.user_state_dict(self.model)
+        if state == STATE_BEFORE_STEP and capture is not None and capture.step == self._other_copy_step:
+            state_dict.update({name: saved for name, saved in self._other_copy.items() if name in state_dict})
         if (state != STATE_BEFORE_STEP or capture is None or self._running_copy is None
                 or capture.step != self._running_copy_step):
             return state_dict
@@ -431,6 +470,15 @@ class Watch:
         mixed = autocast_precision((self._device.type, "cpu") if self._device.type != "cpu" else ("cpu",))
         if mixed is not None and self.precision != mixed:
             self.precision = mixed
+
+    def _child_autocast_hook(self, module: Any, args: Any) -> None:
+        if compiled.compiling() or self._blaming or not module.training or not torch.is_grad_enabled():
+            return
+        self._note_autocast()
+        if self.precision.endswith("-mixed"):
+            for handle in self._autocast_probes:
+                handle.remove()
+            self._autocast_probes = []
 
     def _model_output_hook(self, module: Any, args: Any, kwargs: Any, output: Any) -> None:
         if compiled.compiling():
@@ -1241,6 +1289,26 @@ def batch_name(path: str) -> str:
     """"['args'][0]" -> "args[0]": a micro-batch path as the model was called with it."""
     text = path.replace("['args']", "args").replace("['kwargs']", "kwargs")
     return text or "inputs"
+
+
+_LIVE_WATCHES: "weakref.WeakSet[Watch]" = weakref.WeakSet()
+_OTHER_OPTIMIZER_HOOK: list[Any] = []
+
+
+def install_other_optimizer_hook() -> None:
+    """One process-wide optimizer step pre-hook that hands every optimizer's step to the live
+    watches (each copies the parameters that step is about to change and its own optimizer
+    does not hold). Registered once and never removed: torch iterates its global hooks while
+    calling them, and a watch is created (under `nandoctor run`) or closed (when it raises)
+    inside that iteration, where adding or removing a hook fails ("OrderedDict mutated")."""
+    if _OTHER_OPTIMIZER_HOOK:
+        return
+    from torch.optim.optimizer import register_optimizer_step_pre_hook
+
+    def pre_hook(optimizer: Any, args: Any, kwargs: Any) -> None:
+        for live in list(_LIVE_WATCHES):
+            live._other_optimizer_pre_hook(optimizer, args, kwargs)
+    _OTHER_OPTIMIZER_HOOK.append(register_optimizer_step_pre_hook(pre_hook))
 
 
 def shown_list(values: list, limit: int = 8) -> str:
