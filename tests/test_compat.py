@@ -623,3 +623,22 @@ def test_lightning_callback_with_torch_func_or_a_compiled_module_replays_to_the_
     site = "torch.sqrt(yi" if setting == "vmap" else "torch.sqrt(x"
     assert event.user_source.line == line_of(COMPAT / "lit_func.py", site)
     assert report.causes[0].id == "unstable-op"
+
+
+def test_a_sampled_early_warning_step_keeps_multihead_attention_on_its_fast_path(tmp_path):
+    # Regression (issue 18): the early-warning sampler's function mode sent nn.MultiheadAttention
+    # off its fused fast path on every sampled step, so the user's numbers changed there: the
+    # fully padded sample of step 2 gave zeros instead of the NaN the run gives unwatched.
+    from tests.compat import mha_teacher
+    torch.manual_seed(0)
+    model = mha_teacher.build_model()
+    opt = torch.optim.SGD(model.parameters(), lr=0.01)
+    watch = nandoctor.watch(model, opt, out=tmp_path, warn=False, early_warnings={"every": 1})
+    with pytest.raises(nandoctor.NonFiniteError) as caught:
+        for step in range(4):
+            batch = mha_teacher.get_batch(step)
+            with watch.step(batch):
+                watch.loss(mha_teacher.training_step(model, batch)).backward()
+                opt.step()
+                opt.zero_grad()
+    assert caught.value.step == 2 and "loss" in caught.value.what
