@@ -385,6 +385,9 @@ class ScriptGuard:
         if id(module) in self._known:
             return
         self._known[id(module)] = module
+        if module.__dict__.get("_compiled_call_impl") is not None:
+            self._module_handles.append(_CompiledCallHooks(module, self._top_pre_hook, self._top_post_hook))
+            return
         self._module_handles.append(module.register_forward_pre_hook(self._top_pre_hook, with_kwargs=True))
         self._module_handles.append(module.register_forward_hook(self._top_post_hook, always_call=True))
 
@@ -931,6 +934,33 @@ class ScriptGuard:
 
 
 _USER_CODE: dict[Any, bool] = {}
+
+
+class _CompiledCallHooks:
+    """`module.compile()` (in place) compiles the module's whole call, its hooks included:
+    there the guard's hooks are inert (they return at once while dynamo traces), so the guard
+    would never see the model called again. It wraps the compiled call from outside instead,
+    and registers no hook on the module (a new hook would recompile it)."""
+
+    def __init__(self, module: torch.nn.Module, pre: Callable[..., Any], post: Callable[..., Any]):
+        self.module, self.compiled = module, module.__dict__["_compiled_call_impl"]
+        compiled = self.compiled
+
+        def call(*args: Any, **kwargs: Any) -> Any:
+            replaced = pre(module, args, kwargs)
+            if replaced is not None:
+                args, kwargs = replaced
+            output = None
+            try:
+                output = compiled(*args, **kwargs)
+                return output
+            finally:
+                post(module, args, output)
+        module._compiled_call_impl = call
+
+    def remove(self) -> None:
+        if self.module.__dict__.get("_compiled_call_impl") is not None:
+            self.module._compiled_call_impl = self.compiled
 
 
 def _in_backward() -> bool:
