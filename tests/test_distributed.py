@@ -50,7 +50,7 @@ JOBS = {
     # after 5 s instead of hanging.
     "wedged": (TRAIN, {"RUNS": "ddp:batch:1:3:12:4;ddp:hang:1:2:8", "DIST_TIMEOUT": "5"}),
     # Issue 21: on_nonfinite="rollback" survives a NaN sample (21: rank 1's batch of step 2); then
-    # on_spike="skip" with a loss spike on rank 1 alone.
+    # on_spike="skip" with a loss spike on rank 1 alone; then the first run again under FSDP2.
     "rollback": (SCRIPTS / "train_rollback.py", {"BAD": "21"}),
 }
 
@@ -318,3 +318,12 @@ def test_rollback_survives_a_bad_sample_and_every_rank_skips_the_same_steps(jobs
     assert spiked[0]["skipped"] == spiked[1]["skipped"] == [12] and spiked[0]["checksum"] == spiked[1]["checksum"]
     [entry] = json.loads((job.out / "spike" / "skip_list.json").read_text())["entries"]
     assert (entry["step"], entry["policy"], entry["check"]) == (12, "skip", "spike") and "loss" in entry["reason"]
+    # The same stream with the model sharded by FSDP2: each rank puts back its own shards and their
+    # optimizer state, and the run ends where the DDP run ended (same steps, same full weights).
+    sharded = [json.loads((job.out / "fsdp2" / f"rank-{r}.json").read_text()) for r in (0, 1)]
+    assert sharded[0]["rolled_back"] == sharded[1]["rolled_back"] == [2]
+    assert sharded[0]["skipped"] == sharded[1]["skipped"] == [2] and sharded[0]["steps"] == 8
+    assert sharded[0]["checksum"] == pytest.approx(ranks[0]["checksum"], rel=1e-5)
+    assert [r["loss"] for r in sharded] == pytest.approx([r["loss"] for r in ranks], rel=1e-5)
+    [entry] = json.loads((job.out / "fsdp2" / "skip_list.json").read_text())["entries"]
+    assert (entry["step"], entry["policy"], entry["samples"]) == (2, "rollback", [21])

@@ -362,6 +362,10 @@ class ScriptGuard:
                     # registered just now, count the depth; this call is logged already.
                     guard._logged_by_call = module
                     return original_call(module, *args, **kwargs)
+            if depth == 1 and guard._autocast is None and module.training and torch.is_grad_enabled():
+                # A child of the model runs inside an autocast that the model's forward applies
+                # itself (Accelerate's and the Trainer's `model.forward = autocast(forward)`).
+                guard._note_autocast()
             guard._local.depth = depth + 1
             try:
                 return original_call(module, *args, **kwargs)
@@ -653,6 +657,9 @@ class ScriptGuard:
                 for p in group["params"]:
                     p.grad = None
             return
+        if self._window.losses:   # the experiment's own loss, against the watched run's (rewind.ended_early)
+            rewind.losses[rewind.step] = float(torch.stack([l.detach().float().reshape(()) for l in
+                                                            self._window.losses]).mean())
         rewind.scale_lr(optimizer)
 
     def _rewind_stepped(self, optimizer: torch.optim.Optimizer) -> None:
@@ -809,7 +816,7 @@ class ScriptGuard:
             except Exception:  # noqa: BLE001 - a verdict that cannot be read leaves the rank unnamed
                 self.stop.ranks = None
         if event["check"] == "batch" and capture is not None and capture.batches:
-            index = next((i for i, f in enumerate(capture.batch_flags) if bool(f)), 0)
+            index = capture.first_bad_batch() or 0
             drawn = list(self._window.step_batches())
             self.stop.event = data_event(watch.precision, event["step"], capture.batches[index],
                                          lambda t, rows: _indices_in(drawn, t, rows))
@@ -922,8 +929,9 @@ class ScriptGuard:
         if self.stop is None:
             self.final_nonfinite = self._nonfinite_at_end()
         failing = self.stop.step if self.stop is not None else 0
+        history = self.stop.history if self.stop is not None else None
         for pending in ([self._rewind] if self._rewind is not None else []) + self._rewinds:
-            self.experiments.append(pending.ended_early(failing))
+            self.experiments.append(pending.ended_early(failing, history))
         self._rewind, self._rewinds = None, []
         if self.rerun is not None and self.rerun.state == "armed" and self.stop is not None:
             self.stop.rerun = RerunOutcome(note="the script ended before the loop ran the failing step again")
