@@ -40,6 +40,7 @@ import torch
 from ..run.compiled import compiling
 from ..run.frames import is_user_file, location
 from ..trace import ExperimentResult, LoopFacts, NonfiniteEvent, Phase, SourceLocation
+from .compile_settings import WRAPPED_COMPILED_CALL
 from .guard import Watch, active_scaler, plain_rebuild, with_checked_closure
 from ..run import stats
 from ..run.stats import nonfinite_rows
@@ -964,6 +965,7 @@ class _CompiledCallHooks:
                 return output
             finally:
                 post(module, args, output)
+        setattr(call, WRAPPED_COMPILED_CALL, compiled)       # compile_settings() reads the settings through it
         module._compiled_call_impl = call
 
     def remove(self) -> None:
