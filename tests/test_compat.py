@@ -642,3 +642,28 @@ def test_a_sampled_early_warning_step_keeps_multihead_attention_on_its_fast_path
                 opt.step()
                 opt.zero_grad()
     assert caught.value.step == 2 and "loss" in caught.value.what
+
+
+def test_transformers_callback_with_gradient_checkpointing_sdpa_and_a_worker_stops_at_the_nan_batch(tmp_path):
+    # The Hugging Face Trainer's own settings: gradient_checkpointing (reentrant), GPT-2's SDPA
+    # attention, a DataLoader worker. The NaN embedding of item 22 is step 5's batch.
+    pytest.importorskip("transformers")
+    import warnings
+    from transformers import Trainer, TrainingArguments
+    from test_integrations import EmbedsDataset, hf_callback, tiny_gpt2
+    callback = hf_callback(tmp_path)
+    args = TrainingArguments(output_dir=str(tmp_path / "out"), max_steps=8, per_device_train_batch_size=4,
+                             learning_rate=1e-3, report_to=[], save_strategy="no", logging_strategy="no", use_cpu=True,
+                             dataloader_num_workers=1, seed=0, train_sampling_strategy="sequential",
+                             gradient_checkpointing=True, gradient_checkpointing_kwargs={"use_reentrant": True})
+    model = tiny_gpt2()
+    assert model.config._attn_implementation == "sdpa"
+    trainer = Trainer(model=model, args=args, train_dataset=EmbedsDataset(bad_index=4 * 5 + 2), callbacks=[callback])
+    with pytest.raises(nandoctor.NonFiniteError) as caught, warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        trainer.train()
+    assert caught.value.step == 5 and "batch" in caught.value.what
+    report = nandoctor.replay(caught.value.bundle, experiments=False)
+    event = report.trace.runs[0].first_nonfinite
+    assert (event.step, event.phase) == (5, "data") and "inputs_embeds" in event.tensor
+    assert report.causes[0].id == "data-nonfinite"
