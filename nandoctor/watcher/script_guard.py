@@ -545,18 +545,23 @@ class ScriptGuard:
         # backward inside the step: the check belongs after the closure, before the update.
         if compiling():
             return None
-        wrapped = with_checked_closure(args, kwargs, lambda closure: self._at_closure_end(optimizer, closure))
+        calls_before = len(self._window.calls)
+        wrapped = with_checked_closure(args, kwargs, lambda closure: self._at_closure_end(
+            optimizer, closure, ran_forward=len(self._window.calls) > calls_before))
         if wrapped is not None:
             return wrapped
         self._at_step(optimizer)
         return None
 
-    def _at_closure_end(self, optimizer: torch.optim.Optimizer, closure: Callable[[], Any]) -> None:
+    def _at_closure_end(self, optimizer: torch.optim.Optimizer, closure: Callable[[], Any],
+                        ran_forward: bool = True) -> None:
         """The step's closure ran. When that fired, re-run the step right here: the closure is
         the step's own forward and backward, and an optimizer that takes one (LBFGS) calls it
-        several times anyway; the loop need not come round again."""
+        several times anyway; the loop need not come round again. A closure that called no
+        model (Lightning's manual optimization hands the step an empty one: the forward and
+        backward ran before) is no re-run: the loop's next iteration is."""
         self._at_step(optimizer)
-        if self.rerun is not None and self.rerun.state == "armed":
+        if self.rerun is not None and self.rerun.state == "armed" and ran_forward:
             self.rerun.begin()
             closure()
             self._finish_rerun()
