@@ -479,9 +479,28 @@ def _row_values(row: list[float], scale: float) -> tuple:
 
 
 def _fill_series(run: RunTrace, session: TrainingSession, collected: list[StepStats]) -> None:
-    """Turn per-step host numbers into per-module and per-parameter series."""
+    """Turn per-step host numbers into per-module and per-parameter series. Step by step, each
+    step's numbers dropped once they are in the series: the two never both hold every step
+    (a few MiB each on a 1000-module model)."""
     params = run.params
-    for s in collected:
+    own: dict[str, list[int]] = {}
+    for i, p in enumerate(params):
+        own.setdefault(p.module, []).append(i)
+    # Modules x steps x fields values: the loops below run ~10^5 times on a 1000-module model,
+    # so each series list is bound once and a row's facts come as a tuple, not a dict.
+    layers = []
+    for index, (name, module) in enumerate(session.model.named_modules()):
+        mine = own.get(name, [])
+        layer = LayerSeries(module=name, type=type(module).__name__, index=index,
+                            source=params[mine[0]].init_source if mine else None,
+                            series={f: [] for f in LAYER_FIELDS})
+        series = layer.series
+        layers.append((index, mine, sum(params[i].numel for i in mine), series,
+                       [series[f"act_{key}"] for key in _ROW_KEYS], [series[f"grad_{key}"] for key in _ROW_KEYS]))
+        run.layers.append(layer)
+    empty = (None,) * 5
+    for k, s in enumerate(collected):
+        collected[k] = None  # type: ignore[call-overload]   # dropped once in the series
         for i, p in enumerate(params):
             grad_norm = s.param_grad_norm[i] if i < len(s.param_grad_norm) else None
             zeros = s.param_grad_zeros[i] if i < len(s.param_grad_zeros) else None
@@ -492,23 +511,7 @@ def _fill_series(run: RunTrace, session: TrainingSession, collected: list[StepSt
             p.series["grad_nonfinite"].append(None if grad_max is None else float(not math.isfinite(grad_max)))
             p.series["update_ratio"].append(_ratio(s.update_norm[i] if i < len(s.update_norm) else None,
                                                    s.param_norm_before[i] if i < len(s.param_norm_before) else None))
-
-    own: dict[str, list[int]] = {}
-    for i, p in enumerate(params):
-        own.setdefault(p.module, []).append(i)
-    # Modules x steps x fields values: the loops below run ~10^5 times on a 1000-module model,
-    # so each series list is bound once and a row's facts come as a tuple, not a dict.
-    empty = (None,) * 5
-    for index, (name, module) in enumerate(session.model.named_modules()):
-        mine = own.get(name, [])
-        layer = LayerSeries(module=name, type=type(module).__name__, index=index,
-                            source=params[mine[0]].init_source if mine else None,
-                            series={f: [] for f in LAYER_FIELDS})
-        numel = sum(params[i].numel for i in mine)
-        series = layer.series
-        act_lists = [series[f"act_{key}"] for key in _ROW_KEYS]
-        grad_lists = [series[f"grad_{key}"] for key in _ROW_KEYS]
-        for s in collected:
+        for index, mine, numel, series, act_lists, grad_lists in layers:
             act = s.act.get(index)
             grad = s.grad.get(index)
             for values, target in ((_row_values(act, 1.0) if act else empty, act_lists),
@@ -525,5 +528,4 @@ def _fill_series(run: RunTrace, session: TrainingSession, collected: list[StepSt
             else:
                 for key in ("param_norm", "param_grad_norm", "param_grad_zero_frac", "update_ratio"):
                     series[key].append(None)
-        run.layers.append(layer)
 
