@@ -29,7 +29,7 @@ BATCH_BYTES = 2 << 20
 # batch is reduced a few megabytes at a time, so the copy stays small next to the activations
 # themselves and the allocator can reuse it from step to step (a copy as large as a whole batch
 # adds its size to the process's peak memory).
-STACK_BYTES = 2 << 20
+STACK_BYTES = 1 << 20
 
 
 def iter_tensors(obj: Any, prefix: str = "", depth: int = 0) -> Iterator[tuple[str, torch.Tensor]]:
@@ -122,6 +122,7 @@ def _stacks(tensors: list[torch.Tensor]) -> Iterator[tuple[list[int], Optional[t
             chunk = members[begin:begin + per_stack]
             stacked = torch.stack([tensors[i] for i in chunk]) if len(chunk) > 1 else tensors[chunk[0]]
             yield chunk, stacked.reshape(len(chunk), numel)
+            del stacked         # one stacked copy alive at a time (the caller drops its own)
 
 
 def _in_order(order: list[int], columns: list[list[torch.Tensor]], device: torch.device,
@@ -160,6 +161,7 @@ def _grouped_rows(tensors: list[torch.Tensor], full: bool) -> torch.Tensor:
             acc = _accumulator(matrix.dtype)
             columns[1].append(torch.linalg.vector_norm(matrix, 2.0, dim=1, dtype=acc))
             columns[2].append(torch.linalg.vector_norm(matrix, 0.0, dim=1, dtype=acc))
+        del matrix
     return _in_order(order, columns, device, out_dtype)
 
 
@@ -236,6 +238,7 @@ def foreach_norms(tensors: list[torch.Tensor], ord: float = 2.0) -> torch.Tensor
             # The inf-norm of an empty tensor has no identity, so torch raises; its max |x| is 0.
             column.append(torch.zeros(len(chunk), dtype=out_dtype, device=device) if matrix is None
                           else torch.linalg.vector_norm(matrix, ord, dim=1, dtype=_accumulator(matrix.dtype)))
+            del matrix
         return _in_order(order, [column], device, out_dtype).reshape(-1)
 
 
