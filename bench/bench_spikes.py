@@ -17,6 +17,11 @@ each variant's ratio to `guard` (what spikes and early warnings add) and to plai
     python bench/bench_spikes.py                 # tiny transformer, 300 steps, 3 rounds
     python bench/bench_spikes.py --micro         # per-step cost of the spike check alone, in-process
     python bench/bench_spikes.py --in-process    # the watch's step, three variants interleaved, CPU time
+    python bench/bench_spikes.py --model transformer --steps 101 --rounds 2   # the 94-module transformer
+    python bench/bench_spikes.py --in-process --model transformer --steps 200 --block 25
+
+Whole-process rows give wall seconds and the child's CPU seconds (user + system, from wait4): on a
+shared machine the CPU time is disturbed less by other processes than the wall time is.
 """
 from __future__ import annotations
 
@@ -29,13 +34,27 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
-from bench_run import SCRIPT, timed  # noqa: E402
+from bench_run import SCRIPT  # noqa: E402
 
 CONFIGS = {
     "guard": "spikes: {enabled: false}\nearly_warnings: {enabled: false}\nexperiments: {enabled: false}\n",
     "+spikes": "early_warnings: {enabled: false}\nexperiments: {enabled: false}\n",
     "+early/50": "early_warnings: {every: 50}\nexperiments: {enabled: false}\n",
 }
+
+
+def timed(argv: list[str], cwd: str) -> tuple[float, float]:
+    """(wall seconds, CPU seconds) of one child process, start-up and exit included."""
+    import subprocess
+    import time
+    t0 = time.perf_counter()
+    child = subprocess.Popen(argv, cwd=cwd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                             env={**os.environ, "PYTHONPATH": str(HERE.parent)})
+    _, status, usage = os.wait4(child.pid, 0)
+    wall = time.perf_counter() - t0
+    if os.waitstatus_to_exitcode(status) != 0:
+        raise SystemExit(f"{argv} failed: {child.stderr.read().decode()[-2000:]}")
+    return wall, usage.ru_utime + usage.ru_stime
 
 
 def micro(steps: int = 5000, params: int = 100) -> None:
@@ -59,7 +78,7 @@ def micro(steps: int = 5000, params: int = 100) -> None:
           f"loadavg {os.getloadavg()[0]:.1f}")
 
 
-def in_process(steps: int = 300, block: int = 50) -> None:
+def in_process(steps: int = 300, block: int = 50, model_name: str = "tiny") -> None:
     """Three watches on three copies of the tiny Transformer (healthy lr), stepped in interleaved
     blocks; each variant's CPU time of this process (time.process_time), which a busy machine's
     other processes disturb less than wall time."""
@@ -73,27 +92,42 @@ def in_process(steps: int = 300, block: int = 50) -> None:
     import tiny_transformer_high_lr as demo
     options = {"guard": dict(spikes=False, early_warnings=False), "+spikes": dict(early_warnings=False),
                "+early/50": dict(early_warnings={"every": 50})}
+    if model_name == "tiny":
+        def make():
+            return demo.build_model(), demo.batches(), demo.loss_of
+    else:
+        from bench_overhead import build
+
+        def make():
+            torch.manual_seed(0)
+            model, make_batch = build(model_name)
+            batch = make_batch()
+
+            def repeat():
+                while True:
+                    yield batch
+            return model, repeat(), lambda m, x, y: torch.nn.functional.cross_entropy(m(x), y)
     runs = {}
     for name, extra in options.items():
-        model = demo.build_model()
-        optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
+        model, data, loss_of = make()
+        optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3 if model_name == "tiny" else 1e-4)
         runs[name] = (model, optimizer, nandoctor.watch(model, optimizer, stats_every=0, warn=False, **extra),
-                      demo.batches(), [])
+                      data, loss_of, [])
     warnings.simplefilter("ignore")
     for _ in range(steps // block):
-        for name, (model, optimizer, watch, data, times) in runs.items():
+        for name, (model, optimizer, watch, data, loss_of, times) in runs.items():
             t0 = time.process_time()
             for _ in range(block):
                 x, y = next(data)
-                loss = watch.loss(demo.loss_of(model, x, y))
+                loss = watch.loss(loss_of(model, x, y))
                 optimizer.zero_grad()
                 loss.backward()
                 optimizer.step()
             times.append(time.process_time() - t0)
-    base = sum(runs["guard"][4])
-    print(f"# in-process, tiny transformer, {steps} steps per variant in blocks of {block}, CPU seconds, "
+    base = sum(runs["guard"][-1])
+    print(f"# in-process, {model_name}, {steps} steps per variant in blocks of {block}, CPU seconds, "
           f"loadavg {os.getloadavg()[0]:.1f}")
-    for name, (*_, watch, _, times) in runs.items():
+    for name, (*_, watch, _, _, times) in runs.items():
         print(f"{name:10s} {sum(times):7.2f} s {sum(times) / base:6.3f}x guard  blocks {' '.join(f'{t:.2f}' for t in times)}"
               f"  warnings {len(watch.early_warnings)}")
 
@@ -105,12 +139,13 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--micro", action="store_true", help="only the in-process per-step cost of the spike check")
     parser.add_argument("--in-process", action="store_true", help="the watch's step, variants interleaved, CPU time")
+    parser.add_argument("--block", type=int, default=50, help="steps per interleaved block (--in-process)")
     args = parser.parse_args()
     if args.micro:
         micro()
         return
     if args.in_process:
-        in_process(args.steps)
+        in_process(args.steps, args.block, args.model)
         return
     folder = tempfile.mkdtemp()
     script = Path(folder) / "train.py"
@@ -126,20 +161,25 @@ def main() -> None:
         config.write_text(text)
         variants[name] = [sys.executable, "-m", "nandoctor", "run", "--stats-every", "0", "-q", "-c", str(config),
                           str(script), *script_args]
-    results: dict[str, list[float]] = {name: [] for name in variants}
+    results: dict[str, list[tuple[float, float]]] = {name: [] for name in variants}
     before = os.getloadavg()
     timed(variants["plain"], folder)           # warm the file cache once
-    for _ in range(args.rounds):
+    for round_ in range(args.rounds):
         for name, argv in variants.items():
-            results[name].append(timed(argv, folder)[0])
+            results[name].append(timed(argv, folder))
+            print(f"  round {round_ + 1} {name}: {results[name][-1][0]:.2f} s wall, {results[name][-1][1]:.2f} s CPU",
+                  file=sys.stderr, flush=True)
     after = os.getloadavg()
-    medians = {name: statistics.median(runs) for name, runs in results.items()}
+    wall = {name: statistics.median(w for w, _ in runs) for name, runs in results.items()}
+    cpu = {name: statistics.median(c for _, c in runs) for name, runs in results.items()}
     print(f"# {args.model}, {args.steps} steps, {args.rounds} alternating rounds, {os.cpu_count()} cores, "
           f"loadavg before {before[0]:.1f}/{before[1]:.1f}, after {after[0]:.1f}/{after[1]:.1f}")
-    print(f"{'variant':10s} {'median s':>9s} {'/guard':>7s} {'/plain':>7s}  all runs (s)")
+    print(f"{'variant':10s} {'wall s':>7s} {'/guard':>7s} {'/plain':>7s} {'CPU s':>7s} {'/guard':>7s} {'/plain':>7s}"
+          f"  all runs (wall s / CPU s)")
     for name, runs in results.items():
-        print(f"{name:10s} {medians[name]:9.2f} {medians[name] / medians['guard']:7.3f} "
-              f"{medians[name] / medians['plain']:7.3f}  {' '.join(f'{s:.2f}' for s in runs)}")
+        print(f"{name:10s} {wall[name]:7.2f} {wall[name] / wall['guard']:7.3f} {wall[name] / wall['plain']:7.3f} "
+              f"{cpu[name]:7.2f} {cpu[name] / cpu['guard']:7.3f} {cpu[name] / cpu['plain']:7.3f}  "
+              f"{' '.join(f'{w:.1f}/{c:.1f}' for w, c in runs)}")
 
 
 if __name__ == "__main__":

@@ -3,6 +3,7 @@
     python3 bench/real_scripts.py --source /work/realscripts              # every entry, through nandoctor run
     python3 bench/real_scripts.py --source DIR --only nanogpt --keep       # entries whose name contains a word
     python3 bench/real_scripts.py --source DIR --plain                     # check the injections under plain python
+    python3 bench/real_scripts.py --source DIR --round 2                   # one round of entries (yaml `round`)
     python3 bench/real_scripts.py --list                                   # what each entry runs and expects
 
 The scripts are not part of this repository. `--source` is a folder you filled from the public
@@ -56,9 +57,15 @@ OFFLINE_ENV = {"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TRANSFORMERS_
                "MPLBACKEND": "Agg"}
 
 
-def load_entries(only: list[str]) -> list[dict[str, Any]]:
+def entry_round(entry: dict[str, Any]) -> int:
+    """The round an entry was added in (round 1 entries predate the field)."""
+    return int(entry.get("round", 1))
+
+
+def load_entries(only: list[str], rounds: Optional[list[int]] = None) -> list[dict[str, Any]]:
     entries = yaml.safe_load(MANIFEST.read_text())
-    return [e for e in entries if not only or any(word in e["name"] for word in only)]
+    return [e for e in entries if (not only or any(word in e["name"] for word in only))
+            and (not rounds or entry_round(e) in rounds)]
 
 
 def stage(entry: dict[str, Any], source: Path, work: Path) -> tuple[Path, Path]:
@@ -93,7 +100,7 @@ def stage(entry: dict[str, Any], source: Path, work: Path) -> tuple[Path, Path]:
     return root, root / entry.get("cwd", ".")
 
 
-def environment(entry: dict[str, Any], root: Path, work: Path) -> dict[str, str]:
+def environment(entry: dict[str, Any], root: Path, work: Path, site: Optional[Path] = None) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
     env.update(OFFLINE_ENV)
     env["HF_HOME"] = str(work / "hf_home")
@@ -102,9 +109,11 @@ def environment(entry: dict[str, Any], root: Path, work: Path) -> dict[str, str]
     stub_dir.mkdir(exist_ok=True)
     for name in entry.get("stubs") or []:
         shutil.copytree(STUBS / name, stub_dir / name)
-    paths = [str(stub_dir), *(str(root / p) for p in entry.get("pythonpath") or []), str(CHECKOUT)]
+    paths = [str(stub_dir), *(str(root / p) for p in entry.get("pythonpath") or []), str(CHECKOUT),
+             *([str(site.resolve())] if site else [])]
     env["PYTHONPATH"] = os.pathsep.join(paths)
-    env.update({k: str(v) for k, v in (entry.get("env") or {}).items()})
+    # `{root}` in a value is the copy's root (for a cache the entry's generators wrote, e.g. HF_HOME).
+    env.update({k: str(v).replace("{root}", str(root)) for k, v in (entry.get("env") or {}).items()})
     return env
 
 
@@ -147,7 +156,8 @@ def score(entry: dict[str, Any], proc: subprocess.CompletedProcess, doc: Optiona
     expected = entry["expected"]
     healthy = expected["verdict"] == "pass"
     want_exit = 0 if healthy else 1
-    result: dict[str, Any] = {"name": entry["name"], "repository": entry["repository"], "exit": proc.returncode,
+    result: dict[str, Any] = {"name": entry["name"], "round": entry_round(entry), "repository": entry["repository"],
+                              "exit": proc.returncode,
                               "exit_ok": proc.returncode == want_exit, "expected_top": expected.get("top") or [],
                               "report": doc is not None}
     if doc is None:
@@ -189,11 +199,12 @@ def check_plain(entry: dict[str, Any], proc: subprocess.CompletedProcess, root: 
         path = cwd / plain["nonfinite_weights"]
         checks["nonfinite_weights"] = path.exists() and any(
             not torch.isfinite(t).all() for t in load_file(str(path)).values())
-    return {"name": entry["name"], "repository": entry["repository"], "exit": proc.returncode,
-            "plain_ok": all(checks.values()) and bool(checks), "checks": checks}
+    return {"name": entry["name"], "round": entry_round(entry), "repository": entry["repository"],
+            "exit": proc.returncode, "plain_ok": all(checks.values()) and bool(checks), "checks": checks}
 
 
-def run_entry(entry: dict[str, Any], source: Path, plain: bool, experiments: bool, keep: bool) -> dict[str, Any]:
+def run_entry(entry: dict[str, Any], source: Path, plain: bool, experiments: bool, keep: bool,
+              site: Optional[Path] = None) -> dict[str, Any]:
     work = Path(tempfile.mkdtemp(prefix=f"real-{entry['name']}-"))
     began = time.perf_counter()
     try:
@@ -202,7 +213,7 @@ def run_entry(entry: dict[str, Any], source: Path, plain: bool, experiments: boo
         cmd = command(entry, out_json, bundles, plain, experiments)
         timeout = entry.get("timeout", 180) * (1 if plain else 3)
         try:
-            proc = subprocess.run(cmd, cwd=cwd, env=environment(entry, root, work), capture_output=True,
+            proc = subprocess.run(cmd, cwd=cwd, env=environment(entry, root, work, site), capture_output=True,
                                   text=True, timeout=timeout, stdin=subprocess.DEVNULL)
         except subprocess.TimeoutExpired as exc:
             proc = subprocess.CompletedProcess(cmd, 124, exc.stdout or "", (exc.stderr or "") + "\n[timeout]")
@@ -218,7 +229,8 @@ def run_entry(entry: dict[str, Any], source: Path, plain: bool, experiments: boo
             result = score(entry, proc, doc, root, cwd)
         result["stderr_tail"] = proc.stderr.strip().splitlines()[-3:]
     except Exception as exc:  # a missing source or a broken entry is a row of the table, not a crash
-        result = {"name": entry["name"], "repository": entry["repository"], "error": f"{type(exc).__name__}: {exc}"}
+        result = {"name": entry["name"], "round": entry_round(entry), "repository": entry["repository"],
+                  "error": f"{type(exc).__name__}: {exc}"}
     result["seconds"] = round(time.perf_counter() - began, 1)
     if keep:
         result["work"] = str(work)
@@ -233,22 +245,23 @@ def yes(value: Optional[bool]) -> str:
 
 def table(results: list[dict[str, Any]], plain: bool) -> list[str]:
     if plain:
-        rows = [f"{'entry':<26} {'repository':<30} {'exit':>4} {'as expected':>11} {'secs':>6}  checks"]
+        rows = [f"{'entry':<26} {'rd':>2} {'repository':<30} {'exit':>4} {'as expected':>11} {'secs':>6}  checks"]
         for r in results:
             if "error" in r:
-                rows.append(f"{r['name']:<26} {r['repository']:<30} {'-':>4} {'ERROR':>11} {r['seconds']:>6}  {r['error']}")
+                rows.append(f"{r['name']:<26} {r['round']:>2} {r['repository']:<30} {'-':>4} {'ERROR':>11} "
+                            f"{r['seconds']:>6}  {r['error']}")
                 continue
             checks = ", ".join(f"{k}={'ok' if v else 'NO'}" for k, v in r["checks"].items())
-            rows.append(f"{r['name']:<26} {r['repository']:<30} {r['exit']:>4} {yes(r['plain_ok']):>11} "
+            rows.append(f"{r['name']:<26} {r['round']:>2} {r['repository']:<30} {r['exit']:>4} {yes(r['plain_ok']):>11} "
                         f"{r['seconds']:>6}  {checks}")
         rows.append(f"{sum(bool(r.get('plain_ok')) for r in results)} of {len(results)} entries behave as the yaml says under plain python")
         return rows
-    head = (f"{'entry':<26} {'exit':>4} {'verdict':>7} {'top cause (expected)':<44} {'top1':>4} {'top3':>4} "
+    head = (f"{'entry':<26} {'rd':>2} {'exit':>4} {'verdict':>7} {'top cause (expected)':<44} {'top1':>4} {'top3':>4} "
             f"{'origin own':>10} {'cause own':>9} {'secs':>6}  origin")
     rows = [head]
     for r in results:
         if "error" in r:
-            rows.append(f"{r['name']:<26} ERROR {r['error']}")
+            rows.append(f"{r['name']:<26} {r['round']:>2} ERROR {r['error']}")
             continue
         top = (r["causes"] or ["-"])[0]
         expected = "/".join(r["expected_top"]) or "none"
@@ -257,7 +270,7 @@ def table(results: list[dict[str, Any]], plain: bool) -> list[str]:
         extra = "" if "stdout_passed" not in r else f"  stdout passed: {yes(r['stdout_passed'])}"
         if not r["report"]:
             extra += f"  no report: {(r.get('stderr_tail') or ['?'])[-1][:120]}"
-        rows.append(f"{r['name']:<26} {exit_code:>4} {verdict:>7} {f'{top} ({expected})':<44} {yes(r['top1']):>4} "
+        rows.append(f"{r['name']:<26} {r['round']:>2} {exit_code:>4} {verdict:>7} {f'{top} ({expected})':<44} {yes(r['top1']):>4} "
                     f"{yes(r['top3']):>4} {yes(r['origin_own']):>10} {yes(r['cause_own']):>9} {r['seconds']:>6}  "
                     f"{r['origin'] or '-'} [{r.get('phase') or '-'}]{extra}")
     scored = [r for r in results if "error" not in r]
@@ -274,7 +287,7 @@ def describe(entries: list[dict[str, Any]]) -> str:
     lines = []
     for e in entries:
         inject = e.get("inject") or {}
-        lines.append(f"{e['name']}: {e['repository']}@{e['commit'][:10]} {e['cwd'] if e.get('cwd') else '.'}/{e['script']}")
+        lines.append(f"{e['name']} (round {entry_round(e)}): {e['repository']}@{e['commit'][:10]} {e['cwd'] if e.get('cwd') else '.'}/{e['script']}")
         lines.append(f"  injection ({inject.get('kind', 'none')}): {inject.get('what', '-')}")
         lines.append(f"  expected: {e['expected']['verdict']}, top {e['expected'].get('top') or '-'}, "
                      f"file {e['expected'].get('file', '-')}")
@@ -285,6 +298,10 @@ def main(argv: Optional[list[str]] = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--source", type=Path, help="folder with one sub-folder per repository (the entries' `source`)")
     parser.add_argument("--only", action="append", default=[], help="entries whose name contains this (repeatable)")
+    parser.add_argument("--round", type=int, action="append", default=[], help="entries of this round (repeatable)")
+    parser.add_argument("--site", type=Path,
+                        help="a folder of extra packages the scripts need (e.g. `pip install --target DIR datasets`), "
+                             "put on their PYTHONPATH after the stubs and nandoctor")
     parser.add_argument("--plain", action="store_true", help="run `python SCRIPT ARGS` and check the injection works")
     parser.add_argument("--no-experiments", action="store_true", help="pass --no-experiments to nandoctor run")
     parser.add_argument("--keep", action="store_true", help="keep each entry's temporary folder (printed)")
@@ -294,7 +311,9 @@ def main(argv: Optional[list[str]] = None) -> int:
                         help=f"table file (default {RESULTS.name}, or {PLAIN_RESULTS.name} with --plain)")
     args = parser.parse_args(argv)
 
-    entries = load_entries(args.only)
+    if args.site:  # the generators use them too (datasets writes its own cache format)
+        sys.path.append(str(args.site.resolve()))
+    entries = load_entries(args.only, args.round)
     if not entries:
         print("no entry matches", file=sys.stderr)
         return 2
@@ -306,7 +325,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     results = []
     began = time.perf_counter()
     for entry in entries:
-        result = run_entry(entry, args.source, args.plain, not args.no_experiments, args.keep)
+        result = run_entry(entry, args.source, args.plain, not args.no_experiments, args.keep, args.site)
         results.append(result)
         print(f"{entry['name']:<26} {result['seconds']:>6}s {result.get('work', '')}"
               f"{'  ' + result['error'] if 'error' in result else ''}", file=sys.stderr)

@@ -172,6 +172,82 @@ def hf_text_and_tokenizer(root: Path, folder: str = "tiny_lm") -> None:
     fast.save_pretrained(out / "tokenizer")
 
 
+def _hub_snapshot(hf_home: Path, kind: str, repo_id: str) -> Path:
+    """The folder of a Hub repository's snapshot in the local Hub cache (HF_HOME/hub), with
+    refs/main pointing at it, as a download would leave it: the libraries read it offline."""
+    cache = hf_home / "hub" / f"{kind}s--{repo_id.replace('/', '--')}"
+    revision = "0" * 40
+    (cache / "refs").mkdir(parents=True, exist_ok=True)
+    (cache / "refs" / "main").write_text(revision)
+    snapshot = cache / "snapshots" / revision
+    snapshot.mkdir(parents=True, exist_ok=True)
+    return snapshot
+
+
+@generator
+def glue_mrpc_and_bert(root: Path, hf_home: str = "hf_home", train: int = 64, validation: int = 32,
+                       model: str = "bert-base-cased") -> None:
+    """What accelerate's nlp_example.py downloads, made locally and tiny: the Hub cache entry of
+    `bert-base-cased` (a 2-layer, 32-wide BERT with random weights and a word-piece tokenizer of
+    our sentences' words) and the `datasets` cache of `nyu-mll/glue` `mrpc` (sentence pairs with
+    a learnable label: whether the two sentences share their first word). hf_home is relative to
+    root; the entry points HF_HOME there."""
+    import json
+    import shutil
+    import tempfile
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    from datasets import load_dataset
+    from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors
+    from transformers import BertConfig, BertForSequenceClassification, BertTokenizerFast
+
+    home = root / hf_home
+    vocabulary = ("the a cat dog sat ran on to mat house big small red blue old new bird fish saw "
+                  "ate").split()
+    rng = random.Random(0)
+
+    def pairs(n: int) -> dict[str, list]:
+        first = [[rng.choice(vocabulary) for _ in range(rng.randint(5, 12))] for _ in range(n)]
+        same = [rng.random() < 0.5 for _ in range(n)]
+        second = [[f[0] if s else rng.choice([w for w in vocabulary if w != f[0]])]
+                  + [rng.choice(vocabulary) for _ in range(rng.randint(4, 11))] for f, s in zip(first, same)]
+        return {"sentence1": [" ".join(w) for w in first], "sentence2": [" ".join(w) for w in second],
+                "label": [int(s) for s in same], "idx": list(range(n))}
+
+    with tempfile.TemporaryDirectory() as tmp:
+        files = {}
+        for split, n in (("train", train), ("validation", validation), ("test", 8)):
+            files[split] = str(Path(tmp) / f"{split}.parquet")
+            pq.write_table(pa.table(pairs(n)), files[split])
+        load_dataset("parquet", data_files=files, cache_dir=str(Path(tmp) / "cache"))
+        prepared = next((Path(tmp) / "cache").glob("parquet/*/*/*/dataset_info.json")).parent
+        # The offline fallback of load_dataset("nyu-mll/glue", "mrpc") reads a prepared dataset from
+        # HF_HOME/datasets/<namespace>___<name>/<config>/<version>/<hash>/<name>-<split>.arrow.
+        target = home / "datasets" / "nyu-mll___glue" / "mrpc" / "0.0.0" / prepared.name
+        target.mkdir(parents=True, exist_ok=True)
+        for arrow in prepared.glob("*.arrow"):
+            shutil.copy(arrow, target / arrow.name.replace("parquet-", "glue-"))
+        info = json.loads((prepared / "dataset_info.json").read_text())
+        info.update(dataset_name="glue", config_name="mrpc")
+        (target / "dataset_info.json").write_text(json.dumps(info))
+
+    snapshot = _hub_snapshot(home, "model", model)
+    tokens = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *vocabulary]
+    tokenizer = Tokenizer(models.WordPiece({t: i for i, t in enumerate(tokens)}, unk_token="[UNK]"))
+    tokenizer.normalizer = normalizers.BertNormalizer(lowercase=False)
+    tokenizer.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    tokenizer.post_processor = processors.TemplateProcessing(
+        single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B:1 [SEP]:1",
+        special_tokens=[("[CLS]", 2), ("[SEP]", 3)])
+    fast = BertTokenizerFast(tokenizer_object=tokenizer, model_max_length=64)
+    fast.save_pretrained(snapshot)
+    config = BertConfig(vocab_size=len(tokens), hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                        intermediate_size=64, max_position_embeddings=64)
+    torch.manual_seed(0)
+    BertForSequenceClassification(config).save_pretrained(snapshot)
+
+
 def prepare(root: Path, spec: dict[str, dict[str, Any]]) -> None:
     """Run the generators named in a yaml `prepare` mapping ({name: kwargs}) inside root."""
     for name, kwargs in spec.items():

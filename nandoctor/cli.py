@@ -401,10 +401,10 @@ def run(
     check_every: Annotated[int, typer.Option("--check-every", help="Check every N optimizer steps (a failure is then seen up to N-1 steps late).")] = 1,
     stats_every: Annotated[int, typer.Option("--stats-every", help="Per-layer statistics every N steps (0: off).")] = 50,
     snapshot_every: Annotated[int, typer.Option("--snapshot-every", help="Keep a CPU copy of the weights and optimizer state every N steps (the first and the latest), from which the lr experiments re-train (0: off).")] = 100,
-    on_nonfinite: Annotated[str, typer.Option("--on-nonfinite", help="What a NaN/Inf step does: stop (trace it and report), skip (no update; the run goes on) or rollback (restore a copy from before it, skip the batches since, retry within --rollback-budget). skip and rollback append to OUT/skip_list.json.")] = "stop",
-    on_spike: Annotated[str, typer.Option("--on-spike", help="What a loss or gradient-norm spike does: warn, skip or rollback.")] = "warn",
-    rollback_every: Annotated[int, typer.Option("--rollback-every", help="With rollback: keep a copy of the training state every N steps (the last two are kept).")] = 50,
-    rollback_budget: Annotated[int, typer.Option("--rollback-budget", help="With rollback: rollbacks before the run stops and is reported.")] = 3,
+    on_nonfinite: Annotated[Optional[str], typer.Option("--on-nonfinite", help="What a NaN/Inf step does: stop (trace it and report), skip (no update; the run goes on) or rollback (restore a copy from before it, skip the batches since, retry within --rollback-budget). skip and rollback append to OUT/skip_list.json. Default: the config's policies.on_nonfinite (stop).")] = None,
+    on_spike: Annotated[Optional[str], typer.Option("--on-spike", help="What a loss or gradient-norm spike does: warn, skip or rollback. Default: the config's policies.on_spike (warn).")] = None,
+    rollback_every: Annotated[Optional[int], typer.Option("--rollback-every", help="With rollback: keep a copy of the training state every N steps (the last two are kept). Default: policies.rollback.every (50).")] = None,
+    rollback_budget: Annotated[Optional[int], typer.Option("--rollback-budget", help="With rollback: rollbacks before the run stops and is reported. Default: policies.rollback.budget (3).")] = None,
     verbose: VerboseOpt = False,
     trace_file: TraceOpt = None,
 ) -> None:
@@ -436,12 +436,14 @@ def run(
             raise InputError("nandoctor run needs a training script: `nandoctor run train.py ARGS` (or "
                              "`nandoctor run -m package.train ARGS`).")
         script, args = (None, words) if module is not None else (words[0], words[1:])
-        if on_nonfinite not in ("stop", "skip", "rollback"):
+        if on_nonfinite not in (None, "stop", "skip", "rollback"):
             raise InputError(f"unknown --on-nonfinite {on_nonfinite!r}; accepted values are stop, skip, rollback.")
-        if on_spike not in ("warn", "skip", "rollback"):
+        if on_spike not in (None, "warn", "skip", "rollback"):
             raise InputError(f"unknown --on-spike {on_spike!r}; accepted values are warn, skip, rollback.")
-        if rollback_every < 1 or rollback_budget < 0:
+        if (rollback_every is not None and rollback_every < 1) or (rollback_budget is not None and rollback_budget < 0):
             raise InputError("--rollback-every must be at least 1 and --rollback-budget at least 0.")
+        rollback = {key: value for key, value in (("every", rollback_every), ("budget", rollback_budget))
+                    if value is not None}
         from .api import run_script
         # A machine format on stdout must stay one valid document: the script's prints go to stderr then.
         machine_on_stdout = fmt != "rich" and output is None
@@ -449,7 +451,7 @@ def run(
                             max_seconds=max_seconds, experiments=False if no_experiments else None,
                             stats_every=stats_every, check_every=check_every, snapshot_every=snapshot_every,
                             script_stdout_to_stderr=machine_on_stdout, on_nonfinite=on_nonfinite, on_spike=on_spike,
-                            rollback={"every": rollback_every, "budget": rollback_budget})
+                            rollback=rollback or None)
         if report.origin_elsewhere:
             # torchrun: the rank where the NaN was born writes the report; this one only received it.
             ranks = report.script["ranks"]

@@ -138,5 +138,7 @@ def test_healthy_script_passes_and_keeps_its_output(entry, outcomes):
     assert outcome.returncode == 0, outcome.context()
     assert outcome.report is not None, f"no JSON report\n{outcome.context()}"
     assert outcome.report["verdict"] == "pass", [c["id"] for c in outcome.report["causes"]]
+    if entry.get("precision"):
+        assert [run["precision"] for run in outcome.report["runs"]] == [entry["precision"]]
     assert re.search(entry["stdout"], outcome.stdout), \
         f"the script's own output did not pass through: {entry['stdout']!r} not in\n{outcome.stdout[-1500:]}"

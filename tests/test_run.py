@@ -185,6 +185,20 @@ def test_high_lr_is_confirmed_by_re_training_through_the_scripts_own_loop(script
     assert json.loads(quick.stdout)["experiments"] == []
 
 
+def test_lr_experiment_cut_short_by_the_scripts_end_still_answers_past_the_divergence(scripts):
+    """Regression (bench round 2, nanoGPT under torch.compile: NaN at iteration 21 of 30): the loop
+    ends before a re-train from step 0 reaches the failing step. The watched run's loss had grown
+    1e4x by step 2; a re-train still near its starting loss there answers the question."""
+    result, doc = run_json(scripts, "sgd_lr_too_high.py", "--lr", "3", "--steps", "15")
+    assert result.returncode == 1 and doc["first_nonfinite"]["step"] == 10
+    tried = [e for e in doc["experiments"] if e["id"] == "lower-lr"]
+    answered = [e for e in tried if e["outcome"] == "finite"]
+    assert answered and "before the failing step" in answered[0]["note"], tried
+    assert all(e["outcome"] in ("finite", "skipped") for e in tried)
+    top = doc["causes"][0]
+    assert top["id"] == "high-lr" and top["confirmed"] is True
+
+
 def test_a_run_that_ends_non_finite_never_passes_even_when_no_watch_attached(scripts):
     result, doc = run_json(scripts, "no_module.py")
     assert result.returncode == 1 and doc["verdict"] == "fail"

@@ -1,6 +1,6 @@
 """Spikes and early warnings through the public surfaces: a tiny Transformer at a high learning
 rate warns of attention-logit growth at least 20 steps before its first NaN (watch, `nandoctor
-run`, the Lightning callback); a finite loss spike is detected and explained by the layer that
+run`, the Lightning and Hugging Face callbacks); a finite loss spike is detected and explained by the layer that
 moved first; SDPA and nn.MultiheadAttention logits are measured as the definition says."""
 from __future__ import annotations
 
@@ -97,6 +97,37 @@ def test_lightning_callback_warns_before_the_nan(tmp_path):
         trainer.fit(LitTiny(), loader)
     first = _first(callback.watch.early_warnings, "attention-logit-growth")
     assert first is not None and caught.value.step - first.step >= LEAD
+
+
+def test_transformers_callback_warns_before_the_nan(tmp_path):
+    """The same demonstration under Hugging Face's Trainer: the demo model returns its loss in a
+    dict, the Trainer's own AdamW runs at lr 0.5 with clipping off (max_grad_norm 0) and shuffles
+    the samples, so the NaN comes at another step than in the loops above; the lead must hold."""
+    transformers = pytest.importorskip("transformers")
+    from nandoctor.integrations.transformers import NanDoctorCallback
+
+    class Demo(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.net = demo.build_model()
+
+        def forward(self, input_ids, labels):
+            return {"loss": demo.loss_of(self.net, input_ids, labels)}
+
+    data = demo.batches()
+    samples = [{"input_ids": x, "labels": y} for _ in range(120) for x, y in zip(*next(data))]
+    callback = NanDoctorCallback(out=tmp_path / "bundles", early_warnings={"every": EVERY})
+    args = transformers.TrainingArguments(output_dir=str(tmp_path / "out"), max_steps=120, per_device_train_batch_size=8,
+                                          learning_rate=0.5, lr_scheduler_type="constant", weight_decay=0.01,
+                                          max_grad_norm=0.0, report_to=[], save_strategy="no", logging_strategy="no",
+                                          use_cpu=True, dataloader_num_workers=0, seed=0, disable_tqdm=True)
+    with warnings.catch_warnings(), pytest.raises(nandoctor.NonFiniteError) as caught:
+        warnings.simplefilter("ignore")
+        transformers.Trainer(model=Demo(), args=args, train_dataset=samples, callbacks=[callback]).train()
+    first = _first(callback.watch.early_warnings, "attention-logit-growth")
+    assert first is not None and first.module.endswith(".attn")
+    assert caught.value.step - first.step >= LEAD, (first.step, caught.value.step)
+    assert (caught.value.bundle / "manifest.json").is_file()
 
 
 def _mlp_with_a_spike(spike_step: int, steps: int):

@@ -249,13 +249,17 @@ class EarlyWarningSampler:
             t = float(step)
             v_hat = v.float() / (1 - beta2 ** t)
             update = (m.float() / (1 - beta1 ** t)) / (v_hat.sqrt() + eps)
+            # An entry no gradient has reached yet (the embedding row of a token, or a position,
+            # that no batch used so far) has both moments exactly zero: its update is 0, not m / eps.
+            # Only entries that had a gradient can have a second moment that collapsed.
+            reached = (v != 0) | (m != 0)
             parts = sums.setdefault(owner, [])
-            parts.append(torch.stack([update.square().sum(), (v_hat < eps * eps).float().sum(),
-                                      torch.tensor(float(v.numel()), device=v.device)]))
+            parts.append(torch.stack([update.square().sum(), ((v_hat < eps * eps) & reached).float().sum(),
+                                      torch.tensor(float(v.numel()), device=v.device), reached.float().sum()]))
         for owner, parts in sums.items():
             total = torch.stack(parts).sum(0)
             self._values.append((owner, "update_rms", (total[0] / total[2]).sqrt()))
-            self._values.append((owner, "exp_avg_sq_collapse", total[1] / total[2]))
+            self._values.append((owner, "exp_avg_sq_collapse", total[1] / total[3].clamp(min=1)))
 
     def finish(self) -> None:
         """The end of the step: one host transfer, then the trends are read."""

@@ -14,7 +14,7 @@ from __future__ import annotations
 import copy
 import math
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Optional
 
 import torch
@@ -25,6 +25,11 @@ from ..trace import ExperimentResult
 # An experiment runs this many steps past the failing step (a change that only delays the
 # failure by a step or two is not a fix); the scan's experiments use the same margin.
 EXTRA_STEPS = 5
+# When the script's loop ends before the experiment reaches the failing step, the experiment still
+# answers if it ran past the step where the watched run's loss had grown DIVERGED_GROWTH times
+# from the experiment's start, and its own loss there stayed within HEALTHY_GROWTH of that start.
+DIVERGED_GROWTH = 1e3
+HEALTHY_GROWTH = 10.0
 
 
 @dataclass
@@ -65,6 +70,7 @@ class LrRewind:
     step: int = 0
     began: float = 0.0
     saved_lrs: Optional[list[Any]] = None
+    losses: dict[int, float] = field(default_factory=dict)   # the re-trained run's mean loss per step
 
     def begin(self) -> None:
         self.step = self.start
@@ -89,13 +95,43 @@ class LrRewind:
         self.result.note = note
         return self.result
 
-    def ended_early(self, failing_step: int) -> ExperimentResult:
+    def ended_early(self, failing_step: int, history: Optional[list[dict[str, Any]]] = None) -> ExperimentResult:
         """The script's loop ran out of iterations during the experiment: finite when it had got
-        past the step that failed, else unanswered."""
+        past the step that failed, or past the step where the watched run had already diverged
+        (`history`: its per-step records) while this one stayed near its starting loss; else
+        unanswered."""
         if self.began and self.step > failing_step:
             return self.finish("finite", note=f"the script ended {self.step - 1 - failing_step} step(s) past the "
                                               "failing step, every step finite")
+        diverged = self._past_divergence(history or [])
+        if diverged is not None:
+            step, original, start, retrained = diverged
+            return self.finish("finite", note=(
+                f"the script ended {failing_step - self.step + 1} step(s) before the failing step; at step {step}, "
+                f"where the watched run's loss had grown from {start:.3g} to {original:.3g}, this run's was "
+                f"{retrained:.3g}, every step finite"))
         return self.finish("skipped", note="the script ended first")
+
+    def _past_divergence(self, history: list[dict[str, Any]]) -> Optional[tuple[int, float, float, float]]:
+        """(step, the watched run's loss, its loss at the start, this run's loss) at the first step
+        this run reached where the watched run's loss was DIVERGED_GROWTH times its start's and this
+        run's within HEALTHY_GROWTH of it; None when there is none."""
+        if not self.began:
+            return None
+        watched = {h["step"]: h.get("loss") for h in history if isinstance(h.get("loss"), (int, float))}
+        start = watched.get(self.start)
+        if start is None or not math.isfinite(start) or start <= 0:
+            return None
+        for step in sorted(watched):
+            original = watched[step]
+            if not self.start < step < self.step or not math.isfinite(original):
+                continue
+            if original >= DIVERGED_GROWTH * start:
+                retrained = self.losses.get(step)
+                if retrained is not None and math.isfinite(retrained) and retrained <= HEALTHY_GROWTH * start:
+                    return step, original, start, retrained
+                return None
+        return None
 
 
 def step_is_finite(losses: list[torch.Tensor], params: list[torch.Tensor]) -> bool:

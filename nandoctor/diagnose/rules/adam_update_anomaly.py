@@ -7,7 +7,8 @@ from .base import EarlyWarningRule
 class AdamUpdateAnomaly(EarlyWarningRule):
     """What it detects: on a sampled step (every `early_warnings.every` steps), one of: a module
     where more than `early_warnings.second_moment_collapse` of Adam's bias-corrected second
-    moment sits below eps**2 (statistic `exp_avg_sq_collapse`); a module whose Adam update RMS,
+    moment sits below eps**2 (statistic `exp_avg_sq_collapse`; entries no gradient has reached yet,
+    such as the embedding rows of tokens or positions no batch used, do not count); a module whose Adam update RMS,
     m / (sqrt(v) + eps), is `early_warnings.update_rms_ratio` times its median over the samples
     (`update_rms`); or a module whose step moved its weights by more than
     `early_warnings.update_ratio_max` of their norm (`update_ratio`, ||dw|| / ||w||).
