@@ -109,20 +109,28 @@ def _stacks(tensors: list[torch.Tensor]) -> Iterator[tuple[list[int], Optional[t
     kernel per tensor; one reduction along the rows of a matrix of a repeated layer's tensors
     costs about as much as a few of them (a reduction over several trailing dimensions instead
     of one is several times slower: hence the reshape)."""
+    for members in _shape_groups(tensors).values():
+        if tensors[members[0]].numel() == 0:
+            yield members, None
+        else:
+            yield from _stacked(tensors, members)
+
+
+def _shape_groups(tensors: list[torch.Tensor]) -> dict[tuple, list[int]]:
     groups: dict[tuple, list[int]] = {}
     for i, t in enumerate(tensors):
         groups.setdefault((t.shape, t.dtype, t.device), []).append(i)
-    for (shape, _, _), members in groups.items():
-        numel = shape.numel()
-        if numel == 0:
-            yield members, None
-            continue
-        per_stack = max(1, STACK_BYTES // (numel * tensors[members[0]].element_size()))
-        for begin in range(0, len(members), per_stack):
-            chunk = members[begin:begin + per_stack]
-            stacked = torch.stack([tensors[i] for i in chunk]) if len(chunk) > 1 else tensors[chunk[0]]
-            yield chunk, stacked.reshape(len(chunk), numel)
-            del stacked         # one stacked copy alive at a time (the caller drops its own)
+    return groups
+
+
+def _stacked(tensors: list[torch.Tensor], members: list[int]) -> Iterator[tuple[list[int], torch.Tensor]]:
+    numel = tensors[members[0]].numel()
+    per_stack = max(1, STACK_BYTES // (numel * tensors[members[0]].element_size()))
+    for begin in range(0, len(members), per_stack):
+        chunk = members[begin:begin + per_stack]
+        stacked = torch.stack([tensors[i] for i in chunk]) if len(chunk) > 1 else tensors[chunk[0]]
+        yield chunk, stacked.reshape(len(chunk), numel)
+        del stacked         # one stacked copy alive at a time (the caller drops its own)
 
 
 def _in_order(order: list[int], columns: list[list[torch.Tensor]], device: torch.device,
@@ -222,24 +230,65 @@ def row_facts(row: list[float], numel: float, scale: float = 1.0) -> dict[str, f
             "zero_frac": (numel - nonzero) / max(numel, 1.0) if measured else None}
 
 
+# Equally shaped tensors are stacked for a norm only when there are this many of them: a stack,
+# a norm, a concatenation and an index cost about as much as eight per-tensor kernels.
+MIN_STACK = 8
+
+
 def foreach_norms(tensors: list[torch.Tensor], ord: float = 2.0) -> torch.Tensor:
     """Per-tensor norms as a float32 vector (float64 if any tensor is; empty list -> empty
-    vector; an empty tensor -> 0), a few kernels per group of equally shaped tensors
-    (`_stacks`), accumulated in float32 for 16-bit tensors."""
+    vector; an empty tensor -> 0), accumulated in float32 for 16-bit tensors. On the CPU, where
+    `_foreach_norm` is a loop of one kernel per tensor, groups of MIN_STACK or more equally
+    shaped tensors are stacked (`_stacked`) and reduced in one kernel each; the rest, and other
+    devices (whose `_foreach_norm` is fused), take one `_foreach_norm`."""
     if not tensors:
         return torch.zeros(0)
-    device = tensors[0].device
+    if any(t.device.type != "cpu" for t in tensors):
+        return _fused_norms(tensors, ord)
     out_dtype = torch.float64 if any(t.dtype == torch.float64 for t in tensors) else torch.float32
     order: list[int] = []
     column: list[torch.Tensor] = []
+    rest: list[int] = []
     with torch.no_grad():
-        for chunk, matrix in _stacks(tensors):
-            order += chunk
-            # The inf-norm of an empty tensor has no identity, so torch raises; its max |x| is 0.
-            column.append(torch.zeros(len(chunk), dtype=out_dtype, device=device) if matrix is None
-                          else torch.linalg.vector_norm(matrix, ord, dim=1, dtype=_accumulator(matrix.dtype)))
-            del matrix
-        return _in_order(order, [column], device, out_dtype).reshape(-1)
+        for members in _shape_groups(tensors).values():
+            if len(members) < MIN_STACK or tensors[members[0]].numel() == 0:
+                rest += members
+                continue
+            for chunk, matrix in _stacked(tensors, members):
+                order += chunk
+                column.append(torch.linalg.vector_norm(matrix, ord, dim=1, dtype=_accumulator(matrix.dtype)))
+                del matrix
+        if rest:
+            rest.sort()
+            order += rest
+            column.append(_fused_norms([tensors[i] for i in rest], ord))
+        return _in_order(order, [column], tensors[0].device, out_dtype).reshape(-1)
+
+
+def _fused_norms(tensors: list[torch.Tensor], ord: float = 2.0) -> torch.Tensor:
+    """Per-tensor norms in one `_foreach_norm` call per device, as a float32 vector (float64 for
+    float64 tensors)."""
+    if math.isinf(ord) and any(t.numel() == 0 for t in tensors):
+        # The inf-norm of an empty tensor has no identity, so torch raises; its max |x| is 0.
+        full = [i for i, t in enumerate(tensors) if t.numel()]
+        out = torch.zeros(len(tensors), dtype=torch.float32, device=tensors[0].device)
+        if full:
+            out[full] = _fused_norms([tensors[i] for i in full], ord).to(out.device, torch.float32)
+        return out
+    by_device: dict[torch.device, list[int]] = {}
+    for i, t in enumerate(tensors):
+        by_device.setdefault(t.device, []).append(i)
+    acc = torch.float32 if any(t.dtype in (torch.float16, torch.bfloat16) for t in tensors) else None
+    if acc is not None and any(t.dtype == torch.float64 for t in tensors):
+        return torch.stack([_fused_norms([t], ord)[0].to(torch.float64) for t in tensors])
+    if len(by_device) == 1:
+        norms = torch._foreach_norm(tensors, ord, dtype=acc)
+        return torch.stack(list(norms))
+    out = torch.zeros(len(tensors), dtype=torch.float32, device=tensors[0].device)
+    for device, idx in by_device.items():
+        norms = torch._foreach_norm([tensors[i] for i in idx], ord, dtype=acc)
+        out[idx] = torch.stack(list(norms)).to(out.device)
+    return out
 
 
 class GroupedNorms:
