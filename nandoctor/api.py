@@ -27,6 +27,7 @@ from .run.bundles.rebuild import (after_step_run, bundle_model_file, differences
                                   scaler_loader)
 from .run.experiments import run_experiments
 from .run.frames import location
+from .run.heap import frozen_heap
 from .run.checkpoints.inspect import inspect
 from .run.precision import parse_precision
 from .run.bundles.ranks import describe_ranks, open_rank_bundle   # one rank of a torchrun bundle
@@ -80,7 +81,7 @@ def scan(model_file: str | Path, config: str | Path | None = None, *, steps: Opt
 
     Raises nandoctor.errors.InputError for input that cannot be used (exit code 2 in the CLI).
     """
-    with preserved_rng_states(), preserved_threads(), capture_user_output(), interrupt_guard():
+    with preserved_rng_states(), preserved_threads(), capture_user_output(), interrupt_guard(), frozen_heap():
         return _scan(model_file, config, steps=steps, precisions=precisions, lr=lr, seed=seed, device=device,
                      experiments=experiments, max_seconds=max_seconds, fail_on=fail_on, checkpoint=checkpoint,
                      trust=trust, progress=progress, cwd=cwd, threads=threads, compile=compile)
@@ -465,12 +466,14 @@ def run_script(script: str | Path | None = None, args: Optional[list[str]] = Non
         config: str | Path | None = None, out: str | Path = "nandoctor-bundles", fail_on: Optional[str] = None,
         max_seconds: Optional[float] = None, experiments: Optional[bool] = None, stats_every: int = 50,
         check_every: int = 1, snapshot_every: int = 100, script_stdout_to_stderr: bool = False,
-        on_nonfinite: str = "stop", on_spike: str = "warn", rollback: Optional[dict[str, Any]] = None) -> RunReport:
+        on_nonfinite: Optional[str] = None, on_spike: Optional[str] = None,
+        rollback: Optional[dict[str, Any]] = None) -> RunReport:
     """Run an unmodified training script (`python SCRIPT ARGS`, or `-m MODULE` with `module=`)
     under nandoctor's guard. On the first NaN/Inf the script is stopped, the failing step is run
     once more by the script's own loop and traced op by op, a crash bundle is written to `out`,
     and the causes are diagnosed. `on_nonfinite="skip"` or `"rollback"` (and `on_spike`, `rollback`
-    as for `watch`) keep the run going instead. Raises InputError when the script cannot be found."""
+    as for `watch`) keep the run going instead; left None, they come from the config's `policies`.
+    Raises InputError when the script cannot be found or a policy is unknown."""
     from .load.script import resolve_script
     from .watcher.script import execute_script
     from .watcher.script_guard import ScriptGuard
@@ -478,6 +481,10 @@ def run_script(script: str | Path | None = None, args: Optional[list[str]] = Non
     overrides: dict[str, Any] = {"fail_on": fail_on, "max_seconds": max_seconds}
     if experiments is not None:
         overrides["experiments"] = {"enabled": experiments}
+    policies = {key: value for key, value in (("on_nonfinite", on_nonfinite), ("on_spike", on_spike),
+                                              ("rollback", rollback)) if value is not None}
+    if policies:
+        overrides["policies"] = policies
     resolved = resolve_config(config, overrides, cwd=None)
     cfg = dict(resolved.values)
     target = resolve_script(str(script) if script is not None else None, module, list(args or []))
@@ -498,7 +505,8 @@ def run_script(script: str | Path | None = None, args: Optional[list[str]] = Non
                         snapshot_every=snapshot_every, experiments_seconds=cfg["experiments"]["max_seconds"],
                         spikes=cfg["spikes"], early_warnings=cfg["early_warnings"],
                         plan_rewinds=plan_rewinds if cfg["experiments"]["enabled"] else None,
-                        on_nonfinite=on_nonfinite, on_spike=on_spike, rollback=rollback)
+                        on_nonfinite=cfg["policies"]["on_nonfinite"], on_spike=cfg["policies"]["on_spike"],
+                        rollback=cfg["policies"]["rollback"])
     output = capture_user_output() if script_stdout_to_stderr else contextlib.nullcontext()
     with output:
         outcome = execute_script(target, guard)

@@ -12,7 +12,6 @@ from pathlib import Path
 from typing import Annotated, Any, Optional
 
 import typer
-from rich.console import Console
 
 from ._version import __version__
 from .errors import ExitCode, InputError
@@ -31,7 +30,16 @@ app = typer.Typer(
          "Exit codes: 0 pass, 1 findings at or above --fail-on (or a run went non-finite), 2 unusable input, "
          "3 internal error, 130 interrupted (Ctrl-C; the partial report is still written).")
 
-err_console = Console(stderr=True, highlight=False)
+_stderr: list[Any] = []
+
+
+def err_console() -> Any:
+    """rich's Console on stderr, made on first use: a command that prints nothing to the terminal
+    (--quiet, a machine format into a file) never imports rich (~20 ms and ~3 MiB per process)."""
+    if not _stderr:
+        from rich.console import Console
+        _stderr.append(Console(stderr=True, highlight=False))
+    return _stderr[0]
 
 
 def _version(value: bool) -> None:
@@ -55,7 +63,7 @@ def say(text: str) -> None:
     """One paragraph on stderr, printed verbatim: `[tool.nandoctor]` or a `[/` in a path is text,
     never Rich markup; terminal escapes from user input are removed."""
     from .trace.text import plain_text
-    err_console.print(plain_text(text, MESSAGE_LIMIT), soft_wrap=True, markup=False, emoji=False, highlight=False)
+    err_console().print(plain_text(text, MESSAGE_LIMIT), soft_wrap=True, markup=False, emoji=False, highlight=False)
 
 
 def _fail_input(err: InputError) -> None:
@@ -75,12 +83,19 @@ def emit(doc: dict[str, Any], fmt: str, output: Optional[Path], quiet: bool, htm
          printer: Any = None) -> None:
     """Write the document in `fmt` to --output or stdout; the rich report goes to the terminal."""
     from .report import render
-    from .report.console import print_report
-    print_report = printer or print_report
+
+    def print_report(doc: dict[str, Any], console: Any) -> None:   # rich, imported only to print
+        if printer is not None:
+            printer(doc, console)
+        else:
+            from .report.console import print_report as rich_report
+            rich_report(doc, console)
+
     if html is not None:
         from .report.html import render_html
         _write(html, render_html(doc))
     if fmt == "rich":
+        from rich.console import Console
         if output is not None:
             console = Console(file=open(output, "w", encoding="utf-8"), width=120, color_system=None)
             print_report(doc, console)
@@ -92,7 +107,7 @@ def emit(doc: dict[str, Any], fmt: str, output: Optional[Path], quiet: bool, htm
     if output is not None:
         _write(output, text)
         if not quiet:
-            print_report(doc, err_console)
+            print_report(doc, err_console())
     else:
         sys.stdout.write(text)
         sys.stdout.flush()
@@ -229,11 +244,11 @@ def _say_what_ran(report: Any) -> None:
 
 def _progress(quiet: bool, steps: Optional[int], precisions: Optional[list[str]]):
     """A rich progress bar on stderr, only for a terminal and without --quiet."""
-    if quiet or not err_console.is_terminal:
+    if quiet or not err_console().is_terminal:
         return None, lambda: None
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
     progress = Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed} steps"),
-                        TimeElapsedColumn(), console=err_console, transient=True)
+                        TimeElapsedColumn(), console=err_console(), transient=True)
     tasks: dict[str, Any] = {}
     progress.start()
 
@@ -386,10 +401,10 @@ def run(
     check_every: Annotated[int, typer.Option("--check-every", help="Check every N optimizer steps (a failure is then seen up to N-1 steps late).")] = 1,
     stats_every: Annotated[int, typer.Option("--stats-every", help="Per-layer statistics every N steps (0: off).")] = 50,
     snapshot_every: Annotated[int, typer.Option("--snapshot-every", help="Keep a CPU copy of the weights and optimizer state every N steps (the first and the latest), from which the lr experiments re-train (0: off).")] = 100,
-    on_nonfinite: Annotated[str, typer.Option("--on-nonfinite", help="What a NaN/Inf step does: stop (trace it and report), skip (no update; the run goes on) or rollback (restore a copy from before it, skip the batches since, retry within --rollback-budget). skip and rollback append to OUT/skip_list.json.")] = "stop",
-    on_spike: Annotated[str, typer.Option("--on-spike", help="What a loss or gradient-norm spike does: warn, skip or rollback.")] = "warn",
-    rollback_every: Annotated[int, typer.Option("--rollback-every", help="With rollback: keep a copy of the training state every N steps (the last two are kept).")] = 50,
-    rollback_budget: Annotated[int, typer.Option("--rollback-budget", help="With rollback: rollbacks before the run stops and is reported.")] = 3,
+    on_nonfinite: Annotated[Optional[str], typer.Option("--on-nonfinite", help="What a NaN/Inf step does: stop (trace it and report), skip (no update; the run goes on) or rollback (restore a copy from before it, skip the batches since, retry within --rollback-budget). skip and rollback append to OUT/skip_list.json. Default: the config's policies.on_nonfinite (stop).")] = None,
+    on_spike: Annotated[Optional[str], typer.Option("--on-spike", help="What a loss or gradient-norm spike does: warn, skip or rollback. Default: the config's policies.on_spike (warn).")] = None,
+    rollback_every: Annotated[Optional[int], typer.Option("--rollback-every", help="With rollback: keep a copy of the training state every N steps (the last two are kept). Default: policies.rollback.every (50).")] = None,
+    rollback_budget: Annotated[Optional[int], typer.Option("--rollback-budget", help="With rollback: rollbacks before the run stops and is reported. Default: policies.rollback.budget (3).")] = None,
     verbose: VerboseOpt = False,
     trace_file: TraceOpt = None,
 ) -> None:
@@ -421,12 +436,14 @@ def run(
             raise InputError("nandoctor run needs a training script: `nandoctor run train.py ARGS` (or "
                              "`nandoctor run -m package.train ARGS`).")
         script, args = (None, words) if module is not None else (words[0], words[1:])
-        if on_nonfinite not in ("stop", "skip", "rollback"):
+        if on_nonfinite not in (None, "stop", "skip", "rollback"):
             raise InputError(f"unknown --on-nonfinite {on_nonfinite!r}; accepted values are stop, skip, rollback.")
-        if on_spike not in ("warn", "skip", "rollback"):
+        if on_spike not in (None, "warn", "skip", "rollback"):
             raise InputError(f"unknown --on-spike {on_spike!r}; accepted values are warn, skip, rollback.")
-        if rollback_every < 1 or rollback_budget < 0:
+        if (rollback_every is not None and rollback_every < 1) or (rollback_budget is not None and rollback_budget < 0):
             raise InputError("--rollback-every must be at least 1 and --rollback-budget at least 0.")
+        rollback = {key: value for key, value in (("every", rollback_every), ("budget", rollback_budget))
+                    if value is not None}
         from .api import run_script
         # A machine format on stdout must stay one valid document: the script's prints go to stderr then.
         machine_on_stdout = fmt != "rich" and output is None
@@ -434,7 +451,7 @@ def run(
                             max_seconds=max_seconds, experiments=False if no_experiments else None,
                             stats_every=stats_every, check_every=check_every, snapshot_every=snapshot_every,
                             script_stdout_to_stderr=machine_on_stdout, on_nonfinite=on_nonfinite, on_spike=on_spike,
-                            rollback={"every": rollback_every, "budget": rollback_budget})
+                            rollback=rollback or None)
         if report.origin_elsewhere:
             # torchrun: the rank where the NaN was born writes the report; this one only received it.
             ranks = report.script["ranks"]
@@ -453,7 +470,7 @@ def run(
             # The script's own output owns stdout; the report comes after it, on stderr.
             if not quiet:
                 from .report.console import print_report
-                print_report(doc, err_console)
+                print_report(doc, err_console())
             if html is not None:
                 from .report.html import render_html
                 _write(html, render_html(doc))
@@ -466,7 +483,7 @@ def run(
 
 def _stderr_printer(doc: dict[str, Any], console: Any) -> None:
     from .report.console import print_report
-    print_report(doc, err_console if getattr(console, "file", None) is sys.stdout else console)
+    print_report(doc, err_console() if getattr(console, "file", None) is sys.stdout else console)
 
 
 @app.command()
@@ -547,6 +564,7 @@ def show_config(
     if fmt == "json":
         typer.echo(_json.dumps({"values": resolved.values, "sources": resolved.sources}, indent=2))
         return
+    from rich.console import Console
     from rich.table import Table
     from rich.text import Text
     table = Table(title="nandoctor configuration", title_justify="left", show_edge=False)

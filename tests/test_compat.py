@@ -316,6 +316,14 @@ def test_dataloader_workers_under_nandoctor_run_name_the_dataset_index(tmp_path)
     assert result.returncode == 1, result.stderr[-2000:]
     doc = json.loads((tmp_path / "r.json").read_text())
     assert doc["causes"][0]["id"] == "data-nonfinite" and "dataset indices 200" in doc["first_nonfinite"]["detail"]
+    # Its replay runs the script again, workers and all, up to the recorded step.
+    from conftest import json_of, run_cli
+    replay = run_cli("replay", tmp_path / doc["script"]["bundle"], "--trust", "--format", "json", "--no-experiments",
+                     cwd=tmp_path)
+    again = json_of(replay)
+    assert replay.exit_code == 1 and again["causes"][0]["id"] == "data-nonfinite"
+    assert (again["first_nonfinite"]["step"], again["first_nonfinite"]["phase"]) == (3, "data")
+    assert "dataset indices 200" in again["first_nonfinite"]["detail"]
 
 
 # ---- the matrix page ---------------------------------------------------------------------------
@@ -412,3 +420,206 @@ def test_a_grad_scaler_loops_bundle_replays_in_16_mixed_with_the_scalers_state(t
     report = nandoctor.replay(caught.value.bundle, COMPAT / "parametrized_model.py", experiments=False)
     event = report.trace.runs[0].first_nonfinite
     assert report.trace.runs[0].precision == "16-mixed" and event.op == "aten.log.default"
+
+
+# ---- the whole stack under `nandoctor run` and its replay ----------------------------------------
+
+def line_of(path: Path, text: str) -> int:
+    return next(i for i, line in enumerate(path.read_text().splitlines(), 1) if text in line)
+
+
+@pytest.mark.parametrize("site", ["checkpoint", "teacher"])
+def test_run_of_a_script_on_the_modern_stack_names_the_origin_and_its_bundle_replays(tmp_path, site):
+    # Accelerate, gradient accumulation, weight_norm, checkpointing (both kinds), SDPA and an MHA
+    # fast-path teacher in one script. Regression (issue 18): under `nandoctor run` the recompute of
+    # a non-reentrant checkpoint was logged as a new top-level call, and its extra ops failed
+    # torch's check of the recomputed tensors (CheckpointError) at step 0.
+    from conftest import json_of, run_cli
+    script = COMPAT / "stack_script.py"
+    shutil.copy(script, tmp_path)
+    result = nandoctor_cli("run", "--format", "json", "-o", "r.json", "stack_script.py", site, cwd=tmp_path)
+    assert result.returncode == 1, result.stderr[-2000:]
+    doc = json.loads((tmp_path / "r.json").read_text())
+    event = doc["first_nonfinite"]
+    if site == "checkpoint":
+        expected = ("backward", "block", "sqrt", line_of(script, "torch.sqrt("), "grad-singularity")
+    else:
+        expected = ("forward", "teacher", None, line_of(script, "self.teacher(x, x, x"), "masked-inf")
+    assert (event["step"], event["phase"], event["module"], event["forward_op"]) == (2, *expected[:3])
+    assert event["user_source"] == f"stack_script.py:{expected[3]}" and doc["causes"][0]["id"] == expected[4]
+    bundle = read_bundle(tmp_path / doc["script"]["bundle"])
+    # Step 2 trained on loader batches 4 and 5, though Accelerate's loader had drawn batch 4 during
+    # step 1 and batch 6 during step 2 (it fetches one ahead).
+    indices = [i for entry in bundle.micro_batches() if "loader" in entry for i in entry["indices"]]
+    assert indices == list(range(16, 24))
+    if site == "teacher":
+        return
+    replay = run_cli("replay", tmp_path / doc["script"]["bundle"], "--trust", "--format", "json", "--no-experiments",
+                     cwd=tmp_path)
+    again = json_of(replay)
+    assert replay.exit_code == 1
+    assert {k: again["first_nonfinite"][k] for k in ("step", "module", "user_source")} == \
+        {k: event[k] for k in ("step", "module", "user_source")}
+
+
+# ---- the same stack in a LightningModule, under NanDoctorCallback ---------------------------------
+
+@pytest.mark.parametrize("site", ["checkpoint", "teacher", "overflow"])
+def test_lightning_callback_on_the_modern_stack_bundles_a_step_that_replays_to_the_origin(tmp_path, site):
+    # One module: weight_norm, checkpointing (both kinds), SDPA, an MHA fast-path teacher, a
+    # DataLoader with a worker process; `overflow` runs in 16-mixed with Lightning's GradScaler.
+    L = pytest.importorskip("lightning")
+    import warnings
+    from lightning.pytorch.plugins.precision import MixedPrecision
+    from nandoctor.integrations.lightning import NanDoctorCallback
+    from tests.compat import lit_stack
+    callback = NanDoctorCallback(out=tmp_path)
+    plugins = [MixedPrecision("16-mixed", "cpu")] if site == "overflow" else []   # Lightning says bf16 on CPU
+    trainer = L.Trainer(max_steps=5, accelerator="cpu", logger=False, enable_checkpointing=False, plugins=plugins,
+                        enable_progress_bar=False, enable_model_summary=False, callbacks=[callback],
+                        default_root_dir=tmp_path)
+    torch.manual_seed(0)
+    with pytest.raises(nandoctor.NonFiniteError) as caught, warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        trainer.fit(lit_stack.StackRegressor(), lit_stack.get_loader(site, workers=1))
+    assert caught.value.step == 2
+    manifest = read_bundle(caught.value.bundle).manifest
+    report = nandoctor.replay(caught.value.bundle, trust=True, experiments=False)
+    event = report.trace.runs[0].first_nonfinite
+    source = COMPAT / "lit_stack.py"
+    expected = {"checkpoint": ("backward", "block", "sqrt", line_of(source, "torch.sqrt("), "grad-singularity"),
+                "teacher": ("forward", "teacher", None, line_of(source, "self.teacher(x, x, x"), "masked-inf"),
+                "overflow": ("forward", "inp", None, line_of(source, "h = self.inp(x)"), "fp16-overflow")}[site]
+    assert (event.phase, event.module, event.forward_op, event.user_source.line) == expected[:4]
+    assert expected[4] in [c.id for c in report.causes] and event.reproduced is True
+    if site == "overflow":
+        # The scaler skipped its first step while calibrating from 65536: not a stop; the bundle
+        # and its replay are 16-mixed, from the scaler's state.
+        assert manifest.precision == report.trace.runs[0].precision == "16-mixed"
+        assert manifest.scaler["scale"] == 32768.0 and callback.watch.skipped_steps == 1
+
+
+# ---- the watch: SDPA and a GAN fed by DataLoader workers ------------------------------------------
+
+class StepBatches(torch.utils.data.Dataset):
+    """Item i is a model file's get_batch(i): a DataLoader with workers serves a step per item."""
+
+    def __init__(self, get_batch, count):
+        self.get_batch, self.count = get_batch, count
+
+    def __len__(self):
+        return self.count
+
+    def __getitem__(self, step):
+        torch.manual_seed(step)
+        return self.get_batch(step)
+
+
+@pytest.mark.parametrize("model_file", ["gan_model.py", "sdpa_model.py"])
+def test_watch_of_a_gan_and_of_sdpa_fed_by_dataloader_workers_replays_to_the_origin(tmp_path, model_file):
+    import importlib.util
+    spec = importlib.util.spec_from_file_location(model_file[:-3], COMPAT / model_file)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    torch.manual_seed(0)
+    model = module.build_model()
+    opt = torch.optim.SGD(model.parameters() if model_file == "sdpa_model.py" else model.generator.parameters(), lr=0.01)
+    watch = nandoctor.watch(model, opt, out=tmp_path, warn=False)
+    loader = torch.utils.data.DataLoader(StepBatches(module.get_batch, 5), batch_size=None, num_workers=1)
+    with pytest.raises(nandoctor.NonFiniteError) as caught:
+        for batch in loader:
+            with watch.step(batch):
+                watch.loss(module.training_step(model, batch)).backward()
+                opt.step()
+                opt.zero_grad()
+    assert caught.value.step == 2
+    report = nandoctor.replay(caught.value.bundle, COMPAT / model_file, experiments=False)
+    event = report.trace.runs[0].first_nonfinite
+    if model_file == "gan_model.py":
+        # The discriminator's own backward and step inside training_step: the replay names its line.
+        assert (event.phase, event.module, event.forward_op) == ("backward", "discriminator", "sqrt")
+        assert event.user_source.line == line_of(COMPAT / model_file, "torch.sqrt(")
+    else:
+        assert "scaled_dot_product" in event.op and "scaled_dot_product_attention" in event.user_source.code
+    assert event.reproduced is True
+
+
+def test_lightning_gan_in_manual_optimization_is_bundled_before_its_discriminator_step_and_replayed(tmp_path):
+    # Regression (issue 18): the discriminator's optimizer had already stepped NaN into its weights
+    # when the generator's loss fired, so the bundle held them NaN and the replay blamed `init`;
+    # and the replay called training_step outside a Trainer, where self.optimizers() raises.
+    L = pytest.importorskip("lightning")
+    import warnings
+    from nandoctor.integrations.lightning import NanDoctorCallback
+    from tests.compat import lit_gan
+    callback = NanDoctorCallback(out=tmp_path)
+    trainer = L.Trainer(max_steps=5, accelerator="cpu", logger=False, enable_checkpointing=False,
+                        enable_progress_bar=False, enable_model_summary=False, callbacks=[callback],
+                        default_root_dir=tmp_path)
+    torch.manual_seed(0)
+    with pytest.raises(nandoctor.NonFiniteError) as caught, warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        trainer.fit(lit_gan.LitGAN(), lit_gan.get_loader(bad=2))
+    assert caught.value.step == 2
+    saved = read_bundle(caught.value.bundle).model_state()
+    assert all(torch.isfinite(v).all() for v in saved.values())
+    report = nandoctor.replay(caught.value.bundle, trust=True, experiments=False)
+    event = report.trace.runs[0].first_nonfinite
+    assert (event.step, event.phase, event.module, event.forward_op) == (2, "backward", "discriminator", "sqrt")
+    assert event.user_source.line == line_of(COMPAT / "lit_gan.py", "torch.sqrt(") and event.reproduced is True
+    assert report.causes[0].id == "grad-singularity"
+
+
+@pytest.mark.parametrize("script", ["lit_stack.py", "gan_script.py"])
+def test_run_of_a_lightning_fit_and_of_a_gan_loop_names_the_origin(tmp_path, script):
+    # lit_stack.py: Lightning's own loop (LightningOptimizer around the torch optimizer, the step
+    # in a closure) over the checkpointed stack. Regressions (issue 18): the watch's batch check
+    # on a block called straight from training_step added saved tensors to the non-reentrant
+    # checkpoint's forward (CheckpointError); a closure's re-run traced training_step's own ops
+    # as data. gan_script.py: the discriminator's optimizer steps inside the generator's step;
+    # the re-run used to begin at the discriminator's next call in the same iteration.
+    pytest.importorskip("lightning")
+    for name in (script, "gan_model.py"):
+        shutil.copy(COMPAT / name, tmp_path)
+    args = ("checkpoint",) if script == "lit_stack.py" else ()
+    result = nandoctor_cli("run", "--format", "json", "-o", "r.json", script, *args, cwd=tmp_path, timeout=240)
+    assert result.returncode == 1, result.stderr[-2000:]
+    doc = json.loads((tmp_path / "r.json").read_text())
+    event = doc["first_nonfinite"]
+    source = "lit_stack.py" if script == "lit_stack.py" else "gan_model.py"
+    assert (event["step"], event["phase"], event["forward_op"], event["reproduced"]) == (2, "backward", "sqrt", True)
+    assert event["user_source"] == f"{source}:{line_of(COMPAT / source, 'torch.sqrt(')}"
+    assert doc["causes"][0]["id"] == "grad-singularity"
+    if script == "lit_stack.py":
+        assert event["module"] == "block"
+
+
+@pytest.mark.parametrize("setting", ["vmap", "compile"])
+def test_lightning_callback_with_torch_func_or_a_compiled_module_replays_to_the_users_line(tmp_path, setting):
+    L = pytest.importorskip("lightning")
+    import warnings
+    from torch._dynamo.testing import CompileCounter
+    from torch._dynamo.utils import counters
+    from nandoctor.integrations.lightning import NanDoctorCallback
+    from tests.compat import lit_func
+    callback = NanDoctorCallback(out=tmp_path)
+    trainer = L.Trainer(max_steps=5, accelerator="cpu", logger=False, enable_checkpointing=False,
+                        enable_progress_bar=False, enable_model_summary=False, callbacks=[callback],
+                        default_root_dir=tmp_path)
+    torch.manual_seed(0)
+    backend = CompileCounter()
+    counters.clear()
+    module = lit_func.LitPerSample() if setting == "vmap" else torch.compile(lit_func.LitRegressor(), backend=backend)
+    with pytest.raises(nandoctor.NonFiniteError) as caught, warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        trainer.fit(module, lit_func.get_loader())
+    assert caught.value.step == 2
+    if setting == "compile":
+        assert backend.frame_count >= 1 and not counters["graph_break"]     # compiled, and nandoctor broke nothing
+        assert not any(k.startswith("_orig_mod") for k in read_bundle(caught.value.bundle).model_state())
+    report = nandoctor.replay(caught.value.bundle, trust=True, experiments=False)
+    event = report.trace.runs[0].first_nonfinite
+    assert (event.step, event.phase, event.op, event.reproduced) == (2, "forward", "aten.sqrt.default", True)
+    site = "torch.sqrt(yi" if setting == "vmap" else "torch.sqrt(x"
+    assert event.user_source.line == line_of(COMPAT / "lit_func.py", site)
+    assert report.causes[0].id == "unstable-op"

@@ -19,7 +19,7 @@ import nandoctor
 pytestmark = pytest.mark.corpus
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
-from corpus_score import CORPUS, MARKER, scan_kwargs  # noqa: E402  (one reading of expected.yaml's args)
+from corpus_score import CORPUS, MARKER, fix_contradictions, scan_kwargs  # noqa: E402  (one reading of expected.yaml's args)
 ENTRIES: list[dict[str, Any]] = yaml.safe_load((CORPUS / "expected.yaml").read_text())
 _scans: dict[str, dict[str, Any]] = {}
 
@@ -86,20 +86,15 @@ def test_manifest_is_consistent():
     assert len(failing) >= 32 and len(healthy) >= 8
 
 
-# Held-out entries (round 3) the tool still gets partly wrong; each has the right verdict or a
-# warn-level miss, and its root cause is written up in the issue 9 closing note:
-#   mha_key_padding_all_masked: origin at baddbmm (a -inf mask carried through its bias term),
-#     not at the softmax; hf_token_labels_all_ignored: the loss runs inside transformers, called
-#     by nandoctor, so the origin has no user line (the top cause does name the marked line, the
-#     in-place write that emptied the labels). (onecycle_huge_peak left the list with issue 19:
-#     the vanishing gradients the dead ReLUs leave are now a symptom nested under high-lr.)
-# Round 4 (issue 19), first contact (corpus4-gaps.md): adam_bias_correction_step0: a hand-written Adam's
-#   0 / 0 at step 0 is reported as optimizer-eps ("eps is 0 in float32"), unstable-op is not offered in the
-#   optimizer phase; fp16_regression_large_target: a 16-mixed-only overflow (float32 finite) leads with
-#   data-scale, fp16-overflow second.
-#   (Both fixed by issue 19 items 4 and 1: unstable-op in the optimizer phase, a division by a scalar
-#   0 included; a 16-bit cause that a finite float32 run proves leads over data-scale.)
-KNOWN_GAPS = {"mha_key_padding_all_masked", "hf_token_labels_all_ignored"}
+# Held-out entries the tool gets partly wrong (none now). Earlier gaps, for the record:
+#   round 3: mha_key_padding_all_masked (origin at baddbmm: a -inf mask carried through its added term,
+#     now inherited, so the origin is the softmax over the fully masked row) and hf_token_labels_all_ignored
+#     (the loss ran inside transformers, called by nandoctor: the origin now names the line that made the
+#     labels the loss read, `user_source_batch`); onecycle_huge_peak (issue 19: the vanishing gradients the
+#     dead ReLUs leave are a symptom nested under high-lr).
+#   round 4 (issue 19, first contact, corpus4-gaps.md): adam_bias_correction_step0 (unstable-op in the
+#     optimizer phase) and fp16_regression_large_target (a 16-bit cause that a finite float32 run proves).
+KNOWN_GAPS: set[str] = set()
 
 
 @pytest.mark.parametrize("entry", ENTRIES, ids=ids(ENTRIES))
@@ -141,3 +136,13 @@ def test_nonfinite_or_crashed_run_never_passes(entry):
     if broken:
         assert doc["verdict"] == "fail", f"runs {broken} went non-finite or crashed, verdict {doc['verdict']}"
         assert doc["exit_code"] != 0
+
+
+@pytest.mark.parametrize("entry", ENTRIES, ids=ids(ENTRIES))
+def test_no_fix_contradicts_its_own_experiments(entry):
+    """Issue 19: no report carries a fix proposing what an experiment of the same report tried and
+    that still failed (see corpus_score.fix_contradictions). It reads the scan the test above made:
+    entries with `experiments: true` ran them; for the others the check holds trivially, and
+    tests/test_findings.py scans six more with the experiments on (the bench: every entry, --experiments on)."""
+    doc = scanned(entry)
+    assert not fix_contradictions(doc), fix_contradictions(doc)

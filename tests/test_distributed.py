@@ -39,12 +39,18 @@ JOBS = {
     # batch of step 3: Accelerate hands out batches of 4 in turn).
     "lightning": (SCRIPTS / "train_lightning.py", {"BAD": "forward:0:2", "STEPS": "6"}),
     "transformers": (SCRIPTS / "train_hf.py", {"BAD_INDEX": "29", "STEPS": "6"}),
+    # Lightning's ModelParallelStrategy (FSDP2's fully_shard in configure_model): a NaN born in
+    # `head` on rank 0 at step 2. And `nandoctor run` of a plain FSDP2 loop with no nandoctor in
+    # it: x < -8 in rank 1's batch of step 2.
+    "lightning_fsdp2": (SCRIPTS / "train_lightning.py", {"BAD": "forward:0:2", "STEPS": "5", "STRATEGY": "fsdp2"}),
+    "run_fsdp2": (("-m", "nandoctor", "run", "--format", "json", "-o", "report.json", str(SCRIPTS / "plain_fsdp2.py")),
+                  {}),
     # check_every=4: rank 1's NaN batch at step 3 reaches rank 0 through the weights before the
     # check at step 4; then rank 1 wedges after its backward: rank 0's flag exchange times out
     # after 5 s instead of hanging.
     "wedged": (TRAIN, {"RUNS": "ddp:batch:1:3:12:4;ddp:hang:1:2:8", "DIST_TIMEOUT": "5"}),
     # Issue 21: on_nonfinite="rollback" survives a NaN sample (21: rank 1's batch of step 2); then
-    # on_spike="skip" with a loss spike on rank 1 alone.
+    # on_spike="skip" with a loss spike on rank 1 alone; then the first run again under FSDP2.
     "rollback": (SCRIPTS / "train_rollback.py", {"BAD": "21"}),
 }
 
@@ -61,7 +67,7 @@ def _launcher() -> list[str]:
 
 
 class Job:
-    def __init__(self, name: str, script: Path, env: dict[str, str], out: Path):
+    def __init__(self, name: str, script: Path | tuple[str, ...], env: dict[str, str], out: Path):
         self.name, self.out = name, out
         out.mkdir(parents=True)
         port = _free_port()
@@ -69,8 +75,10 @@ class Job:
                     "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep)}
         self.log = open(out.parent / f"{name}.log", "w+")
         self.began = time.monotonic()
-        self.proc = subprocess.Popen([*_launcher(), "--nproc_per_node=2", f"--master_port={port}", str(script)],
-                                     env=full_env, stdout=self.log, stderr=subprocess.STDOUT, start_new_session=True)
+        command = [str(script)] if isinstance(script, Path) else list(script)     # a script, or `-m module args`
+        self.proc = subprocess.Popen([*_launcher(), "--nproc_per_node=2", f"--master_port={port}", *command],
+                                     env=full_env, stdout=self.log, stderr=subprocess.STDOUT, start_new_session=True,
+                                     cwd=out)
         self.returncode: int | None = None
         self.seconds = 0.0
         self.output = ""
@@ -214,6 +222,33 @@ def test_transformers_ddp_callback_names_the_origin_rank_and_replays_it(jobs: di
     assert (origin["step"], origin["phase"]) == (3, "data") and "inputs_embeds" in origin["tensor"]
 
 
+def test_lightning_fsdp2_callback_names_the_origin_rank_and_replays_it_from_both_shards(jobs: dict[str, Job]) -> None:
+    job = jobs["lightning_fsdp2"]
+    _assert_stopped_together(job, step=2)
+    dist = _top_manifest(job.bundle())["detail"]["distributed"]
+    assert (dist["kind"], dist["local_check"]) == ("fsdp2", "fsdp2-reduce-scatter")
+    assert (dist["origin_ranks"], dist["contaminated_ranks"]) == ([0], [1])
+    doc = _replay(job.bundle(), "--trust", model=False)
+    origin = doc["first_nonfinite"]
+    assert doc["bundle"]["distributed"]["rank"] == 0 and doc["bundle"]["distributed"]["consolidated_from"] == [0, 1]
+    assert (origin["step"], origin["phase"], origin["module"], origin["op"]) == (2, "forward", "net.head", "aten.log.default")
+    assert origin["source"].endswith(f"model.py:{LOG_LINE}")
+
+
+def test_nandoctor_run_of_a_plain_fsdp2_loop_names_the_origin_rank_and_line(jobs: dict[str, Job]) -> None:
+    job = jobs["run_fsdp2"]
+    job.check_finished()
+    assert job.returncode == 1, job.output[-3000:]
+    assert "rank 0 of 2: stopped at step 2; the NaN/Inf was born on rank 1" in job.output
+    doc = json.loads((job.out / "report.json").read_text())            # written by the origin rank only
+    assert doc["script"]["ranks"]["rank"] == 1 and doc["script"]["ranks"]["origin_ranks"] == [1]
+    origin = doc["first_nonfinite"]
+    assert (origin["step"], origin["phase"], origin["module"], origin["op"]) == (2, "forward", "head", "aten.log.default")
+    assert origin["user_source"].endswith(f"model.py:{LOG_LINE}") and doc["causes"][0]["id"] == "unstable-op"
+    assert sorted(p.name for p in (job.out / doc["script"]["bundle"]).iterdir() if p.name.startswith("rank-")) == \
+        ["rank-0", "rank-1"]
+
+
 def test_postmortem_of_an_fsdp2_dcp_checkpoint_names_the_shard_and_rank(jobs: dict[str, Job]) -> None:
     job = jobs["fsdp2"]
     checkpoint = job.out / "run-0-checkpoint"
@@ -283,3 +318,12 @@ def test_rollback_survives_a_bad_sample_and_every_rank_skips_the_same_steps(jobs
     assert spiked[0]["skipped"] == spiked[1]["skipped"] == [12] and spiked[0]["checksum"] == spiked[1]["checksum"]
     [entry] = json.loads((job.out / "spike" / "skip_list.json").read_text())["entries"]
     assert (entry["step"], entry["policy"], entry["check"]) == (12, "skip", "spike") and "loss" in entry["reason"]
+    # The same stream with the model sharded by FSDP2: each rank puts back its own shards and their
+    # optimizer state, and the run ends where the DDP run ended (same steps, same full weights).
+    sharded = [json.loads((job.out / "fsdp2" / f"rank-{r}.json").read_text()) for r in (0, 1)]
+    assert sharded[0]["rolled_back"] == sharded[1]["rolled_back"] == [2]
+    assert sharded[0]["skipped"] == sharded[1]["skipped"] == [2] and sharded[0]["steps"] == 8
+    assert sharded[0]["checksum"] == pytest.approx(ranks[0]["checksum"], rel=1e-5)
+    assert [r["loss"] for r in sharded] == pytest.approx([r["loss"] for r in ranks], rel=1e-5)
+    [entry] = json.loads((job.out / "fsdp2" / "skip_list.json").read_text())["entries"]
+    assert (entry["step"], entry["policy"], entry["samples"]) == (2, "rollback", [21])

@@ -290,3 +290,96 @@ def test_one_origin_in_several_precisions_is_one_finding_naming_them():
     assert len(unexplained) == 1 and unexplained[0].precisions == ["32-true", "bf16-mixed"], [f.title for f in findings]
     assert "bf16-mixed at step 3" in unexplained[0].title
     assert not any("None" in line for f in findings for line in [f.title, f.fix, *f.evidence])
+
+
+# ---- a lower learning rate that only delays the failure confirms nothing ------------------------------
+
+# A log-variance the loss pushes down by 10 x lr every step (its task has no labels: loss 0): exp(-s)
+# overflows at step 9 with lr 1, at step 89 with lr 0.1. A lower lr slows the drift; it fixes nothing.
+LOG_VARIANCE_DRIFT = '''
+import torch
+from torch import nn
+
+
+class Weighted(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.fc = nn.Linear(4, 1)
+        self.log_var = nn.Parameter(torch.zeros(()))
+
+    def forward(self, x):
+        return self.fc(x), self.log_var
+
+
+def build_model():
+    return Weighted()
+
+
+def get_batch(step):
+    x = torch.randn(16, 4)
+    return x, x.sum(dim=1, keepdim=True)
+
+
+def loss_fn(outputs, y):
+    pred, log_var = outputs
+    unlabelled = torch.zeros(())
+    return ((pred - y) ** 2).mean() + torch.exp(-log_var) * unlabelled + 10 * log_var
+
+
+def build_optimizer(params):
+    return torch.optim.SGD(params, lr=1.0)
+'''
+
+
+def test_a_lower_lr_that_only_delays_a_drift_refutes_high_lr_instead_of_confirming_it(tmp_path):
+    """Bug (uncertainty_weight_collapse, policy_log_std_collapse with experiments on): lr / 10 and
+    lr / 100 stayed finite over the planned horizon, which a failure delayed 10x never reaches, and
+    confirmed high-lr over the op that overflows. The lr / 10 run now goes on to where a delayed
+    failure would come, and a finite run shorter than that failure is no confirmation."""
+    doc = nandoctor.scan(write(tmp_path, LOG_VARIANCE_DRIFT), precisions=["32-true"], steps=12).to_dict()
+    assert doc["first_nonfinite"]["step"] == 9
+    lower = {e["change"]["lr_scale"]: e for e in doc["experiments"] if e["id"] == "lower-lr"}
+    assert lower[0.1]["outcome"] == "nonfinite" and lower[0.1]["first_bad_step"] > 60, lower[0.1]
+    assert lower[0.01]["outcome"] == "finite" and lower[0.01]["steps_run"] < lower[0.1]["steps_run"]
+    assert doc["causes"][0]["id"] == "unstable-op", [(c["id"], c["confirmed"]) for c in doc["causes"]]
+    high = [c for c in doc["causes"] if c["id"] == "high-lr"]
+    assert not high or high[0]["confirmed"] is False, high
+    assert not high or any(x.startswith("neutral: lr") and "delayed" in x for x in high[0]["experiments"]), high
+
+
+def test_a_lower_lr_finite_over_the_longer_horizon_still_confirms_high_lr():
+    runs = diverging("32-true", 6)
+    experiments = [ExperimentResult(id="lower-lr", label="lr 1e+01 -> 1e+00", precision="32-true", steps_run=88,
+                                    outcome="finite", change={"lr_scale": 0.1}),
+                   ExperimentResult(id="lower-lr", label="lr 1e+01 -> 1e-01", precision="32-true", steps_run=11,
+                                    outcome="finite", change={"lr_scale": 0.01})]
+    top = diagnose(trace_of(runs, experiments=experiments))[0]
+    assert top.id == "high-lr" and top.confirmed is True, (top.id, top.experiments)
+    assert "to 1e+00 (re-trained with it, the run stayed finite)" in top.fix, top.fix
+
+
+def test_a_symptom_whose_clipping_was_confirmed_stays_under_the_divergence_that_shows_it():
+    """Bug (poly_lr_negative with experiments on): clipping kept a run ascending a negative lr finite
+    over the horizon, so the confirmed exploding-activations led over the schedule bug."""
+    experiments = [ExperimentResult(id="clip-grad", label="gradients clipped at norm 1.0", precision="32-true",
+                                    steps_run=12, outcome="finite", change={"grad_clip": 1.0})]
+    findings = diagnose(trace_of(diverging("32-true", 6), experiments=experiments))
+    clipped = [f for f in findings if f.id in ("exploding-gradients", "exploding-activations") and f.confirmed]
+    assert clipped, [(f.id, f.confirmed) for f in findings]
+    assert findings[0].id == "high-lr", [(f.id, f.confirmed, f.symptom_of) for f in findings]
+    assert all(f.symptom_of == "high-lr" for f in clipped)
+
+
+def test_a_dtype_experiment_of_a_mixed_run_leaves_the_batch_alone_before_its_step():
+    """Bug (fp16_regression_large_target with experiments on): the bf16 re-run of step 50 cast the batch
+    to the autocast float16 from step 0, made the 9e4 targets inf there, and refuted fp16-overflow."""
+    import sys
+    import yaml
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
+    from corpus_score import CORPUS, scan_kwargs
+    entry = next(e for e in yaml.safe_load((CORPUS / "expected.yaml").read_text())
+                 if e["file"] == "fp16_regression_large_target.py")
+    doc = nandoctor.scan(CORPUS / entry["file"], **scan_kwargs(entry, experiments=True)).to_dict()
+    rerun = [e for e in doc["experiments"] if e["id"] == "step-bf16"]
+    assert rerun and rerun[0]["outcome"] == "finite", rerun
+    assert doc["causes"][0]["id"] == "fp16-overflow", [(c["id"], c["confirmed"]) for c in doc["causes"]]

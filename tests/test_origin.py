@@ -309,3 +309,45 @@ def build_scheduler(optimizer):
     top = report.causes[0]
     assert top.id == "high-lr" and top.source is not None and top.source.line == division
     assert "Inf" in top.title
+
+
+ATTENTION_BIAS = COMMON + """
+class Attend(nn.Module):
+    def __init__(self, scale):
+        super().__init__()
+        self.q = nn.Linear(6, 6)
+        self.scale = scale
+
+    def forward(self, x):
+        q = self.q(x).view(2, 4, 6) * self.scale
+        bias = torch.zeros(2, 1, 4)
+        bias = bias.masked_fill(torch.tensor([True, False]).view(2, 1, 1), float("-inf"))
+        scores = torch.baddbmm(bias, q, q.abs().transpose(1, 2))
+        return torch.softmax(scores, dim=-1).reshape(8, 4)
+
+def build_model():
+    return Attend(SCALE)
+
+def loss_fn(p, y):
+    return p.square().mean()
+"""
+
+
+def test_a_mask_added_as_the_bias_of_baddbmm_is_carried_to_the_softmax_that_makes_nan(model_file):
+    """Bug: baddbmm(mask, q, k) was named the origin because it accumulates; the -inf of its output
+    sits exactly where the added mask held it, so it is inherited, and the birth is the softmax over
+    the fully masked rows (pytorch issue 40932, nn.MultiheadAttention with key_padding_mask)."""
+    path = model_file(ATTENTION_BIAS.replace("SCALE", "1.0"))
+    event = origin(path)
+    assert event["op"] == "aten._softmax.default" and event["kind"] == "nan", event["op"]
+    assert where(event["source"]) == line_of(path, "torch.softmax(scores")
+    assert event["masked_input"] is True
+    assert where(event["mask_source"]["source"]) == line_of(path, "bias.masked_fill")
+
+
+def test_baddbmm_that_overflows_beside_a_mask_is_the_birth(model_file):
+    """The product itself overflows at positions the mask left finite: a new infinity, born there."""
+    path = model_file(ATTENTION_BIAS.replace("SCALE", "1e30"))
+    event = origin(path)
+    assert event["op"] == "aten.baddbmm.default", event["op"]
+    assert where(event["source"]) == line_of(path, "torch.baddbmm(bias")

@@ -210,7 +210,10 @@ STREAM_SCRIPT = Path(__file__).parent / "scripts" / "stream_with_bad_batch.py"
 
 def test_nandoctor_run_rollback_survives_the_bad_batch_and_reports_the_samples(tmp_path):
     out = tmp_path / "bundles"
-    result = run_cli("run", "--on-nonfinite", "rollback", "--rollback-every", "2", "--out", out, "--format", "json",
+    # The policy from the config's `policies` section, its copy interval from the flag (flags win).
+    config = tmp_path / "nandoctor.yaml"
+    config.write_text("policies:\n  on_nonfinite: rollback\n  rollback: {every: 7, budget: 3}\n")
+    result = run_cli("run", "-c", config, "--rollback-every", "2", "--out", out, "--format", "json",
                      "--no-experiments", STREAM_SCRIPT)
     doc = json.loads(result.stdout)
     jsonschema.validate(json.loads(json.dumps(doc, allow_nan=False)), SCHEMA)
@@ -224,6 +227,9 @@ def test_nandoctor_run_rollback_survives_the_bad_batch_and_reports_the_samples(t
 
     bad = run_cli("run", "--on-nonfinite", "retry", STREAM_SCRIPT)
     assert bad.exit_code == 2 and "stop, skip, rollback" in bad.stderr
+    config.write_text("policies:\n  on_spike: retry\n")
+    bad = run_cli("run", "-c", config, STREAM_SCRIPT)
+    assert bad.exit_code == 2 and "policies.on_spike" in bad.stderr and "Traceback" not in bad.stderr
     # A spike policy alone keeps the default for NaN/Inf: the script is stopped and reported.
     stopped = run_cli("run", "--on-spike", "skip", "--out", tmp_path / "spike", "--format", "json", "--no-experiments",
                       STREAM_SCRIPT)

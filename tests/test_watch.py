@@ -1,6 +1,7 @@
 """`nandoctor.watch` in a plain training loop: checks, policies, bundles, hooks, statistics."""
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import threading
@@ -375,3 +376,85 @@ def test_history_carries_param_norm_and_update_ratio(tmp_path):
     assert all(e["param_norm"] > 0 for e in entries[:-1])
     assert [e["step"] for e in entries if "update_ratio" in e] == [0, 2, 4]
     assert all(0 < e["update_ratio"] < 1 for e in entries if "update_ratio" in e)
+
+
+# ---- the per-step checks are exact (witnesses, grouped norms) ----------------------------------------
+
+def _stacked_model():
+    torch.manual_seed(0)
+    # 12 same-shaped layers: their weights and biases are normed as stacks (stats.GroupedNorms)
+    return nn.Sequential(nn.Linear(4, 6), *[m for _ in range(12) for m in (nn.Linear(6, 6), nn.Tanh())], nn.Linear(6, 3))
+
+
+def test_huge_finite_values_pass_and_one_inf_in_the_batch_fires(tmp_path):
+    """A batch is checked by a float64 sum (stats.nonfinite_witness): finite values near float32's
+    and float64's limits, whose plain sums overflow, never fire; a single Inf does."""
+    model = _stacked_model()
+    opt = torch.optim.SGD(model.parameters(), lr=1e-2)
+    watch = nandoctor.watch(model, opt, out=tmp_path, stats_every=0)
+    side = {"f32": torch.full((64,), 3e38), "f64": torch.full((64,), 1e308, dtype=torch.float64),
+            "f16": torch.full((64,), 6e4, dtype=torch.float16)}
+    for step in range(4):
+        x, y = batch_for(step)
+        if step == 3:
+            side["f32"][7] = float("inf")
+        with pytest.raises(nandoctor.NonFiniteError) if step == 3 else contextlib.nullcontext() as caught:
+            with watch.step((x, y, side)):
+                watch.loss(nn.functional.cross_entropy(model(x), y)).backward()
+                opt.step()
+                opt.zero_grad()
+    assert caught.value.step == 3 and read_bundle(caught.value.bundle).manifest.check == "batch"
+
+
+def test_history_norms_equal_torchs_and_a_nan_in_one_stacked_weight_is_named(tmp_path):
+    model = _stacked_model()
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-2)
+    steps = []
+
+    def optimizer_goes_wrong(*_):          # registered first: runs before the watch's own post-hook
+        if len(steps) == 3:
+            with torch.no_grad():
+                model[15].weight[2, 1] = float("nan")     # the 8th of 12 stacked weights
+    opt.register_step_post_hook(optimizer_goes_wrong)
+    watch = nandoctor.watch(model, opt, out=tmp_path, stats_every=0)
+    grad_norms, param_norms = [], []
+    with pytest.raises(nandoctor.NonFiniteError) as caught:
+        for step in range(6):
+            x, y = batch_for(step)
+            with watch.step((x, y)):
+                watch.loss(nn.functional.cross_entropy(model(x), y)).backward()
+                grad_norms.append(float(torch.nn.utils.get_total_norm([p.grad for p in model.parameters()])))
+                opt.step()
+                opt.zero_grad()
+                param_norms.append(float(torch.nn.utils.get_total_norm(list(model.parameters()))))
+            steps.append(step)
+    history = list(watch.history)
+    assert [h["grad_norm"] for h in history] == pytest.approx(grad_norms[:4], rel=1e-5)
+    assert [h["param_norm"] for h in history[:3]] == pytest.approx(param_norms[:3], rel=1e-5)
+    # checked at the next step's sync, before its optimizer step uses the weights
+    assert caught.value.step == 3 and "15.weight" in caught.value.what and "15.bias" not in caught.value.what
+
+
+def test_numpy_rng_of_a_step_is_its_state_even_when_unchanged_or_a_gaussian_is_cached(tmp_path):
+    """numpy's global state is re-read only when its words moved; a cached Gaussian (consumed
+    without moving them) must not be missed: the bundle holds the state the failing step began with."""
+    np = pytest.importorskip("numpy")
+    model, opt = fresh()
+    watch = nandoctor.watch(model, opt, out=tmp_path, stats_every=0)
+    np.random.seed(0)
+    began = []
+    with pytest.raises(nandoctor.NonFiniteError) as caught:
+        for step in range(6):
+            began.append(np.random.get_state())
+            x, y = batch_for(step, bad_step=5)
+            if step in (2, 4):
+                np.random.randn()          # step 3 begins with a cached Gaussian, step 5 after using it
+            with watch.step((x, y)):
+                watch.loss(nn.functional.cross_entropy(model(x), y)).backward()
+                opt.step()
+                opt.zero_grad()
+    bundle = read_bundle(caught.value.bundle)
+    saved = bundle.manifest.rng["numpy"]
+    expected = began[5]
+    assert saved["pos"] == expected[2] and saved["has_gauss"] == expected[3] == 0
+    assert bundle.rng_tensors()["numpy"].tolist() == expected[1].astype("int64").tolist()

@@ -6,6 +6,7 @@ from typing import Optional
 
 from ..trace import PostmortemTrace, Trace
 from ..trace.thresholds import DEFAULT_THRESHOLDS
+from .facts import failed_later
 from .finding import ExperimentRequest, Finding, Severity
 from .ranking import rank
 from .registry import RULES, get_rule, rule_ids
@@ -70,12 +71,21 @@ def _apply_experiments(rule: Rule, finding: Finding, trace: Trace) -> None:
                 and e.outcome in ("finite", "nonfinite")]
     if not outcomes:
         return
-    confirming = [e for e in outcomes if e.outcome == rule.experiments[e.id]]
+    cut_short = {id(e): later for e in outcomes if (later := failed_later(e, outcomes)) is not None}
+    confirming = [e for e in outcomes if e.outcome == rule.experiments[e.id] and id(e) not in cut_short]
     for e in outcomes:
-        verdict = "confirms" if e in confirming else ("neutral" if e.id in rule.confirm_only else "refutes")
+        verdict = ("confirms" if e in confirming else "neutral" if e.id in rule.confirm_only or id(e) in cut_short
+                   else "refutes")
         result = (f"all {e.steps_run} steps stay finite" if e.outcome == "finite"
                   else f"still non-finite at step {e.first_bad_step}")
+        if id(e) in cut_short:
+            later = cut_short[id(e)]
+            result += (f", fewer steps than '{later.label}' needed to fail (step {later.first_bad_step}): "
+                       "the failure may only be delayed past this horizon")
         finding.experiments.append(f"{verdict}: {e.label} ({e.precision}): {result} [{e.seconds:.1f}s]")
+    outcomes = [e for e in outcomes if id(e) not in cut_short]
+    if not outcomes:
+        return
     if confirming:
         finding.confirmed = True
         finding.confidence = min(0.99, finding.confidence + 0.2)

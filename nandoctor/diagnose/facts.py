@@ -51,6 +51,8 @@ def where(event: NonfiniteEvent) -> Optional[SourceLocation]:
     """The user's own line for this event: where a finding points and a fix applies. None when
     the op ran only in library code (a Hugging Face model's loss called by nandoctor or a trainer):
     `event.source` then names that library line, which is detail, never the place to fix."""
+    if event.user_source_batch is not None:    # the line that made the batch, not where the op ran
+        return user_line(event.source)
     return user_line(event.user_source) or user_line(event.source)
 
 
@@ -88,6 +90,16 @@ def refuted(trace: Trace, experiment_id: str, precisions: Optional[Iterable[str]
     wanted = set(precisions) if precisions is not None else None
     return next((e for e in trace.experiments if e.id == experiment_id and e.outcome == "nonfinite"
                  and (wanted is None or e.precision in wanted)), None)
+
+
+def failed_later(result: ExperimentResult, results: list[ExperimentResult]) -> Optional[ExperimentResult]:
+    """A variant of the same experiment that stayed finite through every step `result` ran and
+    went non-finite only after them (lr / 10 failing at step 330 beside lr / 100 finite for 40
+    steps): then `result`'s finite run is too short to tell a fix from a delayed failure."""
+    if result.outcome != "finite":
+        return None
+    return next((e for e in results if e is not result and e.id == result.id and e.precision == result.precision
+                 and e.outcome == "nonfinite" and e.steps_run > result.steps_run), None)
 
 
 def median(values: list[float]) -> Optional[float]:

@@ -6,9 +6,10 @@ before info. Within a severity, causes that explain where the first non-finite v
 come before downstream symptoms; among those, upstream causes first (NaN data explains every
 NaN after it; bad labels, data scale or the init explain a divergence better than the learning
 rate; a divergence the watched run's history shows began before the failing step explains the
-op that finally overflowed), then causes an experiment confirmed (a confirmed `high-lr`
-outranks the `exploding-gradients` it produces), then specific mechanisms before symptoms and
-the fallback, then confidence.
+op that finally overflowed), then a cause that makes the run diverge before the symptoms it
+shows even when an experiment confirmed the symptom's fix (clipping), then causes an experiment
+confirmed (a confirmed `high-lr` outranks the `exploding-gradients` it produces), then specific
+mechanisms before symptoms and the fallback, then confidence.
 
 Then the symptoms hang under their root: how a divergence shows (exploding activations or
 gradients, weights that blow up, a collapsing loss scale, gradients that vanish on the dead
@@ -60,13 +61,21 @@ def _proven_precision(finding: Finding, wide_unhealthy: bool) -> bool:
             and not wide_unhealthy)
 
 
-def _key(finding: Finding, wide_unhealthy: bool = False) -> tuple:
+def _divergence_root_present(findings: list[Finding]) -> bool:
+    """An unrefuted cause that makes a whole run diverge explains the origin."""
+    return any(f.id in DIVERGENCE_ROOTS and f.explains_origin and f.confirmed is not False for f in findings)
+
+
+def _key(finding: Finding, wide_unhealthy: bool = False, root_present: bool = False) -> tuple:
     tier = _tier(finding, wide_unhealthy)
     upstream = tier if finding.explains_origin and tier <= UPSTREAM else UPSTREAM + 1
     confirmed = {True: 0, None: 1, False: 2}[finding.confirmed]
     proven_precision = _proven_precision(finding, wide_unhealthy)
+    # A symptom whose own fix was confirmed (clipping keeps a run that ascends a negative lr
+    # finite over the horizon, by slowing it) still shows the divergence; it never leads the cause.
+    shown_symptom = root_present and finding.id in SYMPTOMS
     return (finding.confirmed is False, Severity(finding.severity).rank, not finding.explains_origin,
-            not proven_precision, upstream, confirmed, tier, -finding.confidence)
+            not proven_precision, upstream, shown_symptom, confirmed, tier, -finding.confidence)
 
 
 def _reason(finding: Finding, first: Finding | None, wide_unhealthy: bool = False) -> str:
@@ -104,7 +113,8 @@ def rank(findings: list[Finding]) -> list[Finding]:
     """Sort the findings, mark the leading cause's symptoms (`symptom_of`, placed after every
     root) and fill each one's `rank_reason`."""
     wide_unhealthy = _wide_precision_unhealthy(findings)
-    ordered = sorted(findings, key=lambda f: _key(f, wide_unhealthy))
+    root_present = _divergence_root_present(findings)
+    ordered = sorted(findings, key=lambda f: _key(f, wide_unhealthy, root_present))
     first = ordered[0] if ordered else None
     for finding in ordered:
         finding.symptom_of = None

@@ -45,6 +45,10 @@ DEFAULTS: dict[str, Any] = {
     "thresholds": dict(DEFAULT_THRESHOLDS),
     "spikes": dict(SPIKE_DEFAULTS),
     "early_warnings": dict(EARLY_WARNING_DEFAULTS),
+    # what `nandoctor run` does on a non-finite step or a spike (its --on-nonfinite, --on-spike and
+    # --rollback-* flags override these); the watch and the callbacks take the same as arguments
+    "policies": {"on_nonfinite": "stop", "on_spike": "warn",
+                 "rollback": {"every": 50, "keep": 2, "budget": 3, "back": 0, "to": "cpu"}},
 }
 
 
@@ -230,6 +234,13 @@ TOP_LEVEL: dict[str, Callable[[str, Any], Any]] = {
                                 "samples": lambda k, v: _int(k, v, minimum=2),
                                 **{name: _number for name in EARLY_WARNING_DEFAULTS
                                    if name not in ("enabled", "every", "samples")}}),
+    "policies": _section({"on_nonfinite": _choice(("stop", "skip", "rollback")),
+                          "on_spike": _choice(("warn", "skip", "rollback")),
+                          "rollback": _section({"every": lambda k, v: _int(k, v, minimum=1),
+                                                "keep": lambda k, v: _int(k, v, minimum=1),
+                                                "budget": lambda k, v: _int(k, v, minimum=0),
+                                                "back": lambda k, v: _int(k, v, minimum=0),
+                                                "to": _choice(("cpu", "disk"))})}),
 }
 
 

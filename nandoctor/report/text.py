@@ -40,7 +40,8 @@ def origin_sentence(event: Optional[dict[str, Any]]) -> str:
     if event.get("tensor"):
         parts.append(f"tensor {event['tensor']} ({event.get('count')} elements)")
     if where:
-        parts.append(f"at {where}")
+        made = event.get("user_source_batch")
+        parts.append(f"at {where}" + (f" (the line that made {made}, which the op read)" if made else ""))
     return ", ".join(parts)
 
 

@@ -5,6 +5,7 @@ same TrainingSession.run_step as the scan, unrecorded, stopped at the first fail
 """
 from __future__ import annotations
 
+import math
 import time
 from typing import Any, Callable, Optional
 
@@ -22,6 +23,15 @@ from .user_code import UserCodeFailed
 # How many steps past the failing step an experiment runs (a fix that only delays the
 # failure by a step or two is not a fix).
 EXTRA_STEPS = 5
+# A lower learning rate that only slows a drift (a loss unbounded below along one direction: a
+# log-variance or log-std pushed down by the same amount every step) delays the failure in
+# proportion: lr / k fails about k times later, a step the planned horizon rarely reaches, where
+# the run would look finite and "confirm" the lower lr. A lower-lr variant therefore runs on to
+# DELAY_MARGIN x k x (the steps to the failure), so a delay shows as a later failure, when that is
+# at most DELAY_CAP times the planned steps and within EXTENSION_SHARE of the budget left.
+DELAY_MARGIN = 1.25
+DELAY_CAP = 20
+EXTENSION_SHARE = 0.5
 
 
 def _variants(request: ExperimentRequest, lr: Optional[float]) -> list[tuple[str, Overrides, int, dict]]:
@@ -48,6 +58,15 @@ def _variants(request: ExperimentRequest, lr: Optional[float]) -> list[tuple[str
     return []
 
 
+def _delay_horizon(change: dict[str, Any], failing_step: int, start_step: int, planned: int) -> int:
+    """The last step a lower-lr variant runs to: where a failure it only delayed would come."""
+    scale = change.get("lr_scale")
+    if not scale or scale >= 1:
+        return planned
+    delayed = start_step + math.ceil(DELAY_MARGIN * (failing_step - start_step + 1) / scale) - 1
+    return delayed if delayed - start_step + 1 <= DELAY_CAP * (planned - start_step + 1) else planned
+
+
 def run_experiments(requests: list[ExperimentRequest], model_file: ModelFile, config: dict[str, Any],
                     device: torch.device, budget_seconds: float, start_step: int = 0,
                     initial_state: Optional[Callable] = None) -> list[ExperimentResult]:
@@ -72,6 +91,10 @@ def _run_one(result: ExperimentResult, overrides: Overrides, request: Experiment
     last = max(request.step + EXTRA_STEPS, start_step + config["steps"] - 1)
     if request.id.startswith("step-"):
         last = request.step + 1   # a dtype change answers about this step, not the run
+    planned = last
+    last = max(last, _delay_horizon(result.change, request.step, start_step, planned))
+    # The steps past the planned horizon use at most this share of the budget left.
+    extension_ends = time.monotonic() + EXTENSION_SHARE * min(deadline.left(), 1e9)
     result.steps_planned = last - start_step + 1
     precision: Precision = parse_precision(request.precision)
     try:
@@ -80,6 +103,11 @@ def _run_one(result: ExperimentResult, overrides: Overrides, request: Experiment
         for step in range(start_step, last + 1):
             if deadline.expired:
                 result.outcome, result.note = "timeout", "the experiment budget ran out"
+                break
+            if step > planned and time.monotonic() >= extension_ends:
+                result.note = (f"finite through step {step - 1}; the run past step {planned}, to where a failure "
+                               f"only delayed by the lower learning rate would come (step {last}), ran out of its "
+                               "share of the budget")
                 break
             step_result = session.run_step(step)
             result.steps_run += 1

@@ -65,6 +65,19 @@ _ACCUMULATING = frozenset({
     "nll_loss_forward", "nll_loss2d_forward", "binary_cross_entropy", "mse_loss", "l1_loss",
     "smooth_l1_loss", "huber_loss", "kl_div", "logsumexp", "special_logsumexp",
 })
+# Accumulating ops with a term added element by element (broadcast) to the accumulated result:
+# `baddbmm(bias, q, k)` is `bias + q @ k`. An infinity of the result that sits where that term
+# already held the same infinity was inherited from it (an attention mask used as the bias of the
+# scores), not made by the accumulation. Op base name -> positional index of that term.
+_ADDED_TERM = {"addmm": 0, "baddbmm": 0, "addbmm": 0, "addmv": 0, "linear": 2}
+# Ops that move, copy or rearrange values without computing new ones: their output is still the
+# batch tensor they read (a library's `pad(labels, ...)[..., 1:].contiguous()` is the user's labels).
+_DATA_MOVEMENT = frozenset({
+    "clone", "contiguous", "_to_copy", "copy_", "constant_pad_nd", "pad", "cat", "stack", "index", "index_select",
+    "gather", "masked_select", "roll", "flip", "repeat", "view", "_unsafe_view", "reshape", "slice", "select",
+    "expand", "permute", "transpose", "t", "squeeze", "unsqueeze", "flatten", "narrow", "alias", "detach",
+    "split", "split_with_sizes", "chunk", "unbind", "lift_fresh", "lift_fresh_copy",
+})
 # Dunder methods of Tensor and the aten op they dispatch to, for "did this op run inside a
 # decomposition of the call?".
 _DUNDER_OPS = {"__add__": "add", "__radd__": "add", "__iadd__": "add", "__sub__": "sub", "__rsub__": "rsub",
@@ -138,6 +151,7 @@ class _Root:
     entered_input: Optional[int] = None
     entered_rows: list[int] = field(default_factory=list)
     entered_ref: Any = None           # weakref to that tensor, for whoever knows where the data came from
+    user_source_batch: Optional[str] = None   # user_source is the line that made this batch tensor
 
     def ref(self) -> OpRef:
         return OpRef(op=self.op, module=self.module, source=self.user_source or self.source)
@@ -176,6 +190,32 @@ def _looks_like_mask(t: torch.Tensor) -> bool:
     return bool(torch.isinf(t).all()) or _only_negative_inf(t)
 
 
+def _inherits_added_term(base: str, args: tuple, bad_outputs: list) -> bool:
+    """Every infinity of the output sits where the op's element-wise added term (see
+    `_ADDED_TERM`), broadcast to the output, held the same infinity: the op carried a mask along."""
+    position = _ADDED_TERM.get(base)
+    if position is None or position >= len(args) or not isinstance(args[position], torch.Tensor):
+        return False
+    term = args[position]
+    if not term.is_floating_point() or len(bad_outputs) != 1:
+        return False
+    out = bad_outputs[0][0]
+    try:
+        term = term.detach().broadcast_to(out.shape)
+    except RuntimeError:
+        return False
+    infinite = torch.isinf(out)
+    return bool((out[infinite] == term[infinite]).all())
+
+
+def _storage_key(t: torch.Tensor) -> Optional[int]:
+    """Shared by a tensor and every view of it (`labels.view(-1)`)."""
+    try:
+        return t.untyped_storage().data_ptr() or None
+    except (RuntimeError, NotImplementedError):
+        return None
+
+
 def _mutated_args(func: Any) -> list[int]:
     schema = getattr(func, "_schema", None)
     if schema is None:
@@ -202,6 +242,7 @@ class OriginTracer(StepProbe):
         self._function = _FunctionShim(self)
         self._function_active = False
         self._recompute_depth = 0              # module calls open in a backward-time recompute
+        self._recompute_entered = False        # the recompute put the function mode on the stack
         self._fast_path: Optional[torch.nn.Module] = None   # the module running with the function mode off
         self.fast_path_modules: list[str] = []   # modules let onto their fused fast path, in call order
         self._suspended = 0
@@ -210,6 +251,8 @@ class OriginTracer(StepProbe):
         # (value, root of the tensor, the op that made the tensor).
         self._conversions: list[tuple[float, _Root, Optional[OpRef]]] = []
         self._state_ids: Optional[set[int]] = None
+        # The failing step's batch tensors by storage: (tensor, the user's line that made it).
+        self._batch_sites: dict[int, tuple[weakref.ref, str, SourceLocation]] = {}
 
     @contextlib.contextmanager
     def suspended(self):
@@ -244,6 +287,30 @@ class OriginTracer(StepProbe):
         # Where the failing step's own batch tensors were made (the recorder notes only the
         # first step's): a label tensor emptied at step 2 names that step's line.
         return True
+
+    def on_batch(self, batch: list) -> None:
+        for name, t, source in batch:
+            key = _storage_key(t)
+            if source is not None and key is not None:
+                self._batch_sites[key] = (weakref.ref(t), name, source)
+
+    def _carry_batch_site(self, tensor_args: list[torch.Tensor], out_tensors: list[torch.Tensor]) -> None:
+        entry = next((e for e in (self._batch_sites.get(_storage_key(t)) for t in tensor_args)
+                      if e is not None and e[0]() is not None), None)
+        if entry is None:
+            return
+        for t in out_tensors:
+            key = _storage_key(t)
+            if key is not None and key not in self._batch_sites:
+                self._batch_sites[key] = (weakref.ref(t), entry[1], entry[2])
+
+    def _batch_line(self, tensor_args: list[torch.Tensor]) -> tuple[Optional[str], Optional[SourceLocation]]:
+        """(name, the user's line that made it) of a batch tensor this op read, itself or a view."""
+        for t in tensor_args:
+            entry = self._batch_sites.get(_storage_key(t))
+            if entry is not None and entry[0]() is not None:
+                return entry[1], entry[2]
+        return None, None
 
     def set_phase(self, phase: Phase) -> None:
         self.phase = phase.value
@@ -284,11 +351,15 @@ class OriginTracer(StepProbe):
             # A module called with gradients on during backward: activation checkpointing
             # recomputing its forward. Reentrant checkpointing backpropagates through this new
             # graph, so its nodes need the tags (module, user line) the first forward's got.
-            if self._recompute_depth == 0 and not self._function_active:
-                self._function.__enter__()
-                self._recompute_depth = 1
-            elif self._recompute_depth:
-                self._recompute_depth += 1
+            # The mode may be off the stack while `_function_active` says on: a backward started
+            # from inside the mode's own handler (`loss.backward()` is a torch function, and
+            # `nandoctor run` switches the phase from within it) runs with torch holding the mode
+            # aside, so what counts is the stack.
+            if self._recompute_depth == 0:
+                self._recompute_entered = not self._function_on_stack()
+                if self._recompute_entered:
+                    self._function.__enter__()
+            self._recompute_depth += 1
 
     def _pop(self, module: torch.nn.Module, args: Any, output: Any) -> None:
         if self._module_stack:
@@ -299,7 +370,8 @@ class OriginTracer(StepProbe):
             return
         if self._recompute_depth:
             self._recompute_depth -= 1
-            if self._recompute_depth == 0:
+            if self._recompute_depth == 0 and self._recompute_entered:
+                self._recompute_entered = False
                 self._function.__exit__(None, None, None)
 
     # ---- forward: tag autograd nodes ----------------------------------------------------------
@@ -352,6 +424,8 @@ class OriginTracer(StepProbe):
             self._remember_conversion(tensor_args, out)
             return out
         out_tensors = [t for t in tree_flatten(out)[0] if isinstance(t, torch.Tensor)]
+        if self._batch_sites and base in _DATA_MOVEMENT:
+            self._carry_batch_site(tensor_args, out_tensors)
         where = self._where()
         for t in out_tensors:
             self._producers[id(t)] = (weakref.ref(t), OpRef(op=op_name, module=where[0], source=where[2] or where[1]))
@@ -413,7 +487,8 @@ class OriginTracer(StepProbe):
             root = self._new_root(**new, intentional=self._deliberate_birth(bad_outputs, tensor_args))
         else:
             known_masks = [m for m in masks if m is not None]
-            if (out_nan and not in_nan) or base in _ACCUMULATING:
+            inherited = not out_nan and _inherits_added_term(base, args, bad_outputs)
+            if (out_nan and not in_nan) or (base in _ACCUMULATING and not inherited):
                 # A mask consumed into NaN (all-masked softmax row, 0 * -inf) or into an unmasked
                 # infinity (a sum over masked log-probabilities): the origin.
                 root = self._new_root(**new, masked=True, mask_roots=known_masks)
@@ -539,6 +614,14 @@ class OriginTracer(StepProbe):
                   masked: bool = False, preexisting: bool = False, intentional: bool = False,
                   mask_roots: Optional[list[_Root]] = None) -> _Root:
         module, source, user, forward_op = where
+        batch_name = None
+        if (user is None and forward_op is None and not intentional and self.phase in (Phase.FORWARD.value, Phase.LOSS.value)
+                and not any(any(_nonfinite(t)) for t in tensor_args)):
+            # No user frame on the stack: nandoctor called an installed package's model (a
+            # Hugging Face model computing its own loss), and this op made the values non-finite
+            # from finite inputs. The user's code that fed it is the batch: the line that made
+            # the batch tensor it read (`labels[:] = -100`).
+            batch_name, user = self._batch_line(tensor_args)
         first_out = bad_outputs[0][0]
         kind = "nan" if any(n for _, n, _ in bad_outputs) else "inf"
         mask_ids = set()
@@ -572,7 +655,7 @@ class OriginTracer(StepProbe):
                      inputs=inputs, output=None if intentional else _summary("output", first_out),
                      producer=producer, target_id=id(target),
                      call=call if call is not None and _inside_decomposition(call, op_name) else None,
-                     mask_source=mask_source)
+                     mask_source=mask_source, user_source_batch=batch_name)
         self.roots.append(root)
         return root
 
@@ -602,7 +685,8 @@ class OriginTracer(StepProbe):
             op=root.op, source=root.source, user_source=root.user_source, forward_op=root.forward_op,
             inputs=root.inputs, output=root.output, producer=root.producer, masked_input=root.masked_input,
             reproduced=True, surfaced_in=surfaced_in, call=root.call, mask_source=root.mask_source,
-            scalar_source=root.scalar_source, dropped_by=root.dropped_by, entered_from=root.entered_from)
+            scalar_source=root.scalar_source, dropped_by=root.dropped_by, entered_from=root.entered_from,
+            user_source_batch=root.user_source_batch)
         if root.phase == Phase.OPTIMIZER.value and optimizer is not None:
             event.parameter, event.state = _name_optimizer_tensor(self.model, optimizer, root.target_id)
         return event

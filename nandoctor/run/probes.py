@@ -52,6 +52,8 @@ class StepProbe:
 
     - `on_phase(phase)`: the step enters a phase (data, forward, loss, backward, optimizer);
     - `wants_batch_sources()`: whether the data phase should record where batch tensors were made;
+    - `on_batch(batch)`: when it did, the batch as the step will use it (on the device):
+      (name, tensor, the user's line that made it or None) per tensor;
     - `after_backward()`: gradients are final (after GradScaler.unscale_, before clipping);
     - `before_optimizer_step()` / `after_optimizer_step()`: around optimizer.step();
     - `finish(loss, grad_scale)`: the step is over; a probe that measures returns its StepFacts;
@@ -63,6 +65,9 @@ class StepProbe:
 
     def wants_batch_sources(self) -> bool:
         return False
+
+    def on_batch(self, batch: list) -> None:
+        pass
 
     def after_backward(self) -> None:
         pass

@@ -75,16 +75,34 @@ class _Batch:
         self.numels: list[int] = []
         self.changed: set[int] = set()              # modules whose tensor changed before its reduction
         self.probes: list[tuple[weakref.ref, int, list[int]]] = []   # first step: (tensor, version, owners)
+        # Tensors reduced at once in their hook (the first step; outputs changed in place after
+        # it): their 0-dim reductions, turned into rows together at the next flush.
+        self.early: list[tuple[torch.Tensor, ...]] = []
 
     def add(self, tensor: torch.Tensor, owners: list[int], now: bool) -> None:
+        if now:
+            if self.pending:
+                self.reduce()           # rows stay in arrival order
+            if self.early and self.early[0][0].device != tensor.device:
+                self._flush_early()
+            self.early.append(stats.row_parts(tensor, self.full))
+            self.row_owners.append(owners)
+            self.numels.append(tensor.numel())
+            return
         self.pending.append(tensor)
         self.versions.append(tensor._version)
         self.owners.append(owners)
         self.bytes += tensor.numel() * tensor.element_size()
-        if now or self.bytes >= stats.BATCH_BYTES:
+        if self.bytes >= stats.BATCH_BYTES:
             self.reduce()
 
+    def _flush_early(self) -> None:
+        if self.early:
+            self.rows.append(stats.parts_to_rows(self.early, self.full))
+            self.early = []
+
     def reduce(self) -> None:
+        self._flush_early()
         if not self.pending:
             return
         keep = [i for i, (t, v) in enumerate(zip(self.pending, self.versions)) if t._version == v]
@@ -212,7 +230,7 @@ class Recorder(FinitenessCheck):
     def _on_forward(self, index: int, module: torch.nn.Module, args: Any, output: Any) -> None:
         if stats.in_functorch_transform() or compiling():   # per-sample rows cannot leave a transform;
             return                                          # a compiled forward's graph gets nothing added
-        if isinstance(output, torch.Tensor):      # the common case, without walking a structure
+        if type(output) is torch.Tensor or isinstance(output, torch.Tensor):   # the common case, no walk
             if not ((output.is_floating_point() or output.is_complex()) and output.numel()):
                 return
             tensors = [output]
@@ -220,21 +238,26 @@ class Recorder(FinitenessCheck):
             tensors = stats.floating_tensors(output)
             if not tensors:
                 return
-        last = self._last_output() if self._last_output is not None else None
-        if len(tensors) == 1 and last is tensors[0] and self._last_owners is not None:
+        last = self._last_output
+        if len(tensors) == 1 and last is not None and last() is tensors[0] and self._last_owners is not None:
             self._last_owners.append(index)
         else:
             eager = self._probing or index in self._eager_act
+            acts = self._acts
             for i, t in enumerate(tensors):
                 owners = [index]
                 if i == 0:
                     self._last_owners = owners
                 # Not detached (one more op per module): the batch is reduced under no_grad.
-                self._acts.add(t, owners, eager and i == len(tensors) - 1)
+                acts.add(t, owners, eager and i == len(tensors) - 1)
                 if self._probing:
-                    self._acts.watch_changes(t, owners)
+                    acts.watch_changes(t, owners)
             self._last_output = weakref.ref(tensors[0]) if len(tensors) == 1 else None
-        if not torch.is_grad_enabled():
+        # Output gradients are recorded on the full steps only: a Python hook per module in
+        # backward costs as much as the forward's whole bookkeeping, and no rule reads them (the
+        # report's per-layer table does). A non-finite gradient is still caught on every step by
+        # the parameters' gradient norms, and its origin op by the replay.
+        if not self._full or not torch.is_grad_enabled():
             return
         target = next((t for t in tensors if t.requires_grad), None)
         if target is None:

@@ -22,6 +22,7 @@ from ..trace import (ErrorCategory, LAYER_FIELDS, PARAM_FIELDS, LayerSeries, Mod
 from . import stats
 from .recorder import Recorder, StepStats
 from .frames import construction_site
+from .heap import frozen_heap
 from .origin import OriginTracer
 from .value_birth import first_nonfinite_line
 from .session import StepResult, TrainingSession
@@ -139,50 +140,52 @@ def run_precision(model_file: ModelFile, config: dict[str, Any], precision: Prec
     session.compile_forward()
     recorder = Recorder(session.model).attach()
     collected: list[StepStats] = []
-    try:
-        for step in range(start_step, start_step + config["steps"]):
-            if deadline.expired:
-                run.status, run.stopped_by = RunStatus.TIMEOUT.value, ErrorCategory.TIME_BUDGET.value
-                run.note = f"--max-seconds ran out after {len(run.steps)} of {config['steps']} steps"
-                break
-            try:
-                result = session.run_step(step, recorder)
-            except ScanTimeout:
-                run.status, run.stopped_by = RunStatus.TIMEOUT.value, ErrorCategory.STEP_INTERRUPTED.value
-                run.stopped_at_step = step
-                run.note = (f"stopped inside step {step}: the step did not return before --max-seconds ran out "
-                            f"({len(run.steps)} of {config['steps']} steps done); a step that hangs is a bug to look at")
-                break
-            except ScanInterrupted:      # Ctrl-C: keep the steps that ran; api.scan reports and exits 130
-                run.status, run.stopped_by = RunStatus.INTERRUPTED.value, ErrorCategory.USER_INTERRUPT.value
-                run.stopped_at_step = step
-                run.note = f"interrupted (Ctrl-C) in step {step}; {len(run.steps)} of {config['steps']} steps ran"
-                break
-            except UserCodeFailed as failed:
-                if _backend_unsupported(run, failed.error):
-                    run.status, run.stopped_by = RunStatus.UNSUPPORTED.value, ErrorCategory.UNSUPPORTED.value
-                    failed.error.category = ErrorCategory.UNSUPPORTED.value
-                    run.note = f"torch on {device.type} cannot run this model in {precision.value}: {failed.error.message}"
-                else:
-                    run.status, run.error = RunStatus.ERROR.value, failed.error
-                break
-            run.steps.append(result.record)
-            if result.stats is not None:
-                collected.append(result.stats)
-            if progress:
-                progress(precision.value, len(run.steps))
-            if result.error is not None:
-                run.status, run.error = RunStatus.ERROR.value, result.error
-                break
-            if result.failure is not None:
-                run.status = RunStatus.NONFINITE.value
-                recorder.detach()
-                run.first_nonfinite = (locate_origin(model_file, config, precision, device, step, start_step,
-                                                     result, initial_state, deadline) if replay
-                                       else unreplayed_event(precision, step, result))
-                break
-    finally:
-        recorder.detach()
+    # The steps make only short-lived objects: collections during them need not walk the rest.
+    with frozen_heap():
+        try:
+            for step in range(start_step, start_step + config["steps"]):
+                if deadline.expired:
+                    run.status, run.stopped_by = RunStatus.TIMEOUT.value, ErrorCategory.TIME_BUDGET.value
+                    run.note = f"--max-seconds ran out after {len(run.steps)} of {config['steps']} steps"
+                    break
+                try:
+                    result = session.run_step(step, recorder)
+                except ScanTimeout:
+                    run.status, run.stopped_by = RunStatus.TIMEOUT.value, ErrorCategory.STEP_INTERRUPTED.value
+                    run.stopped_at_step = step
+                    run.note = (f"stopped inside step {step}: the step did not return before --max-seconds ran out "
+                                f"({len(run.steps)} of {config['steps']} steps done); a step that hangs is a bug to look at")
+                    break
+                except ScanInterrupted:      # Ctrl-C: keep the steps that ran; api.scan reports and exits 130
+                    run.status, run.stopped_by = RunStatus.INTERRUPTED.value, ErrorCategory.USER_INTERRUPT.value
+                    run.stopped_at_step = step
+                    run.note = f"interrupted (Ctrl-C) in step {step}; {len(run.steps)} of {config['steps']} steps ran"
+                    break
+                except UserCodeFailed as failed:
+                    if _backend_unsupported(run, failed.error):
+                        run.status, run.stopped_by = RunStatus.UNSUPPORTED.value, ErrorCategory.UNSUPPORTED.value
+                        failed.error.category = ErrorCategory.UNSUPPORTED.value
+                        run.note = f"torch on {device.type} cannot run this model in {precision.value}: {failed.error.message}"
+                    else:
+                        run.status, run.error = RunStatus.ERROR.value, failed.error
+                    break
+                run.steps.append(result.record)
+                if result.stats is not None:
+                    collected.append(result.stats)
+                if progress:
+                    progress(precision.value, len(run.steps))
+                if result.error is not None:
+                    run.status, run.error = RunStatus.ERROR.value, result.error
+                    break
+                if result.failure is not None:
+                    run.status = RunStatus.NONFINITE.value
+                    recorder.detach()
+                    run.first_nonfinite = (locate_origin(model_file, config, precision, device, step, start_step,
+                                                         result, initial_state, deadline) if replay
+                                           else unreplayed_event(precision, step, result))
+                    break
+        finally:
+            recorder.detach()
     _fill_series(run, session, collected)
     run.seconds = time.perf_counter() - began
     return run

@@ -86,6 +86,10 @@ class _Probes:
                 stack.enter_context(probe.suspended())
             yield
 
+    def on_batch(self, batch: list) -> None:
+        for probe in self.all:
+            probe.on_batch(batch)
+
     def call(self, method: str) -> None:
         with self.suspended():
             for probe in self.all:
@@ -263,8 +267,15 @@ class TrainingSession:
                 detail=", ".join(f"{b.name}: {b.nan} NaN, {b.inf} Inf of {b.numel}" for b in bad))
             result.surfaces = [t for name, t in _named_batch(inputs, targets) if name == first.name]
             return None
-        cast = self.compute_dtype if self.spec.cast_model or self.overrides.switch_dtype_at else None
-        return _to_device(inputs, self.device, cast), _to_device(targets, self.device, cast)
+        # A dtype experiment casts the batch from its switch on; before it, a mixed precision's
+        # batch stays as the user made it (casting 9e4 targets to the autocast float16 would make
+        # them inf at step 0, a failure the run itself never had).
+        switch = self.overrides.switch_dtype_at
+        cast = self.compute_dtype if self.spec.cast_model or (switch is not None and step >= switch[0]) else None
+        inputs, targets = _to_device(inputs, self.device, cast), _to_device(targets, self.device, cast)
+        if sites is not None:
+            watch.on_batch([(b.name, t, b.source) for b, (_, t) in zip(record.batch, _named_batch(inputs, targets))])
+        return inputs, targets
 
     def _forward_loss_phase(self, step: int, batch: tuple[Any, Any], watch: _Probes,
                             result: StepResult) -> Optional[torch.Tensor]:

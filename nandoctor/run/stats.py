@@ -19,10 +19,17 @@ import torch
 ROW = ("max_abs", "norm", "nonzero")
 ROW_WIDTH = len(ROW)
 
-# The most tensor memory one fused batch of reductions holds at once: tensors wait in a batch
-# until it reaches this size (then one handful of foreach kernels reduces them all), and the
-# batch's |x| copy is at most this large. A tensor larger than this is reduced on its own.
-BATCH_BYTES = 32 << 20
+# The most tensor memory one batch of reductions holds at once: tensors wait in a batch until it
+# reaches this size, then one handful of kernels per shape reduces them all. Output gradients
+# waiting in a batch outlive their backward op, so this is also what recording adds to the
+# peak memory of a backward.
+BATCH_BYTES = 2 << 20
+
+# The most memory one stacked copy of a batch's equally shaped tensors takes (`batch_rows`): a
+# batch is reduced a few megabytes at a time, so the copy stays small next to the activations
+# themselves and the allocator can reuse it from step to step (a copy as large as a whole batch
+# adds its size to the process's peak memory).
+STACK_BYTES = 2 << 20
 
 
 def iter_tensors(obj: Any, prefix: str = "", depth: int = 0) -> Iterator[tuple[str, torch.Tensor]]:
@@ -87,16 +94,90 @@ def tensor_row(x: torch.Tensor, full: bool = True) -> torch.Tensor:
 
 
 def batch_rows(tensors: list[torch.Tensor], full: bool = True) -> torch.Tensor:
-    """One row per tensor, [n, row_width(full)] float32 on the first tensor's device, computed
-    with a fixed handful of fused foreach kernels however many tensors there are (per-module
-    reductions cost one kernel launch, and one parallel region, per module and step otherwise)."""
+    """One row per tensor, [n, row_width(full)] float32 (float64 if any tensor is) on the first
+    tensor's device, computed with a fixed handful of kernels per group of equally sized tensors
+    however many tensors there are (per-tensor reductions cost one kernel launch, and one
+    parallel region, per module and step otherwise)."""
     with torch.no_grad():
-        tensors = [t.abs() if t.is_complex() else t for t in tensors]
-        columns = [foreach_max_abs(tensors)]
-        if full:
-            columns += [foreach_norms(tensors, 2.0).to(columns[0].device, torch.float32),
-                        foreach_norms(tensors, 0.0).to(columns[0].device, torch.float32)]
-        return torch.stack(columns, dim=1) if full else columns[0].reshape(-1, 1)
+        return _grouped_rows([t.abs() if t.is_complex() else t for t in tensors], full)
+
+
+def _grouped_rows(tensors: list[torch.Tensor], full: bool) -> torch.Tensor:
+    """Tensors of one shape, dtype and device are stacked into a [k, numel] matrix, at most
+    STACK_BYTES of it at a time, and reduced along its rows: max |x|, and on full rows the L2
+    norm and the non-zero count (the 0-"norm": NaN counts, -0.0 does not). On CPU a `_foreach_*`
+    reduction still runs one small kernel per tensor; one reduction over a matrix of a repeated
+    layer's outputs costs about as much as a few of them. A tensor above STACK_BYTES is reduced
+    alone, as a view (no copy)."""
+    if len(tensors) == 1:
+        return _one_row(tensors[0], full)
+    device = tensors[0].device
+    out_dtype = torch.float64 if any(t.dtype == torch.float64 for t in tensors) else torch.float32
+    groups: dict[tuple, list[int]] = {}
+    for i, t in enumerate(tensors):
+        groups.setdefault((t.shape, t.dtype, t.device), []).append(i)
+    order: list[int] = []
+    columns: list[list[torch.Tensor]] = [[] for _ in range(row_width(full))]
+    for (shape, dtype, _), members in groups.items():
+        numel = shape.numel()
+        if numel == 0:
+            order += members
+            for column in columns:
+                column.append(torch.zeros(len(members), dtype=out_dtype, device=device))
+            continue
+        per_stack = max(1, STACK_BYTES // (numel * tensors[members[0]].element_size()))
+        acc = torch.float32 if dtype in (torch.float16, torch.bfloat16) else None
+        for begin in range(0, len(members), per_stack):
+            chunk = members[begin:begin + per_stack]
+            matrix = (torch.stack([tensors[i] for i in chunk]) if len(chunk) > 1 else tensors[chunk[0]]).reshape(len(chunk), numel)
+            # Along rows (a reduction over several trailing dimensions is several times slower),
+            # in two passes and no |x| copy (aminmax along rows is ~20x slower on CPU); amax,
+            # amin and maximum propagate NaN.
+            maxima = torch.maximum(matrix.amax(dim=1), matrix.amin(dim=1).neg())
+            columns[0].append(maxima)
+            if full:
+                columns[1].append(torch.linalg.vector_norm(matrix, 2.0, dim=1, dtype=acc))
+                columns[2].append(torch.linalg.vector_norm(matrix, 0.0, dim=1, dtype=acc))
+            order += chunk
+    joined = [(c[0] if len(c) == 1 else torch.cat([v.to(device) for v in c])).to(device, out_dtype) for c in columns]
+    rows = torch.stack(joined, dim=1) if full else joined[0].unsqueeze(1)
+    if order != list(range(len(order))):
+        rows = torch.empty_like(rows).index_copy_(0, torch.tensor(order, device=device), rows)
+    return rows
+
+
+def _one_row(t: torch.Tensor, full: bool) -> torch.Tensor:
+    """`_grouped_rows` of a single tensor."""
+    return parts_to_rows([row_parts(t, full)], full)
+
+
+def row_parts(t: torch.Tensor, full: bool) -> tuple[torch.Tensor, ...]:
+    """The reductions of one tensor that must happen now (before it can change in place), as
+    0-dim device tensors: max, min and, for a full row, the L2 norm and non-zero count. The
+    fewest ops per tensor; `parts_to_rows` turns many of them into rows at once."""
+    with torch.no_grad():
+        if t.is_complex():
+            t = t.abs()
+        if t.numel() == 0:
+            zero = torch.zeros((), dtype=t.dtype, device=t.device)
+            return (zero,) * (4 if full else 2)
+        if not full:
+            return t.amax(), t.amin()
+        acc = torch.float32 if t.dtype in (torch.float16, torch.bfloat16) else None
+        return (t.amax(), t.amin(), torch.linalg.vector_norm(t, 2.0, dtype=acc),
+                torch.linalg.vector_norm(t, 0.0, dtype=acc))
+
+
+def parts_to_rows(parts: list[tuple[torch.Tensor, ...]], full: bool) -> torch.Tensor:
+    """[n, row_width(full)] rows (float32, float64 if any part is) from n tensors' `row_parts`,
+    all on one device, in a fixed handful of ops."""
+    with torch.no_grad():
+        columns = [torch.stack(c) for c in zip(*parts)]      # stack promotes mixed dtypes
+        out_dtype = torch.float64 if any(c.dtype == torch.float64 for c in columns) else torch.float32
+        maxima = torch.maximum(columns[0], columns[1].neg())
+        if not full:
+            return maxima.to(out_dtype).unsqueeze(1)
+        return torch.stack([maxima.to(out_dtype), columns[2].to(out_dtype), columns[3].to(out_dtype)], dim=1)
 
 
 def combine_rows(rows: list[list[float]]) -> list[float]:
@@ -149,48 +230,110 @@ def foreach_norms(tensors: list[torch.Tensor], ord: float = 2.0) -> torch.Tensor
     return out
 
 
+class GroupedNorms:
+    """Per-tensor L2 norms of a list that keeps its layout from step to step (a model's gradients,
+    its weights), as `foreach_norms` returns them, in fewer kernels on the CPU.
+
+    On the CPU `_foreach_norm` is a loop of one norm kernel per tensor, ~1.5-4 us each: a model of
+    1000 small modules pays milliseconds per call for ~4 MB of data. Tensors of at most
+    STACK_NUMEL elements that share shape and dtype (the same layer repeated) are stacked and
+    reduced along one dimension instead, one copy and one kernel per shape (for MIN_GROUP or more
+    of them); larger tensors keep their own kernel, whose fixed cost their data outweighs. The
+    grouping is planned once per list length; a stale plan is still exact (a group whose shapes
+    no longer match makes `stack` raise, and the plan is made again). Other devices use
+    `foreach_norms` (CUDA's is fused)."""
+
+    STACK_NUMEL = 4096
+    MIN_GROUP = 8        # a stack, a norm, a concatenation and an index cost ~8 per-tensor kernels
+
+    def __init__(self) -> None:
+        self._plans: dict[int, tuple[list[list[int]], list[int], Optional[torch.Tensor]]] = {}
+
+    def __call__(self, tensors: list[torch.Tensor]) -> torch.Tensor:
+        if not tensors or tensors[0].device.type != "cpu":
+            return foreach_norms(tensors)
+        plan = self._plans.get(len(tensors))
+        if plan is None:
+            plan = self._plans[len(tensors)] = self._plan(tensors)
+        try:
+            return self._norms(tensors, plan)
+        except RuntimeError:          # shapes or devices moved under a plan: plan again
+            plan = self._plans[len(tensors)] = self._plan(tensors)
+            return self._norms(tensors, plan)
+
+    def _plan(self, tensors: list[torch.Tensor]) -> tuple[list[list[int]], list[int], Optional[torch.Tensor]]:
+        groups: dict[Any, list[int]] = {}
+        rest: list[int] = []
+        for i, t in enumerate(tensors):
+            if 0 < t.numel() <= self.STACK_NUMEL and t.device.type == "cpu" and t.is_floating_point():
+                groups.setdefault((tuple(t.shape), t.dtype), []).append(i)
+            else:
+                rest.append(i)
+        stacked = [g for g in groups.values() if len(g) >= self.MIN_GROUP]
+        rest = sorted(rest + [i for g in groups.values() if len(g) < self.MIN_GROUP for i in g])
+        order = [i for g in stacked for i in g] + rest
+        inverse = None
+        if order != list(range(len(tensors))):
+            inverse = torch.empty(len(tensors), dtype=torch.long)
+            inverse[torch.tensor(order, dtype=torch.long)] = torch.arange(len(tensors))
+        return stacked, rest, inverse
+
+    @staticmethod
+    def _norms(tensors: list[torch.Tensor], plan: tuple[list[list[int]], list[int], Optional[torch.Tensor]]) -> torch.Tensor:
+        stacked, rest, inverse = plan
+        parts = []
+        with torch.no_grad():
+            for group in stacked:
+                rows = torch.stack([tensors[i] for i in group]).reshape(len(group), -1)
+                half = rows.dtype in (torch.float16, torch.bfloat16)
+                parts.append(torch.linalg.vector_norm(rows, dim=1, dtype=torch.float32 if half else None))
+            if rest:
+                parts.append(foreach_norms([tensors[i] for i in rest]))
+            out = torch.cat(parts) if len(parts) > 1 else parts[0]
+        return out if inverse is None else out[inverse]
+
+
+def nonfinite_witness(tensors: list[torch.Tensor]) -> Optional[torch.Tensor]:
+    """A float64 scalar on the first tensor's device that is non-finite exactly when some tensor
+    holds NaN or Inf (None for an empty list): one cheap reduction per tensor, not a max |x|.
+
+    A float64 sum of 16- or 32-bit values cannot overflow (|x| < 3.4e38, fewer than 2**63
+    elements), so it is non-finite only through a NaN or an Inf. A float64 tensor's own sum could
+    overflow: its `x - x` (0 where finite, NaN elsewhere) is summed instead."""
+    if not tensors:
+        return None
+    device = tensors[0].device
+    parts = []
+    with torch.no_grad():
+        for t in tensors:
+            if t.is_complex():
+                t = torch.view_as_real(t)
+            if t.numel() == 0:
+                continue
+            part = (t - t).sum(dtype=torch.float64) if t.dtype == torch.float64 else t.sum(dtype=torch.float64)
+            parts.append(part if part.device == device else part.to(device))
+    if not parts:
+        return torch.zeros((), dtype=torch.float64, device=device)
+    return parts[0] if len(parts) == 1 else torch.stack(parts).sum()
+
+
+def total_norm(norms: torch.Tensor) -> torch.Tensor:
+    """The L2 norm of a vector of per-tensor norms, in float64: squares of finite float32 norms
+    can overflow float32 themselves, so it is non-finite exactly when some norm is."""
+    return torch.linalg.vector_norm(norms, dtype=torch.float64)
+
+
 def foreach_max_abs(tensors: list[torch.Tensor]) -> torch.Tensor:
     """Per-tensor max |x| as a float32 (float64 if any tensor is) vector on the first tensor's device, NaN for a tensor
     holding NaN (empty list -> empty vector; an empty tensor -> 0).
 
-    Fused: `_foreach_max` of `_foreach_abs`, a fixed handful of kernels per chunk of at most
-    BATCH_BYTES (the |x| copy), so the kernel count does not grow with the number of tensors.
-    (`_foreach_norm(ord=inf)` says the same but takes ~25x as long as max on CPU.) A tensor
-    larger than a chunk gets one copy-free aminmax pass instead."""
+    Grouped like `batch_rows`: a fixed handful of kernels per group of equally sized tensors,
+    so the kernel count does not grow with the number of tensors. (`_foreach_norm(ord=inf)`
+    says the same but takes ~25x as long as max on CPU.)"""
     if not tensors:
         return torch.zeros(0)
-    device = tensors[0].device
-    # float64 keeps values beyond float32's range (a 1e300 weight is finite, not inf).
-    out_dtype = torch.float64 if any(t.dtype == torch.float64 for t in tensors) else torch.float32
-    parts: list[torch.Tensor] = []
-    chunk: list[torch.Tensor] = []
-    size = 0
-
-    def reduce_chunk() -> None:
-        nonlocal chunk, size
-        if chunk:
-            maxes = torch._foreach_max(torch._foreach_abs(chunk))
-            parts.append(torch.stack([m.to(out_dtype) for m in maxes] if len({t.dtype for t in chunk}) > 1
-                                     else maxes).to(device, out_dtype))
-            chunk, size = [], 0
-
-    with torch.no_grad():
-        for t in tensors:        # under no_grad: no per-tensor detach needed
-            nbytes = t.numel() * t.element_size()
-            alone = t.numel() == 0 or t.is_complex() or nbytes > BATCH_BYTES
-            if chunk and (alone or t.device != chunk[0].device or size + nbytes > BATCH_BYTES):
-                reduce_chunk()
-            if t.numel() == 0:
-                parts.append(torch.zeros(1, device=device, dtype=out_dtype))
-            elif alone:
-                x = t.abs() if t.is_complex() else t
-                # amax propagates NaN, so a NaN min or max stays NaN.
-                parts.append(torch.stack(torch.aminmax(x)).abs().amax().reshape(1).to(device, out_dtype))
-            else:
-                chunk.append(t)
-                size += nbytes
-        reduce_chunk()
-    return parts[0] if len(parts) == 1 else torch.cat(parts)
+    with torch.no_grad():         # under no_grad: no per-tensor detach needed
+        return _grouped_rows([t.abs() if t.is_complex() else t for t in tensors], False).reshape(-1)
 
 
 def zero_counts(tensors: list[torch.Tensor]) -> torch.Tensor:

@@ -88,6 +88,11 @@ class NonfiniteEvent:
     # "data" (a batch, targets or a constant the loop passed in) or "state" (a parameter or
     # buffer already holding them). None when the op itself made them.
     entered_from: Optional[str] = None
+    # No line of the user's was on the stack (nandoctor called an installed package's model, which
+    # computed its own loss), and the op made the non-finite values from finite inputs, one of them
+    # a batch tensor: `user_source` is then the line that made that tensor, named here
+    # ("inputs['labels']"), not a line the op ran in. None when `user_source` is a stack frame.
+    user_source_batch: Optional[str] = None
 
 
 @dataclass

@@ -15,10 +15,12 @@ from __future__ import annotations
 
 import contextlib
 import math
+import operator
 import os
 import sys
 import threading
 import warnings
+import weakref
 from collections import deque
 from pathlib import Path
 from typing import Any, Callable, Optional
@@ -35,7 +37,7 @@ from . import bundle_writer
 from .distributed import attach_if_distributed, local_tensor
 from .early_warnings import EarlyWarningSampler, InstabilityWarning, early_warning_options
 from .spikes import GradientRing, SpikeDetector, explain_spike, spike_options, spike_warning
-from .flags import BAD_SLOTS, FLAGS, SLOT as _SLOT
+from .flags import BAD_SLOTS, FLAGS, RAW, SLOT as _SLOT, device_flags, host_flags
 from .keep_alive import KeepAlive, RollbackBudgetSpent
 from .policies import NONFINITE_POLICIES, SPIKE_POLICIES, rank_agreed
 from .sample_blame import LoaderIndices
@@ -47,6 +49,8 @@ POLICIES = NONFINITE_POLICIES     # "stop" is "raise" by another name
 # check_gradients() ("manual"). "auto" picks the first two by whether there is an optimizer.
 GRADIENT_CHECKS = ("auto", "optimizer-hook", "backward", "manual")
 FP16_MAX = 65504.0
+# Attribute readers for the per-parameter loops of every step (a model may have thousands).
+_GRAD, _VERSION = operator.attrgetter("grad"), operator.attrgetter("_version")
 MAX_MICRO_BATCHES = 1024   # a loop that never calls optimizer.step() must not hold batches forever
 
 
@@ -71,7 +75,9 @@ class _Capture:
         self.step = step
         self.rng = rng
         self.batches: list[Any] = []
-        self.batch_flags: list[torch.Tensor] = []
+        # Per micro-batch: a float64 scalar, non-finite exactly when the batch holds NaN/Inf
+        # (stats.nonfinite_witness); None for a batch with no floating tensor (token ids).
+        self.batch_checks: list[Optional[torch.Tensor]] = []
         self.calls: list[dict[str, Any]] = []          # the model's training forwards: {"args", "kwargs"}
         self.sample_indices: list[Optional[list[int]]] = []   # per micro-batch: its dataset indices
         self.output_losses: list[torch.Tensor] = []    # a model output's .loss (Hugging Face style)
@@ -82,6 +88,11 @@ class _Capture:
     def losses(self) -> list[torch.Tensor]:
         # What the loop backpropagates is the loss; an output's .loss only stands in for it.
         return self.explicit_losses or self.output_losses
+
+    def first_bad_batch(self) -> Optional[int]:
+        """The first micro-batch holding NaN/Inf, or None (slow path: a host sync per batch)."""
+        return next((i for i, check in enumerate(self.batch_checks)
+                     if check is not None and not math.isfinite(float(check))), None)
 
 
 class Watch:
@@ -162,12 +173,12 @@ class Watch:
         self._skip_run = 0
         self._capture: Optional[_Capture] = None
         self._previous: Optional[_Capture] = None   # the step whose parameters the next sync checks
-        self._params_flag: Optional[torch.Tensor] = None
-        self._local_grads_flag: Optional[torch.Tensor] = None
+        self._params_unchecked = False              # _params_norm is of weights no sync has checked yet
+        self._local_grads_check: Optional[torch.Tensor] = None   # a witness (stats.nonfinite_witness)
         self._host: Optional[list[float]] = None    # this step's synced flag vector
         self._post_ran = False
         self._dropped = False
-        self._deferred: Optional[torch.Tensor] = None   # check_every > 1: flags of unchecked steps
+        self._deferred: Optional[torch.Tensor] = None   # check_every > 1: *_bad of unchecked steps (bool)
         self._deferred_from: Optional[int] = None       # the first of those steps
         self._lock = threading.RLock()
         self._closed = False
@@ -198,7 +209,10 @@ class Watch:
         self._params_norm: Optional[torch.Tensor] = None   # total L2 norm after the last optimizer step
         self._update_before: Optional[list[torch.Tensor]] = None   # stats steps: weights before the step
         self._update_norm: Optional[torch.Tensor] = None
+        self._constants: Optional[tuple[torch.Tensor, torch.Tensor]] = None   # float64 0 and NaN on the device
         self._end_of_backward_queued = False
+        self._has_dtensors: dict[int, bool] = {}   # list length (parameters, gradients) -> holds DTensors
+        self._grad_norms, self._weight_norms = stats.GroupedNorms(), stats.GroupedNorms()
         # BatchNorm-style running statistics change in the forward itself: a before-step bundle
         # must hold them as the failing step's first forward found them (one fused copy per step
         # into buffers kept across steps; a few numbers per normalisation layer).
@@ -218,6 +232,15 @@ class Watch:
             self._handles.append(optimizer.register_step_pre_hook(self._optimizer_pre_hook))
         if optimizer is not None:
             self._handles.append(optimizer.register_step_post_hook(self._optimizer_post_hook))
+        # Parameters of the model that another optimizer updates inside the step (a GAN's
+        # discriminator, stepped in the middle of the generator's step): a before-step bundle
+        # needs them as the step found them. A global step pre-hook copies them just before that
+        # optimizer touches them; no copy at all for a loop with one optimizer.
+        self._other_copy: dict[str, torch.Tensor] = {}
+        self._other_copy_step: Optional[int] = None
+        if optimizer is not None:
+            install_other_optimizer_hook()
+            _LIVE_WATCHES.add(self)
         self._input_hook = None
         if self._inputs_from_forward:
             self._input_hook = model.register_forward_pre_hook(self._model_input_hook, with_kwargs=True)
@@ -268,6 +291,7 @@ class Watch:
             if self._closed:
                 return
             self._closed = True
+            _LIVE_WATCHES.discard(self)
             for handle in self._handles + self._stats_handles:
                 handle.remove()
             self._handles.clear()
@@ -282,9 +306,10 @@ class Watch:
                 if self.scaler.__dict__.get("update") == self._scaler_update_hook:
                     del self.scaler.update
                 self._scaler_update = None
-        if self._params_flag is not None and bool(self._params_flag) and self._nonfinite_parameters():
+        if (self._params_unchecked and self._params_norm is not None and not math.isfinite(float(self._params_norm))
+                and self._nonfinite_parameters()):
             previous, self._previous = self._previous, None
-            self._params_flag = None
+            self._params_unchecked = False
             self._fire("parameters", self._parameters_what(), previous, closing=True)
 
     def __enter__(self) -> "Watch":
@@ -331,8 +356,8 @@ class Watch:
     def note_local_gradients(self, tensor: torch.Tensor) -> None:
         """For a DDP communication hook: flag a gradient bucket that is non-finite before the
         all-reduce mixes ranks (no host sync; it joins the step's flag vector)."""
-        bad = (~torch.isfinite(stats.foreach_norms([tensor.detach()], math.inf).sum())).float()
-        self._local_grads_flag = bad if self._local_grads_flag is None else torch.maximum(self._local_grads_flag, bad)
+        check = stats.nonfinite_witness([tensor.detach()])
+        self._local_grads_check = check if self._local_grads_check is None else self._local_grads_check + check
 
     # ---- step boundaries --------------------------------------------------------------------
     def begin_micro_batch(self, batch: Any) -> None:
@@ -349,10 +374,7 @@ class Watch:
             if self.optimizer is None and self.step_index > 0:
                 # A hand-written update ran after the last backward: its weights are checked
                 # with this step's one transfer.
-                params = [local_tensor(p.detach()) for p in self.params()]
-                norms = stats.foreach_norms(params) if params else None
-                self._params_norm = norms.double().square().sum().sqrt() if params else None
-                self._params_flag = (~torch.isfinite(norms)).any().float() if params else None
+                self._note_parameters(self._local(self.params()))
             self._capture = _Capture(self.step_index, bundle_writer.capture_rng())
             self._save_running_stats(self.step_index)
             self._host = None
@@ -376,12 +398,11 @@ class Watch:
             return
         capture.batches.append(batch)
         capture.sample_indices.append(LoaderIndices.of(batch))
-        floating = stats.floating_tensors(batch)
-        if floating:
-            norm = stats.foreach_norms(floating, math.inf)
-            capture.batch_flags.append((~torch.isfinite(norm.sum())).float())
-        else:       # integer-only batches (token ids) cannot hold NaN; keep flags aligned with batches
-            capture.batch_flags.append(torch.zeros(()))
+        # Integer-only batches (token ids) cannot hold NaN: None keeps checks aligned with batches. The
+        # witness is taken under no_grad: inputs that need a gradient (a block's activations, from a
+        # LightningModule's training_step) must not gain graph nodes or saved tensors (non-reentrant
+        # checkpointing counts those against its recomputation).
+        capture.batch_checks.append(stats.nonfinite_witness(stats.floating_tensors(batch)))
 
     def _save_running_stats(self, step: int) -> None:
         if not self._running_stats:
@@ -395,10 +416,27 @@ class Watch:
                 torch._foreach_copy_(self._running_copy, [t.detach() for t in live])
         self._running_copy_step = step
 
+    def _other_optimizer_pre_hook(self, optimizer: Any, args: Any, kwargs: Any) -> None:
+        if optimizer is self.optimizer or self._capture is None or compiled.compiling():
+            return
+        step = self._capture.step
+        if self._other_copy_step != step:
+            self._other_copy, self._other_copy_step = {}, step
+        held = {id(p) for p in self.params()}
+        with torch.no_grad():
+            for group in optimizer.param_groups:
+                for p in group["params"]:
+                    name = self._param_names.get(id(p))
+                    if name is not None and id(p) not in held and name not in self._other_copy:
+                        self._other_copy[name] = p.detach().clone()
+
     def _state_dict_for(self, capture: Optional[_Capture], state: str) -> dict[str, Any]:
         """The model's state for a bundle: before the step, its running statistics as they were
-        before the step's first forward updated them."""
+        before the step's first forward updated them, and the parameters another optimizer
+        updated during the step as they were before it did."""
         state_dict = compiled.user_state_dict(self.model)
+        if state == STATE_BEFORE_STEP and capture is not None and capture.step == self._other_copy_step:
+            state_dict.update({name: saved for name, saved in self._other_copy.items() if name in state_dict})
         if (state != STATE_BEFORE_STEP or capture is None or self._running_copy is None
                 or capture.step != self._running_copy_step):
             return state_dict
@@ -472,7 +510,7 @@ class Watch:
         capture = self._capture
         if self._closed or capture is None or getattr(error, "_nandoctor_noted", False):
             return False
-        bad = next((i for i, flag in enumerate(capture.batch_flags) if bool(flag)), None)
+        bad = capture.first_bad_batch()
         if bad is None:
             return False
         try:
@@ -536,9 +574,10 @@ class Watch:
         capture = self._capture or _Capture(self.step_index, bundle_writer.capture_rng())
         self._capture = capture
         params = self.params()
-        grads = [local_tensor(p.grad) for p in params if p.grad is not None]
+        grads = self._local([g for g in map(_GRAD, params) if g is not None])   # one .grad read per parameter
         stats_step = self._stats_step(capture.step)
-        norms = stats.foreach_norms([g.detach() for g in grads]) if grads else None
+        with torch.no_grad():
+            norms = self._grad_norms(grads) if grads else None
         if self.step_index % self.check_every and not stats_step and self.check_every > 1:
             self._defer(capture, norms)
             return
@@ -591,11 +630,11 @@ class Watch:
         if self._snapshot is not None:
             self._snapshot.save()
             self._snapshot_scheduler = _scheduler_state(self.scheduler)
-        if self.early is not None and self.optimizer is not None:
-            self.early.before_update([local_tensor(p.detach()) for p in params])
+        if self.early is not None and self.early.active and self.optimizer is not None:
+            self.early.before_update(self._local(params))
         if stats_step and self.optimizer is not None:
             with torch.no_grad():
-                self._update_before = [local_tensor(p.detach()).clone() for p in params]
+                self._update_before = [p.clone() for p in self._local(params)]
 
     def _optimizer_post_hook(self, optimizer: Any, args: Any, kwargs: Any) -> None:
         if self._closed or compiled.compiling():
@@ -619,17 +658,13 @@ class Watch:
             self._after_compiled_step = False
 
     def _after_optimizer_step(self, optimizer: Any) -> None:
-        params = [local_tensor(p.detach()) for g in optimizer.param_groups for p in g["params"]]
-        # Checked at the next step's sync (or at close): no second host sync per step. The same
-        # norm is the history's param_norm, so it costs nothing more.
-        norms = stats.foreach_norms(params) if params else None
-        # The total in float64: squares of finite float32 norms can overflow float32 themselves.
-        self._params_norm = norms.double().square().sum().sqrt() if params else None
-        self._params_flag = (~torch.isfinite(norms)).any().float() if params else None
+        params = self._local([p for g in optimizer.param_groups for p in g["params"]])
+        self._note_parameters(params)
         if self._update_before is not None and len(self._update_before) == len(params):
             # Statistics steps only: |update| / |weights before| of the whole model.
             before = self._update_before
-            delta = torch._foreach_sub(params, before)
+            with torch.no_grad():
+                delta = torch._foreach_sub(params, before)
             update = stats.foreach_norms(delta).square().sum().sqrt()
             self._update_norm = update / stats.foreach_norms(before).square().sum().sqrt().clamp_min(1e-30)
         self._update_before = None
@@ -637,6 +672,21 @@ class Watch:
             self.early.after_update(optimizer, params, self._owners(optimizer))
         self._post_ran = True
         self._finish_step(skipped=self._dropped)
+
+    def _note_parameters(self, params: list[torch.Tensor]) -> None:
+        """The weights after an update: their total norm is checked at the next step's sync (or
+        at close), so a step has one host sync; it is also the history's param_norm."""
+        with torch.no_grad():
+            self._params_norm = stats.total_norm(self._weight_norms(params)) if params else None
+        self._params_unchecked = params != []
+
+    def _local(self, tensors: list[torch.Tensor]) -> list[torch.Tensor]:
+        """This rank's shards of FSDP2's DTensors (checked once per parameter set: a per-tensor
+        conversion on every step of a model with thousands of parameters shows in its step time)."""
+        sharded = self._has_dtensors.get(len(tensors))
+        if sharded is None:
+            sharded = self._has_dtensors[len(tensors)] = any(type(t).__name__ == "DTensor" for t in tensors)
+        return [local_tensor(t) for t in tensors] if sharded else tensors
 
     def _scaler_update_hook(self, *args: Any, **kwargs: Any) -> Any:
         result = self.keep_alive.freeze.scaler_update(self.scaler, self._scaler_update, args, kwargs)
@@ -721,7 +771,7 @@ class Watch:
             self.early.finish()
         self._previous = capture
         self._capture = None
-        self._local_grads_flag = None
+        self._local_grads_check = None
         self._dropped = False
         self._versions = None
         self._remove_stats_hooks()
@@ -729,66 +779,83 @@ class Watch:
 
     # ---- the sync ----------------------------------------------------------------------------
     def _defer(self, capture: _Capture, norms: Optional[torch.Tensor]) -> None:
-        """check_every > 1: no sync this step; its flags are folded into the next checked step's
-        (which then reports the later step: the trade-off of checking less often)."""
-        flags = self._flag_vector(capture, norms)
+        """check_every > 1: no sync this step; its failed checks are folded into the next checked
+        step's (which then reports the later step: the trade-off of checking less often)."""
+        raw = self._witnesses(capture, norms)
         if self.distributed is not None:          # which rank flagged first, without a sync
-            self.distributed.note_deferred(capture.step, flags)
-        self._deferred = flags if self._deferred is None else torch.maximum(self._deferred, flags)
+            self.distributed.note_deferred(capture.step, device_flags(raw, len(capture.losses), norms is not None))
+        bad = ~torch.isfinite(raw[:BAD_SLOTS])
+        self._deferred = bad if self._deferred is None else self._deferred | bad
         if self._deferred_from is None:
             self._deferred_from = capture.step
-        self._params_flag = None
+        self._params_unchecked = False
         self._host = None
 
     def _sync(self, capture: _Capture, norms: Optional[torch.Tensor], stats_step: bool) -> tuple[list[float], list[float]]:
         dev = self._device
-        flags = self._flag_vector(capture, norms)
-        if self._deferred is not None:
-            bad = BAD_SLOTS
-            flags = torch.cat([torch.maximum(flags[:bad], self._deferred[:bad].to(dev)), flags[bad:]])
-            self._deferred = None
-            self._deferred_from = None
+        raw = self._witnesses(capture, norms)
+        losses, has_grads = len(capture.losses), norms is not None
+        deferred, self._deferred, self._deferred_from = self._deferred, None, None
         if self.flag_hook is not None:
-            flags = self.flag_hook(flags)
-        parts = [flags]
+            # The rank-aware layer exchanges the FLAGS layout itself (the *_bad slots of every rank).
+            flags = device_flags(raw, losses, has_grads)
+            if deferred is not None:
+                flags = torch.cat([torch.maximum(flags[:BAD_SLOTS], deferred.to(dev, flags.dtype)), flags[BAD_SLOTS:]])
+            parts, head = [self.flag_hook(flags)], len(FLAGS)
+        else:
+            parts, head = [raw], len(RAW)
+            if deferred is not None:
+                parts.append(deferred.to(dev, raw.dtype))
+                head += BAD_SLOTS
         if stats_step:
             self._reduce_acts()
             self._act_owners = [i for owners, _ in self._act_reduced for i in owners]
-            parts += [values.to(dev, torch.float32) for _, values in self._act_reduced]
+            parts += [values.to(dev, raw.dtype) for _, values in self._act_reduced]
             self._act_reduced = []
             if norms is not None:
-                parts.append(norms.to(dev).float())
-        values = torch.cat(parts).tolist() if len(parts) > 1 else flags.tolist()   # the one host transfer
-        self._params_flag = None
-        return values[:len(FLAGS)], values[len(FLAGS):]
+                parts.append(norms.to(dev, raw.dtype))
+        values = (torch.cat(parts) if len(parts) > 1 else parts[0]).tolist()   # the one host transfer
+        self._params_unchecked = False
+        if self.flag_hook is not None:
+            return values[:head], values[head:]
+        host = host_flags(values[:len(RAW)], losses, has_grads)
+        if deferred is not None:
+            for slot, folded in enumerate(values[len(RAW):head]):
+                host[slot] = max(host[slot], folded)
+        return host, values[head:]
 
-    def _flag_vector(self, capture: _Capture, norms: Optional[torch.Tensor]) -> torch.Tensor:
+    def _witnesses(self, capture: _Capture, norms: Optional[torch.Tensor]) -> torch.Tensor:
+        """This step's checks as one float64 vector in the RAW layout (watcher/flags.py): a witness
+        per check, non-finite exactly when the check fails, then the values. One stack, however
+        many checks: a small model's step is a few milliseconds, and each tiny kernel shows."""
         dev = self._device
-        zero = torch.zeros((), device=dev)
-        batch_bad = torch.stack([f.to(dev) for f in capture.batch_flags]).amax() if capture.batch_flags else zero
-        if capture.losses:
-            losses = torch.stack([l.float().reshape(()).to(dev) for l in capture.losses])
-            loss_bad, loss = (~torch.isfinite(losses).all()).float(), losses.mean()
+        if self._constants is None:
+            self._constants = (torch.zeros((), dtype=torch.float64, device=dev),
+                               torch.full((), math.nan, dtype=torch.float64, device=dev))
+        zero, nan = self._constants
+        checks = [c for c in capture.batch_checks if c is not None]
+        batch = zero if not checks else checks[0].to(dev) if len(checks) == 1 else \
+            torch.stack([c.to(dev) for c in checks]).sum()
+        losses = capture.losses
+        if len(losses) == 1:
+            loss = losses[0].reshape(()).to(dev, torch.float64)
+        elif losses:
+            loss = torch.stack([l.reshape(()).to(dev, torch.float64) for l in losses]).sum()
         else:
-            loss_bad, loss = zero, torch.full((), math.nan, device=dev)
-        if norms is not None:
-            grad_norm = norms.to(dev).square().sum().sqrt()
-            grads_bad = (~torch.isfinite(grad_norm)).float()
-        else:
-            grad_norm, grads_bad = torch.full((), math.nan, device=dev), zero
-        params_bad = self._params_flag.to(dev) if self._params_flag is not None else zero
-        nan = torch.full((), math.nan, device=dev)
-        params_norm = self._params_norm.float().to(dev) if self._params_norm is not None else nan
-        update_ratio = self._update_norm.float().to(dev) if self._update_norm is not None else nan
-        self._update_norm = None
-        local = self._local_grads_flag.to(dev) if self._local_grads_flag is not None else zero
+            loss = zero
+        grad_norm = stats.total_norm(norms.to(dev)) if norms is not None else zero
+        params_norm = self._params_norm.to(dev) if self._params_norm is not None else None
+        params = params_norm if params_norm is not None and self._params_unchecked else zero
+        local = self._local_grads_check.to(dev) if self._local_grads_check is not None else zero
+        listed = nan if self.keep_alive.resume_skip and self.keep_alive.listed(capture) else zero
         scale = getattr(self.scaler, "_scale", None)
-        scale = scale.reshape(()).float().to(dev) if isinstance(scale, torch.Tensor) else (
-            torch.full((), float(self.scaler.get_scale()), device=dev) if self.scaler is not None and
-            hasattr(self.scaler, "get_scale") else zero)
-        listed = torch.full((), float(self.keep_alive.listed(capture)), device=dev) if self.keep_alive.resume_skip else zero
-        return torch.stack([batch_bad, loss_bad, grads_bad, params_bad, local, listed, loss.float(), grad_norm.float(),
-                            scale, params_norm, update_ratio])
+        scale = scale.reshape(()).to(dev, torch.float64) if isinstance(scale, torch.Tensor) else (
+            torch.full((), float(self.scaler.get_scale()), dtype=torch.float64, device=dev)
+            if self.scaler is not None and hasattr(self.scaler, "get_scale") else zero)
+        update_ratio = self._update_norm.to(dev, torch.float64) if self._update_norm is not None else nan
+        self._update_norm = None
+        return torch.stack([batch, loss, grad_norm, params, local, listed, scale,
+                            params_norm if params_norm is not None else nan, update_ratio])
 
     def _what(self, host: list[float], capture: _Capture, grads: list[torch.Tensor]) -> Optional[tuple[str, str]]:
         if host[_SLOT["batch_bad"]] and self.batch_check:
@@ -1224,6 +1291,26 @@ def batch_name(path: str) -> str:
     return text or "inputs"
 
 
+_LIVE_WATCHES: "weakref.WeakSet[Watch]" = weakref.WeakSet()
+_OTHER_OPTIMIZER_HOOK: list[Any] = []
+
+
+def install_other_optimizer_hook() -> None:
+    """One process-wide optimizer step pre-hook that hands every optimizer's step to the live
+    watches (each copies the parameters that step is about to change and its own optimizer
+    does not hold). Registered once and never removed: torch iterates its global hooks while
+    calling them, and a watch is created (under `nandoctor run`) or closed (when it raises)
+    inside that iteration, where adding or removing a hook fails ("OrderedDict mutated")."""
+    if _OTHER_OPTIMIZER_HOOK:
+        return
+    from torch.optim.optimizer import register_optimizer_step_pre_hook
+
+    def pre_hook(optimizer: Any, args: Any, kwargs: Any) -> None:
+        for live in list(_LIVE_WATCHES):
+            live._other_optimizer_pre_hook(optimizer, args, kwargs)
+    _OTHER_OPTIMIZER_HOOK.append(register_optimizer_step_pre_hook(pre_hook))
+
+
 def shown_list(values: list, limit: int = 8) -> str:
     return ", ".join(str(v) for v in values[:limit]) + (f" and {len(values) - limit} more" if len(values) > limit else "")
 
@@ -1243,7 +1330,7 @@ def _running_stat_buffers(model: torch.nn.Module) -> list[tuple[str, torch.Tenso
 def _version_sum(params: list[torch.Tensor]) -> int:
     """Sum of the parameters' in-place version counters: it moves when an optimizer step (even
     one inside compiled code, which runs none of our hooks) updates them."""
-    return sum(p._version for p in params)
+    return sum(map(_VERSION, params))
 
 
 def _infer_precision(model: torch.nn.Module, scaler: Any) -> str:
@@ -1273,8 +1360,8 @@ def _first_bad_micro_batch(check: str, capture: Optional[_Capture]) -> Optional[
     """Which micro-batch's batch or loss held the NaN/Inf (slow path: only when writing a bundle)."""
     if capture is None:
         return None
-    if check == "batch" and capture.batch_flags:
-        return next((i for i, flag in enumerate(capture.batch_flags) if bool(flag)), None)
+    if check == "batch":
+        return capture.first_bad_batch()
     if check == "loss" and len(capture.losses) == len(capture.batches):
         return next((i for i, loss in enumerate(capture.losses) if not bool(torch.isfinite(loss).all())), None)
     return None

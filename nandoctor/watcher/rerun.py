@@ -113,6 +113,12 @@ class Rerun:
         if self.state == "armed":
             if not self._is_model(module):
                 return None           # e.g. a loss module before the model: wait for the model
+            first = next((c for c in self.calls if c.owns_parameters), None)
+            if first is not None and not self._matches(first, module):
+                # A model called again in the failing iteration after the failing optimizer's
+                # step (a GAN's discriminator scoring the fakes for the generator's loss): the
+                # re-run starts where the failing step did, at the next iteration's first call.
+                return None
             self._begin()
         if self.state != "tracing":
             return None
@@ -152,6 +158,9 @@ class Rerun:
         """Start tracing now (a closure re-run), rather than at the loop's next training forward."""
         if self.state == "armed":
             self._begin()
+            # The closure is the training step (Lightning's automatic optimization): its own ops
+            # before the first module call (a scale computed from the batch) are its forward.
+            self.tracer.set_phase(Phase.FORWARD)
 
     def _begin(self) -> None:
         if self.rng is not None:

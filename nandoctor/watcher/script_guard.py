@@ -88,6 +88,16 @@ class _Window:
     # Storages of the model's outputs this step: a detached RNN state handed back in next step is
     # the model's own carried state, not data.
     outputs: set[int] = field(default_factory=set)
+    # ids of the batches above that a top-level call of this step was seen taking
+    used: set[int] = field(default_factory=set)
+    fetched_ahead: int = 0      # batches at the front that the step before drew for this one
+
+    def step_batches(self) -> list[tuple[int, Any, Optional[list]]]:
+        """The batches this step trained on: a batch drawn after the last one a call took is the
+        next step's, fetched ahead (Accelerate's DataLoaderShard draws one batch ahead to know
+        which is the last)."""
+        last_used = max((i for i, (_, batch, _) in enumerate(self.batches) if id(batch) in self.used), default=None)
+        return self.batches if last_used is None else self.batches[:last_used + 1]
 
 
 _INDICES = "_nandoctor_sample_indices"
@@ -188,6 +198,8 @@ class ScriptGuard:
         self._frames_skipped = False
         self.argv = list(sys.argv[1:])       # the script's own arguments (set before install)
         import torch.optim.optimizer as optim
+        from .guard import install_other_optimizer_hook
+        install_other_optimizer_hook()          # now: the watches are made inside the hooks' loop
         self._handles.append(optim.register_optimizer_step_pre_hook(self._before_step))
         self._handles.append(optim.register_optimizer_step_post_hook(self._after_step))
         guard = self
@@ -340,7 +352,7 @@ class ScriptGuard:
             if compiling() or id(module) in guard._known:
                 return original_call(module, *args, **kwargs)     # its own pre-hook reports it
             depth = guard._depth()
-            if depth == 0 and module.training and torch.is_grad_enabled():
+            if depth == 0 and module.training and torch.is_grad_enabled() and not _in_backward():
                 guard.phase_now = Phase.FORWARD
                 replaced = guard._log_call(module, args, kwargs)
                 if replaced is not None:
@@ -388,7 +400,7 @@ class ScriptGuard:
         if self._logged_by_call is module:
             self._logged_by_call = None
             return None
-        if depth != 0 or not module.training or not torch.is_grad_enabled():
+        if depth != 0 or not module.training or not torch.is_grad_enabled() or _in_backward():
             return None
         self.phase_now = Phase.FORWARD
         return self._log_call(module, args, kwargs)
@@ -424,6 +436,8 @@ class ScriptGuard:
             window.rng = capture_rng()
             self._note_autocast()
         owns = any(True for _ in module.parameters())
+        if owns and not self._tracing():
+            self._claim_batches(args, kwargs)
         carried = self._previous_window.outputs | window.outputs
         window.calls.append(TopCall(module=module, args=args, kwargs=kwargs, owns_parameters=owns,
                                     site=_user_caller(), holder=_holder(module) if self._discovering else None,
@@ -433,6 +447,25 @@ class ScriptGuard:
                 if owns and _same_module(watch.model, module):
                     watch.begin_micro_batch(_forward_inputs(args, kwargs))
         return replaced
+
+    def _claim_batches(self, args: tuple, kwargs: dict) -> None:
+        """Mark the DataLoader batch this model call takes as this step's; one drawn during the
+        step before (a loader that fetches ahead) moves into this step."""
+        taken = set(_storages((args, kwargs)))
+        if not taken:
+            return
+        window, previous = self._window, self._previous_window
+        for entry in list(window.batches):
+            if id(entry[1]) not in window.used and taken & set(_storages(entry[1])):
+                window.used.add(id(entry[1]))
+                return
+        for i, entry in enumerate(previous.batches):
+            if id(entry[1]) not in previous.used and taken & set(_storages(entry[1])):
+                del previous.batches[i]
+                window.batches.insert(window.fetched_ahead, entry)     # drawn before this step's own
+                window.fetched_ahead += 1
+                window.used.add(id(entry[1]))
+                return
 
     def _tracing(self) -> bool:
         return self.rerun is not None and self.rerun.state == "tracing"
@@ -711,7 +744,7 @@ class ScriptGuard:
         for call in window.calls:
             args, kwargs = _data_only(call.args), _data_only(call.kwargs)
             entries.append({"call": {"model": call.owns_parameters, "args": list(args), "kwargs": kwargs}})
-        for _, batch, indices in window.batches:
+        for _, batch, indices in window.step_batches():
             entries.append({"loader": batch, "indices": indices})
         return entries
 
@@ -772,7 +805,7 @@ class ScriptGuard:
         watch.keep_alive.enabled = False      # from here on the step is skipped, traced and reported
         self.stop = Stop(step=event["step"], check=event["check"], what=event["what"], watch=watch,
                          bundle=Path(event["bundle"]) if event.get("bundle") else None, raised=event.get("raised"))
-        self.failing_batches = list(self._window.batches)
+        self.failing_batches = list(self._window.step_batches())
         self.failing_calls = list(self._window.calls)
         if watch.distributed is not None and getattr(watch.distributed, "table", None) is not None:
             try:
@@ -780,8 +813,8 @@ class ScriptGuard:
             except Exception:  # noqa: BLE001 - a verdict that cannot be read leaves the rank unnamed
                 self.stop.ranks = None
         if event["check"] == "batch" and capture is not None and capture.batches:
-            index = next((i for i, f in enumerate(capture.batch_flags) if bool(f)), 0)
-            drawn = list(self._window.batches)
+            index = capture.first_bad_batch() or 0
+            drawn = list(self._window.step_batches())
             self.stop.event = data_event(watch.precision, event["step"], capture.batches[index],
                                          lambda t, rows: _indices_in(drawn, t, rows))
             calls = [c for c in self._window.calls if c.owns_parameters and c.site is not None]
@@ -791,8 +824,8 @@ class ScriptGuard:
         if event["check"] in ("loss", "gradients") and self.do_rerun and capture is not None:
             self.rerun = Rerun(watch.model, watch.precision, event["step"], event["check"],
                                capture.rng, list(self._window.calls), watch.params())
-            self._batches_again = list(self._window.batches)
-            self.rerun.batches = list(self._window.batches)
+            self._batches_again = list(self._window.step_batches())
+            self.rerun.batches = list(self._window.step_batches())
 
     def _batch_again(self, loader: int) -> Any:
         """While a re-run is armed: the failing step's next batch from this DataLoader (or from the
@@ -906,6 +939,13 @@ class ScriptGuard:
 
 
 _USER_CODE: dict[Any, bool] = {}
+
+
+def _in_backward() -> bool:
+    """A module called while autograd runs a backward pass: activation checkpointing recomputing
+    its forward. It is no new step's forward, and its recomputation must see exactly the ops
+    it saw the first time (non-reentrant checkpointing checks the saved tensors one by one)."""
+    return torch._C._current_graph_task_id() != -1
 
 
 def _user_caller(depth: int = 24) -> Optional[tuple[str, int, str]]:

@@ -17,3 +17,14 @@ class Module(lightning.LightningModule):
 
     def configure_optimizers(self):
         return torch.optim.AdamW(self.parameters(), lr=1e-2)
+
+
+class ShardedModule(Module):
+    """The same module under Lightning's ModelParallelStrategy: FSDP2's fully_shard per layer."""
+
+    def configure_model(self):
+        from torch.distributed.fsdp import fully_shard
+        for layer in self.net.body:
+            if any(p.requires_grad for p in layer.parameters()):
+                fully_shard(layer)
+        fully_shard(self.net)

@@ -1,5 +1,6 @@
 """A LightningModule trained by `lightning.Trainer(strategy="ddp")` under torchrun, guarded by
-NanDoctorCallback. Environment: OUT, BAD "kind:rank:step" as in train.py, STEPS."""
+NanDoctorCallback. Environment: OUT, BAD "kind:rank:step" as in train.py, STEPS, STRATEGY (`ddp`,
+or `fsdp2`: ModelParallelStrategy, the module sharded with fully_shard)."""
 import os
 import sys
 
@@ -9,7 +10,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from stops import record_stop                                          # noqa: E402
 import nandoctor                                                   # noqa: E402
 from nandoctor.integrations.lightning import NanDoctorCallback     # noqa: E402
-from lit_module import Module                                      # noqa: E402
+from lit_module import Module, ShardedModule                       # noqa: E402
 
 KIND, BAD_RANK, BAD_STEP = os.environ.get("BAD", "none:-1:-1").split(":")
 
@@ -37,11 +38,17 @@ def main():
     out = os.environ.get("OUT", "bundles")
     torch.manual_seed(0)
     loader = torch.utils.data.DataLoader(Batches(steps, rank), batch_size=None, shuffle=False)
-    trainer = lightning.Trainer(accelerator="cpu", devices=2, strategy="ddp", max_epochs=1, logger=False,
+    fsdp2 = os.environ.get("STRATEGY", "ddp") == "fsdp2"
+    if fsdp2:
+        from lightning.pytorch.strategies import ModelParallelStrategy
+        strategy = ModelParallelStrategy(data_parallel_size=2, tensor_parallel_size=1)
+    else:
+        strategy = "ddp"
+    trainer = lightning.Trainer(accelerator="cpu", devices=2, strategy=strategy, max_epochs=1, logger=False,
                                 enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
                                 use_distributed_sampler=False, callbacks=[NanDoctorCallback(out=out)])
     try:
-        trainer.fit(Module(), loader)
+        trainer.fit(ShardedModule() if fsdp2 else Module(), loader)
     except nandoctor.NonFiniteError as err:
         record_stop(out, rank, err)
         raise

@@ -5,7 +5,9 @@ step BAD // 8 (batches of 4 per rank). The watch rolls every rank back on the sa
 all-reduce spreads the NaN to the other rank's gradients, and the exchanged flags make every
 rank take the same branch). Each rank writes OUT/rank-R.json: its skipped steps, the steps it
 rolled back, its last loss and a checksum of its weights (DDP ranks must stay identical).
-Then a loss spike on rank 1 alone with on_spike="skip": OUT/spike-rank-R.json.
+Then a loss spike on rank 1 alone with on_spike="skip": OUT/spike-rank-R.json. Then the first
+run again with the model sharded by FSDP2 (fully_shard): each rank keeps a copy of its own
+shards and optimizer state, and puts them back: OUT/fsdp2/rank-R.json.
 """
 import json
 import os
@@ -48,16 +50,7 @@ def main():
     dataset = Stream()
     sampler = torch.utils.data.distributed.DistributedSampler(dataset, shuffle=False)
     loader = torch.utils.data.DataLoader(dataset, batch_size=4, sampler=sampler)
-    watch = nandoctor.watch(model, optimizer, out=out, on_nonfinite="rollback", rollback={"every": 2, "budget": 2})
-    loss = None
-    for batch in loader:
-        loss = training_step(model, batch)
-        watch.loss(loss)
-        loss.backward()
-        optimizer.step()
-        optimizer.zero_grad()
-    watch.close()
-    record(out, f"rank-{rank}.json", model, watch, loss)
+    rollback_run(model, optimizer, loader, out, f"rank-{rank}.json")
 
     # A loss spike on rank 1 alone (a constant added to its loss: its gradients, and so the
     # all-reduced gradient norm, do not move): on_spike="skip" must skip the step on every rank.
@@ -78,11 +71,37 @@ def main():
             step += 1
     watch.close()
     record(out, f"spike-rank-{rank}.json", model, watch, loss)
+
+    from torch.distributed.fsdp import fully_shard
+    torch.manual_seed(0)
+    model = build_model()
+    for layer in model.body:
+        if any(p.requires_grad for p in layer.parameters()):
+            fully_shard(layer)
+    fully_shard(model)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-2)
+    rollback_run(model, optimizer, loader, os.path.join(out, "fsdp2"), f"rank-{rank}.json")
     dist.destroy_process_group()
 
 
+def rollback_run(model, optimizer, loader, out, name):
+    os.makedirs(out, exist_ok=True)
+    watch = nandoctor.watch(model, optimizer, out=out, on_nonfinite="rollback", rollback={"every": 2, "budget": 2})
+    loss = None
+    for batch in loader:
+        loss = training_step(model, batch)
+        watch.loss(loss)
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad()
+    watch.close()
+    record(out, name, model, watch, loss)
+
+
 def record(out, name, model, watch, loss):
-    checksum = float(sum(p.detach().double().sum() for p in model.parameters()))
+    # A sharded (FSDP2) parameter is summed whole: the ranks must agree on the full model.
+    checksum = float(sum((p.full_tensor() if hasattr(p, "full_tensor") else p).detach().double().sum()
+                         for p in model.parameters()))
     with open(os.path.join(out, name), "w") as f:
         json.dump({"skipped": [h["step"] for h in watch.history if h["skipped"]],
                    "rolled_back": [e["step"] for e in watch.keep_alive.records if e["policy"] == "rollback"],

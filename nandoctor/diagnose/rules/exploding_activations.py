@@ -6,7 +6,7 @@ from typing import Optional
 
 from ...trace import RunTrace
 from ...trace.numbers import num
-from ..facts import clip_fix, module_label
+from ..facts import clip_fix, module_label, where
 from ..finding import Finding, Severity
 from ..ownership import owner
 from .base import Context, Rule
@@ -92,7 +92,7 @@ class ExplodingActivations(Rule):
         if huge_loss and loss is not None:
             evidence.append(f"loss {num(loss[0])} at step {loss[1]}")
         if owned and event is not None:
-            evidence.append(f"{event.call or event.op or 'an op'}{' at ' + str(event.user_source) if event.user_source else ''} "
+            evidence.append(f"{event.call or event.op or 'an op'}{' at ' + str(where(event)) if where(event) else ''} "
                             f"overflowed {run.precision}'s range in {event.phase} at step {event.step}")
         elif event is not None:
             evidence.append(f"{run.precision} went non-finite at step {event.step} in {event.phase}"
@@ -109,5 +109,5 @@ class ExplodingActivations(Rule):
         return Finding(self.id, (Severity.ERROR if failed else Severity.WARNING).value, 0.55 if failed else 0.5,
                         f"activations explode in {module_label(module or (event.module if event else None))}"
                         + (f" (max |x| {num(peak)})" if peak else ""), evidence, fix,
-                        module=module or None, source=(layer.source if layer else None) or (event.user_source if owned and event else None),
+                        module=module or None, source=(layer.source if layer else None) or (where(event) if owned and event else None),
                         precisions=[r.precision for r in matching], explains_origin=bool(explains), mechanism="overflow")

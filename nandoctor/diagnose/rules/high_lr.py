@@ -7,7 +7,7 @@ from typing import Any, Optional
 
 from ...trace import NonfiniteEvent, PostmortemTrace, RunTrace, SourceLocation, StepRecord
 from ...trace.numbers import num
-from ..facts import command_line_flag, module_label, optimizer_site, refuted
+from ..facts import command_line_flag, failed_later, module_label, optimizer_site, refuted
 from ..finding import Finding, Severity
 from ..ownership import lr_at, owned_events
 from .base import Context, Rule
@@ -303,9 +303,18 @@ class HighLearningRate(Rule):
         # Propose an lr an experiment confirmed (the largest that stayed finite), never one refuted.
         tried = [e for e in ctx.trace.experiments if e.id == "lower-lr" and e.outcome in ("finite", "nonfinite")
                  and isinstance(e.change.get("lr_scale"), (int, float))]
+        # A finite run shorter than where another lower lr failed tells no fix from a delay.
+        tried = [e for e in tried if failed_later(e, tried) is None]
         finite_scales = [e.change["lr_scale"] for e in tried if e.outcome == "finite"]
+        delayed = [e for e in tried if e.outcome == "nonfinite" and e.first_bad_step is not None
+                   and run.first_nonfinite is not None and e.first_bad_step > run.first_nonfinite.step]
         if known and finite_scales:
             new_lr = f"{lr * max(finite_scales):.0e} (re-trained with it, the run stayed finite)"
+        elif known and delayed:
+            e = delayed[0]
+            new_lr = (f"well below {lr * e.change['lr_scale']:.0e} (re-trained at {lr * e.change['lr_scale']:.0e}, "
+                      f"the run failed later, at step {e.first_bad_step}: a lower learning rate only delays it; "
+                      "look for a value the loss pushes the same way every step)")
         elif known and tried:
             smallest = min(e.change["lr_scale"] for e in tried)
             new_lr = (f"well below {lr * smallest:.0e} (re-trained at {lr * smallest:.0e}, the run still "

@@ -149,6 +149,12 @@ def _restore_optimizer(found: Bundle, model: torch.nn.Module, user: Optional[Mod
     spec = found.manifest.optimizer or {}
     state = found.optimizer_state_dict()
     if user is not None and user.build_optimizer is not None:
+        names = [user_name(n) for n in spec.get("param_names") or [] if isinstance(n, str)]
+        by_name = dict(user_named_parameters(model))
+        if names and len(names) != len(params) and all(n in by_name for n in names):
+            # The recorded optimizer held some of the parameters only (a GAN's generator
+            # optimizer): build_optimizer gets those, as the run's own loop gave them.
+            params = [by_name[n] for n in names]
         optimizer = user.build_optimizer(params)
     else:
         module_name, _, qualname = str(spec.get("class", "")).partition(":")
@@ -241,8 +247,66 @@ def _lightning_builder(found: Bundle, rebuild: dict[str, Any], trust: bool) -> t
         return cls(**{k: v for k, v in hparams.items() if _accepts(cls, k)})
 
     def step(model: Any, batch: Any) -> Any:
+        if getattr(model, "automatic_optimization", True) is False:
+            return _manual_optimization_step(model, batch)
         return model.training_step(batch, 0)
     return build, step
+
+
+class _DeferredOptimizer:
+    """What `self.optimizers()` hands a manual-optimization training_step in the replay. The
+    replay runs the bundled optimizer's backward and step itself, so that optimizer's
+    `manual_backward(loss)` + `step()` only hand it the loss; any other optimizer (a GAN's
+    discriminator) runs its backward and step right there, as in the recorded run."""
+
+    def __init__(self, inner: Any, replayed: bool, pending: list[Any], losses: list[Any]):
+        self.inner, self.replayed, self._pending, self._losses = inner, replayed, pending, losses
+
+    def step(self, closure: Any = None) -> None:
+        if closure is not None:
+            closure()
+        loss = self._pending.pop() if self._pending else None
+        if self.replayed:
+            self._losses.append(loss)
+            return
+        if loss is not None:
+            loss.backward()
+        self.inner.step()
+
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        if not self.replayed:
+            self.inner.zero_grad(set_to_none=set_to_none)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.inner, name)
+
+
+def _manual_optimization_step(model: Any, batch: Any) -> Any:
+    """A LightningModule with `automatic_optimization = False` calls `self.optimizers()` and
+    `self.manual_backward()`, which need a Trainer: outside one, stand-ins. The first optimizer
+    `configure_optimizers()` returns is the one the callback watched and the bundle holds."""
+    configured = model.configure_optimizers()
+    if isinstance(configured, dict):
+        configured = configured.get("optimizer")
+    if isinstance(configured, tuple) and len(configured) == 2 and isinstance(configured[0], (list, tuple)):
+        configured = configured[0]        # (optimizers, schedulers)
+    optimizers = list(configured) if isinstance(configured, (list, tuple)) else [configured]
+    optimizers = [o.get("optimizer") if isinstance(o, dict) else o for o in optimizers]
+    pending: list[Any] = []
+    losses: list[Any] = []
+    handed = [_DeferredOptimizer(o, i == 0, pending, losses) for i, o in enumerate(optimizers)]
+    stand_ins = {"optimizers": lambda use_pl_optimizer=True: handed[0] if len(handed) == 1 else handed,
+                 "manual_backward": lambda loss, *args, **kwargs: pending.append(loss),
+                 "toggle_optimizer": lambda *args, **kwargs: None,
+                 "untoggle_optimizer": lambda *args, **kwargs: None}
+    model.__dict__.update(stand_ins)
+    try:
+        out = model.training_step(batch, 0)
+    finally:
+        for name in stand_ins:
+            model.__dict__.pop(name, None)
+    found = [loss for loss in losses if loss is not None] or pending
+    return found[-1] if found else out
 
 
 def _missing_arguments(cls: Any, given: dict[str, Any]) -> list[str]:
@@ -313,6 +377,11 @@ def _import_attr(module_name: str, qualname: str, file: Optional[str] = None) ->
             raise
         module = importlib.util.module_from_spec(spec)
         sys.modules[module_name] = module
+        # Its own imports of sibling files (`from model import Net`) resolve as they did when
+        # `python train.py` ran from that folder: the file's folder is on the path.
+        folder = str(Path(file).resolve().parent)
+        if folder not in sys.path:
+            sys.path.insert(0, folder)
         spec.loader.exec_module(module)
     obj: Any = module
     for part in qualname.split("."):
