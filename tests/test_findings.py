@@ -222,6 +222,23 @@ def test_one_root_cause_is_one_error_annotation_with_its_symptoms_nested(tmp_pat
     assert all("symptom of the leading cause (high-lr)" in s["rank_reason"] for s in doc["causes"][0]["symptoms"])
 
 
+def test_a_refuted_hypothesis_behind_an_unrefuted_error_is_a_warning_not_a_second_annotation():
+    from nandoctor.diagnose.finding import Finding
+    from nandoctor.diagnose.ranking import rank
+    from nandoctor.diagnose.verdict import verdict
+    leader = Finding(id="unstable-op", severity="error", confidence=0.8, title="0/0", explains_origin=True)
+    refuted = Finding(id="high-lr", severity="error", confidence=0.6, title="lr", explains_origin=True, confirmed=False)
+    other = Finding(id="data-nonfinite", severity="error", confidence=0.9, title="NaN batch", explains_origin=False)
+    ordered = rank([refuted, leader, other])
+    assert [f.id for f in ordered] == ["unstable-op", "data-nonfinite", "high-lr"]
+    assert refuted.severity == "warning" and "refuted" in refuted.rank_reason
+    assert leader.severity == other.severity == "error"          # unrefuted causes keep their severity
+    assert verdict(ordered, failed=True) == "fail"
+    # A refuted leader (nothing unrefuted explains the failure) stays an error: the run failed.
+    alone = Finding(id="high-lr", severity="error", confidence=0.6, title="lr", confirmed=False)
+    assert rank([alone])[0].severity == "error"
+
+
 # ---- item 6: a library frame is never the place to fix ------------------------------------------------
 
 def test_a_zero_over_zero_inside_a_library_loss_names_the_users_call_and_the_empty_batch():

@@ -17,6 +17,10 @@ plateau a spike leaves) is a consequence of the leading cause when that cause is
 a run diverge (the learning rate, the init, the data), or when it explains the first non-finite
 value and the symptom does not. A symptom is never more severe than its root, so nesting it
 changes no verdict; a refuted leader takes none.
+
+A hypothesis its own experiment refuted is not a second root cause: behind an unrefuted error
+it is kept, with its evidence, as a warning, so one root cause gives one error (one CI
+annotation). The verdict does not move: the leader is still an error.
 """
 from __future__ import annotations
 
@@ -123,6 +127,10 @@ def rank(findings: list[Finding]) -> list[Finding]:
             if _is_symptom_of(finding, first):
                 finding.symptom_of = first.id
         ordered = [f for f in ordered if f.symptom_of is None] + [f for f in ordered if f.symptom_of is not None]
+    if first is not None and first.severity == Severity.ERROR.value and first.confirmed is not False:
+        for finding in ordered[1:]:
+            if finding.confirmed is False and finding.severity == Severity.ERROR.value:
+                finding.severity = Severity.WARNING.value
     for finding in ordered:
         finding.rank_reason = _reason(finding, first, wide_unhealthy)
     return ordered

@@ -476,9 +476,7 @@ class Watch:
             return
         self._note_autocast()
         if self.precision.endswith("-mixed"):
-            for handle in self._autocast_probes:
-                handle.remove()
-            self._autocast_probes = []
+            self._drop_autocast_probes()
 
     def _model_output_hook(self, module: Any, args: Any, kwargs: Any, output: Any) -> None:
         if compiled.compiling():
@@ -775,7 +773,16 @@ class Watch:
         self._dropped = False
         self._versions = None
         self._remove_stats_hooks()
+        if self._autocast_probes:
+            # A forward that applies autocast itself (Accelerate wraps it at prepare time) shows it
+            # from the first step on: a step that trained without it ends the probing.
+            self._drop_autocast_probes()
         self.step_index += 1
+
+    def _drop_autocast_probes(self) -> None:
+        for handle in self._autocast_probes:
+            handle.remove()
+        self._autocast_probes = []
 
     # ---- the sync ----------------------------------------------------------------------------
     def _defer(self, capture: _Capture, norms: Optional[torch.Tensor]) -> None:
