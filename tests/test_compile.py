@@ -265,3 +265,22 @@ def test_the_compile_key_and_flag_are_checked(tmp_path):
     path.write_text(SCAN_FILE)
     result = run_cli("scan", path, "--config", config, "--compile")
     assert result.exit_code == 2 and "compile" in result.output and "Traceback" not in result.output
+
+
+def test_replay_trust_of_a_script_bundle_finds_the_model_the_script_compiled(tmp_path):
+    """Regression (bench round 2, nanoGPT `--compile=True`): the bundle holds the user's parameter
+    names, while the script calls torch.compile's wrapper, whose keys start with `_orig_mod.`;
+    `replay --trust` said no module of the script had the bundle's weights (exit 2)."""
+    script = tmp_path / "compiled_model.py"
+    script.write_text((SCRIPTS / "compiled_model.py").read_text())
+    ran = _script("--format", "json", "-o", "run.json", "--out", "bundles", str(script), "--nan-at", "3",
+                  cwd=tmp_path, module=True)
+    assert ran.returncode == 1, ran.stderr[-2000:]
+    bundle = json.loads((tmp_path / "run.json").read_text())["script"]["bundle"]
+    replayed = subprocess.run([sys.executable, "-m", "nandoctor", "replay", bundle, "--trust", "--format", "json",
+                               "-o", "replay.json"], cwd=tmp_path, capture_output=True, text=True, timeout=180,
+                              env={**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"})
+    assert replayed.returncode == 1, replayed.stderr[-2000:]
+    doc = json.loads((tmp_path / "replay.json").read_text())
+    event = doc["first_nonfinite"]
+    assert event["step"] == 3 and event["user_source"].startswith("compiled_model.py:"), event

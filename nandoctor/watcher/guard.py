@@ -252,7 +252,9 @@ class Watch:
         # (`model.forward = autocast(forward)`): the model's own hooks run outside that region and
         # see float32, its children's pre-hooks run inside it. Removed once a mixed precision is seen.
         self._autocast_probes: list[Any] = []
-        if not self._precision_given:
+        # Not on a compiled model: hooks inside its graph are guarded by the compiler, and removing
+        # them would recompile it (as the per-layer hooks, `_layer_hooks`).
+        if not self._precision_given and self._layer_hooks:
             self._autocast_probes = [child.register_forward_pre_hook(self._child_autocast_hook)
                                      for child in compiled.uncompiled(model).children()]
             self._handles.extend(self._autocast_probes)
@@ -773,9 +775,10 @@ class Watch:
         self._dropped = False
         self._versions = None
         self._remove_stats_hooks()
-        if self._autocast_probes:
+        if self._autocast_probes and not self._after_compiled_step:
             # A forward that applies autocast itself (Accelerate wraps it at prepare time) shows it
-            # from the first step on: a step that trained without it ends the probing.
+            # from the first step on: a step that trained without it ends the probing. Inside a
+            # compiled train step the probes stay (inert there): removing them would recompile it.
             self._drop_autocast_probes()
         self.step_index += 1
 
