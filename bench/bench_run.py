@@ -13,6 +13,7 @@ wait4). `--busy N` starts N busy single-threaded processes beside the measuremen
     python bench/bench_run.py --model deep --steps 100 --busy 1
     python bench/bench_run.py --model blocks --steps 100 --variants guard   # 1002 small modules
     python bench/bench_run.py --model gpt2 --steps 5 --variants guard       # GPT-2 small's shape
+    python bench/bench_run.py --model blocks --steps 100 --variants guard --baseline /work/main
 """
 from __future__ import annotations
 
@@ -52,16 +53,16 @@ VARIANTS = {
 }
 
 
-def timed(argv: list[str], cwd: str) -> tuple[float, float]:
-    """(seconds, peak RSS in MiB) of one child process."""
+def timed(argv: list[str], cwd: str, root: Path = ROOT) -> tuple[float, float, float]:
+    """(seconds, peak RSS in MiB, CPU seconds) of one child process, running `root`'s nandoctor."""
     t0 = time.perf_counter()
     child = subprocess.Popen(argv, cwd=cwd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                             env={**os.environ, "PYTHONPATH": str(ROOT)})
+                             env={**os.environ, "PYTHONPATH": str(root)})
     _, status, usage = os.wait4(child.pid, 0)
     seconds = time.perf_counter() - t0
     if os.waitstatus_to_exitcode(status) != 0:
         raise SystemExit(f"{argv} failed: {child.stderr.read().decode()[-2000:]}")
-    return seconds, usage.ru_maxrss / 1024
+    return seconds, usage.ru_maxrss / 1024, usage.ru_utime + usage.ru_stime
 
 
 def main() -> None:
@@ -72,34 +73,44 @@ def main() -> None:
     parser.add_argument("--busy", type=int, default=0, help="busy single-threaded processes running beside")
     parser.add_argument("--variants", nargs="*", default=list(VARIANTS), choices=list(VARIANTS),
                         help="which of plain, guard, stats/50 to time (plain always)")
+    parser.add_argument("--baseline", type=Path, help="another checkout (e.g. /work/main): its guard runs too, "
+                        "in the same alternating rounds, as 'guard@base'")
     args = parser.parse_args()
-    chosen = {name: VARIANTS[name] for name in VARIANTS if name == "plain" or name in args.variants}
+    chosen = {name: (VARIANTS[name], ROOT) for name in VARIANTS if name == "plain" or name in args.variants}
+    if args.baseline is not None:
+        chosen["guard@base"] = (VARIANTS["guard"], args.baseline.resolve())
     load_before = os.getloadavg()
     folder = tempfile.mkdtemp()
     script = Path(folder) / "train.py"
     script.write_text(SCRIPT.format(bench=str(HERE), model=args.model, steps=args.steps))
     busy = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(args.busy)]
-    results: dict[str, list[tuple[float, float]]] = {name: [] for name in chosen}
+    results: dict[str, list[tuple[float, float, float]]] = {name: [] for name in chosen}
     try:
         timed([sys.executable, str(script)], folder)            # warm the file cache once
-        for _ in range(args.rounds):
-            for name, prefix in chosen.items():
-                results[name].append(timed([sys.executable, *prefix, str(script)], folder))
+        for round_ in range(args.rounds):
+            order = list(chosen.items())
+            for name, (prefix, root) in (order if round_ % 2 == 0 else order[::-1]):
+                results[name].append(timed([sys.executable, *prefix, str(script)], folder, root))
     finally:
         for process in busy:
             process.kill()
-    plain = statistics.median(s for s, _ in results["plain"])
-    plain_rss = statistics.median(r for _, r in results["plain"])
+    plain = statistics.median(s for s, _, _ in results["plain"])
+    plain_rss = statistics.median(r for _, r, _ in results["plain"])
+    plain_cpu = statistics.median(c for _, _, c in results["plain"])
     load = os.getloadavg()
     print(f"# {args.model}, {args.steps} steps, {args.rounds} alternating rounds, busy={args.busy}, "
           f"load {load_before[0]:.1f} -> {load[0]:.1f}, {os.cpu_count()} cores, "
           f"OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', 'unset')}")
-    print(f"{'variant':10s} {'median s':>9s} {'ratio':>6s} {'all runs (s)':40s} {'peak RSS MiB':>12s} {'RSS ratio':>9s}")
+    # CPU time (user + system of the child) is the figure to compare on a shared machine: wall time
+    # there also counts the time other jobs held the cores.
+    print(f"{'variant':10s} {'median s':>9s} {'ratio':>6s} {'CPU s':>7s} {'ratio':>6s} {'all runs (wall s)':32s} "
+          f"{'peak RSS MiB':>12s} {'RSS ratio':>9s}")
     for name, runs in results.items():
-        median = statistics.median(s for s, _ in runs)
-        rss = statistics.median(r for _, r in runs)
-        print(f"{name:10s} {median:9.2f} {median / plain:6.3f} {' '.join(f'{s:.2f}' for s, _ in runs):40s} "
-              f"{rss:12.0f} {rss / plain_rss:9.3f}")
+        median = statistics.median(s for s, _, _ in runs)
+        rss = statistics.median(r for _, r, _ in runs)
+        cpu = statistics.median(c for _, _, c in runs)
+        print(f"{name:10s} {median:9.2f} {median / plain:6.3f} {cpu:7.2f} {cpu / plain_cpu:6.3f} "
+              f"{' '.join(f'{s:.2f}' for s, _, _ in runs):32s} {rss:12.0f} {rss / plain_rss:9.3f}")
 
 
 if __name__ == "__main__":

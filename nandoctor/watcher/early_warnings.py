@@ -138,6 +138,7 @@ class EarlyWarningSampler:
         self.emit = emit
         self.names = [name for name, _ in compiled.user_named_modules(model)]
         self.modules = [m for _, m in compiled.user_named_modules(model)]
+        self._names_by_id = {id(m): name for name, m in zip(self.names, self.modules)}
         # A compiled model's modules run inside its graph: hooks there would break or recompile
         # it, so only the optimizer-side statistics (Adam update RMS, second moments) are sampled.
         self.layer_hooks = not compiled.has_compiled_parts(model)
@@ -147,6 +148,14 @@ class EarlyWarningSampler:
         self.in_mha = False
         self._step: Optional[int] = None
         self._values: list[tuple[str, str, torch.Tensor]] = []   # (module, statistic, device scalar)
+        # (modules, statistic, device vector): one value per module, reduced together
+        self._vectors: list[tuple[list[str], str, torch.Tensor]] = []
+        # Module outputs waiting for one fused max |x| and norm (as the watch's statistics hooks
+        # do): per-module reductions in the hooks were ~9 kernels per module, each also passing
+        # through the attention mode, ~0.3 s per sampled step of a 1000-module model.
+        self._pending: list[tuple[str, torch.Tensor, int]] = []
+        self._pending_bytes = 0
+        self._eager: set[str] = set()           # modules whose outputs change in place after their hook
         self._handles: list[Any] = []
         self._mode: Optional[_AttentionMode] = None
         self._aside: Any = None             # the fast-path module the mode stepped aside for
@@ -160,12 +169,16 @@ class EarlyWarningSampler:
         if self._step is not None or step % self.every:
             return
         self._step = step
-        self._values, self.stack = [], []
+        self._values, self._vectors, self.stack = [], [], []
+        self._pending, self._pending_bytes = [], 0
         if not self.layer_hooks:
             return
+        # Two global module hooks, not two per module: a hook handle per module and sampled step
+        # (2000 objects for a 1000-module model) cost ~0.3 s there in the collections they set off.
+        from torch.nn.modules import module as module_hooks
+        self._handles.append(module_hooks.register_module_forward_pre_hook(self._enter_hook))
+        self._handles.append(module_hooks.register_module_forward_hook(self._exit_hook, always_call=True))
         for index, module in enumerate(self.modules):
-            self._handles.append(module.register_forward_pre_hook(self._enter_hook(self.names[index])))
-            self._handles.append(module.register_forward_hook(self._module_hook(self.names[index]), always_call=True))
             if isinstance(module, torch.nn.MultiheadAttention):
                 self._handles.append(module.register_forward_pre_hook(self._mha_hook(self.names[index]),
                                                                       with_kwargs=True))
@@ -192,33 +205,41 @@ class EarlyWarningSampler:
             if self._mode is not None:
                 self._mode.__enter__()
 
-    def _enter_hook(self, name: str) -> Callable:
-        def hook(module: Any, args: Any) -> None:
+    def _enter_hook(self, module: Any, args: Any) -> None:
+        name = self._names_by_id.get(id(module))
+        if name is not None:
             self.stack.append(name)
-        return hook
 
-    def _module_hook(self, name: str) -> Callable:
-        def hook(module: Any, args: Any, output: Any) -> None:
-            if self.stack and self.stack[-1] == name:
-                self.stack.pop()
-            if isinstance(module, torch.nn.MultiheadAttention):
-                self.in_mha = False
-            if output is None or not torch.is_grad_enabled() or stats.in_functorch_transform():
-                return
-            tensors = [t for t in stats.floating_tensors(output) if t.numel() > 1]
-            if not tensors:
-                return
-            with torch.no_grad():
-                t = tensors[0].detach()
-                rms = t.float().square().mean().sqrt()
-                self._values.append((name, "act_outlier_ratio", t.abs().amax().float() / rms.clamp_min(1e-30)))
-                if module is self.model:
-                    logits = primary_output(output)
-                    if logits is not None and logits.dim() >= 1 and logits.shape[-1] > 1:
-                        logits = logits.detach().float()
-                        self._values.append(("", "output_logit_max", logits.abs().amax()))
-                        self._values.append(("", "log_z", torch.logsumexp(logits, dim=-1).mean()))
-        return hook
+    def _exit_hook(self, module: Any, args: Any, output: Any) -> None:
+        name = self._names_by_id.get(id(module))
+        if name is not None:
+            self._module_output(name, module, output)
+
+    def _module_output(self, name: str, module: Any, output: Any) -> None:
+        if self.stack and self.stack[-1] == name:
+            self.stack.pop()
+        if isinstance(module, torch.nn.MultiheadAttention):
+            self.in_mha = False
+        if output is None or not torch.is_grad_enabled() or stats.in_functorch_transform():
+            return
+        tensors = [t for t in stats.floating_tensors(output) if t.numel() > 1]
+        if not tensors:
+            return
+        t = tensors[0]
+        if name not in self._eager:
+            self._pending.append((name, t, t._version))
+            self._pending_bytes += t.numel() * t.element_size()
+            if self._pending_bytes >= stats.BATCH_BYTES:
+                self._reduce_outputs()
+        with torch.no_grad():
+            if name in self._eager:
+                self._values.append((name, "act_outlier_ratio", _outlier_ratios([t.detach()])[0]))
+            if module is self.model:
+                logits = primary_output(output)
+                if logits is not None and logits.dim() >= 1 and logits.shape[-1] > 1:
+                    logits = logits.detach().float()
+                    self._values.append(("", "output_logit_max", logits.abs().amax()))
+                    self._values.append(("", "log_z", torch.logsumexp(logits, dim=-1).mean()))
 
     def _mha_hook(self, name: str) -> Callable:
         def hook(module: Any, args: tuple, kwargs: dict) -> None:
@@ -233,13 +254,26 @@ class EarlyWarningSampler:
             self.in_mha = True      # its own SDPA/softmax call is this value, not another one
         return hook
 
+    def _reduce_outputs(self) -> None:
+        """max |x| / rms(x) of the waiting module outputs, in a handful of fused kernels. An output
+        changed in place since its hook is not measured this time; that module's outputs are
+        reduced in its hook from then on."""
+        pending, self._pending, self._pending_bytes = self._pending, [], 0
+        keep = [(name, t) for name, t, version in pending if t._version == version]
+        self._eager.update(name for name, t, version in pending if t._version != version)
+        if keep:
+            with torch.no_grad():
+                self._vectors.append(([name for name, _ in keep], "act_outlier_ratio",
+                                      _outlier_ratios([t for _, t in keep])))
+
     def before_update(self, params: list[torch.Tensor]) -> None:
         """Gradients final, weights not yet updated: keep a copy for the per-module update ratio."""
         if self._step is None:
             return
         self._close_mode()
+        self._reduce_outputs()
         with torch.no_grad():
-            self._before = [p.detach().clone() for p in params]
+            self._before = torch._foreach_mul(params, 1.0)      # a copy, in one op however many parameters
 
     def after_update(self, optimizer: Any, params: list[torch.Tensor], owners: list[str]) -> None:
         if self._step is None or self._before is None or len(self._before) != len(params):
@@ -247,41 +281,67 @@ class EarlyWarningSampler:
             return
         before, self._before = self._before, None
         with torch.no_grad():
-            delta = stats.foreach_norms(torch._foreach_sub([p.detach() for p in params], before))
+            delta = stats.foreach_norms(torch._foreach_sub(params, before))
             # The weights' norm, floored at an RMS of 0.05: weights that start at zero (a position
             # table, a zero-initialised projection) would otherwise show a huge ratio for a normal step.
             floor = torch.tensor([0.05 * math.sqrt(p.numel()) for p in before], device=delta.device)
             weight = torch.maximum(stats.foreach_norms(before), floor)
-            for module, d, w in _per_module(owners, delta, weight):
-                self._values.append((module, "update_ratio", d / w))
+            names, d, w = _per_module(owners, delta, weight)
+            self._vectors.append((names, "update_ratio", d / w))
             self._adam_values(optimizer, owners)
 
     def _adam_values(self, optimizer: Any, owners: list[str]) -> None:
+        """Adam's bias-corrected update RMS and the share of second moments below eps**2, per
+        module: foreach kernels over chunks of parameters sharing betas, eps and step (a Python
+        loop of ~12 kernels per parameter took ~0.15 s per sampled step of a 1000-module model),
+        each chunk at most stats.BATCH_BYTES so the temporaries stay small for a large model."""
         # The optimizer's own parameter objects: its state is keyed by them, not by views of them.
         pairs = [(p, g) for g in optimizer.param_groups for p in g["params"]]
-        sums: dict[str, list[torch.Tensor]] = {}
+        found = []
         for (p, group), owner in zip(pairs, owners):
             state = optimizer.state.get(p, {})
             v, m, step = state.get("exp_avg_sq"), state.get("exp_avg"), state.get("step")
-            if not isinstance(v, torch.Tensor) or not isinstance(m, torch.Tensor) or step is None:
-                continue
-            v, m = local_tensor(v), local_tensor(m)
+            if isinstance(v, torch.Tensor) and isinstance(m, torch.Tensor) and step is not None:
+                found.append((owner, local_tensor(v), local_tensor(m), step, group))
+        chunks: dict[tuple, list[list[Any]]] = {}
+        for (owner, v, m, _, group), t in zip(found, _step_counts([step for *_, step, _ in found])):
             beta1, beta2 = group.get("betas", (0.9, 0.999))
-            eps = float(group.get("eps", 1e-8))
-            t = float(step)
-            v_hat = v.float() / (1 - beta2 ** t)
-            update = (m.float() / (1 - beta1 ** t)) / (v_hat.sqrt() + eps)
-            # An entry no gradient has reached yet (the embedding row of a token, or a position,
-            # that no batch used so far) has both moments exactly zero: its update is 0, not m / eps.
-            # Only entries that had a gradient can have a second moment that collapsed.
-            reached = (v != 0) | (m != 0)
-            parts = sums.setdefault(owner, [])
-            parts.append(torch.stack([update.square().sum(), ((v_hat < eps * eps) & reached).float().sum(),
-                                      torch.tensor(float(v.numel()), device=v.device), reached.float().sum()]))
-        for owner, parts in sums.items():
-            total = torch.stack(parts).sum(0)
-            self._values.append((owner, "update_rms", (total[0] / total[2]).sqrt()))
-            self._values.append((owner, "exp_avg_sq_collapse", total[1] / total[3].clamp(min=1)))
+            key = (float(beta1), float(beta2), float(group.get("eps", 1e-8)), t, v.device)
+            runs = chunks.setdefault(key, [[0]])
+            if runs[-1][0] and runs[-1][0] + v.numel() * 4 > stats.BATCH_BYTES:
+                runs.append([0])
+            runs[-1][0] += v.numel() * 4
+            runs[-1].append((owner, v, m))
+        names: list[str] = []
+        # per parameter: [sum of update**2, count of v_hat < eps**2 among reached entries, numel, reached entries]
+        rows: list[torch.Tensor] = []
+        with torch.no_grad():
+            for (beta1, beta2, eps, t, device), runs in chunks.items():
+                for _, *run in runs:
+                    vs = [v.float() for _, v, _ in run]
+                    ms = [m.float() for _, _, m in run]
+                    v_hat = torch._foreach_div(vs, 1 - beta2 ** t)
+                    denom = torch._foreach_add(torch._foreach_sqrt(v_hat), eps)
+                    update = torch._foreach_div(torch._foreach_div(ms, 1 - beta1 ** t), denom)
+                    # clamp_max(v_hat - eps**2, 0) is non-zero exactly where v_hat < eps**2: its 0-"norm" counts them.
+                    below = stats.foreach_norms(torch._foreach_clamp_max(torch._foreach_sub(v_hat, eps * eps), 0.0), 0.0)
+                    # An entry no gradient has reached yet (the embedding row of a token, or a position,
+                    # that no batch used so far) has both moments exactly zero: its update is 0, not m / eps.
+                    # Only entries that had a gradient can have a second moment that collapsed; v >= 0,
+                    # so v + |m| is non-zero exactly where one of them is (its 0-"norm" counts those).
+                    reached = stats.foreach_norms(torch._foreach_add(vs, torch._foreach_abs(ms)), 0.0).to(device)
+                    numel = torch.tensor([float(v.numel()) for _, v, _ in run], device=device)
+                    # every unreached entry has v_hat = 0 < eps**2: take them out of the count
+                    below = below.to(device) - (numel - reached)
+                    rows.append(torch.stack([stats.foreach_norms(update).to(device).square(), below, numel, reached], 1))
+                    names += [owner for owner, _, _ in run]
+            if not rows:
+                return
+            table = torch.cat([r.to(rows[0].device) for r in rows])
+            modules, index = _owner_index(names, table.device)
+            total = torch.zeros(len(modules), 4, dtype=table.dtype, device=table.device).index_add_(0, index, table)
+            self._vectors.append((modules, "update_rms", (total[:, 0] / total[:, 2]).sqrt()))
+            self._vectors.append((modules, "exp_avg_sq_collapse", total[:, 1] / total[:, 3].clamp(min=1)))
 
     def finish(self) -> None:
         """The end of the step: one host transfer, then the trends are read."""
@@ -292,14 +352,21 @@ class EarlyWarningSampler:
         for handle in self._handles:
             handle.remove()
         self._handles.clear()
+        self._reduce_outputs()
         values, self._values, self.stack, self._before, self._step = self._values, [], [], None, None
+        vectors, self._vectors = self._vectors, []
         self.in_mha = False
-        if not values:
+        if not values and not vectors:
             return
-        device = values[0][2].device
-        numbers = torch.stack([v.reshape(()).float().to(device) for _, _, v in values]).tolist()
+        device = values[0][2].device if values else vectors[0][2].device
+        parts = [v.reshape(-1).to(device, torch.float32) for _, _, v in vectors]
+        if values:
+            parts.insert(0, torch.stack([v.reshape(()).to(device, torch.float32) for _, _, v in values]))
+        numbers = (torch.cat(parts) if len(parts) > 1 else parts[0]).tolist()      # one host transfer
+        keys = [(module, statistic) for module, statistic, _ in values]
+        keys += [(module, statistic) for names, statistic, _ in vectors for module in names]
         sample: dict[tuple[str, str], float] = {}
-        for (module, statistic, _), number in zip(values, numbers):
+        for (module, statistic), number in zip(keys, numbers):
             key = (module, statistic)
             # Several calls of one module (or several attention calls in it): the largest.
             sample[key] = number if key not in sample or _larger(number, sample[key]) else sample[key]
@@ -377,16 +444,36 @@ def _larger(a: float, b: float) -> bool:
     return math.isnan(b) or (not math.isnan(a) and abs(a) > abs(b))
 
 
-def _per_module(owners: list[str], delta: torch.Tensor, weight: torch.Tensor) -> list[tuple[str, torch.Tensor, torch.Tensor]]:
-    groups: dict[str, list[int]] = {}
-    for i, owner in enumerate(owners):
-        groups.setdefault(owner, []).append(i)
-    out = []
-    for owner, idx in groups.items():
-        index = torch.tensor(idx, device=delta.device)
-        out.append((owner, delta.index_select(0, index).square().sum().sqrt(),
-                    weight.index_select(0, index).square().sum().sqrt()))
-    return out
+def _per_module(owners: list[str], delta: torch.Tensor, weight: torch.Tensor) -> tuple[list[str], torch.Tensor, torch.Tensor]:
+    """(modules, L2 of `delta` per module, L2 of `weight` per module): per-parameter norms summed
+    by owner with one index_add each (a loop of index_select per module was ~6 kernels per module)."""
+    names, index = _owner_index(owners, delta.device)
+    d = torch.zeros(len(names), dtype=delta.dtype, device=delta.device).index_add_(0, index, delta.square())
+    w = torch.zeros(len(names), dtype=weight.dtype, device=weight.device).index_add_(0, index, weight.square())
+    return names, d.sqrt(), w.sqrt()
+
+
+def _step_counts(steps: list[Any]) -> list[float]:
+    """Adam's per-parameter step counters as floats: one transfer for tensors on one device
+    (torch keeps them as tensors; reading each is a sync per parameter)."""
+    if steps and all(isinstance(s, torch.Tensor) and s.numel() == 1 and s.device == steps[0].device for s in steps):
+        return torch.stack([s.reshape(()) if s.dim() else s for s in steps]).tolist()
+    return [float(s) for s in steps]
+
+
+def _owner_index(owners: list[str], device: torch.device) -> tuple[list[str], torch.Tensor]:
+    """The distinct owners in first-seen order and each entry's position among them."""
+    positions: dict[str, int] = {}
+    index = [positions.setdefault(owner, len(positions)) for owner in owners]
+    return list(positions), torch.tensor(index, dtype=torch.long, device=device)
+
+
+def _outlier_ratios(tensors: list[torch.Tensor]) -> torch.Tensor:
+    """max |x| / rms(x) per tensor (rms floored at 1e-30), fused over the list."""
+    max_abs = stats.foreach_max_abs(tensors).to(torch.float32)
+    numel = torch.tensor([float(t.numel()) for t in tensors], device=max_abs.device)
+    rms = stats.foreach_norms(tensors).to(max_abs.device, torch.float32) / numel.sqrt()
+    return max_abs / rms.clamp_min(1e-30)
 
 
 def _slope(points: list[tuple[int, float]]) -> Optional[float]:
