@@ -71,10 +71,12 @@ for step in range(int(sys.argv[2])):
 '''
 
 
-def timed(command: list[str], env: dict[str, str]) -> tuple[float, float, float]:
+def timed(command: list[str], env: dict[str, str], cwd: Path) -> tuple[float, float, float]:
     """(wall seconds, CPU seconds, peak RSS MiB) of one child process."""
     began = time.perf_counter()
-    child = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    # cwd: `python -m nandoctor` imports the package from the working directory before
+    # PYTHONPATH, so each tree's scan runs from its own checkout.
+    child = subprocess.Popen(command, env=env, cwd=cwd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     _, status, usage = os.wait4(child.pid, 0)
     wall = time.perf_counter() - began
     code = os.waitstatus_to_exitcode(status)
@@ -113,7 +115,7 @@ def main() -> None:
             for _ in range(args.repeats):
                 for name, (command, tree) in variants.items():
                     env = dict(os.environ, PYTHONPATH=str(tree))
-                    results[name].append(timed(command, env))
+                    results[name].append(timed(command, env, tree))
     finally:
         for process in busy:
             process.kill()

@@ -4,6 +4,8 @@
     python3 bench/real_scripts.py --source DIR --only nanogpt --keep       # entries whose name contains a word
     python3 bench/real_scripts.py --source DIR --plain                     # check the injections under plain python
     python3 bench/real_scripts.py --source DIR --round 2                   # one round of entries (yaml `round`)
+    python3 bench/real_scripts.py --source DIR --site SITE                 # SITE: `pip install --target SITE datasets
+                                                                           #   jsonargparse[signatures]` (HF, LightningCLI)
     python3 bench/real_scripts.py --list                                   # what each entry runs and expects
 
 The scripts are not part of this repository. `--source` is a folder you filled from the public

@@ -335,8 +335,10 @@ def _replay(bundle: str | Path, model: str | Path | None, *, trust: bool, experi
     if m.scaler is None:
         cfg["loss_scale"] = "none"
     dev = resolve_device(cfg["device"])
-    if model is None and (m.rebuild or {}).get("kind") == "script":
+    if model is None and (m.rebuild or {}).get("kind") == "script" and m.state != STATE_AFTER_STEP:
         return _replay_script(found, ranks, trust, cfg, resolved, began)
+    if model is None and (m.rebuild or {}).get("kind") == "script":
+        return _replay_script_after_step(found, ranks, cfg, resolved, precision.value, began)
     spec, model_info = bundle_model_file(found, model, trust)
     trace = Trace(model_file=spec.display, config=cfg, device=str(dev), torch_version=torch.__version__,
                   tool_version=__version__, checkpoint=str(found.path),
@@ -429,6 +431,31 @@ def _replay_script(found: Any, ranks: Optional[dict[str, Any]], trust: bool, cfg
     findings = diagnose(trace)
     return ReplayReport(trace=trace, causes=findings, config=resolved, fail_on=cfg["fail_on"],
                         bundle=_bundle_facts(found, ranks), history=history)
+
+
+def _replay_script_after_step(found: Any, ranks: Optional[dict[str, Any]], cfg: dict[str, Any],
+                              resolved: ResolvedConfig, precision: str, began: float) -> ReplayReport:
+    """A script's bundle written after the optimizer step that made the NaN: its weights are
+    already non-finite, so running the script again would only trace NaN weights. The state, the
+    optimizer's settings and the history are the evidence, as for a model file's bundle; nothing is
+    executed, so no --trust is needed."""
+    from .watcher.script_replay import history_records as script_history
+    script = ((found.manifest.rebuild or {}).get("script") or {}).get("path") or "script"
+    trace = Trace(model_file=str(script), config=cfg, device="cpu", torch_version=torch.__version__,
+                  tool_version=__version__, checkpoint=str(found.path), framework="script")
+    if ranks is not None:
+        trace.notes.append(describe_ranks(ranks))
+    run = after_step_run(found, precision)
+    run.history = history_records(found)
+    run.early_warnings = early_warning_records(found)
+    trace.runs.append(run)
+    trace.notes.append("the bundle holds the state after the failing optimizer step (the NaN was born inside "
+                       "optimizer.step()): diagnosed from that state and the optimizer's settings, without running "
+                       "the script again")
+    trace.seconds = time.perf_counter() - began
+    findings = diagnose(trace)
+    return ReplayReport(trace=trace, causes=findings, config=resolved, fail_on=cfg["fail_on"],
+                        bundle=_bundle_facts(found, ranks), history=script_history(found))
 
 
 @dataclass

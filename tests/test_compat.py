@@ -570,25 +570,25 @@ def test_lightning_gan_in_manual_optimization_is_bundled_before_its_discriminato
     assert report.causes[0].id == "grad-singularity"
 
 
-@pytest.mark.parametrize("script", ["lit_stack.py", "gan_script.py"])
+@pytest.mark.parametrize("script", ["lit_stack.py", "lit_gan.py"])
 def test_run_of_a_lightning_fit_and_of_a_gan_loop_names_the_origin(tmp_path, script):
-    # lit_stack.py: Lightning's own loop (LightningOptimizer around the torch optimizer, the step
-    # in a closure) over the checkpointed stack. Regressions (issue 18): the watch's batch check
-    # on a block called straight from training_step added saved tensors to the non-reentrant
-    # checkpoint's forward (CheckpointError); a closure's re-run traced training_step's own ops
-    # as data. gan_script.py: the discriminator's optimizer steps inside the generator's step;
-    # the re-run used to begin at the discriminator's next call in the same iteration.
+    # Lightning's own loop under `nandoctor run` (LightningOptimizer around the torch optimizer).
+    # lit_stack.py: automatic optimization (the step in a closure) over the checkpointed stack.
+    # Regressions (issue 18): the watch's batch check on a block called straight from
+    # training_step added saved tensors to the non-reentrant checkpoint's forward
+    # (CheckpointError); a closure's re-run traced training_step's own ops as data.
+    # lit_gan.py: manual optimization, the discriminator's optimizer first. The re-run used to
+    # begin at the discriminator's call for the generator's loss in the same iteration, or
+    # inside the generator's empty closure, and stayed finite (`nonreproducible`).
     pytest.importorskip("lightning")
-    for name in (script, "gan_model.py"):
-        shutil.copy(COMPAT / name, tmp_path)
+    shutil.copy(COMPAT / script, tmp_path)
     args = ("checkpoint",) if script == "lit_stack.py" else ()
     result = nandoctor_cli("run", "--format", "json", "-o", "r.json", script, *args, cwd=tmp_path, timeout=240)
     assert result.returncode == 1, result.stderr[-2000:]
     doc = json.loads((tmp_path / "r.json").read_text())
     event = doc["first_nonfinite"]
-    source = "lit_stack.py" if script == "lit_stack.py" else "gan_model.py"
     assert (event["step"], event["phase"], event["forward_op"], event["reproduced"]) == (2, "backward", "sqrt", True)
-    assert event["user_source"] == f"{source}:{line_of(COMPAT / source, 'torch.sqrt(')}"
+    assert event["user_source"] == f"{script}:{line_of(COMPAT / script, 'torch.sqrt(')}"
     assert doc["causes"][0]["id"] == "grad-singularity"
     if script == "lit_stack.py":
         assert event["module"] == "block"
@@ -623,3 +623,47 @@ def test_lightning_callback_with_torch_func_or_a_compiled_module_replays_to_the_
     site = "torch.sqrt(yi" if setting == "vmap" else "torch.sqrt(x"
     assert event.user_source.line == line_of(COMPAT / "lit_func.py", site)
     assert report.causes[0].id == "unstable-op"
+
+
+def test_a_sampled_early_warning_step_keeps_multihead_attention_on_its_fast_path(tmp_path):
+    # Regression (issue 18): the early-warning sampler's function mode sent nn.MultiheadAttention
+    # off its fused fast path on every sampled step, so the user's numbers changed there: the
+    # fully padded sample of step 2 gave zeros instead of the NaN the run gives unwatched.
+    from tests.compat import mha_teacher
+    torch.manual_seed(0)
+    model = mha_teacher.build_model()
+    opt = torch.optim.SGD(model.parameters(), lr=0.01)
+    watch = nandoctor.watch(model, opt, out=tmp_path, warn=False, early_warnings={"every": 1})
+    with pytest.raises(nandoctor.NonFiniteError) as caught:
+        for step in range(4):
+            batch = mha_teacher.get_batch(step)
+            with watch.step(batch):
+                watch.loss(mha_teacher.training_step(model, batch)).backward()
+                opt.step()
+                opt.zero_grad()
+    assert caught.value.step == 2 and "loss" in caught.value.what
+
+
+def test_transformers_callback_with_gradient_checkpointing_sdpa_and_a_worker_stops_at_the_nan_batch(tmp_path):
+    # The Hugging Face Trainer's own settings: gradient_checkpointing (reentrant), GPT-2's SDPA
+    # attention, a DataLoader worker. The NaN embedding of item 22 is step 5's batch.
+    pytest.importorskip("transformers")
+    import warnings
+    from transformers import Trainer, TrainingArguments
+    from test_integrations import EmbedsDataset, hf_callback, tiny_gpt2
+    callback = hf_callback(tmp_path)
+    args = TrainingArguments(output_dir=str(tmp_path / "out"), max_steps=8, per_device_train_batch_size=4,
+                             learning_rate=1e-3, report_to=[], save_strategy="no", logging_strategy="no", use_cpu=True,
+                             dataloader_num_workers=1, seed=0, train_sampling_strategy="sequential",
+                             gradient_checkpointing=True, gradient_checkpointing_kwargs={"use_reentrant": True})
+    model = tiny_gpt2()
+    assert model.config._attn_implementation == "sdpa"
+    trainer = Trainer(model=model, args=args, train_dataset=EmbedsDataset(bad_index=4 * 5 + 2), callbacks=[callback])
+    with pytest.raises(nandoctor.NonFiniteError) as caught, warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        trainer.train()
+    assert caught.value.step == 5 and "batch" in caught.value.what
+    report = nandoctor.replay(caught.value.bundle, experiments=False)
+    event = report.trace.runs[0].first_nonfinite
+    assert (event.step, event.phase) == (5, "data") and "inputs_embeds" in event.tensor
+    assert report.causes[0].id == "data-nonfinite"

@@ -6,6 +6,7 @@ CompileCounter is dynamo's counting backend: it runs each captured graph as it i
 tests pay for tracing, not for code generation."""
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -124,10 +125,15 @@ def _script(*args: str, cwd: Path, module: bool = False) -> subprocess.Completed
     return subprocess.run(command, cwd=cwd, capture_output=True, text=True, timeout=180, env=env)
 
 
-@pytest.mark.parametrize("whole_step", [False, True], ids=["compiled-model", "compiled-whole-step"])
-def test_nandoctor_run_of_a_script_that_compiles_adds_no_graph_or_break(tmp_path, whole_step, capsys, monkeypatch):
+@pytest.mark.parametrize("how", ["", "--whole-step", "--in-place"],
+                         ids=["compiled-model", "compiled-whole-step", "compiled-in-place"])
+def test_nandoctor_run_of_a_script_that_compiles_adds_no_graph_or_break(tmp_path, how, capsys, monkeypatch):
+    # --in-place: model.compile() puts the module's hooks inside the compiled call; the guard wraps
+    # that call from outside (regression, issue 18: it never saw the model again, so a NaN was
+    # "non-finite gradients" with no re-run).
     import runpy
-    args = [str(SCRIPTS / "compiled_model.py"), *(["--whole-step"] if whole_step else [])]
+    whole_step = how == "--whole-step"
+    args = [str(SCRIPTS / "compiled_model.py"), *([how] if how else [])]
     torch._dynamo.reset()
     counters.clear()
     monkeypatch.setattr(sys, "argv", args)
@@ -141,6 +147,14 @@ def test_nandoctor_run_of_a_script_that_compiles_adds_no_graph_or_break(tmp_path
     assert [line for line in guarded.stdout.splitlines() if line.startswith("COMPILED")] == counted
     assert "nandoctor run PASS" in guarded.stderr
     assert "_orig_mod" not in guarded.stderr and "recompile" not in guarded.stderr.lower()
+    if how == "--in-place":
+        failing = _script("--format", "json", *args, "--nan-at", "3", cwd=tmp_path, module=True)
+        doc = json.loads(failing.stdout)
+        event = doc["first_nonfinite"]
+        assert failing.returncode == 1, failing.stderr[-2000:]
+        assert (event["step"], event["phase"], event["op"], event["reproduced"]) == (3, "forward", "aten.log.default", True)
+        line = next(i for i, text in enumerate(Path(args[0]).read_text().splitlines(), 1) if "torch.log(h + shift)" in text)
+        assert event["user_source"].endswith(f"compiled_model.py:{line}")
 
 
 NET = '''
@@ -169,14 +183,21 @@ def training_step(model, batch):
 '''
 
 
-def test_a_bundle_from_a_compiled_model_replays_with_a_plain_or_a_compiled_build_model(tmp_path):
+@pytest.mark.parametrize("how", ["wrapper", "in_place"])
+def test_a_bundle_from_a_compiled_model_replays_with_a_plain_or_a_compiled_build_model(tmp_path, how):
+    # `in_place`: model.compile() compiles the module itself (no `_orig_mod` wrapper), in the run
+    # and in the replay's build_model().
     from tests.conftest import run_cli
     torch._dynamo.reset()
     namespace: dict = {}
     exec(MODEL_FILE.format(build="Net()"), namespace)
     torch.manual_seed(0)
     net = namespace["Net"]()
-    model = torch.compile(net, backend="eager")
+    if how == "in_place":
+        net.compile(backend="eager")
+        model = net
+    else:
+        model = torch.compile(net, backend="eager")
     opt = torch.optim.SGD(model.parameters(), lr=0.01)
     x, y = torch.rand(8, 4), torch.randn(8, 1)
     with pytest.raises(nandoctor.NonFiniteError) as caught:
@@ -192,7 +213,10 @@ def test_a_bundle_from_a_compiled_model_replays_with_a_plain_or_a_compiled_build
     assert "_orig_mod" not in str(bundle.manifest.to_json())
     assert set(bundle.model_state()) == {"body.0.weight", "body.0.bias", "head.weight", "head.bias"}
     assert bundle.manifest.rebuild["model_class"].endswith(":Net")
-    for build in ("Net()", "torch.compile(Net(), backend='eager')"):
+    assert bundle.manifest.compile["backend"] == "eager"
+    compiled_build = ("torch.compile(Net(), backend='eager')" if how == "wrapper"
+                      else "(lambda net: (net.compile(backend='eager'), net)[1])(Net())")
+    for build in ("Net()", compiled_build):
         path = tmp_path / f"model_{len(build)}.py"
         path.write_text(MODEL_FILE.format(build=build))
         result = run_cli("replay", caught.value.bundle, "--model", path, "--no-experiments", "--format", "json")
@@ -241,3 +265,22 @@ def test_the_compile_key_and_flag_are_checked(tmp_path):
     path.write_text(SCAN_FILE)
     result = run_cli("scan", path, "--config", config, "--compile")
     assert result.exit_code == 2 and "compile" in result.output and "Traceback" not in result.output
+
+
+def test_replay_trust_of_a_script_bundle_finds_the_model_the_script_compiled(tmp_path):
+    """Regression (bench round 2, nanoGPT `--compile=True`): the bundle holds the user's parameter
+    names, while the script calls torch.compile's wrapper, whose keys start with `_orig_mod.`;
+    `replay --trust` said no module of the script had the bundle's weights (exit 2)."""
+    script = tmp_path / "compiled_model.py"
+    script.write_text((SCRIPTS / "compiled_model.py").read_text())
+    ran = _script("--format", "json", "-o", "run.json", "--out", "bundles", str(script), "--nan-at", "3",
+                  cwd=tmp_path, module=True)
+    assert ran.returncode == 1, ran.stderr[-2000:]
+    bundle = json.loads((tmp_path / "run.json").read_text())["script"]["bundle"]
+    replayed = subprocess.run([sys.executable, "-m", "nandoctor", "replay", bundle, "--trust", "--format", "json",
+                               "-o", "replay.json"], cwd=tmp_path, capture_output=True, text=True, timeout=180,
+                              env={**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"})
+    assert replayed.returncode == 1, replayed.stderr[-2000:]
+    doc = json.loads((tmp_path / "replay.json").read_text())
+    event = doc["first_nonfinite"]
+    assert event["step"] == 3 and event["user_source"].startswith("compiled_model.py:"), event

@@ -146,3 +146,13 @@ def test_no_fix_contradicts_its_own_experiments(entry):
     tests/test_findings.py scans six more with the experiments on (the bench: every entry, --experiments on)."""
     doc = scanned(entry)
     assert not fix_contradictions(doc), fix_contradictions(doc)
+
+
+@pytest.mark.parametrize("entry", ENTRIES, ids=ids(ENTRIES))
+def test_one_root_cause_is_one_error(entry):
+    """Issue 19: a failing report's errors are its root causes, one each; symptoms nest under their
+    root and a refuted hypothesis is a warning behind it. Every corpus entry has one root cause, so
+    its report carries one error finding: one `::error` annotation in `--format github`."""
+    doc = scanned(entry)
+    errors = [c["id"] for c in doc["causes"] if c["severity"] == "error"]
+    assert len(errors) <= 1, [(c["id"], c["severity"], c.get("confirmed")) for c in doc["causes"]]

@@ -222,6 +222,31 @@ def test_one_root_cause_is_one_error_annotation_with_its_symptoms_nested(tmp_pat
     assert all("symptom of the leading cause (high-lr)" in s["rank_reason"] for s in doc["causes"][0]["symptoms"])
 
 
+def test_a_refuted_or_untested_hypothesis_behind_the_leading_error_is_a_warning_not_a_second_annotation():
+    from nandoctor.diagnose.finding import Finding
+    from nandoctor.diagnose.ranking import rank
+    from nandoctor.diagnose.verdict import verdict
+    leader = Finding(id="unstable-op", severity="error", confidence=0.8, title="0/0", explains_origin=True)
+    refuted = Finding(id="high-lr", severity="error", confidence=0.6, title="lr", explains_origin=True, confirmed=False)
+    other = Finding(id="data-nonfinite", severity="error", confidence=0.9, title="NaN batch", explains_origin=False)
+    ordered = rank([refuted, leader, other])
+    assert [f.id for f in ordered] == ["unstable-op", "data-nonfinite", "high-lr"]
+    assert refuted.severity == "warning" and "refuted" in refuted.rank_reason
+    assert leader.severity == other.severity == "error"          # unrefuted causes keep their severity
+    assert verdict(ordered, failed=True) == "fail"
+    # An untested competing hypothesis behind a leader that explains the origin is a warning too;
+    # a confirmed one is a second root cause and stays an error.
+    untested = Finding(id="optimizer-eps", severity="error", confidence=0.7, title="eps", explains_origin=True)
+    confirmed = Finding(id="high-lr", severity="error", confidence=0.5, title="lr", confirmed=True)
+    leader = Finding(id="unstable-op", severity="error", confidence=0.8, title="0/0", explains_origin=True)
+    ordered = rank([untested, confirmed, leader])
+    assert untested.severity == "warning" and "competing hypothesis" in untested.rank_reason
+    assert confirmed.severity == "error"
+    # A refuted leader (nothing unrefuted explains the failure) stays an error: the run failed.
+    alone = Finding(id="high-lr", severity="error", confidence=0.6, title="lr", confirmed=False)
+    assert rank([alone])[0].severity == "error"
+
+
 # ---- item 6: a library frame is never the place to fix ------------------------------------------------
 
 def test_a_zero_over_zero_inside_a_library_loss_names_the_users_call_and_the_empty_batch():

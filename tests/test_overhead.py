@@ -73,15 +73,16 @@ def _recording_cost(tmp_path, blocks: int) -> tuple[int, collections.Counter, in
 
 
 def test_recorded_step_adds_a_constant_number_of_ops(tmp_path):
-    small_modules, small, small_plain = _recording_cost(tmp_path, 3)
-    big_modules, big, big_plain = _recording_cost(tmp_path, 60)
+    # 10 blocks and up: each repeated shape has enough tensors to be stacked (stats.MIN_STACK).
+    small_modules, small, small_plain = _recording_cost(tmp_path, 10)
+    big_modules, big, big_plain = _recording_cost(tmp_path, 120)
     assert big_modules >= 10 * small_modules and big_plain > 10 * small_plain
-    # Two steps (a cheap and a full one) of a 10-module and a 182-module model: the ops the
-    # recorder adds are the same handful of reductions per distinct output shape (here two: the
-    # blocks' and the head's; stack, amax, amin, neg, maximum, and two norms on a full step, for
-    # activations and for gradients); none is per module.
+    # Two steps (a cheap and a full one) of a 32-module and a 362-module model: the ops the
+    # recorder adds are the same handful of reductions per distinct tensor shape (outputs: the
+    # blocks' and the head's; parameters: four): stack, amax, amin, neg, maximum, two norms on a
+    # full step, and the views and cats that join them; none is per module.
     assert sum(big.values()) == sum(small.values()), (small, big)
-    assert sum(big.values()) <= 90, big
+    assert sum(big.values()) <= 120, big
     assert big["aten.aminmax"] == 0 and big["aten._foreach_max"] <= 4
 
 
@@ -199,4 +200,4 @@ def test_watched_step_adds_a_constant_number_of_ops():
     # An early-warning sampled step (every 50 by default) was ~10 kernels per module and ~12 per
     # parameter (0.4 s on a 1000-module model; 13k ops here): now fused, the same for both sizes.
     assert sum(big_sampled.values()) == sum(small_sampled.values()), (small_sampled, big_sampled)
-    assert sum(big_sampled.values()) <= 100, big_sampled
+    assert sum(big_sampled.values()) <= 200, big_sampled

@@ -199,6 +199,23 @@ def test_lr_experiment_cut_short_by_the_scripts_end_still_answers_past_the_diver
     assert top["id"] == "high-lr" and top["confirmed"] is True
 
 
+def test_a_bundle_written_after_the_failing_optimizer_step_replays_without_running_the_script(scripts):
+    """Regression (bench round 2, run_clm.py --adam_epsilon 0): the bundle of a NaN born in
+    optimizer.step() holds the weights after that step. `replay --trust` ran the script with
+    those NaN weights and blamed the embedding's forward (unexplained-nonfinite); without
+    --trust it refused. Its state and the optimizer's settings are the evidence: nothing to run."""
+    result, doc = run_json(scripts, "adam_eps0.py", "--eps", "0")
+    assert result.returncode == 1 and doc["causes"][0]["id"] == "optimizer-eps"
+    out = scripts / "replay.json"        # no --trust: nothing of the user's is run (--trust takes the same path)
+    replayed = nandoctor("replay", doc["script"]["bundle"], "--format", "json", "-o", str(out), cwd=scripts)
+    assert replayed.returncode == 1, replayed.stderr[-2000:]
+    again = json.loads(out.read_text())
+    jsonschema.validate(again, SCHEMA)
+    assert again["causes"][0]["id"] == "optimizer-eps", [c["id"] for c in again["causes"]]
+    assert again["first_nonfinite"]["phase"] == "optimizer"
+    assert "final loss" not in replayed.stdout          # the script did not run
+
+
 def test_a_run_that_ends_non_finite_never_passes_even_when_no_watch_attached(scripts):
     result, doc = run_json(scripts, "no_module.py")
     assert result.returncode == 1 and doc["verdict"] == "fail"

@@ -53,7 +53,8 @@ def plan_experiments(trace: Trace, findings: list[Finding], limit: int = 4) -> l
     ctx = _context(trace, None)
     seen: set[tuple[str, str]] = set()
     requests: list[ExperimentRequest] = []
-    leading = [f for f in findings if f.severity == Severity.ERROR.value][:limit]
+    # A competing hypothesis the ranking shows as a warning is still one an experiment should test.
+    leading = [f for f in findings if f.severity == Severity.ERROR.value or f.competing][:limit]
     for finding in leading:
         rule = get_rule(finding.id)
         if rule is None:

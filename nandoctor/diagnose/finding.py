@@ -33,6 +33,9 @@ class Finding:
     # The root cause this finding is a consequence of (exploding activations from a too-high
     # learning rate): set by `rank`; the report nests it under that cause as one of its `symptoms`.
     symptom_of: Optional[str] = None
+    # An error-level hypothesis that competes with the leading cause for the same failure and that
+    # no experiment confirmed: `rank` shows it as a warning, and the experiments still test it.
+    competing: bool = False
 
 
 __all__ = ["Finding", "Severity", "ExperimentRequest"]

@@ -17,6 +17,12 @@ plateau a spike leaves) is a consequence of the leading cause when that cause is
 a run diverge (the learning rate, the init, the data), or when it explains the first non-finite
 value and the symptom does not. A symptom is never more severe than its root, so nesting it
 changes no verdict; a refuted leader takes none.
+
+Behind an unrefuted error that explains where the first non-finite value was born, another
+error is a second root cause only when it is a fact (NaN data, a crash in the user's code,
+labels out of range) or an experiment confirmed it. A competing hypothesis that no experiment
+confirmed, or that its own experiment refuted, is kept with its evidence as a warning: one root
+cause gives one error (one CI annotation). The verdict does not move: the leader is still an error.
 """
 from __future__ import annotations
 
@@ -109,20 +115,48 @@ def _is_symptom_of(finding: Finding, root: Finding) -> bool:
     return root.id in DIVERGENCE_ROOTS or (root.explains_origin and not finding.explains_origin)
 
 
+# Facts rather than hypotheses: each is a root cause of its own whatever else is found.
+FACTS = {"data-nonfinite", "user-error", "label-range", "data-outlier-samples"}
+
+
+def _competing_hypothesis(finding: Finding, leader: Finding) -> bool:
+    if finding.confirmed is False:
+        return True
+    return (leader.explains_origin and finding.confirmed is not True and finding.id not in FACTS
+            and finding.id not in ("unexplained-nonfinite", "scan-incomplete"))
+
+
 def rank(findings: list[Finding]) -> list[Finding]:
     """Sort the findings, mark the leading cause's symptoms (`symptom_of`, placed after every
-    root) and fill each one's `rank_reason`."""
+    root), show competing hypotheses behind the leading error as warnings (`competing`) and fill
+    each one's `rank_reason`."""
+    for finding in findings:
+        finding.symptom_of = None
+        if finding.competing:           # ranked again (after the experiments): judged afresh
+            finding.severity, finding.competing = Severity.ERROR.value, False
     wide_unhealthy = _wide_precision_unhealthy(findings)
     root_present = _divergence_root_present(findings)
-    ordered = sorted(findings, key=lambda f: _key(f, wide_unhealthy, root_present))
+
+    def key(f: Finding) -> tuple:
+        return _key(f, wide_unhealthy, root_present)
+
+    ordered = sorted(findings, key=key)
     first = ordered[0] if ordered else None
-    for finding in ordered:
-        finding.symptom_of = None
     if first is not None and first.id not in SYMPTOMS and first.confirmed is not False:
         for finding in ordered:
             if _is_symptom_of(finding, first):
                 finding.symptom_of = first.id
-        ordered = [f for f in ordered if f.symptom_of is None] + [f for f in ordered if f.symptom_of is not None]
+    if first is not None and first.severity == Severity.ERROR.value and first.confirmed is not False:
+        for finding in ordered[1:]:
+            if (finding.severity == Severity.ERROR.value and finding.symptom_of is None
+                    and _competing_hypothesis(finding, first)):
+                finding.severity, finding.competing = Severity.WARNING.value, True
+    # Roots first (a competing hypothesis now after the errors), then the symptoms.
+    ordered = sorted((f for f in ordered if f.symptom_of is None), key=key) + \
+        [f for f in ordered if f.symptom_of is not None]
     for finding in ordered:
         finding.rank_reason = _reason(finding, first, wide_unhealthy)
+        if finding.competing and finding.confirmed is not False and first is not None:
+            finding.rank_reason = (f"a competing hypothesis no experiment confirmed: a risk beside the leading "
+                                   f"cause ({first.id}), not a second root cause")
     return ordered

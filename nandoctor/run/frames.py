@@ -104,6 +104,21 @@ def stack_locations(start: Optional[FrameType] = None) -> tuple[Optional[SourceL
     return source, user
 
 
+def user_frame(start: Optional[FrameType] = None) -> Optional[tuple[str, int, str]]:
+    """(file, line, function) of the innermost user frame of the current Python stack: the
+    `user` of `stack_locations`, without making a SourceLocation (asked once per torch call
+    while init sites are recorded)."""
+    frame = start or sys._getframe(1)
+    while frame is not None:
+        code = frame.f_code
+        if code in _BOUNDARIES:
+            return None
+        if is_user_file(code.co_filename):
+            return code.co_filename, frame.f_lineno, code.co_name
+        frame = frame.f_back
+    return None
+
+
 def traceback_locations(tb: Optional[TracebackType]) -> tuple[Optional[SourceLocation], Optional[SourceLocation], list[SourceLocation]]:
     """For an exception: (innermost non-library frame, innermost user frame, all user frames)."""
     entries = traceback.extract_tb(tb)

@@ -12,13 +12,26 @@ import torch
 from torch.overrides import TorchFunctionMode
 
 from ..trace import SourceLocation
-from .frames import stack_locations
+from .frames import location, user_frame
 
 
 class InitSites(TorchFunctionMode):
+    """Every torch call's user line, by the storage it wrote. A model of a thousand modules makes
+    thousands of calls while it is built: each keeps only its (file, line, function), and a
+    SourceLocation is made for the parameters and batch tensors asked for."""
+
     def __init__(self) -> None:
         super().__init__()
-        self.sites: dict[int, SourceLocation] = {}
+        self.raw: dict[int, tuple[str, int, str]] = {}
+        self._made: dict[tuple[str, int, str], SourceLocation] = {}
+
+    def site(self, key: int) -> Optional[SourceLocation]:
+        frame = self.raw.get(key)
+        if frame is None:
+            return None
+        if frame not in self._made:
+            self._made[frame] = location(*frame)
+        return self._made[frame]
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
         out = func(*args, **(kwargs or {}))
@@ -29,14 +42,19 @@ class InitSites(TorchFunctionMode):
         writes = (name == "__setitem__" and not _selects_nothing(args[1] if len(args) > 1 else None)) \
             or (name.startswith("__i") and name.endswith("__") and name != "__init__")
         if isinstance(target, torch.Tensor) and (writes or not name.startswith("__")):
-            _, user = stack_locations()
+            user = user_frame()
             if user is not None:
                 # Keyed by storage: nn.Parameter(t) and t share it, and the last writer wins.
-                self.sites[_key(target)] = user
+                self.raw[_key(target)] = user
         return out
 
     def for_model(self, model: torch.nn.Module) -> dict[str, SourceLocation]:
-        return {name: self.sites[_key(p)] for name, p in model.named_parameters() if _key(p) in self.sites}
+        out = {}
+        for name, p in model.named_parameters():
+            site = self.site(_key(p))
+            if site is not None:
+                out[name] = site
+        return out
 
 
 def _selects_nothing(index) -> bool:
@@ -62,7 +80,7 @@ def record_tensor_sites(fn: Any, *args: Any) -> tuple[Any, "InitSites"]:
 
 
 def site_for(sites: "InitSites", t: torch.Tensor) -> Optional[SourceLocation]:
-    return sites.sites.get(_key(t))
+    return sites.site(_key(t))
 
 
 def record_init_sites(build: Any) -> tuple[Any, dict[str, SourceLocation]]:

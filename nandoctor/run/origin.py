@@ -41,6 +41,7 @@ from torch.overrides import TorchFunctionMode
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten
 
+from .fused_paths import may_take_fast_path
 from ..trace import NonfiniteEvent, OpRef, Phase, SourceLocation, TensorSummary
 from . import stats
 from .frames import is_library, stack_locations
@@ -337,7 +338,7 @@ class OriginTracer(StepProbe):
 
     def _push(self, module: torch.nn.Module, args: Any) -> None:
         self._module_stack.append(self._names.get(id(module), type(module).__name__))
-        if self._fast_path is None and self._function_active and _may_take_fast_path(module):
+        if self._fast_path is None and self._function_active and may_take_fast_path(module):
             # nn.MultiheadAttention / TransformerEncoderLayer leave their fused fast path when any
             # torch function mode is active ("some Tensor argument has_torch_function"), and the
             # fast path is what the recorded run took (it makes NaN of a fully padded row where
@@ -719,9 +720,6 @@ class _DispatchShim(TorchDispatchMode):
         return self.tracer.on_op(func, args, kwargs or {})
 
 
-_FAST_PATH_TYPES = (torch.nn.MultiheadAttention, torch.nn.TransformerEncoderLayer, torch.nn.TransformerEncoder)
-
-
 def _from_builtin_derivative() -> bool:
     """Whether the op being dispatched comes from a built-in derivative formula run by the autograd
     engine (no Python between the engine and the op) rather than from Python running in backward
@@ -737,12 +735,6 @@ def _from_builtin_derivative() -> bool:
     return False
 
 
-def _may_take_fast_path(module: torch.nn.Module) -> bool:
-    """Whether this call may run a fused inference fast path (torch's own checks decide the
-    rest): an attention or encoder module in eval mode with nothing to differentiate."""
-    if not isinstance(module, _FAST_PATH_TYPES) or module.training:
-        return False
-    return not torch.is_grad_enabled() or not any(p.requires_grad for p in module.parameters())
 
 
 class _FunctionShim(TorchFunctionMode):

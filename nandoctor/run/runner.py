@@ -463,10 +463,44 @@ def _ratio(num: Optional[float], den: Optional[float]) -> Optional[float]:
     return num / den
 
 
+_ROW_KEYS = ("max_abs", "norm", "nan", "inf", "zero_frac")
+
+
+def _combine(values: list[Optional[float]]) -> Optional[float]:
+    """The L2 norm of a module's parameters from theirs (None where none was measured)."""
+    present = [v for v in values if v is not None]
+    return math.sqrt(sum(v * v for v in present)) if present else None
+
+
+def _row_values(row: list[float], scale: float) -> tuple:
+    """stats.row_facts of a recorded row (ROW plus its element count), in _ROW_KEYS order."""
+    facts = stats.row_facts(row, row[-1], scale)
+    return facts["max_abs"], facts["norm"], facts["nan"], facts["inf"], facts["zero_frac"]
+
+
 def _fill_series(run: RunTrace, session: TrainingSession, collected: list[StepStats]) -> None:
-    """Turn per-step host numbers into per-module and per-parameter series."""
+    """Turn per-step host numbers into per-module and per-parameter series. Step by step, each
+    step's numbers dropped once they are in the series: the two never both hold every step
+    (a few MiB each on a 1000-module model)."""
     params = run.params
-    for s in collected:
+    own: dict[str, list[int]] = {}
+    for i, p in enumerate(params):
+        own.setdefault(p.module, []).append(i)
+    # Modules x steps x fields values: the loops below run ~10^5 times on a 1000-module model,
+    # so each series list is bound once and a row's facts come as a tuple, not a dict.
+    layers = []
+    for index, (name, module) in enumerate(session.model.named_modules()):
+        mine = own.get(name, [])
+        layer = LayerSeries(module=name, type=type(module).__name__, index=index,
+                            source=params[mine[0]].init_source if mine else None,
+                            series={f: [] for f in LAYER_FIELDS})
+        series = layer.series
+        layers.append((index, mine, sum(params[i].numel for i in mine), series,
+                       [series[f"act_{key}"] for key in _ROW_KEYS], [series[f"grad_{key}"] for key in _ROW_KEYS]))
+        run.layers.append(layer)
+    empty = (None,) * 5
+    for k, s in enumerate(collected):
+        collected[k] = None  # type: ignore[call-overload]   # dropped once in the series
         for i, p in enumerate(params):
             grad_norm = s.param_grad_norm[i] if i < len(s.param_grad_norm) else None
             zeros = s.param_grad_zeros[i] if i < len(s.param_grad_zeros) else None
@@ -477,36 +511,21 @@ def _fill_series(run: RunTrace, session: TrainingSession, collected: list[StepSt
             p.series["grad_nonfinite"].append(None if grad_max is None else float(not math.isfinite(grad_max)))
             p.series["update_ratio"].append(_ratio(s.update_norm[i] if i < len(s.update_norm) else None,
                                                    s.param_norm_before[i] if i < len(s.param_norm_before) else None))
-
-    own: dict[str, list[int]] = {}
-    for i, p in enumerate(params):
-        own.setdefault(p.module, []).append(i)
-    for index, (name, module) in enumerate(session.model.named_modules()):
-        mine = own.get(name, [])
-        layer = LayerSeries(module=name, type=type(module).__name__, index=index,
-                            source=params[mine[0]].init_source if mine else None,
-                            series={f: [] for f in LAYER_FIELDS})
-        numel = sum(params[i].numel for i in mine)
-        for s in collected:
+        for index, mine, numel, series, act_lists, grad_lists in layers:
             act = s.act.get(index)
             grad = s.grad.get(index)
-            act_facts = stats.row_facts(act, act[-1]) if act else {}
-            grad_facts = stats.row_facts(grad, grad[-1], s.grad_scale) if grad else {}
-            for key in ("max_abs", "norm", "nan", "inf", "zero_frac"):
-                layer.series[f"act_{key}"].append(act_facts.get(key))
-                layer.series[f"grad_{key}"].append(grad_facts.get(key))
+            for values, target in ((_row_values(act, 1.0) if act else empty, act_lists),
+                                   (_row_values(grad, s.grad_scale) if grad else empty, grad_lists)):
+                for value, out in zip(values, target):
+                    out.append(value)
             if mine:
-                def combine(values: list[Optional[float]]) -> Optional[float]:
-                    present = [v for v in values if v is not None]
-                    return math.sqrt(sum(v * v for v in present)) if present else None
-                layer.series["param_norm"].append(combine([s.param_norm[i] for i in mine]))
-                layer.series["param_grad_norm"].append(combine([s.param_grad_norm[i] for i in mine]))
+                series["param_norm"].append(_combine([s.param_norm[i] for i in mine]))
+                series["param_grad_norm"].append(_combine([s.param_grad_norm[i] for i in mine]))
                 zeros = [s.param_grad_zeros[i] for i in mine if s.param_grad_zeros[i] is not None]
-                layer.series["param_grad_zero_frac"].append(sum(zeros) / numel if zeros and numel else None)
-                layer.series["update_ratio"].append(_ratio(combine([s.update_norm[i] for i in mine]),
-                                                           combine([s.param_norm_before[i] for i in mine])))
+                series["param_grad_zero_frac"].append(sum(zeros) / numel if zeros and numel else None)
+                series["update_ratio"].append(_ratio(_combine([s.update_norm[i] for i in mine]),
+                                                     _combine([s.param_norm_before[i] for i in mine])))
             else:
                 for key in ("param_norm", "param_grad_norm", "param_grad_zero_frac", "update_ratio"):
-                    layer.series[key].append(None)
-        run.layers.append(layer)
+                    series[key].append(None)
 

@@ -29,7 +29,7 @@ BATCH_BYTES = 2 << 20
 # batch is reduced a few megabytes at a time, so the copy stays small next to the activations
 # themselves and the allocator can reuse it from step to step (a copy as large as a whole batch
 # adds its size to the process's peak memory).
-STACK_BYTES = 2 << 20
+STACK_BYTES = 1 << 20
 
 
 def iter_tensors(obj: Any, prefix: str = "", depth: int = 0) -> Iterator[tuple[str, torch.Tensor]]:
@@ -102,48 +102,75 @@ def batch_rows(tensors: list[torch.Tensor], full: bool = True) -> torch.Tensor:
         return _grouped_rows([t.abs() if t.is_complex() else t for t in tensors], full)
 
 
+def _stacks(tensors: list[torch.Tensor]) -> Iterator[tuple[list[int], Optional[torch.Tensor]]]:
+    """(indices, [k, numel] matrix) for the tensors of one shape, dtype and device, stacked at
+    most STACK_BYTES at a time (a tensor above STACK_BYTES alone, as a view: no copy); the
+    matrix is None for empty tensors. On CPU a `_foreach_*` reduction still runs one small
+    kernel per tensor; one reduction along the rows of a matrix of a repeated layer's tensors
+    costs about as much as a few of them (a reduction over several trailing dimensions instead
+    of one is several times slower: hence the reshape)."""
+    for members in _shape_groups(tensors).values():
+        if tensors[members[0]].numel() == 0:
+            yield members, None
+        else:
+            yield from _stacked(tensors, members)
+
+
+def _shape_groups(tensors: list[torch.Tensor]) -> dict[tuple, list[int]]:
+    groups: dict[tuple, list[int]] = {}
+    for i, t in enumerate(tensors):
+        groups.setdefault((t.shape, t.dtype, t.device), []).append(i)
+    return groups
+
+
+def _stacked(tensors: list[torch.Tensor], members: list[int]) -> Iterator[tuple[list[int], torch.Tensor]]:
+    numel = tensors[members[0]].numel()
+    per_stack = max(1, STACK_BYTES // (numel * tensors[members[0]].element_size()))
+    for begin in range(0, len(members), per_stack):
+        chunk = members[begin:begin + per_stack]
+        stacked = torch.stack([tensors[i] for i in chunk]) if len(chunk) > 1 else tensors[chunk[0]]
+        yield chunk, stacked.reshape(len(chunk), numel)
+        del stacked         # one stacked copy alive at a time (the caller drops its own)
+
+
+def _in_order(order: list[int], columns: list[list[torch.Tensor]], device: torch.device,
+              dtype: torch.dtype) -> torch.Tensor:
+    """[n, len(columns)] from per-stack column pieces, rows put back in the tensors' order."""
+    joined = [(c[0] if len(c) == 1 else torch.cat([v.to(device) for v in c])).to(device, dtype) for c in columns]
+    rows = torch.stack(joined, dim=1) if len(joined) > 1 else joined[0].unsqueeze(1)
+    if order != list(range(len(order))):
+        rows = torch.empty_like(rows).index_copy_(0, torch.tensor(order, device=device), rows)
+    return rows
+
+
+def _accumulator(dtype: torch.dtype) -> Optional[torch.dtype]:
+    return torch.float32 if dtype in (torch.float16, torch.bfloat16) else None
+
+
 def _grouped_rows(tensors: list[torch.Tensor], full: bool) -> torch.Tensor:
-    """Tensors of one shape, dtype and device are stacked into a [k, numel] matrix, at most
-    STACK_BYTES of it at a time, and reduced along its rows: max |x|, and on full rows the L2
-    norm and the non-zero count (the 0-"norm": NaN counts, -0.0 does not). On CPU a `_foreach_*`
-    reduction still runs one small kernel per tensor; one reduction over a matrix of a repeated
-    layer's outputs costs about as much as a few of them. A tensor above STACK_BYTES is reduced
-    alone, as a view (no copy)."""
+    """Rows of equally shaped tensors reduced together (`_stacks`): max |x|, and on full rows
+    the L2 norm and the non-zero count (the 0-"norm": NaN counts, -0.0 does not)."""
     if len(tensors) == 1:
         return _one_row(tensors[0], full)
     device = tensors[0].device
     out_dtype = torch.float64 if any(t.dtype == torch.float64 for t in tensors) else torch.float32
-    groups: dict[tuple, list[int]] = {}
-    for i, t in enumerate(tensors):
-        groups.setdefault((t.shape, t.dtype, t.device), []).append(i)
     order: list[int] = []
     columns: list[list[torch.Tensor]] = [[] for _ in range(row_width(full))]
-    for (shape, dtype, _), members in groups.items():
-        numel = shape.numel()
-        if numel == 0:
-            order += members
+    for chunk, matrix in _stacks(tensors):
+        order += chunk
+        if matrix is None:
             for column in columns:
-                column.append(torch.zeros(len(members), dtype=out_dtype, device=device))
+                column.append(torch.zeros(len(chunk), dtype=out_dtype, device=device))
             continue
-        per_stack = max(1, STACK_BYTES // (numel * tensors[members[0]].element_size()))
-        acc = torch.float32 if dtype in (torch.float16, torch.bfloat16) else None
-        for begin in range(0, len(members), per_stack):
-            chunk = members[begin:begin + per_stack]
-            matrix = (torch.stack([tensors[i] for i in chunk]) if len(chunk) > 1 else tensors[chunk[0]]).reshape(len(chunk), numel)
-            # Along rows (a reduction over several trailing dimensions is several times slower),
-            # in two passes and no |x| copy (aminmax along rows is ~20x slower on CPU); amax,
-            # amin and maximum propagate NaN.
-            maxima = torch.maximum(matrix.amax(dim=1), matrix.amin(dim=1).neg())
-            columns[0].append(maxima)
-            if full:
-                columns[1].append(torch.linalg.vector_norm(matrix, 2.0, dim=1, dtype=acc))
-                columns[2].append(torch.linalg.vector_norm(matrix, 0.0, dim=1, dtype=acc))
-            order += chunk
-    joined = [(c[0] if len(c) == 1 else torch.cat([v.to(device) for v in c])).to(device, out_dtype) for c in columns]
-    rows = torch.stack(joined, dim=1) if full else joined[0].unsqueeze(1)
-    if order != list(range(len(order))):
-        rows = torch.empty_like(rows).index_copy_(0, torch.tensor(order, device=device), rows)
-    return rows
+        # Two passes and no |x| copy (aminmax along rows is ~20x slower on CPU); amax, amin and
+        # maximum propagate NaN.
+        columns[0].append(torch.maximum(matrix.amax(dim=1), matrix.amin(dim=1).neg()))
+        if full:
+            acc = _accumulator(matrix.dtype)
+            columns[1].append(torch.linalg.vector_norm(matrix, 2.0, dim=1, dtype=acc))
+            columns[2].append(torch.linalg.vector_norm(matrix, 0.0, dim=1, dtype=acc))
+        del matrix
+    return _in_order(order, columns, device, out_dtype)
 
 
 def _one_row(t: torch.Tensor, full: bool) -> torch.Tensor:
@@ -203,23 +230,57 @@ def row_facts(row: list[float], numel: float, scale: float = 1.0) -> dict[str, f
             "zero_frac": (numel - nonzero) / max(numel, 1.0) if measured else None}
 
 
+# Equally shaped tensors are stacked for a norm only when there are this many of them: a stack,
+# a norm, a concatenation and an index cost about as much as eight per-tensor kernels.
+MIN_STACK = 8
+
+
 def foreach_norms(tensors: list[torch.Tensor], ord: float = 2.0) -> torch.Tensor:
-    """Per-tensor norms in one fused call, as a float32 vector (empty list -> empty vector)."""
+    """Per-tensor norms as a float32 vector (float64 if any tensor is; empty list -> empty
+    vector; an empty tensor -> 0), accumulated in float32 for 16-bit tensors. On the CPU, where
+    `_foreach_norm` is a loop of one kernel per tensor, groups of MIN_STACK or more equally
+    shaped tensors are stacked (`_stacked`) and reduced in one kernel each; the rest, and other
+    devices (whose `_foreach_norm` is fused), take one `_foreach_norm`."""
     if not tensors:
         return torch.zeros(0)
+    if any(t.device.type != "cpu" for t in tensors):
+        return _fused_norms(tensors, ord)
+    out_dtype = torch.float64 if any(t.dtype == torch.float64 for t in tensors) else torch.float32
+    order: list[int] = []
+    column: list[torch.Tensor] = []
+    rest: list[int] = []
+    with torch.no_grad():
+        for members in _shape_groups(tensors).values():
+            if len(members) < MIN_STACK or tensors[members[0]].numel() == 0:
+                rest += members
+                continue
+            for chunk, matrix in _stacked(tensors, members):
+                order += chunk
+                column.append(torch.linalg.vector_norm(matrix, ord, dim=1, dtype=_accumulator(matrix.dtype)))
+                del matrix
+        if rest:
+            rest.sort()
+            order += rest
+            column.append(_fused_norms([tensors[i] for i in rest], ord))
+        return _in_order(order, [column], tensors[0].device, out_dtype).reshape(-1)
+
+
+def _fused_norms(tensors: list[torch.Tensor], ord: float = 2.0) -> torch.Tensor:
+    """Per-tensor norms in one `_foreach_norm` call per device, as a float32 vector (float64 for
+    float64 tensors)."""
     if math.isinf(ord) and any(t.numel() == 0 for t in tensors):
         # The inf-norm of an empty tensor has no identity, so torch raises; its max |x| is 0.
         full = [i for i, t in enumerate(tensors) if t.numel()]
         out = torch.zeros(len(tensors), dtype=torch.float32, device=tensors[0].device)
         if full:
-            out[full] = foreach_norms([tensors[i] for i in full], ord).to(out.device, torch.float32)
+            out[full] = _fused_norms([tensors[i] for i in full], ord).to(out.device, torch.float32)
         return out
     by_device: dict[torch.device, list[int]] = {}
     for i, t in enumerate(tensors):
         by_device.setdefault(t.device, []).append(i)
     acc = torch.float32 if any(t.dtype in (torch.float16, torch.bfloat16) for t in tensors) else None
     if acc is not None and any(t.dtype == torch.float64 for t in tensors):
-        return torch.stack([foreach_norms([t], ord)[0].to(torch.float64) for t in tensors])
+        return torch.stack([_fused_norms([t], ord)[0].to(torch.float64) for t in tensors])
     if len(by_device) == 1:
         norms = torch._foreach_norm(tensors, ord, dtype=acc)
         return torch.stack(list(norms))

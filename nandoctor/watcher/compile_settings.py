@@ -12,6 +12,10 @@ from typing import Any, Optional
 import torch
 
 
+# The attribute under which a wrapper of `module._compiled_call_impl` keeps the compiled call.
+WRAPPED_COMPILED_CALL = "_nandoctor_compiled_call"
+
+
 def _backend_wrapper(callback: Any) -> Any:
     """Dynamo's callback chain ends at the wrapper torch.compile built for the backend."""
     for _ in range(8):
@@ -42,6 +46,8 @@ def _context_of(module: torch.nn.Module) -> Any:
     if context is not None:
         return context
     compiled = getattr(module, "_compiled_call_impl", None)     # module.compile(): in place
+    # `nandoctor run` wraps an in-place compiled call to see it from outside (script_guard.py).
+    compiled = getattr(compiled, WRAPPED_COMPILED_CALL, compiled)
     for cell in getattr(compiled, "__closure__", None) or ():
         try:
             value = cell.cell_contents

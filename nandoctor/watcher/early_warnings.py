@@ -29,6 +29,7 @@ import torch
 from torch.overrides import TorchFunctionMode
 
 from ..run import compiled, stats
+from ..run.fused_paths import FAST_PATH_TYPES, may_take_fast_path
 from ..run.training_defaults import primary_output
 from .distributed import local_tensor
 from .spikes import watch_options
@@ -157,6 +158,7 @@ class EarlyWarningSampler:
         self._eager: set[str] = set()           # modules whose outputs change in place after their hook
         self._handles: list[Any] = []
         self._mode: Optional[_AttentionMode] = None
+        self._aside: Any = None             # the fast-path module the mode stepped aside for
         self._before: Optional[list[torch.Tensor]] = None
 
     @property
@@ -180,8 +182,28 @@ class EarlyWarningSampler:
             if isinstance(module, torch.nn.MultiheadAttention):
                 self._handles.append(module.register_forward_pre_hook(self._mha_hook(self.names[index]),
                                                                       with_kwargs=True))
+            if isinstance(module, FAST_PATH_TYPES):
+                # The sampled step must run the user's numbers: a function mode would send this
+                # module off its fused fast path (run/fused_paths.py), so the mode steps aside.
+                self._handles.append(module.register_forward_pre_hook(self._fast_path_aside))
+                self._handles.append(module.register_forward_hook(self._fast_path_back, always_call=True))
         self._mode = _AttentionMode(self)
         self._mode.__enter__()
+
+    def _fast_path_aside(self, module: Any, args: Any) -> None:
+        if self._mode is None or self._aside is not None or not may_take_fast_path(module):
+            return
+        from torch.overrides import _get_current_function_mode_stack
+        stack = _get_current_function_mode_stack()
+        if stack and stack[-1] is self._mode:
+            self._mode.__exit__(None, None, None)
+            self._aside = module
+
+    def _fast_path_back(self, module: Any, args: Any, output: Any) -> None:
+        if self._aside is module:
+            self._aside = None
+            if self._mode is not None:
+                self._mode.__enter__()
 
     def _enter_hook(self, module: Any, args: Any) -> None:
         name = self._names_by_id.get(id(module))
@@ -370,6 +392,8 @@ class EarlyWarningSampler:
         self._step = None
 
     def _close_mode(self) -> None:
+        if self._aside is not None:         # closed inside that module's call: the mode is off already
+            self._aside, self._mode = None, None
         if self._mode is not None:
             mode, self._mode = self._mode, None
             try:

@@ -251,14 +251,13 @@ class Watch:
         # Accelerate (and the Trainer through it) applies autocast inside the model's forward
         # (`model.forward = autocast(forward)`): the model's own hooks run outside that region and
         # see float32, its children's pre-hooks run inside it. Removed once a mixed precision is seen.
-        # After the first training forward only the probe of the first child that ran stays: it
-        # runs inside that region as well as any, and a probe per child (250 on a model of 250
-        # blocks) cost ~5 ms per step there for as long as no mixed precision shows up.
-        self._autocast_probes: dict[int, Any] = {}
-        if not self._precision_given:
-            self._autocast_probes = {id(child): child.register_forward_pre_hook(self._child_autocast_hook)
-                                     for child in compiled.uncompiled(model).children()}
-            self._handles.extend(self._autocast_probes.values())
+        self._autocast_probes: list[Any] = []
+        # Not on a compiled model: hooks inside its graph are guarded by the compiler, and removing
+        # them would recompile it (as the per-layer hooks, `_layer_hooks`).
+        if not self._precision_given and self._layer_hooks:
+            self._autocast_probes = [child.register_forward_pre_hook(self._child_autocast_hook)
+                                     for child in compiled.uncompiled(model).children()]
+            self._handles.extend(self._autocast_probes)
         LoaderIndices.install()
         self._scaler_update = None
         self.attach_scaler(scaler)
@@ -479,15 +478,7 @@ class Watch:
             return
         self._note_autocast()
         if self.precision.endswith("-mixed"):
-            for handle in self._autocast_probes.values():
-                handle.remove()
-            self._autocast_probes = {}
-        elif len(self._autocast_probes) > 1:
-            kept = self._autocast_probes.get(id(module))
-            for key, handle in self._autocast_probes.items():
-                if handle is not kept:
-                    handle.remove()
-            self._autocast_probes = {id(module): kept} if kept is not None else {}
+            self._drop_autocast_probes()
 
     def _model_output_hook(self, module: Any, args: Any, kwargs: Any, output: Any) -> None:
         if compiled.compiling():
@@ -784,7 +775,17 @@ class Watch:
         self._dropped = False
         self._versions = None
         self._remove_stats_hooks()
+        if self._autocast_probes and not self._after_compiled_step:
+            # A forward that applies autocast itself (Accelerate wraps it at prepare time) shows it
+            # from the first step on: a step that trained without it ends the probing. Inside a
+            # compiled train step the probes stay (inert there): removing them would recompile it.
+            self._drop_autocast_probes()
         self.step_index += 1
+
+    def _drop_autocast_probes(self) -> None:
+        for handle in self._autocast_probes:
+            handle.remove()
+        self._autocast_probes = []
 
     # ---- the sync ----------------------------------------------------------------------------
     def _defer(self, capture: _Capture, norms: Optional[torch.Tensor]) -> None:

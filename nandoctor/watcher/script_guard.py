@@ -40,6 +40,7 @@ import torch
 from ..run.compiled import compiling
 from ..run.frames import is_user_file, location
 from ..trace import ExperimentResult, LoopFacts, NonfiniteEvent, Phase, SourceLocation
+from .compile_settings import WRAPPED_COMPILED_CALL
 from .guard import Watch, active_scaler, plain_rebuild, with_checked_closure
 from ..run import stats
 from ..run.stats import nonfinite_rows
@@ -389,6 +390,9 @@ class ScriptGuard:
         if id(module) in self._known:
             return
         self._known[id(module)] = module
+        if module.__dict__.get("_compiled_call_impl") is not None:
+            self._module_handles.append(_CompiledCallHooks(module, self._top_pre_hook, self._top_post_hook))
+            return
         self._module_handles.append(module.register_forward_pre_hook(self._top_pre_hook, with_kwargs=True))
         self._module_handles.append(module.register_forward_hook(self._top_post_hook, always_call=True))
 
@@ -541,18 +545,23 @@ class ScriptGuard:
         # backward inside the step: the check belongs after the closure, before the update.
         if compiling():
             return None
-        wrapped = with_checked_closure(args, kwargs, lambda closure: self._at_closure_end(optimizer, closure))
+        calls_before = len(self._window.calls)
+        wrapped = with_checked_closure(args, kwargs, lambda closure: self._at_closure_end(
+            optimizer, closure, ran_forward=len(self._window.calls) > calls_before))
         if wrapped is not None:
             return wrapped
         self._at_step(optimizer)
         return None
 
-    def _at_closure_end(self, optimizer: torch.optim.Optimizer, closure: Callable[[], Any]) -> None:
+    def _at_closure_end(self, optimizer: torch.optim.Optimizer, closure: Callable[[], Any],
+                        ran_forward: bool = True) -> None:
         """The step's closure ran. When that fired, re-run the step right here: the closure is
         the step's own forward and backward, and an optimizer that takes one (LBFGS) calls it
-        several times anyway; the loop need not come round again."""
+        several times anyway; the loop need not come round again. A closure that called no
+        model (Lightning's manual optimization hands the step an empty one: the forward and
+        backward ran before) is no re-run: the loop's next iteration is."""
         self._at_step(optimizer)
-        if self.rerun is not None and self.rerun.state == "armed":
+        if self.rerun is not None and self.rerun.state == "armed" and ran_forward:
             self.rerun.begin()
             closure()
             self._finish_rerun()
@@ -939,6 +948,34 @@ class ScriptGuard:
 
 
 _USER_CODE: dict[Any, bool] = {}
+
+
+class _CompiledCallHooks:
+    """`module.compile()` (in place) compiles the module's whole call, its hooks included:
+    there the guard's hooks are inert (they return at once while dynamo traces), so the guard
+    would never see the model called again. It wraps the compiled call from outside instead,
+    and registers no hook on the module (a new hook would recompile it)."""
+
+    def __init__(self, module: torch.nn.Module, pre: Callable[..., Any], post: Callable[..., Any]):
+        self.module, self.compiled = module, module.__dict__["_compiled_call_impl"]
+        compiled = self.compiled
+
+        def call(*args: Any, **kwargs: Any) -> Any:
+            replaced = pre(module, args, kwargs)
+            if replaced is not None:
+                args, kwargs = replaced
+            output = None
+            try:
+                output = compiled(*args, **kwargs)
+                return output
+            finally:
+                post(module, args, output)
+        setattr(call, WRAPPED_COMPILED_CALL, compiled)       # compile_settings() reads the settings through it
+        module._compiled_call_impl = call
+
+    def remove(self) -> None:
+        if self.module.__dict__.get("_compiled_call_impl") is not None:
+            self.module._compiled_call_impl = self.compiled
 
 
 def _in_backward() -> bool:

@@ -21,6 +21,7 @@ import torch
 from ..errors import InputError
 from ..load.bundle import Bundle, decode_value
 from ..load.script import TrainingScript
+from ..run import compiled
 from ..run.bundles.rebuild import _rng_restorer
 from .rerun import Rerun, TopCall
 from .script import ScriptOutcome, execute_script
@@ -56,8 +57,10 @@ class ReplayGuard(ScriptGuard):
 
     def _bundled_model(self, module: torch.nn.Module) -> Optional[torch.nn.Module]:
         from .script_guard import _holder
+        # The bundle's keys are the user's names (compiled.user_state_dict): a script that calls
+        # torch.compile(model) calls a wrapper whose own keys start with `_orig_mod.`.
         for candidate in (module, _holder(module)):
-            if candidate is not None and set(candidate.state_dict()) == self._keys:
+            if candidate is not None and set(compiled.user_state_dict(candidate)) == self._keys:
                 return candidate
         return None
 
@@ -66,7 +69,7 @@ class ReplayGuard(ScriptGuard):
         self.loaded = True
         m = self.found.manifest
         device = next((p.device for p in model.parameters()), torch.device("cpu"))
-        model.load_state_dict({k: v.to(device) for k, v in self._state.items()})
+        model.load_state_dict({key: self._state[compiled.user_name(key)].to(device) for key in model.state_dict()})
         optimizer = self._optimizer_of(model)
         if optimizer is not None and m.optimizer:
             try:

@@ -2,7 +2,8 @@
 did with its own CompileCounter backend and prints it last, so the same script run with plain
 `python` and under `nandoctor run` can be compared: nandoctor must add no graph and no break.
 `--nan-at K` makes step K's forward take the log of a negative number; `--whole-step` compiles
-the whole train step (forward, backward, optimizer step) instead of the model."""
+the whole train step (forward, backward, optimizer step) instead of the model; `--in-place`
+compiles the model with `model.compile()` (no wrapper)."""
 import argparse
 
 import torch
@@ -13,6 +14,7 @@ parser = argparse.ArgumentParser()
 parser.add_argument("--steps", type=int, default=6)
 parser.add_argument("--nan-at", type=int, default=-1)
 parser.add_argument("--whole-step", action="store_true")
+parser.add_argument("--in-place", action="store_true")
 args = parser.parse_args()
 
 
@@ -30,7 +32,9 @@ class Net(torch.nn.Module):
 torch.manual_seed(0)
 net = Net()
 backend = CompileCounter()
-model = net if args.whole_step else torch.compile(net, backend=backend)
+if args.in_place:
+    net.compile(backend=backend)
+model = net if args.whole_step or args.in_place else torch.compile(net, backend=backend)
 optimizer = torch.optim.SGD(model.parameters(), lr=0.01)
 x, y = torch.randn(16, 4), torch.randn(16, 1)
 
