@@ -27,6 +27,20 @@ def fresh_distribution_checks():
     yield
 
 
+@pytest.fixture(autouse=True)
+def fresh_accelerate_state():
+    """Accelerate keeps one process-wide state (mixed precision, accumulation steps) from the first
+    `Accelerator(...)`: a script that a test runs in-process (`nandoctor run`/`replay --trust`
+    through the CLI runner) must start as in a fresh `python`, not under a previous test's bf16."""
+    yield
+    import sys
+    if "accelerate.state" in sys.modules:
+        from accelerate.state import AcceleratorState, GradientState, PartialState
+        AcceleratorState._reset_state(True)
+        GradientState._reset_state()
+        PartialState._reset_state()
+
+
 def scan_sample(name: str, precisions: tuple[str, ...] | None = None, **kwargs: Any):
     """Scan sample_models/<name>.py once per argument set (scans are deterministic)."""
     key = (name, precisions, tuple(sorted(kwargs.items())))
