@@ -544,6 +544,13 @@ def test_watch_of_a_gan_and_of_sdpa_fed_by_dataloader_workers_replays_to_the_ori
     assert event.reproduced is True
 
 
+def _quiet_trainer(L, tmp_path, callback):
+    """A 5-step CPU Trainer that writes and prints nothing of its own."""
+    return L.Trainer(max_steps=5, accelerator="cpu", logger=False, enable_checkpointing=False,
+                     enable_progress_bar=False, enable_model_summary=False, callbacks=[callback],
+                     default_root_dir=tmp_path)
+
+
 def test_lightning_gan_in_manual_optimization_is_bundled_before_its_discriminator_step_and_replayed(tmp_path):
     # Regression (issue 18): the discriminator's optimizer had already stepped NaN into its weights
     # when the generator's loss fired, so the bundle held them NaN and the replay blamed `init`;
@@ -553,9 +560,7 @@ def test_lightning_gan_in_manual_optimization_is_bundled_before_its_discriminato
     from nandoctor.integrations.lightning import NanDoctorCallback
     from tests.compat import lit_gan
     callback = NanDoctorCallback(out=tmp_path)
-    trainer = L.Trainer(max_steps=5, accelerator="cpu", logger=False, enable_checkpointing=False,
-                        enable_progress_bar=False, enable_model_summary=False, callbacks=[callback],
-                        default_root_dir=tmp_path)
+    trainer = _quiet_trainer(L, tmp_path, callback)
     torch.manual_seed(0)
     with pytest.raises(nandoctor.NonFiniteError) as caught, warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -603,9 +608,7 @@ def test_lightning_callback_with_torch_func_or_a_compiled_module_replays_to_the_
     from nandoctor.integrations.lightning import NanDoctorCallback
     from tests.compat import lit_func
     callback = NanDoctorCallback(out=tmp_path)
-    trainer = L.Trainer(max_steps=5, accelerator="cpu", logger=False, enable_checkpointing=False,
-                        enable_progress_bar=False, enable_model_summary=False, callbacks=[callback],
-                        default_root_dir=tmp_path)
+    trainer = _quiet_trainer(L, tmp_path, callback)
     torch.manual_seed(0)
     backend = CompileCounter()
     counters.clear()
