@@ -26,3 +26,13 @@ def build_model():
 def training_step(model, batch):
     x, y = batch
     return nn.functional.cross_entropy(model(x), y)
+
+
+def shard_fsdp2(net):
+    """FSDP2 as the tests use it: each trainable layer of the body its own unit, then the whole."""
+    from torch.distributed.fsdp import fully_shard
+    for layer in net.body:
+        if any(p.requires_grad for p in layer.parameters()):
+            fully_shard(layer)
+    fully_shard(net)
+    return net

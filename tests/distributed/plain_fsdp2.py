@@ -2,18 +2,13 @@
 CPU): rank 1's batch of step 2 carries x < -8, where the `head` module's log goes NaN."""
 import torch
 import torch.distributed as dist
-from torch.distributed.fsdp import fully_shard
 
-from model import build_model, training_step
+from model import build_model, shard_fsdp2, training_step
 
 dist.init_process_group("gloo")
 rank = dist.get_rank()
 torch.manual_seed(0)
-model = build_model()
-for layer in model.body:
-    if any(p.requires_grad for p in layer.parameters()):
-        fully_shard(layer)
-fully_shard(model)
+model = shard_fsdp2(build_model())
 optimizer = torch.optim.AdamW(model.parameters(), lr=1e-2)
 generator = torch.Generator().manual_seed(100 + rank)
 for step in range(5):

@@ -21,17 +21,12 @@ import torch.distributed as dist
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from stops import record_stop                                          # noqa: E402
 import nandoctor                                   # noqa: E402
-from model import build_model, training_step       # noqa: E402
+from model import build_model, shard_fsdp2, training_step       # noqa: E402
 
 
 def wrap(net, mode):
     if mode == "fsdp2":
-        from torch.distributed.fsdp import fully_shard
-        for layer in net.body:
-            if any(p.requires_grad for p in layer.parameters()):
-                fully_shard(layer)
-        fully_shard(net)
-        return net
+        return shard_fsdp2(net)
     return torch.nn.parallel.DistributedDataParallel(net)
 
 

@@ -18,7 +18,7 @@ import torch.distributed as dist
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import nandoctor                                   # noqa: E402
-from model import build_model, training_step       # noqa: E402
+from model import build_model, shard_fsdp2, training_step       # noqa: E402
 
 BAD = int(os.environ.get("BAD", "21"))
 SPIKE_STEP = 12
@@ -72,13 +72,8 @@ def main():
     watch.close()
     record(out, f"spike-rank-{rank}.json", model, watch, loss)
 
-    from torch.distributed.fsdp import fully_shard
     torch.manual_seed(0)
-    model = build_model()
-    for layer in model.body:
-        if any(p.requires_grad for p in layer.parameters()):
-            fully_shard(layer)
-    fully_shard(model)
+    model = shard_fsdp2(build_model())
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-2)
     rollback_run(model, optimizer, loader, os.path.join(out, "fsdp2"), f"rank-{rank}.json")
     dist.destroy_process_group()
