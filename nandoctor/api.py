@@ -367,6 +367,10 @@ def _replay(bundle: str | Path, model: str | Path | None, *, trust: bool, experi
             mark_not_reproduced(run, found)
             if m.compile is not None and cfg["compile_ladder"]["enabled"] and not deadline.expired:
                 run.compile_replay = _compile_replay(found, spec, cfg, precision, dev, initial_state, deadline)
+        if run.status in (RunStatus.OK.value, RunStatus.NONFINITE.value) and not deadline.expired:
+            # Which attention kernels, fast paths and optimizer implementation the replay took,
+            # beside the recorded run's (a finite replay on another path did not replay its arithmetic).
+            run.replay_paths = _replay_paths(found, spec, cfg, precision, dev, initial_state, deadline)
     # What the watched run saw before this step: the loss, gradient norm and lr that led here.
     run.history = history_records(found)
     run.early_warnings = early_warning_records(found)
@@ -394,6 +398,16 @@ def _compile_replay(found: Any, spec: ModelFile, cfg: dict[str, Any], precision:
         from .trace import CompileReplay
         return CompileReplay(recorded=dict(found.manifest.compile or {}),
                              note="--max-seconds ran out while the step was replayed under the compiler")
+
+
+def _replay_paths(found: Any, spec: ModelFile, cfg: dict[str, Any], precision: Any, dev: torch.device,
+                  initial_state: Any, deadline: Deadline) -> Any:
+    from .run.bundles.paths import replay_paths
+    try:
+        with watchdog(None if cfg["max_seconds"] is None else deadline.left()):
+            return replay_paths(found, spec, cfg, precision, dev, initial_state=initial_state)
+    except ScanTimeout:
+        return None
 
 
 def _bundle_facts(found: Any, ranks: Optional[dict[str, Any]]) -> dict[str, Any]:
