@@ -259,7 +259,7 @@ class _SdpaChoiceMode(TorchFunctionMode):
         if func is _SDPA and args and isinstance(args[0], torch.Tensor):
             try:
                 choice = int(torch._fused_sdp_choice(*args, **kwargs))
-            except (RuntimeError, TypeError, ValueError):
+            except Exception:     # noqa: BLE001 - e.g. inside a functorch transform: the choice is unknown
                 choice = -1
             backend = _SDPA_BACKEND_NAMES.get(choice, "unknown")
             self.observer.sdpa.setdefault(self.observer.site(), []).append(f"{backend} on {args[0].device.type}")
