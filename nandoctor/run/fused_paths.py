@@ -60,6 +60,16 @@ def enabled_sdpa_backends(device_type: str) -> list[str]:
     return [name for name, on in candidates if on]
 
 
+def sdpa_backend(args: tuple, kwargs: dict) -> str:
+    """The backend torch chooses for an `F.scaled_dot_product_attention(*args, **kwargs)` call
+    ("flash", "efficient", "cudnn", "math"; "unknown" when it cannot tell), from the same
+    checks the call itself makes (a few microseconds, no tensor work)."""
+    try:
+        return _SDPA_BACKEND_NAMES.get(int(torch._fused_sdp_choice(*args, **kwargs)), "unknown")
+    except Exception:     # noqa: BLE001 - e.g. inside a functorch transform: the choice is unknown
+        return "unknown"
+
+
 def why_backend_unavailable(backend: str, device_type: str) -> str:
     """Why this replay cannot run an SDPA backend on a device type ("" when it could)."""
     if backend == "math":
@@ -118,11 +128,13 @@ def fast_path_blocker(module: torch.nn.Module, autocast_on: bool) -> str:
 
 
 def recorded_paths(model: torch.nn.Module, optimizers: list[Any], device: torch.device, precision: str,
+                   sdpa_seen: Optional[dict[str, tuple[str, str]]] = None,
                    torch_version: str = torch.__version__) -> list[Any]:
     """The paths a watched run's step took, as far as its model, optimizer and settings tell
     (written into the crash bundle's `paths`; no tensor is touched). The SDPA backend of each call
-    depends on its inputs, which the watch does not keep: the entry names the backends the device
-    had enabled, for every call."""
+    depends on its inputs, which the watch does not keep: one entry names the backends the device
+    had enabled, for every call, and `sdpa_seen` (site -> (backend, device type)) adds the backend
+    each site's calls took on the watch's last sampled step (its early-warning sampler sees them)."""
     from ..trace.paths import (AUTOCAST, DEVICE, EVERY_CALL, FAST_PATH, OPTIMIZER, SDPA, TORCH, ExecutionPath)
     from .compiled import uncompiled
     from ..load.bundle import user_name
@@ -133,6 +145,9 @@ def recorded_paths(model: torch.nn.Module, optimizers: list[Any], device: torch.
     if enabled:
         entries.append(ExecutionPath(EVERY_CALL, SDPA, "/".join(enabled), device.type,
                                      why="the backend is chosen per call among these"))
+    for site, (backend, on) in sorted((sdpa_seen or {}).items()):
+        if backend != "unknown":
+            entries.append(ExecutionPath(site, SDPA, backend, on, why="on the watch's last sampled step"))
     for name, module in uncompiled(model).named_modules():
         if isinstance(module, (torch.nn.MultiheadAttention, torch.nn.TransformerEncoderLayer)):
             blocker = fast_path_blocker(module, mixed != "off")
@@ -257,12 +272,8 @@ class _SdpaChoiceMode(TorchFunctionMode):
     def __torch_function__(self, func: Any, types: Any, args: tuple = (), kwargs: Optional[dict] = None) -> Any:
         kwargs = kwargs or {}
         if func is _SDPA and args and isinstance(args[0], torch.Tensor):
-            try:
-                choice = int(torch._fused_sdp_choice(*args, **kwargs))
-            except Exception:     # noqa: BLE001 - e.g. inside a functorch transform: the choice is unknown
-                choice = -1
-            backend = _SDPA_BACKEND_NAMES.get(choice, "unknown")
-            self.observer.sdpa.setdefault(self.observer.site(), []).append(f"{backend} on {args[0].device.type}")
+            self.observer.sdpa.setdefault(self.observer.site(), []).append(
+                f"{sdpa_backend(args, kwargs)} on {args[0].device.type}")
         return func(*args, **kwargs)
 
 

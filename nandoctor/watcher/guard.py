@@ -988,7 +988,8 @@ class Watch:
             compile=self.compile_settings(),
             # Which fused paths the step took (attention, optimizer, autocast): read now, from the
             # model and optimizer, so no step pays for it.
-            paths=paths_to_plain(recorded_paths(self.model, [self.optimizer], self._device, self.precision)),
+            paths=paths_to_plain(recorded_paths(self.model, [self.optimizer], self._device, self.precision,
+                                                getattr(self.early, "sdpa_backends", None))),
             detail={"truncated_micro_batches": bool(capture and capture.truncated),
                     "layer_modules": self._module_names if self.layer_stats else [],
                     "early_warnings": [bundle_writer.encode_value(to_plain(w)) for w in self.early_warnings]})
