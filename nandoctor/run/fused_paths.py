@@ -152,7 +152,11 @@ def recorded_paths(model: torch.nn.Module, optimizers: list[Any], device: torch.
         if isinstance(module, (torch.nn.MultiheadAttention, torch.nn.TransformerEncoderLayer)):
             blocker = fast_path_blocker(module, mixed != "off")
             params = list(module.parameters())
-            entries.append(ExecutionPath(user_name(name), FAST_PATH, "slow" if blocker else "fast",
+            path = "slow" if blocker else "fast"
+            if not blocker and any(p.requires_grad for p in params):
+                # torch's check of the call's grad mode decides, and the watch did not see it.
+                path, blocker = "fast/slow", "its parameters need gradients: fast only where called under torch.no_grad()"
+            entries.append(ExecutionPath(user_name(name), FAST_PATH, path,
                                          params[0].device.type if params else device.type, why=blocker))
     for index, optimizer in enumerate(o for o in optimizers if o is not None):
         found = optimizer_implementation(optimizer)
@@ -213,14 +217,17 @@ class PathObserver(StepProbe):
 
     def _enter(self, module: Any, args: Any) -> None:
         self._stack.append(self._names.get(id(module), type(module).__name__))
-        if not isinstance(module, (torch.nn.MultiheadAttention, torch.nn.TransformerEncoderLayer)):
+        if not isinstance(module, FAST_PATH_TYPES):
             return
         if self._aside is None and self._mode is not None and may_take_fast_path(module):
+            # TransformerEncoder included: its nested-tensor fast path has the same condition.
             from torch.overrides import _get_current_function_mode_stack
             stack = _get_current_function_mode_stack()
             if stack and stack[-1] is self._mode:
                 self._mode.__exit__(None, None, None)
                 self._aside = module
+        if isinstance(module, torch.nn.TransformerEncoder):
+            return          # its layers take (or leave) the fused kernels, each recorded on its own
         # One dispatch mode for the outermost fast-path module; a fused op belongs to the innermost.
         self._fast_stack.append([module, False])
         if self._fast_ops is None:
