@@ -437,6 +437,11 @@ def _replay_script(found: Any, ranks: Optional[dict[str, Any]], trust: bool, cfg
     target, guard, outcome = replay_script(found, trust)
     history = history_records(found)
     trace = script_trace(target, guard, outcome, cfg, history=history)
+    if trace.runs and guard.stop is not None and guard.stop.watch is not None:
+        from .run.bundles.paths import settings_paths
+        watch = guard.stop.watch
+        device = next((p.device for p in watch.model.parameters()), torch.device("cpu"))
+        trace.runs[0].replay_paths = settings_paths(found, watch.model, [watch.optimizer], device, watch.precision)
     trace.notes = [n for n in trace.notes if not n.startswith("crash bundle:")] + guard.load_notes
     if ranks is not None:
         trace.notes.insert(0, describe_ranks(ranks))

@@ -129,3 +129,65 @@ def test_a_bundle_written_before_paths_existed_loads_and_compares_what_it_holds(
     assert "older nandoctor" in paths.note and paths.differences == []
     assert {p.kind for p in paths.recorded} == {"device", "torch", "autocast"}
     assert report.causes[0].id == "nonreproducible"
+
+
+SCRIPT = '''
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+torch.manual_seed(0)
+
+
+class Attn(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.qkv = nn.Linear(8, 24)
+
+    def forward(self, x):
+        q, k, v = self.qkv(x).unsqueeze(1).chunk(3, dim=-1)
+        return F.scaled_dot_product_attention(q, k, v).pow(2).mean()
+
+
+model = Attn()
+opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+x = torch.randn(3, 5, 8)
+for step in range(4):
+    loss = model(x)
+    if step == 2:
+        loss = loss * float("nan")    # the loop's own third iteration only: a replay's first is finite
+    opt.zero_grad()
+    loss.backward()
+    opt.step()
+'''
+
+
+def test_a_script_bundle_recorded_on_cuda_replays_on_cpu_and_names_the_device_and_optimizer(tmp_path):
+    import os
+    import subprocess
+    import sys
+    (tmp_path / "attn_loop.py").write_text(SCRIPT)
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1]), "OMP_NUM_THREADS": "1"}
+    ran = subprocess.run([sys.executable, "-m", "nandoctor", "run", "--format", "json", "-o", "r.json", "attn_loop.py"],
+                         cwd=tmp_path, capture_output=True, text=True, timeout=120, env=env)
+    assert ran.returncode == 1, ran.stderr[-2000:]
+    bundle = tmp_path / json.loads((tmp_path / "r.json").read_text())["script"]["bundle"]
+    manifest = json.loads((bundle / "manifest.json").read_text())
+    assert _sites(manifest["paths"]["sites"])[("optimizer", "optimizer")]["path"] == "for-loop"
+    for site in manifest["paths"]["sites"]:
+        if site["kind"] == "device":
+            site["path"] = "cuda"
+        elif site["kind"] in ("sdpa", "optimizer"):
+            site["device"] = "cuda"
+        if site["kind"] == "optimizer":
+            site.update(path="fused", why="fused=True")
+    (bundle / "manifest.json").write_text(json.dumps(manifest))
+    replay = run_cli("replay", bundle, "--trust", "--format", "json", "--no-experiments", cwd=tmp_path)
+    doc = json_of(replay)
+    paths = doc["runs"][0]["replay_paths"]
+    assert "not observed" in paths["note"]
+    kinds = {d["kind"]: d for d in paths["differences"]}
+    assert (kinds["optimizer"]["recorded"], kinds["optimizer"]["replayed"]) == ("fused on cuda", "for-loop on cpu")
+    assert (kinds["device"]["recorded"], kinds["device"]["replayed"]) == ("cuda", "cpu")
+    cause = doc["causes"][0]
+    assert cause["id"] == "nonreproducible" and "cuda" in cause["fix"] and "deterministic" not in cause["fix"]

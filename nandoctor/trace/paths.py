@@ -156,11 +156,11 @@ def paths_to_plain(entries: list[ExecutionPath]) -> dict[str, Any]:
 
 
 def _matches(recorded: ExecutionPath, replayed: ExecutionPath) -> bool:
-    """A recorded path may list alternatives ("flash/math": the backends a device had enabled;
-    "fast/slow": a fast path decided by the call's grad mode): any of them matches."""
+    """A path may list alternatives ("flash/math": the backends a device had enabled;
+    "fast/slow": a fast path decided by the call's grad mode): any one in common matches."""
     if recorded.device and replayed.device and recorded.device != replayed.device:
         return False
-    return replayed.path in recorded.path.split("/")
+    return bool(set(replayed.path.split("/")) & set(recorded.path.split("/")))
 
 
 def compare_paths(recorded: list[ExecutionPath], replayed: list[ExecutionPath],
@@ -186,7 +186,8 @@ def compare_paths(recorded: list[ExecutionPath], replayed: list[ExecutionPath],
         differences.append(PathDifference(
             site=seen.site, kind=seen.kind,
             recorded=recorded_text + (f" on {was.device}" if was.device else ""),
-            replayed=seen.path + (f" on {seen.device}" if seen.device else ""),
+            replayed=(seen.path if "/" not in seen.path else f"one of {seen.path.replace('/', ', ')}")
+            + (f" on {seen.device}" if seen.device else ""),
             why=why, fix=kind.fix.format(recorded_device=device)))
     order = {k: i for i, k in enumerate(KIND_ORDER)}
     return sorted(differences, key=lambda d: order.get(d.kind, len(order)))

@@ -16,7 +16,7 @@ from ...load.model_file import ModelFile
 from ...trace import Precision
 from ...trace.paths import (AUTOCAST, DEVICE, EVERY_CALL, OPTIMIZER, SDPA, TORCH, ExecutionPath, ReplayPaths,
                             compare_paths, paths_from_plain)
-from ..fused_paths import PathObserver, autocast_dtype, optimizer_implementation, why_backend_unavailable
+from ..fused_paths import PathObserver, autocast_dtype, optimizer_implementation, recorded_paths, why_backend_unavailable
 from ..session import TrainingSession
 
 
@@ -59,6 +59,19 @@ def replay_paths(found: Bundle, spec: ModelFile, config: dict[str, Any], precisi
         replayed.append(ExecutionPath(OPTIMIZER, OPTIMIZER, found_impl[0], found_impl[1], why=found_impl[2]))
     return ReplayPaths(recorded=recorded, replayed=replayed,
                        differences=compare_paths(recorded, replayed, _why_not(recorded, device)), note=note)
+
+
+def settings_paths(found: Bundle, model: torch.nn.Module, optimizers: list[Any], device: torch.device,
+                   precision: str) -> ReplayPaths:
+    """A replay whose step is not observed (a training script run again: its own loop runs the
+    step): the paths its model, optimizer and device settings give after the step, against the
+    recorded ones. Attention backends per call are not compared, only the device's."""
+    recorded, note = bundle_paths(found)
+    replayed = recorded_paths(model, optimizers, device, precision)
+    unobserved = "the script's own loop ran the step: its attention calls were not observed, only its settings"
+    return ReplayPaths(recorded=recorded, replayed=replayed,
+                       differences=compare_paths(recorded, replayed, _why_not(recorded, device)),
+                       note="; ".join(n for n in (note, unobserved) if n))
 
 
 def _why_not(recorded: list[ExecutionPath], device: torch.device) -> dict[tuple[str, str], str]:
