@@ -131,12 +131,13 @@ def paths_from_plain(data: Any) -> tuple[list[ExecutionPath], str]:
     bundle; a newer version; a malformed entry is left out, never guessed)."""
     if data is None:
         return [], "the bundle records no execution paths (written by an older nandoctor)"
-    if not isinstance(data, dict) or not isinstance(data.get("version"), int):
+    if (not isinstance(data, dict) or not isinstance(data.get("version"), int) or isinstance(data["version"], bool)
+            or not isinstance(data.get("sites"), list)):
         return [], "the bundle's `paths` is malformed; paths not compared"
     if data["version"] > PATHS_VERSION:
         return [], f"the bundle's `paths` has version {data['version']}; this nandoctor reads up to {PATHS_VERSION}"
     entries = []
-    for item in data.get("sites") or []:
+    for item in data["sites"]:
         if not isinstance(item, dict) or not all(isinstance(item.get(k), str) for k in ("site", "kind", "path")):
             continue
         if item["kind"] not in PATH_KINDS:
