@@ -369,8 +369,10 @@ def _replay(bundle: str | Path, model: str | Path | None, *, trust: bool, experi
                 run.compile_replay = _compile_replay(found, spec, cfg, precision, dev, initial_state, deadline)
         if run.status in (RunStatus.OK.value, RunStatus.NONFINITE.value) and not deadline.expired:
             # Which attention kernels, fast paths and optimizer implementation the replay took,
-            # beside the recorded run's (a finite replay on another path did not replay its arithmetic).
-            run.replay_paths = _replay_paths(found, spec, cfg, precision, dev, initial_state, deadline)
+            # beside the recorded run's: a finite replay on another path did not replay its
+            # arithmetic, so its step is run once more, observed; a reproduced one compares settings.
+            finite = run.first_nonfinite is not None and run.first_nonfinite.reproduced is False
+            run.replay_paths = _replay_paths(found, spec, cfg, precision, dev, initial_state, deadline, observe=finite)
     # What the watched run saw before this step: the loss, gradient norm and lr that led here.
     run.history = history_records(found)
     run.early_warnings = early_warning_records(found)
@@ -401,11 +403,11 @@ def _compile_replay(found: Any, spec: ModelFile, cfg: dict[str, Any], precision:
 
 
 def _replay_paths(found: Any, spec: ModelFile, cfg: dict[str, Any], precision: Any, dev: torch.device,
-                  initial_state: Any, deadline: Deadline) -> Any:
+                  initial_state: Any, deadline: Deadline, observe: bool) -> Any:
     from .run.bundles.paths import replay_paths
     try:
         with watchdog(None if cfg["max_seconds"] is None else deadline.left()):
-            return replay_paths(found, spec, cfg, precision, dev, initial_state=initial_state)
+            return replay_paths(found, spec, cfg, precision, dev, initial_state=initial_state, observe=observe)
     except ScanTimeout:
         return None
 

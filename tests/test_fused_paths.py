@@ -97,14 +97,14 @@ def test_a_finite_replay_on_other_fused_paths_names_them_instead_of_a_determinis
 
 
 def test_the_multihead_attention_fast_path_is_recorded_and_observed_in_the_replay(tmp_path):
-    bundle, model = _watched_bundle(tmp_path, "mha_teacher.py", nan_in_loss=False)
+    bundle, model = _watched_bundle(tmp_path, "mha_teacher.py", nan_in_loss=True)
     recorded = _sites(read_bundle(bundle).manifest.paths["sites"])
     assert recorded[("fast-path", "teacher")]["path"] == "fast"        # eval, frozen: its settings allow it
     report = nandoctor.replay(bundle, model, experiments=False)
     paths = report.trace.runs[0].replay_paths
     replayed = {(p.kind, p.site): p for p in paths.replayed}
     assert replayed[("fast-path", "teacher")].path == "fast" and paths.differences == []
-    assert report.trace.runs[0].first_nonfinite.op == "aten._native_multi_head_attention.default"
+    assert report.causes[0].id == "nonreproducible"
 
     # A run recorded off the fast path (say, under autocast) replayed onto it: named as a difference.
     manifest = json.loads((bundle / "manifest.json").read_text())
@@ -186,3 +186,18 @@ def test_a_script_bundle_recorded_on_cuda_replays_on_cpu_and_names_the_device_an
     assert (kinds["device"]["recorded"], kinds["device"]["replayed"]) == ("cuda", "cpu")
     cause = doc["causes"][0]
     assert cause["id"] == "nonreproducible" and "cuda" in cause["fix"] and "deterministic" not in cause["fix"]
+
+
+def test_a_replay_that_reproduces_the_nan_compares_settings_without_another_step(tmp_path):
+    bundle, model = _watched_bundle(tmp_path, "sdpa_model.py", nan_in_loss=False)     # 1e20 sample at step 2
+    manifest = json.loads((bundle / "manifest.json").read_text())
+    for group in manifest["optimizer"]["param_groups"]:
+        group["foreach"] = True                  # the recorded optimizer: foreach, replayed as it says
+    (bundle / "manifest.json").write_text(json.dumps(manifest))
+    report = nandoctor.replay(bundle, model, experiments=False)
+    run = report.trace.runs[0]
+    assert run.first_nonfinite.reproduced is not False and "scaled_dot_product" in run.first_nonfinite.op
+    paths = run.replay_paths
+    assert "reproduced" in paths.note and {p.kind for p in paths.replayed} == {"device", "torch", "autocast", "optimizer"}
+    (difference,) = paths.differences
+    assert (difference.kind, difference.recorded, difference.replayed) == ("optimizer", "for-loop on cpu", "foreach on cpu")

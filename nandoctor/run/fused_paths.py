@@ -87,10 +87,25 @@ def optimizer_implementation(optimizer: Any) -> Optional[tuple[str, str, str]]:
     """(path, device type, why) of an optimizer's step: "fused", "foreach" or "for-loop"; None for
     an optimizer with a single implementation (no `fused`/`foreach` settings)."""
     groups = getattr(optimizer, "param_groups", None) or []
-    if not groups or not any("foreach" in g or "fused" in g for g in groups):
-        return None
     params = [p for g in groups for p in g.get("params", []) if isinstance(p, torch.Tensor)]
     device = params[0].device.type if params else ""
+
+    def default_foreach(group: dict[str, Any]) -> Optional[bool]:
+        try:   # torch's own default for these parameters (foreach on CUDA tensors, the for-loop on CPU)
+            from torch.optim.optimizer import _default_to_fused_or_foreach
+            return _default_to_fused_or_foreach(params, bool(group.get("differentiable")), use_fused=False)[1]
+        except (ImportError, TypeError, RuntimeError):
+            return None
+    return settings_implementation(groups, device, default_foreach)
+
+
+def settings_implementation(groups: list[dict[str, Any]], device: str,
+                            default_foreach: Any = None) -> Optional[tuple[str, str, str]]:
+    """The implementation param groups' `fused`/`foreach` settings select on a device type (a
+    crash bundle's groups, or a live optimizer's); torch's default when neither is set: foreach
+    on CUDA, the for-loop elsewhere (`default_foreach(group)` may say it for live parameters)."""
+    if not groups or not any("foreach" in g or "fused" in g for g in groups):
+        return None
     group = groups[0]
     if group.get("fused"):
         return "fused", device, "fused=True"
@@ -98,11 +113,9 @@ def optimizer_implementation(optimizer: Any) -> Optional[tuple[str, str, str]]:
         return "foreach", device, "foreach=True"
     if group.get("foreach") is False:
         return "for-loop", device, "foreach=False"
-    try:   # torch's own default for these parameters (foreach on CUDA tensors, the for-loop on CPU)
-        from torch.optim.optimizer import _default_to_fused_or_foreach
-        _, foreach = _default_to_fused_or_foreach(params, bool(group.get("differentiable")), use_fused=False)
-    except (ImportError, TypeError, RuntimeError):
-        return None
+    foreach = default_foreach(group) if default_foreach is not None else None
+    if foreach is None:
+        foreach = device == "cuda" and not group.get("differentiable")
     return ("foreach" if foreach else "for-loop"), device, f"torch's default on {device}"
 
 

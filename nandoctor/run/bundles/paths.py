@@ -16,7 +16,8 @@ from ...load.model_file import ModelFile
 from ...trace import Precision
 from ...trace.paths import (AUTOCAST, DEVICE, EVERY_CALL, OPTIMIZER, SDPA, TORCH, ExecutionPath, ReplayPaths,
                             compare_paths, paths_from_plain)
-from ..fused_paths import PathObserver, autocast_dtype, optimizer_implementation, recorded_paths, why_backend_unavailable
+from ..fused_paths import (PathObserver, autocast_dtype, optimizer_implementation, recorded_paths, settings_implementation,
+                           why_backend_unavailable)
 from ..session import TrainingSession
 
 
@@ -36,12 +37,23 @@ def bundle_paths(found: Bundle) -> tuple[list[ExecutionPath], str]:
 
 
 def replay_paths(found: Bundle, spec: ModelFile, config: dict[str, Any], precision: Precision, device: torch.device,
-                 initial_state: Optional[Callable] = None) -> ReplayPaths:
-    """Run the bundle's step once more, watched by a PathObserver, and compare its paths with
-    the recorded ones."""
+                 initial_state: Optional[Callable] = None, observe: bool = True) -> ReplayPaths:
+    """Compare the replay's paths with the recorded ones. `observe`: run the bundle's step once
+    more, watched by a PathObserver (one step more: a finite replay's verdict depends on it);
+    otherwise only the run-wide settings and the optimizer implementation the bundle's param
+    groups select on this device (a replay that reproduced the failure: no step is added)."""
     recorded, note = bundle_paths(found)
     replayed = [ExecutionPath("device", DEVICE, device.type), ExecutionPath("torch", TORCH, torch.__version__),
                 ExecutionPath("autocast", AUTOCAST, autocast_dtype(precision.value))]
+    if not observe:
+        groups = (found.manifest.optimizer or {}).get("param_groups") or []
+        selected = settings_implementation([g for g in groups if isinstance(g, dict)], device.type)
+        if selected is not None:
+            replayed.append(ExecutionPath(OPTIMIZER, OPTIMIZER, selected[0], selected[1], why=selected[2]))
+        unobserved = "the replay reproduced the failure, so its attention paths were not observed (no step is added)"
+        return ReplayPaths(recorded=recorded, replayed=replayed,
+                           differences=compare_paths(recorded, replayed, _why_not(recorded, device)),
+                           note="; ".join(n for n in (note, unobserved) if n))
     try:
         session = TrainingSession(spec, config, precision, device, initial_state=initial_state)
         observer = PathObserver(session.model)
