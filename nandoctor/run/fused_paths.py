@@ -65,9 +65,24 @@ def sdpa_backend(args: tuple, kwargs: dict) -> str:
     ("flash", "efficient", "cudnn", "math"; "unknown" when it cannot tell), from the same
     checks the call itself makes (a few microseconds, no tensor work)."""
     try:
+        device = args[0].device.type
+        if torch.is_autocast_enabled(device) and args[0].is_floating_point():
+            # Autocast casts SDPA's floating inputs below this point, and the backend depends on
+            # the dtype (flash needs 16-bit on CUDA): choose for uninitialised stand-ins of that dtype.
+            low = torch.get_autocast_dtype(device)
+            args = tuple(_as_dtype(a, low) for a in args)
+            kwargs = {k: _as_dtype(v, low) for k, v in kwargs.items()}
         return _SDPA_BACKEND_NAMES.get(int(torch._fused_sdp_choice(*args, **kwargs)), "unknown")
     except Exception:     # noqa: BLE001 - e.g. inside a functorch transform: the choice is unknown
         return "unknown"
+
+
+def _as_dtype(value: Any, dtype: torch.dtype) -> Any:
+    if not isinstance(value, torch.Tensor) or not value.is_floating_point() or value.dtype == dtype:
+        return value
+    with torch.no_grad():
+        stand_in = torch.empty_strided(value.shape, value.stride(), dtype=dtype, device=value.device)
+    return stand_in.requires_grad_(value.requires_grad)
 
 
 def why_backend_unavailable(backend: str, device_type: str) -> str:
