@@ -150,10 +150,16 @@ def paths_from_plain(data: Any) -> tuple[list[ExecutionPath], str]:
 
 
 def paths_to_plain(entries: list[ExecutionPath]) -> dict[str, Any]:
-    """The manifest's `paths`: {"version", "sites": [{site, kind, path, device, why, calls}]}."""
-    return {"version": PATHS_VERSION,
-            "sites": [{"site": e.site, "kind": e.kind, "path": e.path, "device": e.device, "why": e.why,
-                       "calls": e.calls} for e in entries]}
+    """The manifest's `paths`: {"version", "sites": [{site, kind, path, device, why, calls}]};
+    `device` and `why` only when set, `calls` only when not 1 (a deep model has hundreds of sites)."""
+    sites = []
+    for e in entries:
+        item: dict[str, Any] = {"site": e.site, "kind": e.kind, "path": e.path}
+        item.update({k: v for k, v in (("device", e.device), ("why", e.why)) if v})
+        if e.calls != 1:
+            item["calls"] = e.calls
+        sites.append(item)
+    return {"version": PATHS_VERSION, "sites": sites}
 
 
 def _matches(recorded: ExecutionPath, replayed: ExecutionPath) -> bool:
