@@ -70,6 +70,16 @@ def test_a_finite_replay_on_other_fused_paths_names_them_instead_of_a_determinis
     assert (replayed[("optimizer", "optimizer")].path, replayed[("optimizer", "optimizer")].device) == ("for-loop", "cpu")
     assert same.causes[0].id == "nonreproducible" and "deterministic" in same.causes[0].fix
 
+    # A backend torch has no CPU kernel for, recorded on this device: named, with how to test it here.
+    sampled_site = dict(sampled)
+    sampled.update(path="efficient")
+    (bundle / "manifest.json").write_text(json.dumps(manifest))
+    (missing,) = nandoctor.replay(bundle, model, experiments=False).trace.runs[0].replay_paths.differences
+    assert (missing.recorded, missing.replayed) == ("efficient on cpu", "flash on cpu")
+    assert missing.why == "torch has no efficient attention kernel on CPU"
+    assert "--device" not in missing.fix and "sdpa_kernel(SDPBackend.MATH)" in missing.fix
+    sampled.update(sampled_site)
+
     # Recorded on CUDA with flash attention and a fused Adam: paths this machine cannot take.
     manifest["device"] = "cuda:0"
     manifest["paths"]["sites"] = [s for s in manifest["paths"]["sites"] if s["kind"] not in ("sdpa", "optimizer", "device")]
