@@ -435,9 +435,10 @@ class ScriptGuard:
             if replaced is not None:
                 args, kwargs = replaced
         window = self._window
+        taken_now = None        # the watches' step captures share it (one capture_rng per step)
         if window.rng is None:
             from .bundle_writer import capture_rng
-            window.rng = capture_rng()
+            window.rng = taken_now = capture_rng()
             self._note_autocast()
         owns = any(True for _ in module.parameters())
         if owns and not self._tracing():
@@ -449,7 +450,7 @@ class ScriptGuard:
         if not self._tracing():       # the watches' own reductions must not enter the traced re-run
             for watch in self.all_watches():
                 if owns and _same_module(watch.model, module):
-                    watch.begin_micro_batch(_forward_inputs(args, kwargs))
+                    watch.begin_micro_batch(_forward_inputs(args, kwargs), rng=taken_now)
         return replaced
 
     def _claim_batches(self, args: tuple, kwargs: dict) -> None:
