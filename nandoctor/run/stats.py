@@ -463,3 +463,14 @@ def nonfinite_rows(t: torch.Tensor, limit: int = 64) -> list[int]:
     bad = ~torch.isfinite(t.detach())
     return bad.reshape(t.shape[0], -1).any(dim=1).nonzero().flatten()[:limit].tolist()
 
+
+
+def strided_sample(t: torch.Tensor, size: int) -> torch.Tensor:
+    """An evenly strided view of at most about `size` elements of `t` (no copy), or `t` itself
+    when it is that small or not contiguous. Sums over the sample times `t.numel() / sample.numel()`
+    estimate the tensor's (update ratios, Adam's update RMS: statistics of a whole layer whose
+    thresholds are orders of magnitude apart), for the cost of a copy that grows with the number
+    of tensors, not their size."""
+    if t.numel() <= size or not t.is_contiguous():
+        return t
+    return t.view(-1)[::-(-t.numel() // size)]

@@ -150,7 +150,7 @@ class ScriptGuard:
                             spikes=spikes, early_warnings=early_warnings)
         self.do_rerun = rerun
         self.max_bundles = max_bundles
-        # Rolling CPU copies (the first and the latest, every `snapshot_every` steps) from which a
+        # Rolling copies (the first and the latest, every `snapshot_every` steps; temporary files) from which a
         # confirming experiment re-trains through the user's own loop (watcher/rewind.py).
         self.snapshot_every = max(0, int(snapshot_every or 0))
         self.snapshot_max_bytes = snapshot_max_bytes
@@ -336,6 +336,8 @@ class ScriptGuard:
         self._module_handles.clear()
         for watch in self.all_watches():
             watch.close()
+        for snapshot in self.snapshots:       # their files; `snapshots` still tells which steps had one
+            snapshot.discard()
         self._installed = False
 
     def all_watches(self) -> list[Watch]:
@@ -613,13 +615,15 @@ class ScriptGuard:
         step = watch.step_index
         if step % self.snapshot_every:
             return
-        snapshot = take_snapshot(step, watch.model, watch.optimizer)
-        if snapshot.nbytes > self.snapshot_max_bytes:
+        snapshot = take_snapshot(step, watch.model, watch.optimizer, max_bytes=self.snapshot_max_bytes)
+        if not snapshot.saved:
             self.snapshot_every = 0
             self.snapshot_note = (f"the weights and optimizer state take {snapshot.nbytes / 2**20:.0f} MiB, over the "
                                   "snapshot limit: no rolling snapshot, so no lr experiment")
             return
         # Keep the first copy (before any divergence) and the latest.
+        for dropped in self.snapshots[1:]:
+            dropped.discard()
         self.snapshots = self.snapshots[:1] + [snapshot] if self.snapshots else [snapshot]
 
     def _after_rerun(self, optimizer: torch.optim.Optimizer) -> None:
@@ -896,9 +900,10 @@ class ScriptGuard:
         last losses it backpropagated."""
         bad = []
         for optimizer in list(self._optimizers):
-            params = [p.detach() for g in optimizer.param_groups for p in g["params"]]
-            if params and not bool(torch.isfinite(torch.stack([t.abs().amax().float() for t in params if t.numel()]
-                                                              or [torch.zeros(())])).all()):
+            # max |x| per tensor from its max and min, grouped by shape (no |x| copy of each, a handful
+            # of kernels): 30 ms for a GPT-2-small shape's weights, 87 ms as one abs().amax() per tensor
+            params = [p.detach() for g in optimizer.param_groups for p in g["params"] if p.numel()]
+            if params and not bool(torch.isfinite(stats.foreach_max_abs(params)).all()):
                 bad.append(f"the weights of its {type(optimizer).__name__} hold NaN/Inf at the end")
         losses = self._window.losses + self._previous_window.losses
         if losses and not bool(torch.isfinite(torch.stack([l.float().reshape(()) for l in losses])).all()):
