@@ -29,7 +29,7 @@ import torch
 from torch.overrides import TorchFunctionMode
 
 from ..run import compiled, stats
-from ..run.fused_paths import FAST_PATH_TYPES, may_take_fast_path
+from ..run.fused_paths import FAST_PATH_TYPES, may_take_fast_path, sdpa_backend
 from ..run.training_defaults import primary_output
 from .distributed import local_tensor
 from .spikes import watch_options
@@ -81,6 +81,12 @@ class _AttentionMode(TorchFunctionMode):
     def __torch_function__(self, func: Callable, types: Any, args: tuple = (), kwargs: Optional[dict] = None) -> Any:
         kwargs = kwargs or {}
         sampler = self.sampler
+        if func is _SDPA and args and isinstance(args[0], torch.Tensor):
+            # Which kernel torch picks for this call: the crash bundle's record of the path
+            # (run/fused_paths.py); the same checks the call makes, no tensor work. An empty
+            # stack is the model's own forward (the step began in its pre-hook, after the global one).
+            site = sampler.stack[-1] if sampler.stack else ""
+            sampler.sdpa_backends[site] = (sdpa_backend(args, kwargs), args[0].device.type)
         # A softmax outside every submodule is the model's output distribution, not attention.
         # Inside torch.func.vmap/grad a reduction cannot leave the transform (stats.in_functorch_transform).
         if (torch.is_grad_enabled() and not sampler.in_mha and len(sampler.stack) > 1
@@ -154,6 +160,8 @@ class EarlyWarningSampler:
         self.warned: set[tuple[str, str, str]] = set()
         self.stack: list[str] = []              # modules whose forward is running, outermost first
         self.in_mha = False
+        # site -> (SDPA backend, device type) of the last sampled step's calls (the bundle's `paths`)
+        self.sdpa_backends: dict[str, tuple[str, str]] = {}
         self._step: Optional[int] = None
         self._values: list[tuple[str, str, torch.Tensor]] = []   # (module, statistic, device scalar)
         # (modules, statistic, device vector): one value per module, reduced together

@@ -32,6 +32,8 @@ from ..load.bundle import STATE_AFTER_STEP, STATE_BEFORE_STEP, BundleManifest
 from ..run import compiled, stats
 from ..trace.thresholds import DEFAULT_THRESHOLDS
 from ..run.precision import autocast_precision
+from ..run.fused_paths import recorded_paths
+from ..trace.paths import paths_to_plain
 from ..trace.plain import to_plain
 from . import bundle_writer
 from .distributed import attach_if_distributed, local_tensor
@@ -997,6 +999,10 @@ class Watch:
                          for s in self.layer_stats],
             rebuild=bundle_writer.encode_value(self.rebuild),
             compile=self.compile_settings(),
+            # Which fused paths the step took (attention, optimizer, autocast): read now, from the
+            # model and optimizer, so no step pays for it.
+            paths=paths_to_plain(recorded_paths(self.model, [self.optimizer], self._device, self.precision,
+                                                getattr(self.early, "sdpa_backends", None))),
             detail={"truncated_micro_batches": bool(capture and capture.truncated),
                     "layer_modules": self._module_names if self.layer_stats else [],
                     "early_warnings": [bundle_writer.encode_value(to_plain(w)) for w in self.early_warnings]})
