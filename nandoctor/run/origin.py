@@ -42,6 +42,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten
 
 from .fused_paths import may_take_fast_path
+from .mode_stack import function_mode_on_stack, leave_function_mode
 from ..trace import NonfiniteEvent, OpRef, Phase, SourceLocation, TensorSummary
 from . import stats
 from .frames import is_library, stack_locations
@@ -245,6 +246,7 @@ class OriginTracer(StepProbe):
         self._recompute_depth = 0              # module calls open in a backward-time recompute
         self._recompute_entered = False        # the recompute put the function mode on the stack
         self._fast_path: Optional[torch.nn.Module] = None   # the module running with the function mode off
+        self._fast_path_left = False                        # whether that call took the mode off the stack
         self.fast_path_modules: list[str] = []   # modules let onto their fused fast path, in call order
         self._suspended = 0
         self._calls: list[str] = []            # public torch calls being run (outermost first)
@@ -329,12 +331,11 @@ class OriginTracer(StepProbe):
                 # torch has taken the mode off the stack until the call returns, so the backward
                 # pass already runs without it, and it comes back for what follows (clipping).
                 return
-            self._function.__exit__(None, None, None)
+            leave_function_mode(self._function)
             self._function_active = False
 
     def _function_on_stack(self) -> bool:
-        from torch.overrides import _get_current_function_mode_stack
-        return any(mode is self._function for mode in _get_current_function_mode_stack())
+        return function_mode_on_stack(self._function)
 
     def _push(self, module: torch.nn.Module, args: Any) -> None:
         self._module_stack.append(self._names.get(id(module), type(module).__name__))
@@ -346,7 +347,8 @@ class OriginTracer(StepProbe):
             # dispatch mode still sees the fused op; no autograd node is made here to tag.
             self._fast_path = module
             self.fast_path_modules.append(self._module_stack[-1])
-            self._function.__exit__(None, None, None)
+            # Off the stack already when this call runs inside the mode's own handler: nothing to put back.
+            self._fast_path_left = leave_function_mode(self._function)
             return
         if self._recompute_depth or (self.phase == Phase.BACKWARD.value and torch.is_grad_enabled()):
             # A module called with gradients on during backward: activation checkpointing
@@ -367,13 +369,14 @@ class OriginTracer(StepProbe):
             self._module_stack.pop()
         if self._fast_path is module:
             self._fast_path = None
-            self._function.__enter__()
+            if self._fast_path_left and self._function_active and not self._function_on_stack():
+                self._function.__enter__()
             return
         if self._recompute_depth:
             self._recompute_depth -= 1
             if self._recompute_depth == 0 and self._recompute_entered:
                 self._recompute_entered = False
-                self._function.__exit__(None, None, None)
+                leave_function_mode(self._function)
 
     # ---- forward: tag autograd nodes ----------------------------------------------------------
     def tag_nodes(self, func: Any, out: Any) -> None:
