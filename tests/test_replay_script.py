@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import shutil
-import time
 from pathlib import Path
 
 import pytest
@@ -24,12 +23,9 @@ def test_replay_of_a_lightning_bf16_run_with_a_nan_image_finds_the_data_as_run_d
     ran = run.trace.runs[0].first_nonfinite
     assert (ran.step, ran.phase, run.causes[0].id) == (2, "data", "data-nonfinite")
     bundle = next((tmp_path / "bundles").iterdir())
-    began = time.perf_counter()
     replay = nandoctor.replay(bundle, trust=True, experiments=False)
-    seconds = time.perf_counter() - began
     event = replay.trace.runs[0].first_nonfinite
     assert (event.step, event.phase, event.module, event.reproduced) == (ran.step, ran.phase, ran.module, True)
+    assert event.user_source == ran.user_source                # the model call that took the NaN image
     assert replay.causes[0].id == "data-nonfinite"
     assert replay.trace.runs[0].precision == "bf16-mixed"
-    # The script stops after the bundled step: 8 traced steps took several times longer.
-    assert seconds < 20, seconds

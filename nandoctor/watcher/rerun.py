@@ -107,6 +107,7 @@ class Rerun:
         self.state = "armed"                  # armed -> tracing -> done
         self.tracer: Optional[OriginTracer] = None
         self._next_call = 0
+        self.matched_call: Optional[TopCall] = None     # the logged call the latest top-level call replays
         self._losses: list[torch.Tensor] = []
         self.batches: list[tuple[int, Any, Optional[list]]] = []   # the failing step's DataLoader batches
         self.outcome = RerunOutcome()
@@ -129,7 +130,8 @@ class Rerun:
             return None
         replaced = None
         if self._next_call < len(self.calls) and self._matches(self.calls[self._next_call], module):
-            replaced = substitute(self.calls[self._next_call], args, kwargs)
+            self.matched_call = self.calls[self._next_call]
+            replaced = substitute(self.matched_call, args, kwargs)
             self._next_call += 1
         self.tracer.set_phase(Phase.FORWARD if self._is_model(module) else Phase.LOSS)
         return replaced

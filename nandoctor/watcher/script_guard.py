@@ -443,8 +443,12 @@ class ScriptGuard:
         if owns and not self._tracing():
             self._claim_batches(args, kwargs)
         carried = self._previous_window.outputs | window.outputs
+        site = _user_caller()
+        matched = self.rerun.matched_call if replaced is not None else None
+        if matched is not None and matched.site is None:
+            matched.site = site         # a bundle's call (replay): the line that makes it in this run
         window.calls.append(TopCall(module=module, args=args, kwargs=kwargs, owns_parameters=owns,
-                                    site=_user_caller(), holder=_holder(module) if self._discovering else None,
+                                    site=site, holder=_holder(module) if self._discovering else None,
                                     name=_called_name(module) if self._discovering else None,
                                     carried=_carried_paths(args, kwargs, carried) if carried else frozenset()))
         if not self._tracing():       # the watches' own reductions must not enter the traced re-run
