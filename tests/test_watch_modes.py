@@ -116,3 +116,29 @@ def test_a_watch_closed_mid_forward_leaves_no_mode(tmp_path):
     model.attn.register_forward_hook(lambda *args: watch.close())
     model(torch.randn(2, 4, 8)).backward()
     assert mode_stacks() == before and mha_takes_its_fast_path()
+
+
+def test_the_users_own_function_mode_stays_on_the_stack_where_the_user_left_it(tmp_path):
+    # The user's mode is entered inside the model's forward and left after it (not nested inside
+    # ours): leaving our mode must not pop theirs, which sits above it.
+    from torch.overrides import TorchFunctionMode, _get_current_function_mode_stack
+
+    class CountCalls(TorchFunctionMode):
+        calls = 0
+
+        def __torch_function__(self, func, types, args=(), kwargs=None):
+            self.calls += 1
+            return func(*args, **(kwargs or {}))
+
+    model = Net()
+    users = CountCalls()
+    model.attn.register_forward_pre_hook(lambda *args: users.__enter__() and None)
+    before = mode_stacks()
+    watch = nandoctor.watch(model, torch.optim.SGD(model.parameters(), lr=0.01), out=tmp_path, warn=False,
+                            early_warnings={"every": 1})
+    loss = model(torch.randn(2, 4, 8))
+    assert _get_current_function_mode_stack() == [users]
+    users.__exit__(None, None, None)
+    loss.backward()
+    watch.close()
+    assert users.calls > 0 and mode_stacks() == before
