@@ -16,7 +16,10 @@ measures each, per module, on the device:
   update m / (sqrt(v) + eps) and the share of v below eps**2.
 
 All of it reaches the host in one transfer at the end of the sampled step; unsampled steps
-run no hook and no mode. A warning needs a level past its threshold and growth over the samples
+run no hook and no mode. The function mode is on torch's stack only while a forward of one of the
+model's modules runs (the outermost call's always-called forward hook takes it off, also when
+that forward raises), so a step that raises in backward, in the loss or in the user's own code
+leaves nothing behind. A warning needs a level past its threshold and growth over the samples
 (a model that always sits at a large but steady value is not diverging).
 """
 from __future__ import annotations
@@ -30,6 +33,7 @@ from torch.overrides import TorchFunctionMode
 
 from ..run import compiled, stats
 from ..run.fused_paths import FAST_PATH_TYPES, may_take_fast_path, sdpa_backend
+from ..run.mode_stack import function_mode_on_stack, leave_function_mode
 from ..run.training_defaults import primary_output
 from .distributed import local_tensor
 from .spikes import watch_options
@@ -204,8 +208,9 @@ class EarlyWarningSampler:
                 # module off its fused fast path (run/fused_paths.py), so the mode steps aside.
                 self._handles.append(module.register_forward_pre_hook(self._fast_path_aside))
                 self._handles.append(module.register_forward_hook(self._fast_path_back, always_call=True))
+        # Entered by the outermost module call of the model (_enter_hook), not here: a mode left on
+        # the stack for the whole step would outlive a step that raises where no hook of ours runs.
         self._mode = _AttentionMode(self)
-        self._mode.__enter__()
 
     def _fast_path_aside(self, module: Any, args: Any) -> None:
         if self._mode is None or self._aside is not None or not may_take_fast_path(module):
@@ -213,24 +218,51 @@ class EarlyWarningSampler:
         from torch.overrides import _get_current_function_mode_stack
         stack = _get_current_function_mode_stack()
         if stack and stack[-1] is self._mode:
-            self._mode.__exit__(None, None, None)
+            leave_function_mode(self._mode)
             self._aside = module
 
     def _fast_path_back(self, module: Any, args: Any, output: Any) -> None:
         if self._aside is module:
             self._aside = None
-            if self._mode is not None:
+            if self._mode is not None and self.stack:       # still inside the model's forward
                 self._mode.__enter__()
 
     def _enter_hook(self, module: Any, args: Any) -> None:
         name = self._names_by_id.get(id(module))
-        if name is not None:
-            self.stack.append(name)
+        if name is None or compiled.compiling():
+            return
+        if module is self.model and self.stack:
+            # The model's own forward does not run inside itself: the stack is left over from a
+            # forward that a KeyboardInterrupt (or another BaseException) ended, where torch runs
+            # no forward hook.
+            self._leave_forward()
+        if not self.stack and self._mode is not None and not function_mode_on_stack(self._mode):
+            self._mode.__enter__()
+        self.stack.append(name)
 
     def _exit_hook(self, module: Any, args: Any, output: Any) -> None:
         name = self._names_by_id.get(id(module))
-        if name is not None:
+        if name is None or compiled.compiling():
+            return
+        try:
             self._module_output(name, module, output)
+        finally:
+            if not self.stack:
+                self._leave_forward()
+
+    def _leave_forward(self) -> None:
+        """No forward of the model is running (any more): the mode comes off torch's stack."""
+        self.stack.clear()
+        self.in_mha = False
+        self._aside = None
+        if self._mode is not None:
+            leave_function_mode(self._mode)
+
+    def forward_ended(self) -> None:
+        """The caller knows no forward of the model is running (the end of `watch.step()`, also on
+        a KeyboardInterrupt): whatever a forward that never returned left behind goes."""
+        if self._step is not None:
+            self._leave_forward()
 
     def _module_output(self, name: str, module: Any, output: Any) -> None:
         if self.stack and self.stack[-1] == name:
@@ -427,14 +459,10 @@ class EarlyWarningSampler:
         self._step = None
 
     def _close_mode(self) -> None:
-        if self._aside is not None:         # closed inside that module's call: the mode is off already
-            self._aside, self._mode = None, None
+        self._aside = None
         if self._mode is not None:
             mode, self._mode = self._mode, None
-            try:
-                mode.__exit__(None, None, None)
-            except Exception:  # noqa: BLE001 - another mode was entered above ours and not left
-                pass
+            leave_function_mode(mode)
 
     def _judge(self, step: int, key: tuple[str, str]) -> None:
         module, statistic = key

@@ -285,6 +285,8 @@ class Watch:
             self.raised_on_nonfinite_batch(err)
             raise
         finally:
+            if self.early is not None:      # no forward runs past the block (a KeyboardInterrupt may have ended one)
+                self.early.forward_ended()
             self._remove_stats_hooks_if_done()
 
     def loss(self, loss: torch.Tensor) -> torch.Tensor:

@@ -37,7 +37,7 @@ from typing import Any, Callable, Optional
 
 import torch
 
-from ..run.compiled import compiling
+from ..run.compiled import compiling, uncompiled as compiled_uncompiled
 from ..run.frames import is_user_file, location
 from ..trace import ExperimentResult, LoopFacts, NonfiniteEvent, Phase, SourceLocation
 from .compile_settings import WRAPPED_COMPILED_CALL
@@ -446,8 +446,13 @@ class ScriptGuard:
         if owns and not self._tracing():
             self._claim_batches(args, kwargs)
         carried = self._previous_window.outputs | window.outputs
+        site = _user_caller()
+        matched = self.rerun.matched_call if replaced is not None else None
+        if matched is not None and matched.site is None:
+            matched.site = site         # a bundle's call (replay): the line that makes it in this run
         window.calls.append(TopCall(module=module, args=args, kwargs=kwargs, owns_parameters=owns,
-                                    site=_user_caller(), holder=_holder(module) if self._discovering else None,
+                                    site=site, holder=_holder(module) if self._discovering else None,
+                                    name=_called_name(module) if self._discovering else None,
                                     carried=_carried_paths(args, kwargs, carried) if carried else frozenset()))
         if not self._tracing():       # the watches' own reductions must not enter the traced re-run
             for watch in self.all_watches():
@@ -732,6 +737,7 @@ class ScriptGuard:
     def _new_watch(self, model: torch.nn.Module, optimizer: Optional[torch.optim.Optimizer]) -> Watch:
         rebuild = plain_rebuild(model)
         rebuild["kind"] = "script" if "script" in rebuild else "plain"
+        rebuild["model_name"], rebuild["qualified_modules"] = self._script_name(model)
         policy = self.on_nonfinite if self.on_nonfinite in ("skip", "rollback") else "skip"
         extra: dict[str, Any] = {}
         if self.keeps_alive:
@@ -749,6 +755,18 @@ class ScriptGuard:
         watch.keep_alive.loss_source = lambda capture: self._loss_source(watch, capture)
         return watch
 
+    def _script_name(self, model: torch.nn.Module) -> tuple[str, bool]:
+        """(what the script calls the watched model, whether module paths start with it). The
+        name is the variable or attribute the script calls it through (`netD`, `self.discriminator`
+        -> `discriminator`), else its class's; paths are qualified with it when the loop also
+        calls another model with parameters of its own (a GAN's generator and discriminator), so
+        that `main.2` says whose."""
+        calls = self._window.calls + self._previous_window.calls
+        name = next((c.name for c in calls if c.module is model and c.name), None)
+        others = any(c.owns_parameters and c.module is not None and not _contains(model, c.module)
+                     and not _contains(c.module, model) for c in calls)
+        return name or type(compiled_uncompiled(model)).__name__, others
+
     def _bundle_batches(self, watch: Watch, capture: Any) -> list[Any]:
         """What a script bundle stores of the failing step: every top-level call's inputs (the
         tensors that need no gradient; those are the replay's own) and every DataLoader batch,
@@ -757,7 +775,9 @@ class ScriptGuard:
         entries: list[Any] = []
         for call in window.calls:
             args, kwargs = _data_only(call.args), _data_only(call.kwargs)
-            entries.append({"call": {"model": call.owns_parameters, "args": list(args), "kwargs": kwargs}})
+            watched = call.module is not None and _contains(watch.model, call.module)
+            entries.append({"call": {"model": call.owns_parameters, "watched": watched, "args": list(args),
+                                     "kwargs": kwargs}})
         for _, batch, indices in window.step_batches():
             entries.append({"loader": batch, "indices": indices})
         return entries
@@ -837,7 +857,9 @@ class ScriptGuard:
             return
         if event["check"] in ("loss", "gradients") and self.do_rerun and capture is not None:
             self.rerun = Rerun(watch.model, watch.precision, event["step"], event["check"],
-                               capture.rng, list(self._window.calls), watch.params())
+                               capture.rng, list(self._window.calls), watch.params(),
+                               model_name=watch.rebuild.get("model_name"),
+                               qualified_modules=bool(watch.rebuild.get("qualified_modules")))
             self._batches_again = list(self._window.step_batches())
             self.rerun.batches = list(self._window.step_batches())
 
@@ -1107,6 +1129,31 @@ def _framework_of_caller(depth: int = 24) -> Optional[str]:
         if top in _FRAMEWORKS:
             return _FRAMEWORKS[top]
         if top not in ("torch", "nandoctor") and is_user_file(frame.f_code.co_filename):
+            return None
+        frame = frame.f_back
+        depth -= 1
+    return None
+
+
+def _contains(outer: torch.nn.Module, inner: torch.nn.Module) -> bool:
+    return any(m is inner for m in outer.modules())
+
+
+def _called_name(module: torch.nn.Module, depth: int = 24) -> Optional[str]:
+    """What the user's code calls this module where it calls it: a variable of the calling function
+    or of its file (`netD(x)`), or an attribute of the object whose method made the call
+    (`self.discriminator(x)` -> `discriminator`). Discovery only: reads a frame's names once."""
+    frame = sys._getframe(2)
+    while frame is not None and depth:
+        if is_user_file(frame.f_code.co_filename):
+            for scope in (frame.f_locals, frame.f_globals):
+                name = next((k for k, v in scope.items() if v is module and k != "self" and not k.startswith("__")), None)
+                if name is not None:
+                    return name
+            owner = frame.f_locals.get("self")
+            members = owner.__dict__.get("_modules") if isinstance(owner, torch.nn.Module) else getattr(owner, "__dict__", None)
+            if isinstance(members, dict):
+                return next((k for k, v in members.items() if v is module), None)
             return None
         frame = frame.f_back
         depth -= 1
