@@ -199,6 +199,17 @@ def test_lr_experiment_cut_short_by_the_scripts_end_still_answers_past_the_diver
     assert top["id"] == "high-lr" and top["confirmed"] is True
 
 
+def test_a_script_whose_loss_rejects_a_class_target_is_a_label_range_failure(scripts):
+    """Regression (bench round 3, accelerate's gradient_accumulation.py on 1-based MRPC labels):
+    cross_entropy's IndexError "Target 3 is out of bounds" was reported as a bare user-error."""
+    result, doc = run_json(scripts, "one_based_labels.py")
+    assert result.returncode == 1, result.stderr[-2000:]
+    top = doc["causes"][0]
+    assert top["id"] == "label-range", [c["id"] for c in doc["causes"]]
+    assert top["file"].endswith("one_based_labels.py") and "y - 1" in top["fix"]
+    assert "IndexError" in " ".join(top["evidence"])
+
+
 def test_a_bundle_written_after_the_failing_optimizer_step_replays_without_running_the_script(scripts):
     """Regression (bench round 2, run_clm.py --adam_epsilon 0): the bundle of a NaN born in
     optimizer.step() holds the weights after that step. `replay --trust` ran the script with

@@ -359,6 +359,10 @@ class EarlyWarningSampler:
         for (p, group), owner in zip(pairs, owners):
             state = optimizer.state.get(p, {})
             v, m, step = state.get("exp_avg_sq"), state.get("exp_avg"), state.get("step")
+            if group.get("fused") and isinstance(v, torch.Tensor) and v.dtype == torch.float16:
+                # A fused Adam computes the update in float32 and only stores the moments in float16:
+                # a stored second moment that underflowed to 0 is not the one the update divided by.
+                continue
             if isinstance(v, torch.Tensor) and isinstance(m, torch.Tensor) and step is not None:
                 v, m = local_tensor(v), local_tensor(m)
                 numel = v.numel()

@@ -533,6 +533,10 @@ class ScriptGuard:
         self._maybe_stop()
         self._check_deadline()
 
+    @staticmethod
+    def _has_gradients(optimizer: torch.optim.Optimizer) -> bool:
+        return any(p.grad is not None for g in optimizer.param_groups for p in g["params"])
+
     def _has_optimizer_with_gradients(self) -> bool:
         return any(p.grad is not None for opt in list(self._optimizers) for g in opt.param_groups for p in g["params"])
 
@@ -612,6 +616,12 @@ class ScriptGuard:
         if id(optimizer) in self.watches:
             self._step_boundary()
             self._check_deadline()
+            if (self.rerun is not None and self.rerun.state == "armed"
+                    and not any(call.owns_parameters for call in self.rerun.calls)):
+                # The failing step called no module (its forward is a method the loop calls
+                # directly): no call can start the re-run, so it starts where the next step's
+                # ops begin, right after this skipped update.
+                self.rerun.begin()
 
     # ---- confirming experiments in the user's loop (watcher/rewind.py) ----------------------------------
     def _maybe_snapshot(self, watch: Watch) -> None:
@@ -717,7 +727,9 @@ class ScriptGuard:
         scored = [(len(wanted & {id(p) for p in m.parameters()}), m) for m in modules]
         scored = [(n, m) for n, m in scored if n]
         if not scored:
-            return None
+            # A step whose gradients came from no module call: the loop calls the forward as a
+            # method (`self.forward(x)` inside the module, Forward-Forward's per-layer training).
+            return _module_holding(wanted) if optimizer is not None and self._has_gradients(optimizer) else None
         best_count, best = max(scored, key=lambda s: s[0])
         if best_count < len(wanted) and len(scored) > 1:
             parent = _common_parent([m for _, m in scored])
@@ -1091,6 +1103,24 @@ def _same_module(model: torch.nn.Module, module: torch.nn.Module) -> bool:
 def _forward_inputs(args: tuple, kwargs: dict) -> dict[str, Any]:
     from .guard import forward_inputs
     return forward_inputs(args, kwargs)
+
+
+def _module_holding(wanted: set[int]) -> Optional[torch.nn.Module]:
+    """The smallest live module whose parameters include every id in `wanted`, found once among
+    the garbage collector's objects: the model of an optimizer whose module was never called
+    (so no call hook saw it). None when no single module holds them all."""
+    best: Optional[torch.nn.Module] = None
+    best_size = 0
+    for obj in gc.get_objects():
+        try:
+            if not isinstance(obj, torch.nn.Module):
+                continue
+            held = {id(p) for p in obj.parameters()}
+        except Exception:  # an object whose __class__ or parameters() misbehaves is no model of ours
+            continue
+        if wanted <= held and (best is None or len(held) < best_size):
+            best, best_size = obj, len(held)
+    return best
 
 
 def _common_parent(modules: list[torch.nn.Module]) -> Optional[torch.nn.Module]:
