@@ -286,6 +286,18 @@ def test_optimizer_eps_of_zero_in_float32_and_a_hand_written_division():
     assert "optimizer-eps" not in ids(diagnose(trace_of(clean(optimizer={"name": "Adam", "eps": 1e-8}))))
 
 
+def test_adam_eps_below_float16_range_warns_only_when_the_update_runs_in_float16():
+    """Regression (bench round 3, run_clm.py --dtype float16): the Trainer's fused AdamW adds
+    eps in float32, so 1e-8 is not 0 there; a foreach/for-loop Adam on float16 weights adds it
+    in float16, where it rounds to 0."""
+    plain = clean("16-true", param_dtype="float16", optimizer={"name": "AdamW", "eps": 1e-8})
+    assert "optimizer-eps" in ids(diagnose(trace_of(plain)))
+    fused = clean("16-true", param_dtype="float16", optimizer={"name": "AdamW", "eps": 1e-8, "fused": True})
+    assert "optimizer-eps" not in ids(diagnose(trace_of(fused)))
+    zero = clean("16-true", param_dtype="float16", optimizer={"name": "AdamW", "eps": 0.0, "fused": True})
+    assert "optimizer-eps" in ids(diagnose(trace_of(zero)))
+
+
 def test_poisoned_optimizer_state_and_silent_on_finite_state():
     run = failing(phase="optimizer", kind="nan", op="aten.addcdiv_.default", parameter="fc.weight", state="exp_avg_sq",
                   inputs=[tensor(nan=4)])

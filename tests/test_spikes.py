@@ -336,6 +336,26 @@ def test_transformers_callback_warns_of_gpt2_attention_logit_growth_from_sdpa(tm
     assert growth and all(w.module.endswith(".attn") for w in growth), callback.watch.early_warnings
 
 
+def test_fused_adam_float16_moments_that_underflow_are_not_a_collapse():
+    """Regression (bench round 3, run_clm.py --dtype float16): a fused Adam stores float16
+    moments but computes the update in float32, so a stored exp_avg_sq that underflowed to 0 is
+    not what the update divided by; the weights stay finite and no collapse is warned."""
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(8, 8), torch.nn.Linear(8, 1)).half()
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3, fused=True)
+    watch = nandoctor.watch(model, optimizer, early_warnings={"every": 2}, spikes=False, warn=False)
+    for _ in range(6):
+        x = torch.randn(16, 8, dtype=torch.float16)
+        loss = watch.loss(model(x).float().pow(2).mean() * 1e-3)   # gradients ~1e-3: 1e-3 * g**2 underflows
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    watch.close()
+    assert any(bool((s["exp_avg_sq"] == 0).any()) for s in optimizer.state.values())
+    assert all(torch.isfinite(p).all() for p in model.parameters())
+    assert not [w for w in watch.early_warnings if w.statistic == "exp_avg_sq_collapse"], watch.early_warnings
+
+
 def test_adam_second_moment_collapse_is_warned():
     """Gradients of 1e-10: Adam's exp_avg_sq (~1e-20) sits far below eps**2 (1e-16), so the
     update is m / eps rather than m / sqrt(v): the update-size anomaly."""
