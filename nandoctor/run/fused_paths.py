@@ -14,6 +14,7 @@ import torch
 from torch.overrides import TorchFunctionMode
 from torch.utils._python_dispatch import TorchDispatchMode
 
+from .mode_stack import leave_function_mode
 from .probes import StepProbe
 
 FAST_PATH_TYPES = (torch.nn.MultiheadAttention, torch.nn.TransformerEncoderLayer, torch.nn.TransformerEncoder)
@@ -236,8 +237,8 @@ class PathObserver(StepProbe):
         self._handles = []
         if self._fast_ops is not None:          # a forward that raised inside a fast-path module
             self._fast_ops.__exit__(None, None, None)
-        if self._mode is not None and self._aside is None:
-            self._mode.__exit__(None, None, None)
+        if self._mode is not None:
+            leave_function_mode(self._mode)     # wherever it sits (nothing when stepped aside)
         self._mode, self._aside, self._fast_ops, self._fast_stack = None, None, None, []
 
     def site(self) -> str:
@@ -249,10 +250,7 @@ class PathObserver(StepProbe):
             return
         if self._aside is None and self._mode is not None and may_take_fast_path(module):
             # TransformerEncoder included: its nested-tensor fast path has the same condition.
-            from torch.overrides import _get_current_function_mode_stack
-            stack = _get_current_function_mode_stack()
-            if stack and stack[-1] is self._mode:
-                self._mode.__exit__(None, None, None)
+            if leave_function_mode(self._mode):
                 self._aside = module
         if isinstance(module, torch.nn.TransformerEncoder):
             return          # its layers take (or leave) the fused kernels, each recorded on its own
