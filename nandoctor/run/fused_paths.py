@@ -162,8 +162,8 @@ def recorded_paths(model: torch.nn.Module, optimizers: list[Any], device: torch.
     """The paths a watched run's step took, as far as its model, optimizer and settings tell
     (written into the crash bundle's `paths`; no tensor is touched). The SDPA backend of each call
     depends on its inputs, which the watch does not keep: one entry names the backends the device
-    had enabled, for every call, and `sdpa_seen` (site -> (backend, device type)) adds the backend
-    each site's calls took on the watch's last sampled step (its early-warning sampler sees them)."""
+    had enabled, for every call, and `sdpa_seen` (site -> (backends, device type)) adds the backends
+    each site's calls took on the watch's sampled steps (its early-warning sampler sees them)."""
     from ..trace.paths import (AUTOCAST, DEVICE, EVERY_CALL, FAST_PATH, OPTIMIZER, SDPA, TORCH, ExecutionPath)
     from .compiled import uncompiled
     from ..load.bundle import user_name
@@ -174,9 +174,10 @@ def recorded_paths(model: torch.nn.Module, optimizers: list[Any], device: torch.
     if enabled:
         entries.append(ExecutionPath(EVERY_CALL, SDPA, "/".join(enabled), device.type,
                                      why="the backend is chosen per call among these"))
-    for site, (backend, on) in sorted((sdpa_seen or {}).items()):
-        if backend != "unknown":
-            entries.append(ExecutionPath(site, SDPA, backend, on, why="on the watch's last sampled step"))
+    for site, (backends, on) in sorted((sdpa_seen or {}).items()):
+        known = "/".join(b for b in backends.split("/") if b != "unknown")    # unknown: nothing to compare
+        if known:
+            entries.append(ExecutionPath(site, SDPA, known, on, why="its calls on the watch's sampled steps"))
     for name, module in uncompiled(model).named_modules():
         if isinstance(module, (torch.nn.MultiheadAttention, torch.nn.TransformerEncoderLayer)):
             blocker = fast_path_blocker(module, mixed != "off")
@@ -286,9 +287,12 @@ class PathObserver(StepProbe):
         from ..trace.paths import FAST_PATH, SDPA, ExecutionPath
         entries = []
         for site, seen in self.sdpa.items():
-            for backend in dict.fromkeys(seen):
-                path, _, device = backend.partition(" on ")
-                entries.append(ExecutionPath(site, SDPA, path, device, calls=seen.count(backend)))
+            known = [b for b in seen if not b.startswith("unknown")]       # unknown: nothing to compare
+            if not known:
+                continue
+            backends = dict.fromkeys(b.partition(" on ")[0] for b in known)
+            entries.append(ExecutionPath(site, SDPA, "/".join(backends), known[0].partition(" on ")[2],
+                                         calls=len(seen)))
         for site, seen in self.fast_path.items():
             took = "fast" if all(s == "fast" for s in seen) else "slow"
             entries.append(ExecutionPath(site, FAST_PATH, took, self.devices.get(site, ""),

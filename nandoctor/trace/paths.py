@@ -96,9 +96,6 @@ class ExecutionPath:
     why: str = ""                               # why this path (e.g. "training is enabled" for a slow path)
     calls: int = 1                              # calls of the step at this site that took it
 
-    def describe(self) -> str:
-        return self.path + (f" on {self.device}" if self.device else "") + (f" ({self.why})" if self.why else "")
-
 
 @dataclass
 class PathDifference:
@@ -108,7 +105,7 @@ class PathDifference:
     recorded: str                               # "flash on cuda"
     replayed: str                               # "math on cpu"
     why: str = ""                               # why the replay could not take the recorded path
-    fix: str = ""                               # what to try (PATH_KINDS), with the recorded device
+    fix: str = ""                               # what to try (PATH_KINDS[kind].fix)
 
     def short(self) -> str:
         return f"{site_label(self.kind, self.site)}: recorded {self.recorded}, replayed {self.replayed}"
@@ -124,7 +121,7 @@ class ReplayPaths:
     recorded: list[ExecutionPath] = field(default_factory=list)
     replayed: list[ExecutionPath] = field(default_factory=list)
     differences: list[PathDifference] = field(default_factory=list)
-    note: str = ""                              # e.g. "the bundle records no paths (written before nandoctor 0.x)"
+    note: str = ""                              # what was not compared, and why (an older bundle, an unobserved step)
 
 
 def site_label(kind: str, site: str) -> str:

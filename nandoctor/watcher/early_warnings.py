@@ -90,7 +90,10 @@ class _AttentionMode(TorchFunctionMode):
             # (run/fused_paths.py); the same checks the call makes, no tensor work. An empty
             # stack is the model's own forward (the step began in its pre-hook, after the global one).
             site = sampler.stack[-1] if sampler.stack else ""
-            sampler.sdpa_backends[site] = (sdpa_backend(args, kwargs), args[0].device.type)
+            backend, seen = sdpa_backend(args, kwargs), sampler.sdpa_backends.get(site)
+            if seen is not None and backend not in seen[0].split("/"):
+                backend = f"{seen[0]}/{backend}"        # calls of one site that took different kernels
+            sampler.sdpa_backends[site] = (backend, args[0].device.type)
         # A softmax outside every submodule is the model's output distribution, not attention.
         # Inside torch.func.vmap/grad a reduction cannot leave the transform (stats.in_functorch_transform).
         if (torch.is_grad_enabled() and not sampler.in_mha and len(sampler.stack) > 1
@@ -164,7 +167,7 @@ class EarlyWarningSampler:
         self.warned: set[tuple[str, str, str]] = set()
         self.stack: list[str] = []              # modules whose forward is running, outermost first
         self.in_mha = False
-        # site -> (SDPA backend, device type) of the last sampled step's calls (the bundle's `paths`)
+        # site -> (SDPA backends, "/"-joined, device type) its calls took on sampled steps (the bundle's `paths`)
         self.sdpa_backends: dict[str, tuple[str, str]] = {}
         self._step: Optional[int] = None
         self._values: list[tuple[str, str, torch.Tensor]] = []   # (module, statistic, device scalar)
