@@ -189,7 +189,9 @@ class EarlyWarningSampler:
     def active(self) -> bool:
         return self._step is not None
 
-    def begin_step(self, step: int) -> None:
+    def begin_step(self, step: int, forward_of: Any = None) -> None:
+        """`forward_of`: the module whose forward pre-hook begins the step (its forward is about to
+        run): the global hooks installed here missed its call, so it is entered now."""
         if self._step is not None or step % self.every:
             return
         self._step = step
@@ -214,6 +216,8 @@ class EarlyWarningSampler:
         # Entered by the outermost module call of the model (_enter_hook), not here: a mode left on
         # the stack for the whole step would outlive a step that raises where no hook of ours runs.
         self._mode = _AttentionMode(self)
+        if forward_of is not None:
+            self._enter_hook(forward_of, ())
 
     def _fast_path_aside(self, module: Any, args: Any) -> None:
         if self._mode is None or self._aside is not None or not may_take_fast_path(module):

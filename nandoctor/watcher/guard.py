@@ -473,7 +473,7 @@ class Watch:
             self._add_stats_hooks()
         if self._early_pending:
             self._early_pending = False
-            self.early.begin_step(self.step_index)
+            self.early.begin_step(self.step_index, forward_of=module)
         if self._explicit_batches or self._blaming or not module.training or not torch.is_grad_enabled():
             return
         if stats.in_functorch_transform():
