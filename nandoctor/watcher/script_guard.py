@@ -167,6 +167,7 @@ class ScriptGuard:
         self.stop: Optional[Stop] = None
         self.rerun: Optional[Rerun] = None
         self._optimizers: "weakref.WeakSet[torch.optim.Optimizer]" = weakref.WeakSet()
+        self._holderless: set[int] = set()     # optimizers no live module holds the parameters of
         self._scalers: dict[int, Any] = {}            # id(optimizer) -> scaler that steps it
         self._scaled: "weakref.WeakSet[torch.Tensor]" = weakref.WeakSet()
         self._window = _Window()
@@ -719,7 +720,12 @@ class ScriptGuard:
         if not scored:
             # A step whose gradients came from no module call: the loop calls the forward as a
             # method (`self.forward(x)` inside the module, Forward-Forward's per-layer training).
-            return _module_holding(wanted) if optimizer is not None and self._has_gradients(optimizer) else None
+            if optimizer is None or id(optimizer) in self._holderless or not self._has_gradients(optimizer):
+                return None
+            holder = _module_holding(wanted)
+            if holder is None:      # bare Parameters: the search walks the whole heap, so only once
+                self._holderless.add(id(optimizer))
+            return holder
         best_count, best = max(scored, key=lambda s: s[0])
         if best_count < len(wanted) and len(scored) > 1:
             parent = _common_parent([m for _, m in scored])
