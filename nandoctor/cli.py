@@ -400,7 +400,7 @@ def run(
     no_experiments: Annotated[bool, typer.Option("--no-experiments", help="Skip the confirming experiments.")] = False,
     check_every: Annotated[int, typer.Option("--check-every", help="Check every N optimizer steps (a failure is then seen up to N-1 steps late).")] = 1,
     stats_every: Annotated[int, typer.Option("--stats-every", help="Per-layer statistics every N steps (0: off).")] = 50,
-    snapshot_every: Annotated[int, typer.Option("--snapshot-every", help="Keep a CPU copy of the weights and optimizer state every N steps (the first and the latest), from which the lr experiments re-train (0: off).")] = 100,
+    snapshot_every: Annotated[int, typer.Option("--snapshot-every", help="Keep a copy of the weights and optimizer state every N steps (the first and the latest; a temporary file), from which the lr experiments re-train (0: off).")] = 100,
     on_nonfinite: Annotated[Optional[str], typer.Option("--on-nonfinite", help="What a NaN/Inf step does: stop (trace it and report), skip (no update; the run goes on) or rollback (restore a copy from before it, skip the batches since, retry within --rollback-budget). skip and rollback append to OUT/skip_list.json. Default: the config's policies.on_nonfinite (stop).")] = None,
     on_spike: Annotated[Optional[str], typer.Option("--on-spike", help="What a loss or gradient-norm spike does: warn, skip or rollback. Default: the config's policies.on_spike (warn).")] = None,
     rollback_every: Annotated[Optional[int], typer.Option("--rollback-every", help="With rollback: keep a copy of the training state every N steps (the last two are kept). Default: policies.rollback.every (50).")] = None,

@@ -158,7 +158,7 @@ def test_under_torchrun_the_origin_rank_reports_and_every_rank_stops(scripts):
     assert doc["script"]["ranks"]["rank"] == 1 and doc["script"]["ranks"]["origin_ranks"] == [1]
     assert doc["causes"][0]["id"] == "unstable-op"
     assert doc["first_nonfinite"]["user_source"].startswith("ddp_train.py:")
-    assert doc["first_nonfinite"]["module"] in ("", "body")         # the user's names, not DDP's `module.`
+    assert doc["first_nonfinite"]["module"] in ("model", "body")    # the script's own names (its variable for the root), not DDP's `module.`
     assert sorted(p.name for p in (scripts / doc["script"]["bundle"]).iterdir() if p.name.startswith("rank-")) == \
         ["rank-0", "rank-1"]
     # Its replay runs the script again, which needs the ranks: outside torchrun it says how.

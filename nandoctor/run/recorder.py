@@ -58,9 +58,7 @@ UPDATE_SAMPLE = 1 << 10
 
 
 def _update_sample(p: torch.Tensor) -> torch.Tensor:
-    if p.numel() <= UPDATE_SAMPLE or not p.is_contiguous():
-        return p
-    return p.view(-1)[::-(-p.numel() // UPDATE_SAMPLE)]
+    return stats.strided_sample(p, UPDATE_SAMPLE)
 
 
 class _Batch:

@@ -16,7 +16,10 @@ measures each, per module, on the device:
   update m / (sqrt(v) + eps) and the share of v below eps**2.
 
 All of it reaches the host in one transfer at the end of the sampled step; unsampled steps
-run no hook and no mode. A warning needs a level past its threshold and growth over the samples
+run no hook and no mode. The function mode is on torch's stack only while a forward of one of the
+model's modules runs (the outermost call's always-called forward hook takes it off, also when
+that forward raises), so a step that raises in backward, in the loss or in the user's own code
+leaves nothing behind. A warning needs a level past its threshold and growth over the samples
 (a model that always sits at a large but steady value is not diverging).
 """
 from __future__ import annotations
@@ -29,7 +32,8 @@ import torch
 from torch.overrides import TorchFunctionMode
 
 from ..run import compiled, stats
-from ..run.fused_paths import FAST_PATH_TYPES, may_take_fast_path
+from ..run.fused_paths import FAST_PATH_TYPES, may_take_fast_path, sdpa_backend
+from ..run.mode_stack import function_mode_on_stack, leave_function_mode
 from ..run.training_defaults import primary_output
 from .distributed import local_tensor
 from .spikes import watch_options
@@ -50,6 +54,14 @@ _RULES: dict[str, tuple[str, str, bool]] = {
 
 
 _WORST_ONLY = ("update_ratio", "exp_avg_sq_collapse", "update_rms")
+
+# The optimizer-step statistics (update ratio, Adam's update RMS and second-moment collapse) are
+# measured on an evenly strided sample of at most ~SAMPLE elements of each parameter and its
+# moments (stats.strided_sample): the sampled step's copy and kernels then grow with the number
+# of parameters, not their size (on a GPT-2-small shape ~1 s and 340-680 MB on the whole
+# tensors). As for the recorder's update ratios, the sample's estimate is within a few percent,
+# and the thresholds these feed are a factor of 2-10 and more from healthy values.
+SAMPLE = 1 << 12
 
 
 class InstabilityWarning(RuntimeWarning):
@@ -73,6 +85,12 @@ class _AttentionMode(TorchFunctionMode):
     def __torch_function__(self, func: Callable, types: Any, args: tuple = (), kwargs: Optional[dict] = None) -> Any:
         kwargs = kwargs or {}
         sampler = self.sampler
+        if func is _SDPA and args and isinstance(args[0], torch.Tensor):
+            # Which kernel torch picks for this call: the crash bundle's record of the path
+            # (run/fused_paths.py); the same checks the call makes, no tensor work. An empty
+            # stack is the model's own forward (the step began in its pre-hook, after the global one).
+            site = sampler.stack[-1] if sampler.stack else ""
+            sampler.sdpa_backends[site] = (sdpa_backend(args, kwargs), args[0].device.type)
         # A softmax outside every submodule is the model's output distribution, not attention.
         # Inside torch.func.vmap/grad a reduction cannot leave the transform (stats.in_functorch_transform).
         if (torch.is_grad_enabled() and not sampler.in_mha and len(sampler.stack) > 1
@@ -146,6 +164,8 @@ class EarlyWarningSampler:
         self.warned: set[tuple[str, str, str]] = set()
         self.stack: list[str] = []              # modules whose forward is running, outermost first
         self.in_mha = False
+        # site -> (SDPA backend, device type) of the last sampled step's calls (the bundle's `paths`)
+        self.sdpa_backends: dict[str, tuple[str, str]] = {}
         self._step: Optional[int] = None
         self._values: list[tuple[str, str, torch.Tensor]] = []   # (module, statistic, device scalar)
         # (modules, statistic, device vector): one value per module, reduced together
@@ -160,6 +180,7 @@ class EarlyWarningSampler:
         self._mode: Optional[_AttentionMode] = None
         self._aside: Any = None             # the fast-path module the mode stepped aside for
         self._before: Optional[list[torch.Tensor]] = None
+        self._before_views: list[torch.Tensor] = []
 
     @property
     def active(self) -> bool:
@@ -187,8 +208,9 @@ class EarlyWarningSampler:
                 # module off its fused fast path (run/fused_paths.py), so the mode steps aside.
                 self._handles.append(module.register_forward_pre_hook(self._fast_path_aside))
                 self._handles.append(module.register_forward_hook(self._fast_path_back, always_call=True))
+        # Entered by the outermost module call of the model (_enter_hook), not here: a mode left on
+        # the stack for the whole step would outlive a step that raises where no hook of ours runs.
         self._mode = _AttentionMode(self)
-        self._mode.__enter__()
 
     def _fast_path_aside(self, module: Any, args: Any) -> None:
         if self._mode is None or self._aside is not None or not may_take_fast_path(module):
@@ -196,24 +218,51 @@ class EarlyWarningSampler:
         from torch.overrides import _get_current_function_mode_stack
         stack = _get_current_function_mode_stack()
         if stack and stack[-1] is self._mode:
-            self._mode.__exit__(None, None, None)
+            leave_function_mode(self._mode)
             self._aside = module
 
     def _fast_path_back(self, module: Any, args: Any, output: Any) -> None:
         if self._aside is module:
             self._aside = None
-            if self._mode is not None:
+            if self._mode is not None and self.stack:       # still inside the model's forward
                 self._mode.__enter__()
 
     def _enter_hook(self, module: Any, args: Any) -> None:
         name = self._names_by_id.get(id(module))
-        if name is not None:
-            self.stack.append(name)
+        if name is None or compiled.compiling():
+            return
+        if module is self.model and self.stack:
+            # The model's own forward does not run inside itself: the stack is left over from a
+            # forward that a KeyboardInterrupt (or another BaseException) ended, where torch runs
+            # no forward hook.
+            self._leave_forward()
+        if not self.stack and self._mode is not None and not function_mode_on_stack(self._mode):
+            self._mode.__enter__()
+        self.stack.append(name)
 
     def _exit_hook(self, module: Any, args: Any, output: Any) -> None:
         name = self._names_by_id.get(id(module))
-        if name is not None:
+        if name is None or compiled.compiling():
+            return
+        try:
             self._module_output(name, module, output)
+        finally:
+            if not self.stack:
+                self._leave_forward()
+
+    def _leave_forward(self) -> None:
+        """No forward of the model is running (any more): the mode comes off torch's stack."""
+        self.stack.clear()
+        self.in_mha = False
+        self._aside = None
+        if self._mode is not None:
+            leave_function_mode(self._mode)
+
+    def forward_ended(self) -> None:
+        """The caller knows no forward of the model is running (the end of `watch.step()`, also on
+        a KeyboardInterrupt): whatever a forward that never returned left behind goes."""
+        if self._step is not None:
+            self._leave_forward()
 
     def _module_output(self, name: str, module: Any, output: Any) -> None:
         if self.stack and self.stack[-1] == name:
@@ -267,25 +316,34 @@ class EarlyWarningSampler:
                                       _outlier_ratios([t for _, t in keep])))
 
     def before_update(self, params: list[torch.Tensor]) -> None:
-        """Gradients final, weights not yet updated: keep a copy for the per-module update ratio."""
+        """Gradients final, weights not yet updated: keep a copy of each parameter's strided sample
+        for the per-module update ratio (a copy of the whole weights was one more model's worth of
+        memory on every sampled step: +340 MB of peak RSS on a GPT-2-small shape)."""
         if self._step is None:
             return
         self._close_mode()
         self._reduce_outputs()
         with torch.no_grad():
-            self._before = torch._foreach_mul(params, 1.0)      # a copy, in one op however many parameters
+            self._before_views = [stats.strided_sample(p, SAMPLE) for p in params]
+            self._before = torch._foreach_mul(self._before_views, 1.0)   # a copy, in one op however many parameters
 
     def after_update(self, optimizer: Any, params: list[torch.Tensor], owners: list[str]) -> None:
+        views, self._before_views = self._before_views, []
         if self._step is None or self._before is None or len(self._before) != len(params):
             self._before = None
             return
         before, self._before = self._before, None
         with torch.no_grad():
-            delta = stats.foreach_norms(torch._foreach_sub(params, before))
+            # A sample's norms times sqrt(numel / sampled) estimate the whole tensor's (its sums of
+            # squares scale by the share sampled), so modules of several parameters sum them as before.
+            scale = torch.tensor([math.sqrt(p.numel() / max(1, v.numel())) for p, v in zip(params, views)])
+            delta = stats.foreach_norms(torch._foreach_sub(views, before))
+            scale = scale.to(delta.device)
+            delta = delta * scale
             # The weights' norm, floored at an RMS of 0.05: weights that start at zero (a position
             # table, a zero-initialised projection) would otherwise show a huge ratio for a normal step.
-            floor = torch.tensor([0.05 * math.sqrt(p.numel()) for p in before], device=delta.device)
-            weight = torch.maximum(stats.foreach_norms(before), floor)
+            floor = torch.tensor([0.05 * math.sqrt(p.numel()) for p in params], device=delta.device)
+            weight = torch.maximum(stats.foreach_norms(before) * scale, floor)
             names, d, w = _per_module(owners, delta, weight)
             self._vectors.append((names, "update_ratio", d / w))
             self._adam_values(optimizer, owners)
@@ -306,24 +364,29 @@ class EarlyWarningSampler:
                 # a stored second moment that underflowed to 0 is not the one the update divided by.
                 continue
             if isinstance(v, torch.Tensor) and isinstance(m, torch.Tensor) and step is not None:
-                found.append((owner, local_tensor(v), local_tensor(m), step, group))
+                v, m = local_tensor(v), local_tensor(m)
+                numel = v.numel()
+                if v.shape == m.shape and v.is_contiguous() and m.is_contiguous():
+                    # the same entries of both moments; each sampled sum stands for numel / sampled entries
+                    v, m = stats.strided_sample(v, SAMPLE), stats.strided_sample(m, SAMPLE)
+                found.append((owner, v, m, step, group, numel))
         chunks: dict[tuple, list[list[Any]]] = {}
-        for (owner, v, m, _, group), t in zip(found, _step_counts([step for *_, step, _ in found])):
+        for (owner, v, m, _, group, numel), t in zip(found, _step_counts([entry[3] for entry in found])):
             beta1, beta2 = group.get("betas", (0.9, 0.999))
             key = (float(beta1), float(beta2), float(group.get("eps", 1e-8)), t, v.device)
             runs = chunks.setdefault(key, [[0]])
             if runs[-1][0] and runs[-1][0] + v.numel() * 4 > stats.BATCH_BYTES:
                 runs.append([0])
             runs[-1][0] += v.numel() * 4
-            runs[-1].append((owner, v, m))
+            runs[-1].append((owner, v, m, numel))
         names: list[str] = []
         # per parameter: [sum of update**2, count of v_hat < eps**2 among reached entries, numel, reached entries]
         rows: list[torch.Tensor] = []
         with torch.no_grad():
             for (beta1, beta2, eps, t, device), runs in chunks.items():
                 for _, *run in runs:
-                    vs = [v.float() for _, v, _ in run]
-                    ms = [m.float() for _, _, m in run]
+                    vs = [v.float() for _, v, _, _ in run]
+                    ms = [m.float() for _, _, m, _ in run]
                     v_hat = torch._foreach_div(vs, 1 - beta2 ** t)
                     denom = torch._foreach_add(torch._foreach_sqrt(v_hat), eps)
                     update = torch._foreach_div(torch._foreach_div(ms, 1 - beta1 ** t), denom)
@@ -334,11 +397,14 @@ class EarlyWarningSampler:
                     # Only entries that had a gradient can have a second moment that collapsed; v >= 0,
                     # so v + |m| is non-zero exactly where one of them is (its 0-"norm" counts those).
                     reached = stats.foreach_norms(torch._foreach_add(vs, torch._foreach_abs(ms)), 0.0).to(device)
-                    numel = torch.tensor([float(v.numel()) for _, v, _ in run], device=device)
+                    numel = torch.tensor([float(v.numel()) for _, v, _, _ in run], device=device)
                     # every unreached entry has v_hat = 0 < eps**2: take them out of the count
                     below = below.to(device) - (numel - reached)
-                    rows.append(torch.stack([stats.foreach_norms(update).to(device).square(), below, numel, reached], 1))
-                    names += [owner for owner, _, _ in run]
+                    row = torch.stack([stats.foreach_norms(update).to(device).square(), below, numel, reached], 1)
+                    # a sampled parameter's sums stand for its numel / sampled entries
+                    share = torch.tensor([total / v.numel() for _, v, _, total in run], device=device)
+                    rows.append(row * share[:, None])
+                    names += [owner for owner, _, _, _ in run]
             if not rows:
                 return
             table = torch.cat([r.to(rows[0].device) for r in rows])
@@ -358,6 +424,7 @@ class EarlyWarningSampler:
         self._handles.clear()
         self._reduce_outputs()
         values, self._values, self.stack, self._before, self._step = self._values, [], [], None, None
+        self._before_views = []
         vectors, self._vectors = self._vectors, []
         self.in_mha = False
         if not values and not vectors:
@@ -396,14 +463,10 @@ class EarlyWarningSampler:
         self._step = None
 
     def _close_mode(self) -> None:
-        if self._aside is not None:         # closed inside that module's call: the mode is off already
-            self._aside, self._mode = None, None
+        self._aside = None
         if self._mode is not None:
             mode, self._mode = self._mode, None
-            try:
-                mode.__exit__(None, None, None)
-            except Exception:  # noqa: BLE001 - another mode was entered above ours and not left
-                pass
+            leave_function_mode(mode)
 
     def _judge(self, step: int, key: tuple[str, str]) -> None:
         module, statistic = key

@@ -1,0 +1,51 @@
+"""`nandoctor run`'s memory, as a user sees it (the whole process's peak RSS): what the guard keeps
+grows with the number of parameters, not with their size. The rewind state of step 0 (the lr
+experiments re-train from it) lives in a temporary file, deleted at exit; the early warnings'
+optimizer-step statistics read strided samples of the weights and moments, not copies."""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+# Two 4096x4096 layers: 33.6 M parameters, 128 MiB of float32 weights (AdamW's state: twice that).
+# Three steps: step 0 is a rewind snapshot and an early-warning sampled step.
+SCRIPT = """
+import torch
+torch.manual_seed(0)
+model = torch.nn.Sequential(torch.nn.Linear(4096, 4096), torch.nn.Linear(4096, 4096))
+opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
+x = torch.randn(8, 4096)
+for step in range(3):
+    loss = model(x).pow(2).mean()
+    loss.backward()
+    opt.step()
+    opt.zero_grad(set_to_none=True)
+print("final loss", loss.item())
+"""
+WEIGHTS_MIB = 2 * (4096 * 4096 + 4096) * 4 / 2**20
+
+
+def peak_rss_mib(argv: list[str], cwd: Path, env: dict[str, str]) -> float:
+    child = subprocess.Popen(argv, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    _, status, usage = os.wait4(child.pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0, child.stderr.read().decode()[-2000:]
+    assert b"final loss" in child.stdout.read()
+    return usage.ru_maxrss / 1024
+
+
+def test_run_keeps_no_copy_of_a_large_models_weights_in_memory(tmp_path):
+    (tmp_path / "train.py").write_text(SCRIPT)
+    temporary = tmp_path / "tmp"
+    temporary.mkdir()
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1", "TMPDIR": str(temporary)}
+    plain = peak_rss_mib([sys.executable, "train.py"], tmp_path, env)
+    guarded = peak_rss_mib([sys.executable, "-m", "nandoctor", "run", "--stats-every", "0", "-q", "train.py"],
+                           tmp_path, env)
+    # Before: +128 MiB for the in-memory rewind copy and +128-256 MiB for the early warnings' copy
+    # of the weights. What is left is nandoctor's own imports (~20 MiB).
+    assert guarded - plain < WEIGHTS_MIB / 2, (plain, guarded)
+    assert not list(temporary.glob("nandoctor-*"))      # the rewind file is gone with the process
