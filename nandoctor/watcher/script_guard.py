@@ -1118,11 +1118,13 @@ def _module_holding(wanted: set[int]) -> Optional[torch.nn.Module]:
     best: Optional[torch.nn.Module] = None
     best_size = 0
     for obj in gc.get_objects():
+        # type(), not isinstance(): isinstance reads `__class__`, which some library objects turn
+        # into a property that warns (torch.distributed.reduce_op).
+        if not issubclass(type(obj), torch.nn.Module):
+            continue
         try:
-            if not isinstance(obj, torch.nn.Module):
-                continue
             held = {id(p) for p in obj.parameters()}
-        except Exception:  # an object whose __class__ or parameters() misbehaves is no model of ours
+        except Exception:  # a module whose parameters() misbehaves (half-built) is no model of ours
             continue
         if wanted <= held and (best is None or len(held) < best_size):
             best, best_size = obj, len(held)
