@@ -202,6 +202,23 @@ def test_a_spike_warns_when_it_stays_up_precedes_a_nan_or_a_policy_acted(change)
         assert finding.severity == "warning"
 
 
+@pytest.mark.parametrize("trained_after", [150, 40])
+def test_a_spike_that_never_fell_back_but_the_run_trained_long_past_is_info(trained_after):
+    """Regression (bench round 3, yunjey/pytorch-tutorial's GAN): the discriminator's gradient
+    norm settled ~6x higher at step 326-329 and the run trained 270 finite steps more; a level
+    the run settled at is no blow-up in the making. Shortly before the run's end it still warns."""
+    from nandoctor.diagnose import diagnose
+    from nandoctor.trace import StepRecord
+    spikes = [EarlyWarning(cause="grad-spike", step=s, statistic="grad_norm", value=6.0, baseline=1.0, ratio=6.0,
+                           sigma=8.0, recovered_after=None) for s in (30, 31)]
+    last = 31 + trained_after
+    run = RunTrace(precision="32-true", early_warnings=spikes, start_step=last - 63,
+                   steps=[StepRecord(step=i, loss=1.0) for i in range(last - 63, last + 1)])
+    trace = Trace(model_file="m.py", config={}, device="cpu", torch_version="", tool_version="", runs=[run])
+    finding = {f.id: f for f in diagnose(trace)}["grad-spike"]
+    assert finding.severity == ("info" if trained_after >= 100 else "warning")
+
+
 def test_no_spike_and_no_warning_in_a_healthy_run():
     watch, _ = _mlp_with_a_spike(spike_step=-1, steps=60)
     assert watch.early_warnings == []
