@@ -223,6 +223,20 @@ def test_bf16_precision_when_float32_ran_the_step_finite():
     assert "bf16-precision" not in ids(diagnose(trace_of(fp32_fails, run)))
 
 
+def test_bf16_rounding_onto_a_pole_names_the_pole_and_the_unrepresentable_guard():
+    # log1p(-p) with p rounded to 1.0: the input is exactly -1 (log1p's pole), made by a negation, not a cancellation
+    run = failing("bf16-mixed", phase="loss", kind="inf", op="aten.log1p.default", user_source=LINE,
+                  inputs=[tensor(dtype="bfloat16", min=-1.0, max=-1e-6, negatives=32)],
+                  producer=OpRef(op="aten.neg.default", module="", source=LINE))
+    finding = top(trace_of(clean("32-true"), run))
+    assert finding.id == "bf16-precision" and "pole" in finding.title
+    assert "log1p at -1" in " ".join(finding.evidence) and "2**-8" in finding.fix and "E[x²]" not in finding.fix
+    # log1p of values in (-1, 0) is no domain error: a NaN there is not called "log1p of a negative"
+    inside = failing("32-true", phase="loss", kind="nan", op="aten.log1p.default", user_source=LINE,
+                     inputs=[tensor(min=-0.5, max=0.5, negatives=3)])
+    assert "of a negative" not in " ".join(top(trace_of(inside)).evidence)
+
+
 def test_fp16_underflow_from_a_reference_float32_run_names_layers_and_shares():
     def params(zero_share, dtype):
         return [ParamSeries(name="dec.weight", module="dec", shape=[4, 4], dtype=dtype,
@@ -375,6 +389,13 @@ def test_user_error_at_the_users_line_and_silent_for_a_label_guard():
     assert finding.id == "user-error" and finding.source == LINE and finding.severity == "error"
     guard = UserError(phase="loss", exc_type="LabelOutOfRange", message="x", category="label-guard")
     assert "user-error" not in ids(diagnose(trace_of(RunTrace(precision="32-true", status="error", error=guard))))
+
+
+def test_user_error_for_a_constant_that_does_not_fit_float16_fixes_the_mask_value():
+    err = UserError(phase="forward", exc_type="RuntimeError", user_source=LINE,
+                    message="value cannot be converted to type c10::Half without overflow")
+    finding = top(trace_of(clean("32-true"), RunTrace(precision="16-mixed", status="error", steps=[], error=err)))
+    assert finding.id == "user-error" and "torch.finfo(x.dtype).min" in finding.fix and "16-mixed" in finding.fix
 
 
 def test_scan_incomplete_and_silent_on_complete_runs():

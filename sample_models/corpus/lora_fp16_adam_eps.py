@@ -41,4 +41,4 @@ def get_batch(step):
 
 
 def build_optimizer(params):
-    return torch.optim.Adam([p for p in params if p.requires_grad], lr=1e-3, eps=1e-8)
+    return torch.optim.Adam([p for p in params if p.requires_grad], lr=1e-3, eps=1e-8)  # nandoctor: origin
