@@ -203,6 +203,15 @@ def test_fp16_overflow_when_only_the_16bit_precision_was_scanned_plans_a_float32
     assert ("step-fp32", "16-true") in {(r.id, r.precision) for r in plan_experiments(trace, findings)}
 
 
+def test_fp16_overflow_born_in_a_cast_says_to_keep_the_value_in_float32():
+    # rotary positions 65480..65527 cast with `type_as` of a float16 buffer: the cast itself makes the inf
+    run = failing("16-true", phase="forward", kind="inf", op="aten._to_copy.default", call="torch.Tensor.type_as",
+                  module="rope", user_source=LINE, inputs=[tensor(dtype="int64", min=65480.0, max=65527.0)],
+                  output=tensor(name="output", dtype="float16", max=65504.0, inf=8))
+    finding = top(trace_of(clean("32-true"), run))
+    assert finding.id == "fp16-overflow" and "keep it in float32" in finding.fix and ".type_as(x)" in finding.fix
+
+
 def test_fp16_overflow_is_not_a_division_fix_and_is_silent_when_float32_fails_too():
     run16 = failing("16-mixed", phase="forward", kind="inf", op="aten.mm.default", module="ff.wo",
                     inputs=[tensor(dtype="float16", min=0.0, max=12480.0, zeros=541)])
