@@ -58,6 +58,14 @@ def test_unstable_op_names_the_pole_and_its_fix():
     assert "5 zeros" in " ".join(finding.evidence) and "model.py:14" in finding.fix and "clamp_min" in finding.fix
 
 
+def test_an_exp_of_a_difference_that_overflows_is_told_to_clamp_the_difference_not_subtract_the_max():
+    # PPO's ratio exp(logp - logp_old) with logp_old ~ -120: subtracting the max would change the ratio
+    run = failing(phase="loss", kind="inf", op="aten.exp.default", user_source=LINE,
+                  inputs=[tensor(min=-2.0, max=117.0)], producer=OpRef(op="aten.sub.Tensor", module="", source=LINE))
+    finding = top(trace_of(run))
+    assert finding.id == "unstable-op" and ".clamp(-20, 20)" in finding.fix and "amax" not in finding.fix
+
+
 def test_unstable_op_reports_the_public_call_with_the_aten_op_as_detail():
     run = failing(phase="loss", kind="nan", op="aten.scalar_tensor.default", call="torch.logdet", user_source=LINE,
                   inputs=[TensorSummary(name="scalar", shape=[], dtype="float", value=float("nan"))])
@@ -405,6 +413,9 @@ def test_user_error_for_a_constant_that_does_not_fit_float16_fixes_the_mask_valu
                     message="value cannot be converted to type c10::Half without overflow")
     finding = top(trace_of(clean("32-true"), RunTrace(precision="16-mixed", status="error", steps=[], error=err)))
     assert finding.id == "user-error" and "torch.finfo(x.dtype).min" in finding.fix and "16-mixed" in finding.fix
+    zero = UserError(phase="init", exc_type="ZeroDivisionError", message="division by zero", user_source=LINE)
+    finding = top(trace_of(RunTrace(precision="32-true", status="error", steps=[], error=zero)))
+    assert finding.id == "user-error" and "max(1, n)" in finding.fix
 
 
 def test_scan_incomplete_and_silent_on_complete_runs():

@@ -285,6 +285,10 @@ def fix_for(event: NonfiniteEvent, here: str, code: str = "") -> Optional[str]:
         return (f"the exponent{here} is a product (e.g. `exp(dt * A)` in a state-space layer): keep it non-positive "
                 "by construction, `A = -torch.exp(A_log)` with `dt = F.softplus(dt_raw)`, or clamp the product "
                 "(`(dt * A).clamp(max=0)`) before the exp")
+    elif entry is _EXP and producer in ("sub", "rsub"):
+        return (f"the exponent{here} is a difference (a log-ratio such as PPO's `logp - logp_old`, an importance "
+                "weight): clamp the difference before the exp, `torch.exp((a - b).clamp(-20, 20))`; subtracting "
+                "the max would change the ratio itself")
     elif entry is _EXP and producer in ("div", "true_divide"):
         return (f"the exponent{here} is a quotient (a soft-cap or temperature `exp(x / c)`): cap with a bounded "
                 "function instead, `c * torch.tanh(x / c)`, or compute it as `torch.softmax`/`F.softplus`, "

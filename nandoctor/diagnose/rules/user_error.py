@@ -21,7 +21,8 @@ class UserCodeError(Rule):
     meet low-precision ones: create them with `dtype=x.dtype, device=x.device`. A constant
     that does not fit a 16-bit dtype (`masked_fill(mask, -1e9)` on float16 scores raises
     "value cannot be converted to type at::Half without overflow") gets `torch.finfo(x.dtype).min`
-    as its fix, the mask value that follows the tensor's dtype.
+    as its fix, the mask value that follows the tensor's dtype; a `ZeroDivisionError` (a warmup
+    factor `step / warmup_steps` with warmup_steps = 0) gets `max(1, n)`.
 
     Example: `RuntimeError: mat1 and mat2 must have the same dtype` in a bf16-true run.
 
@@ -54,6 +55,10 @@ class UserCodeError(Rule):
                 fix = (f"{loc or 'forward'} mixes dtypes under pure 16-bit weights: create tensors with "
                        "`dtype=x.dtype` (not `.float()` or default float32), or do not use "
                        + "/".join(r.precision for r in runs) + " for this model")
+            if err.exc_type == "ZeroDivisionError":
+                fix = (f"a Python divisor at {loc or 'the raising line'} is 0, often a count from the config "
+                       "(warmup_steps = 0, total_steps - warmup_steps = 0, an empty epoch): divide by `max(1, n)`, "
+                       "or skip the term when n is 0")
             if constant_overflow:
                 fix = (f"the constant at {loc or 'the raising line'} does not fit the tensor's dtype under "
                        + "/".join(r.precision for r in runs) + " (float16 max 65504): write the mask value as "
