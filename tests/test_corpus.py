@@ -119,8 +119,9 @@ def test_corpus_verdict_cause_and_origin(entry, request):
     event = doc["first_nonfinite"]
     if entry.get("fail_step") is not None:       # a late failure: found at its own step, not earlier
         assert event is not None and event.get("step") == entry["fail_step"], summary
-    if entry.get("fail_precision"):              # only this precision fails (non-finite or raising); the others stay finite
-        failed = event.get("precision") if event else next((r["precision"] for r in doc["runs"] if r.get("error")), None)
+    if entry.get("fail_precision"):              # only this precision fails (non-finite or raising); others stay finite
+        raised = [r["precision"] for r in doc["runs"] if r.get("error")]
+        failed = event.get("precision") if event else next(iter(raised), None)
         assert failed == entry["fail_precision"], summary
         others = {r["precision"]: r["status"] for r in doc["runs"] if r["precision"] != entry["fail_precision"]}
         assert others and all(status == "ok" for status in others.values()), f"{summary}; runs {others}"
