@@ -290,7 +290,7 @@ class EarlyWarningSampler:
 
     def after_update(self, optimizer: Any, params: list[torch.Tensor], owners: list[str]) -> None:
         before, self._before = self._before, None
-        if self._step is None or before is None:
+        if self._step is None or before is None or not params:
             return
         with torch.no_grad():
             after = ((rows, matrix) for rows, matrix in stats.shape_stacks(params) if matrix is not None)
@@ -306,7 +306,9 @@ class EarlyWarningSampler:
             device = params[0].device
             sums = torch.zeros(len(params), 2, device=device)
             if order:
-                sums.index_copy_(0, torch.tensor(order, device=device), torch.cat(columns).to(device, torch.float32))
+                # (a model spread over several devices has stacks on each)
+                sums.index_copy_(0, torch.tensor(order, device=device),
+                                 torch.cat([c.to(device, torch.float32) for c in columns]))
             delta, weight = sums[:, 0].sqrt(), sums[:, 1].sqrt()
             # The weights' norm, floored at an RMS of 0.05: weights that start at zero (a position
             # table, a zero-initialised projection) would otherwise show a huge ratio for a normal step.
