@@ -276,6 +276,13 @@ class EarlyWarningSampler:
                 self._vectors.append(([name for name, _ in keep], "act_outlier_ratio",
                                       _outlier_ratios([t for _, t in keep])))
 
+    def end_passes(self) -> None:
+        """The step's forward and backward passes are over (its gradients are being checked): the
+        attention mode closes now, not after the checks, which would pass every `.grad` and
+        `.shape` read of theirs through its Python handler."""
+        if self._step is not None:
+            self._close_mode()
+
     def before_update(self, params: list[torch.Tensor]) -> None:
         """Gradients final, weights not yet updated: keep a copy for the per-module update ratio."""
         if self._step is None:

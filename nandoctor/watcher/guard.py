@@ -585,6 +585,8 @@ class Watch:
             return
         capture = self._capture or _Capture(self.step_index, bundle_writer.capture_rng())
         self._capture = capture
+        if self.early is not None:
+            self.early.end_passes()
         params = self.params()
         grads = self._local([g for g in map(_GRAD, params) if g is not None])   # one .grad read per parameter
         stats_step = self._stats_step(capture.step)
