@@ -238,7 +238,8 @@ def test_early_warning_bookkeeping_runs_outside_the_attention_mode(monkeypatch):
     x, y = torch.randn(4, 8), torch.randint(0, 3, (4,))
     with ForwardCalls():
         model(x)                   # the calls one forward of the model makes by itself
-    with tempfile.TemporaryDirectory() as out, nandoctor.watch(model, opt, out=out, stats_every=0,
+    # stats_every=1: the watch's per-layer statistics hooks run in the same sampled forward
+    with tempfile.TemporaryDirectory() as out, nandoctor.watch(model, opt, out=out, stats_every=1,
                                                                early_warnings={"every": 1}) as watch:
         with watch.step((x, y)):
             loss = torch.nn.functional.cross_entropy(model(x), y)

@@ -21,6 +21,7 @@ run no hook and no mode. A warning needs a level past its threshold and growth o
 """
 from __future__ import annotations
 
+import contextlib
 import math
 from collections import deque
 from typing import Any, Callable, Optional
@@ -212,16 +213,30 @@ class EarlyWarningSampler:
         name = self._names_by_id.get(id(module))
         if name is None:
             return
-        mode = self._mode
-        if mode is None or self._aside is not None or not _on_top(mode):
+        if not self.in_mode:
             self._module_output(name, module, output)
             return
-        # The sampler's own bookkeeping steps outside its attention mode: while a function mode
-        # is active even a tensor's .shape, .numel() or .dtype passes through its Python handler
-        # (~80 such calls per module output: ~0.1 s of a sampled step on a 1000-module model).
+        with self.outside_mode():
+            self._module_output(name, module, output)
+
+    @property
+    def in_mode(self) -> bool:
+        """A sampled forward is running under the attention mode."""
+        return self._mode is not None and self._aside is None
+
+    @contextlib.contextmanager
+    def outside_mode(self):
+        """nandoctor's own bookkeeping during a sampled forward (this sampler's per-module hook,
+        the watch's statistics hooks) steps outside the attention mode: while a function mode is
+        active even a tensor's .shape, .numel() or .dtype passes through its Python handler
+        (~80 such calls per module output: ~0.1 s of a sampled step on a 1000-module model)."""
+        mode = self._mode
+        if mode is None or self._aside is not None or not _on_top(mode):
+            yield
+            return
         mode.__exit__(None, None, None)
         try:
-            self._module_output(name, module, output)
+            yield
         finally:
             mode.__enter__()
 

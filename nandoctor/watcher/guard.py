@@ -1098,6 +1098,13 @@ class Watch:
         def hook(module: Any, args: Any, output: Any) -> None:
             if stats.in_functorch_transform() or compiled.compiling():
                 return
+            if self.early is not None and self.early.in_mode:     # a sampled step: outside its mode
+                with self.early.outside_mode():
+                    note(output)
+            else:
+                note(output)
+
+        def note(output: Any) -> None:
             if isinstance(output, torch.Tensor):
                 tensors = [output] if (output.is_floating_point() or output.is_complex()) and output.numel() else []
             else:
