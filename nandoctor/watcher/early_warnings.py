@@ -24,6 +24,7 @@ leaves nothing behind. A warning needs a level past its threshold and growth ove
 """
 from __future__ import annotations
 
+import contextlib
 import math
 from collections import deque
 from typing import Any, Callable, Optional
@@ -222,9 +223,7 @@ class EarlyWarningSampler:
     def _fast_path_aside(self, module: Any, args: Any) -> None:
         if self._mode is None or self._aside is not None or not may_take_fast_path(module):
             return
-        from torch.overrides import _get_current_function_mode_stack
-        stack = _get_current_function_mode_stack()
-        if stack and stack[-1] is self._mode:
+        if _on_top(self._mode):
             leave_function_mode(self._mode)
             self._aside = module
 
@@ -252,7 +251,11 @@ class EarlyWarningSampler:
         if name is None or compiled.compiling():
             return
         try:
-            self._module_output(name, module, output)
+            if self.in_mode:
+                with self.outside_mode():
+                    self._module_output(name, module, output)
+            else:
+                self._module_output(name, module, output)
         finally:
             if not self.stack:
                 self._leave_forward()
@@ -270,6 +273,27 @@ class EarlyWarningSampler:
         a KeyboardInterrupt): whatever a forward that never returned left behind goes."""
         if self._step is not None:
             self._leave_forward()
+
+    @property
+    def in_mode(self) -> bool:
+        """A sampled forward is running under the attention mode."""
+        return self._mode is not None and self._aside is None
+
+    @contextlib.contextmanager
+    def outside_mode(self):
+        """nandoctor's own bookkeeping during a sampled forward (this sampler's per-module hook,
+        the watch's statistics hooks) steps outside the attention mode: while a function mode is
+        active even a tensor's .shape, .numel() or .dtype passes through its Python handler
+        (~80 such calls per module output: ~0.1 s of a sampled step on a 1000-module model)."""
+        mode = self._mode
+        if mode is None or self._aside is not None or not _on_top(mode):
+            yield
+            return
+        leave_function_mode(mode)
+        try:
+            yield
+        finally:
+            mode.__enter__()
 
     def _module_output(self, name: str, module: Any, output: Any) -> None:
         if self.stack and self.stack[-1] == name:
@@ -322,6 +346,13 @@ class EarlyWarningSampler:
                 self._vectors.append(([name for name, _ in keep], "act_outlier_ratio",
                                       _outlier_ratios([t for _, t in keep])))
 
+    def end_passes(self) -> None:
+        """The step's forward and backward passes are over (its gradients are being checked): the
+        attention mode closes now, not after the checks, which would pass every `.grad` and
+        `.shape` read of theirs through its Python handler."""
+        if self._step is not None:
+            self._close_mode()
+
     def before_update(self, params: list[torch.Tensor]) -> None:
         """Gradients final, weights not yet updated: keep a copy of each parameter's strided sample
         for the per-module update ratio (a copy of the whole weights was one more model's worth of
@@ -336,7 +367,7 @@ class EarlyWarningSampler:
 
     def after_update(self, optimizer: Any, params: list[torch.Tensor], owners: list[str]) -> None:
         views, self._before_views = self._before_views, []
-        if self._step is None or self._before is None or len(self._before) != len(params):
+        if self._step is None or self._before is None or len(self._before) != len(params) or not params:
             self._before = None
             return
         before, self._before = self._before, None
@@ -512,6 +543,13 @@ class EarlyWarningSampler:
         ratio = abs(value) / abs(baseline) if baseline and math.isfinite(value) and math.isfinite(baseline) else None
         self.emit(EarlyWarning(cause=cause, step=step, statistic=statistic, value=value, module=module,
                                baseline=baseline, ratio=ratio, slope=_slope(points), since_step=points[0][0]))
+
+
+def _on_top(mode: TorchFunctionMode) -> bool:
+    """This mode is the innermost active function mode (so it can step aside and back)."""
+    from torch.overrides import _get_current_function_mode_stack
+    stack = _get_current_function_mode_stack()
+    return bool(stack) and stack[-1] is mode
 
 
 def _larger(a: float, b: float) -> bool:
