@@ -356,18 +356,18 @@ class EarlyWarningSampler:
                     run = [run[i] for i in order]
                     v = _stacked_flat([v for _, v, _, _ in run], device)
                     m = _stacked_flat([m for _, _, m, _ in run], device)
-                    v_hat = v / (1 - beta2 ** t)
-                    update = (m / (1 - beta1 ** t)) / (v_hat.sqrt() + eps)
+                    # In place where it can be: these are the sampled step's only temporaries.
                     # An entry no gradient has reached yet (the embedding row of a token, or a position,
                     # that no batch used so far) has both moments exactly zero: its update is 0, not m / eps,
                     # and only entries that had a gradient can have a second moment that collapsed.
-                    reached = (v != 0) | (m != 0)
-                    below = (v_hat < eps * eps) & reached
+                    reached = v.ne(0).logical_or_(m.ne(0))
+                    v_hat = v.div_(1 - beta2 ** t)
+                    below = v_hat.lt(eps * eps).logical_and_(reached)
+                    update = m.div_(1 - beta1 ** t).div_(v_hat.sqrt_().add_(eps)).square_()
                     lengths = torch.tensor([v.numel() for _, v, _, _ in run], device=device)
-                    columns = torch.stack([update.square(), below.float(), reached.float()], 1)
-                    sums = torch.segment_reduce(columns, "sum", lengths=lengths, axis=0)
-                    numel = lengths.to(sums.dtype)
-                    row = torch.stack([sums[:, 0], sums[:, 1], numel, sums[:, 2]], 1)
+                    sums = [torch.segment_reduce(column, "sum", lengths=lengths)
+                            for column in (update, below.float(), reached.float())]
+                    row = torch.stack([sums[0], sums[1], lengths.to(sums[0].dtype), sums[2]], 1)
                     # a sampled parameter's sums stand for its numel / sampled entries
                     share = torch.tensor([total / v.numel() for _, v, _, total in run], device=device)
                     rows.append(row * share[:, None])
@@ -530,20 +530,26 @@ def _shape_order(tensors: list[torch.Tensor]) -> list[int]:
 
 
 def _stacked_flat(tensors: list[torch.Tensor], device: torch.device) -> torch.Tensor:
-    """The tensors' values as one new float32 vector on `device`, in their order: a run of equally
-    shaped tensors is one stack (`_shape_order` makes the runs), so the op count grows with the
-    number of shapes, not of tensors."""
-    parts, start = [], 0
+    """The tensors' values as one new float32 vector on `device`, in their order: each run of
+    equally shaped tensors (`_shape_order` makes the runs) is stacked straight into its slice, so
+    the op count grows with the number of shapes, not of tensors, and nothing is copied twice."""
+    out = torch.empty(sum(t.numel() for t in tensors), dtype=torch.float32, device=device)
+    start = end = offset = 0
     while start < len(tensors):
         first = tensors[start]
         end = start + 1
         while end < len(tensors) and (tensors[end].shape, tensors[end].dtype, tensors[end].device) == \
                 (first.shape, first.dtype, first.device):
             end += 1
-        block = torch.stack(tensors[start:end]) if end - start > 1 else first
-        parts.append(block.reshape(-1).to(device, torch.float32))
+        size = first.numel() * (end - start)
+        target = out[offset:offset + size].view(end - start, *first.shape)
+        if first.dtype == torch.float32 and first.device == device:
+            torch.stack(tensors[start:end], out=target)
+        else:
+            target.copy_(torch.stack(tensors[start:end]))
+        offset += size
         start = end
-    return torch.cat(parts) if len(parts) > 1 else parts[0].clone()
+    return out
 
 
 def _step_counts(steps: list[Any]) -> list[float]:
