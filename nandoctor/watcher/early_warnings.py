@@ -53,12 +53,13 @@ _RULES: dict[str, tuple[str, str, bool]] = {
 _WORST_ONLY = ("update_ratio", "exp_avg_sq_collapse", "update_rms")
 
 # The optimizer-step statistics (update ratio, Adam's update RMS and second-moment collapse) are
-# measured on an evenly strided sample of at most ~SAMPLE elements of each parameter and its
-# moments (stats.strided_sample): the sampled step's copy and kernels then grow with the number
-# of parameters, not their size (on a GPT-2-small shape ~1 s and 340-680 MB on the whole
-# tensors). As for the recorder's update ratios, the sample's estimate is within a few percent,
-# and the thresholds these feed are a factor of 2-10 and more from healthy values.
-SAMPLE = 1 << 12
+# measured on an evenly strided sample of at most SAMPLE elements of each parameter and its
+# moments (stats.strided_sample, with an odd stride: every column is visited): the sampled step's
+# copy and kernels then grow with the number of parameters, not their size (on a GPT-2-small
+# shape ~1 s and 340-680 MB on the whole tensors). As for the recorder's update ratios, the
+# sample's estimate is within a few percent, and the thresholds these feed are a factor of 2-10
+# and more from healthy values.
+SAMPLE = 1 << 10
 
 
 class InstabilityWarning(RuntimeWarning):
@@ -332,7 +333,7 @@ class EarlyWarningSampler:
                 if v.shape != m.shape or v.numel() == 0:
                     continue
                 if v.is_contiguous() and m.is_contiguous():
-                    sampled = (stats.strided_sample(v, SAMPLE), stats.strided_sample(m, SAMPLE))
+                    sampled = tuple(stats.strided_sample(x, SAMPLE, odd_stride=True) for x in (v, m))
                 else:
                     sampled = (v, m)
                 found.append((owner, *sampled, step, group, v.numel()))
@@ -497,7 +498,7 @@ class _UpdatePlan:
 
     def __init__(self, params: list[torch.Tensor]):
         self.params = list(params)
-        samples = [stats.strided_sample(p, SAMPLE) for p in params]
+        samples = [stats.strided_sample(p, SAMPLE, odd_stride=True) for p in params]
         device = params[0].device if params else torch.device("cpu")
         self.device = device
         self._views = [s.view(-1) if s.is_contiguous() or s.dim() <= 1 else None for s in samples]
