@@ -183,7 +183,7 @@ class EarlyWarningSampler:
         self._handles: list[Any] = []
         self._mode: Optional[_AttentionMode] = None
         self._aside: Any = None             # the fast-path module the mode stepped aside for
-        self._before: Optional[list[torch.Tensor]] = None
+        self._before: Optional[list[tuple[list[int], torch.Tensor]]] = None   # the samples, stacked per shape
         self._before_views: list[torch.Tensor] = []
 
     @property
@@ -363,34 +363,53 @@ class EarlyWarningSampler:
         self._reduce_outputs()
         with torch.no_grad():
             self._before_views = [stats.strided_sample(p, SAMPLE) for p in params]
-            self._before = torch._foreach_mul(self._before_views, 1.0)   # a copy, in one op however many parameters
+            # The samples stacked per shape (stats.shape_stacks): one copy per shape, where a
+            # `_foreach_*` op runs a kernel per parameter on the CPU (~1000 on a 1000-module model).
+            self._before = [(rows, matrix.clone() if len(rows) == 1 else matrix)
+                            for rows, matrix in stats.shape_stacks(self._before_views) if matrix is not None]
 
     def after_update(self, optimizer: Any, params: list[torch.Tensor], owners: list[str]) -> None:
         views, self._before_views = self._before_views, []
-        if self._step is None or self._before is None or len(self._before) != len(params) or not params:
-            self._before = None
-            return
         before, self._before = self._before, None
+        if self._step is None or before is None or len(views) != len(params) or not params:
+            return
         with torch.no_grad():
+            # The views show the updated weights now: stacked again per shape, one stack at a time.
+            after = ((rows, matrix) for rows, matrix in stats.shape_stacks(views) if matrix is not None)
+            order, columns = [], []
+            for (rows, old), (now_rows, new) in zip(before, after):
+                if now_rows != rows:
+                    return          # the parameter list changed between the two hooks
+                old32 = old.float()
+                # per parameter: |update|**2, |weights before|**2 (of its sample)
+                columns.append(torch.stack([(new.float() - old32).square().sum(1), old32.square().sum(1)], 1))
+                order += rows
+            del before
+            device = params[0].device
+            sums = torch.zeros(len(params), 2, device=device)
+            if order:
+                # (a model spread over several devices has stacks on each)
+                sums.index_copy_(0, torch.tensor(order, device=device),
+                                 torch.cat([c.to(device, torch.float32) for c in columns]))
             # A sample's norms times sqrt(numel / sampled) estimate the whole tensor's (its sums of
             # squares scale by the share sampled), so modules of several parameters sum them as before.
-            scale = torch.tensor([math.sqrt(p.numel() / max(1, v.numel())) for p, v in zip(params, views)])
-            delta = stats.foreach_norms(torch._foreach_sub(views, before))
-            scale = scale.to(delta.device)
-            delta = delta * scale
+            scale = torch.tensor([math.sqrt(p.numel() / max(1, v.numel())) for p, v in zip(params, views)],
+                                 device=device)
+            delta = sums[:, 0].sqrt() * scale
             # The weights' norm, floored at an RMS of 0.05: weights that start at zero (a position
             # table, a zero-initialised projection) would otherwise show a huge ratio for a normal step.
-            floor = torch.tensor([0.05 * math.sqrt(p.numel()) for p in params], device=delta.device)
-            weight = torch.maximum(stats.foreach_norms(before) * scale, floor)
+            floor = torch.tensor([0.05 * math.sqrt(p.numel()) for p in params], device=device)
+            weight = torch.maximum(sums[:, 1].sqrt() * scale, floor)
             names, d, w = _per_module(owners, delta, weight)
             self._vectors.append((names, "update_ratio", d / w))
             self._adam_values(optimizer, owners)
 
     def _adam_values(self, optimizer: Any, owners: list[str]) -> None:
         """Adam's bias-corrected update RMS and the share of second moments below eps**2, per
-        module: foreach kernels over chunks of parameters sharing betas, eps and step (a Python
-        loop of ~12 kernels per parameter took ~0.15 s per sampled step of a 1000-module model),
-        each chunk at most stats.BATCH_BYTES so the temporaries stay small for a large model."""
+        module, from each parameter's strided sample: stacked per shape among the parameters
+        sharing betas, eps and step (a Python loop of ~12 kernels per parameter took ~0.15 s per
+        sampled step of a 1000-module model; ~12 `_foreach_*` ops still ran ~12 kernels per
+        parameter on the CPU), each stack at most stats.STACK_BYTES."""
         # The optimizer's own parameter objects: its state is keyed by them, not by views of them.
         pairs = [(p, g) for g in optimizer.param_groups for p in g["params"]]
         found = []
@@ -408,45 +427,48 @@ class EarlyWarningSampler:
                     # the same entries of both moments; each sampled sum stands for numel / sampled entries
                     v, m = stats.strided_sample(v, SAMPLE), stats.strided_sample(m, SAMPLE)
                 found.append((owner, v, m, step, group, numel))
-        chunks: dict[tuple, list[list[Any]]] = {}
-        for (owner, v, m, _, group, numel), t in zip(found, _step_counts([entry[3] for entry in found])):
+        chunks: dict[tuple, list[tuple[int, torch.Tensor, torch.Tensor, int]]] = {}
+        for position, ((_, v, m, _, group, numel), t) in enumerate(zip(found, _step_counts([e[3] for e in found]))):
             beta1, beta2 = group.get("betas", (0.9, 0.999))
             key = (float(beta1), float(beta2), float(group.get("eps", 1e-8)), t, v.device)
-            runs = chunks.setdefault(key, [[0]])
-            if runs[-1][0] and runs[-1][0] + v.numel() * 4 > stats.BATCH_BYTES:
-                runs.append([0])
-            runs[-1][0] += v.numel() * 4
-            runs[-1].append((owner, v, m, numel))
-        names: list[str] = []
+            chunks.setdefault(key, []).append((position, v, m, numel))
+        order: list[int] = []       # each row's entry of `found`
         # per parameter: [sum of update**2, count of v_hat < eps**2 among reached entries, numel, reached entries]
         rows: list[torch.Tensor] = []
         with torch.no_grad():
-            for (beta1, beta2, eps, t, device), runs in chunks.items():
-                for _, *run in runs:
-                    vs = [v.float() for _, v, _, _ in run]
-                    ms = [m.float() for _, _, m, _ in run]
-                    v_hat = torch._foreach_div(vs, 1 - beta2 ** t)
-                    denom = torch._foreach_add(torch._foreach_sqrt(v_hat), eps)
-                    update = torch._foreach_div(torch._foreach_div(ms, 1 - beta1 ** t), denom)
-                    # clamp_max(v_hat - eps**2, 0) is non-zero exactly where v_hat < eps**2: its 0-"norm" counts them.
-                    below = stats.foreach_norms(torch._foreach_clamp_max(torch._foreach_sub(v_hat, eps * eps), 0.0), 0.0)
+            for (beta1, beta2, eps, t, device), members in chunks.items():
+                # Stacked per shape (stats.shape_stacks): a few kernels per shape, where ~12
+                # `_foreach_*` ops ran ~12 kernels per parameter on the CPU.
+                vs, ms = [v for _, v, _, _ in members], [m for _, _, m, _ in members]
+                for (index, v_rows), (m_index, m_rows) in zip(stats.shape_stacks(vs), stats.shape_stacks(ms)):
+                    if m_index != index:
+                        continue            # moments shaped unlike each other (not Adam's): no statistic
+                    order += [members[i][0] for i in index]
+                    if v_rows is None or m_rows is None:      # empty parameters: nothing to count
+                        rows.append(torch.zeros(len(index), 4, device=device))
+                        continue
+                    v_hat = v_rows.float() / (1 - beta2 ** t)
+                    m_rows = m_rows.float()
+                    update = (m_rows / (1 - beta1 ** t)) / (v_hat.sqrt() + eps)
                     # An entry no gradient has reached yet (the embedding row of a token, or a position,
                     # that no batch used so far) has both moments exactly zero: its update is 0, not m / eps.
-                    # Only entries that had a gradient can have a second moment that collapsed; v >= 0,
-                    # so v + |m| is non-zero exactly where one of them is (its 0-"norm" counts those).
-                    reached = stats.foreach_norms(torch._foreach_add(vs, torch._foreach_abs(ms)), 0.0).to(device)
-                    numel = torch.tensor([float(v.numel()) for _, v, _, _ in run], device=device)
-                    # every unreached entry has v_hat = 0 < eps**2: take them out of the count
-                    below = below.to(device) - (numel - reached)
-                    row = torch.stack([stats.foreach_norms(update).to(device).square(), below, numel, reached], 1)
+                    # Only entries that had a gradient can have a second moment that collapsed.
+                    reached = (v_hat + m_rows.abs()) != 0
+                    below = (v_hat < eps * eps) & reached
+                    sampled = float(v_rows.shape[1])
+                    row = torch.stack([update.square().sum(1), below.sum(1, dtype=torch.float32),
+                                       torch.full((len(index),), sampled, device=v_rows.device),
+                                       reached.sum(1, dtype=torch.float32)], 1).to(device)
                     # a sampled parameter's sums stand for its numel / sampled entries
-                    share = torch.tensor([total / v.numel() for _, v, _, total in run], device=device)
+                    share = torch.tensor([members[i][3] / sampled for i in index], device=device)
                     rows.append(row * share[:, None])
-                    names += [owner for owner, _, _, _ in run]
+                    del v_hat, m_rows, update, reached, below
             if not rows:
                 return
             table = torch.cat([r.to(rows[0].device) for r in rows])
-            modules, index = _owner_index(names, table.device)
+            # back in the parameters' order, so modules are listed as the model lists them
+            table = table[torch.tensor(order, device=table.device).argsort()]
+            modules, index = _owner_index([found[i][0] for i in sorted(order)], table.device)
             total = torch.zeros(len(modules), 4, dtype=table.dtype, device=table.device).index_add_(0, index, table)
             self._vectors.append((modules, "update_rms", (total[:, 0] / total[:, 2]).sqrt()))
             self._vectors.append((modules, "exp_avg_sq_collapse", total[:, 1] / total[:, 3].clamp(min=1)))
