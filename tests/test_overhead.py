@@ -200,7 +200,9 @@ def test_watched_step_adds_a_constant_number_of_ops():
     # An early-warning sampled step (every 50 by default) was ~10 kernels per module and ~12 per
     # parameter (0.4 s on a 1000-module model; 13k ops here): now fused, the same for both sizes.
     assert sum(big_sampled.values()) == sum(small_sampled.values()), (small_sampled, big_sampled)
-    assert sum(big_sampled.values()) <= 200, big_sampled
+    # (a few ops per parameter shape: a `_foreach_*` op counts once here but runs a kernel per
+    # tensor on the CPU, so the optimizer-side statistics are stacked per shape instead)
+    assert sum(big_sampled.values()) <= 230, big_sampled
 
 
 def test_early_warning_bookkeeping_runs_outside_the_attention_mode(monkeypatch):
