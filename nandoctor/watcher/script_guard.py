@@ -191,6 +191,8 @@ class ScriptGuard:
         self.argv: list[str] = []
         self.phase_now = Phase.DATA            # where the loop is, for an exception's finding
         self.phase_at_error: Optional[Phase] = None
+        # How the script ended, when it was not stopped by the guard: (UnfinishedStep reason, detail).
+        self.script_end: Optional[tuple[str, str]] = None
         self.timed_out = False
         self._deadline = time.monotonic() + max_seconds if max_seconds else None
 
@@ -914,10 +916,10 @@ class ScriptGuard:
         if self.stop is not None and (self.rerun is None or self.rerun.state == "done"):
             raise ScriptStop()
 
-    def _finish_rerun(self) -> None:
+    def _finish_rerun(self, unfinished: Optional[tuple[str, str]] = None) -> None:
         if self.rerun is None:
             return
-        outcome = self.rerun.finish()
+        outcome = self.rerun.finish(unfinished)
         if self.stop is not None:
             self.stop.rerun = outcome
             if outcome.event is not None:
@@ -981,6 +983,10 @@ class ScriptGuard:
         self._rewind, self._rewinds = None, []
         if self.rerun is not None and self.rerun.state == "armed" and self.stop is not None:
             self.stop.rerun = RerunOutcome(note="the script ended before the loop ran the failing step again")
+        if self.rerun is not None and self.rerun.state == "tracing" and self.stop is not None:
+            # The traced step never reached its end (a loop shape whose step ends elsewhere, an
+            # exception, sys.exit): what was traced until the script ended is the diagnosis.
+            self._finish_rerun(unfinished=self.script_end or ("script-ended", "the script ended"))
         if self.rerun is not None:
             self.rerun.close()
         for watch in self.all_watches():
