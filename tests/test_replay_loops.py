@@ -16,7 +16,7 @@ from rich.console import Console
 import nandoctor
 from nandoctor.report import render
 from nandoctor.report.console import print_report
-from nandoctor.watcher import script_replay
+from nandoctor.watcher import rerun
 
 LOOPS = Path(__file__).parent / "scripts" / "loops"
 
@@ -113,7 +113,7 @@ def test_a_step_the_script_raises_in_before_any_loss_names_the_first_nonfinite_o
 def test_a_step_past_its_op_bound_is_cut_and_diagnosed(loops, plain_bundle, monkeypatch):
     # The bound stands in for a step that never reaches its end: tracing stops there, not at the
     # end of the script, and what was traced (the division at net.py:11 comes first) is judged.
-    monkeypatch.setattr(script_replay, "TRACE_MAX_OPS", 15)
+    monkeypatch.setattr(rerun, "TRACE_MAX_OPS", 15)
     monkeypatch.chdir(loops)
     replay = nandoctor.replay(plain_bundle, trust=True, experiments=False)
     run = replay.trace.runs[0]

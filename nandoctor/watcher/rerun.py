@@ -62,6 +62,14 @@ class RerunOutcome:
     unfinished: Optional[dict[str, Any]] = None
 
 
+# Bounds on a traced step (docs/guides/replay.md): a step that never reaches its end (a loop shape
+# the guard does not know) would be traced through the rest of the script; it is cut there, and
+# what was traced is diagnosed. One training step of the models nandoctor is used on takes
+# thousands to a few hundred thousand ops; tracing runs at roughly 10-50 microseconds an op on a CPU.
+TRACE_MAX_OPS = 2_000_000
+TRACE_MAX_SECONDS = 300.0
+
+
 class TraceLimit(BaseException):
     """Raised from inside the traced step when it ran past its op or time budget (a step that
     never ends where it is meant to: the rest of the script would be traced op by op). A
@@ -122,8 +130,8 @@ class Rerun:
         self.batches: list[tuple[int, Any, Optional[list]]] = []   # the failing step's DataLoader batches
         self.outcome = RerunOutcome()
         # Bounds on the traced step (0: none): a step that never reaches its end is cut here.
-        self.max_ops = 0
-        self.max_seconds = 0.0
+        self.max_ops = TRACE_MAX_OPS
+        self.max_seconds = TRACE_MAX_SECONDS
         self.began = 0.0
         self.limit_hit: Optional[str] = None
 

@@ -28,12 +28,6 @@ from .guard import with_checked_closure
 from .script import ScriptOutcome, execute_script
 from .script_guard import ScriptGuard, Stop
 
-# Bounds on the replay's traced step (docs/guides/replay.md): one training step of the models
-# nandoctor is used on takes thousands to a few hundred thousand ops; tracing runs at roughly
-# 10-50 microseconds an op on a CPU.
-TRACE_MAX_OPS = 2_000_000
-TRACE_MAX_SECONDS = 300.0
-
 
 class ReplayGuard(ScriptGuard):
     def __init__(self, found: Bundle, **options: Any):
@@ -103,9 +97,6 @@ class ReplayGuard(ScriptGuard):
                            model_name=watch.rebuild.get("model_name"),
                            qualified_modules=bool(watch.rebuild.get("qualified_modules")))
         self.rerun.batches = list(self.failing_batches)
-        # A step that never reaches its end (a loop shape the guard does not know) would be traced
-        # through the rest of the script: it is cut here, and what was traced is diagnosed.
-        self.rerun.max_ops, self.rerun.max_seconds = TRACE_MAX_OPS, TRACE_MAX_SECONDS
         self._know(model)
 
     def _optimizer_of(self, model: torch.nn.Module) -> Optional[torch.optim.Optimizer]:
