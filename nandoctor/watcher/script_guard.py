@@ -167,6 +167,7 @@ class ScriptGuard:
         self.stop: Optional[Stop] = None
         self.rerun: Optional[Rerun] = None
         self._optimizers: "weakref.WeakSet[torch.optim.Optimizer]" = weakref.WeakSet()
+        self._holderless: set[int] = set()     # optimizers no live module holds the parameters of
         self._scalers: dict[int, Any] = {}            # id(optimizer) -> scaler that steps it
         self._scaled: "weakref.WeakSet[torch.Tensor]" = weakref.WeakSet()
         self._window = _Window()
@@ -731,7 +732,12 @@ class ScriptGuard:
         if not scored:
             # A step whose gradients came from no module call: the loop calls the forward as a
             # method (`self.forward(x)` inside the module, Forward-Forward's per-layer training).
-            return _module_holding(wanted) if optimizer is not None and self._has_gradients(optimizer) else None
+            if optimizer is None or id(optimizer) in self._holderless or not self._has_gradients(optimizer):
+                return None
+            holder = _module_holding(wanted)
+            if holder is None:      # bare Parameters: the search walks the whole heap, so only once
+                self._holderless.add(id(optimizer))
+            return holder
         best_count, best = max(scored, key=lambda s: s[0])
         if best_count < len(wanted) and len(scored) > 1:
             parent = _common_parent([m for _, m in scored])
@@ -1118,11 +1124,13 @@ def _module_holding(wanted: set[int]) -> Optional[torch.nn.Module]:
     best: Optional[torch.nn.Module] = None
     best_size = 0
     for obj in gc.get_objects():
+        # type(), not isinstance(): isinstance reads `__class__`, which some library objects turn
+        # into a property that warns (torch.distributed.reduce_op).
+        if not issubclass(type(obj), torch.nn.Module):
+            continue
         try:
-            if not isinstance(obj, torch.nn.Module):
-                continue
             held = {id(p) for p in obj.parameters()}
-        except Exception:  # an object whose __class__ or parameters() misbehaves is no model of ours
+        except Exception:  # a module whose parameters() misbehaves (half-built) is no model of ours
             continue
         if wanted <= held and (best is None or len(held) < best_size):
             best, best_size = obj, len(held)
