@@ -64,6 +64,7 @@ def test_replay_of_each_loop_shape_finds_the_runs_origin(loops, monkeypatch, scr
     event = replay.trace.runs[0].first_nonfinite
     assert _origin(event) == _origin(ran) and event.reproduced is True
     assert [c.id for c in replay.causes] == [c.id for c in run.causes]
+    assert replay.causes[0].id == "unstable-op"              # 0/0 in the user's division
     assert replay.trace.runs[0].unfinished_step is None          # each of these steps ends where it should
     # The bundle's optimizer state (LBFGS's lists of tensors included) loads into the script's optimizer.
     assert not [note for note in replay.trace.notes if "optimizer state did not fit" in note]

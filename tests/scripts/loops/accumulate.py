@@ -4,7 +4,7 @@ from net import Net, batch
 
 torch.manual_seed(0)
 model = Net()
-opt = torch.optim.SGD(model.parameters(), lr=0.1)
+opt = torch.optim.SGD(model.parameters(), lr=0.01)
 accumulate = 2
 for micro in range(12):
     x, y = batch(micro // accumulate)      # step 3: micro-batches 6 and 7

@@ -4,7 +4,7 @@ from net import Net, batch
 
 torch.manual_seed(0)
 model = Net()
-opt = torch.optim.SGD(model.parameters(), lr=0.1)
+opt = torch.optim.SGD(model.parameters(), lr=0.01)
 for step in range(6):
     x, y = batch(step)
     out = model(x)

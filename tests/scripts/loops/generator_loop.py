@@ -12,7 +12,7 @@ def batches():
 
 torch.manual_seed(0)
 model = Net()
-opt = torch.optim.SGD(model.parameters(), lr=0.1)
+opt = torch.optim.SGD(model.parameters(), lr=0.01)
 stream = batches()
 for _ in range(6):
     x, y = next(stream)

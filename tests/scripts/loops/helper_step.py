@@ -5,6 +5,6 @@ from train_helpers import train_step
 
 torch.manual_seed(0)
 model = Net()
-opt = torch.optim.SGD(model.parameters(), lr=0.1)
+opt = torch.optim.SGD(model.parameters(), lr=0.01)
 for step in range(6):
     train_step(model, opt, *batch(step))

@@ -11,7 +11,7 @@ class Stream(torch.utils.data.IterableDataset):
 
 torch.manual_seed(0)
 model = Net()
-opt = torch.optim.SGD(model.parameters(), lr=0.1)
+opt = torch.optim.SGD(model.parameters(), lr=0.01)
 for x, y in torch.utils.data.DataLoader(Stream(), batch_size=None):
     loss = torch.nn.functional.mse_loss(model(x), y)
     opt.zero_grad()

@@ -4,7 +4,7 @@ from net import Net, batch
 
 torch.manual_seed(0)
 model = Net()
-opt = torch.optim.LBFGS(model.parameters(), lr=0.1, max_iter=2)
+opt = torch.optim.LBFGS(model.parameters(), lr=0.01, max_iter=2)
 for step in range(6):
     x, y = batch(step)
 

@@ -8,7 +8,7 @@ parser.add_argument("--dtype", default="float16", choices=["float16", "bfloat16"
 dtype = getattr(torch, parser.parse_args().dtype)
 torch.manual_seed(0)
 model = Net()
-opt = torch.optim.SGD(model.parameters(), lr=0.1)
+opt = torch.optim.SGD(model.parameters(), lr=0.01)
 scaler = torch.amp.GradScaler("cpu", enabled=dtype == torch.float16)
 for step in range(6):
     x, y = batch(step)
