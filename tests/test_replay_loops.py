@@ -121,3 +121,17 @@ def test_a_step_past_its_op_bound_is_cut_and_diagnosed(loops, plain_bundle, monk
     assert run.unfinished_step.reason == "trace-limit" and "15 ops" in run.unfinished_step.detail
     assert run.unfinished_step.ops == 16
     assert _origin(run.first_nonfinite) == (3, "forward", "aten.div.Tensor", "net.py:11")
+
+
+def test_a_loop_whose_own_nan_check_exits_before_the_step_gets_a_bundle_that_replays_the_origin(loops, monkeypatch):
+    # `nandoctor run` checks a step at its optimizer step; this loop exits before it. The step is
+    # checked when the script ends (its weights are still the ones it used), not reported as an
+    # earlier step's optimizer blow-up, and its bundle's replay finds the op.
+    monkeypatch.chdir(loops)
+    run, bundle = _run_and_bundle(loops, "exits_on_nan.py", [], "bundles-own-check")
+    ran = run.trace.runs[0].first_nonfinite
+    assert (ran.step, ran.surfaced_in) == (3, "loss")
+    replay = nandoctor.replay(bundle, trust=True, experiments=False)
+    assert _origin(replay.trace.runs[0].first_nonfinite) == (3, "forward", "aten.div.Tensor", "net.py:11")
+    assert replay.trace.runs[0].unfinished_step.reason == "script-exited"
+    assert replay.causes[0].id == "unstable-op"

@@ -936,6 +936,20 @@ class ScriptGuard:
                 if samples:
                     outcome.event.detail += f"; dataset indices {shown_list(samples)}"
 
+    def _check_unstepped_step(self) -> None:
+        """The script ended (its own NaN check raised or exited, say) after a backward pass whose
+        optimizer step never came: that step is checked as its step hook would have checked it.
+        The weights are still the ones it used, so its bundle replays it."""
+        try:
+            if bool(torch.isfinite(torch.stack([l.detach().float().reshape(()) for l in self._window.losses])).all()):
+                return         # a finite step the script left is not a step to report
+            for watch in list(self.watches.values()):
+                if self.stop is None and watch.optimizer is not None and any(
+                        p.grad is not None for g in watch.optimizer.param_groups for p in g["params"]):
+                    watch.check_gradients()
+        except Exception:  # noqa: BLE001 - a failing check must not hide how the script ended
+            return
+
     def _nonfinite_at_end(self) -> Optional[str]:
         """A last look when nothing fired (the promise that a non-finite run never passes, also
         when no watch could attach): the weights of every optimizer the script built, and the
@@ -980,6 +994,8 @@ class ScriptGuard:
     def finish(self) -> None:
         """The script ended (or was stopped): close a re-run that never came, and experiments the
         loop did not run to their end."""
+        if self.stop is None and self.script_end is not None and self._window.losses:
+            self._check_unstepped_step()
         if self.stop is None:
             self.final_nonfinite = self._nonfinite_at_end()
         failing = self.stop.step if self.stop is not None else 0
