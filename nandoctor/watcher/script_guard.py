@@ -192,6 +192,8 @@ class ScriptGuard:
         self.argv: list[str] = []
         self.phase_now = Phase.DATA            # where the loop is, for an exception's finding
         self.phase_at_error: Optional[Phase] = None
+        # How the script ended, when it was not stopped by the guard: (UnfinishedStep reason, detail).
+        self.script_end: Optional[tuple[str, str]] = None
         self.timed_out = False
         self._deadline = time.monotonic() + max_seconds if max_seconds else None
 
@@ -920,10 +922,10 @@ class ScriptGuard:
         if self.stop is not None and (self.rerun is None or self.rerun.state == "done"):
             raise ScriptStop()
 
-    def _finish_rerun(self) -> None:
+    def _finish_rerun(self, unfinished: Optional[tuple[str, str]] = None) -> None:
         if self.rerun is None:
             return
-        outcome = self.rerun.finish()
+        outcome = self.rerun.finish(unfinished)
         if self.stop is not None:
             self.stop.rerun = outcome
             if outcome.event is not None:
@@ -933,6 +935,20 @@ class ScriptGuard:
                 samples = _indices_in(self.rerun.batches, outcome.entered, outcome.entered_rows)
                 if samples:
                     outcome.event.detail += f"; dataset indices {shown_list(samples)}"
+
+    def _check_unstepped_step(self) -> None:
+        """The script ended (its own NaN check raised or exited, say) after a backward pass whose
+        optimizer step never came: that step is checked as its step hook would have checked it.
+        The weights are still the ones it used, so its bundle replays it."""
+        try:
+            if bool(torch.isfinite(torch.stack([l.detach().float().reshape(()) for l in self._window.losses])).all()):
+                return         # a finite step the script left is not a step to report
+            for watch in list(self.watches.values()):
+                if self.stop is None and watch.optimizer is not None and any(
+                        p.grad is not None for g in watch.optimizer.param_groups for p in g["params"]):
+                    watch.check_gradients()
+        except Exception:  # noqa: BLE001 - a failing check must not hide how the script ended
+            return
 
     def _nonfinite_at_end(self) -> Optional[str]:
         """A last look when nothing fired (the promise that a non-finite run never passes, also
@@ -978,6 +994,8 @@ class ScriptGuard:
     def finish(self) -> None:
         """The script ended (or was stopped): close a re-run that never came, and experiments the
         loop did not run to their end."""
+        if self.stop is None and self.script_end is not None and self._window.losses:
+            self._check_unstepped_step()
         if self.stop is None:
             self.final_nonfinite = self._nonfinite_at_end()
         failing = self.stop.step if self.stop is not None else 0
@@ -987,6 +1005,10 @@ class ScriptGuard:
         self._rewind, self._rewinds = None, []
         if self.rerun is not None and self.rerun.state == "armed" and self.stop is not None:
             self.stop.rerun = RerunOutcome(note="the script ended before the loop ran the failing step again")
+        if self.rerun is not None and self.rerun.state == "tracing" and self.stop is not None:
+            # The traced step never reached its end (a loop shape whose step ends elsewhere, an
+            # exception, sys.exit): what was traced until the script ended is the diagnosis.
+            self._finish_rerun(unfinished=self.script_end or ("script-ended", "the script ended"))
         if self.rerun is not None:
             self.rerun.close()
         for watch in self.all_watches():
