@@ -195,6 +195,9 @@ def check_plain(entry: dict[str, Any], proc: subprocess.CompletedProcess, root: 
         checks["exit"] = proc.returncode == plain["exit"]
     if plain.get("output"):
         checks["output"] = re.search(plain["output"], output) is not None
+    if plain.get("log"):  # a log file the script writes instead of printing (e.g. runs/*/training.log)
+        logs = sorted(cwd.glob(plain["log"]["glob"]))
+        checks["log"] = any(re.search(plain["log"]["regex"], log.read_text(errors="replace")) for log in logs)
     if plain.get("nonfinite_weights"):
         from safetensors.torch import load_file
         import torch

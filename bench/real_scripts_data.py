@@ -69,9 +69,11 @@ def _digit_images(n: int, generator_: torch.Generator) -> tuple[torch.Tensor, to
 
 @generator
 def mnist_tensors(root: Path, folder: str = "data", train: int = 256, test: int = 64,
-                  nan_image: Optional[int] = None) -> None:
+                  nan_image: Optional[int] = None, pixel_scale: float = 1.0) -> None:
     """<folder>/MNIST/tiny/{train,test}.pt for the torchvision stub's datasets.MNIST.
-    nan_image: index of a training image that gets one NaN pixel (a corrupt record)."""
+    nan_image: index of a training image that gets one NaN pixel (a corrupt record).
+    pixel_scale: 255 stores raw byte values (0..255) instead of [0, 1], as a dataset converted
+    without ToTensor's division would."""
     g = torch.Generator().manual_seed(0)
     out = root / folder / "MNIST" / "tiny"
     out.mkdir(parents=True, exist_ok=True)
@@ -79,6 +81,7 @@ def mnist_tensors(root: Path, folder: str = "data", train: int = 256, test: int 
         images, labels = _digit_images(n, g)
         if name == "train" and nan_image is not None:
             images[nan_image, 10, 10] = float("nan")
+        images = images * pixel_scale
         torch.save({"images": images, "labels": labels}, out / f"{name}.pt")
 
 
@@ -115,6 +118,51 @@ def lightning_mnist(root: Path, folder: str = "examples/Datasets", train: int = 
     test_images, test_labels = _digit_images(test, g)
     torch.save((test_images, test_labels), out / "test.pt")
 
+
+
+@generator
+def cifar_tensors(root: Path, folder: str = "datasets", train: int = 64, test: int = 16) -> None:
+    """<folder>/cifar10/tiny.pt and tiny_test.pt for the torchvision stub's datasets.CIFAR10:
+    colour images [N, 3, 32, 32] in [0, 1], class k a bright square at a position of its own."""
+    g = torch.Generator().manual_seed(0)
+    out = root / folder / "cifar10"
+    out.mkdir(parents=True, exist_ok=True)
+    for name, n in (("tiny.pt", train), ("tiny_test.pt", test)):
+        labels = torch.randint(0, 10, (n,), generator=g)
+        images = torch.rand(n, 3, 32, 32, generator=g) * 0.4
+        for i, k in enumerate(labels.tolist()):
+            top, left = 3 * (k // 4) + 4, 6 * (k % 4) + 2
+            images[i, k % 3, top:top + 8, left:left + 8] = 1.0
+        torch.save({"images": images, "labels": labels}, out / name)
+
+
+@generator
+def cora_graph(root: Path, folder: str = "cora", nodes: int = 1700, features: int = 48, classes: int = 7,
+               edges: int = 3000) -> None:
+    """<folder>/cora.content and cora.cites in the LINQS Cora layout that pytorch/examples'
+    gcn and gat read: `paper_id f1 .. fF class_label` per line (binary word features) and
+    `cited citing` id pairs. Each class has its own favoured words, and most citations join
+    papers of one class, so the graph is learnable. A few papers have no words at all (the
+    scripts map 1/0 of their row sum to 0, as in the real data)."""
+    rng = np.random.default_rng(3)
+    out = root / folder
+    out.mkdir(parents=True, exist_ok=True)
+    ids = rng.choice(np.arange(1000, 1000 + 50 * nodes), nodes, replace=False)
+    labels = rng.integers(0, classes, nodes)
+    favoured = rng.random((classes, features)) < 0.2
+    words = (rng.random((nodes, features)) < np.where(favoured[labels], 0.5, 0.05)).astype(int)
+    words[rng.choice(nodes, 5, replace=False)] = 0
+    names = [f"Class_{k}" for k in range(classes)]
+    (out / "cora.content").write_text("\n".join(
+        f"{pid}\t" + "\t".join(map(str, row)) + f"\t{names[k]}" for pid, row, k in zip(ids, words, labels)) + "\n")
+    by_class = [np.flatnonzero(labels == k) for k in range(classes)]
+    pairs = []
+    for _ in range(edges):
+        a = int(rng.integers(nodes))
+        b = int(rng.choice(by_class[labels[a]])) if rng.random() < 0.8 else int(rng.integers(nodes))
+        if a != b:
+            pairs.append(f"{ids[a]}\t{ids[b]}")
+    (out / "cora.cites").write_text("\n".join(pairs) + "\n")
 
 @generator
 def sine_waves(root: Path, path: str = "traindata.pt", waves: int = 12, length: int = 60,
@@ -172,6 +220,23 @@ def hf_text_and_tokenizer(root: Path, folder: str = "tiny_lm") -> None:
     fast.save_pretrained(out / "tokenizer")
 
 
+
+@generator
+def hf_gpt2_checkpoint(root: Path, folder: str = "tiny_lm", name: str = "gpt2-tiny", layers: int = 2,
+                       width: int = 32) -> None:
+    """A local pretrained-model folder (config.json, model.safetensors and the tokenizer of
+    hf_text_and_tokenizer, which must run first) for run_clm.py --model_name_or_path: a 2-layer,
+    32-wide GPT-2 with random float32 weights, saved as save_pretrained writes it."""
+    from transformers import AutoTokenizer, GPT2Config, GPT2LMHeadModel
+
+    out = root / folder
+    tokenizer = AutoTokenizer.from_pretrained(out / "tokenizer")
+    config = GPT2Config(vocab_size=len(tokenizer), n_positions=64, n_embd=width, n_layer=layers, n_head=2,
+                        bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id)
+    torch.manual_seed(0)
+    GPT2LMHeadModel(config).save_pretrained(out / name)
+    tokenizer.save_pretrained(out / name)
+
 def _hub_snapshot(hf_home: Path, kind: str, repo_id: str) -> Path:
     """The folder of a Hub repository's snapshot in the local Hub cache (HF_HOME/hub), with
     refs/main pointing at it, as a download would leave it: the libraries read it offline."""
@@ -186,12 +251,13 @@ def _hub_snapshot(hf_home: Path, kind: str, repo_id: str) -> Path:
 
 @generator
 def glue_mrpc_and_bert(root: Path, hf_home: str = "hf_home", train: int = 64, validation: int = 32,
-                       model: str = "bert-base-cased") -> None:
+                       model: str = "bert-base-cased", label_base: int = 0) -> None:
     """What accelerate's nlp_example.py downloads, made locally and tiny: the Hub cache entry of
     `bert-base-cased` (a 2-layer, 32-wide BERT with random weights and a word-piece tokenizer of
     our sentences' words) and the `datasets` cache of `nyu-mll/glue` `mrpc` (sentence pairs with
     a learnable label: whether the two sentences share their first word). hf_home is relative to
-    root; the entry points HF_HOME there."""
+    root; the entry points HF_HOME there. label_base=1 numbers the classes 1 and 2 instead of 0
+    and 1 (a dataset exported with 1-based class ids)."""
     import json
     import shutil
     import tempfile
@@ -213,7 +279,7 @@ def glue_mrpc_and_bert(root: Path, hf_home: str = "hf_home", train: int = 64, va
         second = [[f[0] if s else rng.choice([w for w in vocabulary if w != f[0]])]
                   + [rng.choice(vocabulary) for _ in range(rng.randint(4, 11))] for f, s in zip(first, same)]
         return {"sentence1": [" ".join(w) for w in first], "sentence2": [" ".join(w) for w in second],
-                "label": [int(s) for s in same], "idx": list(range(n))}
+                "label": [int(s) + label_base for s in same], "idx": list(range(n))}
 
     with tempfile.TemporaryDirectory() as tmp:
         files = {}

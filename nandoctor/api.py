@@ -368,6 +368,12 @@ def _replay(bundle: str | Path, model: str | Path | None, *, trust: bool, experi
             mark_not_reproduced(run, found)
             if m.compile is not None and cfg["compile_ladder"]["enabled"] and not deadline.expired:
                 run.compile_replay = _compile_replay(found, spec, cfg, precision, dev, initial_state, deadline)
+        if run.status in (RunStatus.OK.value, RunStatus.NONFINITE.value) and not deadline.expired:
+            # Which attention kernels, fast paths and optimizer implementation the replay took,
+            # beside the recorded run's: a finite replay on another path did not replay its
+            # arithmetic, so its step is run once more, observed; a reproduced one compares settings.
+            finite = run.first_nonfinite is not None and run.first_nonfinite.reproduced is False
+            run.replay_paths = _replay_paths(found, spec, cfg, precision, dev, initial_state, deadline, observe=finite)
     # What the watched run saw before this step: the loss, gradient norm and lr that led here.
     run.history = history_records(found)
     run.early_warnings = early_warning_records(found)
@@ -397,6 +403,16 @@ def _compile_replay(found: Any, spec: ModelFile, cfg: dict[str, Any], precision:
                              note="--max-seconds ran out while the step was replayed under the compiler")
 
 
+def _replay_paths(found: Any, spec: ModelFile, cfg: dict[str, Any], precision: Any, dev: torch.device,
+                  initial_state: Any, deadline: Deadline, observe: bool) -> Any:
+    from .run.bundles.paths import replay_paths
+    try:
+        with watchdog(None if cfg["max_seconds"] is None else deadline.left()):
+            return replay_paths(found, spec, cfg, precision, dev, initial_state=initial_state, observe=observe)
+    except ScanTimeout:
+        return None
+
+
 def _bundle_facts(found: Any, ranks: Optional[dict[str, Any]]) -> dict[str, Any]:
     m = found.manifest
     facts = {"path": str(found.path), "step": m.step, "check": m.check, "what": m.what, "state": m.state,
@@ -424,6 +440,11 @@ def _replay_script(found: Any, ranks: Optional[dict[str, Any]], trust: bool, cfg
     target, guard, outcome = replay_script(found, trust)
     history = history_records(found)
     trace = script_trace(target, guard, outcome, cfg, history=history)
+    if trace.runs and guard.stop is not None and guard.stop.watch is not None:
+        from .run.bundles.paths import settings_paths
+        watch = guard.stop.watch
+        device = next((p.device for p in watch.model.parameters()), torch.device("cpu"))
+        trace.runs[0].replay_paths = settings_paths(found, watch.model, [watch.optimizer], device, watch.precision)
     trace.notes = [n for n in trace.notes if not n.startswith("crash bundle:")] + guard.load_notes
     if ranks is not None:
         trace.notes.insert(0, describe_ranks(ranks))

@@ -158,7 +158,7 @@ def test_under_torchrun_the_origin_rank_reports_and_every_rank_stops(scripts):
     assert doc["script"]["ranks"]["rank"] == 1 and doc["script"]["ranks"]["origin_ranks"] == [1]
     assert doc["causes"][0]["id"] == "unstable-op"
     assert doc["first_nonfinite"]["user_source"].startswith("ddp_train.py:")
-    assert doc["first_nonfinite"]["module"] in ("", "body")         # the user's names, not DDP's `module.`
+    assert doc["first_nonfinite"]["module"] in ("model", "body")    # the script's own names (its variable for the root), not DDP's `module.`
     assert sorted(p.name for p in (scripts / doc["script"]["bundle"]).iterdir() if p.name.startswith("rank-")) == \
         ["rank-0", "rank-1"]
     # Its replay runs the script again, which needs the ranks: outside torchrun it says how.
@@ -197,6 +197,17 @@ def test_lr_experiment_cut_short_by_the_scripts_end_still_answers_past_the_diver
     assert all(e["outcome"] in ("finite", "skipped") for e in tried)
     top = doc["causes"][0]
     assert top["id"] == "high-lr" and top["confirmed"] is True
+
+
+def test_a_script_whose_loss_rejects_a_class_target_is_a_label_range_failure(scripts):
+    """Regression (bench round 3, accelerate's gradient_accumulation.py on 1-based MRPC labels):
+    cross_entropy's IndexError "Target 3 is out of bounds" was reported as a bare user-error."""
+    result, doc = run_json(scripts, "one_based_labels.py")
+    assert result.returncode == 1, result.stderr[-2000:]
+    top = doc["causes"][0]
+    assert top["id"] == "label-range", [c["id"] for c in doc["causes"]]
+    assert top["file"].endswith("one_based_labels.py") and "y - 1" in top["fix"]
+    assert "IndexError" in " ".join(top["evidence"])
 
 
 def test_a_bundle_written_after_the_failing_optimizer_step_replays_without_running_the_script(scripts):

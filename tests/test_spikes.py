@@ -202,6 +202,23 @@ def test_a_spike_warns_when_it_stays_up_precedes_a_nan_or_a_policy_acted(change)
         assert finding.severity == "warning"
 
 
+@pytest.mark.parametrize("trained_after", [150, 40])
+def test_a_spike_that_never_fell_back_but_the_run_trained_long_past_is_info(trained_after):
+    """Regression (bench round 3, yunjey/pytorch-tutorial's GAN): the discriminator's gradient
+    norm settled ~6x higher at step 326-329 and the run trained 270 finite steps more; a level
+    the run settled at is no blow-up in the making. Shortly before the run's end it still warns."""
+    from nandoctor.diagnose import diagnose
+    from nandoctor.trace import StepRecord
+    spikes = [EarlyWarning(cause="grad-spike", step=s, statistic="grad_norm", value=6.0, baseline=1.0, ratio=6.0,
+                           sigma=8.0, recovered_after=None) for s in (30, 31)]
+    last = 31 + trained_after
+    run = RunTrace(precision="32-true", early_warnings=spikes, start_step=last - 63,
+                   steps=[StepRecord(step=i, loss=1.0) for i in range(last - 63, last + 1)])
+    trace = Trace(model_file="m.py", config={}, device="cpu", torch_version="", tool_version="", runs=[run])
+    finding = {f.id: f for f in diagnose(trace)}["grad-spike"]
+    assert finding.severity == ("info" if trained_after >= 100 else "warning")
+
+
 def test_no_spike_and_no_warning_in_a_healthy_run():
     watch, _ = _mlp_with_a_spike(spike_step=-1, steps=60)
     assert watch.early_warnings == []
@@ -334,6 +351,26 @@ def test_transformers_callback_warns_of_gpt2_attention_logit_growth_from_sdpa(tm
         transformers.Trainer(model=model, args=args, train_dataset=Tokens(), callbacks=[callback]).train()
     growth = [w for w in callback.watch.early_warnings if w.cause == "attention-logit-growth"]
     assert growth and all(w.module.endswith(".attn") for w in growth), callback.watch.early_warnings
+
+
+def test_fused_adam_float16_moments_that_underflow_are_not_a_collapse():
+    """Regression (bench round 3, run_clm.py --dtype float16): a fused Adam stores float16
+    moments but computes the update in float32, so a stored exp_avg_sq that underflowed to 0 is
+    not what the update divided by; the weights stay finite and no collapse is warned."""
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(8, 8), torch.nn.Linear(8, 1)).half()
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3, fused=True)
+    watch = nandoctor.watch(model, optimizer, early_warnings={"every": 2}, spikes=False, warn=False)
+    for _ in range(6):
+        x = torch.randn(16, 8, dtype=torch.float16)
+        loss = watch.loss(model(x).float().pow(2).mean() * 1e-3)   # gradients ~1e-3: 1e-3 * g**2 underflows
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    watch.close()
+    assert any(bool((s["exp_avg_sq"] == 0).any()) for s in optimizer.state.values())
+    assert all(torch.isfinite(p).all() for p in model.parameters())
+    assert not [w for w in watch.early_warnings if w.statistic == "exp_avg_sq_collapse"], watch.early_warnings
 
 
 def test_adam_second_moment_collapse_is_warned():

@@ -86,6 +86,10 @@ class BundleManifest:
     tied: dict[str, str] = field(default_factory=dict)          # state-dict key -> key it shares storage with
     # torch.compile settings of the run: backend, mode, options, module (null: not compiled)
     compile: Optional[dict[str, Any]] = None
+    # The execution paths the recorded step took (trace/paths.py): {"version", "sites": [{site,
+    # kind, path, device, why, calls}]}: SDPA backend, fast path, optimizer implementation,
+    # autocast, device, torch. Null in bundles written before it existed.
+    paths: Optional[dict[str, Any]] = None
     files: dict[str, dict[str, Any]] = field(default_factory=dict)  # file name -> {bytes, tensors}
     size_bytes: int = 0
     write_seconds: float = 0.0

@@ -12,7 +12,7 @@ from rich.table import Table
 from rich.text import Text
 
 from .text import (symptom_lines, bundle_sentence, headline, library_line, loss_trend, middle, num, origin_lines, origin_sentence,
-                   ranks_sentence, worst_layers)
+                   path_differences, ranks_sentence, worst_layers)
 
 VERDICT_STYLE = {"pass": "bold green", "warn": "bold yellow", "fail": "bold red"}
 SHORT = {"precision", "status", "steps", "time", "NaN", "Inf", "dtype"}   # never split these cells
@@ -169,6 +169,13 @@ def print_report(doc: dict[str, Any], console: Console) -> None:
         table.add_row(run["precision"], Text(run["status"], style=status_style),
                       f"{run['steps_run']}/{run['steps_requested']}", loss_trend(run), scale, f"{run['seconds']:.2f}s")
     console.print(table)
+
+    differed = path_differences(doc)
+    if differed:
+        paths = _table("Paths the replay took differently", ("where", "recorded", "replayed", "why"), wrap=("why",))
+        for where, was, now, why in differed:
+            paths.add_row(where, was, now, why)
+        console.print(paths)
 
     close = worst_layers(doc, "fp16_headroom", reverse=False)
     if close:

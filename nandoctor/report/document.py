@@ -85,6 +85,9 @@ def run_dict(run: RunTrace) -> dict[str, Any]:
     # Present only when a watch policy acted (`nandoctor run --on-nonfinite/--on-spike`).
     kept_alive = {key: [to_plain(v) for v in values] for key, values in
                   (("interventions", run.interventions), ("sample_blame", run.sample_blame)) if values}
+    # Present only in a replay that compared its execution paths with the recorded run's.
+    if run.replay_paths is not None:
+        kept_alive["replay_paths"] = to_plain(run.replay_paths)
     return {
         "precision": run.precision, "status": run.status, "steps_requested": run.steps_requested,
         "steps_run": run.steps_run, "start_step": run.start_step,

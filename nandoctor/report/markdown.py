@@ -4,7 +4,7 @@ from __future__ import annotations
 from typing import Any
 
 from .text import (symptom_lines, bundle_sentence, headline, library_line, loss_trend, nonfinite_tensors, num, origin_lines, ranks_sentence,
-                   subject, worst_layers)
+                   path_differences, subject, worst_layers)
 
 BADGE = {"pass": "✅ PASS", "warn": "⚠️ WARN", "fail": "❌ FAIL"}
 ICON = {"error": "❌", "warning": "⚠️", "info": "ℹ️"}
@@ -57,6 +57,10 @@ def _scan(doc: dict[str, Any]) -> list[str]:
     bundle = doc.get("bundle") or {}
     if bundle:
         out += ["", _cell(bundle_sentence(bundle))] + ([_cell(ranks_sentence(bundle))] if ranks_sentence(bundle) else [])
+    differed = path_differences(doc)
+    if differed:
+        out += ["", "### Paths the replay took differently", "", "| where | recorded | replayed | why |", "|---|---|---|---|"]
+        out += [f"| {_cell(where)} | {_cell(was)} | {_cell(now)} | {_cell(why)} |" for where, was, now, why in differed]
     history = doc.get("history")
     if history:
         out += ["", f"Replayed from a recorded history window of {len(history)} entries."]

@@ -175,3 +175,14 @@ def ranks_sentence(bundle: dict[str, Any]) -> str:
     others = ", ".join(map(str, ranks.get("contaminated_ranks") or []))
     return (f"replayed rank {ranks.get('rank')} of {ranks.get('world_size')} ({ranks.get('kind')}); "
             f"NaN/Inf born on rank {origin}" + (f"; rank {others} only contaminated" if others else ""))
+
+
+def path_differences(doc: dict[str, Any]) -> list[tuple[str, str, str, str]]:
+    """(where, recorded, replayed, why) of every execution path a replay took differently from
+    the recorded run (runs[].replay_paths.differences), in the order the trace gives."""
+    from ..trace.paths import site_label
+    rows = []
+    for run in doc.get("runs", []):
+        for d in (run.get("replay_paths") or {}).get("differences", []):
+            rows.append((site_label(d["kind"], d["site"]), d["recorded"], d["replayed"], d.get("why") or ""))
+    return rows

@@ -42,6 +42,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten
 
 from .fused_paths import may_take_fast_path
+from .mode_stack import function_mode_on_stack, leave_function_mode
 from ..trace import NonfiniteEvent, OpRef, Phase, SourceLocation, TensorSummary
 from . import stats
 from .frames import is_library, stack_locations
@@ -224,16 +225,28 @@ def _mutated_args(func: Any) -> list[int]:
     return [i for i, arg in enumerate(schema.arguments) if arg.alias_info is not None and arg.alias_info.is_write]
 
 
+def _qualified(model_name: Optional[str], path: str, qualified: bool) -> str:
+    if not model_name:
+        return path
+    if not path:
+        return model_name
+    return f"{model_name}.{path}" if qualified else path
+
+
 class OriginTracer(StepProbe):
     """Context manager that traces one step; a probe of `run_step`, which tells it each phase."""
 
-    def __init__(self, model: torch.nn.Module, precision: str, step: int):
+    def __init__(self, model: torch.nn.Module, precision: str, step: int, model_name: Optional[str] = None,
+                 qualified_modules: bool = False):
+        """`model_name`: what the user's code calls the model (a training script's `netD`), the name
+        of its root module, which is otherwise `""`; `qualified_modules`: its submodules' paths start
+        with it too (`netD.main.2`: a script that trains several models)."""
         self.model = model
         self.precision = precision
         self.step = step
         self.phase = Phase.DATA.value
         self._module_stack: list[str] = []
-        self._names = {id(m): name for name, m in model.named_modules()}
+        self._names = {id(m): _qualified(model_name, name, qualified_modules) for name, m in model.named_modules()}
         self._handles: list[Any] = []
         self._provenance: dict[int, tuple[weakref.ref, Optional[_Root]]] = {}
         self._producers: dict[int, tuple[weakref.ref, OpRef]] = {}
@@ -245,6 +258,8 @@ class OriginTracer(StepProbe):
         self._recompute_depth = 0              # module calls open in a backward-time recompute
         self._recompute_entered = False        # the recompute put the function mode on the stack
         self._fast_path: Optional[torch.nn.Module] = None   # the module running with the function mode off
+        self._fast_path_left = False                        # whether that call took the mode off the stack
+        self._entered_call: Optional[torch.nn.Module] = None   # the call the tracer began inside (entered_call)
         self.fast_path_modules: list[str] = []   # modules let onto their fused fast path, in call order
         self._suspended = 0
         self._calls: list[str] = []            # public torch calls being run (outermost first)
@@ -329,15 +344,26 @@ class OriginTracer(StepProbe):
                 # torch has taken the mode off the stack until the call returns, so the backward
                 # pass already runs without it, and it comes back for what follows (clipping).
                 return
-            self._function.__exit__(None, None, None)
+            leave_function_mode(self._function)
             self._function_active = False
 
     def _function_on_stack(self) -> bool:
-        from torch.overrides import _get_current_function_mode_stack
-        return any(mode is self._function for mode in _get_current_function_mode_stack())
+        return function_mode_on_stack(self._function)
+
+    def entered_call(self, module: torch.nn.Module) -> None:
+        """The tracer began inside a call of `module` (a training script's re-run begins at the
+        model's call, possibly from one of its own forward pre-hooks, after torch took the list of
+        hooks to run): the module is on the stack whether or not this tracer's pre-hook runs."""
+        name = self._names.get(id(module))
+        if name is not None:
+            self._module_stack.append(name)
+            self._entered_call = module
 
     def _push(self, module: torch.nn.Module, args: Any) -> None:
-        self._module_stack.append(self._names.get(id(module), type(module).__name__))
+        if module is self._entered_call:
+            self._entered_call = None           # its pre-hook runs after all: on the stack already
+        else:
+            self._module_stack.append(self._names.get(id(module), type(module).__name__))
         if self._fast_path is None and self._function_active and may_take_fast_path(module):
             # nn.MultiheadAttention / TransformerEncoderLayer leave their fused fast path when any
             # torch function mode is active ("some Tensor argument has_torch_function"), and the
@@ -346,7 +372,8 @@ class OriginTracer(StepProbe):
             # dispatch mode still sees the fused op; no autograd node is made here to tag.
             self._fast_path = module
             self.fast_path_modules.append(self._module_stack[-1])
-            self._function.__exit__(None, None, None)
+            # Off the stack already when this call runs inside the mode's own handler: nothing to put back.
+            self._fast_path_left = leave_function_mode(self._function)
             return
         if self._recompute_depth or (self.phase == Phase.BACKWARD.value and torch.is_grad_enabled()):
             # A module called with gradients on during backward: activation checkpointing
@@ -363,17 +390,20 @@ class OriginTracer(StepProbe):
             self._recompute_depth += 1
 
     def _pop(self, module: torch.nn.Module, args: Any, output: Any) -> None:
+        if self._entered_call is module:
+            self._entered_call = None
         if self._module_stack:
             self._module_stack.pop()
         if self._fast_path is module:
             self._fast_path = None
-            self._function.__enter__()
+            if self._fast_path_left and self._function_active and not self._function_on_stack():
+                self._function.__enter__()
             return
         if self._recompute_depth:
             self._recompute_depth -= 1
             if self._recompute_depth == 0 and self._recompute_entered:
                 self._recompute_entered = False
-                self._function.__exit__(None, None, None)
+                leave_function_mode(self._function)
 
     # ---- forward: tag autograd nodes ----------------------------------------------------------
     def tag_nodes(self, func: Any, out: Any) -> None:

@@ -46,6 +46,8 @@ def optimizer_facts(optimizer: torch.optim.Optimizer) -> dict[str, Any]:
         if key in group:
             value = group[key]
             facts[key] = list(value) if isinstance(value, tuple) else (float(value) if isinstance(value, (int, float, torch.Tensor)) else value)
+    if group.get("fused"):
+        facts["fused"] = True       # one kernel computing in float32 whatever the parameters' dtype
     return facts
 
 

@@ -9,6 +9,8 @@ stay valid. `os._exit()` cannot be caught in-process: the process ends there (RE
 """
 from __future__ import annotations
 
+import re
+
 import contextlib
 import signal
 import sys
@@ -94,6 +96,16 @@ def user_error(phase: Phase, err: BaseException) -> UserError:
         message = text.splitlines()[0] if text else type(err).__name__
     return UserError(phase=phase.value, exc_type=type(err).__name__, message=plain_text(message, 500),
                      source=source, user_source=user, frames=frames[-8:])
+
+
+# torch's own message when nll_loss / cross_entropy index the logits with a class target outside
+# [0, C) on the CPU (aten/src/ATen/native/LossNLL.cpp); on CUDA the same target is a device-side assert.
+_TARGET_OUT_OF_BOUNDS = re.compile(r"^Target -?\d+ is out of bounds")
+
+
+def target_out_of_range(err: BaseException) -> bool:
+    """The exception is the loss rejecting a class target outside the model's classes."""
+    return isinstance(err, IndexError) and _TARGET_OUT_OF_BOUNDS.match(str(err).strip()) is not None
 
 
 def call_user(phase: Phase, fn: Callable, *args: Any, **kwargs: Any) -> Any:

@@ -10,12 +10,13 @@ from .plain import decode_float, encode_float, from_plain, to_plain
 from .scan import (LAYER_FIELDS, PARAM_FIELDS, BatchTensorStats, LabelCheck, LayerSeries, LoopFacts, ModelInfo, NonfiniteEvent,
                    OpRef, ParamSeries, RunTrace, SourceLocation, StepRecord, TensorSummary, Trace, UserError)
 from .compile import CompileCulprit, CompileReplay, CompileStage
+from .paths import ExecutionPath, PathDifference, ReplayPaths
 from .samples import BlamedSample, Intervention, SampleBlame
 from .warnings import EARLY_WARNING_DEFAULTS, SPIKE_DEFAULTS, EarlyWarning, LayerMove
 from .vocab import (SCHEMA_VERSION, ErrorCategory, ExperimentId, Phase, Precision, RunStatus, Severity)
 
 __all__ = [
-    "CompileCulprit", "CompileReplay", "CompileStage",
+    "CompileCulprit", "CompileReplay", "CompileStage", "ExecutionPath", "PathDifference", "ReplayPaths",
     "OptimizerRecord", "PostmortemTrace", "TensorRecord", "ExperimentRequest", "ExperimentResult", "decode_float",
     "encode_float", "from_plain", "to_plain", "LAYER_FIELDS", "PARAM_FIELDS", "BatchTensorStats", "LabelCheck",
     "LayerSeries", "LoopFacts", "ModelInfo", "NonfiniteEvent", "OpRef", "ParamSeries", "RunTrace", "SourceLocation", "StepRecord",

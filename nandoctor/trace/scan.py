@@ -12,6 +12,7 @@ from typing import Any, Optional
 from .compile import CompileReplay
 from .experiments import ExperimentResult
 from .location import SourceLocation
+from .paths import ReplayPaths
 from .plain import from_plain, to_plain
 from .samples import BlamedSample, Intervention, SampleBlame  # noqa: F401 - RunTrace's field types
 from .vocab import SCHEMA_VERSION, RunStatus
@@ -210,6 +211,10 @@ class RunTrace:
     # A compiled run whose failing step stayed finite in eager: the step replayed down
     # torch.compile's ladder (trace/compile.py); None when not compiled or not replayed.
     compile_replay: Optional[CompileReplay] = None
+    # A replay of a crash bundle: the execution paths (attention kernels, fast paths, optimizer
+    # implementation, autocast, device) the recorded run and the replay took, and where they
+    # differ (trace/paths.py); None for a scan, or a replay that did not compare them.
+    replay_paths: Optional[ReplayPaths] = None
     # A watched run's policies (skip, rollback) and the samples its fired steps were blamed on.
     interventions: list[Intervention] = field(default_factory=list)
     sample_blame: list[SampleBlame] = field(default_factory=list)

@@ -16,11 +16,15 @@ measures each, per module, on the device:
   update m / (sqrt(v) + eps) and the share of v below eps**2.
 
 All of it reaches the host in one transfer at the end of the sampled step; unsampled steps
-run no hook and no mode. A warning needs a level past its threshold and growth over the samples
+run no hook and no mode. The function mode is on torch's stack only while a forward of one of the
+model's modules runs (the outermost call's always-called forward hook takes it off, also when
+that forward raises), so a step that raises in backward, in the loss or in the user's own code
+leaves nothing behind. A warning needs a level past its threshold and growth over the samples
 (a model that always sits at a large but steady value is not diverging).
 """
 from __future__ import annotations
 
+import contextlib
 import math
 from collections import deque
 from typing import Any, Callable, Optional
@@ -29,7 +33,8 @@ import torch
 from torch.overrides import TorchFunctionMode
 
 from ..run import compiled, stats
-from ..run.fused_paths import FAST_PATH_TYPES, may_take_fast_path
+from ..run.fused_paths import FAST_PATH_TYPES, may_take_fast_path, sdpa_backend
+from ..run.mode_stack import function_mode_on_stack, leave_function_mode
 from ..run.training_defaults import primary_output
 from .distributed import local_tensor
 from .spikes import watch_options
@@ -85,6 +90,15 @@ class _AttentionMode(TorchFunctionMode):
         if func not in _WATCHED:      # nearly every call: no more Python than this on its way through
             return func(*args, **kwargs)
         sampler = self.sampler
+        if func is _SDPA and args and isinstance(args[0], torch.Tensor):
+            # Which kernel torch picks for this call: the crash bundle's record of the path
+            # (run/fused_paths.py); the same checks the call makes, no tensor work. An empty
+            # stack is the model's own forward (the step began in its pre-hook, after the global one).
+            site = sampler.stack[-1] if sampler.stack else ""
+            backend, seen = sdpa_backend(args, kwargs), sampler.sdpa_backends.get(site)
+            if seen is not None and backend not in seen[0].split("/"):
+                backend = f"{seen[0]}/{backend}"        # calls of one site that took different kernels
+            sampler.sdpa_backends[site] = (backend, args[0].device.type)
         # A softmax outside every submodule is the model's output distribution, not attention.
         # Inside torch.func.vmap/grad a reduction cannot leave the transform (stats.in_functorch_transform).
         if (torch.is_grad_enabled() and not sampler.in_mha and len(sampler.stack) > 1
@@ -158,6 +172,8 @@ class EarlyWarningSampler:
         self.warned: set[tuple[str, str, str]] = set()
         self.stack: list[str] = []              # modules whose forward is running, outermost first
         self.in_mha = False
+        # site -> (SDPA backends, "/"-joined, device type) its calls took on sampled steps (the bundle's `paths`)
+        self.sdpa_backends: dict[str, tuple[str, str]] = {}
         self._step: Optional[int] = None
         self._values: list[tuple[str, str, torch.Tensor]] = []   # (module, statistic, device scalar)
         # (modules, statistic, device vector): one value per module, reduced together
@@ -178,7 +194,9 @@ class EarlyWarningSampler:
     def active(self) -> bool:
         return self._step is not None
 
-    def begin_step(self, step: int) -> None:
+    def begin_step(self, step: int, forward_of: Any = None) -> None:
+        """`forward_of`: the module whose forward pre-hook begins the step (its forward is about to
+        run): the global hooks installed here missed its call, so it is entered now."""
         if self._step is not None or step % self.every:
             return
         self._step = step
@@ -200,33 +218,86 @@ class EarlyWarningSampler:
                 # module off its fused fast path (run/fused_paths.py), so the mode steps aside.
                 self._handles.append(module.register_forward_pre_hook(self._fast_path_aside))
                 self._handles.append(module.register_forward_hook(self._fast_path_back, always_call=True))
+        # Entered by the outermost module call of the model (_enter_hook), not here: a mode left on
+        # the stack for the whole step would outlive a step that raises where no hook of ours runs.
         self._mode = _AttentionMode(self)
-        self._mode.__enter__()
+        if forward_of is not None:
+            self._enter_hook(forward_of, ())
 
     def _fast_path_aside(self, module: Any, args: Any) -> None:
         if self._mode is None or self._aside is not None or not may_take_fast_path(module):
             return
-        from torch.overrides import _get_current_function_mode_stack
-        stack = _get_current_function_mode_stack()
-        if stack and stack[-1] is self._mode:
-            self._mode.__exit__(None, None, None)
+        if _on_top(self._mode):
+            leave_function_mode(self._mode)
             self._aside = module
 
     def _fast_path_back(self, module: Any, args: Any, output: Any) -> None:
         if self._aside is module:
             self._aside = None
-            if self._mode is not None:
+            if self._mode is not None and self.stack:       # still inside the model's forward
                 self._mode.__enter__()
 
     def _enter_hook(self, module: Any, args: Any) -> None:
         name = self._names_by_id.get(id(module))
-        if name is not None:
-            self.stack.append(name)
+        if name is None or compiled.compiling():
+            return
+        if module is self.model and self.stack:
+            # The model's own forward does not run inside itself: the stack is left over from a
+            # forward that a KeyboardInterrupt (or another BaseException) ended, where torch runs
+            # no forward hook.
+            self._leave_forward()
+        if not self.stack and self._mode is not None and not function_mode_on_stack(self._mode):
+            self._mode.__enter__()
+        self.stack.append(name)
 
     def _exit_hook(self, module: Any, args: Any, output: Any) -> None:
         name = self._names_by_id.get(id(module))
-        if name is not None:
-            self._module_output(name, module, output)
+        if name is None or compiled.compiling():
+            return
+        try:
+            if self.in_mode:
+                with self.outside_mode():
+                    self._module_output(name, module, output)
+            else:
+                self._module_output(name, module, output)
+        finally:
+            if not self.stack:
+                self._leave_forward()
+
+    def _leave_forward(self) -> None:
+        """No forward of the model is running (any more): the mode comes off torch's stack."""
+        self.stack.clear()
+        self.in_mha = False
+        self._aside = None
+        if self._mode is not None:
+            leave_function_mode(self._mode)
+
+    def forward_ended(self) -> None:
+        """The caller knows no forward of the model is running (the end of `watch.step()`, also on
+        a KeyboardInterrupt): whatever a forward that never returned left behind goes."""
+        if self._step is not None:
+            self._leave_forward()
+
+    @property
+    def in_mode(self) -> bool:
+        """A sampled forward is running under the attention mode."""
+        return self._mode is not None and self._aside is None
+
+    @contextlib.contextmanager
+    def outside_mode(self):
+        """nandoctor's own bookkeeping during a sampled forward (this sampler's per-module hook,
+        the watch's statistics hooks) steps outside the attention mode: while a function mode is
+        active even a tensor's .shape, .numel() or .dtype passes through its Python handler
+        (~80 such calls per module output: ~0.1 s of a sampled step on a 1000-module model)."""
+        mode = self._mode
+        if mode is None or self._aside is not None or not _on_top(mode):
+            yield
+            return
+        leave_function_mode(mode)
+        try:
+            yield
+        finally:
+            mode.__enter__()
 
     def _module_output(self, name: str, module: Any, output: Any) -> None:
         if self.stack and self.stack[-1] == name:
@@ -279,6 +350,13 @@ class EarlyWarningSampler:
                 self._vectors.append(([name for name, _ in keep], "act_outlier_ratio",
                                       _outlier_ratios([t for _, t in keep])))
 
+    def end_passes(self) -> None:
+        """The step's forward and backward passes are over (its gradients are being checked): the
+        attention mode closes now, not after the checks, which would pass every `.grad` and
+        `.shape` read of theirs through its Python handler."""
+        if self._step is not None:
+            self._close_mode()
+
     def before_update(self, params: list[torch.Tensor]) -> None:
         """Gradients final, weights not yet updated: keep a copy of each parameter's strided sample
         for the per-module update ratio (a copy of the whole weights was one more model's worth of
@@ -328,6 +406,10 @@ class EarlyWarningSampler:
         for (p, group), owner in zip(pairs, owners):
             state = optimizer.state.get(p, {})
             v, m, step = state.get("exp_avg_sq"), state.get("exp_avg"), state.get("step")
+            if group.get("fused") and isinstance(v, torch.Tensor) and v.dtype == torch.float16:
+                # A fused Adam computes the update in float32 and only stores the moments in float16:
+                # a stored second moment that underflowed to 0 is not the one the update divided by.
+                continue
             if isinstance(v, torch.Tensor) and isinstance(m, torch.Tensor) and step is not None:
                 v, m = local_tensor(v), local_tensor(m)
                 if v.shape != m.shape or v.numel() == 0:
@@ -430,14 +512,10 @@ class EarlyWarningSampler:
         self._step = None
 
     def _close_mode(self) -> None:
-        if self._aside is not None:         # closed inside that module's call: the mode is off already
-            self._aside, self._mode = None, None
+        self._aside = None
         if self._mode is not None:
             mode, self._mode = self._mode, None
-            try:
-                mode.__exit__(None, None, None)
-            except Exception:  # noqa: BLE001 - another mode was entered above ours and not left
-                pass
+            leave_function_mode(mode)
 
     def _judge(self, step: int, key: tuple[str, str]) -> None:
         module, statistic = key
@@ -476,6 +554,13 @@ class EarlyWarningSampler:
         ratio = abs(value) / abs(baseline) if baseline and math.isfinite(value) and math.isfinite(baseline) else None
         self.emit(EarlyWarning(cause=cause, step=step, statistic=statistic, value=value, module=module,
                                baseline=baseline, ratio=ratio, slope=_slope(points), since_step=points[0][0]))
+
+
+def _on_top(mode: TorchFunctionMode) -> bool:
+    """This mode is the innermost active function mode (so it can step aside and back)."""
+    from torch.overrides import _get_current_function_mode_stack
+    stack = _get_current_function_mode_stack()
+    return bool(stack) and stack[-1] is mode
 
 
 def _larger(a: float, b: float) -> bool:

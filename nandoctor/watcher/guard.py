@@ -32,6 +32,8 @@ from ..load.bundle import STATE_AFTER_STEP, STATE_BEFORE_STEP, BundleManifest
 from ..run import compiled, stats
 from ..trace.thresholds import DEFAULT_THRESHOLDS
 from ..run.precision import autocast_precision
+from ..run.fused_paths import recorded_paths
+from ..trace.paths import paths_to_plain
 from ..trace.plain import to_plain
 from . import bundle_writer
 from .distributed import attach_if_distributed, local_tensor
@@ -198,6 +200,8 @@ class Watch:
         self._param_names = {id(p): n for n, p in compiled.user_named_parameters(model)}
         self._layer_hooks = not compiled.has_compiled_parts(model)
         self._versions: Optional[int] = None    # parameters' version counters when watch.step() began
+        self._params_cache: list[torch.Tensor] = []
+        self._params_layout: Optional[tuple] = None
         self._after_compiled_step = False       # the optimizer stepped inside a compiled train step
         self._stats_pending = False             # a statistics step's layer hooks wait for an eager forward
         self._early_pending = False             # so does an early-warning sampled step's
@@ -270,6 +274,10 @@ class Watch:
         """One micro-batch of the user's loop. The optimizer step that follows (in this block or a
         later one, with gradient accumulation) closes the training step."""
         self.begin_micro_batch(batch)
+        if self._versions is None and self._capture is not None and self.optimizer is not None:
+            # Only this block can close a train step compiled around the optimizer (framework
+            # callbacks and `nandoctor run` see every optimizer step through its hooks).
+            self._versions = _version_sum(self.params())
         try:
             yield self
             self._close_compiled_step()
@@ -277,6 +285,8 @@ class Watch:
             self.raised_on_nonfinite_batch(err)
             raise
         finally:
+            if self.early is not None:      # no forward runs past the block (a KeyboardInterrupt may have ended one)
+                self.early.forward_ended()
             self._remove_stats_hooks_if_done()
 
     def loss(self, loss: torch.Tensor) -> torch.Tensor:
@@ -341,10 +351,17 @@ class Watch:
         scaler.update = self._scaler_update_hook
 
     def params(self) -> list[torch.Tensor]:
-        """The parameters this watch checks: the optimizer's, or the model's trainable ones."""
-        if self.optimizer is not None:
-            return [p for g in self.optimizer.param_groups for p in g["params"]]
-        return [p for p in self.model.parameters() if p.requires_grad]
+        """The parameters this watch checks: the optimizer's, or the model's trainable ones (a
+        shared list: do not modify it)."""
+        if self.optimizer is None:
+            return [p for p in self.model.parameters() if p.requires_grad]
+        # Rebuilt only when the groups' lists change (add_param_group, a new list): a flat list of
+        # a 1000-parameter model, built twice a step, was ~0.1 ms of its step.
+        layout = tuple((id(g["params"]), len(g["params"])) for g in self.optimizer.param_groups)
+        if layout != self._params_layout:
+            self._params_cache = [p for g in self.optimizer.param_groups for p in g["params"]]
+            self._params_layout = layout
+        return self._params_cache
 
     def end_backward_step(self) -> None:
         """A loop with no optimizer: the backward pass that just ended closes the step (the
@@ -362,14 +379,15 @@ class Watch:
         self._local_grads_check = check if self._local_grads_check is None else self._local_grads_check + check
 
     # ---- step boundaries --------------------------------------------------------------------
-    def begin_micro_batch(self, batch: Any) -> None:
-        """A micro-batch enters the step (framework callbacks call this; `step()` does in a plain loop)."""
+    def begin_micro_batch(self, batch: Any, rng: Optional[dict[str, Any]] = None) -> None:
+        """A micro-batch enters the step (framework callbacks call this; `step()` does in a plain loop).
+        `rng`: every generator's state taken just now by the caller (`capture_rng()`), if it has one."""
         # The user's batches win; the forward pre-hook stays (removing it would recompile a train
         # step compiled around the model) but only adds a statistics step's layer hooks.
         self._explicit_batches = True
-        self._begin(batch)
+        self._begin(batch, rng)
 
-    def _begin(self, batch: Any) -> None:
+    def _begin(self, batch: Any, rng: Optional[dict[str, Any]] = None) -> None:
         if self._closed:
             return
         if self._capture is None:
@@ -377,11 +395,9 @@ class Watch:
                 # A hand-written update ran after the last backward: its weights are checked
                 # with this step's one transfer.
                 self._note_parameters(self._local(self.params()))
-            self._capture = _Capture(self.step_index, bundle_writer.capture_rng())
+            self._capture = _Capture(self.step_index, rng if rng is not None else bundle_writer.capture_rng())
             self._save_running_stats(self.step_index)
             self._host = None
-            if self._explicit_batches:
-                self._versions = _version_sum(self.params())
             if self._stats_step(self.step_index) and self._layer_hooks:
                 if self._explicit_batches and self._input_hook is not None:
                     # Added by the forward pre-hook once the forward runs, and only if it runs
@@ -457,7 +473,7 @@ class Watch:
             self._add_stats_hooks()
         if self._early_pending:
             self._early_pending = False
-            self.early.begin_step(self.step_index)
+            self.early.begin_step(self.step_index, forward_of=module)
         if self._explicit_batches or self._blaming or not module.training or not torch.is_grad_enabled():
             return
         if stats.in_functorch_transform():
@@ -573,6 +589,8 @@ class Watch:
             return
         capture = self._capture or _Capture(self.step_index, bundle_writer.capture_rng())
         self._capture = capture
+        if self.early is not None:
+            self.early.end_passes()
         params = self.params()
         grads = self._local([g for g in map(_GRAD, params) if g is not None])   # one .grad read per parameter
         stats_step = self._stats_step(capture.step)
@@ -658,7 +676,8 @@ class Watch:
             self._after_compiled_step = False
 
     def _after_optimizer_step(self, optimizer: Any) -> None:
-        params = self._local([p for g in optimizer.param_groups for p in g["params"]])
+        params = self._local(self.params() if optimizer is self.optimizer
+                             else [p for g in optimizer.param_groups for p in g["params"]])
         self._note_parameters(params)
         if self._update_before is not None and len(self._update_before) == len(params):
             # Statistics steps only: |update| / |weights before| of the whole model.
@@ -984,6 +1003,10 @@ class Watch:
                          for s in self.layer_stats],
             rebuild=bundle_writer.encode_value(self.rebuild),
             compile=self.compile_settings(),
+            # Which fused paths the step took (attention, optimizer, autocast): read now, from the
+            # model and optimizer, so no step pays for it.
+            paths=paths_to_plain(recorded_paths(self.model, [self.optimizer], self._device, self.precision,
+                                                getattr(self.early, "sdpa_backends", None))),
             detail={"truncated_micro_batches": bool(capture and capture.truncated),
                     "layer_modules": self._module_names if self.layer_stats else [],
                     "early_warnings": [bundle_writer.encode_value(to_plain(w)) for w in self.early_warnings]})
@@ -1083,6 +1106,13 @@ class Watch:
         def hook(module: Any, args: Any, output: Any) -> None:
             if stats.in_functorch_transform() or compiled.compiling():
                 return
+            if self.early is not None and self.early.in_mode:     # a sampled step: outside its mode
+                with self.early.outside_mode():
+                    note(output)
+            else:
+                note(output)
+
+        def note(output: Any) -> None:
             if isinstance(output, torch.Tensor):
                 tensors = [output] if (output.is_floating_point() or output.is_complex()) and output.numel() else []
             else:

@@ -42,6 +42,7 @@ class TopCall:
     owns_parameters: bool          # the model (forward) or another module, e.g. a loss module
     site: Optional[tuple[str, int, str]] = None    # the user's line that made the call
     holder: Optional[torch.nn.Module] = None       # the module whose method made the call (discovery only)
+    name: Optional[str] = None                     # what the user's code calls the module (discovery only)
     carried: frozenset = frozenset()               # input paths that are the model's own output of the last step
 
 
@@ -92,8 +93,11 @@ class Rerun:
     """State of one traced re-run: armed at the failing step, tracing during the next iteration."""
 
     def __init__(self, model: torch.nn.Module, precision: str, step: int, check: str,
-                 rng: Optional[dict[str, Any]], calls: list[TopCall], params: list[torch.Tensor]):
+                 rng: Optional[dict[str, Any]], calls: list[TopCall], params: list[torch.Tensor],
+                 model_name: Optional[str] = None, qualified_modules: bool = False):
         self.model = model
+        self.model_name = model_name                  # module paths as the script names them (OriginTracer)
+        self.qualified_modules = qualified_modules
         self.precision = precision
         self.step = step
         self.check = check
@@ -103,6 +107,7 @@ class Rerun:
         self.state = "armed"                  # armed -> tracing -> done
         self.tracer: Optional[OriginTracer] = None
         self._next_call = 0
+        self.matched_call: Optional[TopCall] = None     # the logged call the latest top-level call replays
         self._losses: list[torch.Tensor] = []
         self.batches: list[tuple[int, Any, Optional[list]]] = []   # the failing step's DataLoader batches
         self.outcome = RerunOutcome()
@@ -120,11 +125,13 @@ class Rerun:
                 # re-run starts where the failing step did, at the next iteration's first call.
                 return None
             self._begin()
+            self.tracer.entered_call(module)
         if self.state != "tracing":
             return None
         replaced = None
         if self._next_call < len(self.calls) and self._matches(self.calls[self._next_call], module):
-            replaced = substitute(self.calls[self._next_call], args, kwargs)
+            self.matched_call = self.calls[self._next_call]
+            replaced = substitute(self.matched_call, args, kwargs)
             self._next_call += 1
         self.tracer.set_phase(Phase.FORWARD if self._is_model(module) else Phase.LOSS)
         return replaced
@@ -165,7 +172,8 @@ class Rerun:
     def _begin(self) -> None:
         if self.rng is not None:
             bundle_writer.restore_rng(self.rng)
-        self.tracer = OriginTracer(users_module(self.model), self.precision, self.step)
+        self.tracer = OriginTracer(users_module(self.model), self.precision, self.step,
+                                   model_name=self.model_name, qualified_modules=self.qualified_modules)
         self.tracer.__enter__()
         self.state = "tracing"
 

@@ -37,7 +37,7 @@ from typing import Any, Callable, Optional
 
 import torch
 
-from ..run.compiled import compiling
+from ..run.compiled import compiling, uncompiled as compiled_uncompiled
 from ..run.frames import is_user_file, location
 from ..trace import ExperimentResult, LoopFacts, NonfiniteEvent, Phase, SourceLocation
 from .compile_settings import WRAPPED_COMPILED_CALL
@@ -167,6 +167,7 @@ class ScriptGuard:
         self.stop: Optional[Stop] = None
         self.rerun: Optional[Rerun] = None
         self._optimizers: "weakref.WeakSet[torch.optim.Optimizer]" = weakref.WeakSet()
+        self._holderless: set[int] = set()     # optimizers no live module holds the parameters of
         self._scalers: dict[int, Any] = {}            # id(optimizer) -> scaler that steps it
         self._scaled: "weakref.WeakSet[torch.Tensor]" = weakref.WeakSet()
         self._window = _Window()
@@ -437,21 +438,27 @@ class ScriptGuard:
             if replaced is not None:
                 args, kwargs = replaced
         window = self._window
+        taken_now = None        # the watches' step captures share it (one capture_rng per step)
         if window.rng is None:
             from .bundle_writer import capture_rng
-            window.rng = capture_rng()
+            window.rng = taken_now = capture_rng()
             self._note_autocast()
         owns = any(True for _ in module.parameters())
         if owns and not self._tracing():
             self._claim_batches(args, kwargs)
         carried = self._previous_window.outputs | window.outputs
+        site = _user_caller()
+        matched = self.rerun.matched_call if replaced is not None else None
+        if matched is not None and matched.site is None:
+            matched.site = site         # a bundle's call (replay): the line that makes it in this run
         window.calls.append(TopCall(module=module, args=args, kwargs=kwargs, owns_parameters=owns,
-                                    site=_user_caller(), holder=_holder(module) if self._discovering else None,
+                                    site=site, holder=_holder(module) if self._discovering else None,
+                                    name=_called_name(module) if self._discovering else None,
                                     carried=_carried_paths(args, kwargs, carried) if carried else frozenset()))
         if not self._tracing():       # the watches' own reductions must not enter the traced re-run
             for watch in self.all_watches():
                 if owns and _same_module(watch.model, module):
-                    watch.begin_micro_batch(_forward_inputs(args, kwargs))
+                    watch.begin_micro_batch(_forward_inputs(args, kwargs), rng=taken_now)
         return replaced
 
     def _claim_batches(self, args: tuple, kwargs: dict) -> None:
@@ -526,6 +533,10 @@ class ScriptGuard:
         self._step_boundary()
         self._maybe_stop()
         self._check_deadline()
+
+    @staticmethod
+    def _has_gradients(optimizer: torch.optim.Optimizer) -> bool:
+        return any(p.grad is not None for g in optimizer.param_groups for p in g["params"])
 
     def _has_optimizer_with_gradients(self) -> bool:
         return any(p.grad is not None for opt in list(self._optimizers) for g in opt.param_groups for p in g["params"])
@@ -606,6 +617,12 @@ class ScriptGuard:
         if id(optimizer) in self.watches:
             self._step_boundary()
             self._check_deadline()
+            if (self.rerun is not None and self.rerun.state == "armed"
+                    and not any(call.owns_parameters for call in self.rerun.calls)):
+                # The failing step called no module (its forward is a method the loop calls
+                # directly): no call can start the re-run, so it starts where the next step's
+                # ops begin, right after this skipped update.
+                self.rerun.begin()
 
     # ---- confirming experiments in the user's loop (watcher/rewind.py) ----------------------------------
     def _maybe_snapshot(self, watch: Watch) -> None:
@@ -711,7 +728,14 @@ class ScriptGuard:
         scored = [(len(wanted & {id(p) for p in m.parameters()}), m) for m in modules]
         scored = [(n, m) for n, m in scored if n]
         if not scored:
-            return None
+            # A step whose gradients came from no module call: the loop calls the forward as a
+            # method (`self.forward(x)` inside the module, Forward-Forward's per-layer training).
+            if optimizer is None or id(optimizer) in self._holderless or not self._has_gradients(optimizer):
+                return None
+            holder = _module_holding(wanted)
+            if holder is None:      # bare Parameters: the search walks the whole heap, so only once
+                self._holderless.add(id(optimizer))
+            return holder
         best_count, best = max(scored, key=lambda s: s[0])
         if best_count < len(wanted) and len(scored) > 1:
             parent = _common_parent([m for _, m in scored])
@@ -731,6 +755,7 @@ class ScriptGuard:
     def _new_watch(self, model: torch.nn.Module, optimizer: Optional[torch.optim.Optimizer]) -> Watch:
         rebuild = plain_rebuild(model)
         rebuild["kind"] = "script" if "script" in rebuild else "plain"
+        rebuild["model_name"], rebuild["qualified_modules"] = self._script_name(model)
         policy = self.on_nonfinite if self.on_nonfinite in ("skip", "rollback") else "skip"
         extra: dict[str, Any] = {}
         if self.keeps_alive:
@@ -748,6 +773,18 @@ class ScriptGuard:
         watch.keep_alive.loss_source = lambda capture: self._loss_source(watch, capture)
         return watch
 
+    def _script_name(self, model: torch.nn.Module) -> tuple[str, bool]:
+        """(what the script calls the watched model, whether module paths start with it). The
+        name is the variable or attribute the script calls it through (`netD`, `self.discriminator`
+        -> `discriminator`), else its class's; paths are qualified with it when the loop also
+        calls another model with parameters of its own (a GAN's generator and discriminator), so
+        that `main.2` says whose."""
+        calls = self._window.calls + self._previous_window.calls
+        name = next((c.name for c in calls if c.module is model and c.name), None)
+        others = any(c.owns_parameters and c.module is not None and not _contains(model, c.module)
+                     and not _contains(c.module, model) for c in calls)
+        return name or type(compiled_uncompiled(model)).__name__, others
+
     def _bundle_batches(self, watch: Watch, capture: Any) -> list[Any]:
         """What a script bundle stores of the failing step: every top-level call's inputs (the
         tensors that need no gradient; those are the replay's own) and every DataLoader batch,
@@ -756,7 +793,9 @@ class ScriptGuard:
         entries: list[Any] = []
         for call in window.calls:
             args, kwargs = _data_only(call.args), _data_only(call.kwargs)
-            entries.append({"call": {"model": call.owns_parameters, "args": list(args), "kwargs": kwargs}})
+            watched = call.module is not None and _contains(watch.model, call.module)
+            entries.append({"call": {"model": call.owns_parameters, "watched": watched, "args": list(args),
+                                     "kwargs": kwargs}})
         for _, batch, indices in window.step_batches():
             entries.append({"loader": batch, "indices": indices})
         return entries
@@ -836,7 +875,9 @@ class ScriptGuard:
             return
         if event["check"] in ("loss", "gradients") and self.do_rerun and capture is not None:
             self.rerun = Rerun(watch.model, watch.precision, event["step"], event["check"],
-                               capture.rng, list(self._window.calls), watch.params())
+                               capture.rng, list(self._window.calls), watch.params(),
+                               model_name=watch.rebuild.get("model_name"),
+                               qualified_modules=bool(watch.rebuild.get("qualified_modules")))
             self._batches_again = list(self._window.step_batches())
             self.rerun.batches = list(self._window.step_batches())
 
@@ -1070,6 +1111,26 @@ def _forward_inputs(args: tuple, kwargs: dict) -> dict[str, Any]:
     return forward_inputs(args, kwargs)
 
 
+def _module_holding(wanted: set[int]) -> Optional[torch.nn.Module]:
+    """The smallest live module whose parameters include every id in `wanted`, found once among
+    the garbage collector's objects: the model of an optimizer whose module was never called
+    (so no call hook saw it). None when no single module holds them all."""
+    best: Optional[torch.nn.Module] = None
+    best_size = 0
+    for obj in gc.get_objects():
+        # type(), not isinstance(): isinstance reads `__class__`, which some library objects turn
+        # into a property that warns (torch.distributed.reduce_op).
+        if not issubclass(type(obj), torch.nn.Module):
+            continue
+        try:
+            held = {id(p) for p in obj.parameters()}
+        except Exception:  # a module whose parameters() misbehaves (half-built) is no model of ours
+            continue
+        if wanted <= held and (best is None or len(held) < best_size):
+            best, best_size = obj, len(held)
+    return best
+
+
 def _common_parent(modules: list[torch.nn.Module]) -> Optional[torch.nn.Module]:
     """The module that holds all of `modules` as children (a LightningModule whose
     training_step calls its encoder and decoder directly). Found once, through the garbage
@@ -1106,6 +1167,31 @@ def _framework_of_caller(depth: int = 24) -> Optional[str]:
         if top in _FRAMEWORKS:
             return _FRAMEWORKS[top]
         if top not in ("torch", "nandoctor") and is_user_file(frame.f_code.co_filename):
+            return None
+        frame = frame.f_back
+        depth -= 1
+    return None
+
+
+def _contains(outer: torch.nn.Module, inner: torch.nn.Module) -> bool:
+    return any(m is inner for m in outer.modules())
+
+
+def _called_name(module: torch.nn.Module, depth: int = 24) -> Optional[str]:
+    """What the user's code calls this module where it calls it: a variable of the calling function
+    or of its file (`netD(x)`), or an attribute of the object whose method made the call
+    (`self.discriminator(x)` -> `discriminator`). Discovery only: reads a frame's names once."""
+    frame = sys._getframe(2)
+    while frame is not None and depth:
+        if is_user_file(frame.f_code.co_filename):
+            for scope in (frame.f_locals, frame.f_globals):
+                name = next((k for k, v in scope.items() if v is module and k != "self" and not k.startswith("__")), None)
+                if name is not None:
+                    return name
+            owner = frame.f_locals.get("self")
+            members = owner.__dict__.get("_modules") if isinstance(owner, torch.nn.Module) else getattr(owner, "__dict__", None)
+            if isinstance(members, dict):
+                return next((k for k, v in members.items() if v is module), None)
             return None
         frame = frame.f_back
         depth -= 1

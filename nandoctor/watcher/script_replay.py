@@ -24,6 +24,7 @@ from ..load.script import TrainingScript
 from ..run import compiled
 from ..run.bundles.rebuild import _rng_restorer
 from .rerun import Rerun, TopCall
+from .guard import with_checked_closure
 from .script import ScriptOutcome, execute_script
 from .script_guard import ScriptGuard, Stop
 
@@ -36,9 +37,13 @@ class ReplayGuard(ScriptGuard):
         self._state = found.model_state()
         self._keys = set(self._state)
         entries = found.micro_batches()
-        self._bundle_calls = [TopCall(module=None, args=tuple(e["call"].get("args") or ()),
-                                      kwargs=dict(e["call"].get("kwargs") or {}), owns_parameters=bool(e["call"].get("model")))
-                              for e in entries if isinstance(e, dict) and isinstance(e.get("call"), dict)]
+        calls = [e["call"] for e in entries if isinstance(e, dict) and isinstance(e.get("call"), dict)]
+        # The replay is armed at the bundled model's first call: the step's calls of another model
+        # before it (a GAN's generator, ahead of the discriminator whose step failed) are not its inputs.
+        first = next((i for i, call in enumerate(calls) if call.get("watched")), 0)
+        self._bundle_calls = [TopCall(module=None, args=tuple(call.get("args") or ()), kwargs=dict(call.get("kwargs") or {}),
+                                      owns_parameters=bool(call.get("model")))
+                              for call in calls[first:]]
         # The script's first DataLoader draws are the failing step's.
         self._batches_again = [(0, e["loader"], e.get("indices")) for e in entries
                                if isinstance(e, dict) and "loader" in e]
@@ -84,7 +89,13 @@ class ReplayGuard(ScriptGuard):
         self.watches[id(optimizer) if optimizer is not None else id(model)] = watch
         self.stop = Stop(step=m.step, check=m.check, what=m.what, watch=watch, bundle=self.found.path)
         params = watch.params()
-        self.rerun = Rerun(model, m.precision, m.step, m.check, None, list(self._bundle_calls), params)
+        # Module paths as the run that wrote the bundle named them (a bundle from before these keys: as now).
+        for key in ("model_name", "qualified_modules"):
+            if key in (m.rebuild or {}):
+                watch.rebuild[key] = m.rebuild[key]
+        self.rerun = Rerun(model, m.precision, m.step, m.check, None, list(self._bundle_calls), params,
+                           model_name=watch.rebuild.get("model_name"),
+                           qualified_modules=bool(watch.rebuild.get("qualified_modules")))
         self.rerun.batches = list(self.failing_batches)
         self._know(model)
 
@@ -98,9 +109,18 @@ class ReplayGuard(ScriptGuard):
     def _on_fire(self, event: dict[str, Any]) -> None:
         return     # the replay traces the bundled step; nothing else fires
 
-    def _before_step(self, optimizer: torch.optim.Optimizer, args: Any, kwargs: Any) -> None:
+    def _before_step(self, optimizer: torch.optim.Optimizer, args: Any, kwargs: Any) -> Optional[tuple]:
         if self.rerun is not None and self.rerun.state == "tracing":
-            super()._before_step(optimizer, args, kwargs)      # finishes the re-run and stops the script
+            return super()._before_step(optimizer, args, kwargs)      # finishes the re-run and stops the script
+        # `optimizer.step(closure)` (Lightning's automatic optimization): the script's first training
+        # call, where the bundled step begins, runs inside this closure, after this hook. The step
+        # ends where the closure does; left to the next step's hook, the re-run would trace on
+        # through the rest of the script (a Lightning fit, its validation and test loops).
+        return with_checked_closure(args, kwargs, lambda closure: self._bundled_closure_ran(optimizer))
+
+    def _bundled_closure_ran(self, optimizer: torch.optim.Optimizer) -> None:
+        if self.rerun is not None and self.rerun.state == "tracing":
+            self._at_step(optimizer)         # finishes the re-run and stops the script
 
     def _after_backward(self) -> None:
         if self.rerun is None:

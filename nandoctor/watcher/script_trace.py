@@ -14,7 +14,7 @@ from ..run.batch import batch_stats
 from ..run.stats import iter_tensors
 from ..run.runner import describe_model
 from ..run.session import optimizer_facts
-from ..run.user_code import user_error
+from ..run.user_code import target_out_of_range, user_error
 from ..trace import (CompileReplay, ErrorCategory, LoopFacts, ModelInfo, NonfiniteEvent, Phase, RunStatus, RunTrace, StepRecord,
                      Trace)
 from ..trace import BlamedSample, Intervention, SampleBlame
@@ -108,6 +108,8 @@ def _run(guard: ScriptGuard, watch: Optional[Watch], outcome: ScriptOutcome,
     elif outcome.error is not None:
         run.status = RunStatus.ERROR.value
         run.error = user_error(_phase_of_error(guard), outcome.error)
+        if target_out_of_range(outcome.error):
+            run.error.category = ErrorCategory.LABEL_GUARD.value
     elif guard.final_nonfinite is not None:
         # Nothing fired during the run, yet it ended non-finite: it never passes.
         run.status = RunStatus.NONFINITE.value

@@ -51,3 +51,28 @@ class FakeData(Dataset):
         if self.target_transform is not None:
             target = self.target_transform(target)
         return image, target
+
+
+class CIFAR10(Dataset):
+    """Reads `<root>/cifar10/tiny.pt` ({"images": float [N, 3, 32, 32] in [0, 1], "labels": int64 [N]})
+    written by bench/real_scripts_data.py; `download` is accepted and ignored. Items are tensors
+    where torchvision gives PIL images (the stub's transforms take tensors)."""
+
+    def __init__(self, root, train=True, transform=None, target_transform=None, download=False):
+        path = os.path.join(root, "cifar10", "tiny.pt" if train else "tiny_test.pt")
+        if not os.path.exists(path):
+            raise RuntimeError(f"Dataset not found at {path} (the stub never downloads)")
+        blob = torch.load(path, weights_only=True)
+        self.data, self.targets = blob["images"], blob["labels"]
+        self.transform, self.target_transform = transform, target_transform
+
+    def __len__(self):
+        return len(self.targets)
+
+    def __getitem__(self, index):
+        image, target = self.data[index].clone(), int(self.targets[index])
+        if self.transform is not None:
+            image = self.transform(image)
+        if self.target_transform is not None:
+            target = self.target_transform(target)
+        return image, target

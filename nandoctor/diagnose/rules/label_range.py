@@ -34,7 +34,9 @@ class LabelRange(Rule):
         for run in ctx.trace.runs:
             labels = next((s.labels for s in run.steps if s.labels and s.labels.out_of_range), None)
             err = run.error if run.error is not None and run.error.category == ErrorCategory.LABEL_GUARD.value else None
-            dtype_error = labels is None and err is not None and err.exc_type != "LabelOutOfRange"
+            # The loss's own IndexError ("Target 2 is out of bounds", a training script's run) is a
+            # target outside [0, C) the run saw no labels fact for; other label errors are the dtype.
+            dtype_error = labels is None and err is not None and err.exc_type not in ("LabelOutOfRange", "IndexError")
             if labels is None and err is None:
                 continue
             findings.append((run, labels, err, dtype_error))
@@ -61,7 +63,8 @@ class LabelRange(Rule):
                    f"0..{labels.num_classes - 1}; negative labels other than -100 must be removed")
             title = f"class targets reach {labels.max} but the model has {labels.num_classes} classes"
         else:
-            fix = "check the targets' range against the number of classes"
-            title = "the loss rejected the class targets"
+            fix = (f"remap the labels into 0..C-1 {data_place(ctx.trace)} (a 1-based dataset needs `y - 1`), or give "
+                   "the output layer as many classes as the labels have")
+            title = "the loss rejected a class target outside the model's classes"
         return [Finding(self.id, Severity.ERROR.value, 0.95, title, evidence, fix, source=loc,
                         precisions=[r.precision for r, *_ in findings], explains_origin=True)]

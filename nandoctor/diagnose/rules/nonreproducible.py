@@ -14,10 +14,15 @@ class Nonreproducible(Rule):
     Why it produces NaN or Inf: something outside the model's arithmetic: non-deterministic
     kernels (atomics on GPU), a data loader that returns different data, or hardware faults.
 
-    Evidence used: the replay outcome of the failing step.
+    Evidence used: the replay outcome of the failing step; the execution paths the recorded run
+    and the replay took, where they differ (`runs[].replay_paths`).
 
     How to fix: make the run deterministic (`torch.use_deterministic_algorithms(True)`, fixed
-    data order) and scan again; on one machine only, suspect the hardware.
+    data order) and scan again; on one machine only, suspect the hardware. When the replay took
+    another execution path than the recorded run (an SDPA backend, a fused fast path, a fused or
+    foreach optimizer, autocast, the device: the bundle's `paths`), it did not replay the recorded
+    arithmetic: the evidence names the path that differed and the fix how to test it (replay on
+    the recorded device, or force the other path in the run).
 
     Example: a NaN at step 812 that a replay of step 812 does not show.
 
@@ -37,7 +42,8 @@ class Nonreproducible(Rule):
         runs = [r for r in ctx.trace.runs if r.first_nonfinite is not None and r.first_nonfinite.reproduced is False
                 and not compile_explains(r)]   # a compiler stage reproduced it: compile-numerics
         return [Finding(self.id, Severity.ERROR.value, 0.6, f"{r.precision}: step {r.first_nonfinite.step} did not "
-                        "reproduce on replay", [r.first_nonfinite.detail, *_compiled_evidence(r)], _fix(r),
+                        "reproduce on replay", [r.first_nonfinite.detail, *_path_evidence(r), *_compiled_evidence(r)],
+                        _fix(r),
                         precisions=[r.precision])
                 for r in runs if r.first_nonfinite is not None]
 
@@ -53,8 +59,21 @@ def _compiled_evidence(run: RunTrace) -> list[str]:
     return [f"the run was compiled ({backend}); {replay.note}" if replay.note else f"the run was compiled ({backend})"]
 
 
+def _path_evidence(run: RunTrace) -> list[str]:
+    differences = run.replay_paths.differences if run.replay_paths is not None else []
+    if not differences:
+        return []
+    return ["the replay did not take the recorded run's path, so it did not replay the same arithmetic:",
+            *("  " + d.sentence() for d in differences)]
+
+
 def _fix(run: RunTrace) -> str:
+    differences = run.replay_paths.differences if run.replay_paths is not None else []
     replay = run.compile_replay
+    if differences and (replay is None or not replay.stages):
+        first = differences[0]
+        return (f"the replay did not take the recorded path ({first.short()}), so its finite result does not clear "
+                f"the recorded failure: {first.fix}")
     if replay is not None and not replay.stages:
         # Eager stayed finite and the compiler was not tried: the compiled program is the first suspect.
         return ("the run was compiled and the eager re-run stayed finite, so the compiled program may have made the "

@@ -31,7 +31,9 @@ class OptimizerEps(Rule):
 
     Thresholds: float16's smallest subnormal 6e-8 (IEEE): an eps below half of it is 0. Confidence
     0.85 for a failure, 0.6 for the warning (eps 0 in any dtype, or below float16's range with
-    float16 weights) on a run that did not fail in its optimizer step.
+    float16 weights) on a run that did not fail in its optimizer step. A fused optimizer
+    (`fused=True`, the Hugging Face Trainer's default AdamW) adds eps in float32, so float16
+    weights alone do not make its eps 0.
     """
 
     id = "optimizer-eps"
@@ -43,7 +45,11 @@ class OptimizerEps(Rule):
             return [self._failure(ctx, event)]
         for run in ctx.trace.runs:
             eps = run.optimizer.get("eps")
-            if not isinstance(eps, (int, float)) or not (eps == 0 or (run.param_dtype == "float16" and eps < FP16_TINY)):
+            # A fused optimizer adds eps in float32 (torch's fused Adam/AdamW upcast float16 weights
+            # and moments inside the kernel): 1e-8 is not 0 there, only in a foreach or for-loop update.
+            rounds_to_zero = (run.param_dtype == "float16" and eps < FP16_TINY and not run.optimizer.get("fused")) \
+                if isinstance(eps, (int, float)) else False
+            if not isinstance(eps, (int, float)) or not (eps == 0 or rounds_to_zero):
                 continue
             name = run.optimizer.get("name") or "the optimizer"
             zero = "is 0" if eps == 0 else "is 0 in float16"
