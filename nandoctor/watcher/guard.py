@@ -46,6 +46,11 @@ from .sample_blame import LoaderIndices
 from .snapshot import Snapshot
 
 POLICIES = NONFINITE_POLICIES     # "stop" is "raise" by another name
+UPDATE_SAMPLE = 1 << 10
+
+
+def _update_sample(p: torch.Tensor) -> torch.Tensor:
+    return stats.strided_sample(p, UPDATE_SAMPLE, odd_stride=True)
 # Where a step's gradients are checked: the optimizer's step pre-hook, the end of each backward
 # pass (a loop that updates weights by hand), or wherever a framework callback calls
 # check_gradients() ("manual"). "auto" picks the first two by whether there is an optimizer.
@@ -652,7 +657,9 @@ class Watch:
             self.early.before_update(self._local(params))
         if stats_step and self.optimizer is not None:
             with torch.no_grad():
-                self._update_before = [p.clone() for p in self._local(params)]
+                # Strided samples of at most UPDATE_SAMPLE elements (as the recorder's update ratios):
+                # a clone of every weight was one more model's worth of peak RSS on each stats step.
+                self._update_before = [_update_sample(p).clone() for p in self._local(params)]
 
     def _optimizer_post_hook(self, optimizer: Any, args: Any, kwargs: Any) -> None:
         if self._closed or compiled.compiling():
@@ -680,12 +687,16 @@ class Watch:
                              else [p for g in optimizer.param_groups for p in g["params"]])
         self._note_parameters(params)
         if self._update_before is not None and len(self._update_before) == len(params):
-            # Statistics steps only: |update| / |weights before| of the whole model.
+            # Statistics steps only: |update| / |weights before| of the whole model, each sample's sums
+            # of squares times numel / sampled (the same positions: a parameter's shape is unchanged).
             before = self._update_before
             with torch.no_grad():
-                delta = torch._foreach_sub(params, before)
-            update = stats.foreach_norms(delta).square().sum().sqrt()
-            self._update_norm = update / stats.foreach_norms(before).square().sum().sqrt().clamp_min(1e-30)
+                delta = torch._foreach_sub([_update_sample(p) for p in params], before)
+                share = torch.tensor([p.numel() / max(1, b.numel()) for p, b in zip(params, before)])
+                update = stats.foreach_norms(delta).square()
+                share = share.to(update.device, update.dtype)
+                weight = stats.foreach_norms(before).square().mul_(share).sum().sqrt()
+                self._update_norm = update.mul_(share).sum().sqrt() / weight.clamp_min(1e-30)
         self._update_before = None
         if self.early is not None and self.early.active:
             self.early.after_update(optimizer, params, self._owners(optimizer))
