@@ -70,6 +70,18 @@ def is_transform_wrapped(t: torch.Tensor) -> bool:
         return False
 
 
+def state_tensors(tree: Any) -> list[torch.Tensor]:
+    """Every tensor of a state_dict-like tree (dicts, lists, tuples), however deep: a snapshot
+    sizes or saves all of them (iter_tensors stops at depth 6 and names each path)."""
+    if isinstance(tree, torch.Tensor):
+        return [tree]
+    if isinstance(tree, dict):
+        return [t for value in tree.values() for t in state_tensors(value)]
+    if isinstance(tree, (list, tuple)):
+        return [t for value in tree for t in state_tensors(value)]
+    return []
+
+
 def floating_tensors(obj: Any) -> list[torch.Tensor]:
     return [t for _, t in iter_tensors(obj) if (t.is_floating_point() or t.is_complex()) and t.numel() > 0]
 

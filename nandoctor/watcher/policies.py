@@ -27,6 +27,7 @@ from typing import Any, Optional
 
 import torch
 
+from ..run import stats
 from .distributed import local_tensor
 
 NONFINITE_POLICIES = ("raise", "stop", "skip", "warn", "rollback")
@@ -102,7 +103,7 @@ def take_copy(step: int, watch: Any, folder: Optional[Path] = None) -> StateCopy
         "scheduler": _state_dict(watch.scheduler),
         "scaler": _state_dict(watch.scaler),
     }
-    nbytes = sum(t.numel() * t.element_size() for t in _tensors(state))
+    nbytes = sum(t.numel() * t.element_size() for t in stats.state_tensors(state))
     if folder is not None:
         folder.mkdir(parents=True, exist_ok=True)
         path = folder / f"step-{step:07d}.pt"
@@ -161,15 +162,6 @@ def _state_dict(owner: Any) -> Any:
     except Exception:  # noqa: BLE001 - a state that cannot be copied is not restored
         return None
 
-
-def _tensors(tree: Any) -> list[torch.Tensor]:
-    if isinstance(tree, torch.Tensor):
-        return [tree]
-    if isinstance(tree, dict):
-        return [t for v in tree.values() for t in _tensors(v)]
-    if isinstance(tree, (list, tuple)):
-        return [t for v in tree for t in _tensors(v)]
-    return []
 
 
 class RollbackKeeper:

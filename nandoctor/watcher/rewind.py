@@ -69,16 +69,6 @@ class Snapshot:
             self._finalizer()
 
 
-def _tensors(obj: Any) -> list[torch.Tensor]:
-    if isinstance(obj, torch.Tensor):
-        return [obj]
-    if isinstance(obj, dict):
-        return [t for value in obj.values() for t in _tensors(value)]
-    if isinstance(obj, (list, tuple)):
-        return [t for value in obj for t in _tensors(value)]
-    return []
-
-
 def _delete(path: Path) -> None:
     with contextlib.suppress(OSError):
         path.unlink()
@@ -107,7 +97,7 @@ def take_snapshot(step: int, model: torch.nn.Module, optimizer: torch.optim.Opti
     weights = model.state_dict()
     sd = optimizer.state_dict()
     state = {"model": weights, "optimizer": sd}
-    tensors = _tensors(state)
+    tensors = stats.state_tensors(state)
     nbytes = sum(t.numel() * t.element_size() for t in tensors)
     if max_bytes is not None and nbytes > max_bytes:
         return Snapshot(step, nbytes)
