@@ -6,10 +6,15 @@ machine's load hits all three alike; the median CPU time (time.process_time) of 
 baseline's package is copied under another name so both import in one process.
 
     python bench/bench_guard_step.py --baseline /work/main --models mlp blocks transformer --steps 100
+    python bench/bench_guard_step.py --baseline /work/main --models blocks --steps 41 --early-every 4
+
+--early-every N samples early warnings every N steps (default: the watch's own, every 50) and adds
+what a sampled step costs over an unsampled one (median of each) for both checkouts.
 """
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import shutil
 import statistics
@@ -36,11 +41,12 @@ def baseline_package(root: Path) -> object:
     return nandoctor_baseline
 
 
-def loop(name: str, package: object = None, stats_every: int = 0):
+def loop(name: str, package: object = None, stats_every: int = 0, early_every: int = 0):
     model, make_batch = build(name)
     x, y = make_batch()
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
-    watch = package.watch(model, opt, out=tempfile.mkdtemp(), stats_every=stats_every) if package else None
+    early = {"early_warnings": {"every": early_every}} if early_every else {}
+    watch = package.watch(model, opt, out=tempfile.mkdtemp(), stats_every=stats_every, **early) if package else None
 
     def step() -> None:
         if watch is None:
@@ -64,6 +70,7 @@ def main() -> None:
     parser.add_argument("--models", nargs="+", default=["mlp", "blocks", "transformer"])
     parser.add_argument("--steps", type=int, default=100)
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--early-every", type=int, default=0, help="early-warning sampling period (0: the default)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     import nandoctor
@@ -72,7 +79,9 @@ def main() -> None:
           f"median CPU ms of {args.steps} steps after 2 warm-up steps, guard only (stats_every=0)")
     print(f"{'model':12s} {'plain ms':>9s} {'baseline':>9s} {'ratio':>6s} {'this':>9s} {'ratio':>6s}  load")
     for name in args.models:
-        steps = {"plain": loop(name), "baseline": loop(name, base), "this": loop(name, nandoctor)}
+        every = args.early_every
+        steps = {"plain": loop(name), "baseline": loop(name, base, early_every=every),
+                 "this": loop(name, nandoctor, early_every=every)}
         for _ in range(2):
             for step in steps.values():
                 step()
@@ -85,8 +94,16 @@ def main() -> None:
                 steps[key]()
                 times[key].append(time.process_time() - t0)
         med = {k: statistics.median(v) * 1e3 for k, v in times.items()}
-        print(f"{name:12s} {med['plain']:9.2f} {med['baseline']:9.2f} {med['baseline'] / med['plain']:6.3f} "
-              f"{med['this']:9.2f} {med['this'] / med['plain']:6.3f}  {os.getloadavg()[0]:.1f}", flush=True)
+        line = (f"{name:12s} {med['plain']:9.2f} {med['baseline']:9.2f} {med['baseline'] / med['plain']:6.3f} "
+                f"{med['this']:9.2f} {med['this'] / med['plain']:6.3f}  {os.getloadavg()[0]:.1f}")
+        if every:
+            # step i of the loop is the watch's step 2 + i (after the two warm-up steps)
+            for key in ("baseline", "this"):
+                sampled = [t for i, t in enumerate(times[key]) if (2 + i) % every == 0]
+                other = [t for i, t in enumerate(times[key]) if (2 + i) % every]
+                med[key] = (statistics.median(sampled) - statistics.median(other)) * 1e3 if sampled and other else math.nan
+            line += f"  sampled step adds: baseline {med['baseline']:.1f} ms, this {med['this']:.1f} ms"
+        print(line, flush=True)
 
 
 if __name__ == "__main__":

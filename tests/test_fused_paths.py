@@ -20,11 +20,55 @@ from nandoctor.load.bundle import read_bundle
 COMPAT = Path(__file__).parent / "compat"
 
 
+# Self-attention in a block, as models write it: the SDPA call's site is the block's path.
+ATTENTION_BLOCK = '''
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+class Block(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.qkv = nn.Linear(8, 24)
+
+    def forward(self, x):
+        q, k, v = self.qkv(x).unsqueeze(1).chunk(3, dim=-1)
+        return F.scaled_dot_product_attention(q, k, v)
+
+
+class Net(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.attn = Block()
+
+    def forward(self, x):
+        return self.attn(x).pow(2).mean()
+
+
+def build_model():
+    return Net()
+
+
+def get_batch(step):
+    return torch.randn(3, 5, 8)
+
+
+def training_step(model, batch):
+    return model(batch)
+'''
+
+
 def _watched_bundle(tmp_path: Path, model_file: str, nan_in_loss: bool) -> tuple[Path, str]:
-    """A watch bundle of the compat model; `nan_in_loss`: healthy batches, and the loop multiplies
-    the loss by NaN outside the model, so the replay of the model's own step stays finite."""
+    """A watch bundle of a compat model (or of ATTENTION_BLOCK: "attention_block.py"); `nan_in_loss`:
+    healthy batches, and the loop multiplies the loss by NaN outside the model, so the replay of
+    the model's own step stays finite."""
     import importlib.util
-    spec = importlib.util.spec_from_file_location(f"fused_{Path(model_file).stem}", COMPAT / model_file)
+    path = COMPAT / model_file
+    if model_file == "attention_block.py":
+        path = tmp_path / model_file
+        path.write_text(ATTENTION_BLOCK)
+    spec = importlib.util.spec_from_file_location(f"fused_{Path(model_file).stem}", path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     torch.manual_seed(0)
@@ -42,7 +86,7 @@ def _watched_bundle(tmp_path: Path, model_file: str, nan_in_loss: bool) -> tuple
                 opt.step()
                 opt.zero_grad()
     assert caught.value.step == 2
-    return caught.value.bundle, str(COMPAT / model_file)
+    return caught.value.bundle, str(path)
 
 
 def _sites(paths: list[dict]) -> dict[tuple[str, str], dict]:
@@ -50,7 +94,7 @@ def _sites(paths: list[dict]) -> dict[tuple[str, str], dict]:
 
 
 def test_a_finite_replay_on_other_fused_paths_names_them_instead_of_a_determinism_fix(tmp_path):
-    bundle, model = _watched_bundle(tmp_path, "sdpa_model.py", nan_in_loss=True)
+    bundle, model = _watched_bundle(tmp_path, "attention_block.py", nan_in_loss=True)
     manifest = json.loads((bundle / "manifest.json").read_text())
     recorded = _sites(manifest["paths"]["sites"])
     assert manifest["paths"]["version"] == 1
@@ -59,22 +103,32 @@ def test_a_finite_replay_on_other_fused_paths_names_them_instead_of_a_determinis
     assert recorded[("optimizer", "optimizer")]["path"] == "for-loop"          # Adam's default on CPU
     assert "math" in recorded[("sdpa", "*")]["path"].split("/")
     # The backend the call took on the watch's sampled step 0 (its early-warning sampler saw it).
-    sampled = recorded[("sdpa", "")]
+    sampled = recorded[("sdpa", "attn")]
 
     # Paths agree: no difference, and the finding keeps its determinism fix.
     same = nandoctor.replay(bundle, model, experiments=False)
     paths = same.trace.runs[0].replay_paths
     assert paths is not None and paths.differences == []
     replayed = {(p.kind, p.site): p for p in paths.replayed}
-    assert (replayed[("sdpa", "")].path, replayed[("sdpa", "")].device) == (sampled["path"], sampled["device"]) == ("flash", "cpu")
+    assert (replayed[("sdpa", "attn")].path, replayed[("sdpa", "attn")].device) == (sampled["path"], sampled["device"]) == ("flash", "cpu")
     assert (replayed[("optimizer", "optimizer")].path, replayed[("optimizer", "optimizer")].device) == ("for-loop", "cpu")
     assert same.causes[0].id == "nonreproducible" and "deterministic" in same.causes[0].fix
+
+    # A backend torch has no CPU kernel for, recorded on this device: named, with how to test it here.
+    sampled_site = dict(sampled)
+    sampled.update(path="efficient")
+    (bundle / "manifest.json").write_text(json.dumps(manifest))
+    (missing,) = nandoctor.replay(bundle, model, experiments=False).trace.runs[0].replay_paths.differences
+    assert (missing.recorded, missing.replayed) == ("efficient on cpu", "flash on cpu")
+    assert missing.why == "torch has no efficient attention kernel on CPU"
+    assert "--device" not in missing.fix and "sdpa_kernel(SDPBackend.MATH)" in missing.fix
+    sampled.update(sampled_site)
 
     # Recorded on CUDA with flash attention and a fused Adam: paths this machine cannot take.
     manifest["device"] = "cuda:0"
     manifest["paths"]["sites"] = [s for s in manifest["paths"]["sites"] if s["kind"] not in ("sdpa", "optimizer", "device")]
     manifest["paths"]["sites"] += [{"site": "device", "kind": "device", "path": "cuda"},
-                                   {"site": "", "kind": "sdpa", "path": "flash", "device": "cuda"},
+                                   {"site": "attn", "kind": "sdpa", "path": "flash", "device": "cuda"},
                                    {"site": "optimizer", "kind": "optimizer", "path": "fused", "device": "cuda",
                                     "why": "fused=True"}]
     (bundle / "manifest.json").write_text(json.dumps(manifest))
@@ -83,12 +137,12 @@ def test_a_finite_replay_on_other_fused_paths_names_them_instead_of_a_determinis
     assert result.exit_code == 1
     differences = doc["runs"][0]["replay_paths"]["differences"]
     assert [(d["kind"], d["recorded"], d["replayed"]) for d in differences] == [
-        ("sdpa", "flash on cuda", f"{_sites(doc['runs'][0]['replay_paths']['replayed'])[('sdpa', '')]['path']} on cpu"),
+        ("sdpa", "flash on cuda", f"{_sites(doc['runs'][0]['replay_paths']['replayed'])[('sdpa', 'attn')]['path']} on cpu"),
         ("optimizer", "fused on cuda", "for-loop on cpu"),
         ("device", "cuda", "cpu")]
     cause = doc["causes"][0]
     assert cause["id"] == "nonreproducible"
-    assert any("scaled_dot_product_attention at the model: recorded flash on cuda" in e for e in cause["evidence"])
+    assert any("scaled_dot_product_attention at `attn`: recorded flash on cuda" in e for e in cause["evidence"])
     assert "sdpa_kernel" in cause["fix"] and "flash on cuda" in cause["fix"] and "deterministic" not in cause["fix"]
 
     console = run_cli("replay", bundle, "--model", model, "--no-experiments")

@@ -200,4 +200,54 @@ def test_watched_step_adds_a_constant_number_of_ops():
     # An early-warning sampled step (every 50 by default) was ~10 kernels per module and ~12 per
     # parameter (0.4 s on a 1000-module model; 13k ops here): now fused, the same for both sizes.
     assert sum(big_sampled.values()) == sum(small_sampled.values()), (small_sampled, big_sampled)
-    assert sum(big_sampled.values()) <= 200, big_sampled
+    # (a few ops per parameter shape: a `_foreach_*` op counts once here but runs a kernel per
+    # tensor on the CPU, so the optimizer-side statistics are stacked per shape instead)
+    assert sum(big_sampled.values()) <= 230, big_sampled
+
+
+def test_early_warning_bookkeeping_runs_outside_the_attention_mode(monkeypatch):
+    # A sampled step's attention mode (a TorchFunctionMode) sees every torch call made while it is
+    # active, a tensor's .shape, .numel(), .grad and .dtype included. The sampler's own per-module
+    # bookkeeping and the guard's gradient checks ran inside it: ~0.1 s of a sampled step on a
+    # 1000-module model. Now the mode sees the model's own calls and nothing of nandoctor's.
+    import tempfile
+
+    from torch.overrides import TorchFunctionMode
+
+    import nandoctor
+    from nandoctor.watcher import early_warnings
+
+    seen = collections.Counter()
+    handler = early_warnings._AttentionMode.__torch_function__
+
+    def counting(self, func, types, args=(), kwargs=None):
+        seen["mode"] += 1
+        seen[getattr(func, "__name__", str(func))] += 1
+        return handler(self, func, types, args, kwargs)
+    monkeypatch.setattr(early_warnings._AttentionMode, "__torch_function__", counting)
+
+    class ForwardCalls(TorchFunctionMode):
+        def __torch_function__(self, func, types, args=(), kwargs=None):
+            seen["forward"] += 1
+            return func(*args, **(kwargs or {}))
+
+    torch.manual_seed(0)
+    layers = []
+    for _ in range(40):
+        layers += [torch.nn.Linear(8, 8), torch.nn.LayerNorm(8), torch.nn.Tanh()]
+    model = torch.nn.Sequential(*layers, torch.nn.Linear(8, 3))
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    x, y = torch.randn(4, 8), torch.randint(0, 3, (4,))
+    with ForwardCalls():
+        model(x)                   # the calls one forward of the model makes by itself
+    # stats_every=1: the watch's per-layer statistics hooks run in the same sampled forward
+    with tempfile.TemporaryDirectory() as out, nandoctor.watch(model, opt, out=out, stats_every=1,
+                                                               early_warnings={"every": 1}) as watch:
+        with watch.step((x, y)):
+            loss = torch.nn.functional.cross_entropy(model(x), y)
+            loss.backward()
+            opt.step()
+            opt.zero_grad()
+    # the loop's own loss and backward calls pass through it too; the checks of the gradients
+    # (every `.grad` read) ran inside it as well until the passes ended (1128 calls here, not 124)
+    assert seen["mode"] <= seen["forward"] + 10, seen

@@ -58,6 +58,14 @@ def test_unstable_op_names_the_pole_and_its_fix():
     assert "5 zeros" in " ".join(finding.evidence) and "model.py:14" in finding.fix and "clamp_min" in finding.fix
 
 
+def test_an_exp_of_a_difference_that_overflows_is_told_to_clamp_the_difference_not_subtract_the_max():
+    # PPO's ratio exp(logp - logp_old) with logp_old ~ -120: subtracting the max would change the ratio
+    run = failing(phase="loss", kind="inf", op="aten.exp.default", user_source=LINE,
+                  inputs=[tensor(min=-2.0, max=117.0)], producer=OpRef(op="aten.sub.Tensor", module="", source=LINE))
+    finding = top(trace_of(run))
+    assert finding.id == "unstable-op" and ".clamp(-20, 20)" in finding.fix and "amax" not in finding.fix
+
+
 def test_unstable_op_reports_the_public_call_with_the_aten_op_as_detail():
     run = failing(phase="loss", kind="nan", op="aten.scalar_tensor.default", call="torch.logdet", user_source=LINE,
                   inputs=[TensorSummary(name="scalar", shape=[], dtype="float", value=float("nan"))])
@@ -203,6 +211,15 @@ def test_fp16_overflow_when_only_the_16bit_precision_was_scanned_plans_a_float32
     assert ("step-fp32", "16-true") in {(r.id, r.precision) for r in plan_experiments(trace, findings)}
 
 
+def test_fp16_overflow_born_in_a_cast_says_to_keep_the_value_in_float32():
+    # rotary positions 65480..65527 cast with `type_as` of a float16 buffer: the cast itself makes the inf
+    run = failing("16-true", phase="forward", kind="inf", op="aten._to_copy.default", call="torch.Tensor.type_as",
+                  module="rope", user_source=LINE, inputs=[tensor(dtype="int64", min=65480.0, max=65527.0)],
+                  output=tensor(name="output", dtype="float16", max=65504.0, inf=8))
+    finding = top(trace_of(clean("32-true"), run))
+    assert finding.id == "fp16-overflow" and "keep it in float32" in finding.fix and ".type_as(x)" in finding.fix
+
+
 def test_fp16_overflow_is_not_a_division_fix_and_is_silent_when_float32_fails_too():
     run16 = failing("16-mixed", phase="forward", kind="inf", op="aten.mm.default", module="ff.wo",
                     inputs=[tensor(dtype="float16", min=0.0, max=12480.0, zeros=541)])
@@ -221,6 +238,20 @@ def test_bf16_precision_when_float32_ran_the_step_finite():
     fp32_fails = failing("32-true", phase="forward", kind="nan", op="aten.sqrt.default",
                          inputs=[tensor(min=-0.5, max=0.5, negatives=2)])
     assert "bf16-precision" not in ids(diagnose(trace_of(fp32_fails, run)))
+
+
+def test_bf16_rounding_onto_a_pole_names_the_pole_and_the_unrepresentable_guard():
+    # log1p(-p) with p rounded to 1.0: the input is exactly -1 (log1p's pole), made by a negation, not a cancellation
+    run = failing("bf16-mixed", phase="loss", kind="inf", op="aten.log1p.default", user_source=LINE,
+                  inputs=[tensor(dtype="bfloat16", min=-1.0, max=-1e-6, negatives=32)],
+                  producer=OpRef(op="aten.neg.default", module="", source=LINE))
+    finding = top(trace_of(clean("32-true"), run))
+    assert finding.id == "bf16-precision" and "pole" in finding.title
+    assert "log1p at -1" in " ".join(finding.evidence) and "2**-8" in finding.fix and "E[x²]" not in finding.fix
+    # log1p of values in (-1, 0) is no domain error: a NaN there is not called "log1p of a negative"
+    inside = failing("32-true", phase="loss", kind="nan", op="aten.log1p.default", user_source=LINE,
+                     inputs=[tensor(min=-0.5, max=0.5, negatives=3)])
+    assert "of a negative" not in " ".join(top(trace_of(inside)).evidence)
 
 
 def test_fp16_underflow_from_a_reference_float32_run_names_layers_and_shares():
@@ -375,6 +406,16 @@ def test_user_error_at_the_users_line_and_silent_for_a_label_guard():
     assert finding.id == "user-error" and finding.source == LINE and finding.severity == "error"
     guard = UserError(phase="loss", exc_type="LabelOutOfRange", message="x", category="label-guard")
     assert "user-error" not in ids(diagnose(trace_of(RunTrace(precision="32-true", status="error", error=guard))))
+
+
+def test_user_error_for_a_constant_that_does_not_fit_float16_fixes_the_mask_value():
+    err = UserError(phase="forward", exc_type="RuntimeError", user_source=LINE,
+                    message="value cannot be converted to type c10::Half without overflow")
+    finding = top(trace_of(clean("32-true"), RunTrace(precision="16-mixed", status="error", steps=[], error=err)))
+    assert finding.id == "user-error" and "torch.finfo(x.dtype).min" in finding.fix and "16-mixed" in finding.fix
+    zero = UserError(phase="init", exc_type="ZeroDivisionError", message="division by zero", user_source=LINE)
+    finding = top(trace_of(RunTrace(precision="32-true", status="error", steps=[], error=zero)))
+    assert finding.id == "user-error" and "max(1, n)" in finding.fix
 
 
 def test_scan_incomplete_and_silent_on_complete_runs():

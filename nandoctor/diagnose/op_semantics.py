@@ -39,6 +39,14 @@ class OpSemantics:
 _LOG = OpSemantics(POLE, "log(0) = -inf and log of a negative is NaN",
                    "keep the argument positive{here}: `torch.log(x.clamp_min(1e-6))`, or use the fused stable form "
                    "(`torch.log_softmax`, `F.logsigmoid`, `torch.special.xlogy`)")
+_LOG1P = OpSemantics(POLE, "log1p(-1) = -inf and log1p below -1 is NaN",
+                     "keep the argument above -1{here}: clamp p in `log1p(-p)` to a bound below 1 that the dtype can "
+                     "represent (1 - 1e-6 is 1.0 in float16 and bfloat16), or compute log(1 - sigmoid(z)) from the "
+                     "logit: `F.logsigmoid(-z)`")
+_CAST = OpSemantics(OVERFLOW, "a cast to a narrower float dtype turns values above its max into inf",
+                    "the value cast{here} does not fit the narrower dtype (float16 max 65504): keep it in float32 "
+                    "(`.float()`, not `.type_as(x)` / `.to(x.dtype)` of a 16-bit tensor) and cast down only bounded "
+                    "results (cos/sin of positions, probabilities, normalised activations)")
 _DIV = OpSemantics(POLE, "x / 0 = ±inf and 0 / 0 = NaN",
                    "the denominator{here} reaches 0: divide by `d.clamp_min(1e-6)` (or `d + 1e-6` for d >= 0), "
                    "or skip the term when the denominator is 0")
@@ -103,7 +111,9 @@ _ARITH = OpSemantics(INDETERMINATE, "inf - inf, 0 * inf and inf / inf are NaN",
                      "value, or apply the mask with `masked_fill` after the arithmetic")
 
 TABLE: dict[str, OpSemantics] = {
-    **dict.fromkeys(("log", "log2", "log10", "log1p", "logit", "xlogy", "special_xlog1py"), _LOG),
+    **dict.fromkeys(("log", "log2", "log10", "logit", "xlogy", "special_xlog1py"), _LOG),
+    "log1p": _LOG1P,
+    **dict.fromkeys(("to_copy", "type_as", "half", "to"), _CAST),
     **dict.fromkeys(("div", "true_divide", "floor_divide", "fmod", "remainder", "addcdiv"), _DIV),
     "reciprocal": _RECIP, "sqrt": _SQRT, "rsqrt": _RSQRT,
     **dict.fromkeys(("pow", "float_power"), _POW),
@@ -218,6 +228,19 @@ def classify(event: NonfiniteEvent) -> Optional[tuple[str, str]]:
         if exponent is not None and negatives and exponent != int(exponent):
             return DOMAIN, f"a fractional power ({exponent:g}) of a negative base is NaN ({negatives} negatives)"
         return OVERFLOW, f"the power overflows {dtype} (base max |x| {peak:.3g}, {dtype} max {limit:.3g})"
+    if entry is _CAST:
+        target = event.output.dtype if event.output is not None else dtype
+        if target in DTYPE_MAX:
+            return OVERFLOW, (f"a cast to {target} turned values up to {peak:.6g} into inf "
+                              f"({target} max {DTYPE_MAX[target]:.6g})")
+        return OVERFLOW, entry.edge
+    if entry is _LOG1P:                  # its pole is at -1, not 0: negatives above -1 are in its domain
+        lowest = min((t.min for t in tensors if t.min is not None), default=None)
+        if lowest is not None and lowest < -1 and event.kind == "nan":
+            return DOMAIN, f"log1p below -1 is NaN (input min {lowest:.3g})"
+        if lowest == -1:
+            return POLE, "log1p at -1 is -inf: its input reached -1 exactly (log1p(-p) with p = 1)"
+        return entry.klass, entry.edge
     if entry.klass in (POLE, DOMAIN) and negatives and event.kind == "nan":
         return DOMAIN, f"{name} of a negative value is NaN ({negatives} negatives, min {min(t.min or 0 for t in tensors):.3g})"
     if entry.klass == POLE and zeros:
@@ -262,6 +285,10 @@ def fix_for(event: NonfiniteEvent, here: str, code: str = "") -> Optional[str]:
         return (f"the exponent{here} is a product (e.g. `exp(dt * A)` in a state-space layer): keep it non-positive "
                 "by construction, `A = -torch.exp(A_log)` with `dt = F.softplus(dt_raw)`, or clamp the product "
                 "(`(dt * A).clamp(max=0)`) before the exp")
+    elif entry is _EXP and producer in ("sub", "rsub"):
+        return (f"the exponent{here} is a difference (a log-ratio such as PPO's `logp - logp_old`, an importance "
+                "weight): clamp the difference before the exp, `torch.exp((a - b).clamp(-20, 20))`; subtracting "
+                "the max would change the ratio itself")
     elif entry is _EXP and producer in ("div", "true_divide"):
         return (f"the exponent{here} is a quotient (a soft-cap or temperature `exp(x / c)`): cap with a bounded "
                 "function instead, `c * torch.tanh(x / c)`, or compute it as `torch.softmax`/`F.softplus`, "

@@ -135,9 +135,10 @@ class Bundle:
         state: dict[int, dict[str, Any]] = {}
         for key, value in flat.items():
             index, _, name = key.partition("/")
-            state.setdefault(int(index), {})[name] = value
+            if "/" not in name:         # "<index>/<key>/<i>": an item of a list the scalars name
+                state.setdefault(int(index), {})[name] = value
         for index, scalars in spec.get("scalars", {}).items():
-            state.setdefault(int(index), {}).update({k: decode_value(v) for k, v in scalars.items()})
+            state.setdefault(int(index), {}).update({k: decode_value(v, flat) for k, v in scalars.items()})
         groups = [{k: decode_value(v) for k, v in g.items()} for g in spec.get("param_groups", [])]
         return {"state": state, "param_groups": groups}
 
@@ -151,16 +152,22 @@ class Bundle:
 
 # ---- structures of batches: tensor leaves by key, everything else as JSON ---------------------
 
-def decode_value(value: Any) -> Any:
-    """JSON scalars back to Python: non-finite strings to floats, tagged 0-d tensors back to tensors."""
+def decode_value(value: Any, stored: Optional[dict[str, Any]] = None) -> Any:
+    """JSON scalars back to Python: non-finite strings to floats, tagged 0-d tensors back to tensors,
+    and (with `stored`, the optimizer file's tensors) the tensors a list of optimizer state names."""
     from ..trace import decode_float
     if isinstance(value, dict) and "__tensor__" in value:
         import torch
         return torch.tensor(decode_float(value["__tensor__"]), dtype=getattr(torch, value.get("dtype", "float32")))
+    if isinstance(value, dict) and "__stored__" in value and stored is not None:
+        if value["__stored__"] not in stored:
+            raise InputError(f"crash bundle: optimizer tensor {value['__stored__']} is named in the manifest but "
+                             f"missing from {OPTIMIZER_FILE}.")
+        return stored[value["__stored__"]]
     if isinstance(value, dict) and "__tuple__" in value:
-        return tuple(decode_value(v) for v in value["__tuple__"])
+        return tuple(decode_value(v, stored) for v in value["__tuple__"])
     if isinstance(value, list):
-        return [decode_value(v) for v in value]
+        return [decode_value(v, stored) for v in value]
     return decode_float(value)
 
 

@@ -16,7 +16,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-import yaml
 
 from ..errors import InputError
 from ..trace.compile import LADDER_STAGES
@@ -304,6 +303,7 @@ def _read_yaml(path: Path) -> dict[str, Any]:
         raise InputError(f"config file {path} is not UTF-8 text.") from None
     except OSError as err:
         raise InputError(f"config file {path} cannot be read: {err.strerror or err}.") from None
+    import yaml          # only when there is a file to read: a run without one never imports it
     try:
         data = yaml.safe_load(text)
     except yaml.YAMLError as err:

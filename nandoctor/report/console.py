@@ -170,6 +170,11 @@ def print_report(doc: dict[str, Any], console: Console) -> None:
                       f"{run['steps_run']}/{run['steps_requested']}", loss_trend(run), scale, f"{run['seconds']:.2f}s")
     console.print(table)
 
+    for run in doc["runs"]:
+        unfinished = run.get("unfinished_step")
+        if unfinished:
+            console.print(Text(f"The traced step did not end normally ({unfinished['reason']}: {unfinished['detail']}); "
+                               f"diagnosed from the {unfinished['ops']:,} ops traced before that.", style="yellow"))
     differed = path_differences(doc)
     if differed:
         paths = _table("Paths the replay took differently", ("where", "recorded", "replayed", "why"), wrap=("why",))

@@ -88,6 +88,9 @@ def run_dict(run: RunTrace) -> dict[str, Any]:
     # Present only in a replay that compared its execution paths with the recorded run's.
     if run.replay_paths is not None:
         kept_alive["replay_paths"] = to_plain(run.replay_paths)
+    # Present only when the traced step did not end normally (its diagnosis is what was traced).
+    if run.unfinished_step is not None:
+        kept_alive["unfinished_step"] = to_plain(run.unfinished_step)
     return {
         "precision": run.precision, "status": run.status, "steps_requested": run.steps_requested,
         "steps_run": run.steps_run, "start_step": run.start_step,

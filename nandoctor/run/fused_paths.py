@@ -14,6 +14,7 @@ import torch
 from torch.overrides import TorchFunctionMode
 from torch.utils._python_dispatch import TorchDispatchMode
 
+from .mode_stack import leave_function_mode
 from .probes import StepProbe
 
 FAST_PATH_TYPES = (torch.nn.MultiheadAttention, torch.nn.TransformerEncoderLayer, torch.nn.TransformerEncoder)
@@ -65,9 +66,24 @@ def sdpa_backend(args: tuple, kwargs: dict) -> str:
     ("flash", "efficient", "cudnn", "math"; "unknown" when it cannot tell), from the same
     checks the call itself makes (a few microseconds, no tensor work)."""
     try:
+        device = args[0].device.type
+        if torch.is_autocast_enabled(device) and args[0].is_floating_point():
+            # Autocast casts SDPA's floating inputs below this point, and the backend depends on
+            # the dtype (flash needs 16-bit on CUDA): choose for uninitialised stand-ins of that dtype.
+            low = torch.get_autocast_dtype(device)
+            args = tuple(_as_dtype(a, low) for a in args)
+            kwargs = {k: _as_dtype(v, low) for k, v in kwargs.items()}
         return _SDPA_BACKEND_NAMES.get(int(torch._fused_sdp_choice(*args, **kwargs)), "unknown")
     except Exception:     # noqa: BLE001 - e.g. inside a functorch transform: the choice is unknown
         return "unknown"
+
+
+def _as_dtype(value: Any, dtype: torch.dtype) -> Any:
+    if not isinstance(value, torch.Tensor) or not value.is_floating_point() or value.dtype == dtype:
+        return value
+    with torch.no_grad():
+        stand_in = torch.empty_strided(value.shape, value.stride(), dtype=dtype, device=value.device)
+    return stand_in.requires_grad_(value.requires_grad)
 
 
 def why_backend_unavailable(backend: str, device_type: str) -> str:
@@ -146,8 +162,8 @@ def recorded_paths(model: torch.nn.Module, optimizers: list[Any], device: torch.
     """The paths a watched run's step took, as far as its model, optimizer and settings tell
     (written into the crash bundle's `paths`; no tensor is touched). The SDPA backend of each call
     depends on its inputs, which the watch does not keep: one entry names the backends the device
-    had enabled, for every call, and `sdpa_seen` (site -> (backend, device type)) adds the backend
-    each site's calls took on the watch's last sampled step (its early-warning sampler sees them)."""
+    had enabled, for every call, and `sdpa_seen` (site -> (backends, device type)) adds the backends
+    each site's calls took on the watch's sampled steps (its early-warning sampler sees them)."""
     from ..trace.paths import (AUTOCAST, DEVICE, EVERY_CALL, FAST_PATH, OPTIMIZER, SDPA, TORCH, ExecutionPath)
     from .compiled import uncompiled
     from ..load.bundle import user_name
@@ -158,9 +174,10 @@ def recorded_paths(model: torch.nn.Module, optimizers: list[Any], device: torch.
     if enabled:
         entries.append(ExecutionPath(EVERY_CALL, SDPA, "/".join(enabled), device.type,
                                      why="the backend is chosen per call among these"))
-    for site, (backend, on) in sorted((sdpa_seen or {}).items()):
-        if backend != "unknown":
-            entries.append(ExecutionPath(site, SDPA, backend, on, why="on the watch's last sampled step"))
+    for site, (backends, on) in sorted((sdpa_seen or {}).items()):
+        known = "/".join(b for b in backends.split("/") if b != "unknown")    # unknown: nothing to compare
+        if known:
+            entries.append(ExecutionPath(site, SDPA, known, on, why="its calls on the watch's sampled steps"))
     for name, module in uncompiled(model).named_modules():
         if isinstance(module, (torch.nn.MultiheadAttention, torch.nn.TransformerEncoderLayer)):
             blocker = fast_path_blocker(module, mixed != "off")
@@ -221,8 +238,8 @@ class PathObserver(StepProbe):
         self._handles = []
         if self._fast_ops is not None:          # a forward that raised inside a fast-path module
             self._fast_ops.__exit__(None, None, None)
-        if self._mode is not None and self._aside is None:
-            self._mode.__exit__(None, None, None)
+        if self._mode is not None:
+            leave_function_mode(self._mode)     # wherever it sits (nothing when stepped aside)
         self._mode, self._aside, self._fast_ops, self._fast_stack = None, None, None, []
 
     def site(self) -> str:
@@ -234,10 +251,7 @@ class PathObserver(StepProbe):
             return
         if self._aside is None and self._mode is not None and may_take_fast_path(module):
             # TransformerEncoder included: its nested-tensor fast path has the same condition.
-            from torch.overrides import _get_current_function_mode_stack
-            stack = _get_current_function_mode_stack()
-            if stack and stack[-1] is self._mode:
-                self._mode.__exit__(None, None, None)
+            if leave_function_mode(self._mode):
                 self._aside = module
         if isinstance(module, torch.nn.TransformerEncoder):
             return          # its layers take (or leave) the fused kernels, each recorded on its own
@@ -273,9 +287,12 @@ class PathObserver(StepProbe):
         from ..trace.paths import FAST_PATH, SDPA, ExecutionPath
         entries = []
         for site, seen in self.sdpa.items():
-            for backend in dict.fromkeys(seen):
-                path, _, device = backend.partition(" on ")
-                entries.append(ExecutionPath(site, SDPA, path, device, calls=seen.count(backend)))
+            known = [b for b in seen if not b.startswith("unknown")]       # unknown: nothing to compare
+            if not known:
+                continue
+            backends = dict.fromkeys(b.partition(" on ")[0] for b in known)
+            entries.append(ExecutionPath(site, SDPA, "/".join(backends), known[0].partition(" on ")[2],
+                                         calls=len(seen)))
         for site, seen in self.fast_path.items():
             took = "fast" if all(s == "fast" for s in seen) else "slow"
             entries.append(ExecutionPath(site, FAST_PATH, took, self.devices.get(site, ""),

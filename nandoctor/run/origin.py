@@ -34,7 +34,7 @@ import math
 import sys
 import weakref
 from dataclasses import dataclass, field
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 import torch
 from torch.overrides import TorchFunctionMode
@@ -273,6 +273,10 @@ class OriginTracer(StepProbe):
         self._state_ids: Optional[set[int]] = None
         # The failing step's batch tensors by storage: (tensor, the user's line that made it).
         self._batch_sites: dict[int, tuple[weakref.ref, str, SourceLocation]] = {}
+        # Every traced op, counted; `on_each_op(count)`, when set, may end the trace by raising
+        # (a replay's bound on a step that never reaches its end).
+        self.ops_seen = 0
+        self.on_each_op: Optional[Callable[[int], None]] = None
 
     @contextlib.contextmanager
     def suspended(self):
@@ -436,6 +440,9 @@ class OriginTracer(StepProbe):
     def on_op(self, func: Any, args: tuple, kwargs: dict) -> Any:
         if self._suspended or getattr(func, "namespace", "aten") in _IGNORED_NAMESPACES:
             return func(*args, **kwargs)
+        self.ops_seen += 1
+        if self.on_each_op is not None:
+            self.on_each_op(self.ops_seen)
         flat_args, _ = tree_flatten((args, kwargs))
         tensor_args = [a for a in flat_args if isinstance(a, torch.Tensor)]
         bad_scalars = [a for a in flat_args if isinstance(a, float) and not math.isfinite(a)]

@@ -465,12 +465,17 @@ def nonfinite_rows(t: torch.Tensor, limit: int = 64) -> list[int]:
 
 
 
-def strided_sample(t: torch.Tensor, size: int) -> torch.Tensor:
-    """An evenly strided view of at most about `size` elements of `t` (no copy), or `t` itself
-    when it is that small or not contiguous. Sums over the sample times `t.numel() / sample.numel()`
+def strided_sample(t: torch.Tensor, size: int, odd_stride: bool = False) -> torch.Tensor:
+    """An evenly strided view of at most `size` elements of `t` (no copy), or `t` itself when it
+    is that small or not contiguous. Sums over the sample times `t.numel() / sample.numel()`
     estimate the tensor's (update ratios, Adam's update RMS: statistics of a whole layer whose
     thresholds are orders of magnitude apart), for the cost of a copy that grows with the number
-    of tensors, not their size."""
+    of tensors, not their size. `odd_stride`: a stride that shares no factor of 2 with the row
+    width (most widths are multiples of a power of 2), so the sample visits every column rather
+    than the same few of every row."""
     if t.numel() <= size or not t.is_contiguous():
         return t
-    return t.view(-1)[::-(-t.numel() // size)]
+    stride = -(-t.numel() // size)
+    if odd_stride and stride % 2 == 0:
+        stride += 1
+    return t.view(-1)[::stride]

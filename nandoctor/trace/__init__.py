@@ -8,7 +8,8 @@ from .checkpoint import OptimizerRecord, PostmortemTrace, TensorRecord
 from .experiments import ExperimentRequest, ExperimentResult
 from .plain import decode_float, encode_float, from_plain, to_plain
 from .scan import (LAYER_FIELDS, PARAM_FIELDS, BatchTensorStats, LabelCheck, LayerSeries, LoopFacts, ModelInfo, NonfiniteEvent,
-                   OpRef, ParamSeries, RunTrace, SourceLocation, StepRecord, TensorSummary, Trace, UserError)
+                   OpRef, ParamSeries, RunTrace, SourceLocation, StepRecord, TensorSummary, Trace, UNFINISHED_REASONS,
+                   UnfinishedStep, UserError)
 from .compile import CompileCulprit, CompileReplay, CompileStage
 from .paths import ExecutionPath, PathDifference, ReplayPaths
 from .samples import BlamedSample, Intervention, SampleBlame
@@ -16,7 +17,7 @@ from .warnings import EARLY_WARNING_DEFAULTS, SPIKE_DEFAULTS, EarlyWarning, Laye
 from .vocab import (SCHEMA_VERSION, ErrorCategory, ExperimentId, Phase, Precision, RunStatus, Severity)
 
 __all__ = [
-    "CompileCulprit", "CompileReplay", "CompileStage", "ExecutionPath", "PathDifference", "ReplayPaths",
+    "UNFINISHED_REASONS", "UnfinishedStep", "CompileCulprit", "CompileReplay", "CompileStage", "ExecutionPath", "PathDifference", "ReplayPaths",
     "OptimizerRecord", "PostmortemTrace", "TensorRecord", "ExperimentRequest", "ExperimentResult", "decode_float",
     "encode_float", "from_plain", "to_plain", "LAYER_FIELDS", "PARAM_FIELDS", "BatchTensorStats", "LabelCheck",
     "LayerSeries", "LoopFacts", "ModelInfo", "NonfiniteEvent", "OpRef", "ParamSeries", "RunTrace", "SourceLocation", "StepRecord",

@@ -33,40 +33,51 @@ class PathKind:
     """One kind of run-time path choice: how to name it, why it matters, what to do."""
     label: str          # how a site of this kind reads in a sentence
     why: str            # why the difference can hide the failure
-    fix: str            # what to try; {recorded_device} is the recorded path's device
+    test: str           # how to test, in the run, whether the recorded path is at fault
+    here: str = ""      # how to take the recorded path again on the recorded device (when the replay ran there)
+
+    def fix(self, recorded_device: str, replayed_device: str) -> str:
+        """Replay on the recorded device when the replay ran elsewhere; else what `here` says; and `test`."""
+        if recorded_device and replayed_device and recorded_device != replayed_device:
+            first = f"replay on a {recorded_device} machine (`nandoctor replay BUNDLE --device {recorded_device}`)"
+        else:
+            first = self.here
+        return f"{first}, or {self.test}" if first and self.test else first or self.test
 
 
 PATH_KINDS: dict[str, PathKind] = {
     SDPA: PathKind(
         "scaled_dot_product_attention",
         "another attention kernel computes the scores with other blocking, accumulation and masking",
-        "replay on a {recorded_device} machine (`nandoctor replay BUNDLE --device {recorded_device}`), or force the "
-        "math backend in the run with `torch.nn.attention.sdpa_kernel(SDPBackend.MATH)` to test whether the fused "
-        "kernel is at fault"),
+        "force the math backend in the run with `torch.nn.attention.sdpa_kernel(SDPBackend.MATH)` to test whether "
+        "the fused kernel is at fault",
+        "replay with a torch build that has the recorded backend, enabled (`torch.backends.cuda.enable_flash_sdp`, "
+        "`enable_mem_efficient_sdp`, `enable_cudnn_sdp`)"),
     FAST_PATH: PathKind(
         "the fused inference fast path",
         "the fast path is one fused kernel (a fully padded row gives NaN there, zeros on the slow path)",
-        "replay where the fast path's conditions hold (eval mode, no autocast, nothing to differentiate, on "
-        "{recorded_device}), or turn it off in the run with `torch.backends.mha.set_fastpath_enabled(False)` to "
-        "test whether the fused kernel is at fault"),
+        "turn it off in the run with `torch.backends.mha.set_fastpath_enabled(False)` to test whether the fused "
+        "kernel is at fault",
+        "replay where the fast path's conditions hold as they did (eval mode, no autocast, nothing to differentiate)"),
     OPTIMIZER: PathKind(
         "the optimizer step",
         "fused and foreach optimizer kernels order and fuse the update's arithmetic differently from the "
         "for-loop",
-        "replay on a {recorded_device} machine, or build the run's optimizer with `fused=False, foreach=False` to "
-        "test whether the fused optimizer kernel is at fault"),
+        "build the run's optimizer with `fused=False, foreach=False` to test whether the fused optimizer kernel is "
+        "at fault"),
     AUTOCAST: PathKind(
         "autocast",
         "autocast runs matmuls and convolutions in a 16-bit dtype",
-        "replay under the recorded autocast (the bundle's `precision`), or run without autocast to test whether "
-        "16-bit arithmetic is at fault"),
+        "run without autocast to test whether 16-bit arithmetic is at fault",
+        "replay under the recorded autocast (the bundle's `precision`)"),
     DEVICE: PathKind(
         "the device",
         "another device runs other kernels, with other reduction orders and random numbers",
-        "replay on a {recorded_device} machine (`nandoctor replay BUNDLE --device {recorded_device}`)"),
+        ""),
     TORCH: PathKind(
         "the torch version",
         "another torch release may choose other kernels and fast-path conditions",
+        "",
         "replay with the torch version the run used"),
 }
 # The order a report names differences in: the most specific kernel choice first.
@@ -85,9 +96,6 @@ class ExecutionPath:
     why: str = ""                               # why this path (e.g. "training is enabled" for a slow path)
     calls: int = 1                              # calls of the step at this site that took it
 
-    def describe(self) -> str:
-        return self.path + (f" on {self.device}" if self.device else "") + (f" ({self.why})" if self.why else "")
-
 
 @dataclass
 class PathDifference:
@@ -97,7 +105,7 @@ class PathDifference:
     recorded: str                               # "flash on cuda"
     replayed: str                               # "math on cpu"
     why: str = ""                               # why the replay could not take the recorded path
-    fix: str = ""                               # what to try (PATH_KINDS), with the recorded device
+    fix: str = ""                               # what to try (PATH_KINDS[kind].fix)
 
     def short(self) -> str:
         return f"{site_label(self.kind, self.site)}: recorded {self.recorded}, replayed {self.replayed}"
@@ -113,7 +121,7 @@ class ReplayPaths:
     recorded: list[ExecutionPath] = field(default_factory=list)
     replayed: list[ExecutionPath] = field(default_factory=list)
     differences: list[PathDifference] = field(default_factory=list)
-    note: str = ""                              # e.g. "the bundle records no paths (written before nandoctor 0.x)"
+    note: str = ""                              # what was not compared, and why (an older bundle, an unobserved step)
 
 
 def site_label(kind: str, site: str) -> str:
@@ -150,10 +158,16 @@ def paths_from_plain(data: Any) -> tuple[list[ExecutionPath], str]:
 
 
 def paths_to_plain(entries: list[ExecutionPath]) -> dict[str, Any]:
-    """The manifest's `paths`: {"version", "sites": [{site, kind, path, device, why, calls}]}."""
-    return {"version": PATHS_VERSION,
-            "sites": [{"site": e.site, "kind": e.kind, "path": e.path, "device": e.device, "why": e.why,
-                       "calls": e.calls} for e in entries]}
+    """The manifest's `paths`: {"version", "sites": [{site, kind, path, device, why, calls}]};
+    `device` and `why` only when set, `calls` only when not 1 (a deep model has hundreds of sites)."""
+    sites = []
+    for e in entries:
+        item: dict[str, Any] = {"site": e.site, "kind": e.kind, "path": e.path}
+        item.update({k: v for k, v in (("device", e.device), ("why", e.why)) if v})
+        if e.calls != 1:
+            item["calls"] = e.calls
+        sites.append(item)
+    return {"version": PATHS_VERSION, "sites": sites}
 
 
 def _matches(recorded: ExecutionPath, replayed: ExecutionPath) -> bool:
@@ -181,7 +195,11 @@ def compare_paths(recorded: list[ExecutionPath], replayed: list[ExecutionPath],
         if _matches(was, seen):
             continue
         kind = PATH_KINDS[seen.kind]
-        device = was.device or next((e.path for e in recorded if e.kind == DEVICE), "") or "the recorded device"
+        if seen.kind == DEVICE:
+            recorded_device, replayed_device = was.path, seen.path
+        else:
+            recorded_device = was.device or next((e.path for e in recorded if e.kind == DEVICE), "")
+            replayed_device = seen.device or next((e.path for e in replayed if e.kind == DEVICE), "")
         why = why_not.get((was.kind, was.site)) or seen.why or kind.why
         recorded_text = was.path if "/" not in was.path else f"one of {was.path.replace('/', ', ')}"
         differences.append(PathDifference(
@@ -189,6 +207,6 @@ def compare_paths(recorded: list[ExecutionPath], replayed: list[ExecutionPath],
             recorded=recorded_text + (f" on {was.device}" if was.device else ""),
             replayed=(seen.path if "/" not in seen.path else f"one of {seen.path.replace('/', ', ')}")
             + (f" on {seen.device}" if seen.device else ""),
-            why=why, fix=kind.fix.format(recorded_device=device)))
+            why=why, fix=kind.fix(recorded_device, replayed_device)))
     order = {k: i for i, k in enumerate(KIND_ORDER)}
     return sorted(differences, key=lambda d: order.get(d.kind, len(order)))

@@ -185,6 +185,20 @@ class ParamSeries:
     series: dict[str, list[Optional[float]]] = field(default_factory=dict)
 
 
+UNFINISHED_REASONS = ("script-ended", "script-exited", "script-raised", "interrupted", "trace-limit")
+
+
+@dataclass
+class UnfinishedStep:
+    """A traced step (a script bundle's replay, or `nandoctor run`'s re-run) that never reached its
+    end (its optimizer step, its closure's return, the end of its backward pass): what was traced
+    until then was diagnosed."""
+    reason: str          # one of UNFINISHED_REASONS
+    detail: str = ""     # the exception, the exit code, the bound that was hit
+    ops: int = 0         # ops traced before it stopped
+    seconds: float = 0.0
+
+
 @dataclass
 class RunTrace:
     precision: str
@@ -215,6 +229,8 @@ class RunTrace:
     # implementation, autocast, device) the recorded run and the replay took, and where they
     # differ (trace/paths.py); None for a scan, or a replay that did not compare them.
     replay_paths: Optional[ReplayPaths] = None
+    # The traced step did not end normally (see UnfinishedStep); None when it did or none was traced.
+    unfinished_step: Optional[UnfinishedStep] = None
     # A watched run's policies (skip, rollback) and the samples its fired steps were blamed on.
     interventions: list[Intervention] = field(default_factory=list)
     sample_blame: list[SampleBlame] = field(default_factory=list)

@@ -118,7 +118,7 @@ def optimizer_parts(optimizer: torch.optim.Optimizer) -> tuple[dict[str, torch.T
             if isinstance(value, torch.Tensor):      # Adam's 0-d "step" counter included
                 tensors[f"{index}/{key}"] = value.detach()
             else:
-                scalars.setdefault(str(index), {})[key] = encode_value(value)
+                scalars.setdefault(str(index), {})[key] = _encode_storing_tensors(value, tensors, f"{index}/{key}")
     groups = []
     for group in sd["param_groups"]:
         plain = {}
@@ -130,6 +130,19 @@ def optimizer_parts(optimizer: torch.optim.Optimizer) -> tuple[dict[str, torch.T
         groups.append(plain)
     return tensors, {"class": f"{type(optimizer).__module__}:{type(optimizer).__qualname__}",
                      "param_groups": groups, "scalars": scalars}
+
+
+def _encode_storing_tensors(value: Any, tensors: dict[str, torch.Tensor], name: str) -> Any:
+    """A state value that holds tensors in lists (LBFGS's `old_dirs`, `old_stps`, `ro`, `al`):
+    each tensor goes into the optimizer file as "<index>/<key>/<i>..." and the JSON names it
+    (load/bundle.py's decode_value puts it back)."""
+    if isinstance(value, torch.Tensor):
+        tensors[name] = value.detach()
+        return {"__stored__": name}
+    if isinstance(value, (list, tuple)) and any(isinstance(v, (torch.Tensor, list, tuple)) for v in value):
+        items = [_encode_storing_tensors(v, tensors, f"{name}/{i}") for i, v in enumerate(value)]
+        return {"__tuple__": items} if isinstance(value, tuple) else items
+    return encode_value(value)
 
 
 def scheduler_part(scheduler: Any) -> Optional[dict[str, Any]]:

@@ -24,6 +24,7 @@ leaves nothing behind. A warning needs a level past its threshold and growth ove
 """
 from __future__ import annotations
 
+import contextlib
 import math
 from collections import deque
 from typing import Any, Callable, Optional
@@ -41,6 +42,7 @@ from ..trace.warnings import EARLY_WARNING_DEFAULTS, EarlyWarning
 
 _SOFTMAX = {torch.softmax, torch.nn.functional.softmax, torch.Tensor.softmax}
 _SDPA = torch.nn.functional.scaled_dot_product_attention
+_WATCHED = _SOFTMAX | {_SDPA}
 
 # statistic -> (cause id, threshold key, needs growth over the samples)
 _RULES: dict[str, tuple[str, str, bool]] = {
@@ -56,12 +58,13 @@ _RULES: dict[str, tuple[str, str, bool]] = {
 _WORST_ONLY = ("update_ratio", "exp_avg_sq_collapse", "update_rms")
 
 # The optimizer-step statistics (update ratio, Adam's update RMS and second-moment collapse) are
-# measured on an evenly strided sample of at most ~SAMPLE elements of each parameter and its
-# moments (stats.strided_sample): the sampled step's copy and kernels then grow with the number
-# of parameters, not their size (on a GPT-2-small shape ~1 s and 340-680 MB on the whole
-# tensors). As for the recorder's update ratios, the sample's estimate is within a few percent,
-# and the thresholds these feed are a factor of 2-10 and more from healthy values.
-SAMPLE = 1 << 12
+# measured on an evenly strided sample of at most SAMPLE elements of each parameter and its
+# moments (stats.strided_sample, with an odd stride: every column is visited): the sampled step's
+# copy and kernels then grow with the number of parameters, not their size (on a GPT-2-small
+# shape ~1 s and 340-680 MB on the whole tensors). As for the recorder's update ratios, the
+# sample's estimate is within a few percent, and the thresholds these feed are a factor of 2-10
+# and more from healthy values.
+SAMPLE = 1 << 10
 
 
 class InstabilityWarning(RuntimeWarning):
@@ -84,13 +87,18 @@ class _AttentionMode(TorchFunctionMode):
 
     def __torch_function__(self, func: Callable, types: Any, args: tuple = (), kwargs: Optional[dict] = None) -> Any:
         kwargs = kwargs or {}
+        if func not in _WATCHED:      # nearly every call: no more Python than this on its way through
+            return func(*args, **kwargs)
         sampler = self.sampler
         if func is _SDPA and args and isinstance(args[0], torch.Tensor):
             # Which kernel torch picks for this call: the crash bundle's record of the path
             # (run/fused_paths.py); the same checks the call makes, no tensor work. An empty
             # stack is the model's own forward (the step began in its pre-hook, after the global one).
             site = sampler.stack[-1] if sampler.stack else ""
-            sampler.sdpa_backends[site] = (sdpa_backend(args, kwargs), args[0].device.type)
+            backend, seen = sdpa_backend(args, kwargs), sampler.sdpa_backends.get(site)
+            if seen is not None and backend not in seen[0].split("/"):
+                backend = f"{seen[0]}/{backend}"        # calls of one site that took different kernels
+            sampler.sdpa_backends[site] = (backend, args[0].device.type)
         # A softmax outside every submodule is the model's output distribution, not attention.
         # Inside torch.func.vmap/grad a reduction cannot leave the transform (stats.in_functorch_transform).
         if (torch.is_grad_enabled() and not sampler.in_mha and len(sampler.stack) > 1
@@ -164,7 +172,7 @@ class EarlyWarningSampler:
         self.warned: set[tuple[str, str, str]] = set()
         self.stack: list[str] = []              # modules whose forward is running, outermost first
         self.in_mha = False
-        # site -> (SDPA backend, device type) of the last sampled step's calls (the bundle's `paths`)
+        # site -> (SDPA backends, "/"-joined, device type) its calls took on sampled steps (the bundle's `paths`)
         self.sdpa_backends: dict[str, tuple[str, str]] = {}
         self._step: Optional[int] = None
         self._values: list[tuple[str, str, torch.Tensor]] = []   # (module, statistic, device scalar)
@@ -179,8 +187,8 @@ class EarlyWarningSampler:
         self._handles: list[Any] = []
         self._mode: Optional[_AttentionMode] = None
         self._aside: Any = None             # the fast-path module the mode stepped aside for
-        self._before: Optional[list[torch.Tensor]] = None
-        self._before_views: list[torch.Tensor] = []
+        self._before: Optional[torch.Tensor] = None      # the samples of the weights before the update
+        self._plan: Optional[_UpdatePlan] = None
 
     @property
     def active(self) -> bool:
@@ -219,9 +227,7 @@ class EarlyWarningSampler:
     def _fast_path_aside(self, module: Any, args: Any) -> None:
         if self._mode is None or self._aside is not None or not may_take_fast_path(module):
             return
-        from torch.overrides import _get_current_function_mode_stack
-        stack = _get_current_function_mode_stack()
-        if stack and stack[-1] is self._mode:
+        if _on_top(self._mode):
             leave_function_mode(self._mode)
             self._aside = module
 
@@ -249,7 +255,11 @@ class EarlyWarningSampler:
         if name is None or compiled.compiling():
             return
         try:
-            self._module_output(name, module, output)
+            if self.in_mode:
+                with self.outside_mode():
+                    self._module_output(name, module, output)
+            else:
+                self._module_output(name, module, output)
         finally:
             if not self.stack:
                 self._leave_forward()
@@ -267,6 +277,27 @@ class EarlyWarningSampler:
         a KeyboardInterrupt): whatever a forward that never returned left behind goes."""
         if self._step is not None:
             self._leave_forward()
+
+    @property
+    def in_mode(self) -> bool:
+        """A sampled forward is running under the attention mode."""
+        return self._mode is not None and self._aside is None
+
+    @contextlib.contextmanager
+    def outside_mode(self):
+        """nandoctor's own bookkeeping during a sampled forward (this sampler's per-module hook,
+        the watch's statistics hooks) steps outside the attention mode: while a function mode is
+        active even a tensor's .shape, .numel() or .dtype passes through its Python handler
+        (~80 such calls per module output: ~0.1 s of a sampled step on a 1000-module model)."""
+        mode = self._mode
+        if mode is None or self._aside is not None or not _on_top(mode):
+            yield
+            return
+        leave_function_mode(mode)
+        try:
+            yield
+        finally:
+            mode.__enter__()
 
     def _module_output(self, name: str, module: Any, output: Any) -> None:
         if self.stack and self.stack[-1] == name:
@@ -319,6 +350,13 @@ class EarlyWarningSampler:
                 self._vectors.append(([name for name, _ in keep], "act_outlier_ratio",
                                       _outlier_ratios([t for _, t in keep])))
 
+    def end_passes(self) -> None:
+        """The step's forward and backward passes are over (its gradients are being checked): the
+        attention mode closes now, not after the checks, which would pass every `.grad` and
+        `.shape` read of theirs through its Python handler."""
+        if self._step is not None:
+            self._close_mode()
+
     def before_update(self, params: list[torch.Tensor]) -> None:
         """Gradients final, weights not yet updated: keep a copy of each parameter's strided sample
         for the per-module update ratio (a copy of the whole weights was one more model's worth of
@@ -327,36 +365,41 @@ class EarlyWarningSampler:
             return
         self._close_mode()
         self._reduce_outputs()
+        if not params:
+            return
         with torch.no_grad():
-            self._before_views = [stats.strided_sample(p, SAMPLE) for p in params]
-            self._before = torch._foreach_mul(self._before_views, 1.0)   # a copy, in one op however many parameters
+            self._before = _flat(self._update_plan(params).views)     # one copy of all the samples, one kernel
+
+    def _update_plan(self, params: list[torch.Tensor]) -> "_UpdatePlan":
+        """The samples' flat views and their constants, made once per parameter set: per-parameter
+        Python on each sampled step was ~40 ms of a 1000-parameter model's."""
+        plan = self._plan
+        if plan is None or len(plan.params) != len(params) or any(a is not b for a, b in zip(plan.params, params)):
+            plan = self._plan = _UpdatePlan(params)
+        return plan
 
     def after_update(self, optimizer: Any, params: list[torch.Tensor], owners: list[str]) -> None:
-        views, self._before_views = self._before_views, []
-        if self._step is None or self._before is None or len(self._before) != len(params):
+        plan = self._plan
+        if self._step is None or self._before is None or plan is None or len(plan.params) != len(params):
             self._before = None
             return
         before, self._before = self._before, None
         with torch.no_grad():
-            # A sample's norms times sqrt(numel / sampled) estimate the whole tensor's (its sums of
-            # squares scale by the share sampled), so modules of several parameters sum them as before.
-            scale = torch.tensor([math.sqrt(p.numel() / max(1, v.numel())) for p, v in zip(params, views)])
-            delta = stats.foreach_norms(torch._foreach_sub(views, before))
-            scale = scale.to(delta.device)
-            delta = delta * scale
-            # The weights' norm, floored at an RMS of 0.05: weights that start at zero (a position
-            # table, a zero-initialised projection) would otherwise show a huge ratio for a normal step.
-            floor = torch.tensor([0.05 * math.sqrt(p.numel()) for p in params], device=delta.device)
-            weight = torch.maximum(stats.foreach_norms(before) * scale, floor)
-            names, d, w = _per_module(owners, delta, weight)
+            delta = _flat(plan.views).sub_(before)
+            # Per parameter, its sample's sum of squares times numel / sampled estimates the whole
+            # tensor's, so a module's parameters add up as before.
+            d = torch.segment_reduce(delta.square_(), "sum", lengths=plan.lengths).mul_(plan.share).sqrt_()
+            w = torch.segment_reduce(before.square_(), "sum", lengths=plan.lengths).mul_(plan.share).sqrt_()
+            names, d, w = _per_module(owners, d, torch.maximum(w, plan.floor))
             self._vectors.append((names, "update_ratio", d / w))
             self._adam_values(optimizer, owners)
 
     def _adam_values(self, optimizer: Any, owners: list[str]) -> None:
         """Adam's bias-corrected update RMS and the share of second moments below eps**2, per
-        module: foreach kernels over chunks of parameters sharing betas, eps and step (a Python
-        loop of ~12 kernels per parameter took ~0.15 s per sampled step of a 1000-module model),
-        each chunk at most stats.BATCH_BYTES so the temporaries stay small for a large model."""
+        module, from strided samples of the moments: each run of parameters that share betas, eps
+        and step (at most stats.BATCH_BYTES of samples) is one flat vector, so the kernel count
+        does not grow with the number of parameters (a `_foreach_*` op is a loop of one kernel per
+        tensor on the CPU: ~0.1 s per sampled step of a 1000-module model)."""
         # The optimizer's own parameter objects: its state is keyed by them, not by views of them.
         pairs = [(p, g) for g in optimizer.param_groups for p in g["params"]]
         found = []
@@ -369,11 +412,13 @@ class EarlyWarningSampler:
                 continue
             if isinstance(v, torch.Tensor) and isinstance(m, torch.Tensor) and step is not None:
                 v, m = local_tensor(v), local_tensor(m)
-                numel = v.numel()
-                if v.shape == m.shape and v.is_contiguous() and m.is_contiguous():
-                    # the same entries of both moments; each sampled sum stands for numel / sampled entries
-                    v, m = stats.strided_sample(v, SAMPLE), stats.strided_sample(m, SAMPLE)
-                found.append((owner, v, m, step, group, numel))
+                if v.shape != m.shape or v.numel() == 0:
+                    continue
+                if v.is_contiguous() and m.is_contiguous():
+                    sampled = tuple(stats.strided_sample(x, SAMPLE, odd_stride=True) for x in (v, m))
+                else:
+                    sampled = (v, m)
+                found.append((owner, *sampled, step, group, v.numel()))
         chunks: dict[tuple, list[list[Any]]] = {}
         for (owner, v, m, _, group, numel), t in zip(found, _step_counts([entry[3] for entry in found])):
             beta1, beta2 = group.get("betas", (0.9, 0.999))
@@ -389,22 +434,23 @@ class EarlyWarningSampler:
         with torch.no_grad():
             for (beta1, beta2, eps, t, device), runs in chunks.items():
                 for _, *run in runs:
-                    vs = [v.float() for _, v, _, _ in run]
-                    ms = [m.float() for _, _, m, _ in run]
-                    v_hat = torch._foreach_div(vs, 1 - beta2 ** t)
-                    denom = torch._foreach_add(torch._foreach_sqrt(v_hat), eps)
-                    update = torch._foreach_div(torch._foreach_div(ms, 1 - beta1 ** t), denom)
-                    # clamp_max(v_hat - eps**2, 0) is non-zero exactly where v_hat < eps**2: its 0-"norm" counts them.
-                    below = stats.foreach_norms(torch._foreach_clamp_max(torch._foreach_sub(v_hat, eps * eps), 0.0), 0.0)
+                    # grouped by shape: a stack per shape, no op per parameter (run reordered to match)
+                    order = _shape_order([v for _, v, _, _ in run])
+                    run = [run[i] for i in order]
+                    v = _stacked_flat([v for _, v, _, _ in run], device)
+                    m = _stacked_flat([m for _, _, m, _ in run], device)
+                    # In place where it can be: these are the sampled step's only temporaries.
                     # An entry no gradient has reached yet (the embedding row of a token, or a position,
-                    # that no batch used so far) has both moments exactly zero: its update is 0, not m / eps.
-                    # Only entries that had a gradient can have a second moment that collapsed; v >= 0,
-                    # so v + |m| is non-zero exactly where one of them is (its 0-"norm" counts those).
-                    reached = stats.foreach_norms(torch._foreach_add(vs, torch._foreach_abs(ms)), 0.0).to(device)
-                    numel = torch.tensor([float(v.numel()) for _, v, _, _ in run], device=device)
-                    # every unreached entry has v_hat = 0 < eps**2: take them out of the count
-                    below = below.to(device) - (numel - reached)
-                    row = torch.stack([stats.foreach_norms(update).to(device).square(), below, numel, reached], 1)
+                    # that no batch used so far) has both moments exactly zero: its update is 0, not m / eps,
+                    # and only entries that had a gradient can have a second moment that collapsed.
+                    reached = v.ne(0).logical_or_(m.ne(0))
+                    v_hat = v.div_(1 - beta2 ** t)
+                    below = v_hat.lt(eps * eps).logical_and_(reached)
+                    update = m.div_(1 - beta1 ** t).div_(v_hat.sqrt_().add_(eps)).square_()
+                    lengths = torch.tensor([v.numel() for _, v, _, _ in run], device=device)
+                    sums = [torch.segment_reduce(column, "sum", lengths=lengths)
+                            for column in (update, below.float(), reached.float())]
+                    row = torch.stack([sums[0], sums[1], lengths.to(sums[0].dtype), sums[2]], 1)
                     # a sampled parameter's sums stand for its numel / sampled entries
                     share = torch.tensor([total / v.numel() for _, v, _, total in run], device=device)
                     rows.append(row * share[:, None])
@@ -428,7 +474,6 @@ class EarlyWarningSampler:
         self._handles.clear()
         self._reduce_outputs()
         values, self._values, self.stack, self._before, self._step = self._values, [], [], None, None
-        self._before_views = []
         vectors, self._vectors = self._vectors, []
         self.in_mha = False
         if not values and not vectors:
@@ -511,6 +556,13 @@ class EarlyWarningSampler:
                                baseline=baseline, ratio=ratio, slope=_slope(points), since_step=points[0][0]))
 
 
+def _on_top(mode: TorchFunctionMode) -> bool:
+    """This mode is the innermost active function mode (so it can step aside and back)."""
+    from torch.overrides import _get_current_function_mode_stack
+    stack = _get_current_function_mode_stack()
+    return bool(stack) and stack[-1] is mode
+
+
 def _larger(a: float, b: float) -> bool:
     return math.isnan(b) or (not math.isnan(a) and abs(a) > abs(b))
 
@@ -522,6 +574,68 @@ def _per_module(owners: list[str], delta: torch.Tensor, weight: torch.Tensor) ->
     d = torch.zeros(len(names), dtype=delta.dtype, device=delta.device).index_add_(0, index, delta.square())
     w = torch.zeros(len(names), dtype=weight.dtype, device=weight.device).index_add_(0, index, weight.square())
     return names, d.sqrt(), w.sqrt()
+
+
+class _UpdatePlan:
+    """What a sampled step's update ratios need of one parameter set, made once: each parameter's
+    strided sample as a flat view (a copy only for a non-contiguous parameter, made again at each
+    use), their lengths in the one flat vector, numel / sampled, and the weight-norm floors."""
+
+    def __init__(self, params: list[torch.Tensor]):
+        self.params = list(params)
+        samples = [stats.strided_sample(p, SAMPLE, odd_stride=True) for p in params]
+        device = params[0].device if params else torch.device("cpu")
+        self.device = device
+        self._views = [s.view(-1) if s.is_contiguous() or s.dim() <= 1 else None for s in samples]
+        self._samples = samples
+        self.lengths = torch.tensor([s.numel() for s in samples], device=device)
+        self.share = torch.tensor([p.numel() / max(1, s.numel()) for p, s in zip(params, samples)], device=device)
+        # The weights' norm, floored at an RMS of 0.05: weights that start at zero (a position
+        # table, a zero-initialised projection) would otherwise show a huge ratio for a normal step.
+        self.floor = torch.tensor([0.05 * math.sqrt(p.numel()) for p in params], device=device)
+
+    @property
+    def views(self) -> list[torch.Tensor]:
+        return [v if v is not None else s.reshape(-1) for v, s in zip(self._views, self._samples)]
+
+
+def _flat(views: list[torch.Tensor]) -> torch.Tensor:
+    """1-D views as one new float32 vector on the first one's device."""
+    device = views[0].device
+    if all(v.dtype == views[0].dtype and v.device == device for v in views):
+        return torch.cat(views).float()
+    return torch.cat([v.to(device, torch.float32) for v in views])
+
+
+def _shape_order(tensors: list[torch.Tensor]) -> list[int]:
+    """The tensors' indices, those of one shape, dtype and device together (first-seen order)."""
+    groups: dict[tuple, list[int]] = {}
+    for i, t in enumerate(tensors):
+        groups.setdefault((t.shape, t.dtype, t.device), []).append(i)
+    return [i for members in groups.values() for i in members]
+
+
+def _stacked_flat(tensors: list[torch.Tensor], device: torch.device) -> torch.Tensor:
+    """The tensors' values as one new float32 vector on `device`, in their order: each run of
+    equally shaped tensors (`_shape_order` makes the runs) is stacked straight into its slice, so
+    the op count grows with the number of shapes, not of tensors, and nothing is copied twice."""
+    out = torch.empty(sum(t.numel() for t in tensors), dtype=torch.float32, device=device)
+    start = end = offset = 0
+    while start < len(tensors):
+        first = tensors[start]
+        end = start + 1
+        while end < len(tensors) and (tensors[end].shape, tensors[end].dtype, tensors[end].device) == \
+                (first.shape, first.dtype, first.device):
+            end += 1
+        size = first.numel() * (end - start)
+        target = out[offset:offset + size].view(end - start, *first.shape)
+        if first.dtype == torch.float32 and first.device == device:
+            torch.stack(tensors[start:end], out=target)
+        else:
+            target.copy_(torch.stack(tensors[start:end]))
+        offset += size
+        start = end
+    return out
 
 
 def _step_counts(steps: list[Any]) -> list[float]:

@@ -589,6 +589,8 @@ class Watch:
             return
         capture = self._capture or _Capture(self.step_index, bundle_writer.capture_rng())
         self._capture = capture
+        if self.early is not None:
+            self.early.end_passes()
         params = self.params()
         grads = self._local([g for g in map(_GRAD, params) if g is not None])   # one .grad read per parameter
         stats_step = self._stats_step(capture.step)
@@ -1104,6 +1106,13 @@ class Watch:
         def hook(module: Any, args: Any, output: Any) -> None:
             if stats.in_functorch_transform() or compiled.compiling():
                 return
+            if self.early is not None and self.early.in_mode:     # a sampled step: outside its mode
+                with self.early.outside_mode():
+                    note(output)
+            else:
+                note(output)
+
+        def note(output: Any) -> None:
             if isinstance(output, torch.Tensor):
                 tensors = [output] if (output.is_floating_point() or output.is_complex()) and output.numel() else []
             else:

@@ -20,6 +20,7 @@ every location is a line the user wrote.
 """
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Optional
 
@@ -56,6 +57,23 @@ class RerunOutcome:
     # and its non-finite rows (the guard knows which DataLoader samples those are).
     entered: Optional[torch.Tensor] = None
     entered_rows: list[int] = field(default_factory=list)
+    # The traced step did not reach its end (its optimizer step, its closure's return, the end of
+    # its backward): why (trace.UnfinishedStep.reason) and what was traced; None when it ended.
+    unfinished: Optional[dict[str, Any]] = None
+
+
+# Bounds on a traced step (docs/guides/replay.md): a step that never reaches its end (a loop shape
+# the guard does not know) would be traced through the rest of the script; it is cut there, and
+# what was traced is diagnosed. One training step of the models nandoctor is used on takes
+# thousands to a few hundred thousand ops; tracing runs at roughly 10-50 microseconds an op on a CPU.
+TRACE_MAX_OPS = 2_000_000
+TRACE_MAX_SECONDS = 300.0
+
+
+class TraceLimit(BaseException):
+    """Raised from inside the traced step when it ran past its op or time budget (a step that
+    never ends where it is meant to: the rest of the script would be traced op by op). A
+    BaseException, so the script's own `except Exception:` cannot swallow it."""
 
 
 def substitute(logged: TopCall, args: tuple, kwargs: dict) -> tuple[tuple, dict]:
@@ -111,6 +129,11 @@ class Rerun:
         self._losses: list[torch.Tensor] = []
         self.batches: list[tuple[int, Any, Optional[list]]] = []   # the failing step's DataLoader batches
         self.outcome = RerunOutcome()
+        # Bounds on the traced step (0: none): a step that never reaches its end is cut here.
+        self.max_ops = TRACE_MAX_OPS
+        self.max_seconds = TRACE_MAX_SECONDS
+        self.began = 0.0
+        self.limit_hit: Optional[str] = None
 
     # ---- events from the guard's hooks -----------------------------------------------------------
     def on_top_call(self, module: torch.nn.Module, args: tuple, kwargs: dict) -> Optional[tuple[tuple, dict]]:
@@ -174,11 +197,28 @@ class Rerun:
             bundle_writer.restore_rng(self.rng)
         self.tracer = OriginTracer(users_module(self.model), self.precision, self.step,
                                    model_name=self.model_name, qualified_modules=self.qualified_modules)
+        if self.max_ops or self.max_seconds:
+            self.tracer.on_each_op = self._within_budget
+        self.began = time.perf_counter()
         self.tracer.__enter__()
         self.state = "tracing"
 
-    def finish(self) -> RerunOutcome:
-        """The traced iteration reached its optimizer step (or its backward ended): the origin."""
+    def _within_budget(self, ops: int) -> None:
+        """Called by the tracer for every op it sees: cut a step that runs past its bounds."""
+        if self.limit_hit is not None:
+            return
+        if self.max_ops and ops > self.max_ops:
+            self.limit_hit = f"the traced step ran past {self.max_ops:,} ops without reaching its end"
+        elif self.max_seconds and ops % 256 == 0 and time.perf_counter() - self.began > self.max_seconds:
+            self.limit_hit = (f"the traced step ran past {self.max_seconds:g} s ({ops:,} ops) without reaching its end")
+        if self.limit_hit is not None:
+            raise TraceLimit(self.limit_hit)
+
+    def finish(self, unfinished: Optional[tuple[str, str]] = None) -> RerunOutcome:
+        """The traced iteration reached its optimizer step (or its backward ended): the origin.
+        `unfinished` (reason, detail): it never got there (the script ended, raised or exited, or
+        the trace hit its bounds); what was traced until then is judged, its first non-finite op
+        the origin when neither loss nor gradients went non-finite yet."""
         if self.state != "tracing" or self.tracer is None:
             return self.outcome
         tracer = self.tracer
@@ -188,10 +228,20 @@ class Rerun:
                 self.outcome.losses = [float(l.detach().float()) for l in self._losses]
         finally:
             self.close()
+        if unfinished is not None:
+            reason, detail = unfinished
+            self.outcome.unfinished = dict(reason=reason, detail=detail, ops=tracer.ops_seen,
+                                           seconds=round(time.perf_counter() - self.began, 3))
+            if failure is None and tracer.origin([]) is not None:
+                failure = "op"        # born before the step could surface it in a loss or gradient
         self.outcome.reproduced = failure is not None
         if failure is None:
             self.outcome.note = (f"step {self.step} stayed finite when the loop ran it again from the same weights, "
                                  "inputs and random state")
+            if unfinished is not None:
+                self.outcome.reproduced = None      # it never ran to its end: not a finite re-run
+                self.outcome.note = (f"step {self.step} was traced ({tracer.ops_seen:,} ops) but did not end normally "
+                                     f"({unfinished[1]}), and nothing non-finite was born before that")
             return self.outcome
         root = tracer.origin(surfaces)
         if root is None:

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from typing import Any, Optional
 
 from ..load.script import TrainingScript
+from .rerun import TraceLimit
 from .script_guard import ScriptGuard, ScriptStop
 
 
@@ -47,15 +48,23 @@ def execute_script(script: TrainingScript, guard: ScriptGuard) -> ScriptOutcome:
         else:
             runpy.run_path(str(script.path), run_name="__main__")
         outcome.exit_code = 0
+        guard.script_end = ("script-ended", "the script ran to its end")
     except ScriptStop:
         outcome.stopped = True
+    except TraceLimit as limit:
+        # A traced step that never reached its end was cut at its bound (watcher/rerun.py).
+        outcome.stopped = True
+        guard.script_end = ("trace-limit", str(limit))
     except SystemExit as exit:
         outcome.exit_code = _exit_code(exit.code)
+        guard.script_end = ("script-exited", f"the script called sys.exit({exit.code!r})")
     except KeyboardInterrupt as err:
         outcome.interrupted = True
         outcome.error = err
+        guard.script_end = ("interrupted", "KeyboardInterrupt")
     except BaseException as err:  # noqa: BLE001 - the script's own exception: a finding, never our crash
         outcome.error = err
+        guard.script_end = ("script-raised", f"the script raised {type(err).__name__}: {str(err)[:160]}")
         guard.phase_at_error = guard.phase_now
         guard.on_script_error(err)
     finally:

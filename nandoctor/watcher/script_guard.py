@@ -167,6 +167,7 @@ class ScriptGuard:
         self.stop: Optional[Stop] = None
         self.rerun: Optional[Rerun] = None
         self._optimizers: "weakref.WeakSet[torch.optim.Optimizer]" = weakref.WeakSet()
+        self._holderless: set[int] = set()     # optimizers no live module holds the parameters of
         self._scalers: dict[int, Any] = {}            # id(optimizer) -> scaler that steps it
         self._scaled: "weakref.WeakSet[torch.Tensor]" = weakref.WeakSet()
         self._window = _Window()
@@ -191,6 +192,8 @@ class ScriptGuard:
         self.argv: list[str] = []
         self.phase_now = Phase.DATA            # where the loop is, for an exception's finding
         self.phase_at_error: Optional[Phase] = None
+        # How the script ended, when it was not stopped by the guard: (UnfinishedStep reason, detail).
+        self.script_end: Optional[tuple[str, str]] = None
         self.timed_out = False
         self._deadline = time.monotonic() + max_seconds if max_seconds else None
 
@@ -729,7 +732,12 @@ class ScriptGuard:
         if not scored:
             # A step whose gradients came from no module call: the loop calls the forward as a
             # method (`self.forward(x)` inside the module, Forward-Forward's per-layer training).
-            return _module_holding(wanted) if optimizer is not None and self._has_gradients(optimizer) else None
+            if optimizer is None or id(optimizer) in self._holderless or not self._has_gradients(optimizer):
+                return None
+            holder = _module_holding(wanted)
+            if holder is None:      # bare Parameters: the search walks the whole heap, so only once
+                self._holderless.add(id(optimizer))
+            return holder
         best_count, best = max(scored, key=lambda s: s[0])
         if best_count < len(wanted) and len(scored) > 1:
             parent = _common_parent([m for _, m in scored])
@@ -914,10 +922,10 @@ class ScriptGuard:
         if self.stop is not None and (self.rerun is None or self.rerun.state == "done"):
             raise ScriptStop()
 
-    def _finish_rerun(self) -> None:
+    def _finish_rerun(self, unfinished: Optional[tuple[str, str]] = None) -> None:
         if self.rerun is None:
             return
-        outcome = self.rerun.finish()
+        outcome = self.rerun.finish(unfinished)
         if self.stop is not None:
             self.stop.rerun = outcome
             if outcome.event is not None:
@@ -927,6 +935,20 @@ class ScriptGuard:
                 samples = _indices_in(self.rerun.batches, outcome.entered, outcome.entered_rows)
                 if samples:
                     outcome.event.detail += f"; dataset indices {shown_list(samples)}"
+
+    def _check_unstepped_step(self) -> None:
+        """The script ended (its own NaN check raised or exited, say) after a backward pass whose
+        optimizer step never came: that step is checked as its step hook would have checked it.
+        The weights are still the ones it used, so its bundle replays it."""
+        try:
+            if bool(torch.isfinite(torch.stack([l.detach().float().reshape(()) for l in self._window.losses])).all()):
+                return         # a finite step the script left is not a step to report
+            for watch in list(self.watches.values()):
+                if self.stop is None and watch.optimizer is not None and any(
+                        p.grad is not None for g in watch.optimizer.param_groups for p in g["params"]):
+                    watch.check_gradients()
+        except Exception:  # noqa: BLE001 - a failing check must not hide how the script ended
+            return
 
     def _nonfinite_at_end(self) -> Optional[str]:
         """A last look when nothing fired (the promise that a non-finite run never passes, also
@@ -972,6 +994,8 @@ class ScriptGuard:
     def finish(self) -> None:
         """The script ended (or was stopped): close a re-run that never came, and experiments the
         loop did not run to their end."""
+        if self.stop is None and self.script_end is not None and self._window.losses:
+            self._check_unstepped_step()
         if self.stop is None:
             self.final_nonfinite = self._nonfinite_at_end()
         failing = self.stop.step if self.stop is not None else 0
@@ -981,6 +1005,10 @@ class ScriptGuard:
         self._rewind, self._rewinds = None, []
         if self.rerun is not None and self.rerun.state == "armed" and self.stop is not None:
             self.stop.rerun = RerunOutcome(note="the script ended before the loop ran the failing step again")
+        if self.rerun is not None and self.rerun.state == "tracing" and self.stop is not None:
+            # The traced step never reached its end (a loop shape whose step ends elsewhere, an
+            # exception, sys.exit): what was traced until the script ended is the diagnosis.
+            self._finish_rerun(unfinished=self.script_end or ("script-ended", "the script ended"))
         if self.rerun is not None:
             self.rerun.close()
         for watch in self.all_watches():
@@ -1112,11 +1140,13 @@ def _module_holding(wanted: set[int]) -> Optional[torch.nn.Module]:
     best: Optional[torch.nn.Module] = None
     best_size = 0
     for obj in gc.get_objects():
+        # type(), not isinstance(): isinstance reads `__class__`, which some library objects turn
+        # into a property that warns (torch.distributed.reduce_op).
+        if not issubclass(type(obj), torch.nn.Module):
+            continue
         try:
-            if not isinstance(obj, torch.nn.Module):
-                continue
             held = {id(p) for p in obj.parameters()}
-        except Exception:  # an object whose __class__ or parameters() misbehaves is no model of ours
+        except Exception:  # a module whose parameters() misbehaves (half-built) is no model of ours
             continue
         if wanted <= held and (best is None or len(held) < best_size):
             best, best_size = obj, len(held)

@@ -17,7 +17,7 @@ from ..run.session import optimizer_facts
 from ..run.user_code import target_out_of_range, user_error
 from ..trace import (CompileReplay, ErrorCategory, LoopFacts, ModelInfo, NonfiniteEvent, Phase, RunStatus, RunTrace, StepRecord,
                      Trace)
-from ..trace import BlamedSample, Intervention, SampleBlame
+from ..trace import BlamedSample, Intervention, SampleBlame, UnfinishedStep
 from .guard import Watch
 from .script import ScriptOutcome
 from .guard import batch_name
@@ -97,6 +97,8 @@ def _run(guard: ScriptGuard, watch: Optional[Watch], outcome: ScriptOutcome,
         run.steps_requested = stop.step + 1
         run.status = RunStatus.NONFINITE.value
         run.first_nonfinite = _event(stop, precision, guard.loop_facts(watch))
+        if stop.rerun is not None and stop.rerun.unfinished is not None:
+            run.unfinished_step = UnfinishedStep(**stop.rerun.unfinished)
         if stop.raised:
             run.note = f"the model's forward raised {stop.raised} on this batch"
         return run

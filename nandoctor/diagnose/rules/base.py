@@ -124,17 +124,29 @@ def _fmt(value: float) -> str:
     return f"{value:.4g}" if isinstance(value, (int, float)) else str(value)
 
 
+# Finite steps a run trained past its last spike, with no further spike, before a spike that
+# never fell back counts as absorbed: a level the run settled at (a GAN's discriminator norm rising
+# as it wins), not a blow-up in the making. Longer than the spike window (64) and RECOVERY_STEPS (20).
+ABSORBED_AFTER_STEPS = 100
+
+
 class SpikeRule(EarlyWarningRule):
     """Loss and gradient-norm spikes. Noisy losses (small batches, heavy-tailed targets) have
     spikes the run shrugs off within a few steps; those are reported as info so that a healthy
-    run passes. A spike warns when the run later went non-finite, a policy acted on it, it was
-    itself non-finite, or the statistic did not come back within RECOVERY_STEPS."""
+    run passes, and so are spikes the run trained ABSORBED_AFTER_STEPS finite steps past with no
+    further spike. A spike warns when the run later went non-finite, a policy acted on it, it was
+    itself non-finite, or the statistic did not come back within RECOVERY_STEPS and the run did not
+    go on long after it."""
 
     def severity(self, run: Any, warnings: list["EarlyWarning"]) -> Severity:
-        if run.first_nonfinite is not None or any(w.action != "warn" or not w.finite or w.recovered_after is None
-                                                  for w in warnings):
+        if run.first_nonfinite is not None or any(w.action != "warn" or not w.finite for w in warnings):
             return Severity.WARNING
-        return Severity.INFO
+        if all(w.recovered_after is not None for w in warnings):
+            return Severity.INFO
+        last_step = run.start_step + run.steps_run - 1 if run.steps_run else None
+        if last_step is not None and last_step - max(w.step for w in warnings) >= ABSORBED_AFTER_STEPS:
+            return Severity.INFO
+        return Severity.WARNING
 
     def evidence(self, run: Any, warning: "EarlyWarning") -> list[str]:
         lines = super().evidence(run, warning)

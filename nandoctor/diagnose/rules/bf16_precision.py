@@ -5,7 +5,7 @@ from ...trace import NonfiniteEvent
 from ..evidence import at, at_origin, input_facts, precisions_of
 from ..facts import module_label, op_short, where
 from ..finding import Finding, Severity
-from ..op_semantics import classify
+from ..op_semantics import POLE, classify
 from ..ownership import fails_only_in_16bit, wide_runs, wide_step_finite
 from .base import Context, OriginRule
 
@@ -27,7 +27,10 @@ class Bf16Precision(OriginRule):
 
     How to fix: compute the sensitive statistic in float32 (`x.float().var(-1)` or
     `torch.autocast(device_type, enabled=False)` around it), use the two-pass / Welford form
-    (`torch.var`) instead of E[x²] - E[x]², and clamp before sqrt/log (`.clamp_min(0)`).
+    (`torch.var`) instead of E[x²] - E[x]², and clamp before sqrt/log (`.clamp_min(0)`). When
+    the input landed exactly on the op's pole (a probability rounded to 1.0 before `log1p(-p)`),
+    the fix says so: bfloat16's spacing below 1 is 2**-8, so a guard such as
+    `clamp(max=1 - 1e-6)` rounds to 1.0 and guards nothing.
 
     Example: `var = (x * x).mean(-1) - x.mean(-1) ** 2; x / torch.sqrt(var + 1e-5)` under bf16-true.
 
@@ -58,11 +61,22 @@ class Bf16Precision(OriginRule):
         if event.producer is not None:
             evidence.append(f"its input came from {event.producer.op}{at(event.producer.source)}")
         name = op_short(event.op)
-        fix = (f"compute this statistic in float32{at(loc)}: `x = x.float()` before it (or "
-               "`torch.autocast(device_type, enabled=False)`), use `torch.var(x, -1, unbiased=False)` instead "
-               f"of E[x²] - E[x]², and clamp the argument of {name} (`.clamp_min(0)`)")
+        producer = op_short(event.producer.op) if event.producer is not None else ""
+        title = f"bfloat16 rounding made {name}'s input leave its domain{at(loc)}"
+        if mechanism and mechanism[0] == POLE and producer not in ("sub", "rsub", "add"):
+            title = f"bfloat16 rounding put {name}'s input on its pole{at(loc)}"
+            # no cancellation made the value: rounding put it exactly on the pole, where a guard constant near
+            # the pole (1 - 1e-6) is itself rounded onto it
+            fix = (f"compute it in float32{at(loc)}: `x = x.float()` before it (or "
+                   "`torch.autocast(device_type, enabled=False)`); a clamp bound near the pole must be "
+                   "representable in bfloat16 (its spacing below 1 is 2**-8: `1 - 1e-6` rounds to 1.0), or use the "
+                   "fused stable form from logits (`F.logsigmoid`, `torch.log_softmax`)")
+        else:
+            fix = (f"compute this statistic in float32{at(loc)}: `x = x.float()` before it (or "
+                   "`torch.autocast(device_type, enabled=False)`), use `torch.var(x, -1, unbiased=False)` instead "
+                   f"of E[x²] - E[x]², and clamp the argument of {name} (`.clamp_min(0)`)")
         return Finding(self.id, Severity.ERROR.value, 0.8,
-                                f"bfloat16 rounding made {name}'s input leave its domain{at(loc)}", evidence, fix,
+                                title, evidence, fix,
                                 module=module or None, source=loc, precisions=[e.precision for e in group],
                                 explains_origin=True, mechanism=mechanism[0] if mechanism else "",
                                 upstream=bool(fails_only_in_16bit(ctx.trace, event)))

@@ -34,7 +34,9 @@ class LossSpike(SpikeRule):
     it once in ~1e9), `spikes.min_ratio` 1.5x the median, `spikes.window` 64, `spikes.warmup` 20 steps.
     A layer has moved at 2x its window median. Confidence 0.6. Severity warning; info for
     spikes that stayed finite, were left alone and came back under
-    `min_ratio` x its median within 20 steps, in a run that never went non-finite.
+    `min_ratio` x its median within 20 steps, in a run that never went non-finite,
+    or that such a run then trained 100 finite steps past with no further spike (a level it
+    settled at).
     """
 
     id = "loss-spike"

@@ -1,9 +1,10 @@
 """The replay's execution paths beside the recorded run's (trace/paths.py).
 
 The crash bundle says which paths the recorded step took (`paths`; older bundles: the device,
-torch version and precision they always held). The replay runs the step once more with a
-PathObserver (run/fused_paths.py) watching which attention kernel and fast path each call took,
-reads the optimizer's implementation, and compares.
+torch version and precision they always held). A replay that stayed finite runs the step once
+more with a PathObserver (run/fused_paths.py) watching which attention kernel and fast path each
+call took, reads the optimizer's implementation, and compares; a replay that reproduced the
+failure, or a training script's (its own loop ran the step), compares what settings tell.
 """
 from __future__ import annotations
 
@@ -30,7 +31,7 @@ def bundle_paths(found: Bundle) -> tuple[list[ExecutionPath], str]:
     m = found.manifest
     fallback = [ExecutionPath("autocast", AUTOCAST, autocast_dtype(m.precision))]
     if m.device:
-        fallback.insert(0, ExecutionPath("device", DEVICE, torch.device(m.device).type))
+        fallback.insert(0, ExecutionPath("device", DEVICE, m.device.split(":")[0]))
     if m.versions.get("torch"):
         fallback.insert(1, ExecutionPath("torch", TORCH, m.versions["torch"]))
     return fallback, note
