@@ -190,6 +190,13 @@ def char_text(root: Path, path: str = "input.txt", words: int = 1500) -> None:
 
 
 @generator
+def text_file(root: Path, path: str, text: str) -> None:
+    """A small text file the script's own CLI reads (a LightningCLI --config yaml, a data file)."""
+    (root / path).parent.mkdir(parents=True, exist_ok=True)
+    (root / path).write_text(text)
+
+
+@generator
 def names(root: Path, path: str = "names.txt", count: int = 400) -> None:
     """makemore's names.txt: one made-up name a line."""
     syllables = ["an", "be", "ca", "de", "el", "fi", "ga", "ho", "is", "ja", "ka", "li", "mo", "na", "ol", "pe",

@@ -48,12 +48,16 @@ _SAFE_NAME = re.compile(r"^[a-z_]+\.safetensors$")
 # torch.compile's wrapper (OptimizedModule) holds the user's module as `_orig_mod`: names read as
 # the user wrote them without that segment (older bundles may still carry it).
 COMPILE_WRAPPER_ATTR = "_orig_mod"
+# Lightning Fabric's fabric.setup(model) returns a _FabricModule holding the user's module as
+# `_forward_module`; its state_dict() already drops that segment, named_modules() and
+# named_parameters() keep it, so names are read without it too.
+WRAPPER_ATTRS = frozenset({COMPILE_WRAPPER_ATTR, "_forward_module"})
 
 
 def user_name(name: str) -> str:
     """"_orig_mod.body.0.weight" -> "body.0.weight": a parameter or module path without the
-    segments torch.compile's wrapper adds."""
-    return ".".join(part for part in name.split(".") if part != COMPILE_WRAPPER_ATTR)
+    segments that wrappers (torch.compile, Lightning Fabric) add around the user's module."""
+    return ".".join(part for part in name.split(".") if part not in WRAPPER_ATTRS)
 
 
 @dataclass

@@ -42,6 +42,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten
 
 from .fused_paths import may_take_fast_path
+from ..load.bundle import user_name
 from .mode_stack import function_mode_on_stack, leave_function_mode
 from ..trace import NonfiniteEvent, OpRef, Phase, SourceLocation, TensorSummary
 from . import stats
@@ -246,7 +247,10 @@ class OriginTracer(StepProbe):
         self.step = step
         self.phase = Phase.DATA.value
         self._module_stack: list[str] = []
-        self._names = {id(m): _qualified(model_name, name, qualified_modules) for name, m in model.named_modules()}
+        # Paths as the user wrote them: a wrapper's segment (Fabric's `_forward_module`, torch.compile's
+        # `_orig_mod`) is not part of the user's module names.
+        self._names = {id(m): _qualified(model_name, user_name(name), qualified_modules)
+                       for name, m in model.named_modules()}
         self._handles: list[Any] = []
         self._provenance: dict[int, tuple[weakref.ref, Optional[_Root]]] = {}
         self._producers: dict[int, tuple[weakref.ref, OpRef]] = {}
