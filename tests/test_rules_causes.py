@@ -461,6 +461,22 @@ def test_a_confirmed_high_lr_outranks_the_exploding_gradients_it_causes():
     assert "confirmed" in findings[0].rank_reason and "symptom" in findings[1].rank_reason
 
 
+def test_a_confirmed_lr_far_above_the_optimizers_usual_range_is_not_proposed_alone():
+    # Adam at lr 1e5 re-trained finite at lr 1 for a few steps: 1 is still no Adam setting.
+    run = _diverging()
+    run.optimizer = {"name": "AdamW", "lr": 1e5}
+    confirm = ExperimentResult(id="lower-lr", label="lr 1e5 -> 1", precision="32-true", steps_run=3,
+                               outcome="finite", change={"lr_scale": 1e-5})
+    fix = next(f for f in diagnose(trace_of(run, experiments=[confirm])) if f.id == "high-lr").fix
+    assert "1e+00 (re-trained with it" in fix and "AdamW's usual range (1e-05 to 1e-02)" in fix
+    assert "start from 1e-02" in fix
+    # SGD at 2 confirmed at 0.2: within SGD's usual range, the confirmed value alone.
+    sgd = next(f for f in diagnose(trace_of(_diverging(), experiments=[
+        ExperimentResult(id="lower-lr", label="lr 2 -> 0.2", precision="32-true", steps_run=3, outcome="finite",
+                         change={"lr_scale": 0.1})])) if f.id == "high-lr").fix
+    assert "2e-01 (re-trained with it, the run stayed finite)" in sgd and "usual range" not in sgd
+
+
 def test_exploding_gradients_fires_on_growth_and_not_on_a_flat_norm():
     assert "exploding-gradients" in ids(diagnose(trace_of(_diverging())))
     flat = steps([1.0] * 4)

@@ -19,6 +19,24 @@ LOSS_ORDERS = 100.0
 # (the lower-lr experiment) leaves it non-finite or negative, so the experiment cannot answer.
 SCHEDULE = "schedule"
 
+# The learning rates each optimizer family is commonly run at (low, high): a re-trained lr that
+# stayed finite for a few steps but sits far above `high` is no setting to propose on its own.
+USUAL_LR: dict[str, tuple[float, float]] = {
+    **{name: (1e-5, 1e-2) for name in ("Adam", "AdamW", "Adamax", "NAdam", "RAdam", "SparseAdam",
+                                        "FusedAdam", "AdamW8bit", "Adam8bit", "Lamb", "LAMB")},
+    "SGD": (1e-3, 1.0), "RMSprop": (1e-5, 1e-2), "Adagrad": (1e-3, 1e-1),
+}
+
+
+def usual_range_note(optimizer: dict[str, Any], lr: float) -> str:
+    """A note when `lr` is over 10x the top of the optimizer's usual range, else ''."""
+    name = str(optimizer.get("name") or "")
+    usual = USUAL_LR.get(name)
+    if usual is None or not lr > 10 * usual[1]:
+        return ""
+    return (f"; {lr:.0e} is still over 10x the top of {name}'s usual range ({usual[0]:.0e} to {usual[1]:.0e}), "
+            f"so start from {usual[1]:.0e} or your recipe's value for a long run")
+
 
 @dataclass
 class _Divergence:
@@ -309,7 +327,8 @@ class HighLearningRate(Rule):
         delayed = [e for e in tried if e.outcome == "nonfinite" and e.first_bad_step is not None
                    and run.first_nonfinite is not None and e.first_bad_step > run.first_nonfinite.step]
         if known and finite_scales:
-            new_lr = f"{lr * max(finite_scales):.0e} (re-trained with it, the run stayed finite)"
+            new_lr = (f"{lr * max(finite_scales):.0e} (re-trained with it, the run stayed finite"
+                      + usual_range_note(run.optimizer, lr * max(finite_scales)) + ")")
         elif known and delayed:
             e = delayed[0]
             new_lr = (f"well below {lr * e.change['lr_scale']:.0e} (re-trained at {lr * e.change['lr_scale']:.0e}, "
