@@ -31,6 +31,7 @@ import torch  # noqa: E402
 from torch import nn  # noqa: E402
 
 from bench_overhead import build  # noqa: E402
+from bench_watch import one_step  # noqa: E402
 
 
 def baseline_package(root: Path) -> object:
@@ -49,18 +50,7 @@ def loop(name: str, package: object = None, stats_every: int = 0, early_every: i
     watch = package.watch(model, opt, out=tempfile.mkdtemp(), stats_every=stats_every, **early) if package else None
 
     def step() -> None:
-        if watch is None:
-            loss = nn.functional.cross_entropy(model(x), y)
-            loss.backward()
-            opt.step()
-            opt.zero_grad(set_to_none=True)
-            loss.item()            # a real loop logs its loss: one sync per step, as the watch's
-        else:
-            with watch.step((x, y)):
-                loss = watch.loss(nn.functional.cross_entropy(model(x), y))
-                loss.backward()
-                opt.step()
-                opt.zero_grad(set_to_none=True)
+        one_step(model, opt, watch, x, y)      # the same loop body as bench_watch.py's
     return step
 
 
