@@ -43,10 +43,19 @@ def test_run_keeps_no_copy_of_a_large_models_weights_in_memory(tmp_path):
     temporary = tmp_path / "tmp"
     temporary.mkdir()
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1", "TMPDIR": str(temporary)}
+    # A rewind file left by a run that was killed (its process is gone) and one of a live run.
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    orphan = temporary / f"nandoctor-rewind-{dead.pid}-0-abc.pt"
+    live = temporary / f"nandoctor-rewind-{os.getpid()}-0-def.pt"
+    orphan.write_bytes(b"x")
+    live.write_bytes(b"x")
     plain = peak_rss_mib([sys.executable, "train.py"], tmp_path, env)
     guarded = peak_rss_mib([sys.executable, "-m", "nandoctor", "run", "-q", "train.py"], tmp_path, env)
     # Before: +128 MiB for the in-memory rewind copy, +128-256 MiB for the early warnings' copy of
     # the weights, +128-256 MiB for the statistics step's (step 0 of --stats-every 50). What is
     # left is start-up (~20 MiB).
     assert guarded - plain < WEIGHTS_MIB / 2, (plain, guarded)
-    assert not list(temporary.glob("nandoctor-*"))      # the rewind file is gone with the process
+    # The run's own rewind file is gone with the process; the killed run's orphan went at its
+    # first snapshot; the live process's file stays.
+    assert list(temporary.glob("nandoctor-*")) == [live]
