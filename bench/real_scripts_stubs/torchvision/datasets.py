@@ -7,6 +7,15 @@ import torch
 from torch.utils.data import Dataset
 
 
+
+def _transformed(dataset, image, target):
+    """An item through the dataset's `transform` and `target_transform`, as torchvision applies them."""
+    if dataset.transform is not None:
+        image = dataset.transform(image)
+    if dataset.target_transform is not None:
+        target = dataset.target_transform(target)
+    return image, target
+
 class MNIST(Dataset):
     """Reads `<root>/MNIST/tiny/train.pt` or `test.pt`: {"images": float [N, 28, 28] in [0, 1],
     "labels": int64 [N]}. `download` is accepted and ignored."""
@@ -24,11 +33,7 @@ class MNIST(Dataset):
 
     def __getitem__(self, index):
         image, target = self.data[index].unsqueeze(0).clone(), int(self.targets[index])
-        if self.transform is not None:
-            image = self.transform(image)
-        if self.target_transform is not None:
-            target = self.target_transform(target)
-        return image, target
+        return _transformed(self, image, target)
 
 
 class FakeData(Dataset):
@@ -46,11 +51,7 @@ class FakeData(Dataset):
         generator = torch.Generator().manual_seed(index + self.random_offset)
         image = torch.rand(self.image_size, generator=generator)
         target = int(torch.randint(0, self.num_classes, (1,), generator=generator))
-        if self.transform is not None:
-            image = self.transform(image)
-        if self.target_transform is not None:
-            target = self.target_transform(target)
-        return image, target
+        return _transformed(self, image, target)
 
 
 class CIFAR10(Dataset):
@@ -71,8 +72,4 @@ class CIFAR10(Dataset):
 
     def __getitem__(self, index):
         image, target = self.data[index].clone(), int(self.targets[index])
-        if self.transform is not None:
-            image = self.transform(image)
-        if self.target_transform is not None:
-            target = self.target_transform(target)
-        return image, target
+        return _transformed(self, image, target)
