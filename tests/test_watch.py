@@ -374,7 +374,8 @@ def test_history_carries_param_norm_and_update_ratio(tmp_path):
     train(watch, model, opt, 6)
     watch.close()
     entries = list(watch.history)
-    assert all(e["param_norm"] > 0 for e in entries[:-1])
+    # The weights are read on statistics steps (and at least every RECHECK_EVERY updates: test_update_bounds.py)
+    assert [e["step"] for e in entries if e.get("param_norm", 0) > 0] == [0, 2, 4]
     assert [e["step"] for e in entries if "update_ratio" in e] == [0, 2, 4]
     assert all(0 < e["update_ratio"] < 1 for e in entries if "update_ratio" in e)
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 import dataclasses
 import math
 from collections.abc import Mapping
-from typing import Any, Iterator, Optional
+from typing import Any, Iterator, NamedTuple, Optional
 
 import torch
 
@@ -83,7 +83,42 @@ def state_tensors(tree: Any) -> list[torch.Tensor]:
 
 
 def floating_tensors(obj: Any) -> list[torch.Tensor]:
-    return [t for _, t in iter_tensors(obj) if (t.is_floating_point() or t.is_complex()) and t.numel() > 0]
+    """The non-empty floating (or complex) tensors of `iter_tensors(obj)`, in its order. Walked
+    without iter_tensors' path strings and generators: the guard calls it on every step's batch."""
+    found: list[torch.Tensor] = []
+    _collect_floating(obj, found, 0)
+    return found
+
+
+def _collect_floating(obj: Any, found: list[torch.Tensor], depth: int) -> None:
+    if depth > 6:
+        return
+    if isinstance(obj, torch.Tensor):
+        if (obj.is_floating_point() or obj.is_complex()) and obj.numel() > 0:
+            found.append(obj)
+    elif isinstance(obj, (list, tuple)):
+        for value in obj:
+            _collect_floating(value, found, depth + 1)
+    elif isinstance(obj, Mapping):
+        for value in obj.values():
+            _collect_floating(value, found, depth + 1)
+    elif dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+        for f in dataclasses.fields(obj):
+            _collect_floating(getattr(obj, f.name), found, depth + 1)
+
+
+class grad_off:
+    """`torch.no_grad()` for the guard's per-step reductions, without its ~8 Python calls a use
+    (a constructor, a scripting check, a second context object): on a model whose step is a few
+    milliseconds, the guard's own Python shows. Not a decorator; one instance per `with`."""
+    __slots__ = ("_previous",)
+
+    def __enter__(self) -> None:
+        self._previous = torch.is_grad_enabled()
+        torch._C._set_grad_enabled(False)
+
+    def __exit__(self, *exc: Any) -> None:
+        torch._C._set_grad_enabled(self._previous)
 
 
 UNMEASURED = -1.0   # norm / nonzero of a step that only took min/max
@@ -110,7 +145,7 @@ def batch_rows(tensors: list[torch.Tensor], full: bool = True) -> torch.Tensor:
     tensor's device, computed with a fixed handful of kernels per group of equally sized tensors
     however many tensors there are (per-tensor reductions cost one kernel launch, and one
     parallel region, per module and step otherwise)."""
-    with torch.no_grad():
+    with grad_off():
         return _grouped_rows([t.abs() if t.is_complex() else t for t in tensors], full)
 
 
@@ -202,7 +237,7 @@ def row_parts(t: torch.Tensor, full: bool) -> tuple[torch.Tensor, ...]:
     """The reductions of one tensor that must happen now (before it can change in place), as
     0-dim device tensors: max, min and, for a full row, the L2 norm and non-zero count. The
     fewest ops per tensor; `parts_to_rows` turns many of them into rows at once."""
-    with torch.no_grad():
+    with grad_off():
         if t.is_complex():
             t = t.abs()
         if t.numel() == 0:
@@ -218,7 +253,7 @@ def row_parts(t: torch.Tensor, full: bool) -> tuple[torch.Tensor, ...]:
 def parts_to_rows(parts: list[tuple[torch.Tensor, ...]], full: bool) -> torch.Tensor:
     """[n, row_width(full)] rows (float32, float64 if any part is) from n tensors' `row_parts`,
     all on one device, in a fixed handful of ops."""
-    with torch.no_grad():
+    with grad_off():
         columns = [torch.stack(c) for c in zip(*parts)]      # stack promotes mixed dtypes
         out_dtype = torch.float64 if any(c.dtype == torch.float64 for c in columns) else torch.float32
         maxima = torch.maximum(columns[0], columns[1].neg())
@@ -269,7 +304,7 @@ def foreach_norms(tensors: list[torch.Tensor], ord: float = 2.0) -> torch.Tensor
     order: list[int] = []
     column: list[torch.Tensor] = []
     rest: list[int] = []
-    with torch.no_grad():
+    with grad_off():
         for members in _shape_groups(tensors).values():
             if len(members) < MIN_STACK or tensors[members[0]].numel() == 0:
                 rest += members
@@ -311,6 +346,13 @@ def _fused_norms(tensors: list[torch.Tensor], ord: float = 2.0) -> torch.Tensor:
     return out
 
 
+class _NormPlan(NamedTuple):
+    stacked: list[list[int]]            # indices normed as one stack per shape
+    rest: list[int]                     # indices normed one kernel each
+    inverse: Optional[torch.Tensor]     # back to the list's order (None: already in order)
+    direct: bool                        # nothing stacked, all float32: one plain _foreach_norm
+
+
 class GroupedNorms:
     """Per-tensor L2 norms of a list that keeps its layout from step to step (a model's gradients,
     its weights), as `foreach_norms` returns them, in fewer kernels on the CPU.
@@ -328,7 +370,7 @@ class GroupedNorms:
     MIN_GROUP = 8        # a stack, a norm, a concatenation and an index cost ~8 per-tensor kernels
 
     def __init__(self) -> None:
-        self._plans: dict[int, tuple[list[list[int]], list[int], Optional[torch.Tensor]]] = {}
+        self._plans: dict[int, _NormPlan] = {}
 
     def __call__(self, tensors: list[torch.Tensor]) -> torch.Tensor:
         if not tensors or tensors[0].device.type != "cpu":
@@ -342,7 +384,7 @@ class GroupedNorms:
             plan = self._plans[len(tensors)] = self._plan(tensors)
             return self._norms(tensors, plan)
 
-    def _plan(self, tensors: list[torch.Tensor]) -> tuple[list[list[int]], list[int], Optional[torch.Tensor]]:
+    def _plan(self, tensors: list[torch.Tensor]) -> "_NormPlan":
         groups: dict[Any, list[int]] = {}
         rest: list[int] = []
         for i, t in enumerate(tensors):
@@ -357,18 +399,23 @@ class GroupedNorms:
         if order != list(range(len(tensors))):
             inverse = torch.empty(len(tensors), dtype=torch.long)
             inverse[torch.tensor(order, dtype=torch.long)] = torch.arange(len(tensors))
-        return stacked, rest, inverse
+        direct = not stacked and all(t.dtype == torch.float32 for t in tensors)
+        return _NormPlan(stacked, rest, inverse, direct)
 
     @staticmethod
-    def _norms(tensors: list[torch.Tensor], plan: tuple[list[list[int]], list[int], Optional[torch.Tensor]]) -> torch.Tensor:
-        stacked, rest, inverse = plan
+    def _norms(tensors: list[torch.Tensor], plan: "_NormPlan") -> torch.Tensor:
+        stacked, rest, inverse, direct = plan
         if not stacked:
             # Nothing worth stacking (a few large tensors): one _foreach_norm, without
-            # foreach_norms' own regrouping (~25 us a call on a 6-parameter model).
-            with torch.no_grad():
+            # foreach_norms' own regrouping (~25 us a call on a 6-parameter model). All float32
+            # (the planned dtypes, re-checked at both ends of the list: a model cast to half
+            # after planning must not be normed in half): not even _fused_norms' per-tensor scans.
+            with grad_off():
+                if direct and tensors[0].dtype == torch.float32 and tensors[-1].dtype == torch.float32:
+                    return torch.stack(torch._foreach_norm(tensors))
                 return _fused_norms(tensors)
         parts = []
-        with torch.no_grad():
+        with grad_off():
             for group in stacked:
                 rows = torch.stack([tensors[i] for i in group]).reshape(len(group), -1)
                 half = rows.dtype in (torch.float16, torch.bfloat16)
@@ -390,7 +437,7 @@ def nonfinite_witness(tensors: list[torch.Tensor]) -> Optional[torch.Tensor]:
         return None
     device = tensors[0].device
     parts = []
-    with torch.no_grad():
+    with grad_off():
         for t in tensors:
             if t.is_complex():
                 t = torch.view_as_real(t)
@@ -418,7 +465,7 @@ def foreach_max_abs(tensors: list[torch.Tensor]) -> torch.Tensor:
     says the same but takes ~25x as long as max on CPU.)"""
     if not tensors:
         return torch.zeros(0)
-    with torch.no_grad():         # under no_grad: no per-tensor detach needed
+    with grad_off():         # under no_grad: no per-tensor detach needed
         return _grouped_rows([t.abs() if t.is_complex() else t for t in tensors], False).reshape(-1)
 
 
@@ -427,7 +474,7 @@ def zero_counts(tensors: list[torch.Tensor]) -> torch.Tensor:
     if not tensors:
         return torch.zeros(0)
     # The 0-"norm" counts non-zero elements (NaN included, -0.0 not), in one fused call.
-    with torch.no_grad():
+    with grad_off():
         nonzero = foreach_norms(tensors, 0.0).to(torch.float32)
     return torch.tensor([float(t.numel()) for t in tensors], device=nonzero.device).sub_(nonzero)
 

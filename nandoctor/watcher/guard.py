@@ -44,6 +44,7 @@ from .keep_alive import KeepAlive, RollbackBudgetSpent
 from .policies import NONFINITE_POLICIES, SPIKE_POLICIES, rank_agreed
 from .sample_blame import LoaderIndices
 from .snapshot import Snapshot
+from . import update_bounds
 
 POLICIES = NONFINITE_POLICIES     # "stop" is "raise" by another name
 UPDATE_SAMPLE = 1 << 10
@@ -216,6 +217,11 @@ class Watch:
         self._inputs_from_forward = inputs == "forward"
         self._explicit_batches = False          # the user called watch.step(batch): their batch wins
         self._params_norm: Optional[torch.Tensor] = None   # total L2 norm after the last optimizer step
+        # Updates since the weights were last read, and their norm then (host value): a step that
+        # provably keeps them finite (watcher/update_bounds.py) need not read them again.
+        self._updates_unread = 0
+        self._read_weight_norm: Optional[float] = None
+        self._weight_dtypes_covered = False
         self._update_before: Optional[list[torch.Tensor]] = None   # stats steps: weights before the step
         self._update_norm: Optional[torch.Tensor] = None
         self._constants: Optional[tuple[torch.Tensor, torch.Tensor]] = None   # float64 0 and NaN on the device
@@ -431,7 +437,7 @@ class Watch:
         if not self._running_stats:
             return
         live = [t for _, t in self._running_stats]
-        with torch.no_grad():
+        with stats.grad_off():
             if self._running_copy is None or any(c.shape != t.shape or c.dtype != t.dtype or c.device != t.device
                                                  for c, t in zip(self._running_copy, live)):
                 self._running_copy = [t.detach().clone() for t in live]
@@ -446,7 +452,7 @@ class Watch:
         if self._other_copy_step != step:
             self._other_copy, self._other_copy_step = {}, step
         held = {id(p) for p in self.params()}
-        with torch.no_grad():
+        with stats.grad_off():
             for group in optimizer.param_groups:
                 for p in group["params"]:
                     name = self._param_names.get(id(p))
@@ -599,7 +605,7 @@ class Watch:
         params = self.params()
         grads = self._local([g for g in map(_GRAD, params) if g is not None])   # one .grad read per parameter
         stats_step = self._stats_step(capture.step)
-        with torch.no_grad():
+        with stats.grad_off():
             norms = self._grad_norms(grads) if grads else None
         if self.step_index % self.check_every and not stats_step and self.check_every > 1:
             self._defer(capture, norms)
@@ -608,6 +614,8 @@ class Watch:
         self.keep_alive.begin_check(capture.step)
         host, extra = self._sync(capture, norms, stats_step)
         self._host = host
+        if not math.isnan(host[_SLOT["param_norm"]]):     # the weights read after the last update
+            self._read_weight_norm = host[_SLOT["param_norm"]]
         self._complete_previous_history(host)
         if stats_step:
             self._record_layer_stats(capture.step, extra, grads)
@@ -656,7 +664,7 @@ class Watch:
         if self.early is not None and self.early.active and self.optimizer is not None:
             self.early.before_update(self._local(params))
         if stats_step and self.optimizer is not None:
-            with torch.no_grad():
+            with stats.grad_off():
                 # Strided samples of at most UPDATE_SAMPLE elements (as the recorder's update ratios):
                 # a clone of every weight was one more model's worth of peak RSS on each stats step.
                 self._update_before = [_update_sample(p).clone() for p in self._local(params)]
@@ -685,12 +693,16 @@ class Watch:
     def _after_optimizer_step(self, optimizer: Any) -> None:
         params = self._local(self.params() if optimizer is self.optimizer
                              else [p for g in optimizer.param_groups for p in g["params"]])
-        self._note_parameters(params)
+        if self._update_kept_finite(optimizer):
+            self._params_norm, self._params_unchecked = None, False
+            self._updates_unread += 1
+        else:
+            self._note_parameters(params)
         if self._update_before is not None and len(self._update_before) == len(params):
             # Statistics steps only: |update| / |weights before| of the whole model, each sample's sums
             # of squares times numel / sampled (the same positions: a parameter's shape is unchanged).
             before = self._update_before
-            with torch.no_grad():
+            with stats.grad_off():
                 delta = torch._foreach_sub([_update_sample(p) for p in params], before)
                 share = torch.tensor([p.numel() / max(1, b.numel()) for p, b in zip(params, before)])
                 update = stats.foreach_norms(delta).square()
@@ -706,9 +718,29 @@ class Watch:
     def _note_parameters(self, params: list[torch.Tensor]) -> None:
         """The weights after an update: their total norm is checked at the next step's sync (or
         at close), so a step has one host sync; it is also the history's param_norm."""
-        with torch.no_grad():
+        with stats.grad_off():
             self._params_norm = stats.total_norm(self._weight_norms(params)) if params else None
         self._params_unchecked = params != []
+        self._updates_unread = 0
+        self._weight_dtypes_covered = update_bounds.dtypes_covered(params)
+
+    def _update_kept_finite(self, optimizer: Any) -> bool:
+        """This step's update provably left finite weights finite (watcher/update_bounds.py), so
+        they need not be read now: the watch's own optimizer, a synced step (its gradient norm is
+        known), weights read within the last RECHECK_EVERY updates and then bounded, no statistics
+        step, and no step hook but the watch's that could write the weights."""
+        host = self._host
+        if (optimizer is not self.optimizer or host is None or not self._weight_dtypes_covered
+                or self._updates_unread + 1 >= update_bounds.RECHECK_EVERY or self._update_before is not None
+                or self._stats_step(self.step_index) or not self._own_step_hooks_only(optimizer)):
+            return False
+        return update_bounds.keeps_weights_finite(optimizer, host[_SLOT["grad_norm"]], self._read_weight_norm)
+
+    def _own_step_hooks_only(self, optimizer: Any) -> bool:
+        from torch.optim import optimizer as optim_module
+        hooks = (*optimizer._optimizer_step_pre_hooks.values(), *optimizer._optimizer_step_post_hooks.values(),
+                 *optim_module._global_optimizer_pre_hooks.values(), *optim_module._global_optimizer_post_hooks.values())
+        return all(getattr(hook, "__self__", None) is self or getattr(hook, _OWN_HOOK, False) for hook in hooks)
 
     def _local(self, tensors: list[torch.Tensor]) -> list[torch.Tensor]:
         """This rank's shards of FSDP2's DTensors (checked once per parameter set: a per-tensor
@@ -1344,6 +1376,7 @@ def batch_name(path: str) -> str:
 
 _LIVE_WATCHES: "weakref.WeakSet[Watch]" = weakref.WeakSet()
 _OTHER_OPTIMIZER_HOOK: list[Any] = []
+_OWN_HOOK = "_nandoctor_reads_only"
 
 
 def install_other_optimizer_hook() -> None:
@@ -1359,6 +1392,7 @@ def install_other_optimizer_hook() -> None:
     def pre_hook(optimizer: Any, args: Any, kwargs: Any) -> None:
         for live in list(_LIVE_WATCHES):
             live._other_optimizer_pre_hook(optimizer, args, kwargs)
+    setattr(pre_hook, _OWN_HOOK, True)      # it copies weights, never writes them
     _OTHER_OPTIMIZER_HOOK.append(register_optimizer_step_pre_hook(pre_hook))
 
 
