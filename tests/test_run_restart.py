@@ -4,6 +4,7 @@ file on the healthy path; on a failure, the script runs again from its start in 
 from step 0 with each lr, as the in-process experiments re-train from the step-0 file."""
 from __future__ import annotations
 
+import os
 import shutil
 import tempfile
 from pathlib import Path
@@ -96,4 +97,24 @@ def test_an_unseeded_script_starts_again_from_the_same_weights_a_time_seeded_one
     assert timed and all(e["outcome"] == "skipped" for e in timed.values()), timed
     note = next(iter(timed.values()))["note"]
     assert "initial weights differ when it runs again" in note and "`0.weight`" in note
+    assert list(temporary.glob("nandoctor-*")) == []
+
+
+# Fails at step 6; in the child that runs it again (another process than the test's), it stalls
+# at step 1, after the child's own step-0 rewind file was written.
+STALLING = DIVERGING.format(seed="torch.manual_seed(0)") + """
+    if step == 1 and os.getpid() != int(os.environ["TEST_PID"]):
+        open(f"reached-{os.getpid()}", "w").close()
+        time.sleep(60)
+"""
+
+
+def test_the_experiments_budget_kills_the_child_and_leaves_no_file(tmp_path, temporary, monkeypatch):
+    (tmp_path / "train.py").write_text("import os\n" + STALLING)
+    (tmp_path / "budget.yaml").write_text("experiments:\n  max_seconds: 6\n")
+    monkeypatch.setenv("TEST_PID", str(os.getpid()))
+    report = nandoctor.run_script("train.py", out=tmp_path / "a", restart_over_mib=0, config=tmp_path / "budget.yaml")
+    tried = lower_lr(report)
+    assert tried and all(e["outcome"] == "skipped" and "time budget ran out" in e["note"] for e in tried.values())
+    assert list(tmp_path.glob("reached-*")), "the child never reached its step 1"
     assert list(temporary.glob("nandoctor-*")) == []
