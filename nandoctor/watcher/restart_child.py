@@ -10,7 +10,7 @@ from pathlib import Path
 
 import torch
 
-from ..load.script import TrainingScript
+from ..load.script import resolve_script
 from ..trace import ExperimentResult
 from ..trace.plain import from_plain, to_plain
 from .bundle_writer import restore_rng
@@ -24,9 +24,10 @@ def main(spec_path: str) -> None:
     plan = from_plain(RestartPlan, spec["plan"])
     plan.fingerprint = [(name, float(value)) for name, value in plan.fingerprint]
     results = Path(spec["results"])
+    # Resolved as the parent resolved it, from the working directory (finding `-m pkg.train`
+    # imports `pkg`), before sys.path becomes the one the parent's script started with.
+    script = resolve_script(spec["path"] if spec["module"] is None else None, spec["module"], list(spec["args"]))
     sys.path[:] = spec["sys_path"]
-    script = TrainingScript(path=Path(spec["path"]) if spec["path"] else None, module=spec["module"],
-                            args=list(spec["args"]))
     rng = torch.load(spec["rng"], weights_only=False)
 
     def restore() -> None:
@@ -37,8 +38,11 @@ def main(spec_path: str) -> None:
     guard = ScriptGuard(out=spec["out"], stats_every=0, rerun=False, snapshot_every=0, spikes=False,
                         early_warnings=False, experiments_seconds=max(0.0, plan.deadline - time.time()),
                         restart=plan, on_experiment=lambda done: _write_results(results, done))
-    execute_script(script, guard, restore=restore)
+    outcome = execute_script(script, guard, restore=restore)
     _write_results(results, guard.experiments)
+    if outcome.error is not None:      # the parent's note for what was not answered
+        print(f"{type(outcome.error).__name__}: {outcome.error}", file=sys.stderr)
+        sys.exit(1)
 
 
 def _write_results(path: Path, done: list[ExperimentResult]) -> None:
