@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import sys
-import time
 from pathlib import Path
 
 import torch
@@ -36,7 +35,7 @@ def main(spec_path: str) -> None:
             torch.cuda.manual_seed_all(plan.cuda_seed)     # lazy: CUDA starts when the script uses it
 
     guard = ScriptGuard(out=spec["out"], stats_every=0, rerun=False, snapshot_every=0, spikes=False,
-                        early_warnings=False, experiments_seconds=max(0.0, plan.deadline - time.time()),
+                        early_warnings=False, experiments_seconds=0.0,      # set at step 0, from the deadline
                         restart=plan, on_experiment=lambda done: _write_results(results, done))
     outcome = execute_script(script, guard, restore=restore)
     _write_results(results, guard.experiments)

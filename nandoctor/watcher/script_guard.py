@@ -657,8 +657,9 @@ class ScriptGuard:
         limit = min(self.snapshot_max_bytes, self.restart_over_bytes) if restartable else self.snapshot_max_bytes
         snapshot = take_snapshot(step, watch.model, watch.optimizer, max_bytes=limit)
         if not snapshot.saved and snapshot.nbytes <= self.snapshot_max_bytes:
-            self._keep_start_fingerprint(watch)
-            return
+            if self._keep_start_fingerprint(watch):
+                return
+            snapshot = take_snapshot(step, watch.model, watch.optimizer, max_bytes=self.snapshot_max_bytes)
         if not snapshot.saved:
             self.snapshot_every = 0
             self.snapshot_note = (f"the weights and optimizer state take {snapshot.nbytes / 2**20:.0f} MiB, over the "
@@ -669,15 +670,17 @@ class ScriptGuard:
             dropped.discard()
         self.snapshots = self.snapshots[:1] + [snapshot] if self.snapshots else [snapshot]
 
-    def _keep_start_fingerprint(self, watch: Watch) -> None:
+    def _keep_start_fingerprint(self, watch: Watch) -> bool:
         """Step 0's state is over the restart threshold: no file; what a run of the script from its
-        start must reproduce instead (watcher/restart.py)."""
+        start must reproduce instead (watcher/restart.py). False when the weights cannot be read so
+        (the step-0 file is written after all)."""
         try:
             self.start_fingerprints[id(watch.optimizer)] = weights_fingerprint(watch.model)
-        except (RuntimeError, TypeError, ValueError):     # parameters a sum cannot read (meta, sharded)
-            return
+        except Exception:  # noqa: BLE001 - parameters a strided view cannot read (meta, tensor subclasses)
+            return False
         if torch.cuda.is_initialized():
             self._cuda_seed = torch.cuda.initial_seed()
+        return True
 
     def _after_rerun(self, optimizer: torch.optim.Optimizer) -> None:
         """The traced re-run is done: re-train from a snapshot with lower learning rates when the
@@ -734,6 +737,8 @@ class ScriptGuard:
         self._rewind_model = watch.model
         self._rewinds = rewinds
         self._experiments_began = time.perf_counter()
+        # What is left of the budget once the script is back at step 0 (the parent kills at the deadline).
+        self.experiments_seconds = max(0.0, plan.deadline - time.time())
         self._failing_step, self._watched_history = plan.failing_step, plan.history
         self._rewind = self._rewinds.pop(0)
         self._rewind.begin()
