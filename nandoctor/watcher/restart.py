@@ -63,12 +63,15 @@ def capture_start() -> StartState:
 
 
 def distributed_run() -> bool:
-    """Under torchrun: a rank cannot run the script again by itself (its peers would not)."""
+    """Under torchrun, or with a process group: a rank cannot run the script again by itself (its
+    peers would not), and a child of a single-rank group would find the parent's store on its port."""
+    if any(key in os.environ for key in ("LOCAL_RANK", "TORCHELASTIC_RUN_ID")):
+        return True
     world = os.environ.get("WORLD_SIZE")
     if world is not None and world.strip() not in ("", "1"):
         return True
     dist = torch.distributed
-    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+    return dist.is_available() and dist.is_initialized()
 
 
 def weights_fingerprint(model: torch.nn.Module) -> list[tuple[str, float]]:
@@ -113,6 +116,9 @@ def run_restart(plan: RestartPlan, script: Any, start: StartState, budget: float
     """Run the script again from its start in a child process and return its experiments (each
     scale of `plan` once); whatever the child did not answer comes back `skipped`, with why."""
     began = time.perf_counter()
+    if torch.cuda.is_initialized():
+        # The stopped script's weights stay (the report reads them); its cached blocks need not.
+        torch.cuda.empty_cache()
     folder = Path(tempfile.mkdtemp(prefix=_PREFIX))
     child: Optional[subprocess.Popen] = None
     note = ""
@@ -126,11 +132,11 @@ def run_restart(plan: RestartPlan, script: Any, start: StartState, budget: float
         boot = ("import sys; sys.path.insert(0, sys.argv.pop(1)); "
                 "from nandoctor.watcher.restart_child import main; main(sys.argv.pop(1))")
         root = str(Path(__file__).resolve().parents[2])
-        with open(folder / "stderr.txt", "wb") as err:
+        with open(folder / "stderr.txt", "wb") as stderr_file:
             # Its own session: a timeout ends the script's DataLoader workers with it.
             child = subprocess.Popen([sys.executable, *subprocess._args_from_interpreter_flags(), "-c", boot, root,
                                       str(folder / "spec.json")], cwd=start.cwd, env=start.env,
-                                     stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=err,
+                                     stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=stderr_file,
                                      start_new_session=True)
             try:
                 code = child.wait(timeout=max(1.0, budget))
