@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import os
 import shutil
+import subprocess
+import sys
 import tempfile
 from pathlib import Path
 
@@ -109,10 +111,14 @@ STALLING = DIVERGING.format(seed="torch.manual_seed(0)") + """
 """
 
 
-def test_the_experiments_budget_kills_the_child_and_leaves_no_file(tmp_path, temporary, monkeypatch):
+def test_the_experiments_budget_kills_the_child_and_leaves_no_file_behind(tmp_path, temporary, monkeypatch):
     (tmp_path / "train.py").write_text("import os\n" + STALLING)
     (tmp_path / "budget.yaml").write_text("experiments:\n  max_seconds: 6\n")
     monkeypatch.setenv("TEST_PID", str(os.getpid()))
+    # The folder of a run killed while its child ran (its process is gone): the next child's run removes it.
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    (temporary / f"nandoctor-restart-{dead.pid}-abc").mkdir()
     report = nandoctor.run_script("train.py", out=tmp_path / "a", restart_over_mib=0, config=tmp_path / "budget.yaml")
     tried = lower_lr(report)
     assert tried and all(e["outcome"] == "skipped" and "time budget ran out" in e["note"] for e in tried.values())

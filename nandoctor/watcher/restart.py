@@ -36,7 +36,7 @@ import torch
 from ..run import stats
 from ..trace import ExperimentResult
 from ..trace.plain import from_plain, to_plain
-from .rewind import FILE_PREFIX, new_result
+from .rewind import FILE_PREFIX, new_result, process_gone
 
 # Parameters' samples for the fingerprint: enough elements that a different initialisation
 # shows in every sum, few enough that a large model's fingerprint costs one small kernel per
@@ -119,7 +119,8 @@ def run_restart(plan: RestartPlan, script: Any, start: StartState, budget: float
     if torch.cuda.is_initialized():
         # The stopped script's weights stay (the report reads them); its cached blocks need not.
         torch.cuda.empty_cache()
-    folder = Path(tempfile.mkdtemp(prefix=_PREFIX))
+    _remove_orphans()
+    folder = Path(tempfile.mkdtemp(prefix=f"{_PREFIX}{os.getpid()}-"))
     child: Optional[subprocess.Popen] = None
     note = ""
     try:
@@ -164,6 +165,13 @@ def run_restart(plan: RestartPlan, script: Any, start: StartState, budget: float
     if results:
         results[0].seconds += max(0.0, time.perf_counter() - began - sum(r.seconds for r in results))
     return results
+
+
+def _remove_orphans() -> None:
+    """The folders of runs killed while their child ran (each folder names its process)."""
+    for path in Path(tempfile.gettempdir()).glob(f"{_PREFIX}*-*"):
+        if process_gone(path.name[len(_PREFIX):].split("-", 1)[0]):
+            shutil.rmtree(path, ignore_errors=True)
 
 
 def _kill(child: subprocess.Popen) -> None:

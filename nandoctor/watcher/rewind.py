@@ -87,15 +87,22 @@ def _remove_orphans() -> None:
         return
     _orphans_checked = True
     for path in Path(tempfile.gettempdir()).glob(f"{FILE_PREFIX}*-*-*.pt"):
-        pid = path.name[len(FILE_PREFIX):].split("-", 1)[0]
-        if not pid.isdigit() or int(pid) == os.getpid():
-            continue
-        try:
-            os.kill(int(pid), 0)
-        except ProcessLookupError:
+        if process_gone(path.name[len(FILE_PREFIX):].split("-", 1)[0]):
             _delete(path)
-        except (PermissionError, OSError, OverflowError):
-            pass
+
+
+def process_gone(pid: str) -> bool:
+    """Whether the process a temporary file is named by (`pid`, as text) has ended; False for this
+    process, a live one, or one of another user's (which we may not signal)."""
+    if not pid.isdigit() or int(pid) == os.getpid():
+        return False
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return True
+    except (PermissionError, OSError, OverflowError):
+        return False
+    return False
 
 
 def _save_without_checksum(state: dict[str, Any], path: Path) -> None:
