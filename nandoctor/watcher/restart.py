@@ -33,6 +33,7 @@ from typing import Any, Optional
 
 import torch
 
+from ..load.script import TrainingScript
 from ..run import stats
 from ..trace import ExperimentResult
 from ..trace.plain import from_plain, to_plain
@@ -80,9 +81,13 @@ def weights_fingerprint(model: torch.nn.Module) -> list[tuple[str, float]]:
     for name, p in model.named_parameters():
         names.append(name)
         sums.append(stats.strided_sample(p.detach(), FINGERPRINT_SAMPLE).sum(dtype=torch.float64))
-    if not sums:
-        return []
-    values = torch.stack([s.to("cpu") for s in sums]).tolist()
+    values = [0.0] * len(sums)
+    by_device: dict[torch.device, list[int]] = {}
+    for i, total in enumerate(sums):
+        by_device.setdefault(total.device, []).append(i)
+    for indices in by_device.values():
+        for i, value in zip(indices, torch.stack([sums[i] for i in indices]).tolist()):
+            values[i] = value
     return list(zip(names, values))
 
 
@@ -112,7 +117,7 @@ class RestartPlan:
     deadline: float = 0.0          # time.time() at which the child stops starting experiments
 
 
-def run_restart(plan: RestartPlan, script: Any, start: StartState, budget: float) -> list[ExperimentResult]:
+def run_restart(plan: RestartPlan, script: TrainingScript, start: StartState, budget: float) -> list[ExperimentResult]:
     """Run the script again from its start in a child process and return its experiments (each
     scale of `plan` once); whatever the child did not answer comes back `skipped`, with why."""
     began = time.perf_counter()
