@@ -516,20 +516,24 @@ def run_script(script: str | Path | None = None, args: Optional[list[str]] = Non
         max_seconds: Optional[float] = None, experiments: Optional[bool] = None, stats_every: int = 50,
         check_every: int = 1, snapshot_every: int = 100, script_stdout_to_stderr: bool = False,
         on_nonfinite: Optional[str] = None, on_spike: Optional[str] = None,
-        rollback: Optional[dict[str, Any]] = None) -> RunReport:
+        rollback: Optional[dict[str, Any]] = None, restart_over_mib: Optional[float] = None) -> RunReport:
     """Run an unmodified training script (`python SCRIPT ARGS`, or `-m MODULE` with `module=`)
     under nandoctor's guard. On the first NaN/Inf the script is stopped, the failing step is run
     once more by the script's own loop and traced op by op, a crash bundle is written to `out`,
     and the causes are diagnosed. `on_nonfinite="skip"` or `"rollback"` (and `on_spike`, `rollback`
     as for `watch`) keep the run going instead; left None, they come from the config's `policies`.
+    `restart_over_mib` (None: the config's `experiments.restart_over_mib`): over it, no step-0 rewind
+    file; lr experiments run the script again from its start.
     Raises InputError when the script cannot be found or a policy is unknown."""
     from .load.script import resolve_script
     from .watcher.script import execute_script
     from .watcher.script_guard import ScriptGuard
     from .watcher.script_trace import script_trace
     overrides: dict[str, Any] = {"fail_on": fail_on, "max_seconds": max_seconds}
-    if experiments is not None:
-        overrides["experiments"] = {"enabled": experiments}
+    experiment_keys = {key: value for key, value in (("enabled", experiments), ("restart_over_mib", restart_over_mib))
+                       if value is not None}
+    if experiment_keys:
+        overrides["experiments"] = experiment_keys
     policies = {key: value for key, value in (("on_nonfinite", on_nonfinite), ("on_spike", on_spike),
                                               ("rollback", rollback)) if value is not None}
     if policies:
@@ -555,7 +559,8 @@ def run_script(script: str | Path | None = None, args: Optional[list[str]] = Non
                         spikes=cfg["spikes"], early_warnings=cfg["early_warnings"],
                         plan_rewinds=plan_rewinds if cfg["experiments"]["enabled"] else None,
                         on_nonfinite=cfg["policies"]["on_nonfinite"], on_spike=cfg["policies"]["on_spike"],
-                        rollback=cfg["policies"]["rollback"])
+                        rollback=cfg["policies"]["rollback"],
+                        restart_over_bytes=int(cfg["experiments"]["restart_over_mib"] * 2**20))
     output = capture_user_output() if script_stdout_to_stderr else contextlib.nullcontext()
     with output:
         outcome = execute_script(target, guard)

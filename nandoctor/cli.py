@@ -401,6 +401,7 @@ def run(
     check_every: Annotated[int, typer.Option("--check-every", help="Check every N optimizer steps (a failure is then seen up to N-1 steps late).")] = 1,
     stats_every: Annotated[int, typer.Option("--stats-every", help="Per-layer statistics every N steps (0: off).")] = 50,
     snapshot_every: Annotated[int, typer.Option("--snapshot-every", help="Keep a copy of the weights and optimizer state every N steps (the first and the latest; a temporary file), from which the lr experiments re-train (0: off).")] = 100,
+    restart_over_mib: Annotated[Optional[float], typer.Option("--restart-over-mib", help="No step-0 copy of a state over this many MiB: its lr experiments run the script again from its start, in a child process (0: always). Default: the config's experiments.restart_over_mib (64).")] = None,
     on_nonfinite: Annotated[Optional[str], typer.Option("--on-nonfinite", help="What a NaN/Inf step does: stop (trace it and report), skip (no update; the run goes on) or rollback (restore a copy from before it, skip the batches since, retry within --rollback-budget). skip and rollback append to OUT/skip_list.json. Default: the config's policies.on_nonfinite (stop).")] = None,
     on_spike: Annotated[Optional[str], typer.Option("--on-spike", help="What a loss or gradient-norm spike does: warn, skip or rollback. Default: the config's policies.on_spike (warn).")] = None,
     rollback_every: Annotated[Optional[int], typer.Option("--rollback-every", help="With rollback: keep a copy of the training state every N steps (the last two are kept). Default: policies.rollback.every (50).")] = None,
@@ -451,7 +452,7 @@ def run(
                             max_seconds=max_seconds, experiments=False if no_experiments else None,
                             stats_every=stats_every, check_every=check_every, snapshot_every=snapshot_every,
                             script_stdout_to_stderr=machine_on_stdout, on_nonfinite=on_nonfinite, on_spike=on_spike,
-                            rollback=rollback or None)
+                            rollback=rollback or None, restart_over_mib=restart_over_mib)
         if report.origin_elsewhere:
             # torchrun: the rank where the NaN was born writes the report; this one only received it.
             ranks = report.script["ranks"]

@@ -1,6 +1,7 @@
 """`nandoctor run`'s memory, as a user sees it (the whole process's peak RSS): what the guard keeps
 grows with the number of parameters, not with their size. The rewind state of step 0 (the lr
-experiments re-train from it) lives in a temporary file, deleted at exit; the early warnings'
+experiments re-train from it) lives in a temporary file, deleted at exit, or, over
+experiments.restart_over_mib (this model), nowhere: the script runs again from its start; the early warnings'
 optimizer-step statistics and the statistics steps' update ratio read strided samples of the
 weights and moments, not copies."""
 from __future__ import annotations
@@ -13,7 +14,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 
 # Two 4096x4096 layers: 33.6 M parameters, 128 MiB of float32 weights (AdamW's state: twice that).
-# Three steps: step 0 is a rewind snapshot, an early-warning sampled step and a statistics step.
+# Three steps: step 0 is a rewind snapshot's (no file over 64 MiB), an early-warning sampled step and a statistics step.
 SCRIPT = """
 import torch
 torch.manual_seed(0)
@@ -56,6 +57,6 @@ def test_run_keeps_no_copy_of_a_large_models_weights_in_memory(tmp_path):
     # the weights, +128-256 MiB for the statistics step's (step 0 of --stats-every 50). What is
     # left is start-up (~20 MiB).
     assert guarded - plain < WEIGHTS_MIB / 2, (plain, guarded)
-    # The run's own rewind file is gone with the process; the killed run's orphan went at its
-    # first snapshot; the live process's file stays.
+    # The run's own rewind file (if any) is gone with the process; the killed run's orphan went at
+    # its first snapshot; the live process's file stays.
     assert list(temporary.glob("nandoctor-*")) == [live]

@@ -38,7 +38,9 @@ DEFAULTS: dict[str, Any] = {
     "fail_on": "error",
     "max_seconds": None,
     "threads": "auto",
-    "experiments": {"enabled": True, "max_seconds": 60.0},
+    # restart_over_mib: `nandoctor run` keeps no step-0 rewind file of a state over this many MiB; its
+    # lr experiments run the script again from its start instead (0: always)
+    "experiments": {"enabled": True, "max_seconds": 60.0, "restart_over_mib": 64.0},
     # replay of a compiled run whose failing step stays finite in eager (cause compile-numerics)
     "compile_ladder": {"enabled": True, "stages": list(LADDER_STAGES), "bisect": True},
     "thresholds": dict(DEFAULT_THRESHOLDS),
@@ -78,6 +80,13 @@ def _int(key: str, value: Any, minimum: int = 0, maximum: int | None = None) -> 
         bound = f"between {minimum} and {maximum}" if maximum is not None else f">= {minimum}"
         raise InputError(f"config key '{key}' must be an integer {bound}, got {_show(value)}.")
     return value
+
+
+def _nonnegative(key: str, value: Any) -> float:
+    number = _number(key, value, positive=False)
+    if number < 0:
+        raise InputError(f"config key '{key}' must be a number >= 0, got {_show(value)}.")
+    return number
 
 
 def _number(key: str, value: Any, positive: bool = True) -> float:
@@ -223,7 +232,8 @@ TOP_LEVEL: dict[str, Callable[[str, Any], Any]] = {
     "fail_on": _choice(FAIL_ON),
     "max_seconds": _optional_number,
     "threads": _threads,
-    "experiments": _section({"enabled": _bool, "max_seconds": _number}),
+    "experiments": _section({"enabled": _bool, "max_seconds": _number,
+                              "restart_over_mib": _nonnegative}),
     "compile_ladder": _section({"enabled": _bool, "stages": _ladder_stages, "bisect": _bool}),
     "thresholds": _section({name: _number for name in DEFAULT_THRESHOLDS}),
     "spikes": _section({"enabled": lambda k, v: _bool(k, v), "window": lambda k, v: _int(k, v, minimum=4),

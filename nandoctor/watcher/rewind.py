@@ -74,7 +74,7 @@ def _delete(path: Path) -> None:
         path.unlink()
 
 
-_PREFIX = "nandoctor-rewind-"
+FILE_PREFIX = "nandoctor-rewind-"
 _orphans_checked = False
 
 
@@ -86,16 +86,23 @@ def _remove_orphans() -> None:
     if _orphans_checked:
         return
     _orphans_checked = True
-    for path in Path(tempfile.gettempdir()).glob(f"{_PREFIX}*-*-*.pt"):
-        pid = path.name[len(_PREFIX):].split("-", 1)[0]
-        if not pid.isdigit() or int(pid) == os.getpid():
-            continue
-        try:
-            os.kill(int(pid), 0)
-        except ProcessLookupError:
+    for path in Path(tempfile.gettempdir()).glob(f"{FILE_PREFIX}*-*-*.pt"):
+        if process_gone(path.name[len(FILE_PREFIX):].split("-", 1)[0]):
             _delete(path)
-        except (PermissionError, OSError, OverflowError):
-            pass
+
+
+def process_gone(pid: str) -> bool:
+    """Whether the process a temporary file is named by (`pid`, as text) has ended; False for this
+    process, a live one, or one of another user's (which we may not signal)."""
+    if not pid.isdigit() or int(pid) == os.getpid():
+        return False
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return True
+    except (PermissionError, OSError, OverflowError):
+        return False
+    return False
 
 
 def _save_without_checksum(state: dict[str, Any], path: Path) -> None:
@@ -123,11 +130,11 @@ def take_snapshot(step: int, model: torch.nn.Module, optimizer: torch.optim.Opti
     state = {"model": weights, "optimizer": sd}
     tensors = stats.state_tensors(state)
     nbytes = sum(t.numel() * t.element_size() for t in tensors)
+    _remove_orphans()         # also when this one is not written: the first snapshot of a run cleans up
     if max_bytes is not None and nbytes > max_bytes:
         return Snapshot(step, nbytes)
     if all(type(t) in (torch.Tensor, torch.nn.Parameter) for t in tensors):
-        _remove_orphans()
-        fd, name = tempfile.mkstemp(prefix=f"{_PREFIX}{os.getpid()}-{step}-", suffix=".pt")
+        fd, name = tempfile.mkstemp(prefix=f"{FILE_PREFIX}{os.getpid()}-{step}-", suffix=".pt")
         os.close(fd)
         path = Path(name)
         try:
@@ -264,8 +271,12 @@ def lr_scales(update_ratio: Optional[float]) -> list[float]:
     return scales
 
 
-def new_result(scale: float, lr: Optional[float], start: int, until: int, precision: str) -> ExperimentResult:
+def new_result(scale: float, lr: Optional[float], start: int, until: int, precision: str,
+               restarted: bool = False) -> ExperimentResult:
+    """`restarted`: re-trained by the script run again from its start (watcher/restart.py)."""
     shown = f"lr {lr:.0e} -> {lr * scale:.0e}" if lr is not None else f"lr x{scale:g}"
-    return ExperimentResult(id="lower-lr", label=f"{shown}, re-trained by the script's loop from step {start}",
+    label = (f"{shown}, re-trained from step 0 by the script run again from its start" if restarted
+             else f"{shown}, re-trained by the script's loop from step {start}")
+    return ExperimentResult(id="lower-lr", label=label,
                             precision=precision, change={"lr_scale": scale, "from_step": start},
                             steps_planned=until - start + 1)

@@ -11,10 +11,11 @@ import runpy
 import sys
 import time
 from dataclasses import dataclass
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 from ..load.script import TrainingScript
 from .rerun import TraceLimit
+from .restart import capture_start, run_restart
 from .script_guard import ScriptGuard, ScriptStop
 
 
@@ -29,9 +30,12 @@ class ScriptOutcome:
     seconds: float = 0.0
 
 
-def execute_script(script: TrainingScript, guard: ScriptGuard) -> ScriptOutcome:
+def execute_script(script: TrainingScript, guard: ScriptGuard,
+                   restore: Optional[Callable[[], None]] = None) -> ScriptOutcome:
     """Execute the script under the guard; the guard is installed before its first line runs
-    and removed after its last (also when it raises)."""
+    and removed after its last (also when it raises). What the script starts from (its random
+    generators, environment, ...) is kept, so that lr experiments can run it again from its start
+    (watcher/restart.py); `restore` (in that run) puts it back instead."""
     saved_argv, saved_path0 = sys.argv[:], sys.path[0] if sys.path else None
     sys.argv = [script.argv0, *script.args]
     folder = str(script.path.resolve().parent) if script.path is not None else os.getcwd()
@@ -42,6 +46,11 @@ def execute_script(script: TrainingScript, guard: ScriptGuard) -> ScriptOutcome:
     outcome = ScriptOutcome()
     began = time.perf_counter()
     guard.install()
+    start = None
+    if restore is not None:
+        restore()
+    else:
+        start = capture_start()
     try:
         if script.module is not None:
             runpy.run_module(script.module, run_name="__main__", alter_sys=True)
@@ -74,6 +83,8 @@ def execute_script(script: TrainingScript, guard: ScriptGuard) -> ScriptOutcome:
         if saved_path0 is not None and sys.path:
             sys.path[0] = saved_path0
         outcome.seconds = time.perf_counter() - began
+    if guard.restart_plan is not None and start is not None:
+        guard.experiments.extend(run_restart(guard.restart_plan, script, start, guard.experiments_seconds))
     return outcome
 
 

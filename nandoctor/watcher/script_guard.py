@@ -46,6 +46,7 @@ from ..run import stats
 from ..run.stats import nonfinite_rows
 from .guard import batch_name, shown_list
 from .rerun import Rerun, RerunOutcome, TopCall, data_event
+from .restart import RestartPlan, distributed_run, fingerprint_difference, weights_fingerprint
 from .rewind import EXTRA_STEPS, LrRewind, Snapshot, new_result, restore, step_is_finite, take_snapshot
 
 
@@ -139,7 +140,9 @@ class ScriptGuard:
                  max_bundles: int = 1, snapshot_every: int = 100, snapshot_max_bytes: int = 2 << 30,
                  experiments_seconds: float = 60.0, spikes: Any = None, early_warnings: Any = None,
                  plan_rewinds: Optional[Callable[["ScriptGuard"], list[float]]] = None,
-                 on_nonfinite: str = "stop", on_spike: str = "warn", rollback: Optional[dict[str, Any]] = None):
+                 on_nonfinite: str = "stop", on_spike: str = "warn", rollback: Optional[dict[str, Any]] = None,
+                 restart_over_bytes: Optional[int] = 64 << 20, restart: Optional[RestartPlan] = None,
+                 on_experiment: Optional[Callable[[list[ExperimentResult]], None]] = None):
         self.out = Path(out)
         # --on-nonfinite skip|rollback, --on-spike: the watch's policies keep the script going
         # (watcher/keep_alive.py); "stop" is the trace-and-report path below.
@@ -161,6 +164,20 @@ class ScriptGuard:
         self.experiments: list[ExperimentResult] = []
         self._rewinds: list[LrRewind] = []
         self._rewind: Optional[LrRewind] = None
+        self._rewind_model: Optional[torch.nn.Module] = None
+        # A state over `restart_over_bytes` keeps no step-0 file: its lr experiments run the script
+        # again from its start (watcher/restart.py). `start_fingerprints`: id(optimizer) -> the
+        # weights its step 0 started from, for that child to check; `restart_plan`: what the child
+        # runs, once this run has failed. `restart` (in that child): the plan it runs.
+        self.restart_over_bytes = restart_over_bytes
+        self.start_fingerprints: dict[int, list[tuple[str, float]]] = {}
+        self.restart_plan: Optional[RestartPlan] = None
+        self.restart = restart
+        self.on_experiment = on_experiment
+        self._cuda_seed: Optional[int] = None
+        # In that child: the watched run's failing step and history (for LrRewind.ended_early).
+        self._failing_step = 0
+        self._watched_history: Optional[list[dict[str, Any]]] = None
         self._experiments_began = 0.0
         self.watches: dict[int, Watch] = {}          # id(optimizer) -> its watch
         self.plain: Optional[Watch] = None            # the loop updates weights by hand
@@ -324,7 +341,7 @@ class ScriptGuard:
                          grad_scaler=watch is not None and watch.scaler is not None,
                          hand_written_update=watch is not None and watch.optimizer is None,
                          argv=list(self.argv),
-                         rewind_from=self.snapshots[0].step if self.snapshots else None)
+                         rewind_from=self.snapshots[0].step if self.snapshots else 0 if self.start_fingerprints else None)
 
     def uninstall(self) -> None:
         if self.rerun is not None:
@@ -604,6 +621,9 @@ class ScriptGuard:
             self._replay_window_into(watch)
             if not self._needs_discovery():
                 self._stop_discovery()
+            if self.restart is not None and len(self.watches) - 1 == self.restart.watch_index:
+                self._begin_restart(watch)
+                return
         if self.rerun is not None and self.rerun.state == "armed":
             watch._drop_gradients()       # keep the weights the failing step used until the re-run
             return
@@ -633,7 +653,13 @@ class ScriptGuard:
         step = watch.step_index
         if step % self.snapshot_every:
             return
-        snapshot = take_snapshot(step, watch.model, watch.optimizer, max_bytes=self.snapshot_max_bytes)
+        restartable = step == 0 and self.restart_over_bytes is not None and not distributed_run()
+        limit = min(self.snapshot_max_bytes, self.restart_over_bytes) if restartable else self.snapshot_max_bytes
+        snapshot = take_snapshot(step, watch.model, watch.optimizer, max_bytes=limit)
+        if not snapshot.saved and snapshot.nbytes <= self.snapshot_max_bytes:
+            if self._keep_start_fingerprint(watch):
+                return
+            snapshot = take_snapshot(step, watch.model, watch.optimizer, max_bytes=self.snapshot_max_bytes)
         if not snapshot.saved:
             self.snapshot_every = 0
             self.snapshot_note = (f"the weights and optimizer state take {snapshot.nbytes / 2**20:.0f} MiB, over the "
@@ -644,37 +670,90 @@ class ScriptGuard:
             dropped.discard()
         self.snapshots = self.snapshots[:1] + [snapshot] if self.snapshots else [snapshot]
 
+    def _keep_start_fingerprint(self, watch: Watch) -> bool:
+        """Step 0's state is over the restart threshold: no file; what a run of the script from its
+        start must reproduce instead (watcher/restart.py). False when the weights cannot be read so
+        (the step-0 file is written after all)."""
+        try:
+            self.start_fingerprints[id(watch.optimizer)] = weights_fingerprint(watch.model)
+        except Exception:  # noqa: BLE001 - parameters a strided view cannot read (meta, tensor subclasses)
+            return False
+        if torch.cuda.is_initialized():
+            self._cuda_seed = torch.cuda.initial_seed()
+        return True
+
     def _after_rerun(self, optimizer: torch.optim.Optimizer) -> None:
         """The traced re-run is done: re-train from a snapshot with lower learning rates when the
-        diagnosis asks for it (and a snapshot from before the failing step exists); else stop."""
+        diagnosis asks for it (and a snapshot from before the failing step exists, or the script can
+        run again from its start); else stop."""
         stop = self.stop
         if stop is not None:
             stop.history = list(stop.watch.history)
         earlier = [s for s in self.snapshots if stop is not None and s.step < stop.step]
         watch = stop.watch if stop is not None else None
-        if not earlier or watch is None or watch.optimizer is None or self.plan_rewinds is None:
+        if watch is None or watch.optimizer is None or self.plan_rewinds is None:
+            raise ScriptStop()
+        fingerprint = self.start_fingerprints.get(id(watch.optimizer))
+        if not earlier and fingerprint is None:
             raise ScriptStop()
         scales = self.plan_rewinds(self)
         if not scales:
             raise ScriptStop()
-        start = earlier[0] if len(earlier) == 1 or earlier[-1].step > stop.step - 3 else earlier[-1]
         lr = watch.optimizer.param_groups[0].get("lr")
         lr = float(lr) if isinstance(lr, (int, float)) else None
+        if not earlier:
+            # The child runs after this script has stopped (watcher/script.py), from its start.
+            self.restart_plan = RestartPlan(
+                scales=list(scales), until=stop.step + EXTRA_STEPS, failing_step=stop.step, lr=lr,
+                precision=watch.precision, watch_index=list(self.watches).index(id(watch.optimizer)),
+                fingerprint=fingerprint, cuda_seed=self._cuda_seed,
+                history=[{"step": h["step"], "loss": h.get("loss")} for h in stop.history if "step" in h])
+            raise ScriptStop()
+        start = earlier[0] if len(earlier) == 1 or earlier[-1].step > stop.step - 3 else earlier[-1]
         self._rewinds = [LrRewind(scale, start.step, stop.step + EXTRA_STEPS,
                                   new_result(scale, lr, start.step, stop.step + EXTRA_STEPS, watch.precision))
                          for scale in scales]
         self._rewind_snapshot = start
+        self._rewind_model = watch.model
         self._experiments_began = time.perf_counter()
         self._next_rewind(watch.optimizer)
 
+    def _begin_restart(self, watch: Watch) -> None:
+        """In the child that runs the script again from its start, at its first step: check that it
+        starts where the watched run started, keep that state, and run the plan's first experiment
+        on this very step (its gradients are the ones step 0 computed from that state)."""
+        plan = self.restart
+        self.restart = None
+        rewinds = [LrRewind(scale, 0, plan.until, new_result(scale, plan.lr, 0, plan.until, plan.precision,
+                                                             restarted=True)) for scale in plan.scales]
+        differs = fingerprint_difference(plan.fingerprint, weights_fingerprint(watch.model))
+        if differs is not None:
+            note = (f"the script's initial weights differ when it runs again ({differs}): it seeds its generators "
+                    "from something that changes between runs (the time, the process id, ...); no lr experiment "
+                    "from its start")
+            self.experiments.extend(r.finish("skipped", note=note) for r in rewinds)
+            raise ScriptStop()
+        self._rewind_snapshot = take_snapshot(0, watch.model, watch.optimizer)
+        self._rewind_model = watch.model
+        self._rewinds = rewinds
+        self._experiments_began = time.perf_counter()
+        # What is left of the budget once the script is back at step 0 (the parent kills at the deadline).
+        self.experiments_seconds = max(0.0, plan.deadline - time.time())
+        self._failing_step, self._watched_history = plan.failing_step, plan.history
+        self._rewind = self._rewinds.pop(0)
+        self._rewind.begin()
+        self._rewind_step(watch.optimizer)
+
     def _next_rewind(self, optimizer: torch.optim.Optimizer) -> None:
+        if self.on_experiment is not None:
+            self.on_experiment(self.experiments)
         if not self._rewinds or time.perf_counter() - self._experiments_began > self.experiments_seconds:
             for pending in self._rewinds:
                 self.experiments.append(pending.finish("skipped", note="the experiments' time budget ran out"))
             self._rewinds, self._rewind = [], None
             raise ScriptStop()
         self._rewind = self._rewinds.pop(0)
-        restore(self._rewind_snapshot, self.stop.watch.model, optimizer)
+        restore(self._rewind_snapshot, self._rewind_model, optimizer)
         self._rewind.begin()
 
     def _rewind_step(self, optimizer: torch.optim.Optimizer) -> None:
@@ -998,8 +1077,8 @@ class ScriptGuard:
             self._check_unstepped_step()
         if self.stop is None:
             self.final_nonfinite = self._nonfinite_at_end()
-        failing = self.stop.step if self.stop is not None else 0
-        history = self.stop.history if self.stop is not None else None
+        failing = self.stop.step if self.stop is not None else self._failing_step
+        history = self.stop.history if self.stop is not None else self._watched_history
         for pending in ([self._rewind] if self._rewind is not None else []) + self._rewinds:
             self.experiments.append(pending.ended_early(failing, history))
         self._rewind, self._rewinds = None, []
