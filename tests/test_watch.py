@@ -437,6 +437,38 @@ def test_history_norms_equal_torchs_and_a_nan_in_one_stacked_weight_is_named(tmp
     assert caught.value.step == 3 and "15.weight" in caught.value.what and "15.bias" not in caught.value.what
 
 
+@pytest.mark.parametrize("failing", [3, 6])
+def test_python_rng_of_a_step_is_its_state_even_when_unchanged_reseeded_or_a_gaussian_is_cached(tmp_path, failing):
+    """Python's global state is read in place and re-read only when its words or its cached
+    Gaussian moved (bundle_writer._python_state): the bundle holds the state the failing step
+    began with, whichever way the loop used the generator before it."""
+    import random
+    model, opt = fresh()
+    watch = nandoctor.watch(model, opt, out=tmp_path, stats_every=0)
+    random.seed(0)
+    began = []
+    with pytest.raises(nandoctor.NonFiniteError) as caught:
+        for step in range(7):
+            if step == 2:
+                random.gauss(0, 1)         # step 2 begins with a cached Gaussian ...
+            if step == 3:
+                random.gauss(0, 1)         # ... step 3 after using it: the words did not move
+            if step == 5:
+                random.seed(5)
+            began.append(random.getstate())
+            x, y = batch_for(step, bad_step=failing)
+            with watch.step((x, y)):
+                watch.loss(nn.functional.cross_entropy(model(x), y)).backward()
+                opt.step()
+                opt.zero_grad()
+    from nandoctor.watcher.bundle_writer import capture_rng
+    assert capture_rng()["python"] == random.getstate()
+    bundle = read_bundle(caught.value.bundle)
+    assert bundle.manifest.rng["python"]["gauss_next"] == began[failing][2]
+    assert bundle.rng_tensors()["python"].tolist() == list(began[failing][1])
+    assert began[2][2] is not None and began[3][2] is None and began[2][1] == began[3][1]
+
+
 def test_numpy_rng_of_a_step_is_its_state_even_when_unchanged_or_a_gaussian_is_cached(tmp_path):
     """numpy's global state is re-read only when its words moved; a cached Gaussian (consumed
     without moving them) must not be missed: the bundle holds the state the failing step began with."""

@@ -159,7 +159,7 @@ def scheduler_part(scheduler: Any) -> Optional[dict[str, Any]]:
 
 def capture_rng() -> dict[str, Any]:
     """Every generator's state, cheap enough to take at every step boundary (a few KiB)."""
-    state: dict[str, Any] = {"cpu": torch.get_rng_state(), "python": random.getstate()}
+    state: dict[str, Any] = {"cpu": torch.get_rng_state(), "python": _python_state()}
     # is_initialized() first: a process that never touched CUDA has no CUDA generator in use.
     if torch.cuda.is_initialized() and torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state_all()
@@ -175,16 +175,74 @@ def capture_rng() -> dict[str, Any]:
 # global generator between two steps, and a 2.5 KB compare through numpy's public ctypes view of
 # the state tells so in ~2 us.
 _numpy_cache: dict[str, Any] = {}
+
+
 _MT19937_BYTES = 624 * 4 + 4          # uint32 key[624]; int pos (numpy/random/src/mt19937)
+
+
+def _string_at(address: int, size: int) -> bytes:
+    import ctypes
+    return ctypes.string_at(address, size)
+
+
+# Python's global generator, the same way: random.getstate() builds a tuple of 625 new ints
+# (~15 us in a real step). CPython's generator object is its header, then `int index` and
+# `uint32_t state[624]` (Modules/_randommodule.c); those bytes are compared with the last
+# capture's, read in place. The layout is checked against getstate() once per generator object,
+# and only read when the type's own size covers it: any other layout, or another Python, keeps
+# calling getstate() every time.
+_random_cache: dict[str, Any] = {}
+_RANDOM_OFFSET = object.__basicsize__
+_RANDOM_BYTES = 4 + 624 * 4
+
+
+def _python_state() -> Any:
+    generator = getattr(random, "_inst", None)
+    cache = _random_cache
+    if generator is None or cache.get("generator") is not generator:
+        cache.clear()
+        cache.update(generator=generator, readable=generator is not None and _random_layout_matches(generator))
+    if not cache["readable"]:
+        return random.getstate()
+    raw = _string_at(id(generator) + _RANDOM_OFFSET, _RANDOM_BYTES)
+    gauss = generator.gauss_next
+    if "state" in cache and raw == cache["raw"] and gauss == cache["gauss"]:
+        return cache["state"]
+    state = random.getstate()
+    cache.update(raw=raw, gauss=gauss, state=state)
+    return state
+
+
+def _random_layout_matches(generator: Any) -> bool:
+    import struct
+    base = next((t for t in type(generator).__mro__ if t.__module__ == "_random"), None)
+    if sys.implementation.name != "cpython" or base is None or base.__basicsize__ < _RANDOM_OFFSET + _RANDOM_BYTES:
+        return False
+    try:
+        version, internal, _ = generator.getstate()
+        raw = _string_at(id(generator) + _RANDOM_OFFSET, _RANDOM_BYTES)
+        index, *words = struct.unpack(f"=i{624}I", raw)
+    except (TypeError, ValueError, struct.error):
+        return False
+    return len(internal) == 625 and list(internal[:624]) == words and internal[624] == index
 
 
 def _numpy_state(numpy: Any) -> Any:
     raw = None
     try:
         bit_generator = numpy.random.mtrand._rand._bit_generator
-        if type(bit_generator).__name__ == "MT19937":
-            import ctypes
-            raw = ctypes.string_at(bit_generator.ctypes.state_address, _MT19937_BYTES)
+        if bit_generator is not _numpy_cache.get("generator"):
+            # The address of its state, once per generator object (np.random.seed reseeds in
+            # place; np.random.set_state too): looking it up through `.ctypes` each step cost
+            # as much as the compare itself.
+            address = None
+            if type(bit_generator).__name__ == "MT19937":
+                address = bit_generator.ctypes.state_address
+            _numpy_cache.clear()
+            _numpy_cache.update(generator=bit_generator, address=address)
+        address = _numpy_cache["address"]
+        if address is not None:
+            raw = _string_at(address, _MT19937_BYTES)
     except (AttributeError, TypeError, ValueError):
         raw = None
     # A cached Gaussian (has_gauss) is consumed without moving the words: reuse only without one.
