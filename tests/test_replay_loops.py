@@ -111,6 +111,25 @@ def test_a_step_the_script_raises_in_before_any_loss_names_the_first_nonfinite_o
     assert "unstable-op" in [c.id for c in replay.causes]
 
 
+def test_a_step_the_script_leaves_and_then_runs_to_its_end_is_diagnosed(loops, plain_bundle, monkeypatch):
+    replay = _replay_with(loops, plain_bundle, LOOPS / "breaks_on_nan.py", monkeypatch)
+    run = replay.trace.runs[0]
+    assert _origin(run.first_nonfinite) == (3, "forward", "aten.div.Tensor", "net.py:11")
+    assert run.unfinished_step.reason == "script-ended" and run.unfinished_step.ops > 0
+
+
+def test_a_step_past_its_time_bound_is_cut_and_diagnosed(loops, plain_bundle, monkeypatch):
+    # The clock is read every TIME_CHECK_EVERY ops: every 4th here, and 1 ns is past at the 4th.
+    monkeypatch.setattr(rerun, "TRACE_MAX_SECONDS", 1e-9)
+    monkeypatch.setattr(rerun, "TRACE_MAX_OPS", 0)
+    monkeypatch.setattr(rerun, "TIME_CHECK_EVERY", 4)
+    monkeypatch.chdir(loops)
+    replay = nandoctor.replay(plain_bundle, trust=True, experiments=False)
+    run = replay.trace.runs[0]
+    assert run.unfinished_step.reason == "trace-limit" and "1e-09 s (4 ops)" in run.unfinished_step.detail
+    assert run.unfinished_step.ops == 4
+
+
 def test_a_step_past_its_op_bound_is_cut_and_diagnosed(loops, plain_bundle, monkeypatch):
     # The bound stands in for a step that never reaches its end: tracing stops there, not at the
     # end of the script, and what was traced (the division at net.py:11 comes first) is judged.

@@ -526,6 +526,8 @@ class Watch:
             self._capture.calls.append(forward_inputs(args, kwargs))
         if self.gradient_check == "backward":
             self._arm_end_of_backward(output)
+        if type(output) is torch.Tensor:        # (the common case; a getattr on a tensor raises inside)
+            return
         # Hugging Face style outputs carry their loss: check it without asking the user.
         loss = output.get("loss") if isinstance(output, dict) else getattr(output, "loss", None)
         if isinstance(loss, torch.Tensor) and loss.numel() == 1:

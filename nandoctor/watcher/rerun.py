@@ -68,6 +68,7 @@ class RerunOutcome:
 # thousands to a few hundred thousand ops; tracing runs at roughly 10-50 microseconds an op on a CPU.
 TRACE_MAX_OPS = 2_000_000
 TRACE_MAX_SECONDS = 300.0
+TIME_CHECK_EVERY = 256          # ops between two reads of the clock (a read per op shows)
 
 
 class TraceLimit(BaseException):
@@ -209,7 +210,7 @@ class Rerun:
             return
         if self.max_ops and ops > self.max_ops:
             self.limit_hit = f"the traced step ran past {self.max_ops:,} ops without reaching its end"
-        elif self.max_seconds and ops % 256 == 0 and time.perf_counter() - self.began > self.max_seconds:
+        elif self.max_seconds and ops % TIME_CHECK_EVERY == 0 and time.perf_counter() - self.began > self.max_seconds:
             self.limit_hit = (f"the traced step ran past {self.max_seconds:g} s ({ops:,} ops) without reaching its end")
         if self.limit_hit is not None:
             raise TraceLimit(self.limit_hit)
