@@ -106,3 +106,28 @@ def test_deliberate_infinities_are_not_origins(model_file):
     # crash is a failure of that precision (user-error), never a NaN origin.
     errors = [c for c in doc["causes"] if c["severity"] == "error"]
     assert all(c["id"] == "user-error" and all(p.endswith("-true") for p in c["precisions"]) for c in errors), errors
+
+
+_witness_dtypes = st.sampled_from([torch.float16, torch.bfloat16, torch.float32, torch.float64])
+
+
+@settings(max_examples=120, deadline=None)
+@given(st.lists(st.tuples(st.lists(values, min_size=1, max_size=30), _witness_dtypes), min_size=1, max_size=4))
+def test_witnesses_trip_on_every_nonfinite_and_the_exact_one_only_then(parts):
+    """The exact witness is non-finite exactly when a tensor holds NaN/Inf; the quick (float32) one
+    whenever the exact one is, and otherwise only when confirming says no (holds_nonfinite)."""
+    tensors = [torch.tensor(xs, dtype=torch.float32).to(dtype) for xs, dtype in parts]
+    bad = any(not bool(torch.isfinite(t).all()) for t in tensors)
+    exact = stats.nonfinite_witness(tensors)
+    quick = stats.nonfinite_witness(tensors, exact=False)
+    assert exact.dtype == torch.float64 and quick.dtype == torch.float32
+    assert (not math.isfinite(float(exact))) == bad == stats.holds_nonfinite(tensors)
+    if bad:
+        assert not math.isfinite(float(quick))
+
+
+def test_a_quick_witness_can_overflow_where_the_exact_one_cannot():
+    huge = [torch.full((8,), 3e38)]
+    assert math.isfinite(float(stats.nonfinite_witness(huge)))
+    assert not math.isfinite(float(stats.nonfinite_witness(huge, exact=False)))
+    assert not stats.holds_nonfinite(huge)

@@ -389,8 +389,9 @@ def _stacked_model():
 
 
 def test_huge_finite_values_pass_and_one_inf_in_the_batch_fires(tmp_path):
-    """A batch is checked by a float64 sum (stats.nonfinite_witness): finite values near float32's
-    and float64's limits, whose plain sums overflow, never fire; a single Inf does."""
+    """A batch is checked by a float32 sum (stats.nonfinite_witness, quick), confirmed on the batch
+    when it trips: finite values near float32's and float64's limits, whose plain sums overflow,
+    never fire; a single Inf does."""
     model = _stacked_model()
     opt = torch.optim.SGD(model.parameters(), lr=1e-2)
     watch = nandoctor.watch(model, opt, out=tmp_path, stats_every=0)

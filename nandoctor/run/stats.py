@@ -426,16 +426,22 @@ class GroupedNorms:
         return out if inverse is None else out[inverse]
 
 
-def nonfinite_witness(tensors: list[torch.Tensor]) -> Optional[torch.Tensor]:
-    """A float64 scalar on the first tensor's device that is non-finite exactly when some tensor
-    holds NaN or Inf (None for an empty list): one cheap reduction per tensor, not a max |x|.
+def nonfinite_witness(tensors: list[torch.Tensor], exact: bool = True) -> Optional[torch.Tensor]:
+    """A scalar on the first tensor's device that is non-finite when some tensor holds NaN or Inf
+    (None for an empty list): one cheap reduction per tensor, not a max |x|.
 
-    A float64 sum of 16- or 32-bit values cannot overflow (|x| < 3.4e38, fewer than 2**63
-    elements), so it is non-finite only through a NaN or an Inf. A float64 tensor's own sum could
-    overflow: its `x - x` (0 where finite, NaN elsewhere) is summed instead."""
+    exact (float64): non-finite exactly then. A float64 sum of 16- or 32-bit values cannot
+    overflow (|x| < 3.4e38, fewer than 2**63 elements), so it is non-finite only through a NaN or
+    an Inf. A float64 tensor's own sum could overflow: its `x - x` (0 where finite, NaN
+    elsewhere) is summed instead.
+
+    Not exact (float32): the same sums accumulated in float32, 4-5x faster on the CPU (a
+    256x256 batch: 4 us against 18 us hot, ~0.2 ms of a real 9 ms step cold). Values beyond
+    ~1e34 can overflow them: a non-finite result must be confirmed (`holds_nonfinite`)."""
     if not tensors:
         return None
     device = tensors[0].device
+    accumulate = torch.float64 if exact else torch.float32
     parts = []
     with grad_off():
         for t in tensors:
@@ -443,11 +449,17 @@ def nonfinite_witness(tensors: list[torch.Tensor]) -> Optional[torch.Tensor]:
                 t = torch.view_as_real(t)
             if t.numel() == 0:
                 continue
-            part = (t - t).sum(dtype=torch.float64) if t.dtype == torch.float64 else t.sum(dtype=torch.float64)
+            part = (t - t).sum(dtype=accumulate) if t.dtype == torch.float64 else t.sum(dtype=accumulate)
             parts.append(part if part.device == device else part.to(device))
     if not parts:
-        return torch.zeros((), dtype=torch.float64, device=device)
+        return torch.zeros((), dtype=accumulate, device=device)
     return parts[0] if len(parts) == 1 else torch.stack(parts).sum()
+
+
+def holds_nonfinite(tensors: list[torch.Tensor]) -> bool:
+    """Some tensor holds NaN or Inf (exact, a host sync per tensor: for confirming a witness)."""
+    with grad_off():
+        return any(not bool(torch.isfinite(t).all()) for t in tensors if t.numel())
 
 
 def total_norm(norms: torch.Tensor) -> torch.Tensor:

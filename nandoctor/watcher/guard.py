@@ -84,9 +84,10 @@ class _Capture:
         self.step = step
         self.rng = rng
         self.batches: list[Any] = []
-        # Per micro-batch: a float64 scalar, non-finite exactly when the batch holds NaN/Inf
-        # (stats.nonfinite_witness); None for a batch with no floating tensor (token ids).
+        # Per micro-batch: a scalar, non-finite when the batch holds NaN/Inf (stats.nonfinite_witness;
+        # exactly then unless `quick_checks`); None for a batch with no floating tensor (token ids).
         self.batch_checks: list[Optional[torch.Tensor]] = []
+        self.quick_checks = False
         self.calls: list[dict[str, Any]] = []          # the model's training forwards: {"args", "kwargs"}
         self.sample_indices: list[Optional[list[int]]] = []   # per micro-batch: its dataset indices
         self.output_losses: list[torch.Tensor] = []    # a model output's .loss (Hugging Face style)
@@ -99,9 +100,12 @@ class _Capture:
         return self.explicit_losses or self.output_losses
 
     def first_bad_batch(self) -> Optional[int]:
-        """The first micro-batch holding NaN/Inf, or None (slow path: a host sync per batch)."""
+        """The first micro-batch holding NaN/Inf, or None (slow path: a host sync per batch; a
+        quick witness that tripped is confirmed on the batch itself)."""
         return next((i for i, check in enumerate(self.batch_checks)
-                     if check is not None and not math.isfinite(float(check))), None)
+                     if check is not None and not math.isfinite(float(check))
+                     and (not self.quick_checks or stats.holds_nonfinite(stats.floating_tensors(self.batches[i])))),
+                    None)
 
 
 class Watch:
@@ -432,7 +436,11 @@ class Watch:
         # witness is taken under no_grad: inputs that need a gradient (a block's activations, from a
         # LightningModule's training_step) must not gain graph nodes or saved tensors (non-reentrant
         # checkpointing counts those against its recomputation).
-        capture.batch_checks.append(stats.nonfinite_witness(stats.floating_tensors(batch)))
+        # Quick (float32) witnesses where a tripped one can be confirmed on this step's own batch;
+        # exact ones where the flags leave the step unconfirmed: exchanged with other ranks, or
+        # folded into a later step's check (check_every > 1).
+        capture.quick_checks = self.flag_hook is None and self.check_every == 1 and self.distributed is None
+        capture.batch_checks.append(stats.nonfinite_witness(stats.floating_tensors(batch), exact=not capture.quick_checks))
 
     def _save_running_stats(self, step: int) -> None:
         if not self._running_stats:
@@ -871,12 +879,12 @@ class Watch:
 
     def _sync(self, capture: _Capture, norms: Optional[torch.Tensor], stats_step: bool) -> tuple[list[float], list[float]]:
         dev = self._device
-        # On the CPU a few per-tensor norms are summed on the host: their total norm is one more
-        # tiny kernel, ~40 us of a real step there (a GPU keeps it: one transfer, not two).
-        host_total = (dev.type == "cpu" and norms is not None and self.flag_hook is None and not stats_step
-                      and norms.numel() <= HOST_TOTAL_NORMS)
-        raw = self._witnesses(capture, None if host_total else norms)
         losses, has_grads = len(capture.losses), norms is not None
+        if dev.type == "cpu" and self.flag_hook is None and not stats_step and self._deferred is None:
+            values = self._witness_values(capture, norms)
+            self._params_unchecked = False
+            return host_flags(values, losses, has_grads), []
+        raw = self._witnesses(capture, norms)
         deferred, self._deferred, self._deferred_from = self._deferred, None, None
         if self.flag_hook is not None:
             # The rank-aware layer exchanges the FLAGS layout itself (the *_bad slots of every rank).
@@ -901,51 +909,66 @@ class Watch:
         if self.flag_hook is not None:
             return values[:head], values[head:]
         host = host_flags(values[:len(RAW)], losses, has_grads)
-        if host_total:
-            # float64 squares of float32 norms cannot overflow: non-finite exactly when a norm is
-            total = math.sqrt(sum(v * v for v in norms.tolist()))
-            host[_SLOT["grad_norm"]] = total
-            host[_SLOT["grads_bad"]] = 0.0 if math.isfinite(total) else 1.0
         if deferred is not None:
             for slot, folded in enumerate(values[len(RAW):head]):
                 host[slot] = max(host[slot], folded)
         return host, values[head:]
 
+    def _witness_parts(self, capture: _Capture) -> list[Any]:
+        """This step's checks in the RAW layout (watcher/flags.py), less the gradients' norm: per
+        slot a plain float, or a list of one-element tensors whose float64 sum is the witness (a
+        witness is non-finite exactly when its check fails; the values follow)."""
+        checks = [c for c in capture.batch_checks if c is not None]
+        params_norm = [self._params_norm] if self._params_norm is not None else None
+        scale = getattr(self.scaler, "_scale", None)
+        scale = [scale] if isinstance(scale, torch.Tensor) else (
+            float(self.scaler.get_scale()) if self.scaler is not None and hasattr(self.scaler, "get_scale") else 0.0)
+        update_ratio = [self._update_norm] if self._update_norm is not None else math.nan
+        self._update_norm = None
+        return [checks or 0.0, capture.losses or 0.0, None,
+                params_norm if params_norm is not None and self._params_unchecked else 0.0,
+                [self._local_grads_check] if self._local_grads_check is not None else 0.0,
+                math.nan if self.keep_alive.resume_skip and self.keep_alive.listed(capture) else 0.0,
+                scale, params_norm if params_norm is not None else math.nan, update_ratio]
+
     def _witnesses(self, capture: _Capture, norms: Optional[torch.Tensor]) -> torch.Tensor:
-        """This step's checks as one float64 vector in the RAW layout (watcher/flags.py): a witness
-        per check, non-finite exactly when the check fails, then the values. One stack, however
+        """The witnesses as one float64 vector on the device, for one transfer. One stack, however
         many checks: a small model's step is a few milliseconds, and each tiny kernel shows."""
         dev = self._device
         if self._constants is None:
             self._constants = (torch.zeros((), dtype=torch.float64, device=dev),
                                torch.full((), math.nan, dtype=torch.float64, device=dev))
         zero, nan = self._constants
-        checks = [c for c in capture.batch_checks if c is not None]
-        batch = zero if not checks else checks[0].to(dev) if len(checks) == 1 else \
-            torch.stack([c.to(dev) for c in checks]).sum()
-        losses = capture.losses
-        if len(losses) == 1:
-            loss = losses[0].reshape(()).to(dev, torch.float64)
-        elif losses:
-            loss = torch.stack([l.reshape(()).to(dev, torch.float64) for l in losses]).sum()
+
+        def on_device(part: Any) -> torch.Tensor:
+            if isinstance(part, list):
+                if len(part) == 1:
+                    return part[0].reshape(()).to(dev, torch.float64)
+                return torch.stack([t.reshape(()).to(dev, torch.float64) for t in part]).sum()
+            return zero if part == 0.0 else nan if math.isnan(part) else \
+                torch.full((), part, dtype=torch.float64, device=dev)
+        parts = self._witness_parts(capture)
+        parts[2] = stats.total_norm(norms.to(dev)) if norms is not None else zero
+        return torch.stack([part if isinstance(part, torch.Tensor) else on_device(part) for part in parts])
+
+    def _witness_values(self, capture: _Capture, norms: Optional[torch.Tensor]) -> list[float]:
+        """The witnesses read where they are, for a CPU step: there is no transfer to save there,
+        and the casts and the stack of `_witnesses` are ~5 tiny kernels (~40-70 us of a real step,
+        cold in cache). A few gradient norms are summed here too (float64 squares of float32
+        norms cannot overflow: the total is non-finite exactly when a norm is)."""
+        values = [sum(t.item() for t in part) if isinstance(part, list) else part
+                  for part in self._witness_parts(capture)]
+        if norms is None:
+            values[2] = 0.0
+        elif norms.numel() <= HOST_TOTAL_NORMS:
+            values[2] = math.sqrt(sum(v * v for v in norms.tolist()))
         else:
-            loss = zero
-        grad_norm = stats.total_norm(norms.to(dev)) if norms is not None else zero
-        params_norm = self._params_norm.to(dev) if self._params_norm is not None else None
-        params = params_norm if params_norm is not None and self._params_unchecked else zero
-        local = self._local_grads_check.to(dev) if self._local_grads_check is not None else zero
-        listed = nan if self.keep_alive.resume_skip and self.keep_alive.listed(capture) else zero
-        scale = getattr(self.scaler, "_scale", None)
-        scale = scale.reshape(()).to(dev, torch.float64) if isinstance(scale, torch.Tensor) else (
-            torch.full((), float(self.scaler.get_scale()), dtype=torch.float64, device=dev)
-            if self.scaler is not None and hasattr(self.scaler, "get_scale") else zero)
-        update_ratio = self._update_norm.to(dev, torch.float64) if self._update_norm is not None else nan
-        self._update_norm = None
-        return torch.stack([batch, loss, grad_norm, params, local, listed, scale,
-                            params_norm if params_norm is not None else nan, update_ratio])
+            values[2] = stats.total_norm(norms).item()
+        return values
 
     def _what(self, host: list[float], capture: _Capture, grads: list[torch.Tensor]) -> Optional[tuple[str, str]]:
-        if host[_SLOT["batch_bad"]] and self.batch_check:
+        if host[_SLOT["batch_bad"]] and self.batch_check and (not capture.quick_checks
+                                                              or capture.first_bad_batch() is not None):
             return "batch", "the batch holds NaN/Inf"
         if host[_SLOT["loss_bad"]]:
             return "loss", f"the loss is {_fmt(host[_SLOT['loss']])}"
@@ -1392,7 +1415,7 @@ def batch_name(path: str) -> str:
 _LIVE_WATCHES: "weakref.WeakSet[Watch]" = weakref.WeakSet()
 _OTHER_OPTIMIZER_HOOK: list[Any] = []
 _OWN_HOOK = "_nandoctor_reads_only"
-# Up to this many per-tensor gradient norms, a CPU step sums them on the host (Watch._sync).
+# Up to this many per-tensor gradient norms, a CPU step sums them on the host (Watch._witness_values).
 HOST_TOTAL_NORMS = 64
 
 
