@@ -917,7 +917,8 @@ class Watch:
     def _witness_parts(self, capture: _Capture) -> list[Any]:
         """This step's checks in the RAW layout (watcher/flags.py), less the gradients' norm: per
         slot a plain float, or a list of one-element tensors whose float64 sum is the witness (a
-        witness is non-finite exactly when its check fails; the values follow)."""
+        witness is non-finite when its check fails, and only then but for a quick batch witness,
+        which `_what` confirms; the values follow)."""
         checks = [c for c in capture.batch_checks if c is not None]
         params_norm = [self._params_norm] if self._params_norm is not None else None
         scale = getattr(self.scaler, "_scale", None)
