@@ -200,7 +200,8 @@ _RANDOM_BYTES = 4 + 624 * 4
 
 
 def _python_state() -> Any:
-    generator = getattr(random, "_inst", None)
+    # The instance the module's functions are bound to (what random.getstate() reads).
+    generator = getattr(random.getstate, "__self__", None)
     cache = _random_cache
     if generator is None or cache.get("generator") is not generator:
         cache.clear()
