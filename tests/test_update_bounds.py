@@ -114,3 +114,26 @@ def test_eps_zero_adam_still_fires_at_the_update_that_made_the_weights_nan(tmp_p
                 opt.step()
                 opt.zero_grad()
     assert caught.value.step == 0 and "parameters" in caught.value.what
+
+
+def test_weights_left_unread_by_the_last_updates_are_read_when_the_watch_closes(tmp_path):
+    """A run never ends on weights nobody read: here the last updates were provably safe (not
+    read), and the loop itself wrote a NaN into a weight after its final step."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(4, 8), nn.Tanh(), nn.Linear(8, 3))
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    watch = nandoctor.watch(model, opt, out=tmp_path, stats_every=0, early_warnings=False, spikes=False)
+    for step in range(4):
+        g = torch.Generator().manual_seed(step)
+        x, y = torch.randn(16, 4, generator=g), torch.randint(0, 3, (16,), generator=g)
+        with watch.step((x, y)):
+            watch.loss(nn.functional.cross_entropy(model(x), y)).backward()
+            opt.step()
+            opt.zero_grad()
+    assert watch._updates_unread > 0
+    with torch.no_grad():
+        model[2].weight[1, 1] = float("nan")
+    with pytest.warns(nandoctor.NonFiniteWarning):
+        watch.close()
+    assert watch.nonfinite_steps == 1 and watch.events[-1]["check"] == "parameters"
+    assert "2.weight" in watch.events[-1]["what"]

@@ -334,6 +334,10 @@ class Watch:
                 if self.scaler.__dict__.get("update") == self._scaler_update_hook:
                     del self.scaler.update
                 self._scaler_update = None
+        if self._updates_unread and self.optimizer is not None:
+            # The last updates were not read (watcher/update_bounds.py): a run never ends on weights
+            # nobody read. One read, at the end.
+            self._note_parameters(self._local(self.params()))
         if (self._params_unchecked and self._params_norm is not None and not math.isfinite(float(self._params_norm))
                 and self._nonfinite_parameters()):
             previous, self._previous = self._previous, None
