@@ -208,6 +208,10 @@ def test_a_script_whose_loss_rejects_a_class_target_is_a_label_range_failure(scr
     assert top["id"] == "label-range", [c["id"] for c in doc["causes"]]
     assert top["file"].endswith("one_based_labels.py") and "y - 1" in top["fix"]
     assert "IndexError" in " ".join(top["evidence"])
+    # It raised before the first optimizer.step(): the loop still has its SGD (bench round 5: the
+    # reports of accelerate's gradient_accumulation.py and vae/main.py read "hand-written update").
+    assert doc["runs"][0]["optimizer"]["name"] == "SGD" and doc["runs"][0]["optimizer"]["lr"] == 0.1
+    assert doc["loop"]["hand_written_update"] is False and doc["loop"]["optimizer_built"]
 
 
 def test_a_bundle_written_after_the_failing_optimizer_step_replays_without_running_the_script(scripts):
