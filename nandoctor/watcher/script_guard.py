@@ -1071,6 +1071,12 @@ class ScriptGuard:
                     event.tensor = f"{batch_name(path)} of the model call" if call.owns_parameters else batch_name(path)
                     if call.site is not None:
                         event.user_source = location(*call.site)
+                        if event.source == op_line:
+                            # The op ran at the user's own line (their forward's `x.split(...)`), not
+                            # in a package: the values were born where they entered, at the call
+                            # (the detail keeps the op's line). Left apart, reports show that line
+                            # as library code.
+                            event.source = event.user_source
                     rows = nonfinite_rows(t)
                     bad = int((~torch.isfinite(t.detach())).sum())
                     event.count = bad
