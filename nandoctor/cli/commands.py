@@ -5,17 +5,19 @@ Machine output (json, sarif, junit, ...) goes to stdout or --output; people's ou
 """
 from __future__ import annotations
 
-import os
+import inspect
 import sys
-import traceback
 from pathlib import Path
 from typing import Annotated, Any, Optional
 
 import typer
 
-from ._version import __version__
-from .errors import ExitCode, InputError
-from .report import FORMATS
+from .._version import __version__
+from ..errors import ExitCode, InputError
+from ..report import FORMATS
+from .run_command import RUN_DOC, RUN_OPTIONS, SCRIPT_HELP, RunOption, run_command
+from .shell import (check_format, check_writable, emit, err_console, fail_input, guarded, say, say_what_ran,
+                    write_file)
 
 app = typer.Typer(
     name="nandoctor", add_completion=True, no_args_is_help=True, rich_markup_mode=None,
@@ -29,18 +31,6 @@ app = typer.Typer(
          "  nandoctor explain high-lr\n\n"
          "Exit codes: 0 pass, 1 findings at or above --fail-on (or a run went non-finite), 2 unusable input, "
          "3 internal error, 130 interrupted (Ctrl-C; the partial report is still written).")
-
-_stderr: list[Any] = []
-
-
-def err_console() -> Any:
-    """rich's Console on stderr, made on first use: a command that prints nothing to the terminal
-    (--quiet, a machine format into a file) never imports rich (~20 ms and ~3 MiB per process)."""
-    if not _stderr:
-        from rich.console import Console
-        _stderr.append(Console(stderr=True, highlight=False))
-    return _stderr[0]
-
 
 def _version(value: bool) -> None:
     if value:
@@ -56,118 +46,12 @@ def main_callback(
     """nandoctor: NaN/Inf diagnosis for PyTorch training."""
 
 
-MESSAGE_LIMIT = 2000   # characters of one error paragraph; user input can be arbitrarily long
-
-
-def say(text: str) -> None:
-    """One paragraph on stderr, printed verbatim: `[tool.nandoctor]` or a `[/` in a path is text,
-    never Rich markup; terminal escapes from user input are removed."""
-    from .trace.text import plain_text
-    err_console().print(plain_text(text, MESSAGE_LIMIT), soft_wrap=True, markup=False, emoji=False, highlight=False)
-
-
-def _fail_input(err: InputError) -> None:
-    say(f"nandoctor: error: {err}")
-    raise typer.Exit(code=ExitCode.BAD_INPUT)
-
-
-def _fail_internal(err: BaseException) -> None:
-    say(f"nandoctor: internal error: {type(err).__name__}: {err}. This is a bug in nandoctor, not in "
-        "your model; please report it with the command you ran (set NANDOCTOR_DEBUG=1 to see the traceback).")
-    if os.environ.get("NANDOCTOR_DEBUG"):
-        traceback.print_exc()
-    raise typer.Exit(code=ExitCode.INTERNAL)
-
-
-def emit(doc: dict[str, Any], fmt: str, output: Optional[Path], quiet: bool, html: Optional[Path] = None,
-         printer: Any = None) -> None:
-    """Write the document in `fmt` to --output or stdout; the rich report goes to the terminal."""
-    from .report import render
-
-    def print_report(doc: dict[str, Any], console: Any) -> None:   # rich, imported only to print
-        if printer is not None:
-            printer(doc, console)
-        else:
-            from .report.console import print_report as rich_report
-            rich_report(doc, console)
-
-    if html is not None:
-        from .report.html import render_html
-        _write(html, render_html(doc))
-    if fmt == "rich":
-        from rich.console import Console
-        if output is not None:
-            console = Console(file=open(output, "w", encoding="utf-8"), width=120, color_system=None)
-            print_report(doc, console)
-            console.file.close()
-        elif not quiet:
-            print_report(doc, Console(highlight=False))
-        return
-    text = render(doc, fmt)
-    if output is not None:
-        _write(output, text)
-        if not quiet:
-            print_report(doc, err_console())
-    else:
-        sys.stdout.write(text)
-        sys.stdout.flush()
-
-
-def check_writable(path: Optional[Path], option: str) -> None:
-    """Fail before the scan, not after it: `path` must be a file nandoctor can create or replace."""
-    if path is None:
-        return
-    if path.is_dir():
-        raise InputError(f"{option} {path} is a directory; give a file name.")
-    if path.exists():
-        if not os.access(path, os.W_OK):
-            raise InputError(f"cannot write {option} {path}: permission denied.")
-        return
-    parent = path.parent
-    while not parent.exists() and parent != parent.parent:
-        parent = parent.parent
-    if not parent.is_dir():
-        raise InputError(f"cannot write {option} {path}: {parent} is not a directory.")
-    if not os.access(parent, os.W_OK | os.X_OK):
-        raise InputError(f"cannot write {option} {path}: {parent} is not writable.")
-
-
-def _write(path: Path, text: str) -> None:
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(text, encoding="utf-8")
-    except OSError as err:
-        raise InputError(f"cannot write {path}: {err.strerror or err}.") from None
-
-
-def _guarded(run: Any) -> None:
-    """Run a command body; map its outcome to the documented exit codes (README, "Exit codes")."""
-    try:
-        report = run()
-    except InputError as err:
-        _fail_input(err)
-    except typer.Exit:
-        raise
-    except Exception as err:  # noqa: BLE001 - anything else is a bug in nandoctor: exit 3, no traceback
-        _fail_internal(err)
-    if getattr(report, "interrupted", False):
-        say("nandoctor: interrupted (Ctrl-C); the report above covers what ran before it.")
-        raise typer.Exit(code=130)
-    raise typer.Exit(code=report.exit_code)
-
-
 FormatOpt = Annotated[str, typer.Option("--format", "-f", help=f"Output format: {'|'.join(FORMATS)}.")]
 OutputOpt = Annotated[Optional[Path], typer.Option("--output", "-o", help="Write the report to FILE instead of stdout.")]
 QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar and no console report.")]
 VerboseOpt = Annotated[bool, typer.Option("--verbose", "-v", help="Say on stderr what ran and how long each part took.")]
 TraceOpt = Annotated[Optional[Path], typer.Option("--trace", help="Also save the trace (JSON) so `nandoctor report FILE` can re-render any format later, without the model.")]
 FailOnOpt = Annotated[Optional[str], typer.Option("--fail-on", help="Exit 1 on findings at or above: error|warning|never (default error).")]
-
-
-def _check_format(fmt: str) -> str:
-    if fmt not in FORMATS:
-        raise InputError(f"unknown --format {fmt!r}; accepted values are {', '.join(FORMATS)}.")
-    return fmt
 
 
 @app.command()
@@ -204,11 +88,11 @@ def scan(
       nandoctor scan model.py --format github --fail-on warning     (in CI)
     """
     def run() -> Any:
-        _check_format(fmt)
+        check_format(fmt)
         check_writable(output, "--output")
         check_writable(html, "--html")
-        from .api import scan as run_scan
-        from .load.model_file import model_file_argv
+        from ..api import scan as run_scan
+        from ..load.model_file import model_file_argv
         progress_cb, stop = _progress(quiet, steps, precision)
         try:
             # The model file sees argv as `python MODEL.py` gives it, never nandoctor's own flags.
@@ -220,26 +104,14 @@ def scan(
         finally:
             stop()
         if verbose:
-            _say_what_ran(report)
+            say_what_ran(report)
         if trace_file is not None:
-            from .report.saved import write_trace
+            from ..report.saved import write_trace
             write_trace(trace_file, "scan", report.trace, report.causes, report.fail_on)
         emit(report.to_dict(), fmt, output, quiet, html)
         return report
 
-    _guarded(run)
-
-
-def _say_what_ran(report: Any) -> None:
-    """--verbose: each run, the experiments and the total, with timings (stderr)."""
-    trace = report.trace
-    for run in trace.runs:
-        say(f"nandoctor: ran {run.precision}: {run.status}, {len(run.steps)} of {run.steps_requested} steps "
-            f"from step {run.start_step}, {run.seconds:.2f} s" + (f" ({run.note})" if run.note else ""))
-    if trace.experiments:
-        say(f"nandoctor: ran {len(trace.experiments)} confirming experiment(s) in {trace.experiments_seconds:.2f} s: "
-            + ", ".join(f"{e.label or e.id} -> {e.outcome}" for e in trace.experiments))
-    say(f"nandoctor: scan took {trace.seconds:.2f} s in all; {len(report.causes)} finding(s)")
+    guarded(run)
 
 
 def _progress(quiet: bool, steps: Optional[int], precisions: Optional[list[str]]):
@@ -285,24 +157,24 @@ def postmortem(
       nandoctor postmortem model.safetensors --html postmortem.html
     """
     def run() -> Any:
-        _check_format(fmt)
+        check_format(fmt)
         if fail_on is not None and fail_on not in ("error", "warning", "never"):
             raise InputError(f"unknown --fail-on {fail_on!r}; accepted values are error, warning, never.")
         check_writable(output, "--output")
         check_writable(html, "--html")
-        from .api import postmortem as run_postmortem
-        from .report.console import print_postmortem
+        from ..api import postmortem as run_postmortem
+        from ..report.console import print_postmortem
         report = run_postmortem(path, baseline, trust=trust, fail_on=fail_on or "error")
         if verbose:
             say(f"nandoctor: read {report.trace.format} checkpoint {report.trace.path}: {len(report.trace.tensors)} "
                 f"tensors, {len(report.trace.optimizer)} optimizer tensors, {report.trace.seconds:.2f} s")
         if trace_file is not None:
-            from .report.saved import write_trace
+            from ..report.saved import write_trace
             write_trace(trace_file, "postmortem", report.trace, report.causes, report.fail_on)
         emit(report.to_dict(), fmt, output, quiet, html, printer=print_postmortem)
         return report
 
-    _guarded(run)
+    guarded(run)
 
 
 @app.command("report")
@@ -323,16 +195,16 @@ def report_command(
       nandoctor report run.trace.json --format junit -o nandoctor.xml
     """
     def run() -> Any:
-        _check_format(fmt)
+        check_format(fmt)
         if fail_on is not None and fail_on not in ("error", "warning", "never"):
             raise InputError(f"unknown --fail-on {fail_on!r}; accepted values are error, warning, never.")
         from types import SimpleNamespace
-        from .report.saved import load_document
+        from ..report.saved import load_document
         doc = load_document(saved, fail_on)
         emit(doc, fmt, output, quiet, html)
         return SimpleNamespace(exit_code=doc["exit_code"])
 
-    _guarded(run)
+    guarded(run)
 
 
 @app.command()
@@ -367,124 +239,41 @@ def replay(
       nandoctor replay nandoctor-bundles/step-000123 --model model.py --rank 1   (one rank of a torchrun job)
     """
     def run() -> Any:
-        _check_format(fmt)
+        check_format(fmt)
         check_writable(output, "--output")
         check_writable(html, "--html")
-        from .api import replay as run_replay
+        from ..api import replay as run_replay
         report = run_replay(bundle, model, trust=trust, experiments=False if no_experiments else None,
                             fail_on=fail_on, max_seconds=max_seconds, device=device, rank=rank, config=config)
         if verbose:
-            _say_what_ran(report)
+            say_what_ran(report)
         emit(report.to_dict(), fmt, output, quiet, html)
         return report
 
-    _guarded(run)
+    guarded(run)
 
 
-@app.command(context_settings={"allow_interspersed_args": False, "ignore_unknown_options": True})
-def run(
-    script_and_args: Annotated[Optional[list[str]], typer.Argument(
-        metavar="SCRIPT [SCRIPT_ARGS]...",
-        help="The training script and its own arguments, exactly as after `python`. Everything after SCRIPT "
-             "is the script's, never nandoctor's.")] = None,
-    module: Annotated[Optional[str], typer.Option("-m", "--module", help="Run a module as `python -m MODULE ARGS` "
-                                                  "would (then every argument after it is the module's).")] = None,
-    out: Annotated[Path, typer.Option("--out", help="Folder for the crash bundle.")] = Path("nandoctor-bundles"),
-    config: Annotated[Optional[Path], typer.Option("--config", "-c", help="A YAML config file (thresholds, fail_on).")] = None,
-    fmt: FormatOpt = "rich",
-    output: OutputOpt = None,
-    html: Annotated[Optional[Path], typer.Option("--html", help="Also write a self-contained HTML report with plots.")] = None,
-    quiet: QuietOpt = False,
-    fail_on: FailOnOpt = None,
-    max_seconds: Annotated[Optional[float], typer.Option("--max-seconds", help="Stop the script after this many seconds (at a step boundary); the steps that ran are reported.")] = None,
-    no_experiments: Annotated[bool, typer.Option("--no-experiments", help="Skip the confirming experiments.")] = False,
-    check_every: Annotated[int, typer.Option("--check-every", help="Check every N optimizer steps (a failure is then seen up to N-1 steps late).")] = 1,
-    stats_every: Annotated[int, typer.Option("--stats-every", help="Per-layer statistics every N steps (0: off).")] = 50,
-    snapshot_every: Annotated[int, typer.Option("--snapshot-every", help="Keep a copy of the weights and optimizer state every N steps (the first and the latest; a temporary file), from which the lr experiments re-train (0: off).")] = 100,
-    restart_over_mib: Annotated[Optional[float], typer.Option("--restart-over-mib", help="No step-0 copy of a state over this many MiB: its lr experiments run the script again from its start, in a child process (0: always). Default: the config's experiments.restart_over_mib (64).")] = None,
-    on_nonfinite: Annotated[Optional[str], typer.Option("--on-nonfinite", help="What a NaN/Inf step does: stop (trace it and report), skip (no update; the run goes on) or rollback (restore a copy from before it, skip the batches since, retry within --rollback-budget). skip and rollback append to OUT/skip_list.json. Default: the config's policies.on_nonfinite (stop).")] = None,
-    on_spike: Annotated[Optional[str], typer.Option("--on-spike", help="What a loss or gradient-norm spike does: warn, skip or rollback. Default: the config's policies.on_spike (warn).")] = None,
-    rollback_every: Annotated[Optional[int], typer.Option("--rollback-every", help="With rollback: keep a copy of the training state every N steps (the last two are kept). Default: policies.rollback.every (50).")] = None,
-    rollback_budget: Annotated[Optional[int], typer.Option("--rollback-budget", help="With rollback: rollbacks before the run stops and is reported. Default: policies.rollback.budget (3).")] = None,
-    verbose: VerboseOpt = False,
-    trace_file: TraceOpt = None,
-) -> None:
-    """Run an unmodified training script under nandoctor: stop at the first NaN/Inf and say why.
-
-    The script runs as `python SCRIPT ARGS` would (as __main__, with its own sys.argv and output,
-    and its own exit code while it stays healthy). Every optimizer step is checked; on the first
-    NaN/Inf the script is stopped, its loop runs the failing step once more, traced op by op, a
-    crash bundle is written, and the report names the op and the line of your own file.
-
-    Examples:
-
-      nandoctor run train.py --lr 3e-4 --batch-size 64
-
-      nandoctor run -m mypackage.train --config configs/base.yaml
-
-      nandoctor run --format json -o report.json train.py     (nandoctor's options come before SCRIPT)
-
-      torchrun --nproc-per-node 2 -m nandoctor run train.py   (names the rank where the NaN was born)
-
-      nandoctor run --on-nonfinite rollback --rollback-every 20 train.py   (survive a bad batch)
-    """
-    def body() -> Any:
-        _check_format(fmt)
-        check_writable(output, "--output")
-        check_writable(html, "--html")
-        words = list(script_and_args or [])
-        if module is None and not words:
-            raise InputError("nandoctor run needs a training script: `nandoctor run train.py ARGS` (or "
-                             "`nandoctor run -m package.train ARGS`).")
-        script, args = (None, words) if module is not None else (words[0], words[1:])
-        if on_nonfinite not in (None, "stop", "skip", "rollback"):
-            raise InputError(f"unknown --on-nonfinite {on_nonfinite!r}; accepted values are stop, skip, rollback.")
-        if on_spike not in (None, "warn", "skip", "rollback"):
-            raise InputError(f"unknown --on-spike {on_spike!r}; accepted values are warn, skip, rollback.")
-        if (rollback_every is not None and rollback_every < 1) or (rollback_budget is not None and rollback_budget < 0):
-            raise InputError("--rollback-every must be at least 1 and --rollback-budget at least 0.")
-        rollback = {key: value for key, value in (("every", rollback_every), ("budget", rollback_budget))
-                    if value is not None}
-        from .api import run_script
-        # A machine format on stdout must stay one valid document: the script's prints go to stderr then.
-        machine_on_stdout = fmt != "rich" and output is None
-        report = run_script(script, args, module=module, config=config, out=out, fail_on=fail_on,
-                            max_seconds=max_seconds, experiments=False if no_experiments else None,
-                            stats_every=stats_every, check_every=check_every, snapshot_every=snapshot_every,
-                            script_stdout_to_stderr=machine_on_stdout, on_nonfinite=on_nonfinite, on_spike=on_spike,
-                            rollback=rollback or None, restart_over_mib=restart_over_mib)
-        if report.origin_elsewhere:
-            # torchrun: the rank where the NaN was born writes the report; this one only received it.
-            ranks = report.script["ranks"]
-            say(f"nandoctor run: rank {ranks['rank']} of {ranks['world_size']}: stopped at step "
-                f"{report.script['stopped_at_step']}; the NaN/Inf was born on rank "
-                f"{', '.join(map(str, ranks['origin_ranks']))} and reached this rank through the collective or the "
-                "weights. That rank's report names the op and the line.")
-            return report
-        if verbose:
-            _say_what_ran(report)
-        if trace_file is not None:
-            from .report.saved import write_trace
-            write_trace(trace_file, "run", report.trace, report.causes, report.fail_on)
-        doc = report.to_dict()
-        if fmt == "rich" and output is None:
-            # The script's own output owns stdout; the report comes after it, on stderr.
-            if not quiet:
-                from .report.console import print_report
-                print_report(doc, err_console())
-            if html is not None:
-                from .report.html import render_html
-                _write(html, render_html(doc))
-        else:
-            emit(doc, fmt, output, quiet, html, printer=_stderr_printer)
-        return report
-
-    _guarded(body)
+def _typer_signature(options: tuple[RunOption, ...]) -> inspect.Signature:
+    """typer reads a command's options from its signature: this one is written from the table in
+    run_command.py, which the fast path (entry.py) reads too."""
+    params = [inspect.Parameter("script_and_args", inspect.Parameter.POSITIONAL_OR_KEYWORD, default=None,
+                                annotation=Annotated[Optional[list[str]], typer.Argument(
+                                    metavar="SCRIPT [SCRIPT_ARGS]...", help=SCRIPT_HELP)])]
+    for option in options:
+        kind = option.kind if option.default is not None or option.kind is bool else Optional[option.kind]
+        params.append(inspect.Parameter(option.dest, inspect.Parameter.POSITIONAL_OR_KEYWORD, default=option.default,
+                                        annotation=Annotated[kind, typer.Option(*option.flags, help=option.help)]))
+    return inspect.Signature(params)
 
 
-def _stderr_printer(doc: dict[str, Any], console: Any) -> None:
-    from .report.console import print_report
-    print_report(doc, err_console() if getattr(console, "file", None) is sys.stdout else console)
+def run(**options: Any) -> None:
+    guarded(lambda: run_command(**options))
+
+
+run.__doc__ = RUN_DOC
+run.__signature__ = _typer_signature(RUN_OPTIONS)  # type: ignore[attr-defined]
+run.__annotations__ = {p.name: p.annotation for p in run.__signature__.parameters.values()}  # type: ignore[attr-defined]
+app.command(context_settings={"allow_interspersed_args": False, "ignore_unknown_options": True})(run)
 
 
 @app.command()
@@ -497,14 +286,14 @@ def explain(cause: Annotated[Optional[str], typer.Argument(help="A cause id, e.g
 
       nandoctor explain            (lists every cause id)
     """
-    from .diagnose import RULES, explain as explain_cause
+    from ..diagnose import RULES, explain as explain_cause
     if cause is None:
         for rule in RULES:
             typer.echo(f"{rule.id:22s} {rule.title}")
         return
     text = explain_cause(cause)
     if text is None:
-        from .diagnose import rule_ids
+        from ..diagnose import rule_ids
         say(f"nandoctor: error: unknown cause id {cause!r}; known ids are {', '.join(rule_ids())}.")
         raise typer.Exit(code=ExitCode.BAD_INPUT)
     typer.echo(f"{cause}\n\n{text}")
@@ -534,7 +323,7 @@ def init(
         for name, path in targets.items():
             path.write_text((files("nandoctor") / "templates" / name).read_text(encoding="utf-8"), encoding="utf-8")
     except OSError as err:
-        _fail_input(InputError(f"cannot write into {directory}: {err.strerror or err}."))
+        fail_input(InputError(f"cannot write into {directory}: {err.strerror or err}."))
     typer.echo(f"wrote {targets['model.py']} and {targets['nandoctor.yaml']}; next: nandoctor scan {targets['model.py']}")
 
 
@@ -555,13 +344,13 @@ def show_config(
       nandoctor config --config ci.yaml --format json
     """
     import json as _json
-    from .load.config import resolve_config
+    from ..load.config import resolve_config
     try:
         if fmt not in ("rich", "json"):
             raise InputError(f"unknown --format {fmt!r} for nandoctor config; accepted values are rich, json.")
         resolved = resolve_config(config)
     except InputError as err:
-        _fail_input(err)
+        fail_input(err)
     if fmt == "json":
         typer.echo(_json.dumps({"values": resolved.values, "sources": resolved.sources}, indent=2))
         return
