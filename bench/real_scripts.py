@@ -22,7 +22,8 @@ yaml names. For each entry the harness:
    stand-in packages (bench/real_scripts_stubs/) first on PYTHONPATH;
 5. scores the JSON report: exit code, verdict, top cause, top three, and whether the first
    non-finite value's `user_source` and the top cause's `file` lie in the script's own files
-   (the copied repository: never site-packages, never nandoctor).
+   (the copied repository: never site-packages, never nandoctor); a `source` apart from
+   `user_source` (shown as library code) that lies in them is flagged.
 
 The table goes to stdout and to bench/real_scripts_results.txt (with --plain:
 bench/real_scripts_plain_results.txt; --results to change it).
@@ -181,7 +182,10 @@ def score(entry: dict[str, Any], proc: subprocess.CompletedProcess, doc: Optiona
             phase=event.get("phase"), op=event.get("op"),
             origin=relative(origin, root, cwd), origin_own=own_file(event.get("user_source"), root, cwd),
             cause_file=relative(top.get("source") or top.get("file"), root, cwd) if top else "-",
-            cause_own=own_file(top.get("file"), root, cwd) if top else None)
+            cause_own=own_file(top.get("file"), root, cwd) if top else None,
+            # A `source` apart from `user_source` is shown as library code: it must not be the user's.
+            library_own=(own_file(event.get("source"), root, cwd)
+                         if event.get("source") and event.get("source") != event.get("user_source") else None))
     pattern = (entry.get("plain") or {}).get("output") if healthy else None
     if pattern:
         result["stdout_passed"] = re.search(pattern, proc.stdout) is not None
@@ -277,6 +281,8 @@ def table(results: list[dict[str, Any]], plain: bool) -> list[str]:
         extra = "" if "stdout_passed" not in r else f"  stdout passed: {yes(r['stdout_passed'])}"
         if not r["report"]:
             extra += f"  no report: {(r.get('stderr_tail') or ['?'])[-1][:120]}"
+        if r.get("library_own"):
+            extra += "  LIBRARY LINE IN OWN FILES"
         rows.append(f"{r['name']:<26} {r['round']:>2} {exit_code:>4} {verdict:>7} {f'{top} ({expected})':<44} {yes(r['top1']):>4} "
                     f"{yes(r['top3']):>4} {yes(r['origin_own']):>10} {yes(r['cause_own']):>9} {r['seconds']:>6}  "
                     f"{r['origin'] or '-'} [{r.get('phase') or '-'}]{extra}")
@@ -286,7 +292,9 @@ def table(results: list[dict[str, Any]], plain: bool) -> list[str]:
     rows.append(f"entries {len(results)} (errors {len(results) - len(scored)}): exit {count('exit_ok')}, "
                 f"verdict {count('verdict_ok')}, top1 {count('top1')}, top3 {count('top3')}, "
                 f"origin in own files {sum(bool(r['origin_own']) for r in failing)}/{len(failing)}, "
-                f"top cause in own files {sum(bool(r['cause_own']) for r in failing)}/{len(failing)}")
+                f"top cause in own files {sum(bool(r['cause_own']) for r in failing)}/{len(failing)}"
+                + (f", library line in own files {sum(bool(r.get('library_own')) for r in scored)}"
+                   if any(r.get("library_own") for r in scored) else ""))
     return rows
 
 
