@@ -339,10 +339,11 @@ class EarlyWarningSampler:
             self._pending_bytes += t.numel() * t.element_size()
             if self._pending_bytes >= stats.BATCH_BYTES:
                 self._reduce_outputs()
-        with torch.no_grad():
-            if name in self._eager:
+        if name in self._eager:
+            with torch.no_grad():
                 self._values.append((name, "act_outlier_ratio", _outlier_ratios([t.detach()])[0]))
-            if module is self.model:
+        if module is self.model:
+            with torch.no_grad():
                 logits = primary_output(output)
                 if logits is not None and logits.dim() >= 1 and logits.shape[-1] > 1:
                     logits = logits.detach().float()
@@ -486,8 +487,12 @@ class EarlyWarningSampler:
             key = (module, statistic)
             # Several calls of one module (or several attention calls in it): the largest.
             sample[key] = number if key not in sample or _larger(number, sample[key]) else sample[key]
+        kept = int(self.options["samples"])
         for key, number in sample.items():
-            self.series.setdefault(key, deque(maxlen=int(self.options["samples"]))).append((step, number))
+            points = self.series.get(key)
+            if points is None:
+                points = self.series[key] = deque(maxlen=kept)
+            points.append((step, number))
         # Whole-model statistics of the optimizer step are judged at their worst module only: one
         # too-high lr moves every layer at once, and one warning says so.
         worst: dict[str, tuple[str, str]] = {}
@@ -515,9 +520,10 @@ class EarlyWarningSampler:
 
     def _judge(self, step: int, key: tuple[str, str]) -> None:
         module, statistic = key
-        points = list(self.series[key])
-        value = points[-1][1]
+        series = self.series[key]
+        value = series[-1][1]
         if statistic == "update_rms":
+            points = list(series)
             earlier = sorted(v for _, v in points[:-1] if math.isfinite(v))
             if len(earlier) < 3:
                 return
@@ -532,7 +538,8 @@ class EarlyWarningSampler:
         cause, threshold_key, needs_growth = rule
         level = abs(value) if statistic == "log_z" else value
         if not (level >= float(self.options[threshold_key]) or math.isinf(level)):
-            return
+            return      # nearly every key of a sample: nothing more read
+        points = list(series)
         if statistic == "update_ratio" and len(points) < 2:
             return      # Adam's first step moves every weight by lr (m / sqrt(v) = sign): not yet a trend
         baseline = abs(points[0][1]) if statistic == "log_z" else points[0][1]
