@@ -6,6 +6,7 @@
     python3 bench/real_scripts.py --source DIR --round 2                   # one round of entries (yaml `round`)
     python3 bench/real_scripts.py --source DIR --site SITE                 # SITE: `pip install --target SITE datasets
                                                                            #   jsonargparse[signatures]` (HF, LightningCLI)
+    python3 bench/real_scripts.py --source DIR --run-option=--restart-over-mib=0  # an extra `nandoctor run` option
     python3 bench/real_scripts.py --list                                   # what each entry runs and expects
 
 The scripts are not part of this repository. `--source` is a folder you filled from the public
@@ -119,14 +120,15 @@ def environment(entry: dict[str, Any], root: Path, work: Path, site: Optional[Pa
     return env
 
 
-def command(entry: dict[str, Any], out_json: Path, bundles: Path, plain: bool, experiments: bool) -> list[str]:
+def command(entry: dict[str, Any], out_json: Path, bundles: Path, plain: bool, experiments: bool,
+            run_options: tuple[str, ...] = ()) -> list[str]:
     args = [str(a) for a in [*(entry.get("args") or []), *((entry.get("inject") or {}).get("args") or [])]]
     if plain:
         return [sys.executable, entry["script"], *args]
     options = ["--format", "json", "-o", str(out_json), "--out", str(bundles)]
     if not experiments:
         options.append("--no-experiments")
-    return [sys.executable, "-m", "nandoctor", "run", *options, *(entry.get("run_options") or []),
+    return [sys.executable, "-m", "nandoctor", "run", *options, *(entry.get("run_options") or []), *run_options,
             entry["script"], *args]
 
 
@@ -209,13 +211,13 @@ def check_plain(entry: dict[str, Any], proc: subprocess.CompletedProcess, root: 
 
 
 def run_entry(entry: dict[str, Any], source: Path, plain: bool, experiments: bool, keep: bool,
-              site: Optional[Path] = None) -> dict[str, Any]:
+              site: Optional[Path] = None, run_options: tuple[str, ...] = ()) -> dict[str, Any]:
     work = Path(tempfile.mkdtemp(prefix=f"real-{entry['name']}-"))
     began = time.perf_counter()
     try:
         root, cwd = stage(entry, source, work)
         out_json, bundles = work / "report.json", work / "bundles"
-        cmd = command(entry, out_json, bundles, plain, experiments)
+        cmd = command(entry, out_json, bundles, plain, experiments, run_options)
         timeout = entry.get("timeout", 180) * (1 if plain else 3)
         try:
             proc = subprocess.run(cmd, cwd=cwd, env=environment(entry, root, work, site), capture_output=True,
@@ -309,6 +311,9 @@ def main(argv: Optional[list[str]] = None) -> int:
                              "put on their PYTHONPATH after the stubs and nandoctor")
     parser.add_argument("--plain", action="store_true", help="run `python SCRIPT ARGS` and check the injection works")
     parser.add_argument("--no-experiments", action="store_true", help="pass --no-experiments to nandoctor run")
+    parser.add_argument("--run-option", action="append", default=[], metavar="OPTION",
+                        help="an extra option for every entry's `nandoctor run` (repeatable; e.g. "
+                             "--run-option=--restart-over-mib=0 runs lr experiments from the script's start)")
     parser.add_argument("--keep", action="store_true", help="keep each entry's temporary folder (printed)")
     parser.add_argument("--list", action="store_true", help="describe the entries and exit")
     parser.add_argument("--json", type=Path, help="also write the per-entry results as JSON")
@@ -330,12 +335,14 @@ def main(argv: Optional[list[str]] = None) -> int:
     results = []
     began = time.perf_counter()
     for entry in entries:
-        result = run_entry(entry, args.source, args.plain, not args.no_experiments, args.keep, args.site)
+        result = run_entry(entry, args.source, args.plain, not args.no_experiments, args.keep, args.site,
+                           tuple(args.run_option))
         results.append(result)
         print(f"{entry['name']:<26} {result['seconds']:>6}s {result.get('work', '')}"
               f"{'  ' + result['error'] if 'error' in result else ''}", file=sys.stderr)
     rows = table(results, args.plain)
-    mode = "plain python" if args.plain else "nandoctor run" + (" --no-experiments" if args.no_experiments else "")
+    mode = "plain python" if args.plain else " ".join(
+        ["nandoctor run", *(["--no-experiments"] if args.no_experiments else []), *args.run_option])
     header = [f"# bench/real_scripts.py ({mode}), {time.strftime('%Y-%m-%d')}, {len(results)} entries, "
               f"{time.perf_counter() - began:.0f} s, python {sys.version.split()[0]}"]
     text = "\n".join(header + rows) + "\n"

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from nandoctor.diagnose import diagnose, diagnose_checkpoint, explain, plan_experiments, rule_ids, verdict
-from nandoctor.trace import (BatchTensorStats, ExperimentResult, LabelCheck, LayerSeries, NonfiniteEvent, OpRef,
+from nandoctor.trace import (BatchTensorStats, ExperimentResult, LabelCheck, LayerSeries, LoopFacts, NonfiniteEvent, OpRef,
                              ParamSeries, PostmortemTrace, RunTrace, SourceLocation, StepRecord, TensorSummary, Trace,
                              UserError)
 from nandoctor.trace.checkpoint import OptimizerRecord, TensorRecord
@@ -301,6 +301,22 @@ def test_an_epsilon_that_vanishes_in_float16_before_any_pole_is_fp16_underflow()
     assert finding.id == "fp16-underflow" and "poisson_nll_loss" in finding.fix and "eps=1e-4" in finding.fix
     # The same log failing in float32 too is the op's own pole, not float16's.
     assert top(trace_of(log_run("32-true", "float32"), log_run("16-true", "float16"))).id == "unstable-op"
+
+
+def test_optimizer_eps_fix_names_the_line_that_builds_the_optimizer_not_its_step():
+    """Regression (bench round 5, accelerate's local_sgd.py with `AdamW(..., eps=0.0)`): the fix read
+    "pass `eps=1e-8` to the optimizer at local_sgd.py:183", the line of optimizer.step()."""
+    step_line = SourceLocation("local_sgd.py", 183, "training_function", "optimizer.step()")
+    built = SourceLocation("local_sgd.py", 151, "training_function", "optimizer = AdamW(params=model.parameters(), lr=lr)")
+    run = failing(phase="optimizer", kind="nan", op="aten.addcdiv_.default", parameter="embed.weight",
+                  user_source=step_line, inputs=[tensor(), tensor("input1", zeros=216), tensor("input2", zeros=216)])
+    run.optimizer = {"name": "AdamW", "lr": 2e-5, "eps": 0.0}
+    trace = trace_of(run)
+    trace.loop = LoopFacts(optimizer_step=step_line, optimizer_built=built, argv=["--cpu"])
+    finding = top(trace)
+    assert finding.id == "optimizer-eps" and "at local_sgd.py:151" in finding.fix, finding.fix
+    assert finding.source.line == 183          # where the NaN was born stays the finding's place
+    assert "AdamW eps=0: nothing keeps" in " ".join(finding.evidence)
 
 
 def test_optimizer_eps_of_zero_in_float32_and_a_hand_written_division():

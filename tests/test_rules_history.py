@@ -61,6 +61,16 @@ def test_a_loss_that_rose_by_orders_of_magnitude_in_the_history_is_high_lr_at_th
     assert "upstream" in top.rank_reason
 
 
+def test_a_gradient_norm_held_at_its_clip_is_not_said_to_have_grown():
+    """Regression (bench round 5, minGPT clipping at 1.0, lr 100): the evidence read "its gradient
+    norm grew from 1 to 1 over the same steps" while the loss rose by 1e9x."""
+    past = history([3.1, 40.0, 5e3, 1.8e10], grad_norm=[0.9993, 1.0, 1.0, 1.0], param_norm=[1.7e4, 2e5, 3e7, 8e9])
+    top = diagnose(trace_of(replayed(past)))[0]
+    text = " ".join(top.evidence)
+    assert top.id == "high-lr" and "parameter norm grew from 1.70e4 to 8.00e9" in text
+    assert "gradient norm" not in text
+
+
 def test_large_update_ratios_in_the_history_are_high_lr_even_when_the_loss_has_not_moved_yet():
     past = history([2.3, 2.3, 2.4], update_ratio=[0.002, 0.6, 1.4])
     top = diagnose(trace_of(replayed(past)))[0]

@@ -208,6 +208,10 @@ def test_a_script_whose_loss_rejects_a_class_target_is_a_label_range_failure(scr
     assert top["id"] == "label-range", [c["id"] for c in doc["causes"]]
     assert top["file"].endswith("one_based_labels.py") and "y - 1" in top["fix"]
     assert "IndexError" in " ".join(top["evidence"])
+    # It raised before the first optimizer.step(): the loop still has its SGD (bench round 5: the
+    # reports of accelerate's gradient_accumulation.py and vae/main.py read "hand-written update").
+    assert doc["runs"][0]["optimizer"]["name"] == "SGD" and doc["runs"][0]["optimizer"]["lr"] == 0.1
+    assert doc["loop"]["hand_written_update"] is False and doc["loop"]["optimizer_built"]
 
 
 def test_a_bundle_written_after_the_failing_optimizer_step_replays_without_running_the_script(scripts):
@@ -232,3 +236,17 @@ def test_a_run_that_ends_non_finite_never_passes_even_when_no_watch_attached(scr
     assert result.returncode == 1 and doc["verdict"] == "fail"
     assert doc["runs"][0]["status"] == "nonfinite"
     assert "ended non-finite" in doc["first_nonfinite"]["detail"]
+
+
+def test_data_that_entered_the_model_non_finite_is_placed_at_the_call_not_shown_as_library_code(scripts):
+    """Regression (bench round 5: time_sequence_prediction's `input.split(1, dim=1)`, Lightning's
+    and Fabric's `x.view(...)`): the console read "inside library code at train.py:25", a line of
+    the user's own model; the NaN entered the step at the model call."""
+    out = scripts / "report.json"
+    result = nandoctor("run", "--format", "json", "-o", str(out), "nan_input_split.py", cwd=scripts)
+    doc = json.loads(out.read_text())
+    event = doc["first_nonfinite"]
+    assert result.returncode == 1 and doc["causes"][0]["id"] == "data-nonfinite"
+    assert event["source"] == event["user_source"] == "nan_input_split.py:27", event
+    assert "first used by aten.split.Tensor at nan_input_split.py:16" in event["detail"]
+    assert "nan_input_split.py:27" in result.stderr and "inside library code" not in result.stderr  # the console

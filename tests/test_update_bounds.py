@@ -56,6 +56,19 @@ def test_no_claim_outside_the_premises(make, grad_norm, weight_norm):
     assert not keeps_weights_finite(make(), grad_norm, weight_norm)
 
 
+def test_sgd_weight_decay_that_multiplies_the_weights_up_is_no_proof():
+    """SGD's coupled decay adds wd * w to the gradient: at lr * wd = 1e4 each update multiplies
+    bounded weights by ~1e4, and they overflow well within RECHECK_EVERY unread updates."""
+    weight = nn.Parameter(torch.full((3,), 1e17))
+    opt = torch.optim.SGD([weight], lr=10.0, weight_decay=1e3)
+    assert not keeps_weights_finite(opt, grad_norm=1.0, weight_norm=float(weight.detach().norm()))
+    assert keeps_weights_finite(torch.optim.SGD(_params(), lr=10.0, weight_decay=0.1), 1.0, 1e17)
+    for _ in range(RECHECK_EVERY):          # what the premises must rule out
+        weight.grad = torch.ones(3)
+        opt.step()
+    assert not torch.isfinite(weight).all()
+
+
 def test_half_precision_weights_are_not_covered():
     assert update_bounds.dtypes_covered([torch.ones(2), torch.ones(2, dtype=torch.float64)])
     assert not update_bounds.dtypes_covered([torch.ones(2), torch.ones(2, dtype=torch.float16)])

@@ -333,15 +333,26 @@ class ScriptGuard:
             return location(*site) if site else None
         calls = [c.site for c in self._window.calls + self._previous_window.calls if c.owns_parameters and c.site]
         model_call = location(*calls[0]) if calls else None
-        optimizer = watch.optimizer if watch is not None else None
-        hand_written = watch is not None and watch.optimizer is None
+        optimizer = self.optimizer_of(watch)
+        hand_written = watch is not None and optimizer is None
         return LoopFacts(update_site=_update_line(self.sites.get("backward")) if hand_written else None,model_call=model_call, backward=at("backward"), optimizer_step=at("step"),
                          optimizer_built=at(f"built:{id(optimizer)}") if optimizer is not None else None,
                          clip_norm=self.clip_norm, clip_site=at("clip"),
                          grad_scaler=watch is not None and watch.scaler is not None,
-                         hand_written_update=watch is not None and watch.optimizer is None,
+                         hand_written_update=hand_written,
                          argv=list(self.argv),
                          rewind_from=self.snapshots[0].step if self.snapshots else 0 if self.start_fingerprints else None)
+
+    def optimizer_of(self, watch: Optional[Watch]) -> Optional[torch.optim.Optimizer]:
+        """The optimizer that updates a watch's model: the watch's own, or, for a watch made when
+        the script raised before any optimizer step (a first batch the loss rejects), an optimizer
+        the script built over the model's parameters. Only a loop that built none updates its
+        weights by hand."""
+        if watch is None or watch.optimizer is not None:
+            return watch.optimizer if watch is not None else None
+        weights = {id(p) for p in watch.model.parameters()}
+        return next((opt for opt in list(self._optimizers)
+                     if any(id(p) in weights for group in opt.param_groups for p in group["params"])), None)
 
     def uninstall(self) -> None:
         if self.rerun is not None:
@@ -1060,6 +1071,12 @@ class ScriptGuard:
                     event.tensor = f"{batch_name(path)} of the model call" if call.owns_parameters else batch_name(path)
                     if call.site is not None:
                         event.user_source = location(*call.site)
+                        if event.source == op_line:
+                            # The op ran at the user's own line (their forward's `x.split(...)`), not
+                            # in a package: the values were born where they entered, at the call
+                            # (the detail keeps the op's line). Left apart, reports show that line
+                            # as library code.
+                            event.source = event.user_source
                     rows = nonfinite_rows(t)
                     bad = int((~torch.isfinite(t.detach())).sum())
                     event.count = bad

@@ -72,8 +72,9 @@ def _run(guard: ScriptGuard, watch: Optional[Watch], outcome: ScriptOutcome,
     if watch is None:
         run.note = "no training step was seen: the script never ran a forward and an optimizer step (or backward) in training mode"
     else:
-        if watch.optimizer is not None:
-            run.optimizer = optimizer_facts(watch.optimizer)
+        optimizer = guard.optimizer_of(watch)
+        if optimizer is not None:
+            run.optimizer = optimizer_facts(optimizer)
         else:
             run.optimizer = {"name": "hand-written update (no torch optimizer)"}
         first = next((p for p in watch.model.parameters()), None)

@@ -9,13 +9,13 @@ finite values (Adam's m / (sqrt(v) + eps) with eps > 0 and beta1^2 < beta2 is at
 size; SGD's momentum buffer is at most |g| / (1 - momentum)). There, the guard reads the weights
 every RECHECK_EVERY steps instead of every step, and on every step where any premise fails.
 
-What the premises rule out are exactly the ways finite gradients make non-finite weights: an eps
-of 0 (0 / 0 where a gradient is exactly 0), an lr of inf or 1e30, a beta2 of 1 (Adam's bias
-correction divides by 0), centered RMSprop (sqrt of a variance that rounds below 0), half-precision
-weights (eps underflows, updates overflow), a subclass or another optimizer whose step we do not
-know. A weight written by the user's own code between steps was never covered by this check
-(it runs right after optimizer.step()); the next step's loss and gradients, and the periodic
-check, see it.
+What the premises rule out are exactly the ways finite gradients make non-finite weights: an eps of
+0 (0 / 0 where a gradient is exactly 0), an lr of inf or 1e30, a weight decay with lr * wd > 1
+(AdamW's and SGD's multiply the weights by about 1 - lr * wd), a beta2 of 1 (Adam's bias correction
+divides by 0), centered RMSprop (sqrt of a variance that rounds below 0), half-precision weights
+(eps underflows, updates overflow), a subclass or another optimizer whose step we do not know. A
+weight written by the user's own code between steps was never covered by this check (it runs right
+after optimizer.step()); the next step's loss and gradients, and the periodic check, see it.
 """
 from __future__ import annotations
 
@@ -83,8 +83,11 @@ def keeps_weights_finite(optimizer: Any, grad_norm: Optional[float], weight_norm
         lr = group.get("lr")
         if not _within(lr, 0.0, MAX_LR) or not _within(group.get("weight_decay", 0.0), 0.0, 1e6):
             return False
-        if type(optimizer) is torch.optim.AdamW and lr * group.get("weight_decay", 0.0) > 1.0:
-            return False       # decoupled decay multiplies the weights by 1 - lr * wd: keep it in [0, 1]
+        if type(optimizer) in (torch.optim.AdamW, torch.optim.SGD) and lr * group.get("weight_decay", 0.0) > 1.0:
+            # AdamW's decoupled decay multiplies the weights by 1 - lr * wd, and SGD's (wd * w in
+            # the gradient, unnormalised) by about as much: past 1, |1 - lr * wd| can grow them
+            # geometrically (lr 10, wd 1e3: 1e17 -> inf in 6 updates). Keep it in [0, 1].
+            return False
         if group.get("differentiable", False) or not premises(group):
             return False
     return True

@@ -15,6 +15,9 @@ from .base import Context, Rule
 # A loss this many times its lowest earlier value has risen by orders of magnitude: no noisy
 # batch does that, a run that overshoots does. Read over a watched run's history window.
 LOSS_ORDERS = 100.0
+# A gradient norm that at least doubled over that window grew; less is a batch's noise, or a
+# clipped run's norm held at its clip (minGPT clips at 1: "grew from 1 to 1" said nothing).
+GRAD_NORM_GROWTH = 2.0
 # A schedule that hands the optimizer a non-finite or negative rate: scaling that rate by 1/10
 # (the lower-lr experiment) leaves it non-finite or negative, so the experiment cannot answer.
 SCHEDULE = "schedule"
@@ -209,7 +212,7 @@ def _history_evidence(d: _Divergence) -> list[str]:
     evidence.append(f"the watched run's loss rose from {num(low.loss)} at step {low.step} to {num(high.loss)} at step "
                     f"{high.step}{replayed} ({num(d.growth)}x){at_lr}, before step {run.start_step} turned non-finite")
     if low.grad_norm is not None and high.grad_norm is not None and low.grad_norm > 0 \
-            and high.grad_norm > low.grad_norm:
+            and high.grad_norm >= GRAD_NORM_GROWTH * low.grad_norm:
         evidence.append(f"its gradient norm grew from {num(low.grad_norm)} to {num(high.grad_norm)} over the same steps")
     if low.param_norm is not None and high.param_norm is not None and high.param_norm > low.param_norm:
         evidence.append(f"its parameter norm grew from {num(low.param_norm)} to {num(high.param_norm)}")

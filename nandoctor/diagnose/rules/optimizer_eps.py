@@ -78,7 +78,10 @@ class OptimizerEps(Rule):
             evidence.append(f"{zero[-1].name} held {zero[-1].zeros} zeros of {zero[-1].shape or 'a scalar'}: a parameter "
                             "whose gradient (and so its moment or norm) is 0 divides 0 by 0")
         if isinstance(eps, (int, float)):
-            evidence.append(f"{name} eps={num(eps)}" + (" is 0" if eps == 0 else f" is 0 in {dtype}"))
+            # eps=0 itself is the fact ("eps=0 is 0" said nothing): what it leaves unguarded.
+            evidence.append(f"{name} eps={num(eps)}" + ("" if eps == 0 else f" is 0 in {dtype}")
+                            + ": nothing keeps the update's denominator (the square root of a second "
+                            "moment, + eps) above 0")
             fix = _set_eps(ctx, "1e-8" if eps == 0 or dtype != "float16" else "1e-4", user_line)
             if eps != 0 or dtype == "float16":
                 fix += " (1e-8 is enough for float32 weights; float16 weights need 1e-4)"
@@ -114,7 +117,8 @@ def _set_eps(ctx: Context, value: str, user_line: Optional[SourceLocation] = Non
     if ctx.trace.framework == "huggingface":
         return (f"set `--adam_epsilon {value}` (`TrainingArguments(adam_epsilon={value})`): the Trainer builds "
                 "its AdamW with that eps")
-    loc = user_line or _eps_line(ctx)
+    # eps is written where the optimizer is built; the failure's own line is optimizer.step().
+    loc = _eps_line(ctx) or user_line
     if loc is not None:
         return f"pass `eps={value}` to the optimizer at {loc}"
     if ctx.trace.loop is not None:
