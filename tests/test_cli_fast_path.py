@@ -103,16 +103,6 @@ _WORDS = st.sampled_from([flag for option in RUN_OPTIONS for flag in option.flag
                             "--format=json", "--check-every=2", "--quiet=1", "inf", "+2", " 3"])
 
 
-@settings(max_examples=150, deadline=None)
-@given(st.lists(_WORDS, max_size=7))
-def test_fast_path_never_disagrees_with_typer(words):
-    fast = parse_run_args(words)
-    if fast is None:
-        return
-    with pytest.MonkeyPatch.context() as monkeypatch:
-        assert fast == typer_parse(words, monkeypatch)
-
-
 def test_words_after_the_module_are_the_modules():
     """As after `python -m MODULE` (the option's help says so): nandoctor's own option names after
     it are the module's arguments, on both paths."""
@@ -150,14 +140,16 @@ _SCAN_WORDS = st.sampled_from([flag for option in SCAN_OPTIONS for flag in optio
                               + ["model.py", "other.py", "--", "-", "3", "-1", "0.5", "fp16", "x", "", "--steps=2"])
 
 
+@pytest.mark.parametrize("command", ["run", "scan"])
 @settings(max_examples=150, deadline=None)
-@given(st.lists(_SCAN_WORDS, max_size=7))
-def test_scan_fast_path_never_disagrees_with_typer(words):
-    fast = parse_scan_args(words)
+@given(data=st.data())
+def test_fast_path_never_disagrees_with_typer(command, data):
+    words = data.draw(st.lists(_WORDS if command == "run" else _SCAN_WORDS, max_size=7))
+    fast = (parse_run_args if command == "run" else parse_scan_args)(words)
     if fast is None:
         return
     with pytest.MonkeyPatch.context() as monkeypatch:
-        assert fast == typer_parse(words, monkeypatch, "scan")
+        assert fast == typer_parse(words, monkeypatch, command)
 
 
 def test_guarded_run_starts_the_script_without_typer(tmp_path: Path):

@@ -15,7 +15,7 @@ import typer
 from .._version import __version__
 from ..errors import ExitCode, InputError
 from ..report import FORMATS
-from .options import Command
+from .options import FAIL_ON, FORMAT, OUTPUT, QUIET, TRACE, VERBOSE, Command, Option
 from .run_command import RUN, run_command
 from .scan_command import SCAN, scan_command
 from .shell import (check_format, check_writable, emit, err_console, fail_input, guarded, say, say_what_ran,
@@ -48,12 +48,18 @@ def main_callback(
     """nandoctor: NaN/Inf diagnosis for PyTorch training."""
 
 
-FormatOpt = Annotated[str, typer.Option("--format", "-f", help=f"Output format: {'|'.join(FORMATS)}.")]
-OutputOpt = Annotated[Optional[Path], typer.Option("--output", "-o", help="Write the report to FILE instead of stdout.")]
-QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar and no console report.")]
-VerboseOpt = Annotated[bool, typer.Option("--verbose", "-v", help="Say on stderr what ran and how long each part took.")]
-TraceOpt = Annotated[Optional[Path], typer.Option("--trace", help="Also save the trace (JSON) so `nandoctor report FILE` can re-render any format later, without the model.")]
-FailOnOpt = Annotated[Optional[str], typer.Option("--fail-on", help="Exit 1 on findings at or above: error|warning|never (default error).")]
+def _annotated(option: Option) -> Any:
+    """The typer annotation of an option declared in options.py."""
+    kind = option.kind if option.default is not None or option.kind is bool else Optional[option.kind]
+    return Annotated[kind, typer.Option(*option.flags, help=option.help)]
+
+
+FormatOpt = _annotated(FORMAT)
+OutputOpt = _annotated(OUTPUT)
+QuietOpt = _annotated(QUIET)
+VerboseOpt = _annotated(VERBOSE)
+TraceOpt = _annotated(TRACE)
+FailOnOpt = _annotated(FAIL_ON)
 
 
 def _typer_command(command: Command, body: Any) -> Any:

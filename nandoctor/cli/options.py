@@ -17,6 +17,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
 
+from ..report import FORMATS
+
 
 @dataclass(frozen=True)
 class Option:
@@ -47,6 +49,19 @@ class Command:
 
     def defaults(self) -> dict[str, Any]:
         return {option.dest: option.default for option in self.options}
+
+
+# Options several commands share (the typer-only commands use them too: commands.py `_annotated`).
+FORMAT = Option("fmt", ("--format", "-f"), str, "rich", f"Output format: {'|'.join(FORMATS)}.")
+OUTPUT = Option("output", ("--output", "-o"), Path, None, "Write the report to FILE instead of stdout.")
+HTML = Option("html", ("--html",), Path, None, "Also write a self-contained HTML report with plots.")
+QUIET = Option("quiet", ("--quiet", "-q"), bool, False, "No progress bar and no console report.")
+FAIL_ON = Option("fail_on", ("--fail-on",), str, None, "Exit 1 on findings at or above: error|warning|never (default error).")
+REPORT_OPTIONS = (FORMAT, OUTPUT, HTML, QUIET, FAIL_ON)     # where a command's report goes, in --help's order
+NO_EXPERIMENTS = Option("no_experiments", ("--no-experiments",), bool, False, "Skip the confirming experiments.")
+VERBOSE = Option("verbose", ("--verbose", "-v"), bool, False, "Say on stderr what ran and how long each part took.")
+TRACE = Option("trace_file", ("--trace",), Path, None,
+               "Also save the trace (JSON) so `nandoctor report FILE` can re-render any format later, without the model.")
 
 
 # Values read the same by int()/float() and by typer's coercion; anything else goes to typer.

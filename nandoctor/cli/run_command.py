@@ -6,23 +6,17 @@ from pathlib import Path
 from typing import Any, Optional
 
 from ..errors import InputError
-from ..report import FORMATS
-from .options import Command, Option, Positional, parse
+from .options import NO_EXPERIMENTS, REPORT_OPTIONS, TRACE, VERBOSE, Command, Option, Positional, parse
 
 RUN_OPTIONS: tuple[Option, ...] = (
     Option("module", ("-m", "--module"), str, None,
               "Run a module as `python -m MODULE ARGS` would (then every argument after it is the module's)."),
     Option("out", ("--out",), Path, Path("nandoctor-bundles"), "Folder for the crash bundle."),
     Option("config", ("--config", "-c"), Path, None, "A YAML config file (thresholds, fail_on)."),
-    Option("fmt", ("--format", "-f"), str, "rich", f"Output format: {'|'.join(FORMATS)}."),
-    Option("output", ("--output", "-o"), Path, None, "Write the report to FILE instead of stdout."),
-    Option("html", ("--html",), Path, None, "Also write a self-contained HTML report with plots."),
-    Option("quiet", ("--quiet", "-q"), bool, False, "No progress bar and no console report."),
-    Option("fail_on", ("--fail-on",), str, None,
-              "Exit 1 on findings at or above: error|warning|never (default error)."),
+    *REPORT_OPTIONS,
     Option("max_seconds", ("--max-seconds",), float, None,
               "Stop the script after this many seconds (at a step boundary); the steps that ran are reported."),
-    Option("no_experiments", ("--no-experiments",), bool, False, "Skip the confirming experiments."),
+    NO_EXPERIMENTS,
     Option("check_every", ("--check-every",), int, 1,
               "Check every N optimizer steps (a failure is then seen up to N-1 steps late)."),
     Option("stats_every", ("--stats-every",), int, 50, "Per-layer statistics every N steps (0: off)."),
@@ -44,10 +38,8 @@ RUN_OPTIONS: tuple[Option, ...] = (
               "policies.rollback.every (50)."),
     Option("rollback_budget", ("--rollback-budget",), int, None,
               "With rollback: rollbacks before the run stops and is reported. Default: policies.rollback.budget (3)."),
-    Option("verbose", ("--verbose", "-v"), bool, False, "Say on stderr what ran and how long each part took."),
-    Option("trace_file", ("--trace",), Path, None,
-              "Also save the trace (JSON) so `nandoctor report FILE` can re-render any format later, without the "
-              "model."),
+    VERBOSE,
+    TRACE,
 )
 
 SCRIPT_HELP = ("The training script and its own arguments, exactly as after `python`. Everything after SCRIPT "

@@ -5,8 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Optional
 
-from ..report import FORMATS
-from .options import Command, Option, Positional, parse
+from .options import NO_EXPERIMENTS, REPORT_OPTIONS, TRACE, VERBOSE, Command, Option, Positional, parse
 
 SCAN_OPTIONS: tuple[Option, ...] = (
     Option("config", ("--config", "-c"), Path, None, "A YAML config file (see configs/default.yaml)."),
@@ -18,24 +17,18 @@ SCAN_OPTIONS: tuple[Option, ...] = (
     Option("seed", ("--seed",), int, None, "Random seed."),
     Option("device", ("--device",), str, None, "auto|cpu|cuda|cuda:N."),
     Option("threads", ("--threads",), str, None, "torch CPU threads: auto (the free cores) or a number."),
-    Option("fmt", ("--format", "-f"), str, "rich", f"Output format: {'|'.join(FORMATS)}."),
-    Option("output", ("--output", "-o"), Path, None, "Write the report to FILE instead of stdout."),
-    Option("html", ("--html",), Path, None, "Also write a self-contained HTML report with plots."),
-    Option("quiet", ("--quiet", "-q"), bool, False, "No progress bar and no console report."),
-    Option("fail_on", ("--fail-on",), str, None, "Exit 1 on findings at or above: error|warning|never (default error)."),
+    *REPORT_OPTIONS,
     Option("max_seconds", ("--max-seconds",), float, None,
            "Time budget for the whole scan; unfinished work is reported."),
-    Option("no_experiments", ("--no-experiments",), bool, False, "Skip the confirming experiments."),
+    NO_EXPERIMENTS,
     Option("compile_model", ("--compile",), bool, False,
            "Train the recorded runs through torch.compile (config key `compile` names a backend); the replay of "
            "the failing step stays eager."),
     Option("checkpoint", ("--checkpoint",), Path, None, "Resume from this checkpoint and scan from its step."),
     Option("trust", ("--trust",), bool, False,
            "Allow arbitrary unpickling of --checkpoint (only for files you trust)."),
-    Option("verbose", ("--verbose", "-v"), bool, False, "Say on stderr what ran and how long each part took."),
-    Option("trace_file", ("--trace",), Path, None,
-           "Also save the trace (JSON) so `nandoctor report FILE` can re-render any format later, without the "
-           "model."),
+    VERBOSE,
+    TRACE,
 )
 
 SCAN_DOC = """Run instrumented training steps and diagnose the first NaN/Inf.
