@@ -7,7 +7,8 @@ modules) or its 100-layer variant (1004 modules), logging its loss every step.
 
 Runs alternate (plain, guard, stats, plain, ...) so a shared machine's load hits all variants
 alike; the table gives medians and each variant's ratio to plain, and peak RSS (per child, from
-wait4). `--busy N` starts N busy single-threaded processes beside the measurement.
+wait4). `--busy N` starts N busy single-threaded processes beside the measurement. `paired` is
+the median over rounds of each run's CPU time over the same round's plain run.
 
     python bench/bench_run.py                          # transformer, 300 steps, 5 rounds
     python bench/bench_run.py --model deep --steps 100 --busy 1
@@ -118,13 +119,16 @@ def main() -> None:
           f"nandoctor {'from source' if args.no_byte_compile else 'byte-compiled'}")
     # CPU time (user + system of the child) is the figure to compare on a shared machine: wall time
     # there also counts the time other jobs held the cores.
-    print(f"{'variant':10s} {'median s':>9s} {'ratio':>6s} {'CPU s':>7s} {'ratio':>6s} {'all runs (wall s)':32s} "
-          f"{'peak RSS MiB':>12s} {'RSS ratio':>9s}")
+    # paired: the median of each round's CPU ratio to that round's plain run, which sat next to it
+    # in time (a machine whose speed drifts over minutes moves both runs of a round alike).
+    print(f"{'variant':10s} {'median s':>9s} {'ratio':>6s} {'CPU s':>7s} {'ratio':>6s} {'paired':>6s} "
+          f"{'all runs (wall s)':32s} {'peak RSS MiB':>12s} {'RSS ratio':>9s}")
     for name, runs in results.items():
         median = statistics.median(s for s, _, _ in runs)
         rss = statistics.median(r for _, r, _ in runs)
         cpu = statistics.median(c for _, _, c in runs)
-        print(f"{name:10s} {median:9.2f} {median / plain:6.3f} {cpu:7.2f} {cpu / plain_cpu:6.3f} "
+        paired = statistics.median(c / p for (_, _, c), (_, _, p) in zip(runs, results["plain"]))
+        print(f"{name:10s} {median:9.2f} {median / plain:6.3f} {cpu:7.2f} {cpu / plain_cpu:6.3f} {paired:6.3f} "
               f"{' '.join(f'{s:.2f}' for s, _, _ in runs):32s} {rss:12.0f} {rss / plain_rss:9.3f}")
 
 

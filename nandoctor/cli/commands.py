@@ -15,7 +15,9 @@ import typer
 from .._version import __version__
 from ..errors import ExitCode, InputError
 from ..report import FORMATS
-from .run_command import RUN_DOC, RUN_OPTIONS, SCRIPT_HELP, RunOption, run_command
+from .options import FAIL_ON, FORMAT, OUTPUT, QUIET, TRACE, VERBOSE, Command, Option
+from .run_command import RUN, run_command
+from .scan_command import SCAN, scan_command
 from .shell import (check_format, check_writable, emit, err_console, fail_input, guarded, say, say_what_ran,
                     write_file)
 
@@ -46,90 +48,49 @@ def main_callback(
     """nandoctor: NaN/Inf diagnosis for PyTorch training."""
 
 
-FormatOpt = Annotated[str, typer.Option("--format", "-f", help=f"Output format: {'|'.join(FORMATS)}.")]
-OutputOpt = Annotated[Optional[Path], typer.Option("--output", "-o", help="Write the report to FILE instead of stdout.")]
-QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar and no console report.")]
-VerboseOpt = Annotated[bool, typer.Option("--verbose", "-v", help="Say on stderr what ran and how long each part took.")]
-TraceOpt = Annotated[Optional[Path], typer.Option("--trace", help="Also save the trace (JSON) so `nandoctor report FILE` can re-render any format later, without the model.")]
-FailOnOpt = Annotated[Optional[str], typer.Option("--fail-on", help="Exit 1 on findings at or above: error|warning|never (default error).")]
+def _annotated(option: Option) -> Any:
+    """The typer annotation of an option declared in options.py."""
+    kind = option.kind if option.default is not None or option.kind is bool else Optional[option.kind]
+    return Annotated[kind, typer.Option(*option.flags, help=option.help)]
 
 
-@app.command()
-def scan(
-    model: Annotated[Path, typer.Argument(help="The model file (defines build_model() and get_batch(step)).")],
-    config: Annotated[Optional[Path], typer.Option("--config", "-c", help="A YAML config file (see configs/default.yaml).")] = None,
-    steps: Annotated[Optional[int], typer.Option(help="Training steps per precision.")] = None,
-    precision: Annotated[Optional[list[str]], typer.Option("--precision", "-p", help="32-true|16-mixed|bf16-mixed|16-true|bf16-true (aliases fp32, fp16, bf16); repeatable.")] = None,
-    lr: Annotated[Optional[float], typer.Option(help="Learning rate; overrides the config optimizer and every param group of build_optimizer().")] = None,
-    seed: Annotated[Optional[int], typer.Option(help="Random seed.")] = None,
-    device: Annotated[Optional[str], typer.Option(help="auto|cpu|cuda|cuda:N.")] = None,
-    threads: Annotated[Optional[str], typer.Option("--threads", help="torch CPU threads: auto (the free cores) or a number.")] = None,
-    fmt: FormatOpt = "rich",
-    output: OutputOpt = None,
-    html: Annotated[Optional[Path], typer.Option("--html", help="Also write a self-contained HTML report with plots.")] = None,
-    quiet: QuietOpt = False,
-    fail_on: FailOnOpt = None,
-    max_seconds: Annotated[Optional[float], typer.Option("--max-seconds", help="Time budget for the whole scan; unfinished work is reported.")] = None,
-    no_experiments: Annotated[bool, typer.Option("--no-experiments", help="Skip the confirming experiments.")] = False,
-    compile_model: Annotated[bool, typer.Option("--compile", help="Train the recorded runs through torch.compile (config key `compile` names a backend); the replay of the failing step stays eager.")] = False,
-    checkpoint: Annotated[Optional[Path], typer.Option("--checkpoint", help="Resume from this checkpoint and scan from its step.")] = None,
-    trust: Annotated[bool, typer.Option("--trust", help="Allow arbitrary unpickling of --checkpoint (only for files you trust).")] = False,
-    verbose: VerboseOpt = False,
-    trace_file: TraceOpt = None,
-) -> None:
-    """Run instrumented training steps and diagnose the first NaN/Inf.
-
-    Examples:
-
-      nandoctor scan sample_models/nll_classifier.py
-
-      nandoctor scan model.py -p fp32 -p fp16 --steps 50 --format json -o report.json
-
-      nandoctor scan model.py --format github --fail-on warning     (in CI)
-    """
-    def run() -> Any:
-        check_format(fmt)
-        check_writable(output, "--output")
-        check_writable(html, "--html")
-        from ..api import scan as run_scan
-        from ..load.model_file import model_file_argv
-        progress_cb, stop = _progress(quiet, steps, precision)
-        try:
-            # The model file sees argv as `python MODEL.py` gives it, never nandoctor's own flags.
-            with model_file_argv(model):
-                report = run_scan(model, config, steps=steps, precisions=precision, lr=lr, seed=seed, device=device,
-                                  experiments=False if no_experiments else None, max_seconds=max_seconds,
-                                  fail_on=fail_on, checkpoint=checkpoint, trust=trust, progress=progress_cb,
-                                  threads=threads, compile=True if compile_model else None)
-        finally:
-            stop()
-        if verbose:
-            say_what_ran(report)
-        if trace_file is not None:
-            from ..report.saved import write_trace
-            write_trace(trace_file, "scan", report.trace, report.causes, report.fail_on)
-        emit(report.to_dict(), fmt, output, quiet, html)
-        return report
-
-    guarded(run)
+FormatOpt = _annotated(FORMAT)
+OutputOpt = _annotated(OUTPUT)
+QuietOpt = _annotated(QUIET)
+VerboseOpt = _annotated(VERBOSE)
+TraceOpt = _annotated(TRACE)
+FailOnOpt = _annotated(FAIL_ON)
 
 
-def _progress(quiet: bool, steps: Optional[int], precisions: Optional[list[str]]):
-    """A rich progress bar on stderr, only for a terminal and without --quiet."""
-    if quiet or not err_console().is_terminal:
-        return None, lambda: None
-    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
-    progress = Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed} steps"),
-                        TimeElapsedColumn(), console=err_console(), transient=True)
-    tasks: dict[str, Any] = {}
-    progress.start()
+def _typer_command(command: Command, body: Any) -> Any:
+    """A typer command for a `Command` declared in options.py (the fast path in entry.py reads
+    the same declaration): typer reads a command's options from its function's signature, and
+    this function's signature is written from the declaration."""
+    positional = command.positional
+    kind = Optional[list[str]] if positional.rest else positional.kind
+    params = [inspect.Parameter(positional.dest, inspect.Parameter.POSITIONAL_OR_KEYWORD,
+                                default=None if positional.rest else inspect.Parameter.empty,
+                                annotation=Annotated[kind, typer.Argument(metavar=positional.metavar,
+                                                                          help=positional.help)])]
+    for option in command.options:
+        kind = list[option.kind] if option.multiple else option.kind
+        if option.default is None and option.kind is not bool:
+            kind = Optional[kind]
+        params.append(inspect.Parameter(option.dest, inspect.Parameter.POSITIONAL_OR_KEYWORD, default=option.default,
+                                        annotation=Annotated[kind, typer.Option(*option.flags, help=option.help)]))
 
-    def update(precision: str, done: int) -> None:
-        if precision not in tasks:
-            tasks[precision] = progress.add_task(precision, total=None)
-        progress.update(tasks[precision], completed=done)
+    def command_function(**options: Any) -> None:
+        guarded(lambda: body(**options))
 
-    return update, progress.stop
+    command_function.__name__ = command.name
+    command_function.__doc__ = command.doc
+    command_function.__signature__ = inspect.Signature(params)  # type: ignore[attr-defined]
+    command_function.__annotations__ = {p.name: p.annotation for p in params}
+    return command_function
+
+
+scan = _typer_command(SCAN, scan_command)
+app.command()(scan)
 
 
 @app.command()
@@ -253,26 +214,7 @@ def replay(
     guarded(run)
 
 
-def _typer_signature(options: tuple[RunOption, ...]) -> inspect.Signature:
-    """typer reads a command's options from its signature: this one is written from the table in
-    run_command.py, which the fast path (entry.py) reads too."""
-    params = [inspect.Parameter("script_and_args", inspect.Parameter.POSITIONAL_OR_KEYWORD, default=None,
-                                annotation=Annotated[Optional[list[str]], typer.Argument(
-                                    metavar="SCRIPT [SCRIPT_ARGS]...", help=SCRIPT_HELP)])]
-    for option in options:
-        kind = option.kind if option.default is not None or option.kind is bool else Optional[option.kind]
-        params.append(inspect.Parameter(option.dest, inspect.Parameter.POSITIONAL_OR_KEYWORD, default=option.default,
-                                        annotation=Annotated[kind, typer.Option(*option.flags, help=option.help)]))
-    return inspect.Signature(params)
-
-
-def run(**options: Any) -> None:
-    guarded(lambda: run_command(**options))
-
-
-run.__doc__ = RUN_DOC
-run.__signature__ = _typer_signature(RUN_OPTIONS)  # type: ignore[attr-defined]
-run.__annotations__ = {p.name: p.annotation for p in run.__signature__.parameters.values()}  # type: ignore[attr-defined]
+run = _typer_command(RUN, run_command)
 app.command(context_settings={"allow_interspersed_args": False, "ignore_unknown_options": True})(run)
 
 

@@ -1,74 +1,45 @@
-"""`nandoctor run`'s options, declared once, and its body, without typer.
-
-The typer command in commands.py is built from RUN_OPTIONS (its --help, completion and error messages
-stay typer's). `parse_run_args` reads the same table for the fast path in entry.py: the common
-command line (`nandoctor run [OPTIONS] SCRIPT ARGS`) starts the user's script without importing
-typer, whose per-option pydantic adapters cost ~0.15 s and ~8 MiB per process (issue 20: the
-whole-process overhead of a guarded run). Anything the table does not spell out exactly (help,
-an unknown or combined option, `--`, a value typer might read differently) returns None, and
-typer parses the line as before: the fast path may decline, never disagree
-(tests/test_run_fast_path.py compares both on generated command lines).
-"""
+"""`nandoctor run`: its options, declared once (options.py reads them for typer and for the
+fast path), and its body."""
 from __future__ import annotations
 
-import re
-import sys
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
 
 from ..errors import InputError
-from ..report import FORMATS
+from .options import NO_EXPERIMENTS, REPORT_OPTIONS, TRACE, VERBOSE, Command, Option, Positional, parse
 
-
-@dataclass(frozen=True)
-class RunOption:
-    dest: str                      # the keyword run_command receives
-    flags: tuple[str, ...]         # as --help lists them
-    kind: type                     # str, int, float, Path or bool (a flag)
-    default: Any
-    help: str
-
-
-RUN_OPTIONS: tuple[RunOption, ...] = (
-    RunOption("module", ("-m", "--module"), str, None,
+RUN_OPTIONS: tuple[Option, ...] = (
+    Option("module", ("-m", "--module"), str, None,
               "Run a module as `python -m MODULE ARGS` would (then every argument after it is the module's)."),
-    RunOption("out", ("--out",), Path, Path("nandoctor-bundles"), "Folder for the crash bundle."),
-    RunOption("config", ("--config", "-c"), Path, None, "A YAML config file (thresholds, fail_on)."),
-    RunOption("fmt", ("--format", "-f"), str, "rich", f"Output format: {'|'.join(FORMATS)}."),
-    RunOption("output", ("--output", "-o"), Path, None, "Write the report to FILE instead of stdout."),
-    RunOption("html", ("--html",), Path, None, "Also write a self-contained HTML report with plots."),
-    RunOption("quiet", ("--quiet", "-q"), bool, False, "No progress bar and no console report."),
-    RunOption("fail_on", ("--fail-on",), str, None,
-              "Exit 1 on findings at or above: error|warning|never (default error)."),
-    RunOption("max_seconds", ("--max-seconds",), float, None,
+    Option("out", ("--out",), Path, Path("nandoctor-bundles"), "Folder for the crash bundle."),
+    Option("config", ("--config", "-c"), Path, None, "A YAML config file (thresholds, fail_on)."),
+    *REPORT_OPTIONS,
+    Option("max_seconds", ("--max-seconds",), float, None,
               "Stop the script after this many seconds (at a step boundary); the steps that ran are reported."),
-    RunOption("no_experiments", ("--no-experiments",), bool, False, "Skip the confirming experiments."),
-    RunOption("check_every", ("--check-every",), int, 1,
+    NO_EXPERIMENTS,
+    Option("check_every", ("--check-every",), int, 1,
               "Check every N optimizer steps (a failure is then seen up to N-1 steps late)."),
-    RunOption("stats_every", ("--stats-every",), int, 50, "Per-layer statistics every N steps (0: off)."),
-    RunOption("snapshot_every", ("--snapshot-every",), int, 100,
+    Option("stats_every", ("--stats-every",), int, 50, "Per-layer statistics every N steps (0: off)."),
+    Option("snapshot_every", ("--snapshot-every",), int, 100,
               "Keep a copy of the weights and optimizer state every N steps (the first and the latest; a "
               "temporary file), from which the lr experiments re-train (0: off)."),
-    RunOption("restart_over_mib", ("--restart-over-mib",), float, None,
+    Option("restart_over_mib", ("--restart-over-mib",), float, None,
               "No step-0 copy of a state over this many MiB: its lr experiments run the script again from its "
               "start, in a child process (0: always). Default: the config's experiments.restart_over_mib (64)."),
-    RunOption("on_nonfinite", ("--on-nonfinite",), str, None,
+    Option("on_nonfinite", ("--on-nonfinite",), str, None,
               "What a NaN/Inf step does: stop (trace it and report), skip (no update; the run goes on) or rollback "
               "(restore a copy from before it, skip the batches since, retry within --rollback-budget). skip and "
               "rollback append to OUT/skip_list.json. Default: the config's policies.on_nonfinite (stop)."),
-    RunOption("on_spike", ("--on-spike",), str, None,
+    Option("on_spike", ("--on-spike",), str, None,
               "What a loss or gradient-norm spike does: warn, skip or rollback. Default: the config's "
               "policies.on_spike (warn)."),
-    RunOption("rollback_every", ("--rollback-every",), int, None,
+    Option("rollback_every", ("--rollback-every",), int, None,
               "With rollback: keep a copy of the training state every N steps (the last two are kept). Default: "
               "policies.rollback.every (50)."),
-    RunOption("rollback_budget", ("--rollback-budget",), int, None,
+    Option("rollback_budget", ("--rollback-budget",), int, None,
               "With rollback: rollbacks before the run stops and is reported. Default: policies.rollback.budget (3)."),
-    RunOption("verbose", ("--verbose", "-v"), bool, False, "Say on stderr what ran and how long each part took."),
-    RunOption("trace_file", ("--trace",), Path, None,
-              "Also save the trace (JSON) so `nandoctor report FILE` can re-render any format later, without the "
-              "model."),
+    VERBOSE,
+    TRACE,
 )
 
 SCRIPT_HELP = ("The training script and its own arguments, exactly as after `python`. Everything after SCRIPT "
@@ -94,70 +65,16 @@ RUN_DOC = """Run an unmodified training script under nandoctor: stop at the firs
       nandoctor run --on-nonfinite rollback --rollback-every 20 train.py   (survive a bad batch)
     """
 
-# Values read the same by int()/float() and by typer's coercion; anything else goes to typer.
-_INT = re.compile(r"[+-]?[0-9]+\Z")
-_FLOAT = re.compile(r"[+-]?([0-9]+(\.[0-9]*)?|\.[0-9]+)([eE][+-]?[0-9]+)?\Z")
-_BY_FLAG = {flag: option for option in RUN_OPTIONS for flag in option.flags}
-
-
-def _value(option: RunOption, text: str) -> Any:
-    """The typed value, or _DECLINE where typer should read (and judge) the text itself."""
-    if text.startswith("-") and not (option.kind in (int, float) and _FLOAT.match(text)):
-        return _DECLINE                    # `--format -q`: a value or a forgotten one? typer's to say
-    if option.kind is int:
-        return int(text) if _INT.match(text) else _DECLINE
-    if option.kind is float:
-        return float(text) if _FLOAT.match(text) else _DECLINE
-    if option.kind is Path:
-        return Path(text) if text else _DECLINE
-    return text
-
-
-_DECLINE = object()
-
-
-def defaults() -> dict[str, Any]:
-    return {option.dest: option.default for option in RUN_OPTIONS}
+RUN = Command("run", Positional("script_and_args", str, SCRIPT_HELP, rest=True, metavar="SCRIPT [SCRIPT_ARGS]..."),
+              RUN_OPTIONS, RUN_DOC, interspersed=False)
 
 
 def parse_run_args(argv: list[str]) -> Optional[dict[str, Any]]:
     """run_command's keywords for the words after `run`, as typer would pass them; None when the
-    line needs typer (help, errors, or anything beyond `--long VALUE`, `--long=VALUE`, `-s VALUE`
-    and exact flags before SCRIPT)."""
-    options = defaults()
-    i = 0
-    while i < len(argv):
-        word = argv[i]
-        if not word.startswith("-") or word == "-":
-            break                              # SCRIPT: the rest is the script's (allow_interspersed_args off)
-        name, has_value, attached = word.partition("=")
-        option = _BY_FLAG.get(name if has_value and name.startswith("--") else word)
-        if option is None:
-            return None
-        if option.kind is bool:
-            if has_value and name.startswith("--"):
-                return None                   # --quiet=1: typer's message
-            options[option.dest] = True
-            i += 1
-            continue
-        if has_value and name.startswith("--"):
-            text = attached
-        elif i + 1 < len(argv):
-            text = argv[i + 1]
-            i += 1
-        else:
-            return None                       # a missing value: typer's message
-        value = _value(option, text)
-        if value is _DECLINE:
-            return None
-        options[option.dest] = value
-        i += 1
-        if option.dest == "module":
-            break                              # as after `python -m MODULE`: the rest is the module's
-    words = argv[i:]
-    if not words and options["module"] is None:
-        return None                           # the usage error, in typer's words
-    options["script_and_args"] = words
+    line needs typer. As after `python -m MODULE`, every word after -m MODULE is the module's."""
+    options = parse(RUN, argv, stop_after="module")
+    if options is None or (not options["script_and_args"] and options["module"] is None):
+        return None                           # no script: the usage error, in typer's words
     return options
 
 
@@ -171,7 +88,7 @@ def module_args_last(argv: list[str]) -> list[str]:
         if not word.startswith("-") or word == "--":
             return argv
         name, has_value, _ = word.partition("=")
-        option = _BY_FLAG.get(name if has_value and name.startswith("--") else word)
+        option = next((o for o in RUN_OPTIONS if (name if has_value and name.startswith("--") else word) in o.flags), None)
         step = 1 if option is None or option.kind is bool or (has_value and name.startswith("--")) else 2
         if option is not None and option.dest == "module" and i + step <= len(argv):
             return [*argv[:i + step], "--", *argv[i + step:]]
@@ -182,7 +99,7 @@ def module_args_last(argv: list[str]) -> list[str]:
 def run_command(script_and_args: Optional[list[str]] = None, **options: Any) -> Any:
     """The body of `nandoctor run` (typer's command and the fast path both call it): the report."""
     from .shell import check_format, check_writable, emit, err_console, say, say_what_ran, stderr_printer, write_file
-    o = {**defaults(), **options}
+    o = {**RUN.defaults(), **options}
     fmt, output, html = o["fmt"], o["output"], o["html"]
     check_format(fmt)
     check_writable(output, "--output")

@@ -148,3 +148,19 @@ def stderr_printer(doc: dict[str, Any], console: Any) -> None:
     print_report(doc, err_console() if getattr(console, "file", None) is sys.stdout else console)
 
 
+def progress_bar(quiet: bool) -> tuple[Any, Any]:
+    """A rich progress bar on stderr, only for a terminal and without --quiet."""
+    if quiet or not err_console().is_terminal:
+        return None, lambda: None
+    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+    progress = Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed} steps"),
+                        TimeElapsedColumn(), console=err_console(), transient=True)
+    tasks: dict[str, Any] = {}
+    progress.start()
+
+    def update(precision: str, done: int) -> None:
+        if precision not in tasks:
+            tasks[precision] = progress.add_task(precision, total=None)
+        progress.update(tasks[precision], completed=done)
+
+    return update, progress.stop

@@ -66,6 +66,8 @@ _WORST_ONLY = ("update_ratio", "exp_avg_sq_collapse", "update_rms")
 # and more from healthy values.
 SAMPLE = 1 << 10
 
+MODE_RECHECK = 8      # a model without attention calls runs the function mode every 8th sample
+
 
 class InstabilityWarning(RuntimeWarning):
     """Emitted by `watch` for a loss/gradient spike or an early warning (once per kind and module)."""
@@ -90,6 +92,7 @@ class _AttentionMode(TorchFunctionMode):
         if func not in _WATCHED:      # nearly every call: no more Python than this on its way through
             return func(*args, **kwargs)
         sampler = self.sampler
+        sampler.saw_attention_call = True
         if func is _SDPA and args and isinstance(args[0], torch.Tensor):
             # Which kernel torch picks for this call: the crash bundle's record of the path
             # (run/fused_paths.py); the same checks the call makes, no tensor work. An empty
@@ -189,6 +192,11 @@ class EarlyWarningSampler:
         self._aside: Any = None             # the fast-path module the mode stepped aside for
         self._before: Optional[torch.Tensor] = None      # the samples of the weights before the update
         self._plan: Optional[_UpdatePlan] = None
+        self._adam_plan: Optional[_AdamPlan] = None
+        # Whether the last sample under the function mode saw a softmax/SDPA call (None: none yet).
+        self.saw_attention_call: Optional[bool] = None
+        self._samples = 0
+        self._forwards_under_mode = 0
 
     @property
     def active(self) -> bool:
@@ -220,9 +228,24 @@ class EarlyWarningSampler:
                 self._handles.append(module.register_forward_hook(self._fast_path_back, always_call=True))
         # Entered by the outermost module call of the model (_enter_hook), not here: a mode left on
         # the stack for the whole step would outlive a step that raises where no hook of ours runs.
-        self._mode = _AttentionMode(self)
+        self._mode = _AttentionMode(self) if self._needs_mode() else None
         if forward_of is not None:
             self._enter_hook(forward_of, ())
+
+    def _needs_mode(self) -> bool:
+        """The function mode sees the softmax and SDPA calls inside the model, and every other call
+        of the forward passes through its Python handler on the way (~20-40 ms of a sampled step
+        of 1000 small modules). A model whose last sample under the mode made no such call is
+        sampled without it, but every MODE_RECHECK-th sample runs it again: a forward whose path
+        changes (a branch that starts to attend) is seen within that many samples."""
+        self._samples += 1
+        needed = self.saw_attention_call is not False or (self._samples - 1) % MODE_RECHECK == 0
+        if needed:
+            # Unknown until a forward of the model runs under this sample's mode (a watch attached
+            # after the step's forward, or a step without one, is no evidence either way).
+            self.saw_attention_call = None
+        self._forwards_under_mode = 0
+        return needed
 
     def _fast_path_aside(self, module: Any, args: Any) -> None:
         if self._mode is None or self._aside is not None or not may_take_fast_path(module):
@@ -248,6 +271,7 @@ class EarlyWarningSampler:
             self._leave_forward()
         if not self.stack and self._mode is not None and not function_mode_on_stack(self._mode):
             self._mode.__enter__()
+            self._forwards_under_mode += 1
         self.stack.append(name)
 
     def _exit_hook(self, module: Any, args: Any, output: Any) -> None:
@@ -315,10 +339,11 @@ class EarlyWarningSampler:
             self._pending_bytes += t.numel() * t.element_size()
             if self._pending_bytes >= stats.BATCH_BYTES:
                 self._reduce_outputs()
-        with torch.no_grad():
-            if name in self._eager:
+        if name in self._eager:
+            with torch.no_grad():
                 self._values.append((name, "act_outlier_ratio", _outlier_ratios([t.detach()])[0]))
-            if module is self.model:
+        if module is self.model:
+            with torch.no_grad():
                 logits = primary_output(output)
                 if logits is not None and logits.dim() >= 1 and logits.shape[-1] > 1:
                     logits = logits.detach().float()
@@ -400,61 +425,31 @@ class EarlyWarningSampler:
         and step (at most stats.BATCH_BYTES of samples) is one flat vector, so the kernel count
         does not grow with the number of parameters (a `_foreach_*` op is a loop of one kernel per
         tensor on the CPU: ~0.1 s per sampled step of a 1000-module model)."""
-        # The optimizer's own parameter objects: its state is keyed by them, not by views of them.
-        pairs = [(p, g) for g in optimizer.param_groups for p in g["params"]]
-        found = []
-        for (p, group), owner in zip(pairs, owners):
-            state = optimizer.state.get(p, {})
-            v, m, step = state.get("exp_avg_sq"), state.get("exp_avg"), state.get("step")
-            if group.get("fused") and isinstance(v, torch.Tensor) and v.dtype == torch.float16:
-                # A fused Adam computes the update in float32 and only stores the moments in float16:
-                # a stored second moment that underflowed to 0 is not the one the update divided by.
-                continue
-            if isinstance(v, torch.Tensor) and isinstance(m, torch.Tensor) and step is not None:
-                v, m = local_tensor(v), local_tensor(m)
-                if v.shape != m.shape or v.numel() == 0:
-                    continue
-                if v.is_contiguous() and m.is_contiguous():
-                    sampled = tuple(stats.strided_sample(x, SAMPLE, odd_stride=True) for x in (v, m))
-                else:
-                    sampled = (v, m)
-                found.append((owner, *sampled, step, group, v.numel()))
-        chunks: dict[tuple, list[list[Any]]] = {}
-        for (owner, v, m, _, group, numel), t in zip(found, _step_counts([entry[3] for entry in found])):
-            beta1, beta2 = group.get("betas", (0.9, 0.999))
-            key = (float(beta1), float(beta2), float(group.get("eps", 1e-8)), t, v.device)
-            runs = chunks.setdefault(key, [[0]])
-            if runs[-1][0] and runs[-1][0] + v.numel() * 4 > stats.BATCH_BYTES:
-                runs.append([0])
-            runs[-1][0] += v.numel() * 4
-            runs[-1].append((owner, v, m, numel))
+        plan = self._adam_plan
+        if plan is None or not plan.current(optimizer, owners):
+            plan = self._adam_plan = _AdamPlan(optimizer, owners)
         names: list[str] = []
         # per parameter: [sum of update**2, count of v_hat < eps**2 among reached entries, numel, reached entries]
         rows: list[torch.Tensor] = []
         with torch.no_grad():
-            for (beta1, beta2, eps, t, device), runs in chunks.items():
-                for _, *run in runs:
-                    # grouped by shape: a stack per shape, no op per parameter (run reordered to match)
-                    order = _shape_order([v for _, v, _, _ in run])
-                    run = [run[i] for i in order]
-                    v = _stacked_flat([v for _, v, _, _ in run], device)
-                    m = _stacked_flat([m for _, _, m, _ in run], device)
-                    # In place where it can be: these are the sampled step's only temporaries.
-                    # An entry no gradient has reached yet (the embedding row of a token, or a position,
-                    # that no batch used so far) has both moments exactly zero: its update is 0, not m / eps,
-                    # and only entries that had a gradient can have a second moment that collapsed.
-                    reached = v.ne(0).logical_or_(m.ne(0))
-                    v_hat = v.div_(1 - beta2 ** t)
-                    below = v_hat.lt(eps * eps).logical_and_(reached)
-                    update = m.div_(1 - beta1 ** t).div_(v_hat.sqrt_().add_(eps)).square_()
-                    lengths = torch.tensor([v.numel() for _, v, _, _ in run], device=device)
-                    sums = [torch.segment_reduce(column, "sum", lengths=lengths)
-                            for column in (update, below.float(), reached.float())]
-                    row = torch.stack([sums[0], sums[1], lengths.to(sums[0].dtype), sums[2]], 1)
-                    # a sampled parameter's sums stand for its numel / sampled entries
-                    share = torch.tensor([total / v.numel() for _, v, _, total in run], device=device)
-                    rows.append(row * share[:, None])
-                    names += [owner for owner, _, _, _ in run]
+            for run in plan.runs:
+                beta1, beta2, eps, t, device = run.key
+                v = _stacked_flat(run.v, run.shape_runs, run.total, device)
+                m = _stacked_flat(run.m, run.shape_runs, run.total, device)
+                # In place where it can be: these are the sampled step's only temporaries.
+                # An entry no gradient has reached yet (the embedding row of a token, or a position,
+                # that no batch used so far) has both moments exactly zero: its update is 0, not m / eps,
+                # and only entries that had a gradient can have a second moment that collapsed.
+                reached = v.ne(0).logical_or_(m.ne(0))
+                v_hat = v.div_(1 - beta2 ** t)
+                below = v_hat.lt(eps * eps).logical_and_(reached)
+                update = m.div_(1 - beta1 ** t).div_(v_hat.sqrt_().add_(eps)).square_()
+                sums = [torch.segment_reduce(column, "sum", lengths=run.lengths)
+                        for column in (update, below.float(), reached.float())]
+                row = torch.stack([sums[0], sums[1], run.lengths.to(sums[0].dtype), sums[2]], 1)
+                # a sampled parameter's sums stand for its numel / sampled entries
+                rows.append(row * run.share[:, None])
+                names += run.owners
             if not rows:
                 return
             table = torch.cat([r.to(rows[0].device) for r in rows])
@@ -469,6 +464,8 @@ class EarlyWarningSampler:
         if step is None:
             return
         self._close_mode()
+        if self._forwards_under_mode and self.saw_attention_call is None:
+            self.saw_attention_call = False
         for handle in self._handles:
             handle.remove()
         self._handles.clear()
@@ -490,8 +487,12 @@ class EarlyWarningSampler:
             key = (module, statistic)
             # Several calls of one module (or several attention calls in it): the largest.
             sample[key] = number if key not in sample or _larger(number, sample[key]) else sample[key]
+        kept = int(self.options["samples"])
         for key, number in sample.items():
-            self.series.setdefault(key, deque(maxlen=int(self.options["samples"]))).append((step, number))
+            points = self.series.get(key)
+            if points is None:
+                points = self.series[key] = deque(maxlen=kept)
+            points.append((step, number))
         # Whole-model statistics of the optimizer step are judged at their worst module only: one
         # too-high lr moves every layer at once, and one warning says so.
         worst: dict[str, tuple[str, str]] = {}
@@ -519,9 +520,10 @@ class EarlyWarningSampler:
 
     def _judge(self, step: int, key: tuple[str, str]) -> None:
         module, statistic = key
-        points = list(self.series[key])
-        value = points[-1][1]
+        series = self.series[key]
+        value = series[-1][1]
         if statistic == "update_rms":
+            points = list(series)
             earlier = sorted(v for _, v in points[:-1] if math.isfinite(v))
             if len(earlier) < 3:
                 return
@@ -536,7 +538,8 @@ class EarlyWarningSampler:
         cause, threshold_key, needs_growth = rule
         level = abs(value) if statistic == "log_z" else value
         if not (level >= float(self.options[threshold_key]) or math.isinf(level)):
-            return
+            return      # nearly every key of a sample: nothing more read
+        points = list(series)
         if statistic == "update_ratio" and len(points) < 2:
             return      # Adam's first step moves every weight by lr (m / sqrt(v) = sign): not yet a trend
         baseline = abs(points[0][1]) if statistic == "log_z" else points[0][1]
@@ -599,6 +602,123 @@ class _UpdatePlan:
         return [v if v is not None else s.reshape(-1) for v, s in zip(self._views, self._samples)]
 
 
+class _AdamRun:
+    """Parameters whose moments are reduced as one flat vector: one (betas, eps, step, device)."""
+
+    def __init__(self, key: tuple, entries: list[tuple[str, torch.Tensor, torch.Tensor, Any, int]]):
+        order = _shape_order([v for _, v, _, _, _ in entries])      # a stack per shape, not per parameter
+        entries = [entries[i] for i in order]
+        device = key[4]
+        self.key = key
+        self.owners = [owner for owner, _, _, _, _ in entries]
+        self.v = [v for _, v, _, _, _ in entries]
+        self.m = [m for _, _, m, _, _ in entries]
+        self.steps = [step for _, _, _, step, _ in entries]
+        # The step counters as 0-d views, stacked at each use: whether the run still shares one count.
+        self.step_scalars = ([step.reshape(()) for step in self.steps]
+                             if all(isinstance(step, torch.Tensor) and step.numel() == 1 and step.device == self.steps[0].device
+                                    for step in self.steps) else None)
+        self.shape_runs = _shape_runs(self.v)    # v and m share shapes (checked when planned)
+        self.total = sum(v.numel() for v in self.v)
+        self.lengths = torch.tensor([v.numel() for v in self.v], device=device)
+        self.share = torch.tensor([total / v.numel() for _, v, _, _, total in entries], device=device)
+
+
+class _AdamPlan:
+    """The sampled step's view of an Adam's state, made once per state layout: each moment's
+    strided sample (a view: Adam updates its moments in place, so the views read the current
+    values), grouped into runs. Made again when a moment or step tensor is replaced, betas or eps
+    change, or a run's parameters no longer share their step count. Building it is Python per
+    parameter (~19 ms of a 1000-parameter model's sampled step); checking it is a few lookups
+    per parameter."""
+
+    def __init__(self, optimizer: Any, owners: list[str]):
+        self.owners = list(owners)
+        self.groups, self.tensors = _adam_layout(optimizer)
+        settings = [group[:4] for group in self.groups for _ in range(group[4])]
+        found = []
+        for (v, m, step), (beta1, beta2, eps, fused), owner in zip(self.tensors, settings, owners):
+            if fused and isinstance(v, torch.Tensor) and v.dtype == torch.float16:
+                # A fused Adam computes the update in float32 and only stores the moments in float16:
+                # a stored second moment that underflowed to 0 is not the one the update divided by.
+                continue
+            if not (isinstance(v, torch.Tensor) and isinstance(m, torch.Tensor)) or step is None:
+                continue
+            v, m = local_tensor(v), local_tensor(m)
+            if v.shape != m.shape or v.numel() == 0:
+                continue
+            if v.is_contiguous() and m.is_contiguous():
+                sampled = tuple(stats.strided_sample(x, SAMPLE, odd_stride=True) for x in (v, m))
+            else:
+                sampled = (v, m)
+            found.append((owner, *sampled, step, (beta1, beta2, eps), v.numel()))
+        counts = _step_counts([entry[3] for entry in found])
+        self.steps_in_place = all(isinstance(entry[3], torch.Tensor) for entry in found)
+        chunks: dict[tuple, list[list[Any]]] = {}
+        for (owner, v, m, step, (beta1, beta2, eps), numel), t in zip(found, counts):
+            key = (beta1, beta2, eps, t, v.device)
+            runs = chunks.setdefault(key, [[0]])
+            if runs[-1][0] and runs[-1][0] + v.numel() * 4 > stats.BATCH_BYTES:
+                runs.append([0])
+            runs[-1][0] += v.numel() * 4
+            runs[-1].append((owner, v, m, step, numel))
+        self.runs = [_AdamRun(key, entries) for key, runs in chunks.items() for _, *entries in runs]
+
+    def current(self, optimizer: Any, owners: list[str]) -> bool:
+        """Still this optimizer's state, and each run's step count is one number again (read now).
+        Steps that are not tensors are new objects at every update: such a plan is never reused."""
+        if not self.steps_in_place or owners != self.owners or not _same_tensors(optimizer, self.tensors):
+            return False
+        if [(*_group_settings(group), len(group["params"])) for group in optimizer.param_groups] != self.groups:
+            return False
+        for run in self.runs:
+            if run.step_scalars is not None:
+                low, high = torch.stack(run.step_scalars).aminmax()
+                low, high = float(low), float(high)
+            else:
+                counts = _step_counts(run.steps)
+                low, high = min(counts), max(counts)
+            if low != high:
+                return False
+            run.key = (*run.key[:3], low, run.key[4])
+        return True
+
+
+def _adam_layout(optimizer: Any) -> tuple[list[tuple], list[tuple]]:
+    """Per group: betas, eps and whether it is fused; per parameter: its moments and step."""
+    groups, tensors = [], []
+    for group in optimizer.param_groups:
+        groups.append((*_group_settings(group), len(group["params"])))
+        for p in group["params"]:
+            state = optimizer.state.get(p, _NO_STATE)
+            tensors.append((state.get("exp_avg_sq"), state.get("exp_avg"), state.get("step")))
+    return groups, tensors
+
+
+_NO_STATE: dict[str, Any] = {}
+
+
+def _group_settings(group: dict[str, Any]) -> tuple[float, float, float, bool]:
+    beta1, beta2 = group.get("betas", (0.9, 0.999))
+    return float(beta1), float(beta2), float(group.get("eps", 1e-8)), bool(group.get("fused"))
+
+
+def _same_tensors(optimizer: Any, tensors: list[tuple]) -> bool:
+    """Each parameter's moments and step are still the objects planned (a replaced tensor, as
+    load_state_dict makes, is a new state): identity, one pass, no tuples."""
+    i, state = 0, optimizer.state
+    for group in optimizer.param_groups:
+        for p in group["params"]:
+            if i >= len(tensors):
+                return False
+            planned, now = tensors[i], state.get(p, _NO_STATE)
+            if (now.get("exp_avg_sq") is not planned[0] or now.get("exp_avg") is not planned[1]
+                    or now.get("step") is not planned[2]):
+                return False
+            i += 1
+    return i == len(tensors)
+
+
 def _flat(views: list[torch.Tensor]) -> torch.Tensor:
     """1-D views as one new float32 vector on the first one's device."""
     device = views[0].device
@@ -615,18 +735,28 @@ def _shape_order(tensors: list[torch.Tensor]) -> list[int]:
     return [i for members in groups.values() for i in members]
 
 
-def _stacked_flat(tensors: list[torch.Tensor], device: torch.device) -> torch.Tensor:
-    """The tensors' values as one new float32 vector on `device`, in their order: each run of
-    equally shaped tensors (`_shape_order` makes the runs) is stacked straight into its slice, so
-    the op count grows with the number of shapes, not of tensors, and nothing is copied twice."""
-    out = torch.empty(sum(t.numel() for t in tensors), dtype=torch.float32, device=device)
-    start = end = offset = 0
+def _shape_runs(tensors: list[torch.Tensor]) -> list[tuple[int, int]]:
+    """(start, end) of each run of equally shaped tensors (same dtype and device) in the list."""
+    runs, start = [], 0
     while start < len(tensors):
-        first = tensors[start]
-        end = start + 1
+        first, end = tensors[start], start + 1
         while end < len(tensors) and (tensors[end].shape, tensors[end].dtype, tensors[end].device) == \
                 (first.shape, first.dtype, first.device):
             end += 1
+        runs.append((start, end))
+        start = end
+    return runs
+
+
+def _stacked_flat(tensors: list[torch.Tensor], runs: list[tuple[int, int]], total: int,
+                  device: torch.device) -> torch.Tensor:
+    """The tensors' values as one new float32 vector of `total` elements on `device`, in their
+    order: each run of equally shaped tensors (`_shape_runs`) is stacked straight into its slice,
+    so the op count grows with the number of shapes, not of tensors, and nothing is copied twice."""
+    out = torch.empty(total, dtype=torch.float32, device=device)
+    offset = 0
+    for start, end in runs:
+        first = tensors[start]
         size = first.numel() * (end - start)
         target = out[offset:offset + size].view(end - start, *first.shape)
         if first.dtype == torch.float32 and first.device == device:
@@ -634,7 +764,6 @@ def _stacked_flat(tensors: list[torch.Tensor], device: torch.device) -> torch.Te
         else:
             target.copy_(torch.stack(tensors[start:end]))
         offset += size
-        start = end
     return out
 
 

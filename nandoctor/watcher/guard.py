@@ -407,7 +407,9 @@ class Watch:
         self._explicit_batches = True
         self._begin(batch, rng)
 
-    def _begin(self, batch: Any, rng: Optional[dict[str, Any]] = None) -> None:
+    def _begin(self, batch: Any, rng: Optional[dict[str, Any]] = None, forward_of: Any = None) -> None:
+        """`forward_of`: the model, when its own forward pre-hook begins the step (its forward is
+        already running, so the sampler's global hooks installed now must enter it themselves)."""
         if self._closed:
             return
         if self._capture is None:
@@ -429,7 +431,7 @@ class Watch:
                 if self._explicit_batches and self._input_hook is not None:
                     self._early_pending = True     # like the stats hooks: only for an eager forward
                 else:
-                    self.early.begin_step(self.step_index)
+                    self.early.begin_step(self.step_index, forward_of=forward_of)
         capture = self._capture
         if len(capture.batches) >= MAX_MICRO_BATCHES:
             capture.truncated = True
@@ -504,7 +506,7 @@ class Watch:
             # functional_call inside torch.func.vmap/grad: a per-sample view, not the step's batch.
             # The gradients the transform produces are still checked at optimizer.step().
             return
-        self._begin(forward_inputs(args, kwargs))
+        self._begin(forward_inputs(args, kwargs), forward_of=module)
 
     def _note_autocast(self) -> None:
         # The loop's own `with torch.autocast(...)`: only a forward sees it (forward hooks run

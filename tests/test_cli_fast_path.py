@@ -1,7 +1,8 @@
-"""`nandoctor run`'s fast path (entry.py + run_command.parse_run_args) against typer's own parse.
+"""The fast path of `nandoctor run` and `nandoctor scan` (cli/entry.py, cli/options.py) against
+typer's own parse.
 
-The fast path starts the user's script without importing typer; it may decline a command line
-(typer then parses it), but a line it reads must give run_command exactly what typer gives.
+The fast path starts without importing typer; it may decline a command line (typer then parses
+it), but a line it reads must give the command's body exactly what typer gives.
 """
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ from typer.testing import CliRunner
 
 import nandoctor.cli.commands as cli
 from nandoctor.cli.run_command import RUN_OPTIONS, module_args_last, parse_run_args
+from nandoctor.cli.scan_command import SCAN_OPTIONS, parse_scan_args
 
 
 class _Report:
@@ -24,22 +26,37 @@ class _Report:
     interrupted = False
 
 
-def typer_parse(argv: list[str], monkeypatch: Any) -> Optional[dict[str, Any]]:
-    """What typer passes to run_command for `nandoctor run ARGV`; None when typer rejects the line."""
+def typer_parse(argv: list[str], monkeypatch: Any, command: str = "run") -> Optional[dict[str, Any]]:
+    """What typer passes to the command's body for `nandoctor COMMAND ARGV`; None when typer rejects the line."""
     seen: list[dict[str, Any]] = []
 
     def record(**options: Any) -> _Report:
         seen.append(options)
         return _Report()
 
-    monkeypatch.setattr(cli, "run_command", record)
-    result = CliRunner().invoke(cli.app, ["run", *module_args_last(argv)])   # as entry.py hands it over
+    # The typer commands call the body they were built with: rebuild them around the recorder.
+    monkeypatch.setattr(cli, "app", _app_recording(command, record))
+    words = module_args_last(argv) if command == "run" else argv      # as entry.py hands it over
+    result = CliRunner().invoke(cli.app, [command, *words])
     if not seen:
         assert result.exit_code == 2, result.output
         return None
     options = dict(seen[0])
-    options["script_and_args"] = list(options["script_and_args"] or [])
+    if command == "run":
+        options["script_and_args"] = list(options["script_and_args"] or [])
     return options
+
+
+def _app_recording(command: str, record: Any) -> Any:
+    import typer
+    from nandoctor.cli.run_command import RUN
+    from nandoctor.cli.scan_command import SCAN
+    app = typer.Typer()
+    spec = RUN if command == "run" else SCAN
+    settings = {"allow_interspersed_args": False, "ignore_unknown_options": True} if command == "run" else {}
+    app.command(context_settings=settings)(cli._typer_command(spec, record))
+    app.command("other")(lambda: None)       # two commands: `app COMMAND ...` as the real app reads it
+    return app
 
 
 SPELLED = [
@@ -86,16 +103,6 @@ _WORDS = st.sampled_from([flag for option in RUN_OPTIONS for flag in option.flag
                             "--format=json", "--check-every=2", "--quiet=1", "inf", "+2", " 3"])
 
 
-@settings(max_examples=150, deadline=None)
-@given(st.lists(_WORDS, max_size=7))
-def test_fast_path_never_disagrees_with_typer(words):
-    fast = parse_run_args(words)
-    if fast is None:
-        return
-    with pytest.MonkeyPatch.context() as monkeypatch:
-        assert fast == typer_parse(words, monkeypatch)
-
-
 def test_words_after_the_module_are_the_modules():
     """As after `python -m MODULE` (the option's help says so): nandoctor's own option names after
     it are the module's arguments, on both paths."""
@@ -104,6 +111,45 @@ def test_words_after_the_module_are_the_modules():
     assert fast["module"] == "pkg.train" and fast["config"] is None
     assert fast["script_and_args"] == ["--config", "c.yaml", "-q"]
     assert module_args_last(["-qv", *argv]) == ["-qv", "-q", "-m", "pkg.train", "--", "--config", "c.yaml", "-q"]
+
+
+SCAN_SPELLED = [
+    ["model.py"],
+    ["model.py", "--steps", "5", "-p", "fp16", "--precision", "bf16-mixed", "--no-experiments"],
+    ["-q", "--format", "json", "-o", "r.json", "model.py", "--lr=0.5", "--seed", "3", "--compile", "--trust"],
+    ["--device", "cpu", "--threads", "auto", "--max-seconds", "30", "model.py", "--checkpoint", "c.pt", "-v"],
+    ["model.py", "--html", "r.html", "--trace", "t.json", "--fail-on", "warning", "-c", "cfg.yaml"],
+]
+SCAN_DECLINED = [[], ["--help"], ["a.py", "b.py"], ["model.py", "--bogus"], ["model.py", "--steps", "x"],
+                 ["--", "model.py"], ["-", "--steps", "2"], ["model.py", "-qv"], ["model.py", "--steps"]]
+
+
+@pytest.mark.parametrize("argv", SCAN_SPELLED, ids=[" ".join(a) for a in SCAN_SPELLED])
+def test_scan_fast_path_reads_what_typer_reads(argv, monkeypatch):
+    fast = parse_scan_args(argv)
+    assert fast is not None, f"the fast path declined {argv}"
+    assert fast == typer_parse(argv, monkeypatch, "scan")
+
+
+@pytest.mark.parametrize("argv", SCAN_DECLINED, ids=[" ".join(a) or "(nothing)" for a in SCAN_DECLINED])
+def test_scan_fast_path_leaves_the_rest_to_typer(argv):
+    assert parse_scan_args(argv) is None
+
+
+_SCAN_WORDS = st.sampled_from([flag for option in SCAN_OPTIONS for flag in option.flags]
+                              + ["model.py", "other.py", "--", "-", "3", "-1", "0.5", "fp16", "x", "", "--steps=2"])
+
+
+@pytest.mark.parametrize("command", ["run", "scan"])
+@settings(max_examples=150, deadline=None)
+@given(data=st.data())
+def test_fast_path_never_disagrees_with_typer(command, data):
+    words = data.draw(st.lists(_WORDS if command == "run" else _SCAN_WORDS, max_size=7))
+    fast = (parse_run_args if command == "run" else parse_scan_args)(words)
+    if fast is None:
+        return
+    with pytest.MonkeyPatch.context() as monkeypatch:
+        assert fast == typer_parse(words, monkeypatch, command)
 
 
 def test_guarded_run_starts_the_script_without_typer(tmp_path: Path):
@@ -115,6 +161,18 @@ def test_guarded_run_starts_the_script_without_typer(tmp_path: Path):
                           capture_output=True, text=True, cwd=tmp_path, timeout=120)
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "False False ['--lr', '3']"
+
+
+def test_scan_runs_without_typer(tmp_path: Path):
+    """The CI gate's common line: the model file is imported with neither typer nor pydantic loaded."""
+    model = tmp_path / "model.py"
+    model.write_text("import sys, torch\nprint('typer' in sys.modules, 'pydantic' in sys.modules, file=sys.stderr)\n"
+                     "def build_model():\n    return torch.nn.Linear(4, 2)\n"
+                     "def get_batch(step):\n    return torch.randn(8, 4), torch.randint(0, 2, (8,))\n")
+    done = subprocess.run([sys.executable, "-m", "nandoctor", "scan", str(model), "--steps", "2", "-q", "--no-experiments",
+                           "--format", "json"], capture_output=True, text=True, cwd=tmp_path, timeout=180)
+    assert done.returncode == 0, done.stderr
+    assert "False False" in done.stderr and '"verdict"' in done.stdout
 
 
 @pytest.mark.parametrize("first", [[], ["-qv"]], ids=["fast path", "typer"])
