@@ -250,3 +250,4 @@ def test_data_that_entered_the_model_non_finite_is_placed_at_the_call_not_shown_
     assert event["source"] == event["user_source"] == "nan_input_split.py:27", event
     assert "first used by aten.split.Tensor at nan_input_split.py:16" in event["detail"]
     assert "nan_input_split.py:27" in result.stderr and "inside library code" not in result.stderr  # the console
+    assert "scalar argument" not in result.stderr        # split's size and dim did not make the NaN

@@ -141,7 +141,10 @@ def print_report(doc: dict[str, Any], console: Console) -> None:
             lines.append(Text(f"gradient of forward call `{event['forward_op']}`"))
         for t in event.get("inputs", [])[:3]:
             if t["name"] == "scalar":
-                lines.append(Text(f"scalar argument {num(t['value'])}"))
+                # Values that entered the step non-finite were made by no op: its arguments
+                # (split's size and dim) say nothing about them.
+                if not event.get("entered_from"):
+                    lines.append(Text(f"scalar argument {num(t['value'])}"))
             else:
                 lines.append(Text(f"{t['name']} {t['dtype']}{t['shape']}: min {num(t['min'])} max {num(t['max'])} "
                                   f"zeros {t['zeros']} negatives {t['negatives']} nan {t['nan']} inf {t['inf']}"))

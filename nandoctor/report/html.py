@@ -96,7 +96,8 @@ def _origin(doc: dict[str, Any]) -> str:
         facts.append(f"gradient of the forward call <code>{e(event['forward_op'])}</code>")
     for t in event.get("inputs", [])[:3]:
         if t["name"] == "scalar":
-            facts.append(f"scalar argument {e(num(t['value']))}")
+            if not event.get("entered_from"):         # no op made values that entered non-finite
+                facts.append(f"scalar argument {e(num(t['value']))}")
         else:
             facts.append(f"<code>{e(t['name'])}</code> {e(t['dtype'])}{e(t['shape'])}: min {e(num(t['min']))}, max "
                          f"{e(num(t['max']))}, zeros {t['zeros']}, negatives {t['negatives']}, NaN {t['nan']}, Inf {t['inf']}")
