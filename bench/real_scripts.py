@@ -25,7 +25,7 @@ yaml names. For each entry the harness:
    (the copied repository: never site-packages, never nandoctor); a `source` apart from
    `user_source` (shown as library code) that lies in them is flagged.
 
-The table goes to stdout and to bench/real_scripts_results.txt (with --plain:
+The table goes to stdout and is appended to bench/real_scripts_results.txt (with --plain:
 bench/real_scripts_plain_results.txt; --results to change it).
 """
 from __future__ import annotations
@@ -326,7 +326,8 @@ def main(argv: Optional[list[str]] = None) -> int:
     parser.add_argument("--list", action="store_true", help="describe the entries and exit")
     parser.add_argument("--json", type=Path, help="also write the per-entry results as JSON")
     parser.add_argument("--results", type=Path,
-                        help=f"table file (default {RESULTS.name}, or {PLAIN_RESULTS.name} with --plain)")
+                        help=f"table file the table is appended to (default {RESULTS.name}, or {PLAIN_RESULTS.name} "
+                             "with --plain)")
     args = parser.parse_args(argv)
 
     if args.site:  # the generators use them too (datasets writes its own cache format)
@@ -355,7 +356,11 @@ def main(argv: Optional[list[str]] = None) -> int:
               f"{time.perf_counter() - began:.0f} s, python {sys.version.split()[0]}"]
     text = "\n".join(header + rows) + "\n"
     print(text, end="")
-    (args.results or (PLAIN_RESULTS if args.plain else RESULTS)).write_text(text)
+    # Appended: the results files keep every earlier run's table (a write would erase them).
+    results_file = args.results or (PLAIN_RESULTS if args.plain else RESULTS)
+    earlier = results_file.read_text() if results_file.exists() else ""
+    with results_file.open("a") as out:
+        out.write(("\n" if earlier.strip() else "") + text)
     if args.json:
         args.json.write_text(json.dumps(results, indent=2))
     return 0
