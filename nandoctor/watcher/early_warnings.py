@@ -165,8 +165,9 @@ class EarlyWarningSampler:
         self.options = options
         self.every = int(options["every"])
         self.emit = emit
-        self.names = [name for name, _ in compiled.user_named_modules(model)]
-        self.modules = [m for _, m in compiled.user_named_modules(model)]
+        named = compiled.user_named_modules(model)
+        self.names = [name for name, _ in named]
+        self.modules = [m for _, m in named]
         self._names_by_id = {id(m): name for name, m in zip(self.names, self.modules)}
         # A compiled model's modules run inside its graph: hooks there would break or recompile
         # it, so only the optimizer-side statistics (Adam update RMS, second moments) are sampled.
