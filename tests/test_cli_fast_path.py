@@ -113,6 +113,16 @@ def test_words_after_the_module_are_the_modules():
     assert module_args_last(["-qv", *argv]) == ["-qv", "-q", "-m", "pkg.train", "--", "--config", "c.yaml", "-q"]
 
 
+def test_a_lone_dash_is_the_script_on_both_paths(monkeypatch):
+    """`-` is SCRIPT (a positional, as click reads it): an -m after it is the script's argument, and
+    typer must not be handed a `--` after it (hypothesis found ['-', '-m', '-m'] disagreeing)."""
+    argv = ["-", "-m", "-m"]
+    assert module_args_last(argv) == argv
+    fast = parse_run_args(argv)
+    assert fast["script_and_args"] == argv and fast["module"] is None
+    assert fast == typer_parse(argv, monkeypatch, "run")
+
+
 SCAN_SPELLED = [
     ["model.py"],
     ["model.py", "--steps", "5", "-p", "fp16", "--precision", "bf16-mixed", "--no-experiments"],

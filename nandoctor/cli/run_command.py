@@ -85,8 +85,8 @@ def module_args_last(argv: list[str]) -> list[str]:
     i = 0
     while i < len(argv):
         word = argv[i]
-        if not word.startswith("-") or word == "--":
-            return argv
+        if not word.startswith("-") or word in ("--", "-"):
+            return argv                       # a lone "-" is SCRIPT (as click reads it): the rest is its
         name, has_value, _ = word.partition("=")
         option = next((o for o in RUN_OPTIONS if (name if has_value and name.startswith("--") else word) in o.flags), None)
         step = 1 if option is None or option.kind is bool or (has_value and name.startswith("--")) else 2
