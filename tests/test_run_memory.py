@@ -60,3 +60,29 @@ def test_run_keeps_no_copy_of_a_large_models_weights_in_memory(tmp_path):
     # The run's own rewind file (if any) is gone with the process; the killed run's orphan went at
     # its first snapshot; the live process's file stays.
     assert list(temporary.glob("nandoctor-*")) == [live]
+
+
+def test_what_exists_before_the_script_is_frozen_out_of_the_collector_while_it_runs(tmp_path: Path):
+    """Full collections during the script walk the script's own objects, not torch's and
+    nandoctor's (~65 ms each on the blocks model; 0.35 s of a 9 s plain run): those are frozen
+    (gc.freeze) for the script's run and given back after it, also to an in-process caller. The
+    script's own cyclic garbage is still collected."""
+    import gc
+    import nandoctor
+    (tmp_path / "train.py").write_text(
+        "import gc, sys, torch\n"
+        "class Cycle:\n"
+        "    def __init__(self): self.me = self\n"
+        "frozen = gc.get_freeze_count()\n"
+        "Cycle(); collected = gc.collect()\n"
+        "model = torch.nn.Linear(4, 1); opt = torch.optim.SGD(model.parameters(), lr=0.1)\n"
+        "for _ in range(2):\n"
+        "    model(torch.randn(8, 4)).pow(2).mean().backward(); opt.step(); opt.zero_grad()\n"
+        "open(sys.argv[1], 'w').write(f'{frozen} {collected}')\n")
+    before = gc.get_freeze_count()
+    report = nandoctor.run_script(tmp_path / "train.py", [str(tmp_path / "seen.txt")], out=tmp_path / "bundles",
+                                  experiments=False)
+    frozen, collected = map(int, (tmp_path / "seen.txt").read_text().split())
+    assert report.exit_code == 0
+    assert frozen > 10_000 and collected >= 1
+    assert gc.get_freeze_count() == before

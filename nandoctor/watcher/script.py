@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from typing import Any, Callable, Optional
 
 from ..load.script import TrainingScript
+from ..run.heap import frozen_heap
 from .rerun import TraceLimit
 from .restart import capture_start, run_restart
 from .script_guard import ScriptGuard, ScriptStop
@@ -52,10 +53,13 @@ def execute_script(script: TrainingScript, guard: ScriptGuard,
     else:
         start = capture_start()
     try:
-        if script.module is not None:
-            runpy.run_module(script.module, run_name="__main__", alter_sys=True)
-        else:
-            runpy.run_path(str(script.path), run_name="__main__")
+        # What exists before the script's first line (torch, nandoctor) is frozen out of the cyclic
+        # collector while it runs: its full collections walk the script's own objects only.
+        with frozen_heap():
+            if script.module is not None:
+                runpy.run_module(script.module, run_name="__main__", alter_sys=True)
+            else:
+                runpy.run_path(str(script.path), run_name="__main__")
         outcome.exit_code = 0
         guard.script_end = ("script-ended", "the script ran to its end")
     except ScriptStop:
