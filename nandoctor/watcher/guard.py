@@ -742,6 +742,13 @@ class Watch:
         self._updates_unread = 0
         self._weight_dtypes_covered = update_bounds.dtypes_covered(params)
 
+    def weights_replaced(self) -> None:
+        """Other weights were put in place (a rollback's copy, an lr experiment's rewind): the
+        next update's weights are read, not bounded from the norm read before the replacement
+        (a norm still waiting for its sync describes the replaced weights: dropped too)."""
+        self._read_weight_norm = None
+        self._params_norm, self._params_unchecked = None, False
+
     def _update_kept_finite(self, optimizer: Any) -> bool:
         """This step's update provably left finite weights finite (watcher/update_bounds.py), so
         they need not be read now: the watch's own optimizer, a synced step (its gradient norm is
@@ -1423,6 +1430,14 @@ def batch_name(path: str) -> str:
 _LIVE_WATCHES: "weakref.WeakSet[Watch]" = weakref.WeakSet()
 _OTHER_OPTIMIZER_HOOK: list[Any] = []
 _OWN_HOOK = "_nandoctor_reads_only"
+
+
+def weights_read_only(hook: Callable) -> Callable:
+    """Marks one of nandoctor's own optimizer step hooks that reads the weights and never writes
+    them, or that tells every watch of the model when it does (`Watch.weights_replaced`): a watch
+    beside it still bounds its updates (watcher/update_bounds.py) instead of reading every one."""
+    setattr(hook, _OWN_HOOK, True)
+    return hook
 # Up to this many per-tensor gradient norms, a CPU step sums them on the host (Watch._witness_values).
 HOST_TOTAL_NORMS = 64
 
@@ -1440,8 +1455,8 @@ def install_other_optimizer_hook() -> None:
     def pre_hook(optimizer: Any, args: Any, kwargs: Any) -> None:
         for live in list(_LIVE_WATCHES):
             live._other_optimizer_pre_hook(optimizer, args, kwargs)
-    setattr(pre_hook, _OWN_HOOK, True)      # it copies weights, never writes them
-    _OTHER_OPTIMIZER_HOOK.append(register_optimizer_step_pre_hook(pre_hook))
+    # It copies weights, never writes them.
+    _OTHER_OPTIMIZER_HOOK.append(register_optimizer_step_pre_hook(weights_read_only(pre_hook)))
 
 
 def shown_list(values: list, limit: int = 8) -> str:

@@ -152,6 +152,7 @@ def put_back(copy_: StateCopy, watch: Any) -> None:
             owner.load_state_dict(copy.deepcopy(saved))
     for p in params:
         p.grad = None
+    watch.weights_replaced()
 
 
 def _state_dict(owner: Any) -> Any:

@@ -41,7 +41,7 @@ from ..run.compiled import compiling, uncompiled as compiled_uncompiled
 from ..run.frames import is_user_file, location
 from ..trace import ExperimentResult, LoopFacts, NonfiniteEvent, Phase, SourceLocation
 from .compile_settings import WRAPPED_COMPILED_CALL
-from .guard import Watch, active_scaler, plain_rebuild, with_checked_closure
+from .guard import Watch, active_scaler, plain_rebuild, weights_read_only, with_checked_closure
 from ..run import stats
 from ..run.stats import nonfinite_rows
 from .guard import batch_name, shown_list
@@ -583,6 +583,9 @@ class ScriptGuard:
         if watch is not None:
             watch.attach_scaler(scaler)
 
+    # The guard's global step hooks read the weights; their one write (an lr experiment's rewind,
+    # _next_rewind) tells the watches. Unmarked, every watch read its weights after every update.
+    @weights_read_only
     def _before_step(self, optimizer: torch.optim.Optimizer, args: Any, kwargs: Any) -> Optional[tuple]:
         # `optimizer.step(closure)` (LBFGS, Lightning's automatic optimization) runs the forward and
         # backward inside the step: the check belongs after the closure, before the update.
@@ -642,6 +645,7 @@ class ScriptGuard:
         self._maybe_stop()
         self._maybe_snapshot(watch)
 
+    @weights_read_only
     def _after_step(self, optimizer: torch.optim.Optimizer, args: Any, kwargs: Any) -> None:
         if compiling():
             return
@@ -765,6 +769,9 @@ class ScriptGuard:
             raise ScriptStop()
         self._rewind = self._rewinds.pop(0)
         restore(self._rewind_snapshot, self._rewind_model, optimizer)
+        for watch in self.all_watches():
+            if watch.model is self._rewind_model:
+                watch.weights_replaced()
         self._rewind.begin()
 
     def _rewind_step(self, optimizer: torch.optim.Optimizer) -> None:
