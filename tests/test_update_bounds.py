@@ -172,8 +172,9 @@ def test_nandoctor_run_bounds_the_updates_as_the_watch_does(tmp_path):
     assert read == [0, RECHECK_EVERY, 2 * RECHECK_EVERY], read
 
 
-def test_a_rollback_reads_the_weights_it_put_back(tmp_path):
-    """The copy put back is read after the next update, whatever was read before it."""
+def test_weights_put_in_place_by_a_rollback_or_a_rewind_are_not_bounded_from_an_earlier_read(tmp_path):
+    """`Watch.weights_replaced` (called by a rollback's put_back and by run's lr-experiment rewind):
+    the next update is read, not bounded from the norm read before the replacement."""
     torch.manual_seed(0)
     model = nn.Sequential(nn.Linear(4, 8), nn.Tanh(), nn.Linear(8, 3))
     opt = torch.optim.AdamW(model.parameters(), lr=1e-3)

@@ -1430,6 +1430,8 @@ def batch_name(path: str) -> str:
 _LIVE_WATCHES: "weakref.WeakSet[Watch]" = weakref.WeakSet()
 _OTHER_OPTIMIZER_HOOK: list[Any] = []
 _OWN_HOOK = "_nandoctor_reads_only"
+# Up to this many per-tensor gradient norms, a CPU step sums them on the host (Watch._witness_values).
+HOST_TOTAL_NORMS = 64
 
 
 def weights_read_only(hook: Callable) -> Callable:
@@ -1438,8 +1440,6 @@ def weights_read_only(hook: Callable) -> Callable:
     beside it still bounds its updates (watcher/update_bounds.py) instead of reading every one."""
     setattr(hook, _OWN_HOOK, True)
     return hook
-# Up to this many per-tensor gradient norms, a CPU step sums them on the host (Watch._witness_values).
-HOST_TOTAL_NORMS = 64
 
 
 def install_other_optimizer_hook() -> None:
