@@ -131,3 +131,17 @@ def test_a_quick_witness_can_overflow_where_the_exact_one_cannot():
     assert math.isfinite(float(stats.nonfinite_witness(huge)))
     assert not math.isfinite(float(stats.nonfinite_witness(huge, exact=False)))
     assert not stats.holds_nonfinite(huge)
+
+
+@pytest.mark.parametrize("shapes", [[(64, 32), (64,), (3, 64)], [(4,)] * 12 + [(300, 20)], [(5,), (0,)]])
+def test_grouped_norms_unstacked_are_the_stacked_ones(shapes):
+    """GroupedNorms(stacked=False) may give a tuple of 0-dim norms instead of a vector (the
+    watch reads them one by one on the CPU); as_vector makes either form the same vector."""
+    torch.manual_seed(0)
+    tensors = [torch.randn(s) for s in shapes]
+    tensors[0][0] = math.inf
+    norms = stats.GroupedNorms()
+    stacked = norms(tensors)
+    loose = norms(tensors, stacked=False)
+    assert torch.equal(stats.as_vector(loose), stacked)
+    assert stacked.tolist() == [torch.linalg.vector_norm(t).item() for t in tensors]

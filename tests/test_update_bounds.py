@@ -189,3 +189,28 @@ def test_weights_put_in_place_by_a_rollback_or_a_rewind_are_not_bounded_from_an_
     watch.weights_replaced()
     assert not watch._update_kept_finite(opt)
     watch.close()
+
+
+def test_a_step_hook_swapped_for_another_mid_run_is_seen(tmp_path):
+    """The watch looks at the optimizer's step hooks again only when they changed (their count
+    and the sum of their handle ids, which only grow): one hook removed and a weight-writing one
+    added leaves the count as it was, and every update from then on is read."""
+    from nandoctor.watcher.guard import weights_read_only
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(4, 8), nn.Tanh(), nn.Linear(8, 3))
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    reads_only = opt.register_step_post_hook(weights_read_only(lambda *_: None))
+    watch = nandoctor.watch(model, opt, out=tmp_path, stats_every=0, early_warnings=False, spikes=False)
+    for step in range(RECHECK_EVERY + 8):
+        if step == RECHECK_EVERY + 4:
+            reads_only.remove()
+            opt.register_step_post_hook(lambda *_: [p.data.clamp_(-1, 1) for p in model.parameters()])
+        g = torch.Generator().manual_seed(step)
+        x, y = torch.randn(16, 4, generator=g), torch.randint(0, 3, (16,), generator=g)
+        with watch.step((x, y)):
+            watch.loss(nn.functional.cross_entropy(model(x), y)).backward()
+            opt.step()
+            opt.zero_grad()
+    watch.close()
+    read = [e["step"] for e in watch.history if "param_norm" in e]
+    assert read == [0, RECHECK_EVERY, RECHECK_EVERY + 4, RECHECK_EVERY + 5, RECHECK_EVERY + 6]

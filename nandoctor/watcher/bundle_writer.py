@@ -159,7 +159,8 @@ def scheduler_part(scheduler: Any) -> Optional[dict[str, Any]]:
 
 def capture_rng() -> dict[str, Any]:
     """Every generator's state, cheap enough to take at every step boundary (a few KiB)."""
-    state: dict[str, Any] = {"cpu": torch.get_rng_state(), "python": _python_state()}
+    # (torch.get_rng_state() is this call behind one more Python frame)
+    state: dict[str, Any] = {"cpu": torch.default_generator.get_state(), "python": _python_state()}
     # is_initialized() first: a process that never touched CUDA has no CUDA generator in use.
     if torch.cuda.is_initialized() and torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state_all()
@@ -183,9 +184,12 @@ _numpy_cache: dict[str, Any] = {}
 _MT19937_BYTES = 624 * 4 + 4          # uint32 key[624]; int pos (numpy/random/src/mt19937)
 
 
-def _string_at(address: int, size: int) -> bytes:
+def _bytes_view(address: int, size: int) -> Any:
+    """A ctypes char array over `size` bytes at `address`, made once per generator object (the
+    cache holds the object, so the address stays valid): its `.raw` copies the bytes without a
+    foreign-function call (ctypes.string_at goes through libffi, ~10 us in a real step, cold)."""
     import ctypes
-    return ctypes.string_at(address, size)
+    return (ctypes.c_char * size).from_address(address)
 
 
 # Python's global generator, the same way: random.getstate() builds a tuple of 625 new ints
@@ -205,10 +209,12 @@ def _python_state() -> Any:
     cache = _random_cache
     if generator is None or cache.get("generator") is not generator:
         cache.clear()
-        cache.update(generator=generator, readable=generator is not None and _random_layout_matches(generator))
+        readable = generator is not None and _random_layout_matches(generator)
+        cache.update(generator=generator, readable=readable,
+                     view=_bytes_view(id(generator) + _RANDOM_OFFSET, _RANDOM_BYTES) if readable else None)
     if not cache["readable"]:
         return random.getstate()
-    raw = _string_at(id(generator) + _RANDOM_OFFSET, _RANDOM_BYTES)
+    raw = cache["view"].raw
     gauss = generator.gauss_next
     if "state" in cache and raw == cache["raw"] and gauss == cache["gauss"]:
         return cache["state"]
@@ -224,7 +230,7 @@ def _random_layout_matches(generator: Any) -> bool:
         return False
     try:
         version, internal, _ = generator.getstate()
-        raw = _string_at(id(generator) + _RANDOM_OFFSET, _RANDOM_BYTES)
+        raw = _bytes_view(id(generator) + _RANDOM_OFFSET, _RANDOM_BYTES).raw
         index, *words = struct.unpack(f"=i{624}I", raw)
     except (TypeError, ValueError, struct.error):
         return False
@@ -239,14 +245,14 @@ def _numpy_state(numpy: Any) -> Any:
             # The address of its state, once per generator object (np.random.seed reseeds in
             # place; np.random.set_state too): looking it up through `.ctypes` each step cost
             # as much as the compare itself.
-            address = None
+            view = None
             if type(bit_generator).__name__ == "MT19937":
-                address = bit_generator.ctypes.state_address
+                view = _bytes_view(bit_generator.ctypes.state_address, _MT19937_BYTES)
             _numpy_cache.clear()
-            _numpy_cache.update(generator=bit_generator, address=address)
-        address = _numpy_cache["address"]
-        if address is not None:
-            raw = _string_at(address, _MT19937_BYTES)
+            _numpy_cache.update(generator=bit_generator, view=view)
+        view = _numpy_cache["view"]
+        if view is not None:
+            raw = view.raw
     except (AttributeError, TypeError, ValueError):
         raw = None
     # A cached Gaussian (has_gauss) is consumed without moving the words: reuse only without one.

@@ -14,6 +14,7 @@ the all-reduce mixes ranks.
 from __future__ import annotations
 
 import contextlib
+import functools
 import math
 import operator
 import os
@@ -60,6 +61,9 @@ GRADIENT_CHECKS = ("auto", "optimizer-hook", "backward", "manual")
 FP16_MAX = 65504.0
 # Attribute readers for the per-parameter loops of every step (a model may have thousands).
 _GRAD, _VERSION = operator.attrgetter("grad"), operator.attrgetter("_version")
+# Filters and sums of the per-step path in C (no Python frame per element: each costs in a real
+# step, where the interpreter's own code and data are cold).
+_NOT_NONE = functools.partial(operator.is_not, None)
 MAX_MICRO_BATCHES = 1024   # a loop that never calls optimizer.step() must not hold batches forever
 
 
@@ -222,7 +226,10 @@ class Watch:
         self._device = next((p.device for p in model.parameters()), torch.device("cpu"))
         self._inputs_from_forward = inputs == "forward"
         self._explicit_batches = False          # the user called watch.step(batch): their batch wins
-        self._params_norm: Optional[torch.Tensor] = None   # total L2 norm after the last optimizer step
+        # The weights' L2 norm after the last optimizer step: a 0-dim tensor on the device, read
+        # at the next step's sync; a float on the CPU, read at once (no transfer to save there,
+        # and its few norms are still in cache then).
+        self._params_norm: Any = None
         # Updates since the weights were last read, and their norm then (host value): a step that
         # provably keeps them finite (watcher/update_bounds.py) need not read them again.
         self._updates_unread = 0
@@ -258,6 +265,8 @@ class Watch:
         # needs them as the step found them. A global step pre-hook copies them just before that
         # optimizer touches them; no copy at all for a loop with one optimizer.
         self._other_copy: dict[str, torch.Tensor] = {}
+        self._step_hooks_signature: Optional[tuple] = None
+        self._step_hooks_own = False
         self._other_copy_step: Optional[int] = None
         if optimizer is not None:
             install_other_optimizer_hook()
@@ -339,7 +348,7 @@ class Watch:
             # The last updates were not read (watcher/update_bounds.py): a run never ends on weights
             # nobody read. One read, at the end.
             self._note_parameters(self._local(self.params()))
-        if (self._params_unchecked and self._params_norm is not None and not math.isfinite(float(self._params_norm))
+        if (self._params_unchecked and self._params_norm is not None and not math.isfinite(_total(self._params_norm))
                 and self._nonfinite_parameters()):
             previous, self._previous = self._previous, None
             self._params_unchecked = False
@@ -378,7 +387,12 @@ class Watch:
             return [p for p in self.model.parameters() if p.requires_grad]
         # Rebuilt only when the groups' lists change (add_param_group, a new list): a flat list of
         # a 1000-parameter model, built twice a step, was ~0.1 ms of its step.
-        layout = tuple((id(g["params"]), len(g["params"])) for g in self.optimizer.param_groups)
+        groups = self.optimizer.param_groups
+        if len(groups) == 1:
+            only = groups[0]["params"]
+            layout: Any = (id(only), len(only))
+        else:
+            layout = tuple((id(g["params"]), len(g["params"])) for g in groups)
         if layout != self._params_layout:
             self._params_cache = [p for g in self.optimizer.param_groups for p in g["params"]]
             self._params_layout = layout
@@ -419,7 +433,8 @@ class Watch:
                 # with this step's one transfer.
                 self._note_parameters(self._local(self.params()))
             self._capture = _Capture(self.step_index, rng if rng is not None else bundle_writer.capture_rng())
-            self._save_running_stats(self.step_index)
+            if self._running_stats:
+                self._save_running_stats(self.step_index)
             self._host = None
             if self._stats_step(self.step_index) and self._layer_hooks:
                 if self._explicit_batches and self._input_hook is not None:
@@ -501,7 +516,7 @@ class Watch:
         if self._early_pending:
             self._early_pending = False
             self.early.begin_step(self.step_index, forward_of=module)
-        if self._explicit_batches or self._blaming or not module.training or not torch.is_grad_enabled():
+        if self._explicit_batches or self._blaming or not torch.is_grad_enabled() or not module.training:
             return
         if stats.in_functorch_transform():
             # functional_call inside torch.func.vmap/grad: a per-sample view, not the step's batch.
@@ -534,9 +549,10 @@ class Watch:
             return
         if self._capture is None or self._blaming or not torch.is_grad_enabled() or stats.in_functorch_transform():
             return
-        if not self._precision_given and module.training:
+        training = module.training      # a property of torch.compile's wrapper: read once
+        if training and not self._precision_given:
             self._note_autocast()
-        if module.training and len(self._capture.calls) < MAX_MICRO_BATCHES:
+        if training and len(self._capture.calls) < MAX_MICRO_BATCHES:
             # What the per-sample re-run calls the model with (references only: no copy, no sync).
             self._capture.calls.append(forward_inputs(args, kwargs))
         if self.gradient_check == "backward":
@@ -621,10 +637,10 @@ class Watch:
         if self.early is not None:
             self.early.end_passes()
         params = self.params()
-        grads = self._local([g for g in map(_GRAD, params) if g is not None])   # one .grad read per parameter
+        grads = self._local(list(filter(_NOT_NONE, map(_GRAD, params))))   # one .grad read per parameter
         stats_step = self._stats_step(capture.step)
         with stats.grad_off():
-            norms = self._grad_norms(grads) if grads else None
+            norms = self._grad_norms(grads, stacked=False) if grads else None   # a vector, or a tuple of scalars
         if self.step_index % self.check_every and not stats_step and self.check_every > 1:
             self._defer(capture, norms)
             return
@@ -737,7 +753,9 @@ class Watch:
         """The weights after an update: their total norm is checked at the next step's sync (or
         at close), so a step has one host sync; it is also the history's param_norm."""
         with stats.grad_off():
-            self._params_norm = stats.total_norm(self._weight_norms(params)) if params else None
+            norms = self._weight_norms(params, stacked=False) if params else None
+            self._params_norm = None if norms is None else _total(norms) if type(norms) is tuple \
+                else stats.total_norm(norms)
         self._params_unchecked = params != []
         self._updates_unread = 0
         self._weight_dtypes_covered = update_bounds.dtypes_covered(params)
@@ -763,12 +781,20 @@ class Watch:
                 and self._own_step_hooks_only(optimizer))
 
     def _own_step_hooks_only(self, optimizer: Any) -> bool:
-        for hooks in (optimizer._optimizer_step_pre_hooks, optimizer._optimizer_step_post_hooks,
-                      _optim_module._global_optimizer_pre_hooks, _optim_module._global_optimizer_post_hooks):
-            for hook in hooks.values():
-                if getattr(hook, "__self__", None) is not self and not getattr(hook, _OWN_HOOK, False):
-                    return False
-        return True
+        dicts = (optimizer._optimizer_step_pre_hooks, optimizer._optimizer_step_post_hooks,
+                 _optim_module._global_optimizer_pre_hooks, _optim_module._global_optimizer_post_hooks)
+        # Hooks are keyed by their handle's id, and every new handle's id is larger than any before
+        # it: a dict whose length is unchanged after hooks came and went has a larger sum of keys.
+        # So (lengths, sums) changes whenever the hooks do, and they are looked at only then.
+        try:
+            signature: Optional[tuple] = (*map(len, dicts), *map(sum, dicts))
+        except TypeError:       # keys that are not handle ids (a dict written by hand): look every time
+            signature = None
+        if signature is None or signature != self._step_hooks_signature:
+            self._step_hooks_own = all(getattr(hook, "__self__", None) is self or getattr(hook, _OWN_HOOK, False)
+                                       for hooks in dicts for hook in hooks.values())
+            self._step_hooks_signature = signature
+        return self._step_hooks_own
 
     def _local(self, tensors: list[torch.Tensor]) -> list[torch.Tensor]:
         """This rank's shards of FSDP2's DTensors (checked once per parameter set: a per-tensor
@@ -840,11 +866,13 @@ class Watch:
     def _finish_step(self, skipped: bool) -> None:
         capture = self._capture
         host = self._host
-        entry = {"step": self.step_index, "skipped": skipped, "lr": self._lr()}
-        if host is not None:
-            entry.update(loss=_none_if_nan(host[_SLOT["loss"]], capture),
-                         grad_norm=host[_SLOT["grad_norm"]] if not skipped else None,
-                         scale=host[_SLOT["scale"]] if self.scaler is not None else None)
+        if host is None:
+            entry = {"step": self.step_index, "skipped": skipped, "lr": self._lr()}
+        else:
+            entry = {"step": self.step_index, "skipped": skipped, "lr": self._lr(),
+                     "loss": host[_SLOT["loss"]] if capture is None or capture.losses else None,
+                     "grad_norm": host[_SLOT["grad_norm"]] if not skipped else None,
+                     "scale": host[_SLOT["scale"]] if self.scaler is not None else None}
         self.history.append(entry)
         if self.sink is not None and host is not None:
             metrics = {k: v for k, v in (("loss", entry.get("loss")), ("grad_norm", entry.get("grad_norm")),
@@ -878,9 +906,10 @@ class Watch:
         self._autocast_probes = []
 
     # ---- the sync ----------------------------------------------------------------------------
-    def _defer(self, capture: _Capture, norms: Optional[torch.Tensor]) -> None:
+    def _defer(self, capture: _Capture, norms: Any) -> None:
         """check_every > 1: no sync this step; its failed checks are folded into the next checked
         step's (which then reports the later step: the trade-off of checking less often)."""
+        norms = stats.as_vector(norms) if norms is not None else None
         raw = self._witnesses(capture, norms)
         if self.distributed is not None:          # which rank flagged first, without a sync
             self.distributed.note_deferred(capture.step, device_flags(raw, len(capture.losses), norms is not None))
@@ -891,13 +920,14 @@ class Watch:
         self._params_unchecked = False
         self._host = None
 
-    def _sync(self, capture: _Capture, norms: Optional[torch.Tensor], stats_step: bool) -> tuple[list[float], list[float]]:
+    def _sync(self, capture: _Capture, norms: Any, stats_step: bool) -> tuple[list[float], list[float]]:
         dev = self._device
         losses, has_grads = len(capture.losses), norms is not None
         if dev.type == "cpu" and self.flag_hook is None and not stats_step and self._deferred is None:
             values = self._witness_values(capture, norms)
             self._params_unchecked = False
             return host_flags(values, losses, has_grads), []
+        norms = stats.as_vector(norms) if norms is not None else None
         raw = self._witnesses(capture, norms)
         deferred, self._deferred, self._deferred_from = self._deferred, None, None
         if self.flag_hook is not None:
@@ -933,8 +963,10 @@ class Watch:
         slot a plain float, or a list of one-element tensors whose float64 sum is the witness (a
         witness is non-finite when its check fails, and only then but for a quick batch witness,
         which `_what` confirms; the values follow)."""
-        checks = [c for c in capture.batch_checks if c is not None]
-        params_norm = [self._params_norm] if self._params_norm is not None else None
+        checks = list(filter(_NOT_NONE, capture.batch_checks))
+        params_norm = self._params_norm
+        if isinstance(params_norm, torch.Tensor):
+            params_norm = [params_norm]
         scale = getattr(self.scaler, "_scale", None)
         scale = [scale] if isinstance(scale, torch.Tensor) else (
             float(self.scaler.get_scale()) if self.scaler is not None and hasattr(self.scaler, "get_scale") else 0.0)
@@ -966,19 +998,15 @@ class Watch:
         parts[2] = stats.total_norm(norms.to(dev)) if norms is not None else zero
         return torch.stack([part if isinstance(part, torch.Tensor) else on_device(part) for part in parts])
 
-    def _witness_values(self, capture: _Capture, norms: Optional[torch.Tensor]) -> list[float]:
+    def _witness_values(self, capture: _Capture, norms: Any) -> list[float]:
         """The witnesses read where they are, for a CPU step: there is no transfer to save there,
         and the casts and the stack of `_witnesses` are ~5 tiny kernels (~40-70 us of a real step,
-        cold in cache). A few gradient norms are summed here too (float64 squares of float32
-        norms cannot overflow: the total is non-finite exactly when a norm is)."""
-        values = [sum(t.item() for t in part) if isinstance(part, list) else part
-                  for part in self._witness_parts(capture)]
-        if norms is None:
-            values[2] = 0.0
-        elif norms.numel() <= HOST_TOTAL_NORMS:
-            values[2] = math.sqrt(sum(v * v for v in norms.tolist()))
-        else:
-            values[2] = stats.total_norm(norms).item()
+        cold in cache). The gradients' and the weights' per-tensor norms are totalled here too."""
+        values = self._witness_parts(capture)
+        for slot, part in enumerate(values):
+            if type(part) is list:
+                values[slot] = part[0].item() if len(part) == 1 else sum(t.item() for t in part)
+        values[2] = 0.0 if norms is None else _total(norms)
         return values
 
     def _what(self, host: list[float], capture: _Capture, grads: list[torch.Tensor]) -> Optional[tuple[str, str]]:
@@ -1145,7 +1173,7 @@ class Watch:
             warnings.warn(message, NonFiniteWarning, stacklevel=2)
         return True
 
-    def _check_spike(self, capture: _Capture, host: list[float], norms: Optional[torch.Tensor]) -> bool:
+    def _check_spike(self, capture: _Capture, host: list[float], norms: Any) -> bool:
         """A loss or gradient-norm spike, from this step's synced numbers. True when a policy
         (`handle_spike`) skipped or rolled back the step."""
         self._grad_ring.add(capture.step, norms)
@@ -1498,10 +1526,23 @@ def _scheduler_state(scheduler: Any) -> Any:
         return None
 
 
-def _none_if_nan(value: float, capture: Optional[_Capture]) -> Optional[float]:
-    if capture is not None and not capture.losses:
-        return None
-    return value
+def _total(norms: Any) -> float:
+    """The L2 total of per-tensor norms (a vector, GroupedNorms' tuple of scalars, or a total:
+    0-dim, or already a float) as a float. A few are summed on the host: float64 squares of
+    float32 norms cannot overflow, so the total is non-finite exactly when a norm is."""
+    if type(norms) is float:
+        return norms
+    if type(norms) is tuple:
+        if len(norms) <= HOST_TOTAL_NORMS:
+            values = list(map(float, norms))
+            return math.sqrt(sum(map(operator.mul, values, values)))
+        norms = torch.stack(norms)
+    elif norms.dim() == 0:
+        return float(norms)
+    elif norms.numel() <= HOST_TOTAL_NORMS and norms.device.type == "cpu":
+        values = norms.tolist()
+        return math.sqrt(sum(map(operator.mul, values, values)))
+    return stats.total_norm(norms).item()
 
 
 def _first_bad_micro_batch(check: str, capture: Optional[_Capture]) -> Optional[int]:

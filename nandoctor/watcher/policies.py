@@ -29,6 +29,7 @@ import torch
 
 from ..run import stats
 from .distributed import local_tensor
+from .flags import SLOT
 
 NONFINITE_POLICIES = ("raise", "stop", "skip", "warn", "rollback")
 SPIKE_POLICIES = ("warn", "skip", "rollback")
@@ -291,7 +292,6 @@ def rank_agreed(watch: Any, host: list[float]) -> tuple[float, float]:
     """This step's loss and gradient norm as every rank sees them: the mean of the ranks' losses
     and the largest of their gradient norms (equal under DDP; under FSDP each rank's shard), from
     the flag table every rank already holds (no extra transfer). A single process: its own."""
-    from .flags import SLOT
     loss, grad_norm = host[SLOT["loss"]], host[SLOT["grad_norm"]]
     table = getattr(watch.distributed, "table", None) if watch.distributed is not None else None
     if not table:

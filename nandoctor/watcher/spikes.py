@@ -18,6 +18,7 @@ from typing import Any, Optional
 
 import torch
 
+from ..run.stats import as_vector
 from ..trace.warnings import SPIKE_DEFAULTS, EarlyWarning, LayerMove
 
 MAD_TO_SIGMA = 1.4826
@@ -152,14 +153,16 @@ class GradientRing:
     def __init__(self, size: int = RING_STEPS):
         self.entries: deque[tuple[int, torch.Tensor]] = deque(maxlen=size)
 
-    def add(self, step: int, norms: Optional[torch.Tensor]) -> None:
+    def add(self, step: int, norms: Any) -> None:
+        # A vector, or GroupedNorms' tuple of scalars: stacked only when read (`host`).
         if norms is not None:
             self.entries.append((step, norms))
 
     def host(self) -> tuple[list[int], list[list[float]]]:
         """(steps oldest first, their norms): the slow path, read only when a spike fires."""
-        size = self.entries[-1][1].numel() if self.entries else 0
-        kept = [(s, t) for s, t in self.entries if t.numel() == size]   # the parameter set may have changed
+        entries = [(s, as_vector(t)) for s, t in self.entries]
+        size = entries[-1][1].numel() if entries else 0
+        kept = [(s, t) for s, t in entries if t.numel() == size]   # the parameter set may have changed
         if not kept:
             return [], []
         rows = torch.stack([t.detach().float().reshape(-1).to(kept[-1][1].device) for _, t in kept]).tolist()
