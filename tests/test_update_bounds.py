@@ -74,7 +74,7 @@ def test_half_precision_weights_are_not_covered():
     assert not update_bounds.dtypes_covered([torch.ones(2), torch.ones(2, dtype=torch.float16)])
 
 
-def _run(tmp_path, make_opt, steps, model=None, before=None):
+def _run(tmp_path, make_opt, steps, model=None, before=None, during=None):
     torch.manual_seed(0)
     model = model or nn.Sequential(nn.Linear(4, 8), nn.Tanh(), nn.Linear(8, 3))
     opt = make_opt(model.parameters())
@@ -82,6 +82,8 @@ def _run(tmp_path, make_opt, steps, model=None, before=None):
         before(model, opt)
     watch = nandoctor.watch(model, opt, out=tmp_path, stats_every=0, early_warnings=False, spikes=False)
     for step in range(steps):
+        if during is not None:
+            during(step, model, opt)
         g = torch.Generator().manual_seed(step)
         x, y = torch.randn(16, 4, generator=g), torch.randint(0, 3, (16,), generator=g)
         with watch.step((x, y)):
@@ -196,21 +198,14 @@ def test_a_step_hook_swapped_for_another_mid_run_is_seen(tmp_path):
     and the sum of their handle ids, which only grow): one hook removed and a weight-writing one
     added leaves the count as it was, and every update from then on is read."""
     from nandoctor.watcher.guard import weights_read_only
-    torch.manual_seed(0)
-    model = nn.Sequential(nn.Linear(4, 8), nn.Tanh(), nn.Linear(8, 3))
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
-    reads_only = opt.register_step_post_hook(weights_read_only(lambda *_: None))
-    watch = nandoctor.watch(model, opt, out=tmp_path, stats_every=0, early_warnings=False, spikes=False)
-    for step in range(RECHECK_EVERY + 8):
+    handles = []
+
+    def before(model, opt):
+        handles.append(opt.register_step_post_hook(weights_read_only(lambda *_: None)))
+
+    def during(step, model, opt):
         if step == RECHECK_EVERY + 4:
-            reads_only.remove()
+            handles[0].remove()
             opt.register_step_post_hook(lambda *_: [p.data.clamp_(-1, 1) for p in model.parameters()])
-        g = torch.Generator().manual_seed(step)
-        x, y = torch.randn(16, 4, generator=g), torch.randint(0, 3, (16,), generator=g)
-        with watch.step((x, y)):
-            watch.loss(nn.functional.cross_entropy(model(x), y)).backward()
-            opt.step()
-            opt.zero_grad()
-    watch.close()
-    read = [e["step"] for e in watch.history if "param_norm" in e]
+    read = _run(tmp_path, lambda p: torch.optim.AdamW(p, lr=1e-3), RECHECK_EVERY + 8, before=before, during=during)
     assert read == [0, RECHECK_EVERY, RECHECK_EVERY + 4, RECHECK_EVERY + 5, RECHECK_EVERY + 6]
