@@ -640,7 +640,9 @@ class Watch:
         grads = self._local(list(filter(_NOT_NONE, map(_GRAD, params))))   # one .grad read per parameter
         stats_step = self._stats_step(capture.step)
         with stats.grad_off():
-            norms = self._grad_norms(grads, stacked=False) if grads else None   # a vector, or a tuple of scalars
+            # A vector, or for a few (summed on the host) a tuple of scalars: the gradient ring keeps
+            # the last steps' norms, which for a long list should stay one tensor, not one per parameter.
+            norms = self._grad_norms(grads, stacked=len(grads) > HOST_TOTAL_NORMS) if grads else None
         if self.step_index % self.check_every and not stats_step and self.check_every > 1:
             self._defer(capture, norms)
             return
@@ -753,7 +755,7 @@ class Watch:
         """The weights after an update: their total norm is checked at the next step's sync (or
         at close), so a step has one host sync; it is also the history's param_norm."""
         with stats.grad_off():
-            norms = self._weight_norms(params, stacked=False) if params else None
+            norms = self._weight_norms(params, stacked=len(params) > HOST_TOTAL_NORMS) if params else None
             self._params_norm = None if norms is None else _total(norms) if type(norms) is tuple \
                 else stats.total_norm(norms)
         self._params_unchecked = params != []
